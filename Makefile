@@ -1,0 +1,44 @@
+# CalMesh: `make up` runs the whole platform; `make test` runs the whole suite.
+# Needs only Python 3.11+, make and git. uv is installed into .tools/ when it is not on PATH.
+
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
+VENV := $(CURDIR)/.venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.calmesh-installed
+
+.PHONY: up test install lock bench clean-data help
+
+help:
+	@echo "make up      - run the platform (embedded PostgreSQL and NATS) on 127.0.0.1:$${CALMESH_HTTP_PORT:-8080}"
+	@echo "make test    - run the whole test suite"
+	@echo "make lock    - re-pin requirements.lock after changing a pyproject.toml"
+	@echo "make bench   - run the benchmarks in bench/"
+
+$(CURDIR)/.tools/bin/uv:
+	$(PYTHON) -m venv $(CURDIR)/.tools
+	$(CURDIR)/.tools/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(STAMP): requirements.lock $(wildcard */*/pyproject.toml) | $(UV)
+	test -x $(PY) || $(UV) venv --quiet --python $(PYTHON) $(VENV)
+	$(UV) pip sync --quiet --python $(PY) requirements.lock
+	touch $(STAMP)
+
+install: $(STAMP)
+
+up: install
+	$(VENV)/bin/calmesh-up
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: install
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+lock: | $(UV)
+	$(UV) lock
+	$(UV) export --quiet --format requirements-txt --all-groups --no-header -o requirements.lock
+
+clean-data:
+	rm -rf .calmesh

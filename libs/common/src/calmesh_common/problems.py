@@ -1,0 +1,146 @@
+"""RFC 9457 problem details: one exception type for domain errors and one place that maps every
+error a litestar app can raise to ``application/problem+json`` — never a stack trace in a body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import (
+    HTTPException,
+    MethodNotAllowedException,
+    NotAuthorizedException,
+    NotFoundException,
+    PermissionDeniedException,
+    ValidationException,
+)
+from litestar.exceptions.http_exceptions import ClientException
+
+from .logging import get_logger
+
+log = get_logger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_BASE = "https://calmesh.xyz/problems/"
+
+_TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    402: "Payment required",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Payload too large",
+    415: "Unsupported media type",
+    422: "Unprocessable content",
+    429: "Too many requests",
+    500: "Internal server error",
+    502: "Bad gateway",
+    503: "Service unavailable",
+    504: "Gateway timeout",
+}
+
+
+class FieldError(msgspec.Struct, frozen=True):
+    field: str
+    message: str
+
+
+class Problem(Exception):
+    """A domain error with its HTTP status and a stable machine-readable `code`."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        title: str | None = None,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.title = title or _TITLES.get(status, "Error")
+        self.errors = errors
+        self.headers = headers or {}
+        self.extra = extra
+
+    def body(self, instance: str | None = None) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "type": TYPE_BASE + self.code.replace("_", "-"),
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "code": self.code,
+        }
+        if instance:
+            doc["instance"] = instance
+        if self.errors:
+            doc["errors"] = [{"field": e.field, "message": e.message} for e in self.errors]
+        doc.update(self.extra)
+        return doc
+
+
+def problem_bytes(problem: Problem, instance: str | None = None) -> bytes:
+    return msgspec.json.encode(problem.body(instance))
+
+
+def not_found(what: str = "resource") -> Problem:
+    return Problem(404, "not_found", f"No such {what}.")
+
+
+def _validation_errors(extra: Any) -> list[FieldError]:
+    errors: list[FieldError] = []
+    if isinstance(extra, list):
+        for item in extra:
+            if isinstance(item, dict):
+                key = str(item.get("key") or item.get("field") or "body")
+                errors.append(FieldError(key, str(item.get("message", "invalid value"))))
+    return errors
+
+
+def to_problem(exc: Exception) -> Problem:
+    """Map any exception to a Problem; unknown ones become an opaque 500."""
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, ValidationException):
+        errors = _validation_errors(exc.extra)
+        detail = str(exc.detail or "The request is not valid.")
+        if errors:
+            detail = "; ".join(f"{e.field}: {e.message}" for e in errors)
+        return Problem(400, "validation_error", detail, errors=errors or None)
+    if isinstance(exc, NotFoundException):
+        return Problem(404, "not_found", "No such resource.")
+    if isinstance(exc, MethodNotAllowedException):
+        return Problem(405, "method_not_allowed", "This method is not allowed on this resource.")
+    if isinstance(exc, NotAuthorizedException):
+        return Problem(401, "unauthorized", str(exc.detail or "Authentication is required."))
+    if isinstance(exc, PermissionDeniedException):
+        return Problem(403, "forbidden", str(exc.detail or "Forbidden."))
+    if isinstance(exc, HTTPException):
+        status = exc.status_code
+        code = {413: "payload_too_large", 415: "unsupported_media_type", 429: "rate_limited"}.get(
+            status, "bad_request" if isinstance(exc, ClientException) else "error"
+        )
+        detail = str(exc.detail) if status < 500 else _TITLES.get(status, "Error")
+        return Problem(status, code, detail, headers=dict(exc.headers or {}))
+    return Problem(500, "internal_error", "Something went wrong on our side; it has been logged.")
+
+
+def problem_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    """The litestar exception handler for every exception type."""
+    problem = to_problem(exc)
+    if problem.status >= 500:
+        log.error("unhandled_error", path=request.url.path, error=repr(exc), exc_info=exc)
+    return Response(
+        content=problem_bytes(problem),
+        status_code=problem.status,
+        media_type=PROBLEM_JSON,
+        headers=problem.headers,
+    )

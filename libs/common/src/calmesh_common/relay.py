@@ -1,0 +1,104 @@
+"""The outbox relay: publishes a service's committed events to JetStream, in order, once.
+
+Each message carries ``Nats-Msg-Id`` = event id, so a relay that dies after publishing and before
+marking its rows republishes them on restart and JetStream drops the duplicates. Rows are published
+in batches with ``publish_async`` and marked published in the same transaction that holds a
+per-schema advisory lock, so several replicas of a service never publish out of order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import msgspec
+from nats.js import JetStreamContext
+
+from .logging import get_logger
+
+log = get_logger(__name__)
+
+
+class OutboxRelay:
+    """Publishes `schema`.outbox to JetStream; `run()` until cancelled."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        js: JetStreamContext,
+        schema: str,
+        *,
+        batch_size: int = 500,
+        poll_interval: float = 1.0,
+        publish_timeout: float = 10.0,
+        before_mark: Callable[[list[str]], Awaitable[None]] | None = None,
+    ) -> None:
+        self.pool = pool
+        self.js = js
+        self.schema = schema
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.publish_timeout = publish_timeout
+        self._lock_key = zlib.crc32(f"calmesh-relay:{schema}".encode())
+        self._wake = asyncio.Event()
+        # A test hook: runs after the batch is published and before its rows are marked.
+        self._before_mark = before_mark
+
+    def _on_notify(self, *_: Any) -> None:
+        self._wake.set()
+
+    async def publish_pending(self) -> int:
+        """Publish one batch of unpublished rows; returns how many were published."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", self._lock_key):
+                return 0
+            rows = await conn.fetch(
+                f"SELECT position, event_id::text AS event_id, subject, payload, headers"
+                f" FROM {self.schema}.outbox WHERE published_at IS NULL ORDER BY position LIMIT $1",
+                self.batch_size,
+            )
+            if not rows:
+                return 0
+            futures = []
+            for row in rows:
+                headers = msgspec.json.decode(row["headers"]) if isinstance(row["headers"], str) else dict(row["headers"])
+                headers["Nats-Msg-Id"] = row["event_id"]
+                futures.append(await self.js.publish_async(row["subject"], bytes(row["payload"]), headers=headers))
+            await asyncio.wait_for(asyncio.gather(*futures), self.publish_timeout)
+            ids = [r["event_id"] for r in rows]
+            if self._before_mark is not None:
+                await self._before_mark(ids)
+            await conn.execute(
+                f"UPDATE {self.schema}.outbox SET published_at = now() WHERE position = ANY($1::bigint[])",
+                [r["position"] for r in rows],
+            )
+            return len(rows)
+
+    async def run(self) -> None:
+        """Publish whenever the outbox is notified, and every `poll_interval` as a safety net."""
+        listener = await self.pool.acquire()
+        channel = f"{self.schema}_outbox"
+        await listener.add_listener(channel, self._on_notify)
+        try:
+            while True:
+                # Cleared before publishing, so a notice that comes in meanwhile is not lost.
+                self._wake.clear()
+                try:
+                    while await self.publish_pending() == self.batch_size:
+                        pass
+                except Exception as exc:  # noqa: BLE001 - any failure is retried after a pause
+                    # A passing failure (NATS down, database restart): log it and try again.
+                    log.warning("outbox_relay_failed", schema=self.schema, error=repr(exc))
+                    await asyncio.sleep(self.poll_interval)
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                except TimeoutError:
+                    pass
+        finally:
+            try:
+                await listener.remove_listener(channel, self._on_notify)
+            finally:
+                await self.pool.release(listener)

@@ -1,0 +1,180 @@
+"""Settings: one frozen object read from the environment, once, at start-up.
+
+Every variable is documented in `.env.example` at the repository root. Nothing here connects to
+anything; `Settings.from_env()` only reads and validates.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import msgspec
+
+#: The services that answer HTTP, with the default port each listens on behind the gateway.
+SERVICE_NAMES: tuple[str, ...] = (
+    "connections",
+    "sync",
+    "availability",
+    "booking",
+    "billing",
+    "webhooks",
+)
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value that cannot be used."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from exc
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from exc
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"{name} must be 1/0, true/false, yes/no or on/off, got {raw!r}")
+
+
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = env.get(name, "")
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a CalMesh process needs to know about its environment."""
+
+    # Where state lives.
+    database_url: str = ""
+    nats_url: str = "nats://127.0.0.1:4222"
+    data_dir: str = ".calmesh"
+
+    # This process.
+    service_name: str = "calmesh"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    http_port: int = 8080
+    public_base_url: str = "http://127.0.0.1:8080"
+    log_level: str = "info"
+    log_json: bool = True
+    db_pool_min: int = 1
+    db_pool_max: int = 10
+
+    # Trust between the gateway and the services.
+    internal_secret: str = ""
+    service_urls: Mapping[str, str] = msgspec.field(default_factory=dict)
+
+    # Gateway: accounts, sessions, keys, limits.
+    session_secret: str = ""
+    session_ttl_seconds: int = 14 * 24 * 3600
+    cookie_secure: bool = False
+    max_body_bytes: int = 1_048_576
+    rate_limit_per_minute: int = 600
+    rate_limit_burst: int = 120
+    public_rate_limit_per_minute: int = 300
+    health_timeout_seconds: float = 2.0
+
+    # Secrets at rest (connections credentials, webhook secrets): comma-separated Fernet keys,
+    # newest first; every key decrypts, the first encrypts.
+    encryption_keys: tuple[str, ...] = ()
+
+    # Sync workers.
+    sync_workers: int = 2
+    allow_private_networks: bool = False
+
+    # Observability.
+    otel_console: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Read settings from `env` (default `os.environ`); keyword overrides win."""
+        env = os.environ if env is None else env
+        http_port = _int(env, "CALMESH_HTTP_PORT", 8080)
+        service_urls = {
+            name: env[f"CALMESH_{name.upper()}_URL"]
+            for name in SERVICE_NAMES
+            if env.get(f"CALMESH_{name.upper()}_URL")
+        }
+        values: dict[str, object] = dict(
+            database_url=env.get("DATABASE_URL", ""),
+            nats_url=env.get("NATS_URL", "nats://127.0.0.1:4222"),
+            data_dir=env.get("CALMESH_DATA_DIR", ".calmesh"),
+            service_name=env.get("CALMESH_SERVICE", "calmesh"),
+            host=env.get("CALMESH_HOST", "127.0.0.1"),
+            port=_int(env, "CALMESH_PORT", http_port),
+            http_port=http_port,
+            public_base_url=env.get("CALMESH_PUBLIC_BASE_URL", f"http://127.0.0.1:{http_port}").rstrip("/"),
+            log_level=env.get("CALMESH_LOG_LEVEL", "info").lower(),
+            log_json=_bool(env, "CALMESH_LOG_JSON", True),
+            db_pool_min=_int(env, "CALMESH_DB_POOL_MIN", 1),
+            db_pool_max=_int(env, "CALMESH_DB_POOL_MAX", 10),
+            internal_secret=env.get("CALMESH_INTERNAL_SECRET", ""),
+            service_urls=service_urls,
+            session_secret=env.get("CALMESH_SESSION_SECRET", ""),
+            session_ttl_seconds=_int(env, "CALMESH_SESSION_TTL_SECONDS", 14 * 24 * 3600),
+            cookie_secure=_bool(env, "CALMESH_COOKIE_SECURE", False),
+            max_body_bytes=_int(env, "CALMESH_MAX_BODY_BYTES", 1_048_576),
+            rate_limit_per_minute=_int(env, "CALMESH_RATE_LIMIT_PER_MINUTE", 600),
+            rate_limit_burst=_int(env, "CALMESH_RATE_LIMIT_BURST", 120),
+            public_rate_limit_per_minute=_int(env, "CALMESH_PUBLIC_RATE_LIMIT_PER_MINUTE", 300),
+            health_timeout_seconds=_float(env, "CALMESH_HEALTH_TIMEOUT_SECONDS", 2.0),
+            encryption_keys=_list(env, "CALMESH_ENCRYPTION_KEYS"),
+            sync_workers=_int(env, "CALMESH_SYNC_WORKERS", 2),
+            allow_private_networks=_bool(env, "CALMESH_ALLOW_PRIVATE_NETWORKS", False),
+            otel_console=_bool(env, "CALMESH_OTEL_CONSOLE", False),
+        )
+        values.update(overrides)
+        settings = cls(**values)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Refuse values that cannot work, with a message that names the variable."""
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise SettingsError("CALMESH_LOG_LEVEL must be one of debug, info, warning, error")
+        if self.max_body_bytes < 1024:
+            raise SettingsError("CALMESH_MAX_BODY_BYTES must be at least 1024")
+        if self.rate_limit_per_minute < 1 or self.public_rate_limit_per_minute < 1:
+            raise SettingsError("rate limits must be at least 1 request a minute")
+        if self.db_pool_min < 0 or self.db_pool_max < max(1, self.db_pool_min):
+            raise SettingsError("CALMESH_DB_POOL_MAX must be at least 1 and not below CALMESH_DB_POOL_MIN")
+
+    def require(self, *names: str) -> None:
+        """Fail at start-up, naming the variables, when a process needs settings that are empty."""
+        env_names = {
+            "database_url": "DATABASE_URL",
+            "internal_secret": "CALMESH_INTERNAL_SECRET",
+            "session_secret": "CALMESH_SESSION_SECRET",
+            "encryption_keys": "CALMESH_ENCRYPTION_KEYS",
+        }
+        missing = [env_names.get(n, n) for n in names if not getattr(self, n)]
+        if missing:
+            raise SettingsError(f"{', '.join(missing)} must be set for {self.service_name}")
+
+    def service_url(self, name: str) -> str:
+        """The internal base URL of service `name` (set by the supervisor or compose)."""
+        try:
+            return self.service_urls[name].rstrip("/")
+        except KeyError:
+            raise SettingsError(f"CALMESH_{name.upper()}_URL must be set") from None
