@@ -10,6 +10,7 @@ consumer decodes only what it handles, and an event type it does not know is not
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -29,42 +30,6 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
         return str(cls.__struct_config__.tag)
 
 
-# --- gateway: accounts and keys ---------------------------------------------------------------
-
-
-class UserSignedUp(Event, tag="user.signed_up.v1"):
-    context: ClassVar[str] = "gateway"
-    user_id: str
-    email: str
-    handle: str
-    name: str
-    timezone: str
-
-
-class ApiKeyCreated(Event, tag="api_key.created.v1"):
-    context: ClassVar[str] = "gateway"
-    key_id: str
-    user_id: str
-    name: str
-    scope: str
-    prefix: str
-    key_hash: str
-    expires_at: datetime | None = None
-
-
-class ApiKeyRevoked(Event, tag="api_key.revoked.v1"):
-    context: ClassVar[str] = "gateway"
-    key_id: str
-    user_id: str
-    key_hash: str
-
-
-class SessionEnded(Event, tag="session.ended.v1"):
-    context: ClassVar[str] = "gateway"
-    user_id: str
-    session_hash: str
-
-
 class Envelope(msgspec.Struct, frozen=True, kw_only=True):
     """What travels on the bus and sits in the event store: metadata around one event."""
 
@@ -80,6 +45,7 @@ class Envelope(msgspec.Struct, frozen=True, kw_only=True):
 
 def all_event_types() -> dict[str, type[Event]]:
     """Every concrete event struct by its tag, found by walking the subclasses of Event."""
+    _load_contexts()
     found: dict[str, type[Event]] = {}
     stack = list(Event.__subclasses__())
     while stack:
@@ -91,24 +57,29 @@ def all_event_types() -> dict[str, type[Event]]:
     return found
 
 
+def _load_contexts() -> None:
+    """Import every context's event module so that their structs are registered."""
+    from importlib import import_module
+
+    for context in CONTEXT_MODULES:
+        import_module(f"{__name__}.{context}")
+
+
+#: One module per bounded context holds the events that context publishes.
+CONTEXT_MODULES = ("gateway", "connections", "sync", "booking", "billing", "webhooks")
+
 #: Upcasters turn the raw dict of an old version into the current one: ``{old_tag: fn}``.
 UPCASTERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 _encoder = msgspec.json.Encoder()
 _envelope_decoder = msgspec.json.Decoder(Envelope)
-_decoders: dict[int, msgspec.json.Decoder[Any]] = {}
 
 
+@functools.cache
 def _union_decoder() -> msgspec.json.Decoder[Any]:
-    types = all_event_types()
-    key = len(types)
-    decoder = _decoders.get(key)
-    if decoder is None:
-        union = tuple(types.values())
-        decoder = msgspec.json.Decoder(union[0] if len(union) == 1 else _make_union(union))
-        _decoders.clear()
-        _decoders[key] = decoder
-    return decoder
+    """One decoder for the union of every event type, built once on first use."""
+    union = tuple(all_event_types().values())
+    return msgspec.json.Decoder(union[0] if len(union) == 1 else _make_union(union))
 
 
 def _make_union(types: tuple[type[Event], ...]) -> Any:

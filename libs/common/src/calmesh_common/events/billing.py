@@ -1,0 +1,3 @@
+"""Events published by the billing context (none yet)."""
+
+from __future__ import annotations
