@@ -1,0 +1,195 @@
+"""The guarded HTTP client: the one way CalMesh fetches a URL that a user gave.
+
+- only ``http``, ``https`` and ``webcal`` (read as https);
+- the host is resolved once, and every address must be public: private, loopback, link-local,
+  shared (CGNAT), multicast, reserved, unspecified and cloud-metadata addresses are refused,
+  IPv4-mapped/compatible IPv6 forms included; the connection then goes to the address that was
+  checked (no second lookup that could answer differently), with the original Host and TLS name;
+- every redirect is checked the same way, up to `max_redirects`;
+- the body is capped at `max_bytes` and the whole exchange at `timeout` seconds.
+
+``allow_private_networks`` lifts only the address rule (local development and tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import httpx
+
+_METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
+_SHARED = ipaddress.ip_network("100.64.0.0/10")
+_REDIRECTS = {301, 302, 303, 307, 308}
+
+
+class FetchError(Exception):
+    """A URL could not be fetched safely; the message is fit for a user's `last_error`."""
+
+
+def _embedded_v4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    if addr.sixtofour is not None:
+        return addr.sixtofour
+    if addr.teredo is not None:
+        return addr.teredo[1]
+    packed = addr.packed
+    if packed[:12] == bytes(12) and packed[12:] != bytes(4):  # IPv4-compatible ::a.b.c.d
+        return ipaddress.IPv4Address(packed[12:])
+    return None
+
+
+def address_refusal(ip: str) -> str | None:
+    """Why `ip` may not be fetched from, or None when it is a public address."""
+    addr = ipaddress.ip_address(ip)
+    if isinstance(addr, ipaddress.IPv6Address):
+        inner = _embedded_v4(addr)
+        if inner is not None:
+            reason = address_refusal(str(inner))
+            return f"{reason} (inside IPv6 {ip})" if reason else None
+    if addr in _METADATA:
+        return f"{ip} is a cloud metadata address"
+    if addr.is_loopback:
+        return f"{ip} is a loopback address"
+    if addr.is_link_local:
+        return f"{ip} is a link-local address"
+    if addr.version == 4 and addr in _SHARED:
+        return f"{ip} is a shared (carrier-grade NAT) address"
+    if addr.is_private:
+        return f"{ip} is a private address"
+    if addr.is_multicast or addr.is_reserved or addr.is_unspecified or not addr.is_global:
+        return f"{ip} is not a public address"
+    return None
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    status: int
+    headers: httpx.Headers
+    body: bytes
+    url: str
+
+
+def normalise_url(url: str) -> str:
+    """Check the scheme and turn ``webcal://`` into ``https://``; raises FetchError."""
+    if not isinstance(url, str) or not url.strip():
+        raise FetchError("the URL is empty")
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    if scheme == "webcal":
+        scheme = "https"
+    if scheme not in ("http", "https"):
+        raise FetchError(f"only http, https and webcal URLs can be fetched, not {parts.scheme or 'a relative'!s}: URL")
+    if not parts.hostname:
+        raise FetchError("the URL has no host")
+    return urlunsplit((scheme, parts.netloc, parts.path or "/", parts.query, ""))
+
+
+class GuardedClient:
+    """Fetches user-given URLs safely. One instance per process; `aclose()` at shutdown."""
+
+    def __init__(
+        self,
+        *,
+        allow_private_networks: bool = False,
+        max_bytes: int = 10 * 1024 * 1024,
+        timeout: float = 20.0,
+        max_redirects: int = 5,
+        user_agent: str = "CalMesh/1.0 (+https://calmesh.xyz)",
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.allow_private_networks = allow_private_networks
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+        self.max_redirects = max_redirects
+        self._client = httpx.AsyncClient(
+            follow_redirects=False,
+            timeout=httpx.Timeout(timeout),
+            headers={"User-Agent": user_agent},
+            transport=transport,
+            trust_env=False,
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _resolve(self, host: str, port: int) -> str:
+        """Resolve `host` once and return the address to connect to, after checking them all."""
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise FetchError(f"the host {host} could not be resolved") from exc
+        addresses = list(dict.fromkeys(info[4][0] for info in infos))
+        if not addresses:
+            raise FetchError(f"the host {host} has no address")
+        if not self.allow_private_networks:
+            for ip in addresses:
+                reason = address_refusal(ip)
+                if reason:
+                    raise FetchError(f"refused to fetch {host}: {reason}")
+        return addresses[0]
+
+    async def fetch(
+        self,
+        url: str,
+        *,
+        method: str = "GET",
+        headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        max_bytes: int | None = None,
+    ) -> FetchResult:
+        """Fetch `url`, following checked redirects; raises FetchError with a readable reason."""
+        limit = self.max_bytes if max_bytes is None else max_bytes
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._fetch(normalise_url(url), method, dict(headers or {}), content, limit)
+        except TimeoutError:
+            raise FetchError(f"no complete answer within {self.timeout:g} s") from None
+
+    async def _fetch(
+        self, url: str, method: str, headers: dict[str, str], content: bytes | None, limit: int
+    ) -> FetchResult:
+        for _ in range(self.max_redirects + 1):
+            parts = urlsplit(url)
+            host = parts.hostname or ""
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            ip = await self._resolve(host, port)
+            ip_host = f"[{ip}]" if ":" in ip else ip
+            pinned = urlunsplit((parts.scheme, f"{ip_host}:{port}", parts.path or "/", parts.query, ""))
+            host_header = host if parts.port is None else f"{host}:{parts.port}"
+            request = self._client.build_request(
+                method,
+                pinned,
+                headers={**headers, "Host": host_header},
+                content=content,
+                extensions={"sni_hostname": host} if parts.scheme == "https" else {},
+            )
+            try:
+                response = await self._client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                raise FetchError(f"could not fetch {host}: {type(exc).__name__}") from exc
+            try:
+                if response.status_code in _REDIRECTS and "location" in response.headers:
+                    url = normalise_url(urljoin(url, response.headers["location"]))
+                    if response.status_code == 303 or (response.status_code in (301, 302) and method == "POST"):
+                        method, content = "GET", None
+                    continue
+                body = bytearray()
+                declared = response.headers.get("content-length")
+                if declared and declared.isdigit() and int(declared) > limit:
+                    raise FetchError(f"the response is larger than the {limit:,} byte limit")
+                async for chunk in response.aiter_bytes():
+                    body.extend(chunk)
+                    if len(body) > limit:
+                        raise FetchError(f"the response is larger than the {limit:,} byte limit")
+                return FetchResult(response.status_code, response.headers, bytes(body), url)
+            except httpx.HTTPError as exc:
+                raise FetchError(f"could not read the answer of {host}: {type(exc).__name__}") from exc
+            finally:
+                await response.aclose()
+        raise FetchError(f"more than {self.max_redirects} redirects")
