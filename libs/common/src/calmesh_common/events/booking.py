@@ -1,3 +1,125 @@
-"""Events published by the booking context (none yet)."""
+"""Events published by the booking context: booking pages, bookings and polls.
+
+Subjects are ``calmesh.booking.<name>`` on the stream ``CALMESH_BOOKING``. The names of the booking
+and poll events match the webhook event types (``booking.created``, ``booking.cancelled``,
+``poll.voted``, ``poll.decided``) and each carries the resource, so the webhook dispatcher can
+deliver ``data`` without asking the booking service. Instants are UTC.
+"""
 
 from __future__ import annotations
+
+from datetime import datetime
+from typing import ClassVar
+
+from . import Event
+
+
+class BookingPageCreated(Event, tag="booking_page.created.v1"):
+    context: ClassVar[str] = "booking"
+    page_id: str
+    user_id: str
+    slug: str
+    calendar_slug: str
+    title: str
+    duration_minutes: int
+    timezone: str
+
+
+class BookingPageUpdated(Event, tag="booking_page.updated.v1"):
+    context: ClassVar[str] = "booking"
+    page_id: str
+    user_id: str
+    slug: str
+    #: The names of the fields that changed.
+    changed: list[str] = []
+
+
+class BookingPageDeleted(Event, tag="booking_page.deleted.v1"):
+    context: ClassVar[str] = "booking"
+    page_id: str
+    user_id: str
+    slug: str
+
+
+class BookingCreated(Event, tag="booking.created.v1"):
+    """A visitor booked a slot; the time is blocked from this moment."""
+
+    context: ClassVar[str] = "booking"
+    booking_id: str
+    page_id: str
+    page_slug: str
+    user_id: str
+    calendar_slug: str
+    title: str
+    start: datetime
+    end: datetime
+    name: str
+    email: str
+    notes: str = ""
+    timezone: str = "UTC"
+    status: str = "confirmed"
+    created_at: datetime | None = None
+
+
+class BookingCancelled(Event, tag="booking.cancelled.v1"):
+    """The owner or the visitor cancelled a booking; its time is free again."""
+
+    context: ClassVar[str] = "booking"
+    booking_id: str
+    page_id: str
+    page_slug: str
+    user_id: str
+    calendar_slug: str
+    title: str
+    start: datetime
+    end: datetime
+    name: str
+    email: str
+    cancelled_by: str  # "owner" | "visitor"
+    reason: str = ""
+    timezone: str = "UTC"
+    status: str = "cancelled"
+    cancelled_at: datetime | None = None
+
+
+class BookingCalendarEventWritten(Event, tag="booking.calendar_event_written.v1"):
+    """The booking's event now exists on the calendar's write target (sync's event id)."""
+
+    context: ClassVar[str] = "booking"
+    booking_id: str
+    user_id: str
+    event_id: str
+
+
+class PollCreated(Event, tag="poll.created.v1"):
+    context: ClassVar[str] = "booking"
+    poll_id: str
+    user_id: str
+    title: str
+    duration_minutes: int
+    option_ids: list[str]
+    calendar_slug: str | None = None
+    deadline: datetime | None = None
+
+
+class PollVoted(Event, tag="poll.voted.v1"):
+    context: ClassVar[str] = "booking"
+    poll_id: str
+    user_id: str
+    vote_id: str
+    name: str
+    email: str | None
+    #: option id -> "yes" | "maybe" | "no"
+    choices: dict[str, str]
+
+
+class PollDecided(Event, tag="poll.decided.v1"):
+    context: ClassVar[str] = "booking"
+    poll_id: str
+    user_id: str
+    option_id: str
+    start: datetime
+    end: datetime
+    title: str
+    calendar_slug: str | None = None
+    event_id: str | None = None

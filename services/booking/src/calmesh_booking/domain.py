@@ -1,0 +1,406 @@
+"""The booking domain: slot rules, bookings, cancel links and polls. Pure: no I/O, no clock.
+
+Every instant here is an aware UTC `datetime`. A page's hours are wall-clock times in the page's
+timezone; they become instants day by day, so a DST change moves them in UTC but not on the wall.
+Candidate slots step through real time from the start of each working interval (a 30-minute slot
+is 30 real minutes long even across a transition).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from bisect import bisect_right
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+WEEKDAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+MAX_RANGE_DAYS = 366
+DAY_MINUTES = 24 * 60
+
+Interval = tuple[datetime, datetime]
+#: A day's hours: sorted, disjoint [from, to) pairs in minutes since local midnight (to ≤ 1440).
+Hours = tuple[tuple[int, int], ...]
+
+_HHMM = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)$")
+
+
+class RuleError(ValueError):
+    """A booking page rule that cannot be used; `field` names where it is."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+# --- parsing and validating rules --------------------------------------------------------------
+
+
+def zone(name: str, field: str = "timezone") -> ZoneInfo:
+    """The IANA zone `name`; RuleError when there is none."""
+    try:
+        if not name or name.startswith(("/", ".")) or ".." in name:
+            raise ZoneInfoNotFoundError(name)
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise RuleError(field, f"unknown timezone {name!r} (expected an IANA name such as Europe/Amsterdam)") from None
+
+
+def parse_hhmm(value: str, field: str) -> int:
+    """"HH:MM" (00:00..24:00) to minutes since midnight."""
+    m = _HHMM.match(value)
+    if not m or (m.group(1) == "24" and m.group(2) != "00"):
+        raise RuleError(field, f"{value!r} is not a time of day HH:MM between 00:00 and 24:00")
+    return int(m.group(1)) * 60 + int(m.group(2))
+
+
+def parse_hours(raw: Sequence[Sequence[str]], field: str) -> Hours:
+    """[["09:00","12:00"], ...] to sorted, merged minute pairs; each pair must run forwards."""
+    pairs: list[tuple[int, int]] = []
+    for i, pair in enumerate(raw):
+        where = f"{field}[{i}]"
+        if len(pair) != 2:
+            raise RuleError(where, "each range is a pair [from, to]")
+        start, end = parse_hhmm(pair[0], where), parse_hhmm(pair[1], where)
+        if end <= start:
+            raise RuleError(where, f"{pair[1]} is not after {pair[0]}")
+        pairs.append((start, end))
+    pairs.sort()
+    merged: list[tuple[int, int]] = []
+    for start, end in pairs:
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return tuple(merged)
+
+
+def format_hours(hours: Hours) -> list[list[str]]:
+    return [[_fmt_minutes(a), _fmt_minutes(b)] for a, b in hours]
+
+
+def _fmt_minutes(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+@dataclass(frozen=True, slots=True)
+class SlotRules:
+    """What decides which slots a booking page offers."""
+
+    timezone: ZoneInfo
+    duration: timedelta
+    interval: timedelta
+    #: Indexed by `date.weekday()` (0 = Monday).
+    weekly: tuple[Hours, ...]
+    overrides: Mapping[date, Hours] = field(default_factory=dict)
+    buffer_before: timedelta = timedelta(0)
+    buffer_after: timedelta = timedelta(0)
+    min_notice: timedelta = timedelta(0)
+    max_days_ahead: int = 60
+
+    def hours_on(self, day: date) -> Hours:
+        """The hours of local `day`: its override if it has one, else its weekday's."""
+        found = self.overrides.get(day)
+        return found if found is not None else self.weekly[day.weekday()]
+
+
+def build_rules(
+    *,
+    timezone: str,
+    duration_minutes: int,
+    slot_interval_minutes: int | None,
+    weekly_hours: Mapping[str, Sequence[Sequence[str]]],
+    date_overrides: Sequence[Mapping[str, object]] = (),
+    buffer_before_minutes: int = 0,
+    buffer_after_minutes: int = 0,
+    min_notice_minutes: int = 0,
+    max_days_ahead: int = 60,
+) -> SlotRules:
+    """Validate a page's settings and turn them into SlotRules (RuleError on a bad value)."""
+    tz = zone(timezone)
+    unknown = sorted(set(weekly_hours) - set(WEEKDAYS))
+    if unknown:
+        raise RuleError("weekly_hours", f"unknown day {unknown[0]!r}; days are {', '.join(WEEKDAYS)}")
+    weekly = tuple(parse_hours(weekly_hours.get(d, ()), f"weekly_hours.{d}") for d in WEEKDAYS)
+    overrides: dict[date, Hours] = {}
+    for i, item in enumerate(date_overrides):
+        where = f"date_overrides[{i}]"
+        raw_date = item.get("date")
+        try:
+            day = date.fromisoformat(str(raw_date))
+        except ValueError:
+            raise RuleError(f"{where}.date", f"{raw_date!r} is not a date YYYY-MM-DD") from None
+        if day in overrides:
+            raise RuleError(f"{where}.date", f"{day} has two overrides")
+        overrides[day] = parse_hours(item.get("hours", ()), f"{where}.hours")  # type: ignore[arg-type]
+    interval = slot_interval_minutes or duration_minutes
+    for name, value, low, high in (
+        ("duration_minutes", duration_minutes, 5, DAY_MINUTES),
+        ("slot_interval_minutes", interval, 5, DAY_MINUTES),
+        ("buffer_before_minutes", buffer_before_minutes, 0, DAY_MINUTES),
+        ("buffer_after_minutes", buffer_after_minutes, 0, DAY_MINUTES),
+        ("min_notice_minutes", min_notice_minutes, 0, 365 * DAY_MINUTES),
+        ("max_days_ahead", max_days_ahead, 1, 730),
+    ):
+        if not low <= value <= high:
+            raise RuleError(name, f"must be between {low} and {high}, got {value}")
+    return SlotRules(
+        timezone=tz,
+        duration=timedelta(minutes=duration_minutes),
+        interval=timedelta(minutes=interval),
+        weekly=weekly,
+        overrides=overrides,
+        buffer_before=timedelta(minutes=buffer_before_minutes),
+        buffer_after=timedelta(minutes=buffer_after_minutes),
+        min_notice=timedelta(minutes=min_notice_minutes),
+        max_days_ahead=max_days_ahead,
+    )
+
+
+# --- instants and days -------------------------------------------------------------------------
+
+
+def local_instant(day: date, minutes: int, tz: ZoneInfo) -> datetime:
+    """Wall-clock `minutes` after midnight of `day` in `tz`, as a UTC instant.
+
+    A wall time that does not exist (the hour skipped in spring) is read with the offset before the
+    change, so 02:30 on a skipped 02:00–03:00 becomes 03:30; an ambiguous one (autumn) is the first.
+    """
+    if minutes >= DAY_MINUTES:
+        day, minutes = day + timedelta(days=minutes // DAY_MINUTES), minutes % DAY_MINUTES
+    local = datetime.combine(day, time(minutes // 60, minutes % 60), tzinfo=tz)
+    return local.astimezone(UTC)
+
+
+def day_window(first: date, last: date, tz: ZoneInfo) -> Interval:
+    """[first 00:00, the day after last 00:00) in `tz`: both dates inclusive."""
+    return local_instant(first, 0, tz), local_instant(last + timedelta(days=1), 0, tz)
+
+
+def all_day_interval(start: date, end: date, tz: ZoneInfo) -> Interval:
+    """An all-day event (end date exclusive) as the instants it covers in `tz`."""
+    return local_instant(start, 0, tz), local_instant(max(end, start + timedelta(days=1)), 0, tz)
+
+
+def working_intervals(rules: SlotRules, first: date, last: date) -> list[Interval]:
+    """The page's hours on local days first..last (inclusive) as UTC instants, in order."""
+    out: list[Interval] = []
+    day = first
+    while day <= last:
+        for a, b in rules.hours_on(day):
+            out.append((local_instant(day, a, rules.timezone), local_instant(day, b, rules.timezone)))
+        day += timedelta(days=1)
+    return out
+
+
+def merge(intervals: Iterable[Interval]) -> list[Interval]:
+    """Sorted, with overlapping and touching intervals merged; empty ones dropped."""
+    merged: list[Interval] = []
+    for start, end in sorted(i for i in intervals if i[1] > i[0]):
+        if merged and start <= merged[-1][1]:
+            if end > merged[-1][1]:
+                merged[-1] = (merged[-1][0], end)
+        else:
+            merged.append((start, end))
+    return merged
+
+
+class BusyTime:
+    """Merged busy intervals answering "does [a, b) overlap anything?" in O(log n)."""
+
+    __slots__ = ("_ends", "_starts")
+
+    def __init__(self, intervals: Iterable[Interval]) -> None:
+        merged = merge(intervals)
+        self._starts = [s for s, _ in merged]
+        self._ends = [e for _, e in merged]
+
+    def overlaps(self, start: datetime, end: datetime) -> bool:
+        # Merged intervals are disjoint and sorted, so their ends are sorted too.
+        i = bisect_right(self._ends, start)
+        return i < len(self._starts) and self._starts[i] < end
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+
+def busy_query_range(rules: SlotRules, window_start: datetime, window_end: datetime) -> Interval:
+    """The span of busy time that can touch slots starting in [window_start, window_end)."""
+    return window_start - rules.buffer_before, window_end + rules.duration + rules.buffer_after
+
+
+# --- slots -------------------------------------------------------------------------------------
+
+
+def compute_slots(
+    rules: SlotRules,
+    window_start: datetime,
+    window_end: datetime,
+    now: datetime,
+    busy: BusyTime | Iterable[Interval],
+) -> list[Interval]:
+    """The slots [start, end) that start in [window_start, window_end) and are offered at `now`.
+
+    A slot is offered when it lies inside one day's hours in the page's timezone, starts at least
+    `min_notice` after `now` and before `now + max_days_ahead` days, and
+    [start − buffer_before, end + buffer_after) overlaps no busy time.
+    """
+    if not isinstance(busy, BusyTime):
+        busy = BusyTime(busy)
+    earliest = max(window_start, now + rules.min_notice)
+    latest = min(window_end, now + timedelta(days=rules.max_days_ahead))
+    if latest <= earliest:
+        return []
+    tz = rules.timezone
+    first = earliest.astimezone(tz).date()
+    last = (latest - timedelta(microseconds=1)).astimezone(tz).date()
+    duration, step = rules.duration, rules.interval
+    before, after = rules.buffer_before, rules.buffer_after
+    slots: list[Interval] = []
+    for open_at, close_at in working_intervals(rules, first, last):
+        if close_at <= earliest or open_at >= latest:
+            continue
+        t = open_at
+        if t < earliest:
+            # Jump to the first aligned candidate at or after `earliest`.
+            steps = -((open_at - earliest) // step)
+            t = open_at + steps * step
+        while t + duration <= close_at and t < latest:
+            if not busy.overlaps(t - before, t + duration + after):
+                slots.append((t, t + duration))
+            t += step
+    return slots
+
+
+def is_offered(rules: SlotRules, start: datetime, now: datetime, busy: BusyTime | Iterable[Interval]) -> bool:
+    """Whether a slot starting exactly at `start` is offered at `now` given `busy`."""
+    slots = compute_slots(rules, start, start + timedelta(seconds=1), now, busy)
+    return bool(slots) and slots[0][0] == start
+
+
+# --- bookings ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Booking:
+    id: str
+    page_id: str
+    page_slug: str
+    user_id: str
+    calendar_slug: str
+    title: str
+    start: datetime
+    end: datetime
+    name: str
+    email: str
+    notes: str
+    timezone: str
+    status: str  # "confirmed" | "cancelled"
+    created_at: datetime
+    event_id: str | None = None
+    cancelled_at: datetime | None = None
+    cancelled_by: str | None = None
+    cancel_reason: str | None = None
+
+
+_EMAIL = re.compile(r"^[^@\s<>\"',;]+@[^@\s<>\"',;]+\.[^@\s<>\"',;]+$")
+
+
+def valid_email(value: str) -> bool:
+    return len(value) <= 254 and bool(_EMAIL.match(value))
+
+
+# --- cancel links ------------------------------------------------------------------------------
+
+
+def cancel_signature(secret: bytes, booking_id: str, exp: int) -> str:
+    """HMAC-SHA256 over the booking id and the expiry (Unix seconds), base64url without padding."""
+    mac = hmac.new(secret, f"cancel\x1f{booking_id}\x1f{exp}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def verify_cancel_signature(secret: bytes, booking_id: str, exp: str | int, sig: str, now: datetime) -> str | None:
+    """None when `sig` is right for (booking_id, exp) and `exp` is still ahead; else why not."""
+    try:
+        exp_value = int(exp)
+    except (TypeError, ValueError):
+        return "malformed"
+    expected = cancel_signature(secret, booking_id, exp_value)
+    if not hmac.compare_digest(expected.encode(), sig.encode()):
+        return "bad_signature"
+    if exp_value <= int(now.timestamp()):
+        return "expired"
+    return None
+
+
+def cancel_link_expiry(booking_end: datetime, now: datetime, lifetime: timedelta) -> int:
+    """When a visitor's cancel link stops working: its lifetime after booking, but at least until
+    the meeting has ended."""
+    return int(max(now + lifetime, booking_end).timestamp())
+
+
+# --- polls -------------------------------------------------------------------------------------
+
+CHOICES = ("yes", "maybe", "no")
+
+
+@dataclass(frozen=True, slots=True)
+class PollOption:
+    id: str
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    name: str
+    choices: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class OptionTally:
+    option_id: str
+    start: datetime
+    end: datetime
+    yes: int
+    maybe: int
+    no: int
+    available: list[str]
+    if_need_be: list[str]
+    calendar_busy: bool
+
+
+def tally(options: Sequence[PollOption], votes: Sequence[Vote], busy: BusyTime | Iterable[Interval]) -> list[OptionTally]:
+    """Counts per option, with the names of who said yes and maybe, and calendar clashes."""
+    if not isinstance(busy, BusyTime):
+        busy = BusyTime(busy)
+    out = []
+    for option in options:
+        said = {c: [v.name for v in votes if v.choices.get(option.id) == c] for c in CHOICES}
+        out.append(
+            OptionTally(
+                option_id=option.id,
+                start=option.start,
+                end=option.end,
+                yes=len(said["yes"]),
+                maybe=len(said["maybe"]),
+                no=len(said["no"]),
+                available=said["yes"],
+                if_need_be=said["maybe"],
+                calendar_busy=busy.overlaps(option.start, option.end),
+            )
+        )
+    return out
+
+
+def best_option(tallies: Sequence[OptionTally]) -> str | None:
+    """Most yes, then most maybe, then no calendar clash, then the earliest start."""
+    if not tallies:
+        return None
+    best = min(tallies, key=lambda t: (-t.yes, -t.maybe, t.calendar_busy, t.start, t.option_id))
+    return best.option_id
