@@ -94,6 +94,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     rate_limit_burst: int = 120
     public_rate_limit_per_minute: int = 300
     health_timeout_seconds: float = 2.0
+    forward_timeout_seconds: float = 30.0
 
     # Secrets at rest (connections credentials, webhook secrets): comma-separated Fernet keys,
     # newest first; every key decrypts, the first encrypts.
@@ -139,6 +140,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             rate_limit_burst=_int(env, "CALMESH_RATE_LIMIT_BURST", 120),
             public_rate_limit_per_minute=_int(env, "CALMESH_PUBLIC_RATE_LIMIT_PER_MINUTE", 300),
             health_timeout_seconds=_float(env, "CALMESH_HEALTH_TIMEOUT_SECONDS", 2.0),
+            forward_timeout_seconds=_float(env, "CALMESH_FORWARD_TIMEOUT_SECONDS", 30.0),
             encryption_keys=_list(env, "CALMESH_ENCRYPTION_KEYS"),
             sync_workers=_int(env, "CALMESH_SYNC_WORKERS", 2),
             allow_private_networks=_bool(env, "CALMESH_ALLOW_PRIVATE_NETWORKS", False),

@@ -1,25 +1,149 @@
-"""The gateway: wiring and lifespan (placeholder until the gateway features land)."""
+"""The gateway: wiring and lifespan.
+
+`create_app(settings)` returns the ASGI app uvicorn serves: the front (route table, auth, scopes,
+rate limits, forwarding) around a litestar app for the gateway's own endpoints. The litestar
+lifespan owns the asyncpg pool, the NATS connection (the auth cache's event subscription and the
+outbox relay), the aiohttp session used for forwarding, and the background jobs.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
-from litestar import Litestar, Request, Response, get
+import asyncpg
+import nats
+from litestar import Litestar
+from nats.aio.client import Client as NATS
 
-from calmesh_common.service import create_service_app, run_service
+from calmesh_common.logging import get_logger
+from calmesh_common.problems import problem_handler
+from calmesh_common.relay import OutboxRelay
+from calmesh_common.service import create_pool, run_service
 from calmesh_common.settings import Settings
 
+from .api import ROUTE_HANDLERS
+from .authcache import AuthCache, periodic
+from .forward import Forwarder
+from .front import GatewayFront
+from .openapi import OpenAPIBuilder
+from .routes import RouteTable
+from .security import Passwords
+from .store import SCHEMA, GatewayStore
+
 NAME = "gateway"
+EVENTS_SUBJECT = "calmesh.gateway.>"
+LAST_USED_FLUSH_SECONDS = 2.0
+PRUNE_SECONDS = 60.0
+
+log = get_logger(__name__)
 
 
-@get("/api/health")
-async def api_health(request: Request[Any, Any, Any]) -> Response[dict[str, str]]:
-    return Response({"status": "ok"})
+@dataclass
+class GatewayState:
+    """What the gateway's handlers and the front share; filled in by the lifespan."""
+
+    settings: Settings
+    cache: AuthCache
+    openapi: OpenAPIBuilder
+    passwords: Passwords = field(default_factory=Passwords)
+    pool: asyncpg.Pool | None = None
+    store: GatewayStore | None = None
+    nc: NATS | None = None
+    forwarder: Forwarder | None = None
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
 
-def create_app(settings: Settings) -> Litestar:
-    return create_service_app(settings, name=NAME, schema="gateway", route_handlers=[api_health], open_paths=("/health", "/api/health"))
+def create_app(settings: Settings) -> GatewayFront:
+    """The gateway's ASGI app for `settings` (nothing connects until the lifespan starts)."""
+    table = RouteTable()
+    cache = AuthCache(store=None, internal_secret=settings.internal_secret)  # type: ignore[arg-type]
+    state = GatewayState(
+        settings=settings,
+        cache=cache,
+        openapi=OpenAPIBuilder(table, settings.public_base_url, settings.internal_secret,
+                               service_urls=dict(settings.service_urls)),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        app.state.gw = state
+        state.pool = await create_pool(settings, SCHEMA)
+        state.store = GatewayStore(state.pool)
+        cache.store = state.store
+        state.forwarder = Forwarder(settings.service_urls, timeout=settings.forward_timeout_seconds)
+        state.openapi.fetch = state.forwarder.get_json_status
+
+        def reload_later() -> None:
+            state.tasks.append(asyncio.create_task(cache.reload(), name="gateway-cache-reload"))
+
+        async def on_reconnect() -> None:
+            # Events sent while we were away were missed: take the database's view again.
+            log.info("nats_reconnected_reloading_auth_cache")
+            reload_later()
+
+        state.nc = await nats.connect(
+            settings.nats_url, name="calmesh-gateway", max_reconnect_attempts=-1, reconnect_time_wait=0.5,
+            connect_timeout=5, reconnected_cb=on_reconnect,
+        )
+        # Subscribe before loading, so nothing falls between the snapshot and the first event.
+        await state.nc.subscribe(EVENTS_SUBJECT, cb=cache.on_message)
+        await cache.reload()
+        relay = OutboxRelay(state.pool, state.nc.jetstream(), SCHEMA)
+        state.tasks += [
+            asyncio.create_task(relay.run(), name="gateway-relay"),
+            asyncio.create_task(periodic(LAST_USED_FLUSH_SECONDS, cache.flush_last_used, "last_used"),
+                                name="gateway-last-used"),
+            asyncio.create_task(periodic(PRUNE_SECONDS, _prune(front), "prune"), name="gateway-prune"),
+        ]
+        log.info("service_started", service=NAME, port=settings.port)
+        try:
+            yield
+        finally:
+            for task in state.tasks:
+                task.cancel()
+            await asyncio.gather(*state.tasks, return_exceptions=True)
+            state.tasks.clear()
+            try:
+                await cache.flush_last_used()
+            except Exception as exc:  # noqa: BLE001 - shutting down: report and go on
+                log.warning("last_used_flush_failed", error=repr(exc))
+            await state.forwarder.close()
+            if state.nc.is_connected:
+                await state.nc.drain()
+            await state.pool.close()
+
+    inner = Litestar(
+        route_handlers=ROUTE_HANDLERS,
+        lifespan=[lifespan],
+        exception_handlers={Exception: problem_handler},
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=None,
+        debug=False,
+    )
+    front = GatewayFront(settings, inner, cache, lambda: state.forwarder, table)
+    front.state = state  # type: ignore[attr-defined]  # for tests and the benchmark
+    return front
+
+
+def _prune(front: GatewayFront) -> Any:
+    async def prune() -> None:
+        front.key_limiter.prune()
+        front.public_limiter.prune()
+
+    return prune
 
 
 def main() -> None:
-    run_service(NAME, create_app)
+    def factory(settings: Settings) -> Any:
+        settings.require("session_secret")
+        return create_app(settings)
+
+    run_service(NAME, factory)
+
+
+if __name__ == "__main__":
+    main()

@@ -41,3 +41,8 @@ class SessionEnded(Event, tag="session.ended.v1"):
     session_hash: str
 
 
+class SessionStarted(Event, tag="session.started.v1"):
+    context: ClassVar[str] = "gateway"
+    user_id: str
+    session_hash: str
+    expires_at: datetime

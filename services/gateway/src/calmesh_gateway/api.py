@@ -1,0 +1,333 @@
+"""The gateway's own endpoints (litestar): signup, login, logout, /me, API keys, health, OpenAPI.
+
+The front (front.py) has already authenticated the caller, checked scope and CSRF and rate-limited;
+it hands over a `RequestContext` in ``scope["calmesh"]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import zoneinfo
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from typing import Any, TypeVar
+
+import msgspec
+from litestar import Request, Response, delete, get, post
+from litestar.datastructures import Cookie
+
+from calmesh_common.problems import PROBLEM_JSON, FieldError, Problem, problem_bytes
+
+from . import schemas
+from .authcache import Identity
+from .front import RequestContext
+from .keys import generate_key, random_id
+from .routes import RESERVED_HANDLES
+from .security import CSRF_COOKIE, SESSION_COOKIE, csrf_token, new_session_token, session_hash
+from .store import EmailTaken, HandleTaken, KeyRow, UserRow
+
+T = TypeVar("T")
+_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+_AT_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
+
+
+def _ctx(request: Request[Any, Any, Any]) -> RequestContext:
+    return request.scope["calmesh"]  # type: ignore[typeddict-item,no-any-return]
+
+
+def _state(request: Request[Any, Any, Any]) -> Any:
+    return request.app.state.gw
+
+
+def _identity(request: Request[Any, Any, Any]) -> Identity:
+    identity = _ctx(request).identity
+    if identity is None:  # the route table makes this unreachable; refuse rather than guess
+        raise Problem(401, "unauthorized", "Authentication is required.")
+    return identity
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    """Instants in responses: UTC, whole seconds (api.md)."""
+    if value is None:
+        return None
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@cache
+def _zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
+
+
+def valid_timezone(name: str) -> bool:
+    return name in _zones() or name == "UTC"
+
+
+def decode_json(body: bytes, content_type: str | None, kind: type[T]) -> T:
+    """Decode a JSON body into `kind`, turning every failure into a 400 that says what is wrong."""
+    if content_type and "json" not in content_type.split(";", 1)[0].lower():
+        raise Problem(415, "unsupported_media_type", "Send the body as application/json.")
+    if not body.strip():
+        raise Problem(400, "malformed_json", "The request body must be a JSON object.")
+    try:
+        return msgspec.json.decode(body, type=kind)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        found = _AT_PATH.search(message)
+        field = found.group(1) if found else "body"
+        text = message[: found.start()] if found else message
+        unknown = re.match(r"Object contains unknown field `([^`]*)`", text)
+        missing = re.match(r"Object missing required field `([^`]*)`", text)
+        if unknown:
+            field, text = (f"{field}.{unknown.group(1)}" if found else unknown.group(1)), "unknown field"
+        elif missing:
+            field, text = (f"{field}.{missing.group(1)}" if found else missing.group(1)), "required"
+        raise Problem(400, "validation_error", f"{field}: {text}", errors=[FieldError(field or "body", text)]) from None
+    except msgspec.DecodeError as exc:
+        raise Problem(400, "malformed_json", f"The request body is not valid JSON: {exc}.") from None
+
+
+def _invalid(field: str, message: str) -> Problem:
+    return Problem(400, "validation_error", f"{field}: {message}", errors=[FieldError(field, message)])
+
+
+def _json(data: Any, status: int = 200, cookies: list[Cookie] | None = None) -> Response[bytes]:
+    return Response(msgspec.json.encode(data), status_code=status, media_type="application/json", cookies=cookies)
+
+
+def _user_body(user: UserRow) -> schemas.User:
+    return schemas.User(id=user.id, email=user.email, handle=user.handle, name=user.name, timezone=user.timezone,
+                        plan=user.plan, created_at=rfc3339(user.created_at) or "")  # type: ignore[arg-type]
+
+
+def _session_cookies(settings: Any, token: str) -> list[Cookie]:
+    ttl = settings.session_ttl_seconds
+    return [
+        Cookie(key=SESSION_COOKIE, value=token, max_age=ttl, path="/", httponly=True, samesite="lax",
+               secure=settings.cookie_secure),
+        Cookie(key=CSRF_COOKIE, value=csrf_token(settings.session_secret, token), max_age=ttl, path="/",
+               httponly=False, samesite="lax", secure=settings.cookie_secure),
+    ]
+
+
+def _cleared_cookies(settings: Any) -> list[Cookie]:
+    return [
+        Cookie(key=SESSION_COOKIE, value="", max_age=0, path="/", httponly=True, samesite="lax",
+               secure=settings.cookie_secure),
+        Cookie(key=CSRF_COOKIE, value="", max_age=0, path="/", httponly=False, samesite="lax",
+               secure=settings.cookie_secure),
+    ]
+
+
+async def _new_session(state: Any, user_id: str) -> tuple[str, str, str, datetime]:
+    token = new_session_token()
+    expires = datetime.now(UTC) + timedelta(seconds=state.settings.session_ttl_seconds)
+    return random_id("ses_"), token, session_hash(state.settings.session_secret, token), expires
+
+
+# Accounts ------------------------------------------------------------------------------------
+
+@post("/api/v1/auth/signup", status_code=201)
+async def signup(request: Request[Any, Any, Any]) -> Response[bytes]:
+    state = _state(request)
+    data = decode_json(await request.body(), request.headers.get("content-type"), schemas.SignupRequest)
+    email = data.email.strip()
+    if not _EMAIL.match(email):
+        raise _invalid("email", "is not an email address")
+    if data.handle in RESERVED_HANDLES:
+        raise _invalid("handle", "is reserved; choose another")
+    timezone = data.timezone or "UTC"
+    if not valid_timezone(timezone):
+        raise _invalid("timezone", "is not an IANA time zone name (e.g. Europe/Amsterdam)")
+    taken = await state.store.email_or_handle_taken(email, data.handle)
+    if taken == "email":
+        raise Problem(409, "email_taken", "An account with this email exists already.")
+    if taken == "handle":
+        raise Problem(409, "handle_taken", "This handle is taken; choose another.")
+    password_hash = await state.passwords.hash(data.password)
+    session_id, token, token_hash, expires = await _new_session(state, "")
+    user = UserRow(id=random_id("usr_"), email=email, handle=data.handle, name=(data.name or "").strip(),
+                   timezone=timezone, plan="free", created_at=datetime.now(UTC), password_hash=password_hash)
+    try:
+        created = await state.store.create_user_with_session(user, session_id, token_hash, expires)
+    except EmailTaken:
+        raise Problem(409, "email_taken", "An account with this email exists already.") from None
+    except HandleTaken:
+        raise Problem(409, "handle_taken", "This handle is taken; choose another.") from None
+    return _json(_user_body(created), 201, _session_cookies(state.settings, token))
+
+
+@post("/api/v1/auth/login", status_code=200)
+async def login(request: Request[Any, Any, Any]) -> Response[bytes]:
+    state = _state(request)
+    data = decode_json(await request.body(), request.headers.get("content-type"), schemas.LoginRequest)
+    user = await state.store.user_by_email(data.email.strip())
+    ok = await state.passwords.verify(user.password_hash if user else None, data.password)
+    if user is None or not ok:
+        raise Problem(401, "invalid_credentials", "The email or the password is not right.")
+    session_id, token, token_hash, expires = await _new_session(state, user.id)
+    await state.store.create_session(session_id, user.id, token_hash, expires)
+    return _json(_user_body(user), 200, _session_cookies(state.settings, token))
+
+
+@post("/api/v1/auth/logout", status_code=204)
+async def logout(request: Request[Any, Any, Any]) -> Response[None]:
+    state = _state(request)
+    identity = _ctx(request).identity
+    if identity is not None and identity.session_hash:
+        state.cache.forget_session(identity.session_hash)
+        await state.store.end_session(identity.session_hash)
+        state.cache.forget_session(identity.session_hash)
+    return Response(None, status_code=204, cookies=_cleared_cookies(state.settings))
+
+
+@get("/api/v1/me")
+async def me(request: Request[Any, Any, Any]) -> Response[bytes]:
+    user = await _state(request).store.user_by_id(_identity(request).user_id)
+    if user is None:
+        raise Problem(404, "not_found", "No such user.")
+    return _json(_user_body(user))
+
+
+# API keys ------------------------------------------------------------------------------------
+
+def _encode_cursor(created_at: datetime, key_id: str) -> str:
+    raw = msgspec.json.encode([created_at.isoformat(), key_id])
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created, key_id = msgspec.json.decode(raw, type=tuple[datetime, str])
+        return created, key_id
+    except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
+        raise Problem(400, "invalid_cursor", "The cursor is not one this API gave out.") from None
+
+
+def _limit(raw: str | None) -> int:
+    if raw is None:
+        return 50
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise _invalid("limit", "must be a whole number from 1 to 200") from None
+    if not 1 <= limit <= 200:
+        raise _invalid("limit", "must be a whole number from 1 to 200")
+    return limit
+
+
+@post("/api/v1/api-keys", status_code=201)
+async def create_api_key(request: Request[Any, Any, Any]) -> Response[bytes]:
+    state = _state(request)
+    identity = _identity(request)
+    data = decode_json(await request.body(), request.headers.get("content-type"), schemas.ApiKeyCreate)
+    expires_at = data.expires_at
+    if expires_at is not None:
+        if expires_at.tzinfo is None:
+            expires_at = expires_at.replace(tzinfo=UTC)
+        if expires_at <= datetime.now(UTC):
+            raise Problem(422, "invalid_expires_at", "expires_at must lie in the future.",
+                          errors=[FieldError("expires_at", "must lie in the future")])
+    new = generate_key()
+    key_id = random_id("key_")
+    row = await state.store.create_key(key_id=key_id, user_id=identity.user_id, name=data.name, scope=data.scope,
+                                       prefix=new.prefix, key_hash=new.key_hash, expires_at=expires_at)
+    state.cache.add_key(KeyRow(id=key_id, user_id=identity.user_id, scope=data.scope, key_hash=new.key_hash,
+                               expires_at=expires_at, revoked=False, handle=identity.handle,
+                               timezone=identity.timezone, plan=identity.plan))
+    return _json(schemas.ApiKeyCreated(
+        id=key_id, name=row["name"], scope=row["scope"], prefix=row["prefix"], key=new.key,
+        created_at=rfc3339(row["created_at"]) or "", expires_at=rfc3339(row["expires_at"]),
+    ), 201)
+
+
+@get("/api/v1/api-keys")
+async def list_api_keys(request: Request[Any, Any, Any]) -> Response[bytes]:
+    state = _state(request)
+    identity = _identity(request)
+    limit = _limit(request.query_params.get("limit"))
+    cursor = request.query_params.get("cursor")
+    after = _decode_cursor(cursor) if cursor else None
+    rows = await state.store.list_keys(identity.user_id, limit + 1, after)
+    page, more = rows[:limit], len(rows) > limit
+    data = []
+    for r in page:
+        last_used = r["last_used_at"]
+        pending = state.cache.pending_last_used(r["id"])
+        if pending is not None and (last_used is None or pending > last_used):
+            last_used = pending
+        data.append(schemas.ApiKey(id=r["id"], name=r["name"], scope=r["scope"], prefix=r["prefix"],
+                                   created_at=rfc3339(r["created_at"]) or "", last_used_at=rfc3339(last_used),
+                                   expires_at=rfc3339(r["expires_at"])))
+    next_cursor = _encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more and page else None
+    return _json(schemas.ApiKeyList(data=data, next_cursor=next_cursor))
+
+
+@delete("/api/v1/api-keys/{key_id:str}", status_code=204)
+async def revoke_api_key(request: Request[Any, Any, Any], key_id: str) -> None:
+    state = _state(request)
+    identity = _identity(request)
+    key_hash = await state.store.revoke_key(identity.user_id, key_id)
+    if key_hash is None:
+        raise Problem(404, "not_found", "No such API key.")
+    state.cache.revoke_key(key_hash)
+
+
+# Health and documentation --------------------------------------------------------------------
+
+async def _check_database(state: Any, timeout: float) -> str:
+    try:
+        async with asyncio.timeout(timeout):
+            await state.pool.fetchval("SELECT 1")
+        return "ok"
+    except TimeoutError:
+        return "down: timeout"
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: this is a health check
+        return f"down: {type(exc).__name__}"
+
+
+async def _check_service(state: Any, url: str, timeout: float) -> str:
+    try:
+        status, _ = await state.forwarder.get_json_status(f"{url.rstrip('/')}/health", {}, timeout)
+        return "ok" if status == 200 else f"down: HTTP {status}"
+    except TimeoutError:
+        return "down: timeout"
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: this is a health check
+        return f"down: {type(exc).__name__}"
+
+
+@get("/api/health")
+async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
+    state = _state(request)
+    timeout = state.settings.health_timeout_seconds
+    services = sorted(state.settings.service_urls.items())
+    results = await asyncio.gather(
+        _check_database(state, timeout),
+        *(_check_service(state, url, timeout) for _, url in services),
+    )
+    checks = {"database": results[0],
+              "nats": "ok" if state.nc is not None and state.nc.is_connected else "down: disconnected"}
+    checks.update({name: result for (name, _), result in zip(services, results[1:], strict=True)})
+    down = [name for name, value in checks.items() if value != "ok"]
+    if not down:
+        return _json({"status": "ok", "checks": checks})
+    problem = Problem(503, "service_unavailable", f"Down: {', '.join(down)}.", checks=checks, down=down)
+    return Response(problem_bytes(problem), status_code=503, media_type=PROBLEM_JSON)
+
+
+@get("/schema/openapi.json")
+async def openapi_document(request: Request[Any, Any, Any]) -> Response[bytes]:
+    return Response(await _state(request).openapi.document(), media_type="application/json")
+
+
+@get("/schema")
+async def openapi_page(request: Request[Any, Any, Any]) -> Response[str]:
+    from .openapi import docs_page
+
+    return Response(docs_page(), media_type="text/html")
+
+
+ROUTE_HANDLERS = [signup, login, logout, me, create_api_key, list_api_keys, revoke_api_key, health,
+                  openapi_document, openapi_page]

@@ -1,0 +1,326 @@
+"""The gateway's front door: a raw ASGI app in front of litestar.
+
+Every request is matched against the route table; nothing outside it is served. The front sets the
+request id and the W3C trace context, authenticates (API key from memory, or session cookie),
+enforces the row's scopes and CSRF, rate-limits, and then either forwards the request to the owning
+service with aiohttp (the hot path, no framework in between) or hands it to the litestar app that
+serves the gateway's own endpoints, with the established identity in ``scope["calmesh"]``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from calmesh_common.logging import get_logger
+from calmesh_common.problems import PROBLEM_JSON, Problem, problem_bytes
+from calmesh_common.settings import Settings
+from calmesh_common.tracing import extract_context, tracer
+
+from .authcache import AuthCache, Identity
+from .forward import Forwarder
+from .keys import MalformedKey, check_key_format, hash_key
+from .ratelimit import TokenBucketLimiter
+from .routes import GATEWAY, KEY, SESSION, Route, RouteTable
+from .security import SESSION_COOKIE, csrf_ok, looks_like_session_token, parse_cookies, session_hash
+
+log = get_logger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+#: Request headers that never reach a service (the gateway sets its own or they are hop-by-hop).
+_DROP_REQUEST = frozenset({
+    b"host", b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding", b"upgrade",
+    b"proxy-authorization", b"proxy-connection", b"content-length", b"expect",
+})
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """What the gateway's own handlers learn from the front."""
+
+    route: Route
+    params: dict[str, str]
+    request_id: str
+    identity: Identity | None
+    session_token: str | None = None
+
+
+class Unauthorized(Problem):
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(401, code, detail, headers={"WWW-Authenticate": 'Bearer realm="calmesh"'})
+
+
+class GatewayFront:
+    def __init__(self, settings: Settings, inner: Any, cache: AuthCache, forwarder_ref: Any,
+                 table: RouteTable | None = None) -> None:
+        self.settings = settings
+        self.inner = inner
+        self.cache = cache
+        self._forwarder_ref = forwarder_ref  # a callable returning the Forwarder made by the lifespan
+        self.table = table or RouteTable()
+        self.max_body = settings.max_body_bytes
+        self.key_limiter = TokenBucketLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        # A public caller may spend a minute's allowance at once, then `per_minute` a minute.
+        self.public_limiter = TokenBucketLimiter(settings.public_rate_limit_per_minute,
+                                                 settings.public_rate_limit_per_minute)
+        self.session_secret = settings.session_secret
+        self.tracer = tracer("calmesh.gateway")
+
+    # ASGI ------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self.inner(scope, receive, send)
+        else:  # websockets: none of our endpoints speaks them
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        method: str = scope["method"]
+        authz = cookie = rid = tp = tstate = csrf = clen = host = None
+        passthrough: list[tuple[bytes, bytes]] = []
+        for k, v in scope["headers"]:
+            if k == b"authorization":
+                authz = v
+            elif k == b"cookie":
+                cookie = v if cookie is None else cookie + b"; " + v
+            elif k == b"x-request-id":
+                rid = v
+            elif k == b"traceparent":
+                tp = v
+            elif k == b"tracestate":
+                tstate = v
+            elif k == b"x-csrf-token":
+                csrf = v
+            elif k == b"content-length":
+                clen = v
+            elif k == b"host":
+                host = v
+            elif k in _DROP_REQUEST or k.startswith(b"x-calmesh-") or k.startswith(b"x-forwarded-"):
+                continue
+            else:
+                passthrough.append((k, v))
+
+        request_id = rid.decode("latin-1") if rid is not None else ""
+        if not _REQUEST_ID.match(request_id):
+            request_id = uuid.uuid4().hex
+        parent = extract_context({"traceparent": tp.decode("latin-1")}) if tp is not None else None
+        span = self.tracer.start_span(f"gateway {method}", context=parent, kind=SpanKind.SERVER)
+        ctx = span.get_span_context()
+        traceparent = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+        ids = [(b"x-request-id", request_id.encode()), (b"traceparent", traceparent.encode())]
+        status = 500
+        try:
+            path: str = scope["path"]
+            match = self.table.match(method, path)
+            route = match.route
+            if route is None:
+                if match.allowed:
+                    allow = ", ".join(match.allowed)
+                    raise Problem(405, "method_not_allowed", f"{method} is not allowed here; use {allow}.",
+                                  headers={"Allow": allow})
+                raise Problem(404, "route_not_found", f"There is no endpoint at {path}.")
+            span.update_name(f"{method} {route.path}")
+            if clen is not None:
+                try:
+                    length = int(clen)
+                except ValueError:
+                    raise Problem(400, "bad_request", "Content-Length is not a number.") from None
+                if length > self.max_body:
+                    raise _too_large(self.max_body)
+
+            identity: Identity | None = None
+            session_token: str | None = None
+            if route.auth != _PUBLIC_ONLY:
+                if authz is not None:
+                    identity = await self._key_identity(authz)
+                    if not route.allows_key_scope(identity.scope):
+                        raise _insufficient(route, identity)
+                elif cookie is not None and SESSION in route.auth:
+                    session_token = parse_cookies(cookie.decode("latin-1")).get(SESSION_COOKIE)
+                    if session_token:
+                        identity = await self._session_identity(session_token)
+                        if identity is None:
+                            session_token = None
+                            if not route.public:
+                                raise Unauthorized("invalid_session",
+                                                   "The session has ended or expired, or the cookie is not valid: sign in again.")
+                        elif not csrf_ok(self.session_secret, method, session_token,
+                                         csrf.decode("latin-1") if csrf is not None else None):
+                            raise Problem(403, "csrf_failed",
+                                          "Send the value of the calmesh_csrf cookie in the X-CSRF-Token header.")
+                if identity is None and not route.public:
+                    if SESSION in route.auth and KEY not in route.auth:
+                        raise Unauthorized("unauthorized", "Sign in: this endpoint needs a dashboard session.")
+                    raise Unauthorized("unauthorized",
+                                       "Authentication is required: send Authorization: Bearer cm_live_… or sign in.")
+
+            if route.rate_limited:
+                if identity is not None:
+                    bucket = identity.key_id if identity.key_id is not None else "u:" + identity.user_id
+                    wait = self.key_limiter.hit(bucket)
+                else:
+                    client = scope.get("client")
+                    wait = self.public_limiter.hit(client[0] if client else "unknown")
+                if wait:
+                    raise Problem(429, "rate_limited", "Too many requests; slow down and retry after a moment.",
+                                  headers={"Retry-After": TokenBucketLimiter.retry_after_header(wait)})
+            if identity is not None and identity.key_id is not None:
+                self.cache.mark_used(identity.key_id)
+
+            if route.service == GATEWAY:
+                scope["calmesh"] = RequestContext(route, match.params, request_id, identity, session_token)
+                status = await self._inner(scope, receive, send, ids)
+            else:
+                status = await self._forward(scope, receive, send, route, identity, passthrough, clen, host,
+                                             request_id, traceparent, tstate, ids)
+        except _ClientGone:
+            status = 499
+        except Problem as problem:
+            status = problem.status
+            await _send_problem(send, problem, ids)
+        except Exception as exc:  # noqa: BLE001 - the one place that turns a bug into an opaque 500
+            log.error("gateway_error", path=scope.get("path"), error=repr(exc), exc_info=exc)
+            status = 500
+            await _send_problem(send, Problem(500, "internal_error", "Something went wrong on our side; it has been logged."), ids)
+        finally:
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+            span.end()
+
+    # Authentication --------------------------------------------------------------------------
+
+    async def _key_identity(self, authz: bytes) -> Identity:
+        scheme, _, value = authz.decode("latin-1").strip().partition(" ")
+        key = value.strip()
+        if scheme.lower() != "bearer" or not key:
+            raise Unauthorized("invalid_authorization",
+                               "The Authorization header must be 'Bearer cm_live_…' (an API key).")
+        try:
+            check_key_format(key)
+        except MalformedKey as exc:
+            raise Unauthorized("invalid_api_key", str(exc)) from None
+        # The key is found by its SHA-256 in a hash table: nothing about the key leaks by timing.
+        key_hash = hash_key(key)
+        identity = self.cache.cached_key(key_hash) or await self.cache.lookup_key(key_hash)
+        if identity is None:
+            raise Unauthorized("invalid_api_key", "This API key is not known: check that it was copied whole.")
+        if identity.revoked:
+            raise Unauthorized("api_key_revoked", "This API key has been revoked.")
+        if identity.expires_at is not None and identity.expires_at <= time.time():
+            raise Unauthorized("api_key_expired", "This API key has expired.")
+        return identity
+
+    async def _session_identity(self, token: str) -> Identity | None:
+        if not looks_like_session_token(token):
+            return None
+        return await self.cache.session(session_hash(self.session_secret, token))
+
+    # Dispatch --------------------------------------------------------------------------------
+
+    async def _inner(self, scope: dict[str, Any], receive: Any, send: Any, ids: list[tuple[bytes, bytes]]) -> int:
+        status = 500
+
+        async def send_with_ids(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), *ids]
+            await send(message)
+
+        await self.inner(scope, receive, send_with_ids)
+        return status
+
+    async def _forward(self, scope: dict[str, Any], receive: Any, send: Any, route: Route, identity: Identity | None,
+                       passthrough: list[tuple[bytes, bytes]], clen: bytes | None, host: bytes | None,
+                       request_id: str, traceparent: str, tstate: bytes | None,
+                       ids: list[tuple[bytes, bytes]]) -> int:
+        body = b""
+        if clen != b"0" and scope["method"] not in ("GET", "HEAD"):
+            body = await _read_body(receive, self.max_body)
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in passthrough]
+        if identity is not None:
+            headers += identity.headers
+        else:
+            headers.append(("x-calmesh-internal-secret", self.settings.internal_secret))
+        headers.append(("x-request-id", request_id))
+        headers.append(("traceparent", traceparent))
+        if tstate is not None:
+            headers.append(("tracestate", tstate.decode("latin-1")))
+        client = scope.get("client")
+        if client:
+            headers.append(("x-forwarded-for", client[0]))
+        headers.append(("x-forwarded-proto", scope.get("scheme", "http")))
+        if host is not None:
+            headers.append(("x-forwarded-host", host.decode("latin-1")))
+        raw_path = scope.get("raw_path")
+        path = raw_path.decode("latin-1") if raw_path else scope["path"]
+        query = scope.get("query_string", b"").decode("latin-1")
+        forwarder: Forwarder = self._forwarder_ref()
+        status, out, payload = await forwarder.forward(route.service, scope["method"], path, query, headers, body)
+        out.append((b"content-length", str(len(payload)).encode()))
+        out.extend(ids)
+        await send({"type": "http.response.start", "status": status, "headers": out})
+        await send({"type": "http.response.body", "body": payload})
+        return status
+
+
+_PUBLIC_ONLY = frozenset({"public"})
+
+
+def _too_large(limit: int) -> Problem:
+    return Problem(413, "payload_too_large", f"The request body is larger than {limit} bytes.")
+
+
+def _insufficient(route: Route, identity: Identity) -> Problem:
+    required = route.required_scope
+    if required == "session":
+        detail = "This endpoint is for the signed-in dashboard user; an API key cannot call it."
+    else:
+        detail = f"This API key has scope '{identity.scope}'; this endpoint needs '{required}'."
+    return Problem(403, "insufficient_scope", detail, required_scope=required)
+
+
+async def _read_body(receive: Any, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _send_problem(send: Any, problem: Problem, ids: list[tuple[bytes, bytes]]) -> None:
+    body = problem_bytes(problem)
+    headers = [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in problem.headers.items()]
+    headers += ids
+    try:
+        await send({"type": "http.response.start", "status": problem.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    except Exception:  # noqa: BLE001 - the client has gone or a response had started: nothing to tell
+        pass
+
+
+__all__ = ["GatewayFront", "RequestContext"]

@@ -1,0 +1,288 @@
+"""One OpenAPI 3.1 document for the whole public API.
+
+Built from the route table, so every endpoint is in it with its summary, its scopes
+(``x-calmesh-scopes``) and its security requirement, plus the gateway's own request and response
+schemas; then each service's own document (its internal ``/schema/openapi.json``, fetched with the
+internal secret) fills in the details of the operations that service owns. A service that is not
+ready is skipped and asked again on a later request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from calmesh_common.logging import get_logger
+from calmesh_common.service import SECRET_HEADER
+
+from . import schemas
+from .routes import GATEWAY, KEY, PUBLIC, SESSION, Route, RouteTable
+
+log = get_logger(__name__)
+
+RETRY_SECONDS = 5.0
+FETCH_TIMEOUT = 2.0
+_PARAM = re.compile(r"\{[^}/]+\}")
+
+_GATEWAY_TYPES = (schemas.SignupRequest, schemas.LoginRequest, schemas.User, schemas.ApiKeyCreate,
+                  schemas.ApiKeyCreated, schemas.ApiKey, schemas.ApiKeyList, schemas.Health)
+
+PROBLEM_SCHEMA = {
+    "type": "object",
+    "description": "RFC 9457 problem details",
+    "required": ["type", "title", "status", "detail", "code"],
+    "properties": {
+        "type": {"type": "string", "format": "uri"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "code": {"type": "string"},
+        "required_scope": {"type": "string", "description": "With 403 insufficient_scope"},
+        "errors": {"type": "array", "items": {"type": "object", "properties": {
+            "field": {"type": "string"}, "message": {"type": "string"}}}},
+    },
+}
+
+DESCRIPTION = """\
+CalMesh: one API over Google, Microsoft, iCloud, CalDAV and iCal calendars.
+
+Authenticate with an API key (`Authorization: Bearer cm_live_…`) or, in the dashboard, the session
+cookie; cookie-authenticated POST, PUT, PATCH and DELETE requests send the `calmesh_csrf` cookie's
+value in `X-CSRF-Token`. Keys have one of four scopes — capabilities, not a hierarchy:
+
+| scope | may |
+|---|---|
+| read | list/get calendars, connections, events, availability, conflicts, booking pages, bookings, polls, poll overlap |
+| write | read + create/update/delete calendar events |
+| book | read + create/cancel bookings, create/vote/decide polls |
+| full | everything: connections, calendars and sources, booking pages, events, bookings, polls, webhooks, API keys |
+
+Each operation lists the key scopes that may call it in `x-calmesh-scopes`; a key without one of
+them gets 403 `insufficient_scope` with `required_scope`. Public endpoints need no credentials, but
+a request that sends a key is held to that key's scope. Errors are `application/problem+json`.
+Every response carries `X-Request-Id` and `traceparent`.
+"""
+
+
+def _problem_response(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+
+
+def _shape(path: str) -> str:
+    return _PARAM.sub("{}", path)
+
+
+def _operation_id(route: Route) -> str:
+    words = re.sub(r"[^A-Za-z0-9]+", "_", route.path.replace("{", "by_").replace("}", "")).strip("_")
+    return f"{route.method.lower()}_{words or 'root'}"
+
+
+def _security(route: Route) -> list[dict[str, list[str]]]:
+    security: list[dict[str, list[str]]] = []
+    if KEY in route.auth:
+        security.append({"apiKey": []})
+    if SESSION in route.auth:
+        security.append({"sessionCookie": []})
+    if PUBLIC in route.auth:
+        security.append({})
+    return security
+
+
+def base_operation(route: Route) -> dict[str, Any]:
+    """The operation as the route table alone describes it."""
+    op: dict[str, Any] = {
+        "summary": route.summary,
+        "operationId": _operation_id(route),
+        "tags": [route.tag],
+        "security": _security(route),
+        "x-calmesh-scopes": sorted(route.scopes),
+        "x-calmesh-auth": sorted(route.auth),
+        "x-calmesh-service": route.service,
+        "parameters": [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in route.param_names
+        ],
+        "responses": {},
+    }
+    if route.public and not (KEY in route.auth or SESSION in route.auth):
+        op["description"] = "Public: no credentials."
+    elif route.public:
+        op["description"] = ("Public: no credentials needed; a request that sends an API key is held to these "
+                             f"scopes: {', '.join(sorted(route.scopes)) or 'none'}.")
+    elif KEY not in route.auth:
+        op["description"] = "Dashboard session only: API keys get 403 insufficient_scope (required_scope: session)."
+    responses = op["responses"]
+    doc = route.doc
+    status = str(doc.get("status", 200))
+    if doc.get("response"):
+        responses[status] = {"description": "OK", "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{doc['response']}"}}}}
+    elif doc.get("html"):
+        responses[status] = {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}
+    elif route.service == GATEWAY:
+        responses[status] = {"description": "Done" if status == "204" else "OK"}
+    else:
+        responses["200"] = {"description": f"Answered by the {route.service} service."}
+    if doc.get("request"):
+        op["requestBody"] = {"required": True, "content": {"application/json": {
+            "schema": {"$ref": f"#/components/schemas/{doc['request']}"}}}}
+    if doc.get("list"):
+        op["parameters"] += [
+            {"name": "limit", "in": "query", "required": False,
+             "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
+            {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
+        ]
+    if route.method in ("POST", "PUT", "PATCH") or doc.get("request"):
+        responses["400"] = _problem_response("Malformed JSON, wrong types, missing or unknown fields")
+    if KEY in route.auth or SESSION in route.auth:
+        if not route.public:
+            responses["401"] = _problem_response("No, invalid, expired or revoked credentials")
+        responses["403"] = _problem_response("insufficient_scope (with required_scope), or csrf_failed")
+    if route.rate_limited:
+        responses["429"] = _problem_response("rate_limited, with Retry-After")
+    if route.service != GATEWAY:
+        responses["503"] = _problem_response("The owning service is unavailable")
+        responses["504"] = _problem_response("The owning service did not answer in time")
+    return op
+
+
+def _rewrite_refs(node: Any, prefix: str) -> Any:
+    if isinstance(node, dict):
+        out = {}
+        for k, v in node.items():
+            if k == "$ref" and isinstance(v, str) and v.startswith("#/components/schemas/"):
+                out[k] = "#/components/schemas/" + prefix + v.rsplit("/", 1)[1]
+            else:
+                out[k] = _rewrite_refs(v, prefix)
+        return out
+    if isinstance(node, list):
+        return [_rewrite_refs(v, prefix) for v in node]
+    return node
+
+
+def merge_service_document(doc: dict[str, Any], service: str, service_doc: dict[str, Any],
+                           rows: dict[tuple[str, str], Route]) -> int:
+    """Fill `doc`'s operations owned by `service` with the details of its own document; returns how
+    many operations were merged. The table's summary, security and scopes always win."""
+    prefix = f"{service}."
+    merged = 0
+    for spath, item in (service_doc.get("paths") or {}).items():
+        for method, sop in item.items():
+            route = rows.get((method.upper(), _shape(spath)))
+            if route is None or route.service != service or not isinstance(sop, dict):
+                continue
+            target = doc["paths"][route.path][method.lower()]
+            sop = _rewrite_refs(sop, prefix)
+            if sop.get("description"):
+                target["description"] = (target.get("description", "") + "\n\n" + sop["description"]).strip()
+            extra_params = [p for p in sop.get("parameters", [])
+                            if p.get("in") in ("query", "header") and not str(p.get("name", "")).lower().startswith("x-calmesh-")]
+            target["parameters"] = target["parameters"] + extra_params
+            if "requestBody" in sop:
+                target["requestBody"] = sop["requestBody"]
+            for status, response in (sop.get("responses") or {}).items():
+                target["responses"][status] = response
+            merged += 1
+    for name, schema in ((service_doc.get("components") or {}).get("schemas") or {}).items():
+        doc["components"]["schemas"][prefix + name] = _rewrite_refs(schema, prefix)
+    return merged
+
+
+class OpenAPIBuilder:
+    def __init__(self, table: RouteTable, public_base_url: str, internal_secret: str,
+                 fetch: Callable[[str, dict[str, str], float], Any] | None = None,
+                 service_urls: dict[str, str] | None = None) -> None:
+        self.table = table
+        self.public_base_url = public_base_url
+        self.secret = internal_secret
+        self.fetch = fetch  # async (url, headers, timeout) -> (status, body)
+        self.service_urls = service_urls or {}
+        self.service_docs: dict[str, dict[str, Any]] = {}
+        self._last_try = -RETRY_SECONDS
+        self._cached: bytes | None = None
+        self._lock = asyncio.Lock()
+        self.rows = {(r.method, _shape(r.path)): r for r in table.routes}
+
+    def services(self) -> list[str]:
+        return sorted({r.service for r in self.table.routes if r.service != GATEWAY})
+
+    def build(self) -> dict[str, Any]:
+        _, components = msgspec.json.schema_components(_GATEWAY_TYPES, ref_template="#/components/schemas/{name}")
+        doc: dict[str, Any] = {
+            "openapi": "3.1.0",
+            "info": {"title": "CalMesh API", "version": "1.0.0", "description": DESCRIPTION},
+            "servers": [{"url": self.public_base_url}],
+            "tags": [{"name": t} for t in sorted({r.tag for r in self.table.routes})],
+            "paths": {},
+            "components": {
+                "schemas": {"Problem": PROBLEM_SCHEMA, **components},
+                "securitySchemes": {
+                    "apiKey": {"type": "http", "scheme": "bearer", "bearerFormat": "cm_live_…",
+                               "description": "An API key; its scope decides what it may call."},
+                    "sessionCookie": {"type": "apiKey", "in": "cookie", "name": "calmesh_session",
+                                      "description": "The dashboard session (set by signup and login)."},
+                },
+            },
+            "x-calmesh-services": {},
+        }
+        for route in self.table.routes:
+            doc["paths"].setdefault(route.path, {})[route.method.lower()] = base_operation(route)
+        for service in self.services():
+            service_doc = self.service_docs.get(service)
+            if service_doc is None:
+                doc["x-calmesh-services"][service] = "not yet available"
+                continue
+            count = merge_service_document(doc, service, service_doc, self.rows)
+            doc["x-calmesh-services"][service] = f"merged ({count} operations)"
+        return doc
+
+    async def _fetch_one(self, service: str) -> None:
+        url = self.service_urls.get(service)
+        if not url or self.fetch is None:
+            return
+        try:
+            status, body = await self.fetch(f"{url.rstrip('/')}/schema/openapi.json", {SECRET_HEADER: self.secret},
+                                            FETCH_TIMEOUT)
+            if status == 200:
+                self.service_docs[service] = msgspec.json.decode(body)
+        except Exception as exc:  # noqa: BLE001 - a service that is not ready is asked again later
+            log.debug("openapi_fetch_failed", service=service, error=repr(exc))
+
+    async def document(self) -> bytes:
+        """The merged document, re-asking services that were not ready at most every few seconds."""
+        async with self._lock:
+            missing = [s for s in self.services() if s not in self.service_docs and s in self.service_urls]
+            now = time.monotonic()
+            if self._cached is None or (missing and now - self._last_try >= RETRY_SECONDS):
+                self._last_try = now
+                if missing:
+                    await asyncio.gather(*(self._fetch_one(s) for s in missing))
+                self._cached = msgspec.json.encode(self.build())
+            return self._cached
+
+
+def docs_page(spec_url: str = "/schema/openapi.json") -> str:
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+  <meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <title>CalMesh API reference</title>
+</head>
+<body>
+  <noscript>The interactive reference needs JavaScript; the document itself is at
+    <a href="{spec_url}">{spec_url}</a>.</noscript>
+  <script id="api-reference" data-url="{spec_url}"></script>
+  <script src="https://cdn.jsdelivr.net/npm/@scalar/api-reference"></script>
+</body>
+</html>
+"""
+
+
+__all__ = ["OpenAPIBuilder", "base_operation", "docs_page", "merge_service_document"]

@@ -1,0 +1,55 @@
+"""Token-bucket rate limiting, in memory, per key (or per user, or per client address)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+
+
+class TokenBucketLimiter:
+    """`per_minute` tokens a minute refill a bucket of `burst` tokens; a request takes one.
+
+    `hit(name)` returns 0.0 when the request may go on, else the seconds until a token is back
+    (the Retry-After). Buckets that have filled up again are dropped by `prune()`.
+    """
+
+    __slots__ = ("rate", "burst", "clock", "_buckets")
+
+    def __init__(self, per_minute: int, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        if per_minute < 1 or burst < 1:
+            raise ValueError("a rate limit needs at least 1 request a minute and a burst of at least 1")
+        self.rate = per_minute / 60.0
+        self.burst = float(burst)
+        self.clock = clock
+        self._buckets: dict[str, list[float]] = {}
+
+    def hit(self, name: str) -> float:
+        now = self.clock()
+        bucket = self._buckets.get(name)
+        if bucket is None:
+            self._buckets[name] = [self.burst - 1.0, now]
+            return 0.0
+        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        if tokens >= 1.0:
+            bucket[0] = tokens - 1.0
+            return 0.0
+        bucket[0] = tokens
+        return (1.0 - tokens) / self.rate
+
+    @staticmethod
+    def retry_after_header(wait: float) -> str:
+        """Retry-After in whole seconds, never 0 for a refused request."""
+        return str(max(1, math.ceil(wait)))
+
+    def prune(self) -> int:
+        """Forget buckets that are full again (they behave exactly like new ones)."""
+        now = self.clock()
+        full = [k for k, (tokens, at) in self._buckets.items() if tokens + (now - at) * self.rate >= self.burst]
+        for k in full:
+            del self._buckets[k]
+        return len(full)
+
+    def __len__(self) -> int:
+        return len(self._buckets)

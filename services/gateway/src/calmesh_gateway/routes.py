@@ -1,0 +1,302 @@
+"""The route table: every public endpoint of CalMesh, one row each, and nothing is served that is
+not in it. A row says who owns the path (the gateway or a service, which gets the request at the
+same path), which kinds of authentication it accepts and which API-key scopes may call it.
+
+Scopes are capabilities, not a hierarchy (api.md): `read` reads; `write` also writes calendar
+events; `book` also books, cancels and runs polls; `full` does everything, including connections,
+calendars and their sources, booking pages, webhooks and API keys. A signed-in session may do what
+`full` may, and also the session-only endpoints (billing). Public endpoints need no credentials, but
+a request that does send a key is held to the row's scopes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+PUBLIC = "public"
+SESSION = "session"
+KEY = "key"
+
+ALL_SCOPES = ("read", "write", "book", "full")
+READ = frozenset(ALL_SCOPES)
+EVENTS = frozenset({"write", "full"})
+BOOK = frozenset({"book", "full"})
+FULL = frozenset({"full"})
+NO_KEYS: frozenset[str] = frozenset()
+
+SESSION_OR_KEY = frozenset({SESSION, KEY})
+SESSION_ONLY = frozenset({SESSION})
+PUBLIC_ONLY = frozenset({PUBLIC})
+ANYONE = frozenset({PUBLIC, SESSION, KEY})
+
+GATEWAY = "gateway"
+SERVICES = ("connections", "availability", "booking", "billing", "webhooks")
+
+_PARAM = re.compile(r"^\{([a-z_]+)\}$")
+#: First path segments that are never a user's handle (the public page is /{handle}/{slug}).
+RESERVED_HANDLES = frozenset({
+    "api", "schema", "embed", "embed-js", "static", "assets", "health", "admin", "www", "app", "login",
+    "logout", "signup", "auth", "me", "docs", "help", "support", "dashboard", "settings", "billing",
+    "calmesh", "root", "system", "webhooks", "oauth", "mcp",
+})
+_HANDLE = re.compile(r"^[a-z0-9-]{3,40}$")
+_SLUG = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One endpoint: method, path template, owner, accepted authentication and key scopes."""
+
+    method: str
+    path: str
+    service: str
+    auth: frozenset[str]
+    scopes: frozenset[str]
+    summary: str
+    tag: str
+    rate_limited: bool = True
+    #: Extra constraints on path parameters (name -> compiled pattern).
+    constraints: tuple[tuple[str, re.Pattern[str]], ...] = ()
+    #: For the gateway's own rows, what the OpenAPI document shows.
+    doc: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def public(self) -> bool:
+        return PUBLIC in self.auth
+
+    @property
+    def required_scope(self) -> str:
+        """The scope named in a 403: the narrowest scope that may call this endpoint."""
+        if not self.scopes:
+            return SESSION
+        if self.scopes == READ:
+            return "read"
+        for scope in ("write", "book", "full"):
+            if scope in self.scopes:
+                return scope
+        return "full"
+
+    @property
+    def segments(self) -> tuple[str, ...]:
+        return tuple(self.path.strip("/").split("/"))
+
+    @property
+    def param_names(self) -> list[str]:
+        return [m.group(1) for s in self.segments if (m := _PARAM.match(s))]
+
+    def allows_key_scope(self, scope: str) -> bool:
+        return KEY in self.auth and scope in self.scopes
+
+
+def _r(method: str, path: str, service: str, summary: str, *, auth: frozenset[str] = SESSION_OR_KEY,
+       scopes: frozenset[str] = READ, tag: str = "", rate_limited: bool = True,
+       constraints: dict[str, re.Pattern[str]] | None = None, doc: dict[str, Any] | None = None) -> Route:
+    return Route(method, path, service, auth, scopes if KEY in auth or PUBLIC in auth else NO_KEYS, summary,
+                 tag or service, rate_limited, tuple((constraints or {}).items()), doc or {})
+
+
+V1 = "/api/v1"
+
+ROUTES: tuple[Route, ...] = (
+    # The gateway: accounts, sessions, API keys, health, the OpenAPI document.
+    _r("POST", f"{V1}/auth/signup", GATEWAY, "Create an account (sets the session and CSRF cookies)",
+       auth=PUBLIC_ONLY, scopes=NO_KEYS, tag="auth",
+       doc={"request": "SignupRequest", "response": "User", "status": 201}),
+    _r("POST", f"{V1}/auth/login", GATEWAY, "Sign in (sets the session and CSRF cookies)",
+       auth=PUBLIC_ONLY, scopes=NO_KEYS, tag="auth", doc={"request": "LoginRequest", "response": "User", "status": 200}),
+    _r("POST", f"{V1}/auth/logout", GATEWAY, "Sign out: ends the session and clears its cookies",
+       auth=frozenset({PUBLIC, SESSION}), scopes=NO_KEYS, tag="auth", doc={"status": 204}),
+    _r("GET", f"{V1}/me", GATEWAY, "Get current user profile", tag="account", doc={"response": "User", "status": 200}),
+    _r("POST", f"{V1}/api-keys", GATEWAY, "Create a new API key (returns the full key once)", scopes=FULL,
+       tag="api-keys", doc={"request": "ApiKeyCreate", "response": "ApiKeyCreated", "status": 201}),
+    _r("GET", f"{V1}/api-keys", GATEWAY, "List all API keys (prefix and metadata only)", scopes=FULL,
+       tag="api-keys", doc={"response": "ApiKeyList", "status": 200, "list": True}),
+    _r("DELETE", f"{V1}/api-keys/{{id}}", GATEWAY, "Revoke an API key", scopes=FULL, tag="api-keys", doc={"status": 204}),
+    _r("GET", "/api/health", GATEWAY, "Health check endpoint", auth=PUBLIC_ONLY, scopes=NO_KEYS, tag="health",
+       rate_limited=False, doc={"response": "Health", "status": 200}),
+    _r("GET", "/schema/openapi.json", GATEWAY, "This OpenAPI document", auth=PUBLIC_ONLY, scopes=NO_KEYS,
+       tag="docs", rate_limited=False, doc={"status": 200}),
+    _r("GET", "/schema", GATEWAY, "Interactive API documentation (HTML)", auth=PUBLIC_ONLY, scopes=NO_KEYS,
+       tag="docs", rate_limited=False, doc={"status": 200, "html": True}),
+
+    # connections: connections and the OAuth / push-notification callbacks of the providers.
+    _r("GET", f"{V1}/connections", "connections", "List all calendar connections for the authenticated user"),
+    _r("POST", f"{V1}/connections/google", "connections", "Initiate Google Calendar OAuth flow", scopes=FULL),
+    _r("POST", f"{V1}/connections/microsoft", "connections", "Initiate Microsoft Outlook/365 OAuth flow", scopes=FULL),
+    _r("POST", f"{V1}/connections/icloud", "connections", "Connect Apple iCloud Calendar via CalDAV", scopes=FULL),
+    _r("POST", f"{V1}/connections/caldav", "connections", "Connect any CalDAV server", scopes=FULL),
+    _r("POST", f"{V1}/connections/ical", "connections", "Subscribe to an iCal (.ics / webcal://) URL", scopes=FULL),
+    _r("GET", f"{V1}/connections/{{id}}", "connections", "Get connection details and status"),
+    _r("DELETE", f"{V1}/connections/{{id}}", "connections",
+       "Disconnect a calendar (deletes connection and cached events)", scopes=FULL),
+    _r("POST", f"{V1}/connections/{{id}}/sync", "connections", "Trigger a manual sync for a connection", scopes=FULL),
+    _r("GET", f"{V1}/connections/{{provider}}/callback", "connections", "OAuth 2 redirect target (Google, Microsoft)",
+       auth=PUBLIC_ONLY, scopes=NO_KEYS),
+    _r("POST", f"{V1}/connections/google/notifications", "connections", "Google Calendar push notifications",
+       auth=PUBLIC_ONLY, scopes=NO_KEYS),
+    _r("POST", f"{V1}/connections/microsoft/notifications", "connections", "Microsoft Graph change notifications",
+       auth=PUBLIC_ONLY, scopes=NO_KEYS),
+
+    # connections: unified calendars and their sources.
+    _r("POST", f"{V1}/calendars", "connections", "Create a unified calendar", scopes=FULL, tag="calendars"),
+    _r("GET", f"{V1}/calendars", "connections", "List all unified calendars", tag="calendars"),
+    _r("GET", f"{V1}/calendars/{{slug}}", "connections", "Get unified calendar details", tag="calendars"),
+    _r("PATCH", f"{V1}/calendars/{{slug}}", "connections", "Update a unified calendar", scopes=FULL, tag="calendars"),
+    _r("DELETE", f"{V1}/calendars/{{slug}}", "connections", "Delete a unified calendar", scopes=FULL, tag="calendars"),
+    _r("POST", f"{V1}/calendars/{{slug}}/sources", "connections", "Add a connection to a unified calendar",
+       scopes=FULL, tag="calendars"),
+    _r("PUT", f"{V1}/calendars/{{slug}}/sources/reorder", "connections",
+       "Reorder sources within a unified calendar (sort_order determines default write target)", scopes=FULL,
+       tag="calendars"),
+    _r("DELETE", f"{V1}/calendars/{{slug}}/sources/{{source_id}}", "connections",
+       "Remove a connection from a unified calendar", scopes=FULL, tag="calendars"),
+
+    # availability: merged events, free/busy and conflicts (event writes go through it too).
+    _r("GET", f"{V1}/calendars/{{slug}}/events", "availability", "Query merged events from all sources in a unified calendar",
+       tag="events"),
+    _r("POST", f"{V1}/calendars/{{slug}}/events", "availability",
+       "Create an event on a connected calendar (for AI agents/MCP)", scopes=EVENTS, tag="events"),
+    _r("DELETE", f"{V1}/calendars/{{slug}}/events", "availability", "Delete an event from a connected calendar",
+       scopes=EVENTS, tag="events"),
+    _r("GET", f"{V1}/calendars/{{slug}}/availability", "availability", "Query free/busy availability for a unified calendar",
+       tag="availability"),
+    _r("GET", f"{V1}/calendars/{{slug}}/conflicts", "availability", "Detect overlapping events across different sources",
+       tag="availability"),
+
+    # booking: booking pages, bookings, polls, the public page and the embed script.
+    _r("POST", f"{V1}/booking-pages", "booking", "Create a booking page attached to a unified calendar", scopes=FULL,
+       tag="booking-pages"),
+    _r("GET", f"{V1}/booking-pages", "booking", "List all booking pages", tag="booking-pages"),
+    _r("GET", f"{V1}/booking-pages/{{slug}}", "booking", "Get booking page configuration", tag="booking-pages"),
+    _r("PATCH", f"{V1}/booking-pages/{{slug}}", "booking", "Update a booking page", scopes=FULL, tag="booking-pages"),
+    _r("DELETE", f"{V1}/booking-pages/{{slug}}", "booking", "Delete a booking page", scopes=FULL, tag="booking-pages"),
+    _r("GET", f"{V1}/booking-pages/{{slug}}/slots", "booking", "Get available booking slots (public)",
+       auth=ANYONE, scopes=READ, tag="booking-pages"),
+    _r("POST", f"{V1}/booking-pages/{{slug}}/book", "booking", "Create a booking (public, visitor submits)",
+       auth=ANYONE, scopes=BOOK, tag="bookings"),
+    _r("GET", f"{V1}/bookings", "booking", "List bookings for the authenticated user", tag="bookings"),
+    _r("GET", f"{V1}/bookings/{{id}}", "booking", "Get booking details", tag="bookings"),
+    _r("POST", f"{V1}/bookings/{{id}}/cancel", "booking",
+       "Cancel a booking (HMAC signature for visitors, auth for owner)", auth=ANYONE, scopes=BOOK, tag="bookings"),
+    _r("POST", f"{V1}/polls", "booking", "Create a scheduling poll", scopes=BOOK, tag="polls"),
+    _r("GET", f"{V1}/polls", "booking", "List all polls", tag="polls"),
+    _r("GET", f"{V1}/polls/{{id}}", "booking", "Get a poll", tag="polls"),
+    _r("POST", f"{V1}/polls/{{id}}/votes", "booking", "Vote on a poll (public with the poll's token, or authenticated)",
+       auth=ANYONE, scopes=BOOK, tag="polls"),
+    _r("GET", f"{V1}/polls/{{id}}/overlap", "booking", "Get participant overlap", tag="polls"),
+    _r("POST", f"{V1}/polls/{{id}}/decide", "booking", "Finalize poll with chosen time", scopes=BOOK, tag="polls"),
+    _r("GET", "/embed.js", "booking", "The embed script (inline iframe or popup button)", auth=PUBLIC_ONLY,
+       scopes=NO_KEYS, tag="embed"),
+    _r("GET", "/{handle}/{slug}", "booking", "The public booking page (HTML)", auth=PUBLIC_ONLY, scopes=NO_KEYS,
+       tag="embed", constraints={"handle": _HANDLE, "slug": _SLUG}),
+
+    # billing: the dashboard user's plan and subscription (session only), and Mollie's notices.
+    _r("GET", f"{V1}/billing", "billing", "Get current subscription status", auth=SESSION_ONLY),
+    _r("POST", f"{V1}/billing/subscribe", "billing", "Initiate Mollie first payment for subscription", auth=SESSION_ONLY),
+    _r("POST", f"{V1}/billing/cancel", "billing", "Cancel active subscription", auth=SESSION_ONLY),
+    _r("POST", f"{V1}/billing/mollie/webhook", "billing", "Mollie payment notice (form field id)", auth=PUBLIC_ONLY,
+       scopes=NO_KEYS),
+
+    # webhooks: subscriptions and deliveries (full scope).
+    _r("POST", f"{V1}/webhooks", "webhooks", "Create a webhook subscription", scopes=FULL),
+    _r("GET", f"{V1}/webhooks", "webhooks", "List webhook subscriptions", scopes=FULL),
+    _r("GET", f"{V1}/webhooks/{{id}}", "webhooks", "Get a webhook subscription", scopes=FULL),
+    _r("PATCH", f"{V1}/webhooks/{{id}}", "webhooks", "Update a webhook subscription", scopes=FULL),
+    _r("DELETE", f"{V1}/webhooks/{{id}}", "webhooks", "Delete a webhook subscription", scopes=FULL),
+    _r("POST", f"{V1}/webhooks/{{id}}/rotate-secret", "webhooks", "Rotate the signing secret", scopes=FULL),
+    _r("POST", f"{V1}/webhooks/{{id}}/test", "webhooks", "Send a webhook.test delivery now", scopes=FULL),
+    _r("GET", f"{V1}/webhooks/{{id}}/deliveries", "webhooks", "List delivery attempts", scopes=FULL),
+    _r("POST", f"{V1}/webhooks/{{id}}/deliveries/{{delivery_id}}/retry", "webhooks", "Retry a delivery now", scopes=FULL),
+    _r("POST", f"{V1}/webhooks/{{id}}/replay", "webhooks", "Deliver every matching event since an instant again",
+       scopes=FULL),
+)
+
+
+class _Node:
+    __slots__ = ("literals", "param", "routes")
+
+    def __init__(self) -> None:
+        self.literals: dict[str, _Node] = {}
+        self.param: _Node | None = None
+        self.routes: list[tuple[Route, tuple[tuple[int, str], ...]]] = []
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    route: Route | None
+    params: dict[str, str]
+    allowed: tuple[str, ...] = ()  # when route is None and the path exists: the methods it has
+
+
+NO_MATCH = Match(None, {})
+
+
+class RouteTable:
+    """Matches a request path against the rows: literal segments win over parameters, and a
+    path that exists with other methods is told apart (405) from one that does not (404)."""
+
+    def __init__(self, routes: Iterable[Route] = ROUTES) -> None:
+        self.routes = tuple(routes)
+        self._root = _Node()
+        seen: set[tuple[str, tuple[str, ...]]] = set()
+        for route in self.routes:
+            shape = tuple("{}" if _PARAM.match(s) else s for s in route.segments)
+            if (route.method, shape) in seen:
+                raise ValueError(f"two rows for {route.method} {route.path}")
+            seen.add((route.method, shape))
+            node = self._root
+            for seg in route.segments:
+                if _PARAM.match(seg):
+                    node.param = node.param or _Node()
+                    node = node.param
+                else:
+                    node = node.literals.setdefault(seg, _Node())
+            positions = tuple((i, m.group(1)) for i, s in enumerate(route.segments) if (m := _PARAM.match(s)))
+            node.routes.append((route, positions))
+
+    def _leaves(self, node: _Node, segs: list[str], i: int) -> Iterable[_Node]:
+        if i == len(segs):
+            if node.routes:
+                yield node
+            return
+        child = node.literals.get(segs[i])
+        if child is not None:
+            yield from self._leaves(child, segs, i + 1)
+        if node.param is not None:
+            yield from self._leaves(node.param, segs, i + 1)
+
+    def match(self, method: str, path: str) -> Match:
+        """The row for `method` `path` (a decoded path), with its parameters."""
+        if len(path) > 2048 or not path.startswith("/"):
+            return NO_MATCH
+        trimmed = path[1:-1] if path.endswith("/") and len(path) > 1 else path[1:]
+        segs = trimmed.split("/")
+        for seg in segs:
+            if seg in ("", ".", "..") or "\x00" in seg:
+                return NO_MATCH
+        want = "GET" if method == "HEAD" else method
+        allowed: list[str] = []
+        for leaf in self._leaves(self._root, segs, 0):
+            for route, positions in leaf.routes:
+                params = _params(route, positions, segs)
+                if params is None:
+                    continue
+                if route.method == want:
+                    return Match(route, params)
+                allowed.append(route.method)
+        if allowed:
+            return Match(None, {}, tuple(dict.fromkeys(allowed)))
+        return NO_MATCH
+
+
+def _params(route: Route, positions: tuple[tuple[int, str], ...], segs: list[str]) -> dict[str, str] | None:
+    params = {name: segs[i] for i, name in positions}
+    for name, pattern in route.constraints:
+        if not pattern.match(params.get(name, "")):
+            return None
+    if route.path == "/{handle}/{slug}" and params["handle"] in RESERVED_HANDLES:
+        return None
+    return params

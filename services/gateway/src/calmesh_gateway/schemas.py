@@ -1,0 +1,73 @@
+"""Request and response bodies of the gateway's own endpoints (msgspec structs; also the source of
+their OpenAPI schemas). Unknown fields are refused: a typo is a 400, not silently ignored."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+Scope = Literal["read", "write", "book", "full"]
+Handle = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9-]{3,40}$", description="3 to 40 of a-z, 0-9 and -")]
+Email = Annotated[str, msgspec.Meta(min_length=3, max_length=254)]
+Password = Annotated[str, msgspec.Meta(min_length=8, max_length=1024)]
+
+
+class SignupRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    email: Email
+    password: Password
+    handle: Handle
+    name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    timezone: Annotated[str, msgspec.Meta(max_length=64, description="IANA name, e.g. Europe/Amsterdam")] | None = None
+
+
+class LoginRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    email: Annotated[str, msgspec.Meta(max_length=254)]
+    password: Annotated[str, msgspec.Meta(max_length=1024)]
+
+
+class User(msgspec.Struct, kw_only=True):
+    id: str
+    email: str
+    handle: str
+    name: str
+    timezone: str
+    plan: Literal["free", "pro"]
+    created_at: str
+
+
+class ApiKeyCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    scope: Scope
+    expires_at: datetime | None = None
+
+
+class ApiKeyCreated(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    scope: Scope
+    prefix: str
+    key: Annotated[str, msgspec.Meta(description="The key itself: shown this once, never again")]
+    created_at: str
+    expires_at: str | None
+
+
+class ApiKey(msgspec.Struct, kw_only=True):
+    id: str
+    name: str
+    scope: Scope
+    prefix: str
+    created_at: str
+    last_used_at: str | None
+    expires_at: str | None
+
+
+class ApiKeyList(msgspec.Struct, kw_only=True):
+    data: list[ApiKey]
+    next_cursor: str | None
+
+
+class Health(msgspec.Struct, kw_only=True):
+    status: Literal["ok"]
+    checks: dict[str, str]
