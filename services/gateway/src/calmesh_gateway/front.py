@@ -70,6 +70,9 @@ class GatewayFront:
                                                  settings.public_rate_limit_per_minute)
         self.session_secret = settings.session_secret
         self.tracer = tracer("calmesh.gateway")
+        # Hot-path memos, bounded: (method, path) -> match; Authorization value -> key hash.
+        self._matches: dict[tuple[str, str], Any] = {}
+        self._key_hashes: dict[bytes, str] = {}
 
     # ASGI ------------------------------------------------------------------------------------
 
@@ -119,7 +122,12 @@ class GatewayFront:
         status = 500
         try:
             path: str = scope["path"]
-            match = self.table.match(method, path)
+            match = self._matches.get((method, path))
+            if match is None:
+                match = self.table.match(method, path)
+                if len(self._matches) >= _MEMO_MAX:
+                    self._matches.clear()
+                self._matches[(method, path)] = match
             route = match.route
             if route is None:
                 if match.allowed:
@@ -199,6 +207,25 @@ class GatewayFront:
     # Authentication --------------------------------------------------------------------------
 
     async def _key_identity(self, authz: bytes) -> Identity:
+        key_hash = self._key_hashes.get(authz)
+        if key_hash is None:
+            key_hash = self._parse_authorization(authz)
+            if len(self._key_hashes) >= _MEMO_MAX:
+                self._key_hashes.clear()
+            self._key_hashes[authz] = key_hash
+        # The key is found by its SHA-256 in a hash table: nothing about the key leaks by timing.
+        identity = self.cache.cached_key(key_hash) or await self.cache.lookup_key(key_hash)
+        if identity is None:
+            raise Unauthorized("invalid_api_key", "This API key is not known: check that it was copied whole.")
+        if identity.revoked:
+            raise Unauthorized("api_key_revoked", "This API key has been revoked.")
+        if identity.expires_at is not None and identity.expires_at <= time.time():
+            raise Unauthorized("api_key_expired", "This API key has expired.")
+        return identity
+
+    @staticmethod
+    def _parse_authorization(authz: bytes) -> str:
+        """The hash of the well-formed key in an Authorization header, else a 401 saying why."""
         scheme, _, value = authz.decode("latin-1").strip().partition(" ")
         key = value.strip()
         if scheme.lower() != "bearer" or not key:
@@ -208,16 +235,7 @@ class GatewayFront:
             check_key_format(key)
         except MalformedKey as exc:
             raise Unauthorized("invalid_api_key", str(exc)) from None
-        # The key is found by its SHA-256 in a hash table: nothing about the key leaks by timing.
-        key_hash = hash_key(key)
-        identity = self.cache.cached_key(key_hash) or await self.cache.lookup_key(key_hash)
-        if identity is None:
-            raise Unauthorized("invalid_api_key", "This API key is not known: check that it was copied whole.")
-        if identity.revoked:
-            raise Unauthorized("api_key_revoked", "This API key has been revoked.")
-        if identity.expires_at is not None and identity.expires_at <= time.time():
-            raise Unauthorized("api_key_expired", "This API key has expired.")
-        return identity
+        return hash_key(key)
 
     async def _session_identity(self, token: str) -> Identity | None:
         if not looks_like_session_token(token):
@@ -274,6 +292,7 @@ class GatewayFront:
 
 
 _PUBLIC_ONLY = frozenset({"public"})
+_MEMO_MAX = 4096
 
 
 def _too_large(limit: int) -> Problem:

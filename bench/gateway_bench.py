@@ -1,0 +1,215 @@
+"""Gateway overhead: an authenticated GET through the gateway against the same request sent
+straight to the owning service.
+
+Starts what it needs itself (embedded PostgreSQL and NATS, every service as a process, via the
+devstack `Stack`), signs up a user, creates a `read` key, then measures
+``GET /api/v1/connections`` (owned by the connections service) two ways:
+
+- through the gateway, with ``Authorization: Bearer cm_live_…`` (key check from memory, scope,
+  rate limit, forwarding with aiohttp);
+- straight to the connections service, with the internal headers the gateway would add.
+
+At 1 connection it reports p50/p99 latency and the latency the gateway adds; at 16 concurrent
+connections, requests per second. The per-key rate limit is raised for the run (it is still
+checked on every request). The load generator is a small keep-alive HTTP/1.1 client on asyncio
+streams, so that it costs little of the machine's two cores.
+
+Targets: added latency <= 1 ms p50 and <= 3 ms p99; >= 1,500 authenticated requests/s.
+Usage: ``python bench/gateway_bench.py [--seconds 5] [--concurrency 16]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from calmesh_common.devstack.embedded import free_port
+from calmesh_common.devstack.supervisor import Stack
+
+PATH = "/api/v1/connections"
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection sending a fixed GET."""
+
+    def __init__(self, host: str, port: int, request: bytes) -> None:
+        self.host, self.port, self.request = host, port, request
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def get(self) -> int:
+        assert self.reader is not None and self.writer is not None
+        self.writer.write(self.request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+                break
+        if length:
+            await self.reader.readexactly(length)
+        return status
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def build_request(url: str, headers: dict[str, str]) -> tuple[str, int, bytes]:
+    parts = urlsplit(url)
+    lines = [f"GET {parts.path} HTTP/1.1", f"Host: {parts.hostname}:{parts.port}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    return parts.hostname or "127.0.0.1", parts.port or 80, ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def latency(url: str, headers: dict[str, str], count: int) -> tuple[list[float], set[int]]:
+    host, port, request = build_request(url, headers)
+    conn = Connection(host, port, request)
+    await conn.open()
+    samples: list[float] = []
+    statuses: set[int] = set()
+    for _ in range(200):  # warm-up
+        await conn.get()
+    for _ in range(count):
+        t0 = time.perf_counter()
+        statuses.add(await conn.get())
+        samples.append((time.perf_counter() - t0) * 1000.0)
+    await conn.close()
+    return samples, statuses
+
+
+async def throughput(url: str, headers: dict[str, str], concurrency: int, seconds: float) -> tuple[float, set[int]]:
+    host, port, request = build_request(url, headers)
+    conns = [Connection(host, port, request) for _ in range(concurrency)]
+    for c in conns:
+        await c.open()
+    statuses: set[int] = set()
+    done = 0
+    stop_at = 0.0
+
+    async def worker(c: Connection) -> None:
+        nonlocal done
+        while time.perf_counter() < stop_at:
+            statuses.add(await c.get())
+            done += 1
+
+    stop_at = time.perf_counter() + 0.5  # warm-up
+    await asyncio.gather(*(worker(c) for c in conns))
+    done = 0
+    t0 = time.perf_counter()
+    stop_at = t0 + seconds
+    await asyncio.gather(*(worker(c) for c in conns))
+    elapsed = time.perf_counter() - t0
+    for c in conns:
+        await c.close()
+    return done / elapsed, statuses
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def setup_user(gateway: str) -> tuple[str, str, dict[str, str]]:
+    client = httpx.Client(base_url=gateway, timeout=30)
+    r = client.post("/api/v1/auth/signup", json={"email": "bench@example.com", "password": "benchmark passphrase",
+                                                  "handle": "bench-user"})
+    r.raise_for_status()
+    user = r.json()
+    csrf = client.cookies["calmesh_csrf"]
+    r = client.post("/api/v1/api-keys", json={"name": "bench", "scope": "read"}, headers={"X-CSRF-Token": csrf})
+    r.raise_for_status()
+    key = r.json()
+    internal = {
+        "x-calmesh-internal-secret": "",  # filled in by the caller
+        "x-calmesh-user-id": user["id"],
+        "x-calmesh-auth": "key",
+        "x-calmesh-scope": "read",
+        "x-calmesh-key-id": key["id"],
+        "x-calmesh-user-handle": user["handle"],
+        "x-calmesh-user-timezone": user["timezone"],
+        "x-calmesh-user-plan": user["plan"],
+    }
+    return user["id"], key["key"], internal
+
+
+async def measure(gateway: str, service: str, key: str, internal: dict[str, str], seconds: float,
+                  concurrency: int, count: int) -> dict[str, float]:
+    via_gateway = (gateway + PATH, {"Authorization": f"Bearer {key}"})
+    direct = (service + PATH, internal)
+    results: dict[str, float] = {}
+    lat: dict[str, list[float]] = {"direct": [], "gateway": []}
+    for _ in range(2):  # interleaved rounds, so drift hits both alike
+        for name, (url, headers) in (("direct", direct), ("gateway", via_gateway)):
+            samples, statuses = await latency(url, headers, count // 2)
+            lat[name] += samples
+            print(f"  latency round {name:8s} statuses {sorted(statuses)}", flush=True)
+    for name in ("direct", "gateway"):
+        results[f"{name}_p50"] = statistics.median(lat[name])
+        results[f"{name}_p99"] = pct(lat[name], 0.99)
+    for name, (url, headers) in (("direct", direct), ("gateway", via_gateway)):
+        rps, statuses = await throughput(url, headers, concurrency, seconds)
+        results[f"{name}_rps"] = rps
+        print(f"  throughput {name:8s} statuses {sorted(statuses)}", flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--count", type=int, default=4000, help="requests per latency measurement")
+    args = parser.parse_args()
+    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    with tempfile.TemporaryDirectory(prefix="calmesh-bench-") as tmp:
+        stack = Stack(
+            data_dir=Path(tmp), http_port=free_port(), sync_workers=0, fixed_ports=False, quiet=True, restart=False,
+            extra_env={"CALMESH_LOG_LEVEL": "warning", "CALMESH_RATE_LIMIT_PER_MINUTE": "100000000",
+                       "CALMESH_RATE_LIMIT_BURST": "10000000"},
+        )
+        print("starting the platform (embedded PostgreSQL and NATS, every service)…", flush=True)
+        stack.start(timeout=180)
+        try:
+            _, key, internal = setup_user(stack.gateway_url)
+            internal["x-calmesh-internal-secret"] = stack.children[0].env["CALMESH_INTERNAL_SECRET"]
+            service = stack.service_urls["connections"]
+            print(f"GET {PATH}: gateway {stack.gateway_url} vs connections {service}", flush=True)
+            r = asyncio.run(measure(stack.gateway_url, service, key, internal, args.seconds, args.concurrency,
+                                    args.count))
+        finally:
+            stack.stop()
+    added50 = r["gateway_p50"] - r["direct_p50"]
+    added99 = r["gateway_p99"] - r["direct_p99"]
+    print()
+    print(f"{'':22s}{'direct':>12s}{'gateway':>12s}{'added':>12s}")
+    print(f"{'p50 latency (ms)':22s}{r['direct_p50']:12.3f}{r['gateway_p50']:12.3f}{added50:12.3f}")
+    print(f"{'p99 latency (ms)':22s}{r['direct_p99']:12.3f}{r['gateway_p99']:12.3f}{added99:12.3f}")
+    print(f"{'requests/s @' + str(args.concurrency):22s}{r['direct_rps']:12.0f}{r['gateway_rps']:12.0f}"
+          f"{'ratio ' + format(r['gateway_rps'] / r['direct_rps'], '.2f'):>12s}")
+    ok = added50 <= 1.0 and added99 <= 3.0 and r["gateway_rps"] >= 1500
+    print(f"targets (added p50 <= 1 ms, added p99 <= 3 ms, >= 1,500 req/s through the gateway): "
+          f"{'met' if ok else 'NOT met'}")
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
