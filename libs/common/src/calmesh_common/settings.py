@@ -107,6 +107,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Observability.
     otel_console: bool = False
 
+    # Availability (services/availability).
+    #: Longest a cached unified calendar is trusted; connections' events invalidate it sooner.
+    calendar_cache_ttl_seconds: float = 60.0
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read settings from `env` (default `os.environ`); keyword overrides win."""
@@ -145,6 +149,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             sync_workers=_int(env, "CALMESH_SYNC_WORKERS", 2),
             allow_private_networks=_bool(env, "CALMESH_ALLOW_PRIVATE_NETWORKS", False),
             otel_console=_bool(env, "CALMESH_OTEL_CONSOLE", False),
+            calendar_cache_ttl_seconds=_float(env, "CALMESH_CALENDAR_CACHE_TTL_SECONDS", 60.0),
         )
         values.update(overrides)
         settings = cls(**values)  # type: ignore[arg-type]

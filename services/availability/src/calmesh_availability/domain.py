@@ -1,0 +1,544 @@
+"""What the availability service computes, without I/O: query windows read in time zones, events in
+the API's shape, busy/free and conflicts (with the interval engine), and opaque cursors.
+
+Projection rows arrive as mappings (asyncpg records in the service, dicts in tests) with the columns
+`store.py` selects: instants as whole epoch seconds (``s``, ``e``, ``u``) next to the row's own
+columns. All-day rows are placed on their dates in the calendar's time zone here, never by their
+widest-span ``start_at``/``end_at``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
+from operator import itemgetter
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import msgspec
+
+from calmesh_common.intervals import (
+    BusyItem,
+    block_items,
+    clip_blocks,
+    dedupe_mirrors,
+    find_conflicts,
+    format_utc,
+    free_spans,
+    local_date_span,
+    local_day_window,
+    merge_busy,
+)
+from calmesh_common.problems import FieldError, Problem
+
+#: Longest window any query may span (api.md: 366 days, else 422 range_too_long).
+MAX_RANGE_SECONDS = 366 * 86400
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+
+Row = Mapping[str, Any]
+
+
+# --- the calendar as the read path needs it -------------------------------------------------------
+
+
+class Source(msgspec.Struct, frozen=True, kw_only=True):
+    """A source of a unified calendar (connections' internal API shape)."""
+
+    id: str
+    connection_id: str
+    calendar_id: str
+    name: str = ""
+    sort_order: int = 0
+    read_only: bool = False
+
+
+class CalendarDoc(msgspec.Struct, frozen=True, kw_only=True):
+    """connections ``GET /internal/calendars/{slug}?user_id=``."""
+
+    slug: str
+    user_id: str
+    timezone: str = "UTC"
+    name: str = ""
+    sources: list[Source] = msgspec.field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Calendar:
+    """A unified calendar resolved for reading: its zone and its sources in order."""
+
+    slug: str
+    user_id: str
+    name: str
+    tz_name: str
+    tz: ZoneInfo
+    sources: tuple[Source, ...]
+    by_key: dict[tuple[str, str], Source] = field(repr=False)
+    by_id: dict[str, Source] = field(repr=False)
+    rank: dict[str, int] = field(repr=False)
+
+    @classmethod
+    def from_doc(cls, doc: CalendarDoc) -> Calendar:
+        sources = tuple(sorted(doc.sources, key=lambda s: (s.sort_order, s.id)))
+        by_key: dict[tuple[str, str], Source] = {}
+        for s in sources:
+            by_key.setdefault((s.connection_id, s.calendar_id), s)
+        try:
+            tz = zone(doc.timezone)
+        except Problem:
+            tz = ZoneInfo("UTC")  # a calendar stored with a zone this machine lacks still answers
+        return cls(
+            slug=doc.slug,
+            user_id=doc.user_id,
+            name=doc.name,
+            tz_name=doc.timezone if tz.key == doc.timezone else "UTC",
+            tz=tz,
+            sources=sources,
+            by_key=by_key,
+            by_id={s.id: s for s in sources},
+            rank={s.id: i for i, s in enumerate(sources)},
+        )
+
+    def source_columns(self, only: Source | None = None) -> tuple[list[str], list[str]]:
+        """(connection ids, calendar ids) of the sources to read, for the projection query."""
+        chosen = (only,) if only is not None else tuple(self.by_key.values())
+        return [s.connection_id for s in chosen], [s.calendar_id for s in chosen]
+
+    def default_write_target(self) -> Source | None:
+        """The first writable source by sort order (api.md: the default write target)."""
+        return next((s for s in self.sources if not s.read_only), None)
+
+
+# --- query parameters -----------------------------------------------------------------------------
+
+
+def bad_param(name: str, message: str, status: int = 400, code: str = "validation_error") -> Problem:
+    return Problem(status, code, f"{name}: {message}", errors=[FieldError(name, message)])
+
+
+@lru_cache(maxsize=512)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+def zone(name: str, param: str = "tz") -> ZoneInfo:
+    """The IANA zone `name`, or a 400 that says what is wrong with it."""
+    if not name or len(name) > 64 or ".." in name or name.startswith("/") or "\\" in name:
+        raise bad_param(param, f"unknown time zone {name!r}; use an IANA name such as Europe/Berlin",
+                        code="invalid_timezone")
+    try:
+        return _zone(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise bad_param(param, f"unknown time zone {name!r}; use an IANA name such as Europe/Berlin",
+                        code="invalid_timezone") from None
+
+
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_INSTANT = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}:?\d{2})?$"
+)
+
+
+def parse_date(raw: str, param: str) -> date:
+    if not _DATE.match(raw):
+        raise bad_param(param, f"{raw!r} is not a date (YYYY-MM-DD)")
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise bad_param(param, f"{raw!r} is not a valid date") from None
+
+
+def parse_instant(raw: str, param: str, tz: ZoneInfo) -> int:
+    """Epoch seconds of an RFC 3339 instant; a date or a time without offset is read in `tz`.
+
+    Fractions of a second are dropped (responses are to the second anyway).
+    """
+    raw = raw.strip()
+    if _DATE.match(raw):
+        d = parse_date(raw, param)
+        return local_date_span(d, d, tz)[0]
+    if not _INSTANT.match(raw):
+        raise bad_param(param, f"{raw!r} is not an RFC 3339 date-time (like 2026-03-15T09:00:00Z)")
+    text = raw.replace("z", "Z").replace("t", "T")
+    # Python 3.11 reads at most 6 fraction digits; the rest cannot matter at one-second precision.
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text)
+    try:
+        dt = datetime.fromisoformat(text.replace(" ", "T"))
+    except ValueError:
+        raise bad_param(param, f"{raw!r} is not a valid date-time") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=tz)
+    try:
+        return math.floor(dt.timestamp())
+    except (OverflowError, ValueError):
+        raise bad_param(param, f"{raw!r} is out of range") from None
+
+
+def check_range(start: int, end: int) -> None:
+    """422 when the window is empty or backwards, or longer than 366 days."""
+    if end <= start:
+        raise Problem(422, "invalid_range", "end must be after start.",
+                      errors=[FieldError("end", "must be after start")])
+    if end - start > MAX_RANGE_SECONDS:
+        raise Problem(422, "range_too_long", "A time range may span at most 366 days.",
+                      errors=[FieldError("end", "at most 366 days after start")])
+
+
+def parse_window(start: str | None, end: str | None, tz: ZoneInfo) -> tuple[int, int]:
+    """The ``start``/``end`` window of a query (both required)."""
+    missing = [n for n, v in (("start", start), ("end", end)) if not v]
+    if missing:
+        raise Problem(400, "validation_error", f"{' and '.join(missing)} required (RFC 3339 date-times).",
+                      errors=[FieldError(n, "required") for n in missing])
+    assert start is not None and end is not None
+    s, e = parse_instant(start, "start", tz), parse_instant(end, "end", tz)
+    check_range(s, e)
+    return s, e
+
+
+def availability_window(
+    date_raw: str | None, start: str | None, end: str | None, tz: ZoneInfo
+) -> tuple[int, int]:
+    """``date=YYYY-MM-DD`` (the local day in `tz`, 23 or 25 hours on DST days), or ``start&end``."""
+    if date_raw:
+        if start or end:
+            raise Problem(400, "validation_error", "Give either date or start and end, not both.",
+                          errors=[FieldError("date", "not with start/end")])
+        return local_day_window(parse_date(date_raw, "date"), tz)
+    if not start and not end:
+        raise Problem(400, "validation_error", "date (YYYY-MM-DD) or start and end are required.",
+                      errors=[FieldError("date", "required unless start and end are given")])
+    return parse_window(start, end, tz)
+
+
+def parse_bool(raw: str | None, param: str) -> bool:
+    if raw is None or raw == "":
+        return False
+    low = raw.lower()
+    if low in ("true", "1", "yes"):
+        return True
+    if low in ("false", "0", "no"):
+        return False
+    raise bad_param(param, f"{raw!r} is not true or false")
+
+
+def parse_int(raw: str | None, param: str, default: int, low: int, high: int) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_param(param, f"{raw!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise bad_param(param, f"must be between {low} and {high}")
+    return value
+
+
+# --- cursors --------------------------------------------------------------------------------------
+
+
+def query_fingerprint(*parts: object) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
+
+
+def encode_cursor(kind: str, fingerprint: str, position: Sequence[Any]) -> str:
+    """An opaque cursor: the position after which the next page starts, bound to its query."""
+    raw = msgspec.json.encode([kind, fingerprint, list(position)])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, kind: str, fingerprint: str) -> list[Any]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        got_kind, got_fp, position = msgspec.json.decode(raw)
+    except (ValueError, TypeError, msgspec.DecodeError):
+        raise bad_param("cursor", "not a cursor this endpoint gave out", code="invalid_cursor") from None
+    if got_kind != kind or not isinstance(position, list):
+        raise bad_param("cursor", "not a cursor this endpoint gave out", code="invalid_cursor")
+    if got_fp != fingerprint:
+        raise bad_param("cursor", "belongs to a query with other parameters; repeat them unchanged",
+                        code="invalid_cursor")
+    return position
+
+
+# --- events in the API's shape --------------------------------------------------------------------
+
+
+class EventOut(msgspec.Struct, kw_only=True):
+    """An event of a unified calendar (api.md)."""
+
+    id: str
+    source_id: str
+    connection_id: str
+    title: str
+    description: str | None
+    location: str | None
+    start: str
+    end: str
+    all_day: bool
+    status: str
+    transparency: str
+    recurring_event_id: str | None
+    updated_at: str
+
+
+def event_out(row: Row, cal: Calendar) -> EventOut:
+    source = cal.by_key.get((row["connection_id"], row["calendar_id"]))
+    if row["all_day"]:
+        start, end = row["start_date"].isoformat(), row["end_date"].isoformat()
+    else:
+        start, end = format_utc(row["s"]), format_utc(row["e"])
+    return EventOut(
+        id=row["event_id"],
+        source_id=source.id if source is not None else "",
+        connection_id=row["connection_id"],
+        title=row["title"] or "",
+        description=row["description"],
+        location=row["location"],
+        start=start,
+        end=end,
+        all_day=row["all_day"],
+        status=row["status"],
+        transparency=row["transparency"],
+        recurring_event_id=row["recurring_event_id"],
+        updated_at=format_utc(row["u"]),
+    )
+
+
+def event_span(row: Row, tz: ZoneInfo) -> tuple[int, int]:
+    """Where a row lies on the time line: all-day rows cover their dates in the calendar's zone."""
+    if row["all_day"] and row["start_date"] is not None and row["end_date"] is not None:
+        return local_date_span(row["start_date"], row["end_date"], tz)
+    return row["s"], row["e"]
+
+
+def overlaps(row: Row, cal: Calendar, start: int, end: int) -> bool:
+    """The api.md range rule, with all-day rows placed in the calendar's zone."""
+    s, e = event_span(row, cal.tz)
+    return s < end and e > start
+
+
+def mirror_keys(row: Row) -> list[tuple[str, str, str]]:
+    """Identities that make two rows one meeting: the iCalendar UID (per instance), and the
+    provider's event id where it is an id and not a CalDAV href (hrefs repeat across servers)."""
+    rid = row["recurrence_id"] or ""
+    keys = []
+    if row["uid"]:
+        keys.append(("uid", row["uid"], rid))
+    pid = row["provider_event_id"]
+    if pid and "/" not in pid and not pid.endswith(".ics"):
+        keys.append(("provider", pid, rid))
+    return keys
+
+
+def busy_items(rows: Sequence[Row], cal: Calendar) -> list[BusyItem]:
+    """Busy rows as engine items ``(start, end, source_id, row)`` sorted by start.
+
+    Cancelled and transparent rows are not busy (the query leaves them out; this checks again so
+    the function stands alone). Rows of no current source are dropped.
+    """
+    items: list[BusyItem] = []
+    append = items.append
+    by_key = cal.by_key
+    tz = cal.tz
+    resort = False
+    for row in rows:
+        if row["status"] == "cancelled" or row["transparency"] == "free":
+            continue
+        source = by_key.get((row["connection_id"], row["calendar_id"]))
+        if source is None:
+            continue
+        if row["all_day"]:
+            s, e = event_span(row, tz)
+            resort = True
+        else:
+            s, e = row["s"], row["e"]
+        if e > s:
+            append((s, e, source.id, row))
+    if resort:
+        items.sort(key=itemgetter(0))
+    return items
+
+
+# --- availability ---------------------------------------------------------------------------------
+
+
+class ExplainedEvent(msgspec.Struct, kw_only=True):
+    id: str
+    title: str
+    start: str
+    end: str
+    source_id: str
+    all_day: bool = False
+
+
+class BusyInterval(msgspec.Struct, kw_only=True, omit_defaults=True):
+    start: str
+    end: str
+    source_ids: list[str]
+    events: list[ExplainedEvent] | None = None
+
+
+class FreeInterval(msgspec.Struct, kw_only=True):
+    start: str
+    end: str
+
+
+class Availability(msgspec.Struct, kw_only=True):
+    slug: str
+    timezone: str
+    start: str
+    end: str
+    busy: list[BusyInterval]
+    free: list[FreeInterval]
+
+
+def availability(
+    rows: Sequence[Row], cal: Calendar, tz_name: str, start: int, end: int,
+    *, min_duration: int = 0, explain: bool = False,
+) -> Availability:
+    """Busy time merged across sources (overlapping and touching intervals join) and the free time
+    around it, both cut to ``[start, end)``; free gaps shorter than `min_duration` seconds dropped."""
+    items = busy_items(rows, cal)
+    blocks = merge_busy(items)
+    rank = cal.rank
+    busy: list[BusyInterval] = []
+    for b in clip_blocks(blocks, start, end):
+        source_ids = sorted(b.sources, key=rank.__getitem__) if len(b.sources) > 1 else list(b.sources)
+        interval = BusyInterval(start=format_utc(b.start), end=format_utc(b.end), source_ids=source_ids)
+        if explain:
+            interval.events = _explain(block_items(items, b))
+        busy.append(interval)
+    free = [FreeInterval(start=format_utc(s), end=format_utc(e)) for s, e in free_spans(blocks, start, end, min_duration)]
+    return Availability(slug=cal.slug, timezone=tz_name, start=format_utc(start), end=format_utc(end),
+                        busy=busy, free=free)
+
+
+def _explain(items: Sequence[BusyItem]) -> list[ExplainedEvent]:
+    """The meetings behind one busy interval, each once (a mirrored meeting by its first copy)."""
+    out: list[ExplainedEvent] = []
+    seen: set[tuple[str, str, str]] = set()
+    for s, e, source_id, row in items:
+        keys = mirror_keys(row)
+        if any(k in seen for k in keys):
+            continue
+        seen.update(keys)
+        if row["all_day"]:
+            ev_start, ev_end = row["start_date"].isoformat(), row["end_date"].isoformat()
+        else:
+            ev_start, ev_end = format_utc(s), format_utc(e)
+        out.append(ExplainedEvent(id=row["event_id"], title=row["title"] or "", start=ev_start, end=ev_end,
+                                  source_id=source_id, all_day=row["all_day"]))
+    return out
+
+
+# --- conflicts ------------------------------------------------------------------------------------
+
+
+class ConflictOut(msgspec.Struct, kw_only=True):
+    events: list[EventOut]
+    overlap_start: str
+    overlap_end: str
+
+
+def conflicts(rows: Sequence[Row], cal: Calendar, start: int, end: int) -> list[tuple[tuple[int, str, str], ConflictOut]]:
+    """Pairs of busy events from different sources that overlap inside ``[start, end)``, each with
+    its position ``(overlap_start, first id, second id)``, in that order. A meeting seen through two
+    sources (mirrors) is one meeting, not a conflict with itself."""
+    items = busy_items(rows, cal)
+    meetings = dedupe_mirrors(items, [mirror_keys(it[3]) for it in items])
+    found = []
+    for c in find_conflicts(meetings):
+        if c.overlap_start >= end or c.overlap_end <= start:
+            continue
+        a, b = c.first, c.second
+        found.append((
+            (c.overlap_start, a["event_id"], b["event_id"]),
+            ConflictOut(events=[event_out(a, cal), event_out(b, cal)],
+                        overlap_start=format_utc(c.overlap_start), overlap_end=format_utc(c.overlap_end)),
+        ))
+    found.sort(key=itemgetter(0))
+    return found
+
+
+# --- event writes ---------------------------------------------------------------------------------
+
+
+class Attendee(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    email: str
+    name: str | None = None
+
+
+class EventCreate(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``POST /calendars/{slug}/events``: RFC 3339 instants, or two dates for an all-day event."""
+
+    title: str
+    start: str
+    end: str
+    description: str | None = None
+    location: str | None = None
+    attendees: list[str | Attendee] | None = None
+    source_id: str | None = None
+
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """A validated event to write: instants as UTC text, or dates for an all-day event."""
+
+    title: str
+    start: str
+    end: str
+    all_day: bool
+    description: str | None
+    location: str | None
+    attendees: list[dict[str, str]]
+
+
+def validate_new_event(body: EventCreate, tz: ZoneInfo) -> NewEvent:
+    """Check a create request (400 for malformed values, 422 for a backwards or over-long range)."""
+    if len(body.title) > 1024:
+        raise bad_param("title", "at most 1024 characters")
+    all_day = bool(_DATE.match(body.start.strip())) and bool(_DATE.match(body.end.strip()))
+    if all_day:
+        ds, de = parse_date(body.start.strip(), "start"), parse_date(body.end.strip(), "end")
+        if de <= ds:
+            raise Problem(422, "invalid_range", "end must be after start (all-day end is exclusive).",
+                          errors=[FieldError("end", "must be after start")])
+        if (de - ds).days > 366:
+            raise Problem(422, "range_too_long", "An event may span at most 366 days.",
+                          errors=[FieldError("end", "at most 366 days after start")])
+        start, end = ds.isoformat(), de.isoformat()
+    else:
+        s, e = parse_instant(body.start, "start", tz), parse_instant(body.end, "end", tz)
+        check_range(s, e)
+        start, end = format_utc(s), format_utc(e)
+    attendees = []
+    for i, a in enumerate(body.attendees or []):
+        entry = {"email": a} if isinstance(a, str) else {"email": a.email, **({"name": a.name} if a.name else {})}
+        if not _EMAIL.match(entry["email"]):
+            raise bad_param(f"attendees[{i}]", f"{entry['email']!r} is not an email address")
+        attendees.append(entry)
+    return NewEvent(title=body.title, start=start, end=end, all_day=all_day, description=body.description,
+                    location=body.location, attendees=attendees)
+
+
+def body_fingerprint(body: bytes) -> str:
+    """Digest of a JSON body that ignores key order and white space (for Idempotency-Key)."""
+    try:
+        canonical = msgspec.json.encode(msgspec.json.decode(body), order="sorted")
+    except msgspec.DecodeError:
+        canonical = body
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def to_epoch_datetime(ts: int) -> datetime:
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=ts)

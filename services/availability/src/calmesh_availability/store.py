@@ -1,0 +1,170 @@
+"""asyncpg: the reads of the merged-events projection ``sync.event_instances`` (owned and written by
+the sync service; this service only reads it) and this service's own ``idempotency_keys``.
+
+Every read is one statement, so it sees one snapshot: a sync applies one calendar's changes in one
+transaction, so a read never sees half of a sync. Each source is read through the projection's
+index ``(connection_id, calendar_id, start_at)``: a ``LATERAL`` range scan per source, merged in
+start order.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from .domain import to_epoch_datetime
+
+PROJECTION = "sync.event_instances"
+
+# Instants as whole epoch seconds (the interval engine's unit); `k` is the exact sort key of
+# start_at in microseconds, for keyset cursors.
+_TIMES = """floor(extract(epoch FROM ei.start_at))::bigint AS s,
+           floor(extract(epoch FROM ei.end_at))::bigint AS e,
+           ei.all_day, ei.start_date, ei.end_date, ei.status, ei.transparency"""
+
+FULL_COLUMNS = f"""ei.event_id, ei.connection_id, ei.calendar_id, ei.uid, ei.recurrence_id, ei.recurring_event_id,
+           ei.provider_event_id, ei.title, ei.description, ei.location, {_TIMES},
+           floor(extract(epoch FROM ei.updated_at))::bigint AS u,
+           (extract(epoch FROM ei.start_at) * 1000000)::bigint AS k"""
+
+#: What free/busy alone needs.
+SLIM_COLUMNS = f"ei.connection_id, ei.calendar_id, {_TIMES}"
+
+
+def _per_source(columns: str, where: str, limit: str = "") -> str:
+    order = "ORDER BY ei.start_at, ei.event_id" if limit else ""
+    return f"""
+        SELECT x.* FROM unnest($2::text[], $3::text[]) AS src(connection_id, calendar_id)
+        CROSS JOIN LATERAL (
+            SELECT {columns}, ei.start_at AS sort_at, ei.event_id AS sort_id
+            FROM {PROJECTION} ei
+            WHERE ei.connection_id = src.connection_id AND ei.calendar_id = src.calendar_id
+              AND ei.user_id = $1 AND ei.start_at < $5 AND ei.end_at > $4 {where}
+            {order} {limit}
+        ) x
+        ORDER BY x.sort_at, x.sort_id {limit}"""
+
+
+_BUSY = "AND ei.status <> 'cancelled' AND ei.transparency <> 'free'"
+BUSY_SLIM_SQL = _per_source(SLIM_COLUMNS, _BUSY)
+BUSY_FULL_SQL = _per_source(FULL_COLUMNS, _BUSY)
+_KEYSET = "AND (ei.start_at, ei.event_id) > ($6, $7)"
+EVENTS_SQL = {
+    (cancelled, keyset): _per_source(
+        FULL_COLUMNS,
+        ("" if cancelled else "AND ei.status <> 'cancelled' ") + (_KEYSET if keyset else ""),
+        "LIMIT $8" if keyset else "LIMIT $6",
+    )
+    for cancelled in (False, True)
+    for keyset in (False, True)
+}
+
+FIND_EVENT_SQL = f"""
+    SELECT ei.event_id, ei.connection_id, ei.calendar_id
+    FROM unnest($2::text[], $3::text[]) AS src(connection_id, calendar_id)
+    JOIN {PROJECTION} ei ON ei.connection_id = src.connection_id AND ei.calendar_id = src.calendar_id
+    WHERE ei.user_id = $1 AND ei.event_id = $4
+    LIMIT 1"""
+
+
+async def busy_rows(
+    pool: asyncpg.Pool, user_id: str, connection_ids: list[str], calendar_ids: list[str],
+    start: int, end: int, *, full: bool,
+) -> list[asyncpg.Record]:
+    """Busy (not cancelled, not transparent) rows of the sources overlapping ``[start, end)``,
+    by start. `full`: every column (explain, conflicts); else what free/busy needs."""
+    sql = BUSY_FULL_SQL if full else BUSY_SLIM_SQL
+    return await pool.fetch(sql, user_id, connection_ids, calendar_ids,
+                            to_epoch_datetime(start), to_epoch_datetime(end))
+
+
+async def event_rows(
+    pool: asyncpg.Pool, user_id: str, connection_ids: list[str], calendar_ids: list[str],
+    start: int, end: int, *, include_cancelled: bool, after: tuple[int, str] | None, limit: int,
+) -> list[asyncpg.Record]:
+    """Rows overlapping ``[start, end)`` in (start_at, event_id) order, after the keyset `after`
+    (start_at in microseconds, event_id), at most `limit`."""
+    args: list[Any] = [user_id, connection_ids, calendar_ids, to_epoch_datetime(start), to_epoch_datetime(end)]
+    if after is not None:
+        args += [_from_micros(after[0]), after[1]]
+    args.append(limit)
+    return await pool.fetch(EVENTS_SQL[(include_cancelled, after is not None)], *args)
+
+
+async def find_event(
+    pool: asyncpg.Pool, user_id: str, connection_ids: list[str], calendar_ids: list[str], event_id: str,
+) -> asyncpg.Record | None:
+    """The source of event `event_id` if it belongs to one of the given sources."""
+    return await pool.fetchrow(FIND_EVENT_SQL, user_id, connection_ids, calendar_ids, event_id)
+
+
+def _from_micros(us: int) -> datetime:
+    return to_epoch_datetime(0) + timedelta(microseconds=us)
+
+
+# --- Idempotency-Key ------------------------------------------------------------------------------
+
+
+class IdempotencyRecord:
+    __slots__ = ("request_hash", "response", "status_code")
+
+    def __init__(self, request_hash: str, status_code: int | None, response: bytes | None) -> None:
+        self.request_hash = request_hash
+        self.status_code = status_code
+        self.response = response
+
+
+async def claim_idempotency_key(
+    pool: asyncpg.Pool, user_id: str, key: str, request_hash: str, *, ttl_seconds: int, stale_seconds: int,
+) -> IdempotencyRecord | None:
+    """Claim `key` for a new request (None), or return what holds it: a finished request (with its
+    response) or one still in flight (``status_code`` None). Expired keys are forgotten; a claim
+    left in flight longer than `stale_seconds` (its request died) is taken over."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "DELETE FROM idempotency_keys WHERE user_id = $1 AND created_at < now() - make_interval(secs => $2)",
+            user_id, ttl_seconds,
+        )
+        inserted = await conn.fetchval(
+            "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES ($1, $2, $3)"
+            " ON CONFLICT (user_id, key) DO NOTHING RETURNING 1",
+            user_id, key, request_hash,
+        )
+        if inserted:
+            return None
+        row = await conn.fetchrow(
+            "SELECT request_hash, status_code, response, created_at < now() - make_interval(secs => $3) AS stale"
+            " FROM idempotency_keys WHERE user_id = $1 AND key = $2 FOR UPDATE",
+            user_id, key, stale_seconds,
+        )
+        if row is None:  # deleted between the insert and the select: try once more
+            await conn.execute(
+                "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES ($1, $2, $3)"
+                " ON CONFLICT (user_id, key) DO NOTHING", user_id, key, request_hash,
+            )
+            return None
+        if row["status_code"] is None and row["stale"] and row["request_hash"] == request_hash:
+            await conn.execute(
+                "UPDATE idempotency_keys SET created_at = now() WHERE user_id = $1 AND key = $2", user_id, key
+            )
+            return None
+        return IdempotencyRecord(row["request_hash"], row["status_code"], row["response"])
+
+
+async def complete_idempotency_key(
+    pool: asyncpg.Pool, user_id: str, key: str, status_code: int, response: bytes,
+) -> None:
+    await pool.execute(
+        "UPDATE idempotency_keys SET status_code = $3, response = $4, completed_at = now()"
+        " WHERE user_id = $1 AND key = $2",
+        user_id, key, status_code, response,
+    )
+
+
+async def release_idempotency_key(pool: asyncpg.Pool, user_id: str, key: str) -> None:
+    """Forget an in-flight claim whose request failed in a way worth retrying."""
+    await pool.execute(
+        "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND status_code IS NULL", user_id, key
+    )
