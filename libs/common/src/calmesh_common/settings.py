@@ -57,6 +57,16 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{name} must be 1/0, true/false, yes/no or on/off, got {raw!r}")
 
 
+def _floats(env: Mapping[str, str], name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return tuple(float(part) for part in raw.split(",") if part.strip())
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be comma-separated numbers, got {raw!r}") from exc
+
+
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     raw = env.get(name, "")
     return tuple(part.strip() for part in raw.split(",") if part.strip())
@@ -107,6 +117,48 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Observability.
     otel_console: bool = False
 
+    # Webhooks dispatcher (services/webhooks).
+    #: The schema the webhooks service owns (durable consumer names derive from it).
+    webhooks_schema: str = "webhooks"
+    #: Seconds to wait after each failed attempt before the next; the first attempt goes at once.
+    #: One attempt more than there are entries; after the last failure the delivery is failed.
+    webhook_retry_schedule: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+    #: Each retry delay is spread by up to this fraction either way.
+    webhook_retry_jitter: float = 0.1
+    #: Longest wait honoured from a Retry-After header (429, 503).
+    webhook_max_retry_after_seconds: float = 86400.0
+    webhook_timeout_seconds: float = 15.0
+    #: A subscription failing without a single success for this long is disabled.
+    webhook_disable_after_seconds: float = 5 * 86400.0
+    #: How long a rotated-out secret keeps signing beside the new one.
+    webhook_secret_overlap_seconds: float = 86400.0
+    #: Deliveries in flight at once, per dispatcher process and per subscription.
+    webhook_concurrency: int = 256
+    webhook_concurrency_per_subscription: int = 4
+    #: Safety-net poll of due deliveries (new ones wake the dispatcher at once).
+    webhook_poll_interval_seconds: float = 1.0
+
+    # Billing (services/billing): Mollie and the plans.
+    mollie_api_base: str = "https://api.mollie.com/v2"
+    mollie_api_key: str = ""
+    #: Where Mollie posts its notices; empty: {public_base_url}/api/v1/billing/mollie/webhook.
+    mollie_webhook_url: str = ""
+    #: The monthly price of pro, as Mollie wants it ("9.00") and its currency.
+    billing_pro_price: str = "9.00"
+    billing_currency: str = "EUR"
+    #: How long an account stays pro (past_due) after a failed recurring payment.
+    billing_grace_period_seconds: float = 7 * 86400.0
+    #: How often billing looks for grace periods and canceled periods that have run out.
+    billing_sweep_interval_seconds: float = 60.0
+
+    # Plan limits (calmesh_common.plans).
+    plan_free_connections: int = 3
+    plan_free_booking_pages: int = 2
+    plan_free_api_requests_per_day: int = 10_000
+    plan_pro_connections: int = 50
+    plan_pro_booking_pages: int = 100
+    plan_pro_api_requests_per_day: int = 1_000_000
+
     # Availability (services/availability).
     #: Longest a cached unified calendar is trusted; connections' events invalidate it sooner.
     calendar_cache_ttl_seconds: float = 60.0
@@ -149,6 +201,31 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             sync_workers=_int(env, "CALMESH_SYNC_WORKERS", 2),
             allow_private_networks=_bool(env, "CALMESH_ALLOW_PRIVATE_NETWORKS", False),
             otel_console=_bool(env, "CALMESH_OTEL_CONSOLE", False),
+            webhooks_schema=env.get("CALMESH_WEBHOOKS_SCHEMA", "webhooks"),
+            webhook_retry_schedule=_floats(
+                env, "CALMESH_WEBHOOK_RETRY_SCHEDULE", (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
+            ),
+            webhook_retry_jitter=_float(env, "CALMESH_WEBHOOK_RETRY_JITTER", 0.1),
+            webhook_max_retry_after_seconds=_float(env, "CALMESH_WEBHOOK_MAX_RETRY_AFTER_SECONDS", 86400.0),
+            webhook_timeout_seconds=_float(env, "CALMESH_WEBHOOK_TIMEOUT_SECONDS", 15.0),
+            webhook_disable_after_seconds=_float(env, "CALMESH_WEBHOOK_DISABLE_AFTER_SECONDS", 5 * 86400.0),
+            webhook_secret_overlap_seconds=_float(env, "CALMESH_WEBHOOK_SECRET_OVERLAP_SECONDS", 86400.0),
+            webhook_concurrency=_int(env, "CALMESH_WEBHOOK_CONCURRENCY", 256),
+            webhook_concurrency_per_subscription=_int(env, "CALMESH_WEBHOOK_CONCURRENCY_PER_SUBSCRIPTION", 4),
+            webhook_poll_interval_seconds=_float(env, "CALMESH_WEBHOOK_POLL_INTERVAL_SECONDS", 1.0),
+            mollie_api_base=env.get("CALMESH_MOLLIE_API_BASE", "https://api.mollie.com/v2").rstrip("/"),
+            mollie_api_key=env.get("CALMESH_MOLLIE_API_KEY", ""),
+            mollie_webhook_url=env.get("CALMESH_MOLLIE_WEBHOOK_URL", ""),
+            billing_pro_price=env.get("CALMESH_BILLING_PRO_PRICE", "9.00"),
+            billing_currency=env.get("CALMESH_BILLING_CURRENCY", "EUR"),
+            billing_grace_period_seconds=_float(env, "CALMESH_BILLING_GRACE_PERIOD_SECONDS", 7 * 86400.0),
+            billing_sweep_interval_seconds=_float(env, "CALMESH_BILLING_SWEEP_INTERVAL_SECONDS", 60.0),
+            plan_free_connections=_int(env, "CALMESH_PLAN_FREE_CONNECTIONS", 3),
+            plan_free_booking_pages=_int(env, "CALMESH_PLAN_FREE_BOOKING_PAGES", 2),
+            plan_free_api_requests_per_day=_int(env, "CALMESH_PLAN_FREE_API_REQUESTS_PER_DAY", 10_000),
+            plan_pro_connections=_int(env, "CALMESH_PLAN_PRO_CONNECTIONS", 50),
+            plan_pro_booking_pages=_int(env, "CALMESH_PLAN_PRO_BOOKING_PAGES", 100),
+            plan_pro_api_requests_per_day=_int(env, "CALMESH_PLAN_PRO_API_REQUESTS_PER_DAY", 1_000_000),
             calendar_cache_ttl_seconds=_float(env, "CALMESH_CALENDAR_CACHE_TTL_SECONDS", 60.0),
         )
         values.update(overrides)
@@ -166,6 +243,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("rate limits must be at least 1 request a minute")
         if self.db_pool_min < 0 or self.db_pool_max < max(1, self.db_pool_min):
             raise SettingsError("CALMESH_DB_POOL_MAX must be at least 1 and not below CALMESH_DB_POOL_MIN")
+        if any(delay < 0 for delay in self.webhook_retry_schedule):
+            raise SettingsError("CALMESH_WEBHOOK_RETRY_SCHEDULE must hold no negative delay")
+        if not 0 <= self.webhook_retry_jitter < 1:
+            raise SettingsError("CALMESH_WEBHOOK_RETRY_JITTER must be at least 0 and below 1")
+        if self.webhook_concurrency < 1 or self.webhook_concurrency_per_subscription < 1:
+            raise SettingsError("CALMESH_WEBHOOK_CONCURRENCY and ..._PER_SUBSCRIPTION must be at least 1")
+        if self.webhook_timeout_seconds <= 0:
+            raise SettingsError("CALMESH_WEBHOOK_TIMEOUT_SECONDS must be above 0")
 
     def require(self, *names: str) -> None:
         """Fail at start-up, naming the variables, when a process needs settings that are empty."""

@@ -1,18 +1,73 @@
-"""The webhooks service: wiring and lifespan."""
+"""The webhooks service: the API and the dispatcher in one process, scaled on its own.
+
+Any number of these processes share the work through PostgreSQL leases and the durable JetStream
+consumers; each serves the webhooks API too.
+"""
 
 from __future__ import annotations
 
+import httpx
 from litestar import Litestar
 
-from calmesh_common.service import create_service_app, run_service
+from calmesh_common.guarded import GuardedClient
+from calmesh_common.service import ServiceDeps, create_service_app, run_service
 from calmesh_common.settings import Settings
 
+from .api import WebhooksController
+from .dispatcher import USER_AGENT, Dispatcher
+from .mapping import AWAITING_PRODUCER, EVENT_MAP
+from .signing import SecretBox
+
 NAME = "webhooks"
-SCHEMA = "webhooks"
 
 
-def create_app(settings: Settings) -> Litestar:
-    return create_service_app(settings, name=NAME, schema=SCHEMA)
+def create_app(settings: Settings, *, schema: str | None = None) -> Litestar:
+    """The webhooks app owning `schema` (default ``settings.webhooks_schema``)."""
+    schema = schema or settings.webhooks_schema
+
+    async def start_dispatcher(deps: ServiceDeps) -> None:
+        assert deps.pool is not None and deps.js is not None
+        secrets = SecretBox(settings.encryption_keys)
+        client = GuardedClient(
+            allow_private_networks=settings.allow_private_networks,
+            timeout=settings.webhook_timeout_seconds,
+            max_redirects=0,
+            user_agent=USER_AGENT,
+            transport=httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(
+                    max_connections=settings.webhook_concurrency,
+                    max_keepalive_connections=settings.webhook_concurrency,
+                ),
+            ),
+        )
+        dispatcher = Dispatcher(
+            deps.pool, deps.js, settings, schema=schema, secrets=secrets, client=client, event_store=deps.store
+        )
+        deps.extras.update(schema=schema, secrets=secrets, guarded=client, dispatcher=dispatcher)
+        await dispatcher.start()
+
+    async def stop_dispatcher(deps: ServiceDeps) -> None:
+        dispatcher = deps.extras.get("dispatcher")
+        if dispatcher is not None:
+            await dispatcher.stop()
+        client = deps.extras.get("guarded")
+        if client is not None:
+            await client.aclose()
+
+    mapped = ", ".join(sorted({t for m in EVENT_MAP.values() for t in m.public_types}))
+    return create_service_app(
+        settings,
+        name=NAME,
+        schema=schema,
+        route_handlers=[WebhooksController],
+        on_startup=[start_dispatcher],
+        on_shutdown=[stop_dispatcher],
+        title="CalMesh webhooks",
+        description=(
+            "Webhook subscriptions and Standard Webhooks v1 deliveries. "
+            f"Delivered now: {mapped}. Awaiting their producers: {', '.join(AWAITING_PRODUCER)}."
+        ),
+    )
 
 
 def main() -> None:

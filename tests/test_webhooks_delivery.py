@@ -1,0 +1,448 @@
+"""Webhook deliveries end to end: a domain event committed by a producer (event store + outbox +
+relay + JetStream) reaches a local receiver, signed per Standard Webhooks v1 and verified with the
+reference `standardwebhooks` library; retries, 410, rotation, replay, test sends, manual retry, no
+head-of-line blocking, and a dispatcher killed with SIGKILL mid-delivery.
+
+The webhooks service runs in-process (uvicorn on a free port) on a schema of its own, so these tests
+do not disturb the platform's `webhooks` schema; the kill test runs it as a real process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import msgspec
+import nats
+import pytest
+import uvicorn
+from cryptography.fernet import Fernet
+from standardwebhooks import Webhook
+
+from calmesh_common.devstack.embedded import free_port
+from calmesh_common.events import decode_envelope
+from calmesh_common.events.billing import PlanChanged
+from calmesh_common.eventstore import EventStore
+from calmesh_common.migrations import apply_migrations, common_migrations, package_migrations
+from calmesh_common.relay import OutboxRelay
+from calmesh_common.settings import Settings
+from calmesh_webhooks.app import create_app
+
+SECRET = "test-internal-secret"
+FERNET_KEY = Fernet.generate_key().decode()
+
+
+# --- a local receiver --------------------------------------------------------------------------
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    at: float
+
+
+@dataclass
+class Receiver:
+    """An ASGI app recording every POST; `plans[path]` says what to answer, in turn."""
+
+    received: list[Received] = field(default_factory=list)
+    plans: dict[str, list[Any]] = field(default_factory=dict)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def on(self, path: str, *answers: Any) -> str:
+        """Answers for `path`, in turn (the last repeats): a status, (status, headers), or an
+        awaitable-returning callable for answers that wait."""
+        self.plans[path] = list(answers)
+        return path
+
+    def at(self, path: str) -> list[Received]:
+        return [r for r in self.received if r.path == path]
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        path = scope["path"]
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        self.received.append(Received(path, headers, body, time.time()))
+        self.arrived.set()
+        plan = self.plans.get(path, [200])
+        answer = plan.pop(0) if len(plan) > 1 else plan[0]
+        if callable(answer):
+            answer = await answer()
+        status, extra = (answer, {}) if isinstance(answer, int) else answer
+        await send({
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(k.encode(), v.encode()) for k, v in extra.items()],
+        })
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out; received so far: {[(r.path, r.headers.get('webhook-id')) for r in self.received]}")
+            self.arrived.clear()
+            try:
+                await asyncio.wait_for(self.arrived.wait(), 0.05)
+            except TimeoutError:
+                pass
+
+
+@dataclass
+class Served:
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+    url: str
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await self.task
+
+
+async def serve(app: Any, port: int | None = None) -> Served:
+    port = port or free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("the server stopped during start-up")
+        if time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        await asyncio.sleep(0.02)
+    return Served(server, task, f"http://127.0.0.1:{port}")
+
+
+# --- a producer of domain events -------------------------------------------------------------------
+
+
+@dataclass
+class Producer:
+    """Commits billing's plan.changed events the way billing does: event store + outbox in one
+    transaction, published by the outbox relay."""
+
+    pool: asyncpg.Pool
+    store: EventStore
+
+    async def plan_changed(self, user_id: str, plan: str = "pro") -> str:
+        async with self.pool.acquire() as conn, conn.transaction():
+            stream = f"billing-{user_id}"
+            [env] = await self.store.append(
+                conn,
+                stream,
+                None,
+                [PlanChanged(user_id=user_id, plan=plan, status="active",
+                             current_period_end=datetime(2026, 12, 25, tzinfo=UTC), previous_plan="free",
+                             at=datetime.now(UTC))],
+                user_id=user_id,
+            )
+        return env.id
+
+
+def _settings(database_url: str, nats_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = dict(
+        database_url=database_url,
+        nats_url=nats_url,
+        internal_secret=SECRET,
+        encryption_keys=(FERNET_KEY,),
+        allow_private_networks=True,
+        webhook_retry_schedule=(0.2, 0.2, 0.2, 0.2, 0.2),
+        webhook_retry_jitter=0.0,
+        webhook_poll_interval_seconds=0.05,
+        webhook_timeout_seconds=2.0,
+        webhook_concurrency_per_subscription=2,
+        log_level="warning",
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class Harness:
+    api: httpx.AsyncClient
+    receiver: Receiver
+    receiver_url: str
+    producer: Producer
+    schema: str
+    pool: asyncpg.Pool
+    app: Any
+
+    def headers(self, user_id: str) -> dict[str, str]:
+        return {
+            "x-calmesh-internal-secret": SECRET,
+            "x-calmesh-user-id": user_id,
+            "x-calmesh-auth": "key",
+            "x-calmesh-scope": "full",
+        }
+
+    async def subscribe(self, user_id: str, path: str, event_types: list[str] | None = None) -> dict[str, Any]:
+        r = await self.api.post(
+            "/api/v1/webhooks",
+            json={"url": self.receiver_url + path, "event_types": event_types or ["subscription.updated"]},
+            headers=self.headers(user_id),
+        )
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    async def deliveries(self, user_id: str, webhook_id: str) -> list[dict[str, Any]]:
+        r = await self.api.get(f"/api/v1/webhooks/{webhook_id}/deliveries", headers=self.headers(user_id))
+        assert r.status_code == 200, r.text
+        return r.json()["data"]
+
+    async def settled(self, user_id: str, webhook_id: str, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Wait until `count` attempt rows exist and none is in flight."""
+        deadline = time.monotonic() + timeout
+        while True:
+            rows = await self.deliveries(user_id, webhook_id)
+            if len(rows) >= count and all(r["status"] != "pending" for r in rows):
+                return rows
+            if time.monotonic() > deadline:
+                raise AssertionError(f"deliveries did not settle: {rows}")
+            await asyncio.sleep(0.05)
+
+
+async def migrate_schema(database_url: str, schema: str, package: str | None) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await apply_migrations(conn, schema, package_migrations(package) if package else common_migrations())
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def harness(migrated: str, nats_server_url: str, unique: str) -> AsyncIterator[Harness]:
+    schema = f"wh_{unique}"
+    source = f"src_{unique}"
+    await migrate_schema(migrated, schema, "calmesh_webhooks")
+    await migrate_schema(migrated, source, None)
+    receiver = Receiver()
+    received = await serve(receiver)
+    app = create_app(_settings(migrated, nats_server_url), schema=schema)
+    service = await serve(app)
+    pool = await asyncpg.create_pool(migrated, min_size=1, max_size=4)
+    nc = await nats.connect(nats_server_url)
+    relay = OutboxRelay(pool, nc.jetstream(), source, poll_interval=0.2)
+    relay_task = asyncio.create_task(relay.run())
+    api = httpx.AsyncClient(base_url=service.url, timeout=20)
+    try:
+        yield Harness(api, receiver, received.url, Producer(pool, EventStore(source, context="billing")), schema, pool, app)
+    finally:
+        await api.aclose()
+        relay_task.cancel()
+        await asyncio.gather(relay_task, return_exceptions=True)
+        await service.stop()
+        await received.stop()
+        await nc.close()
+        await pool.close()
+
+
+def verify(secret: str, r: Received) -> dict[str, Any]:
+    """Verify a delivery with the reference library; returns the parsed body."""
+    return Webhook(secret).verify(r.body, r.headers)  # type: ignore[no-any-return]
+
+
+def user() -> str:
+    return f"usr_{uuid.uuid4().hex[:20]}"
+
+
+# --- the tests -----------------------------------------------------------------------------------
+
+
+async def test_failing_receiver_gets_the_event_until_it_succeeds_then_never_again(harness: Harness) -> None:
+    owner = user()
+    path = harness.receiver.on("/flaky", 500, 502, 500, 200)
+    hook = await harness.subscribe(owner, path)
+    assert hook["secret"].startswith("whsec_") and hook["status"] == "active"
+
+    event_id = await harness.producer.plan_changed(owner)
+    await harness.receiver.wait_for(lambda: len(harness.receiver.at(path)) >= 4)
+    rows = await harness.settled(owner, hook["id"], 4)
+    await asyncio.sleep(1.0)  # well past two more retry delays: nothing else may come
+
+    got = harness.receiver.at(path)
+    assert len(got) == 4
+    assert {r.headers["webhook-id"] for r in got} == {event_id}
+    for r in got:
+        body = verify(hook["secret"], r)
+        assert body["type"] == "subscription.updated"
+        assert body["data"]["plan"] == "pro" and body["data"]["current_period_end"] == "2026-12-25T00:00:00Z"
+        assert body["timestamp"].endswith("Z")
+    # One row per attempt, newest first; next_attempt_at null once one succeeded.
+    assert [r["attempt"] for r in rows] == [4, 3, 2, 1]
+    assert [r["status"] for r in rows] == ["succeeded", "failed", "failed", "failed"]
+    assert [r["response_status"] for r in rows] == [200, 500, 502, 500]
+    assert all(r["next_attempt_at"] is None and r["event_id"] == event_id for r in rows)
+    assert all(r["event_type"] == "subscription.updated" and r["duration_ms"] is not None for r in rows)
+
+
+async def test_a_receiver_answering_410_disables_the_subscription_and_its_owner_is_told(harness: Harness) -> None:
+    owner = user()
+    path = harness.receiver.on("/gone", 410)
+    hook = await harness.subscribe(owner, path)
+    await harness.producer.plan_changed(owner)
+    await harness.receiver.wait_for(lambda: len(harness.receiver.at(path)) == 1)
+    await harness.settled(owner, hook["id"], 1)
+
+    r = await harness.api.get(f"/api/v1/webhooks/{hook['id']}", headers=harness.headers(owner))
+    assert r.json()["status"] == "disabled" and r.json()["disabled_reason"] == "gone"
+    async with harness.pool.acquire() as conn:
+        rows = await conn.fetch(f"SELECT envelope FROM {harness.schema}.events WHERE stream_id = $1 AND type = 'webhook.disabled.v1'", hook["id"])
+    assert len(rows) == 1
+    notice = msgspec.json.decode(bytes(decode_envelope(rows[0]["envelope"]).event))
+    assert notice["reason"] == "gone" and notice["user_id"] == owner
+
+    await harness.producer.plan_changed(owner, "free")
+    await asyncio.sleep(1.0)
+    assert len(harness.receiver.at(path)) == 1  # no more deliveries, no retry
+
+
+async def test_after_rotation_both_secrets_sign_and_both_verify(harness: Harness) -> None:
+    owner = user()
+    path = harness.receiver.on("/rotated", 200)
+    hook = await harness.subscribe(owner, path)
+    r = await harness.api.post(f"/api/v1/webhooks/{hook['id']}/rotate-secret", headers=harness.headers(owner))
+    assert r.status_code == 200
+    new_secret = r.json()["secret"]
+    assert new_secret.startswith("whsec_") and new_secret != hook["secret"]
+
+    await harness.producer.plan_changed(owner)
+    await harness.receiver.wait_for(lambda: len(harness.receiver.at(path)) == 1)
+    [got] = harness.receiver.at(path)
+    assert len(got.headers["webhook-signature"].split(" ")) == 2
+    assert verify(new_secret, got)["type"] == "subscription.updated"
+    assert verify(hook["secret"], got)["type"] == "subscription.updated"
+    # Each signature alone verifies with exactly its own secret.
+    first, second = got.headers["webhook-signature"].split(" ")
+    verify(new_secret, Received(got.path, {**got.headers, "webhook-signature": first}, got.body, got.at))
+    verify(hook["secret"], Received(got.path, {**got.headers, "webhook-signature": second}, got.body, got.at))
+
+
+async def test_replay_delivers_the_events_since_an_instant_again_with_the_same_ids(harness: Harness) -> None:
+    owner = user()
+    path = harness.receiver.on("/replayed", 200)
+    hook = await harness.subscribe(owner, path)
+    before = datetime.now(UTC) - timedelta(seconds=1)
+    first = await harness.producer.plan_changed(owner, "pro")
+    second = await harness.producer.plan_changed(owner, "free")
+    await harness.receiver.wait_for(lambda: len(harness.receiver.at(path)) == 2)
+
+    r = await harness.api.post(
+        f"/api/v1/webhooks/{hook['id']}/replay", json={"since": before.isoformat()}, headers=harness.headers(owner)
+    )
+    assert r.status_code == 202, r.text
+    await harness.receiver.wait_for(lambda: len(harness.receiver.at(path)) == 4)
+    ids = [x.headers["webhook-id"] for x in harness.receiver.at(path)]
+    assert sorted(ids) == sorted([first, second, first, second])
+    for x in harness.receiver.at(path):
+        verify(hook["secret"], x)
+    # Another user's events in the same stream are never replayed to this subscription.
+    assert all(msgspec.json.decode(x.body)["type"] == "subscription.updated" for x in harness.receiver.at(path))
+
+
+async def test_test_send_goes_now_and_a_delivery_can_be_retried_by_hand(harness: Harness) -> None:
+    owner = user()
+    path = harness.receiver.on("/manual", 200)
+    hook = await harness.subscribe(owner, path)
+    r = await harness.api.post(f"/api/v1/webhooks/{hook['id']}/test", headers=harness.headers(owner))
+    assert r.status_code == 200, r.text
+    attempt = r.json()
+    assert attempt["event_type"] == "webhook.test" and attempt["status"] == "succeeded" and attempt["attempt"] == 1
+    [got] = harness.receiver.at(path)
+    assert verify(hook["secret"], got)["type"] == "webhook.test"
+
+    r = await harness.api.post(
+        f"/api/v1/webhooks/{hook['id']}/deliveries/{attempt['id']}/retry", headers=harness.headers(owner)
+    )
+    assert r.status_code == 202, r.text
+    await harness.receiver.wait_for(lambda: len(harness.receiver.at(path)) == 2)
+    assert {x.headers["webhook-id"] for x in harness.receiver.at(path)} == {attempt["event_id"]}
+    rows = await harness.settled(owner, hook["id"], 2)
+    assert [x["attempt"] for x in rows] == [2, 1]
+
+
+async def test_a_slow_subscriber_never_delays_another(harness: Harness) -> None:
+    slow_owner, fast_owner = user(), user()
+    release = asyncio.Event()
+
+    async def hang() -> int:
+        await release.wait()
+        return 200
+
+    slow = harness.receiver.on("/slow", hang)
+    fast = harness.receiver.on("/fast", 200)
+    await harness.subscribe(slow_owner, slow)
+    await harness.subscribe(fast_owner, fast)
+    try:
+        for _ in range(6):  # more than the slow subscription may have in flight
+            await harness.producer.plan_changed(slow_owner)
+        await harness.receiver.wait_for(lambda: len(harness.receiver.at(slow)) >= 2)
+        started = time.monotonic()
+        for _ in range(3):
+            await harness.producer.plan_changed(fast_owner)
+        await harness.receiver.wait_for(lambda: len(harness.receiver.at(fast)) == 3, timeout=5)
+        assert time.monotonic() - started < 1.5
+        assert len(harness.receiver.at(slow)) == 2  # bounded: at most 2 in flight for it
+    finally:
+        release.set()
+
+
+async def test_the_api_validates_and_hides_other_users_webhooks(harness: Harness) -> None:
+    owner, stranger = user(), user()
+    hook = await harness.subscribe(owner, "/x")
+    h = harness.headers(stranger)
+    for method, suffix in (("GET", ""), ("PATCH", ""), ("DELETE", ""), ("POST", "/rotate-secret"),
+                           ("POST", "/test"), ("GET", "/deliveries")):
+        r = await harness.api.request(method, f"/api/v1/webhooks/{hook['id']}{suffix}", headers=h,
+                                      json={} if method == "PATCH" else None)
+        assert r.status_code == 404, (method, suffix, r.text)
+    listed = (await harness.api.get("/api/v1/webhooks", headers=h)).json()
+    assert listed == {"data": [], "next_cursor": None}
+
+    bad = [
+        ({"url": "ftp://example.com/x", "event_types": ["*"]}, 422),
+        ({"url": "https://example.com/x", "event_types": ["booking.exploded"]}, 422),
+        ({"url": "https://example.com/x", "event_types": []}, 422),
+        ({"url": "https://example.com/x", "event_types": ["*"], "colour": "red"}, 400),
+        ({"event_types": ["*"]}, 400),
+    ]
+    for body, status in bad:
+        r = await harness.api.post("/api/v1/webhooks", json=body, headers=h)
+        assert r.status_code == status, (body, r.text)
+        assert r.headers["content-type"].startswith("application/problem+json")
+
+    r = await harness.api.patch(f"/api/v1/webhooks/{hook['id']}", json={"status": "disabled", "event_types": ["*"]},
+                                headers=harness.headers(owner))
+    assert r.status_code == 200 and r.json()["status"] == "disabled" and r.json()["event_types"] == ["*"]
+    assert "secret" not in r.json()
+    r = await harness.api.delete(f"/api/v1/webhooks/{hook['id']}", headers=harness.headers(owner))
+    assert r.status_code == 204
+    assert (await harness.api.get(f"/api/v1/webhooks/{hook['id']}", headers=harness.headers(owner))).status_code == 404
