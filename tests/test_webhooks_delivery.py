@@ -446,3 +446,138 @@ async def test_the_api_validates_and_hides_other_users_webhooks(harness: Harness
     r = await harness.api.delete(f"/api/v1/webhooks/{hook['id']}", headers=harness.headers(owner))
     assert r.status_code == 204
     assert (await harness.api.get(f"/api/v1/webhooks/{hook['id']}", headers=harness.headers(owner))).status_code == 404
+
+
+# --- a dispatcher killed mid-delivery ------------------------------------------------------------------
+
+
+def _start_dispatcher(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "calmesh-webhooks")],
+        env={**env, "CALMESH_PORT": str(port)},
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+    return process, f"http://127.0.0.1:{port}"
+
+
+async def _healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise AssertionError(f"the dispatcher exited: {log.read_text()[-2000:]}")
+            try:
+                if (await client.get(url + "/health")).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"the dispatcher did not start: {log.read_text()[-2000:]}")
+
+
+async def test_a_dispatcher_killed_mid_delivery_loses_nothing_and_repeats_only_with_the_same_id(
+    migrated: str, nats_server_url: str, unique: str, tmp_path: Path
+) -> None:
+    schema, source = f"wh_{unique}", f"src_{unique}"
+    await migrate_schema(migrated, schema, "calmesh_webhooks")
+    await migrate_schema(migrated, source, None)
+    receiver = Receiver()
+    never = asyncio.Event()
+
+    async def hang() -> int:
+        await never.wait()
+        return 200
+
+    path = receiver.on("/crash", hang, hang, hang, 200)
+    received = await serve(receiver)
+    env = {
+        **os.environ,
+        "DATABASE_URL": migrated,
+        "NATS_URL": nats_server_url,
+        "CALMESH_SERVICE": "webhooks",
+        "CALMESH_INTERNAL_SECRET": SECRET,
+        "CALMESH_ENCRYPTION_KEYS": FERNET_KEY,
+        "CALMESH_ALLOW_PRIVATE_NETWORKS": "1",
+        "CALMESH_WEBHOOKS_SCHEMA": schema,
+        "CALMESH_WEBHOOK_TIMEOUT_SECONDS": "1",  # a lease of 3 s
+        "CALMESH_WEBHOOK_RETRY_SCHEDULE": "0.2,0.2,0.2",
+        "CALMESH_WEBHOOK_RETRY_JITTER": "0",
+        "CALMESH_WEBHOOK_POLL_INTERVAL_SECONDS": "0.1",
+        "CALMESH_WEBHOOK_CONCURRENCY_PER_SUBSCRIPTION": "3",
+        "CALMESH_LOG_LEVEL": "warning",
+        "CALMESH_DB_POOL_MAX": "4",
+    }
+    log = tmp_path / "dispatcher.log"
+    pool = await asyncpg.create_pool(migrated, min_size=1, max_size=3)
+    nc = await nats.connect(nats_server_url)
+    relay_task = asyncio.create_task(OutboxRelay(pool, nc.jetstream(), source, poll_interval=0.2).run())
+    producer = Producer(pool, EventStore(source, context="billing"))
+    first, url = _start_dispatcher(env, log)
+    second = None
+    try:
+        await _healthy(url, first, log)
+        owner = user()
+        headers = {"x-calmesh-internal-secret": SECRET, "x-calmesh-user-id": owner, "x-calmesh-scope": "full"}
+        async with httpx.AsyncClient(base_url=url) as api:
+            r = await api.post("/api/v1/webhooks", headers=headers,
+                               json={"url": received.url + path, "event_types": ["*"]})
+            assert r.status_code == 201, r.text
+            hook = r.json()
+        event_ids = [await producer.plan_changed(owner, plan) for plan in ["pro", "free"] * 5]
+
+        async def queued() -> int:
+            async with pool.acquire() as conn:
+                return int(await conn.fetchval(f"SELECT count(*) FROM {schema}.deliveries"))
+
+        await receiver.wait_for(lambda: len(receiver.at(path)) >= 3)
+        deadline = time.monotonic() + 10
+        while await queued() < len(event_ids) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        # Three deliveries are in flight, their receiver has not answered: kill outright.
+        first.send_signal(signal.SIGKILL)
+        first.wait(10)
+        in_flight = {r.headers["webhook-id"] for r in receiver.at(path)}
+        assert len(in_flight) == 3
+
+        second, url2 = _start_dispatcher(env, log)
+        await _healthy(url2, second, log)
+        await receiver.wait_for(lambda: len(receiver.at(path)) >= len(event_ids) + 3, timeout=20)
+        async with pool.acquire() as conn:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                states = await conn.fetch(f"SELECT event_id, status FROM {schema}.deliveries")
+                if all(s["status"] == "succeeded" for s in states):
+                    break
+                await asyncio.sleep(0.1)
+            attempts = await conn.fetch(
+                f"SELECT event_id, attempt, status, error FROM {schema}.attempts ORDER BY event_id, attempt"
+            )
+        # Nothing lost: every event delivered and settled once, as exactly one delivery.
+        assert sorted(s["event_id"] for s in states) == sorted(event_ids)
+        assert all(s["status"] == "succeeded" for s in states)
+        # Duplicates only with the same webhook-id: the three interrupted ones, sent again.
+        got = [r.headers["webhook-id"] for r in receiver.at(path)]
+        assert set(got) == set(event_ids)
+        repeated = {i for i in got if got.count(i) > 1}
+        assert repeated == in_flight and all(got.count(i) == 2 for i in repeated)
+        for r in receiver.at(path):
+            verify(hook["secret"], r)
+        interrupted = [a for a in attempts if a["status"] == "failed"]
+        assert {a["event_id"] for a in interrupted} == in_flight
+        assert all(a["attempt"] == 1 and a["error"].startswith("interrupted") for a in interrupted)
+    finally:
+        never.set()
+        for process in (first, second):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        relay_task.cancel()
+        await asyncio.gather(relay_task, return_exceptions=True)
+        await received.stop()
+        await nc.close()
+        await pool.close()
