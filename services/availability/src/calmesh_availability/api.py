@@ -126,26 +126,12 @@ class CalendarRoutes(Controller):
             after = (pos[0], pos[1])
         conn_ids, cal_ids = cal.source_columns(only)
         assert deps.pool is not None
-        picked: list[Any] = []
-        more = False
-        # All-day rows are stored with their widest UTC span; the ones that miss the window in the
-        # calendar's zone are skipped here, so keep reading until the page is full.
-        while True:
-            want = page_size + 1 - len(picked)
-            rows = await store.event_rows(deps.pool, caller.user_id, conn_ids, cal_ids, win_start, win_end,
-                                          include_cancelled=cancelled, after=after, limit=want)
-            for row in rows:
-                if not row["all_day"] or domain.overlaps(row, cal, win_start, win_end):
-                    picked.append(row)
-            if len(picked) > page_size:
-                more = True
-                break
-            if len(rows) < want:
-                break
-            after = (rows[-1]["k"], rows[-1]["event_id"])
-        page = picked[:page_size]
+        rows = await store.event_rows(deps.pool, caller.user_id, conn_ids, cal_ids, win_start, win_end,
+                                      tz_name=cal.tz_name, include_cancelled=cancelled, after=after,
+                                      limit=page_size + 1)
+        page = rows[:page_size]
         next_cursor = None
-        if more and page:
+        if len(rows) > page_size:
             last = page[-1]
             next_cursor = domain.encode_cursor("events", fp, [last["k"], last["event_id"]])
         return EventPage(data=[domain.event_out(r, cal) for r in page], next_cursor=next_cursor)

@@ -26,40 +26,60 @@ _TIMES = """floor(extract(epoch FROM ei.start_at))::bigint AS s,
 
 FULL_COLUMNS = f"""ei.event_id, ei.connection_id, ei.calendar_id, ei.uid, ei.recurrence_id, ei.recurring_event_id,
            ei.provider_event_id, ei.title, ei.description, ei.location, {_TIMES},
-           floor(extract(epoch FROM ei.updated_at))::bigint AS u,
-           (extract(epoch FROM ei.start_at) * 1000000)::bigint AS k"""
+           floor(extract(epoch FROM ei.updated_at))::bigint AS u"""
 
 #: What free/busy alone needs.
 SLIM_COLUMNS = f"ei.connection_id, ei.calendar_id, {_TIMES}"
 
 
-def _per_source(columns: str, where: str, limit: str = "") -> str:
-    order = "ORDER BY ei.start_at, ei.event_id" if limit else ""
+def _per_source(columns: str, where: str) -> str:
     return f"""
         SELECT x.* FROM unnest($2::text[], $3::text[]) AS src(connection_id, calendar_id)
         CROSS JOIN LATERAL (
-            SELECT {columns}, ei.start_at AS sort_at, ei.event_id AS sort_id
+            SELECT {columns}
             FROM {PROJECTION} ei
             WHERE ei.connection_id = src.connection_id AND ei.calendar_id = src.calendar_id
               AND ei.user_id = $1 AND ei.start_at < $5 AND ei.end_at > $4 {where}
-            {order} {limit}
         ) x
-        ORDER BY x.sort_at, x.sort_id {limit}"""
+        ORDER BY x.s, x.e"""
 
 
 _BUSY = "AND ei.status <> 'cancelled' AND ei.transparency <> 'free'"
 BUSY_SLIM_SQL = _per_source(SLIM_COLUMNS, _BUSY)
 BUSY_FULL_SQL = _per_source(FULL_COLUMNS, _BUSY)
-_KEYSET = "AND (ei.start_at, ei.event_id) > ($6, $7)"
-EVENTS_SQL = {
-    (cancelled, keyset): _per_source(
-        FULL_COLUMNS,
-        ("" if cancelled else "AND ei.status <> 'cancelled' ") + (_KEYSET if keyset else ""),
-        "LIMIT $8" if keyset else "LIMIT $6",
-    )
-    for cancelled in (False, True)
-    for keyset in (False, True)
-}
+
+# The events list is ordered by where each event starts for the reader: an all-day event at local
+# midnight of its first date in the calendar's zone ($6), not at its widest-span start_at; and it
+# selects all-day events by their dates in that zone. The keyset is (that start, event_id).
+_LOCAL_START = "(ei.start_date::timestamp AT TIME ZONE $6)"
+_LOCAL_END = "(ei.end_date::timestamp AT TIME ZONE $6)"
+_SORT_AT = f"CASE WHEN ei.all_day AND ei.start_date IS NOT NULL THEN {_LOCAL_START} ELSE ei.start_at END"
+
+
+def _events_sql(include_cancelled: bool, keyset: bool) -> str:
+    where = f"""AND (NOT ei.all_day OR ei.start_date IS NULL OR ei.end_date IS NULL
+                   OR ({_LOCAL_START} < $5 AND {_LOCAL_END} > $4))"""
+    if not include_cancelled:
+        where += " AND ei.status <> 'cancelled'"
+    if keyset:
+        where += f" AND ({_SORT_AT}, ei.event_id) > ($7, $8)"
+    limit = "$9" if keyset else "$7"
+    return f"""
+        SELECT x.* FROM unnest($2::text[], $3::text[]) AS src(connection_id, calendar_id)
+        CROSS JOIN LATERAL (
+            SELECT {FULL_COLUMNS}, {_SORT_AT} AS sort_at,
+                   (extract(epoch FROM {_SORT_AT}) * 1000000)::bigint AS k
+            FROM {PROJECTION} ei
+            WHERE ei.connection_id = src.connection_id AND ei.calendar_id = src.calendar_id
+              AND ei.user_id = $1 AND ei.start_at < $5 AND ei.end_at > $4 {where}
+            ORDER BY sort_at, ei.event_id
+            LIMIT {limit}
+        ) x
+        ORDER BY x.sort_at, x.event_id
+        LIMIT {limit}"""
+
+
+EVENTS_SQL = {(c, k): _events_sql(c, k) for c in (False, True) for k in (False, True)}
 
 FIND_EVENT_SQL = f"""
     SELECT ei.event_id, ei.connection_id, ei.calendar_id
@@ -82,11 +102,13 @@ async def busy_rows(
 
 async def event_rows(
     pool: asyncpg.Pool, user_id: str, connection_ids: list[str], calendar_ids: list[str],
-    start: int, end: int, *, include_cancelled: bool, after: tuple[int, str] | None, limit: int,
+    start: int, end: int, *, tz_name: str, include_cancelled: bool, after: tuple[int, str] | None, limit: int,
 ) -> list[asyncpg.Record]:
-    """Rows overlapping ``[start, end)`` in (start_at, event_id) order, after the keyset `after`
-    (start_at in microseconds, event_id), at most `limit`."""
-    args: list[Any] = [user_id, connection_ids, calendar_ids, to_epoch_datetime(start), to_epoch_datetime(end)]
+    """Rows overlapping ``[start, end)`` (all-day ones by their dates in zone `tz_name`) in the
+    order of (local start, event_id), after the keyset `after` (``k``: that start in microseconds,
+    and event_id), at most `limit`."""
+    args: list[Any] = [user_id, connection_ids, calendar_ids, to_epoch_datetime(start), to_epoch_datetime(end),
+                       tz_name]
     if after is not None:
         args += [_from_micros(after[0]), after[1]]
     args.append(limit)
