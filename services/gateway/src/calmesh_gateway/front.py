@@ -285,6 +285,7 @@ class GatewayFront:
         forwarder: Forwarder = self._forwarder_ref()
         status, out, payload = await forwarder.forward(route.service, scope["method"], path, query, headers, body)
         out.append((b"content-length", str(len(payload)).encode()))
+        out.append(_VIA)  # RFC 9110: a forwarded message says so; it also tells the service's answers apart
         out.extend(ids)
         await send({"type": "http.response.start", "status": status, "headers": out})
         await send({"type": "http.response.body", "body": payload})
@@ -293,6 +294,7 @@ class GatewayFront:
 
 _PUBLIC_ONLY = frozenset({"public"})
 _MEMO_MAX = 4096
+_VIA = (b"via", b"1.1 calmesh-gateway")
 
 
 def _too_large(limit: int) -> Problem:
