@@ -163,6 +163,22 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: Longest a cached unified calendar is trusted; connections' events invalidate it sooner.
     calendar_cache_ttl_seconds: float = 60.0
 
+    # Booking (services/booking): mails and visitors' cancel links.
+    #: SMTP server for booking mails; empty: mails are written as .eml files to `mail_dir`.
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_username: str = ""
+    smtp_password: str = ""
+    #: "starttls" (default), "ssl" (implicit TLS, usually port 465) or "none".
+    smtp_security: str = "starttls"
+    mail_from: str = "CalMesh <bookings@calmesh.localhost>"
+    #: Where mails go without SMTP; empty: {data_dir}/mail.
+    mail_dir: str = ""
+    #: Signs visitors' cancel links; empty: derived from the session secret.
+    booking_link_secret: str = ""
+    #: How long a cancel link works after booking (at least until the meeting has ended).
+    cancel_link_ttl_seconds: int = 90 * 86400
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read settings from `env` (default `os.environ`); keyword overrides win."""
@@ -227,6 +243,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             plan_pro_booking_pages=_int(env, "CALMESH_PLAN_PRO_BOOKING_PAGES", 100),
             plan_pro_api_requests_per_day=_int(env, "CALMESH_PLAN_PRO_API_REQUESTS_PER_DAY", 1_000_000),
             calendar_cache_ttl_seconds=_float(env, "CALMESH_CALENDAR_CACHE_TTL_SECONDS", 60.0),
+            smtp_host=env.get("CALMESH_SMTP_HOST", ""),
+            smtp_port=_int(env, "CALMESH_SMTP_PORT", 587),
+            smtp_username=env.get("CALMESH_SMTP_USERNAME", ""),
+            smtp_password=env.get("CALMESH_SMTP_PASSWORD", ""),
+            smtp_security=env.get("CALMESH_SMTP_SECURITY", "starttls").lower(),
+            mail_from=env.get("CALMESH_MAIL_FROM", "CalMesh <bookings@calmesh.localhost>"),
+            mail_dir=env.get("CALMESH_MAIL_DIR", ""),
+            booking_link_secret=env.get("CALMESH_BOOKING_LINK_SECRET", ""),
+            cancel_link_ttl_seconds=_int(env, "CALMESH_CANCEL_LINK_TTL_SECONDS", 90 * 86400),
         )
         values.update(overrides)
         settings = cls(**values)  # type: ignore[arg-type]
@@ -251,6 +276,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("CALMESH_WEBHOOK_CONCURRENCY and ..._PER_SUBSCRIPTION must be at least 1")
         if self.webhook_timeout_seconds <= 0:
             raise SettingsError("CALMESH_WEBHOOK_TIMEOUT_SECONDS must be above 0")
+        if self.smtp_security not in ("starttls", "ssl", "none"):
+            raise SettingsError("CALMESH_SMTP_SECURITY must be one of starttls, ssl, none")
+        if self.cancel_link_ttl_seconds < 60:
+            raise SettingsError("CALMESH_CANCEL_LINK_TTL_SECONDS must be at least 60")
 
     def require(self, *names: str) -> None:
         """Fail at start-up, naming the variables, when a process needs settings that are empty."""

@@ -1,18 +1,86 @@
-"""The booking service: wiring and lifespan."""
+"""The booking service: wiring and lifespan.
+
+`create_app` builds the litestar app around the service kit (`calmesh_common.service`): routes,
+the durable consumers, and a start-up hook that builds the `BookingContext` the handlers use.
+Tests call it with their own schema, projection table and clock.
+"""
 
 from __future__ import annotations
 
-from litestar import Litestar
+from collections.abc import Callable
+from datetime import UTC, datetime
 
-from calmesh_common.service import create_service_app, run_service
+import asyncpg
+from litestar import Litestar
+from litestar.di import Provide
+
+from calmesh_common.plans import enforce_limit, plan_consumer
+from calmesh_common.service import Caller, ServiceDeps, create_service_app, run_service
 from calmesh_common.settings import Settings
+
+from .api import ROUTES, provide_ctx
+from .clients import Calendars, SyncEvents
+from .consumers import ContextRef, calendar_consumer, mail_consumer, users_consumer
+from .handlers import BookingContext
+from .mail import Mailer
+from .store import BookingStore
 
 NAME = "booking"
 SCHEMA = "booking"
+PROJECTION = "sync.event_instances"
 
 
-def create_app(settings: Settings) -> Litestar:
-    return create_service_app(settings, name=NAME, schema=SCHEMA)
+def create_app(
+    settings: Settings,
+    *,
+    schema: str = SCHEMA,
+    projection: str = PROJECTION,
+    clock: Callable[[], datetime] | None = None,
+    consumer_prefix: str = NAME,
+) -> Litestar:
+    """The booking service on `schema`, reading busy time from `projection`."""
+    store = BookingStore(schema, projection)
+    ref = ContextRef()
+    mailer = Mailer(settings)
+
+    async def enforce_page_limit(conn: asyncpg.Connection, caller: Caller, used: int) -> None:
+        await enforce_limit(conn, schema=schema, user_id=caller.user_id, limit="booking_pages",
+                            settings=settings, used=used)
+
+    async def build_context(deps: ServiceDeps) -> None:
+        assert deps.pool is not None and deps.http is not None
+        ctx = BookingContext(
+            settings=settings,
+            pool=deps.pool,
+            events=deps.store,
+            store=store,
+            calendars=Calendars(deps.http, settings),
+            sync=SyncEvents(deps.http, settings),
+            clock=clock or (lambda: datetime.now(UTC)),
+            enforce_page_limit=enforce_page_limit,
+        )
+        _ = ctx.link_secret  # fail at start-up, not on the first booking, when no secret is set
+        deps.extras["booking"] = ctx
+        ref.set(ctx)
+
+    consumers = [
+        calendar_consumer(ref, schema, f"{consumer_prefix}-calendar"),
+        mail_consumer(ref, schema, mailer, f"{consumer_prefix}-mail"),
+        users_consumer(ref, schema, f"{consumer_prefix}-users"),
+        plan_consumer(schema, consumer_name=consumer_prefix),
+    ]
+    return create_service_app(
+        settings,
+        name=NAME,
+        schema=schema,
+        route_handlers=ROUTES,
+        consumers=consumers,
+        # The consumers start before this hook runs; they wait for the context it builds.
+        on_startup=[build_context],
+        dependencies={"ctx": Provide(provide_ctx, sync_to_thread=False)},
+        title="CalMesh booking",
+        description="Booking pages, bookings and polls.",
+    )
 
 
 def main() -> None:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from calmesh_common.intervals import merge_spans
+
 WEEKDAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_RANGE_DAYS = 366
 DAY_MINUTES = 24 * 60
@@ -177,6 +179,22 @@ def local_instant(day: date, minutes: int, tz: ZoneInfo) -> datetime:
     return local.astimezone(UTC)
 
 
+def utc_text(dt: datetime) -> str:
+    """RFC 3339 in UTC to the whole second: 2026-03-15T09:00:00Z."""
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_instant(value: str) -> datetime:
+    """An RFC 3339 instant with an offset (or Z); ValueError for anything else."""
+    text = value.strip()
+    if len(text) < 20 or text[10] not in "Tt ":
+        raise ValueError(f"{value!r} is not an RFC 3339 date-time")
+    dt = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1] in "Zz" else text)
+    if dt.tzinfo is None:
+        raise ValueError(f"{value!r} has no offset (add Z or +hh:mm)")
+    return dt.astimezone(UTC)
+
+
 def day_window(first: date, last: date, tz: ZoneInfo) -> Interval:
     """[first 00:00, the day after last 00:00) in `tz`: both dates inclusive."""
     return local_instant(first, 0, tz), local_instant(last + timedelta(days=1), 0, tz)
@@ -200,30 +218,42 @@ def working_intervals(rules: SlotRules, first: date, last: date) -> list[Interva
 
 def merge(intervals: Iterable[Interval]) -> list[Interval]:
     """Sorted, with overlapping and touching intervals merged; empty ones dropped."""
-    merged: list[Interval] = []
-    for start, end in sorted(i for i in intervals if i[1] > i[0]):
-        if merged and start <= merged[-1][1]:
-            if end > merged[-1][1]:
-                merged[-1] = (merged[-1][0], end)
-        else:
-            merged.append((start, end))
-    return merged
+    spans = merge_spans(sorted((_epoch(s), _epoch(e)) for s, e in intervals))
+    return [(_from_epoch(s), _from_epoch(e)) for s, e in spans]
+
+
+def _epoch(dt: datetime) -> int:
+    return int(dt.timestamp())
+
+
+def _from_epoch(ts: int) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
 
 
 class BusyTime:
-    """Merged busy intervals answering "does [a, b) overlap anything?" in O(log n)."""
+    """Merged busy time answering "does [a, b) overlap anything?" in O(log n).
+
+    Built from datetime intervals or from epoch-second spans (what the store reads); merged with
+    the shared interval engine (`calmesh_common.intervals.merge_spans`)."""
 
     __slots__ = ("_ends", "_starts")
 
-    def __init__(self, intervals: Iterable[Interval]) -> None:
-        merged = merge(intervals)
+    def __init__(self, intervals: Iterable[Interval] = (), spans: Iterable[tuple[int, int]] = ()) -> None:
+        all_spans = [(_epoch(s), _epoch(e)) for s, e in intervals]
+        all_spans.extend(spans)
+        all_spans.sort()
+        merged = merge_spans(all_spans)
         self._starts = [s for s, _ in merged]
         self._ends = [e for _, e in merged]
 
     def overlaps(self, start: datetime, end: datetime) -> bool:
-        # Merged intervals are disjoint and sorted, so their ends are sorted too.
-        i = bisect_right(self._ends, start)
-        return i < len(self._starts) and self._starts[i] < end
+        # Merged spans are disjoint and sorted, so their ends are sorted too.
+        a = start.timestamp()
+        i = bisect_right(self._ends, a)
+        return i < len(self._starts) and self._starts[i] < end.timestamp()
+
+    def spans(self) -> list[tuple[int, int]]:
+        return list(zip(self._starts, self._ends, strict=True))
 
     def __len__(self) -> int:
         return len(self._starts)

@@ -1,0 +1,480 @@
+"""HTTP: litestar controllers and the request/response structs of booking pages, bookings and polls.
+
+Bodies are decoded strictly (a string where a number belongs is a 400, as are unknown fields);
+errors are problem details. The handlers module does the work; this one maps HTTP onto it.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import date
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+from litestar import Controller, Request, Response, delete, get, patch, post
+from litestar.datastructures import State
+from litestar.exceptions import ValidationException
+
+from calmesh_common.problems import FieldError, Problem, problem_handler
+from calmesh_common.service import Caller
+
+from . import handlers as h
+from .domain import utc_text
+from .handlers import Answer, BookingContext
+from .pages import EMBED_JS, booking_page_html, cancel_page_html, message_page_html
+from .store import request_hash
+
+T = TypeVar("T")
+
+SLUG_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
+Slug = Annotated[str, msgspec.Meta(pattern=SLUG_PATTERN, description="lowercase letters, digits and dashes")]
+Minutes = Annotated[int, msgspec.Meta(ge=0)]
+Hours = list[list[str]]
+
+
+# --- request structs -----------------------------------------------------------------------------
+
+
+class DateOverride(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    date: date
+    #: Empty closes the day.
+    hours: Hours = []
+
+
+class BookingPageCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    slug: Slug
+    calendar_slug: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    duration_minutes: Annotated[int, msgspec.Meta(ge=5, le=1440)]
+    timezone: str
+    weekly_hours: dict[str, Hours]
+    date_overrides: list[DateOverride] = []
+    buffer_before_minutes: Minutes = 0
+    buffer_after_minutes: Minutes = 0
+    min_notice_minutes: Minutes = 0
+    max_days_ahead: Annotated[int, msgspec.Meta(ge=1, le=730)] = 60
+    #: Default: the duration.
+    slot_interval_minutes: Annotated[int, msgspec.Meta(ge=5, le=1440)] | None = None
+    description: Annotated[str, msgspec.Meta(max_length=5000)] = ""
+
+
+class BookingPageUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    slug: Slug | msgspec.UnsetType = msgspec.UNSET
+    calendar_slug: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | msgspec.UnsetType = msgspec.UNSET
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | msgspec.UnsetType = msgspec.UNSET
+    duration_minutes: Annotated[int, msgspec.Meta(ge=5, le=1440)] | msgspec.UnsetType = msgspec.UNSET
+    timezone: str | msgspec.UnsetType = msgspec.UNSET
+    weekly_hours: dict[str, Hours] | msgspec.UnsetType = msgspec.UNSET
+    date_overrides: list[DateOverride] | msgspec.UnsetType = msgspec.UNSET
+    buffer_before_minutes: Minutes | msgspec.UnsetType = msgspec.UNSET
+    buffer_after_minutes: Minutes | msgspec.UnsetType = msgspec.UNSET
+    min_notice_minutes: Minutes | msgspec.UnsetType = msgspec.UNSET
+    max_days_ahead: Annotated[int, msgspec.Meta(ge=1, le=730)] | msgspec.UnsetType = msgspec.UNSET
+    slot_interval_minutes: Annotated[int, msgspec.Meta(ge=5, le=1440)] | msgspec.UnsetType = msgspec.UNSET
+    description: Annotated[str, msgspec.Meta(max_length=5000)] | msgspec.UnsetType = msgspec.UNSET
+
+
+class BookRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    #: RFC 3339, any offset; must be the start of an offered slot.
+    start: str
+    name: str
+    email: str
+    notes: str = ""
+    #: The visitor's IANA timezone (for their mails); default the page's.
+    timezone: str | None = None
+
+
+class CancelRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    reason: Annotated[str, msgspec.Meta(max_length=1000)] = ""
+
+
+class PollOptionIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    start: str
+    #: Default: start + the poll's duration.
+    end: str | None = None
+
+
+class PollCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    title: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    duration_minutes: Annotated[int, msgspec.Meta(ge=5, le=1440)]
+    options: list[PollOptionIn]
+    calendar_slug: str | None = None
+    deadline: str | None = None
+
+
+class VoteRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    name: str
+    choices: dict[str, Literal["yes", "maybe", "no"]]
+    email: str | None = None
+
+
+class DecideRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    option_id: str
+
+
+# --- response structs (documentation of the JSON the handlers build) -----------------------------
+
+
+class BookingPage(msgspec.Struct):
+    id: str
+    slug: str
+    calendar_slug: str
+    title: str
+    description: str
+    duration_minutes: int
+    slot_interval_minutes: int
+    timezone: str
+    weekly_hours: dict[str, Hours]
+    date_overrides: list[DateOverride]
+    buffer_before_minutes: int
+    buffer_after_minutes: int
+    min_notice_minutes: int
+    max_days_ahead: int
+    public_url: str
+    created_at: str
+    updated_at: str
+
+
+class BookingPageList(msgspec.Struct):
+    data: list[BookingPage]
+    next_cursor: str | None
+
+
+class Slot(msgspec.Struct):
+    start: str
+    end: str
+
+
+class Slots(msgspec.Struct):
+    timezone: str
+    slots: list[Slot]
+
+
+class BookingConfirmation(msgspec.Struct):
+    id: str
+    status: str
+    start: str
+    end: str
+    cancel_url: str
+
+
+class Booking(msgspec.Struct):
+    id: str
+    status: Literal["confirmed", "cancelled"]
+    page_slug: str
+    calendar_slug: str
+    title: str
+    start: str
+    end: str
+    name: str
+    email: str
+    notes: str
+    timezone: str
+    event_id: str | None
+    created_at: str
+    cancelled_at: str | None
+    cancelled_by: str | None
+    cancel_reason: str | None
+
+
+class BookingList(msgspec.Struct):
+    data: list[Booking]
+    next_cursor: str | None
+
+
+class PollOption(msgspec.Struct):
+    id: str
+    start: str
+    end: str
+
+
+class Poll(msgspec.Struct):
+    id: str
+    title: str
+    status: Literal["open", "decided"]
+    duration_minutes: int
+    calendar_slug: str | None
+    deadline: str | None
+    options: list[PollOption]
+    vote_url: str
+    decided_option_id: str | None
+    event_id: str | None
+    created_at: str
+
+
+class PollList(msgspec.Struct):
+    data: list[Poll]
+    next_cursor: str | None
+
+
+class VoteOut(msgspec.Struct):
+    id: str
+    poll_id: str
+    name: str
+    email: str | None
+    choices: dict[str, str]
+    created_at: str
+    updated_at: str
+
+
+class OptionOverlap(msgspec.Struct):
+    option_id: str
+    start: str
+    end: str
+    yes: int
+    maybe: int
+    no: int
+    available: list[str]
+    if_need_be: list[str]
+    calendar_busy: bool
+
+
+class Overlap(msgspec.Struct):
+    poll_id: str
+    status: str
+    options: list[OptionOverlap]
+    best_option_id: str | None
+
+
+class Decision(msgspec.Struct):
+    status: Literal["decided"]
+    option_id: str
+    event_id: str | None
+
+
+# --- helpers ---------------------------------------------------------------------------------------
+
+_AT = re.compile(r" - at `\$\.?([^`]*)`$")
+
+
+def decode(raw: bytes, typ: type[T], *, empty_ok: bool = False) -> T:
+    """Strictly decode a JSON body into `typ`; 400 with the field on any mismatch."""
+    if not raw.strip():
+        if empty_ok:
+            raw = b"{}"
+        else:
+            raise Problem(400, "validation_error", "A JSON body is required.")
+    try:
+        return msgspec.json.decode(raw, type=typ)
+    except msgspec.ValidationError as exc:
+        error = _field_error(str(exc), "body")
+        raise Problem(400, "validation_error", f"{error.field}: {error.message}", errors=[error]) from None
+    except msgspec.DecodeError as exc:
+        raise Problem(400, "malformed_json", f"The body is not valid JSON: {exc}") from None
+
+
+def _field_error(message: str, fallback: str) -> FieldError:
+    """A msgspec message ("Expected `int`, got `str` - at `$.x`") as a field error on `x`."""
+    m = _AT.search(message)
+    where = (m.group(1) or "") if m else ""
+    text = _AT.sub("", message)
+    named = re.match(r"Object (?:missing required|contains unknown) field `([^`]+)`", text)
+    if named:
+        where = f"{where}.{named.group(1)}" if where else named.group(1)
+    return FieldError(where or fallback, text)
+
+
+def validation_problem(request: Request[Any, Any, Any], exc: ValidationException) -> Response[bytes]:
+    """Body errors found by litestar before a handler runs, named by their field (not `data`)."""
+    errors = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if not isinstance(item, dict):
+            continue
+        message, key = str(item.get("message", "invalid value")), str(item.get("key") or "body")
+        errors.append(_field_error(message, "body") if key == "data" else FieldError(key, message))
+    detail = "; ".join(f"{e.field}: {e.message}" for e in errors) or str(exc.detail or "The request is not valid.")
+    return problem_handler(request, Problem(400, "validation_error", detail, errors=errors or None))
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {ValidationException: validation_problem}
+
+
+def respond(result: Answer) -> Response[bytes]:
+    headers = {"Idempotent-Replayed": "true"} if result.replayed else None
+    media = "application/problem+json" if result.status >= 400 else "application/json"
+    return Response(result.body, status_code=result.status, media_type=media, headers=headers)
+
+
+def json_response(doc: Any, status: int = 200) -> Response[bytes]:
+    return Response(msgspec.json.encode(doc), status_code=status, media_type="application/json")
+
+
+def _key(request: Request[Any, Any, Any]) -> str | None:
+    return request.headers.get("idempotency-key")
+
+
+def provide_ctx(state: State) -> BookingContext:
+    return state.deps.extras["booking"]  # type: ignore[no-any-return]
+
+
+# --- controllers -----------------------------------------------------------------------------------
+
+
+class BookingPageController(Controller):
+    exception_handlers = EXCEPTION_HANDLERS
+    path = "/api/v1/booking-pages"
+    tags = ["Booking pages"]
+
+    @post("/", summary="Create a booking page", status_code=201)
+    async def create(self, request: Request[Any, Any, Any], ctx: BookingContext, caller: Caller,
+                     data: BookingPageCreate) -> Response[BookingPage]:
+        raw = await request.body()
+        body = decode(raw, BookingPageCreate)
+        fields = msgspec.to_builtins(body)
+        return respond(await h.create_page(ctx, caller, fields, key=_key(request),
+                                           request_hash=request_hash(caller.user_id, raw)))  # type: ignore[return-value]
+
+    @get("/", summary="List booking pages")
+    async def list(self, ctx: BookingContext, caller: Caller, limit: int | None = None,
+                   cursor: str | None = None) -> Response[BookingPageList]:
+        return json_response(await h.list_pages(ctx, caller, limit, cursor))  # type: ignore[return-value]
+
+    @get("/{slug:str}", summary="Get a booking page")
+    async def get_one(self, ctx: BookingContext, caller: Caller, slug: str) -> Response[BookingPage]:
+        return json_response(await h.get_page(ctx, caller, slug))  # type: ignore[return-value]
+
+    @patch("/{slug:str}", summary="Update a booking page")
+    async def update(self, request: Request[Any, Any, Any], ctx: BookingContext, caller: Caller, slug: str,
+                     data: BookingPageUpdate) -> Response[BookingPage]:
+        body = decode(await request.body(), BookingPageUpdate)
+        changes = msgspec.to_builtins(body)
+        return json_response(await h.update_page(ctx, caller, slug, changes))  # type: ignore[return-value]
+
+    @delete("/{slug:str}", summary="Delete a booking page", status_code=204)
+    async def remove(self, ctx: BookingContext, caller: Caller, slug: str) -> None:
+        await h.delete_page(ctx, caller, slug)
+
+    @get("/{slug:str}/slots", summary="Available slots of a booking page (public)")
+    async def slots(
+        self, ctx: BookingContext, optional_caller: Caller | None, slug: str,
+        start: str, end: str, handle: str | None = None, tz: str | None = None,
+    ) -> Response[Slots]:
+        return json_response(await h.slots(ctx, slug=slug, handle=handle, start=start, end=end, tz=tz,  # type: ignore[return-value]
+                                           caller=optional_caller))
+
+    @post("/{slug:str}/book", summary="Book a slot (public)", status_code=201)
+    async def book(self, request: Request[Any, Any, Any], ctx: BookingContext, optional_caller: Caller | None,
+                   slug: str, data: BookRequest, handle: str | None = None) -> Response[BookingConfirmation]:
+        raw = await request.body()
+        body = decode(raw, BookRequest)
+        cmd = h.BookSlot(handle=handle, slug=slug, start=body.start, name=body.name, email=body.email,
+                         notes=body.notes, timezone=body.timezone)
+        return respond(await h.book(ctx, cmd, optional_caller, key=_key(request),  # type: ignore[return-value]
+                                    request_hash=request_hash(handle or "", slug, raw)))
+
+
+class BookingController(Controller):
+    exception_handlers = EXCEPTION_HANDLERS
+    path = "/api/v1/bookings"
+    tags = ["Bookings"]
+
+    @get("/", summary="List bookings")
+    async def list(self, ctx: BookingContext, caller: Caller, status: str | None = None, start: str | None = None,
+                   end: str | None = None, limit: int | None = None, cursor: str | None = None) -> Response[BookingList]:
+        return json_response(await h.list_bookings(ctx, caller, status=status, start=start, end=end,  # type: ignore[return-value]
+                                                   limit=limit, cursor=cursor))
+
+    @get("/{booking_id:str}", summary="Get a booking")
+    async def get_one(self, ctx: BookingContext, caller: Caller, booking_id: str) -> Response[Booking]:
+        return json_response(await h.get_booking(ctx, caller, booking_id))  # type: ignore[return-value]
+
+    @post("/{booking_id:str}/cancel", summary="Cancel a booking (owner, or visitor with sig and exp)", status_code=200)
+    async def cancel(self, request: Request[Any, Any, Any], ctx: BookingContext, optional_caller: Caller | None,
+                     booking_id: str, sig: str | None = None, exp: str | None = None) -> Response[Booking]:
+        body = decode(await request.body(), CancelRequest, empty_ok=True)
+        return json_response(await h.cancel_booking(ctx, booking_id, caller=optional_caller, sig=sig, exp=exp,  # type: ignore[return-value]
+                                                    reason=body.reason.strip()))
+
+
+class PollController(Controller):
+    exception_handlers = EXCEPTION_HANDLERS
+    path = "/api/v1/polls"
+    tags = ["Polls"]
+
+    @post("/", summary="Create a scheduling poll", status_code=201)
+    async def create(self, request: Request[Any, Any, Any], ctx: BookingContext, caller: Caller,
+                     data: PollCreate) -> Response[Poll]:
+        raw = await request.body()
+        body = decode(raw, PollCreate)
+        return respond(await h.create_poll(ctx, caller, msgspec.to_builtins(body), key=_key(request),  # type: ignore[return-value]
+                                           request_hash=request_hash(caller.user_id, raw)))
+
+    @get("/", summary="List polls")
+    async def list(self, ctx: BookingContext, caller: Caller, limit: int | None = None,
+                   cursor: str | None = None) -> Response[PollList]:
+        return json_response(await h.list_polls(ctx, caller, limit, cursor))  # type: ignore[return-value]
+
+    @get("/{poll_id:str}", summary="Get a poll (owner, or anyone with its token)")
+    async def get_one(self, ctx: BookingContext, optional_caller: Caller | None, poll_id: str,
+                      token: str | None = None) -> Response[Poll]:
+        return json_response(await h.get_poll(ctx, optional_caller, poll_id, token))  # type: ignore[return-value]
+
+    @post("/{poll_id:str}/votes", summary="Vote (public with the poll's token, or authenticated)", status_code=201)
+    async def vote(self, request: Request[Any, Any, Any], ctx: BookingContext, optional_caller: Caller | None,
+                   poll_id: str, data: VoteRequest, token: str | None = None) -> Response[VoteOut]:
+        raw = await request.body()
+        body = decode(raw, VoteRequest)
+        return respond(await h.vote(ctx, poll_id, caller=optional_caller, token=token, name=body.name,  # type: ignore[return-value]
+                                    email=body.email, choices=dict(body.choices), key=_key(request),
+                                    request_hash=request_hash(poll_id, raw)))
+
+    @get("/{poll_id:str}/overlap", summary="Who can make each option, and the best one")
+    async def overlap(self, ctx: BookingContext, caller: Caller, poll_id: str) -> Response[Overlap]:
+        return json_response(await h.overlap(ctx, caller, poll_id))  # type: ignore[return-value]
+
+    @post("/{poll_id:str}/decide", summary="Choose an option: creates the event and closes the poll", status_code=200)
+    async def decide(self, request: Request[Any, Any, Any], ctx: BookingContext, caller: Caller, poll_id: str,
+                     data: DecideRequest) -> Response[Decision]:
+        body = decode(await request.body(), DecideRequest)
+        return json_response(await h.decide(ctx, caller, poll_id, body.option_id))  # type: ignore[return-value]
+
+
+# --- public pages ----------------------------------------------------------------------------------
+
+_HANDLE = re.compile(r"^[a-z0-9-]{3,40}$")
+_PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    # The page is meant to be embedded anywhere (embed.js); nothing else may frame-restrict it.
+    "Content-Security-Policy": "frame-ancestors *",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "strict-origin-when-cross-origin",
+}
+
+
+def _html(body: str, status: int = 200) -> Response[str]:
+    return Response(body, status_code=status, media_type="text/html; charset=utf-8", headers=_PAGE_HEADERS)
+
+
+@get("/embed.js", summary="The embed script", include_in_schema=False)
+async def embed_js() -> Response[str]:
+    return Response(EMBED_JS, media_type="text/javascript; charset=utf-8",
+                    headers={"Cache-Control": "public, max-age=300", "Access-Control-Allow-Origin": "*",
+                             "X-Content-Type-Options": "nosniff"})
+
+
+@get("/{handle:str}/{slug:str}", summary="The public booking page (HTML)", include_in_schema=False)
+async def booking_page(ctx: BookingContext, handle: str, slug: str, embed: str | None = None,
+                       color: str | None = None, booking: str | None = None, exp: str = "",
+                       sig: str = "") -> Response[str]:
+    """The booking page; with ``booking``, ``exp`` and ``sig`` (a visitor's cancel link from the
+    confirmation or the mail) the page that asks before cancelling that booking."""
+    if not _HANDLE.match(handle):
+        return _html(message_page_html("Not found", "There is no booking page here."), 404)
+    if booking is not None:
+        try:
+            b = await h.cancel_link_booking(ctx, booking, sig, exp)
+        except Problem as exc:
+            text = "This cancel link is expired or not valid." if exc.status == 403 else "There is no such booking."
+            return _html(message_page_html("Link not valid", text), exc.status)
+        api_url = f"/api/v1/bookings/{b.id}/cancel?exp={exp}&sig={sig}"
+        return _html(cancel_page_html(title=b.title, when_utc=utc_text(b.start), status=b.status, api_url=api_url))
+    async with ctx.pool.acquire() as conn:
+        page = await ctx.store.public_page(conn, handle, slug)
+        user = await ctx.store.get_user(conn, page["user_id"]) if page else None
+    if page is None:
+        return _html(message_page_html("Not found", "There is no booking page here."), 404)
+    owner = (user["name"] or handle) if user else handle
+    return _html(booking_page_html(dict(page), owner_name=owner, embed=embed == "1", color=color))
+
+
+ROUTES = [BookingPageController, BookingController, PollController, embed_js, booking_page]

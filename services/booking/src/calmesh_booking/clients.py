@@ -1,0 +1,231 @@
+"""The internal APIs booking calls: connections (unified calendars) and sync (event writes).
+
+See docs/contracts.md. Calendars are cached briefly in memory: a slot request must not pay a hop to
+connections every time, and a page keeps working from its last known calendar when connections is
+away for a moment.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from calmesh_common.service import SECRET_HEADER
+from calmesh_common.settings import Settings
+from calmesh_common.tracing import inject_headers
+
+from .domain import RuleError, utc_text, zone
+
+
+class CalendarNotFound(Exception):
+    """The user has no unified calendar with that slug."""
+
+
+class DependencyUnavailable(Exception):
+    """Another service did not answer (or answered 5xx): worth retrying later."""
+
+
+class PermanentFailure(Exception):
+    """Another service refused for good (4xx): retrying will not help."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"{status}: {detail}")
+        self.status = status
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class CalendarSource:
+    id: str
+    connection_id: str
+    calendar_id: str
+    name: str
+    sort_order: int
+    read_only: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CalendarInfo:
+    slug: str
+    name: str
+    timezone: str
+    user_id: str
+    sources: tuple[CalendarSource, ...]
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> CalendarInfo:
+        sources = tuple(
+            CalendarSource(
+                id=str(s.get("id", "")),
+                connection_id=str(s["connection_id"]),
+                calendar_id=str(s["calendar_id"]),
+                name=str(s.get("name") or ""),
+                sort_order=int(s.get("sort_order") or 0),
+                read_only=bool(s.get("read_only", False)),
+            )
+            for s in doc.get("sources", [])
+        )
+        return cls(
+            slug=str(doc["slug"]),
+            name=str(doc.get("name") or doc["slug"]),
+            timezone=str(doc.get("timezone") or "UTC"),
+            user_id=str(doc.get("user_id") or ""),
+            sources=tuple(sorted(sources, key=lambda s: (s.sort_order, s.id))),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "slug": self.slug,
+            "name": self.name,
+            "timezone": self.timezone,
+            "user_id": self.user_id,
+            "sources": [
+                {"id": s.id, "connection_id": s.connection_id, "calendar_id": s.calendar_id, "name": s.name,
+                 "sort_order": s.sort_order, "read_only": s.read_only}
+                for s in self.sources
+            ],
+        }
+
+    @property
+    def source_keys(self) -> list[tuple[str, str]]:
+        return [(s.connection_id, s.calendar_id) for s in self.sources]
+
+    @property
+    def tz(self) -> Any:
+        try:
+            return zone(self.timezone)
+        except RuleError:
+            return zone("UTC")
+
+    def write_target(self) -> CalendarSource | None:
+        """The default write target: the first writable source in sort order."""
+        return next((s for s in self.sources if not s.read_only), None)
+
+
+def _headers(settings: Settings) -> dict[str, str]:
+    return inject_headers({SECRET_HEADER: settings.internal_secret})
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        doc = response.json()
+        return str(doc.get("detail") or doc.get("code") or response.text[:200])
+    except ValueError:
+        return response.text[:200]
+
+
+class Calendars:
+    """Unified calendars from connections' internal API, cached for `ttl` seconds."""
+
+    def __init__(self, http: httpx.AsyncClient, settings: Settings, ttl: float = 30.0) -> None:
+        self.http = http
+        self.settings = settings
+        self.ttl = ttl
+        self._cache: dict[tuple[str, str], tuple[float, CalendarInfo]] = {}
+
+    async def get(self, user_id: str, slug: str, *, fresh: bool = False) -> CalendarInfo:
+        """The calendar `slug` of `user_id`. Raises CalendarNotFound, or DependencyUnavailable when
+        connections cannot be asked (a cached copy, even stale, is returned instead if there is one)."""
+        key = (user_id, slug)
+        cached = self._cache.get(key)
+        now = time.monotonic()
+        if cached and not fresh and cached[0] > now:
+            return cached[1]
+        try:
+            base = self.settings.service_url("connections")
+            response = await self.http.get(
+                f"{base}/internal/calendars/{slug}", params={"user_id": user_id}, headers=_headers(self.settings),
+                timeout=5.0,
+            )
+        except (httpx.HTTPError, ValueError) as exc:
+            if cached and not fresh:
+                return cached[1]
+            raise DependencyUnavailable(f"connections: {exc!r}") from exc
+        if response.status_code == 404:
+            self._cache.pop(key, None)
+            raise CalendarNotFound(slug)
+        if response.status_code != 200:
+            if cached and not fresh:
+                return cached[1]
+            raise DependencyUnavailable(f"connections answered {response.status_code}: {_detail(response)}")
+        info = CalendarInfo.from_json(response.json())
+        self._cache[key] = (now + self.ttl, info)
+        return info
+
+    def forget(self, user_id: str, slug: str) -> None:
+        self._cache.pop((user_id, slug), None)
+
+
+class SyncEvents:
+    """Event writes through sync's internal API (written on the provider and in the projection)."""
+
+    def __init__(self, http: httpx.AsyncClient, settings: Settings) -> None:
+        self.http = http
+        self.settings = settings
+
+    async def create(
+        self,
+        *,
+        user_id: str,
+        connection_id: str,
+        calendar_id: str,
+        title: str,
+        start: datetime,
+        end: datetime,
+        description: str = "",
+        location: str = "",
+        attendees: list[str] | None = None,
+        timezone: str | None = None,
+    ) -> dict[str, Any]:
+        """Create the event; returns sync's event (its `id` is the projection's evt_ id)."""
+        body: dict[str, Any] = {
+            "user_id": user_id,
+            "connection_id": connection_id,
+            "calendar_id": calendar_id,
+            "title": title,
+            "start": _rfc3339(start),
+            "end": _rfc3339(end),
+        }
+        if description:
+            body["description"] = description
+        if location:
+            body["location"] = location
+        if attendees:
+            body["attendees"] = attendees
+        if timezone:
+            body["timezone"] = timezone
+        try:
+            response = await self.http.post(
+                f"{self.settings.service_url('sync')}/internal/events", json=body, headers=_headers(self.settings),
+                timeout=30.0,
+            )
+        except httpx.HTTPError as exc:
+            raise DependencyUnavailable(f"sync: {exc!r}") from exc
+        if response.status_code in (200, 201):
+            return dict(response.json())
+        if 400 <= response.status_code < 500 and response.status_code not in (408, 409, 425, 429):
+            raise PermanentFailure(response.status_code, _detail(response))
+        raise DependencyUnavailable(f"sync answered {response.status_code}: {_detail(response)}")
+
+    async def delete(self, *, user_id: str, event_id: str) -> None:
+        """Delete the event on the provider and from the projection; one already gone is fine."""
+        try:
+            response = await self.http.delete(
+                f"{self.settings.service_url('sync')}/internal/events/{event_id}", params={"user_id": user_id},
+                headers=_headers(self.settings), timeout=30.0,
+            )
+        except httpx.HTTPError as exc:
+            raise DependencyUnavailable(f"sync: {exc!r}") from exc
+        if response.status_code in (200, 204, 404, 410):
+            return
+        if 400 <= response.status_code < 500 and response.status_code not in (408, 409, 425, 429):
+            raise PermanentFailure(response.status_code, _detail(response))
+        raise DependencyUnavailable(f"sync answered {response.status_code}: {_detail(response)}")
+
+
+def _rfc3339(dt: datetime) -> str:
+    return utc_text(dt)

@@ -1,0 +1,180 @@
+"""Durable consumers of the booking service (exactly-once effects, retries, dead letters).
+
+- ``booking-calendar``: writes a confirmed booking's event to its calendar's write target through
+  sync (and deletes it when the booking is cancelled), storing sync's event id on the booking.
+- ``booking-mail``: mails the visitor and the owner a confirmation (iCalendar REQUEST) or a
+  cancellation (CANCEL).
+- ``booking-users``: keeps handle, email, name and timezone of users from the gateway's
+  ``user.signed_up`` events (the owner's address for mails, the handle for public pages).
+
+None of them is on a booking's request path: a booking is confirmed, and blocks its time, before any
+of them runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import asyncpg
+
+from calmesh_common.consumer import ConsumerSpec, Handler, PoisonMessage
+from calmesh_common.events import Envelope, decode_event, subject_for
+from calmesh_common.events.booking import BookingCalendarEventWritten, BookingCancelled, BookingCreated
+from calmesh_common.events.gateway import UserSignedUp
+from calmesh_common.logging import get_logger
+from calmesh_common.streams import stream_name
+
+from .clients import CalendarNotFound, PermanentFailure
+from .domain import Booking
+from .handlers import BookingContext, cancel_page_url, cancel_url
+from .mail import Mailer, Person, booking_mails
+
+log = get_logger(__name__)
+
+BOOKING_SUBJECTS = (
+    subject_for(BookingCreated.type_name(), "booking"),
+    subject_for(BookingCancelled.type_name(), "booking"),
+)
+
+
+class ContextRef:
+    """The consumers are declared before the lifespan has built the context; they wait for it here."""
+
+    def __init__(self, ctx: BookingContext | None = None) -> None:
+        self._ctx = ctx
+        self._ready = asyncio.Event()
+        if ctx is not None:
+            self._ready.set()
+
+    def set(self, ctx: BookingContext) -> None:
+        self._ctx = ctx
+        self._ready.set()
+
+    async def get(self) -> BookingContext:
+        await self._ready.wait()
+        assert self._ctx is not None
+        return self._ctx
+
+
+def calendar_consumer(ref: ContextRef, schema: str, name: str = "booking-calendar") -> tuple[ConsumerSpec, Handler]:
+    spec = ConsumerSpec(name=name, stream=stream_name("booking"), filter_subjects=BOOKING_SUBJECTS,
+                        schema=schema, batch=16, ack_wait=60.0, max_deliver=10,
+                        backoff=(1.0, 2.0, 5.0, 15.0, 60.0, 300.0))
+
+    async def handle(conn: asyncpg.Connection, envelope: Envelope) -> None:
+        ctx = await ref.get()
+        event = decode_event(envelope)
+        if isinstance(event, BookingCreated):
+            await write_booking_event(ctx, conn, event.booking_id)
+        elif isinstance(event, BookingCancelled):
+            await remove_booking_event(ctx, conn, event.booking_id)
+
+    return spec, handle
+
+
+async def write_booking_event(ctx: BookingContext, conn: asyncpg.Connection, booking_id: str) -> None:
+    """Create the calendar event of a confirmed booking that has none yet."""
+    # Serialised with the cancel handler: an event written while a cancel is being handled is then
+    # seen, and deleted, by it.
+    await ctx.store.lock_booking_sync(conn, booking_id)
+    b = await ctx.store.get_booking(conn, booking_id)
+    if b is None:
+        raise PoisonMessage(f"booking {booking_id} does not exist here")
+    if b.status != "confirmed" or b.event_id:
+        return
+    try:
+        calendar = await ctx.calendars.get(b.user_id, b.calendar_slug)
+    except CalendarNotFound:
+        raise PoisonMessage(f"calendar {b.calendar_slug!r} of booking {b.id} no longer exists") from None
+    target = calendar.write_target()
+    if target is None:
+        raise PoisonMessage(f"calendar {b.calendar_slug!r} has no writable source for booking {b.id}")
+    description = f"Booked by {b.name} <{b.email}> via CalMesh."
+    if b.notes:
+        description += f"\n\n{b.notes}"
+    try:
+        event = await ctx.sync.create(
+            user_id=b.user_id, connection_id=target.connection_id, calendar_id=target.calendar_id,
+            title=f"{b.title}: {b.name}", start=b.start, end=b.end, description=description,
+            attendees=[b.email], timezone=calendar.timezone,
+        )
+    except PermanentFailure as exc:
+        raise PoisonMessage(f"sync refused the event of booking {b.id}: {exc}") from None
+    event_id = str(event["id"])
+    await ctx.store.set_event_id(conn, b.id, event_id)
+    await ctx.events.append(conn, b.id, None, [BookingCalendarEventWritten(booking_id=b.id, user_id=b.user_id,
+                                                                           event_id=event_id)], user_id=b.user_id)
+    log.info("booking_event_written", booking_id=b.id, event_id=event_id)
+
+
+async def remove_booking_event(ctx: BookingContext, conn: asyncpg.Connection, booking_id: str) -> None:
+    """Delete the calendar event of a cancelled booking, if it has one."""
+    await ctx.store.lock_booking_sync(conn, booking_id)
+    b = await ctx.store.get_booking(conn, booking_id)
+    if b is None:
+        raise PoisonMessage(f"booking {booking_id} does not exist here")
+    if b.status != "cancelled" or not b.event_id:
+        return
+    try:
+        await ctx.sync.delete(user_id=b.user_id, event_id=b.event_id)
+    except PermanentFailure as exc:
+        raise PoisonMessage(f"sync refused to delete the event of booking {b.id}: {exc}") from None
+    log.info("booking_event_removed", booking_id=b.id, event_id=b.event_id)
+
+
+def mail_consumer(ref: ContextRef, schema: str, mailer: Mailer, name: str = "booking-mail") -> tuple[ConsumerSpec, Handler]:
+    spec = ConsumerSpec(name=name, stream=stream_name("booking"), filter_subjects=BOOKING_SUBJECTS,
+                        schema=schema, batch=16, ack_wait=60.0, max_deliver=10,
+                        backoff=(2.0, 5.0, 15.0, 60.0, 300.0, 900.0))
+
+    async def handle(conn: asyncpg.Connection, envelope: Envelope) -> None:
+        ctx = await ref.get()
+        event = decode_event(envelope)
+        if not isinstance(event, BookingCreated | BookingCancelled):
+            return
+        b = await ctx.store.get_booking(conn, event.booking_id)
+        if b is None:
+            raise PoisonMessage(f"booking {event.booking_id} does not exist here")
+        if isinstance(event, BookingCreated):
+            # The mail tells what was booked, even if it was cancelled meanwhile (a cancellation follows).
+            b = _as_confirmed(b)
+            page = await ctx.store.page_by_id(conn, b.page_id)
+            link = cancel_page_url(ctx, b, page["handle"]) if page else cancel_url(ctx, b)
+        else:
+            link = None
+        user = await ctx.store.get_user(conn, b.user_id)
+        owner = Person(
+            name=(user["name"] or user["handle"] or "your host") if user else "your host",
+            email=(user["email"] or "") if user else "",
+            timezone=(user["timezone"] or "") if user else "",
+        )
+        if not owner.timezone:
+            page = await ctx.store.page_by_id(conn, b.page_id)
+            owner = Person(owner.name, owner.email, page["timezone"] if page else "UTC")
+        if not owner.email:
+            log.warning("booking_owner_email_unknown", booking_id=b.id, user_id=b.user_id)
+        for stem, message in booking_mails(b, owner=owner, settings=ctx.settings, cancel_url=link,
+                                           cause_id=envelope.id, now=envelope.occurred_at or datetime.now(UTC)):
+            await mailer.send(stem, message)
+
+    return spec, handle
+
+
+def _as_confirmed(b: Booking) -> Booking:
+    return replace(b, status="confirmed", cancelled_at=None, cancelled_by=None, cancel_reason=None)
+
+
+def users_consumer(ref: ContextRef, schema: str, name: str = "booking-users") -> tuple[ConsumerSpec, Handler]:
+    spec = ConsumerSpec(name=name, stream=stream_name("gateway"),
+                        filter_subjects=(subject_for(UserSignedUp.type_name(), "gateway"),), schema=schema)
+
+    async def handle(conn: asyncpg.Connection, envelope: Envelope) -> None:
+        ctx = await ref.get()
+        event = decode_event(envelope)
+        if isinstance(event, UserSignedUp):
+            await ctx.store.upsert_user(conn, event.user_id, handle=event.handle, email=event.email,
+                                        name=event.name or None, timezone=event.timezone or None)
+
+    return spec, handle

@@ -1,0 +1,929 @@
+"""Command handlers of the booking context: load state, decide with the domain, store and append.
+
+Each public function takes the `BookingContext` (what the lifespan built) and a command, and returns
+a plain resource dict or raises `Problem`. They know nothing of HTTP beyond status codes, so the
+tests can call them directly, and the API module stays thin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from calmesh_common.eventstore import EventStore
+from calmesh_common.events.booking import (
+    BookingCancelled,
+    BookingCreated,
+    BookingPageCreated,
+    BookingPageDeleted,
+    BookingPageUpdated,
+    PollCreated,
+    PollDecided,
+    PollVoted,
+)
+from calmesh_common.ids import new_id
+from calmesh_common.logging import get_logger
+from calmesh_common.problems import FieldError, Problem, not_found
+from calmesh_common.service import Caller
+from calmesh_common.settings import Settings
+
+from . import domain
+from .clients import CalendarInfo, CalendarNotFound, Calendars, DependencyUnavailable, PermanentFailure, SyncEvents
+from .domain import Booking, BusyTime, RuleError, SlotRules, utc_text
+from .store import BookingStore, CursorError, IdempotencyMismatch, decode_cursor, encode_cursor, parse_json
+
+log = get_logger(__name__)
+
+_json = msgspec.json.Encoder()
+
+
+def link_secret(settings: Settings) -> bytes:
+    """The key of visitors' cancel links: its own setting, else derived from the session secret."""
+    if settings.booking_link_secret:
+        return settings.booking_link_secret.encode()
+    if not settings.session_secret:
+        raise RuntimeError("CALMESH_BOOKING_LINK_SECRET or CALMESH_SESSION_SECRET must be set to sign cancel links")
+    return hmac.new(settings.session_secret.encode(), b"calmesh-booking-cancel-links", hashlib.sha256).digest()
+
+
+@dataclass
+class BookingContext:
+    """Everything the handlers use, built once by the lifespan (tests build their own)."""
+
+    settings: Settings
+    pool: asyncpg.Pool
+    events: EventStore
+    store: BookingStore
+    calendars: Calendars
+    sync: SyncEvents
+    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    #: Enforces a plan limit inside the creating transaction (calmesh_common.plans), if wired.
+    enforce_page_limit: Callable[[asyncpg.Connection, Caller, int], Awaitable[None]] | None = None
+
+    @property
+    def link_secret(self) -> bytes:
+        return link_secret(self.settings)
+
+    def public_url(self, *parts: str) -> str:
+        return "/".join([self.settings.public_base_url.rstrip("/"), *parts])
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A response decided by a handler: status and JSON body (kept verbatim for idempotent replays)."""
+
+    status: int
+    body: bytes
+    replayed: bool = False
+
+
+def answer(status: int, doc: Any) -> Answer:
+    return Answer(status, _json.encode(doc))
+
+
+# --- scopes and problems -------------------------------------------------------------------------
+
+READ_SCOPES = frozenset({"read", "write", "book", "full"})
+BOOK_SCOPES = frozenset({"book", "full"})
+FULL_SCOPES = frozenset({"full"})
+
+
+def require_scope(caller: Caller, allowed: frozenset[str], required: str) -> None:
+    if caller.scope not in allowed:
+        raise Problem(403, "insufficient_scope", f"This needs the {required} scope.", required_scope=required)
+
+
+def rule_problem(exc: RuleError) -> Problem:
+    return Problem(422, "validation_error", str(exc), errors=[FieldError(exc.field, exc.message)])
+
+
+def unavailable(exc: Exception) -> Problem:
+    log.warning("dependency_unavailable", error=str(exc))
+    return Problem(503, "dependency_unavailable", "A service this request needs did not answer; try again shortly.",
+                   headers={"Retry-After": "2"})
+
+
+def _range_problem(start: date | datetime, end: date | datetime, *, inclusive_days: bool) -> None:
+    if end < start:
+        raise Problem(422, "invalid_range", "`end` is before `start`.")
+    span = (end - start).days + (1 if inclusive_days else 0)  # type: ignore[operator]
+    if span > domain.MAX_RANGE_DAYS or (not inclusive_days and end - start > timedelta(days=domain.MAX_RANGE_DAYS)):  # type: ignore[operator]
+        raise Problem(422, "range_too_long", f"A range spans at most {domain.MAX_RANGE_DAYS} days.")
+
+
+# --- idempotency ---------------------------------------------------------------------------------
+
+
+async def idempotent(
+    ctx: BookingContext,
+    *,
+    scope: str,
+    key: str | None,
+    request_hash: str,
+    work: Callable[[asyncpg.Connection], Awaitable[Answer]],
+) -> Answer:
+    """Run `work` in one transaction; with an Idempotency-Key, store its answer with the key, or
+    return the answer stored for the key (422 when the key came with a different request).
+    A Problem raised by `work` rolls back and is not stored."""
+    if key is not None and not 1 <= len(key) <= 255:
+        raise Problem(400, "validation_error", "Idempotency-Key must be 1 to 255 characters.")
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        if key is not None:
+            try:
+                stored = await ctx.store.claim_idempotency_key(conn, scope, key, request_hash)
+            except IdempotencyMismatch:
+                raise Problem(
+                    422, "idempotency_key_reused",
+                    "This Idempotency-Key was used with a different request; use a new key.",
+                ) from None
+            if stored is not None:
+                return Answer(stored.status_code, stored.body, replayed=True)
+        result = await work(conn)
+        if key is not None:
+            await ctx.store.store_idempotent_response(conn, scope, key, result.status, result.body)
+        return result
+
+
+# --- pages ---------------------------------------------------------------------------------------
+
+PAGE_DEFAULTS: dict[str, Any] = {
+    "description": "",
+    "date_overrides": [],
+    "buffer_before_minutes": 0,
+    "buffer_after_minutes": 0,
+    "min_notice_minutes": 0,
+    "max_days_ahead": 60,
+    "slot_interval_minutes": None,
+}
+
+
+def rules_of(page: asyncpg.Record | dict[str, Any]) -> SlotRules:
+    """The slot rules of a stored page (stored pages were validated when written)."""
+    return domain.build_rules(
+        timezone=page["timezone"],
+        duration_minutes=page["duration_minutes"],
+        slot_interval_minutes=page["slot_interval_minutes"],
+        weekly_hours=parse_json(page["weekly_hours"]),
+        date_overrides=parse_json(page["date_overrides"]),
+        buffer_before_minutes=page["buffer_before_minutes"],
+        buffer_after_minutes=page["buffer_after_minutes"],
+        min_notice_minutes=page["min_notice_minutes"],
+        max_days_ahead=page["max_days_ahead"],
+    )
+
+
+def _normalise_rules(fields: dict[str, Any]) -> dict[str, Any]:
+    """Validate the rule fields and put hours in canonical form (sorted, merged, HH:MM)."""
+    try:
+        rules = domain.build_rules(
+            timezone=fields["timezone"],
+            duration_minutes=fields["duration_minutes"],
+            slot_interval_minutes=fields["slot_interval_minutes"],
+            weekly_hours=fields["weekly_hours"],
+            date_overrides=fields["date_overrides"],
+            buffer_before_minutes=fields["buffer_before_minutes"],
+            buffer_after_minutes=fields["buffer_after_minutes"],
+            min_notice_minutes=fields["min_notice_minutes"],
+            max_days_ahead=fields["max_days_ahead"],
+        )
+    except RuleError as exc:
+        raise rule_problem(exc) from None
+    out = dict(fields)
+    out["slot_interval_minutes"] = int(rules.interval.total_seconds() // 60)
+    out["weekly_hours"] = {d: domain.format_hours(h) for d, h in zip(domain.WEEKDAYS, rules.weekly, strict=True) if h}
+    out["date_overrides"] = [
+        {"date": day.isoformat(), "hours": domain.format_hours(hours)} for day, hours in sorted(rules.overrides.items())
+    ]
+    return out
+
+
+def page_resource(ctx: BookingContext, page: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": page["id"],
+        "slug": page["slug"],
+        "calendar_slug": page["calendar_slug"],
+        "title": page["title"],
+        "description": page["description"],
+        "duration_minutes": page["duration_minutes"],
+        "slot_interval_minutes": page["slot_interval_minutes"],
+        "timezone": page["timezone"],
+        "weekly_hours": parse_json(page["weekly_hours"]),
+        "date_overrides": parse_json(page["date_overrides"]),
+        "buffer_before_minutes": page["buffer_before_minutes"],
+        "buffer_after_minutes": page["buffer_after_minutes"],
+        "min_notice_minutes": page["min_notice_minutes"],
+        "max_days_ahead": page["max_days_ahead"],
+        "public_url": ctx.public_url(page["handle"], page["slug"]),
+        "created_at": utc_text(page["created_at"]),
+        "updated_at": utc_text(page["updated_at"]),
+    }
+
+
+async def _check_calendar(ctx: BookingContext, user_id: str, slug: str) -> CalendarInfo:
+    try:
+        return await ctx.calendars.get(user_id, slug, fresh=True)
+    except CalendarNotFound:
+        raise Problem(
+            422, "calendar_not_found", f"You have no unified calendar {slug!r}.",
+            errors=[FieldError("calendar_slug", "names none of your unified calendars")],
+        ) from None
+    except DependencyUnavailable as exc:
+        raise unavailable(exc) from None
+
+
+async def _handle_of(ctx: BookingContext, conn: asyncpg.Connection, caller: Caller) -> str:
+    if caller.handle:
+        await ctx.store.upsert_user(conn, caller.user_id, handle=caller.handle, timezone=caller.timezone)
+        return caller.handle
+    user = await ctx.store.get_user(conn, caller.user_id)
+    if user is None or not user["handle"]:
+        raise Problem(409, "handle_unknown", "Your account has no handle yet; try again in a moment.")
+    return str(user["handle"])
+
+
+async def create_page(
+    ctx: BookingContext, caller: Caller, fields: dict[str, Any], *, key: str | None, request_hash: str
+) -> Answer:
+    require_scope(caller, FULL_SCOPES, "full")
+    fields = _normalise_rules({**PAGE_DEFAULTS, **fields})
+    calendar = await _check_calendar(ctx, caller.user_id, fields["calendar_slug"])
+
+    async def work(conn: asyncpg.Connection) -> Answer:
+        handle = await _handle_of(ctx, conn, caller)
+        if ctx.enforce_page_limit is not None:
+            await ctx.enforce_page_limit(conn, caller, await ctx.store.count_pages(conn, caller.user_id))
+        page_id = new_id("bp")
+        row = await ctx.store.insert_page(
+            conn, {**fields, "id": page_id, "user_id": caller.user_id, "handle": handle,
+                   "calendar_snapshot": calendar.to_json()},
+        )
+        if row is None:
+            raise Problem(409, "slug_taken", f"You have a booking page {fields['slug']!r} already.",
+                          errors=[FieldError("slug", "is taken")])
+        await ctx.events.append(
+            conn, page_id, 0,
+            [BookingPageCreated(page_id=page_id, user_id=caller.user_id, slug=row["slug"],
+                                calendar_slug=row["calendar_slug"], title=row["title"],
+                                duration_minutes=row["duration_minutes"], timezone=row["timezone"])],
+            user_id=caller.user_id,
+        )
+        return answer(201, page_resource(ctx, row))
+
+    return await idempotent(ctx, scope=f"page:{caller.user_id}", key=key, request_hash=request_hash, work=work)
+
+
+async def get_page(ctx: BookingContext, caller: Caller, slug: str) -> dict[str, Any]:
+    require_scope(caller, READ_SCOPES, "read")
+    async with ctx.pool.acquire() as conn:
+        row = await ctx.store.page_by_slug(conn, caller.user_id, slug)
+    if row is None:
+        raise not_found("booking page")
+    return page_resource(ctx, row)
+
+
+def page_limit(limit: int | None) -> int:
+    if limit is None:
+        return 50
+    if not 1 <= limit <= 200:
+        raise Problem(400, "validation_error", "limit must be between 1 and 200.",
+                      errors=[FieldError("limit", "must be between 1 and 200")])
+    return limit
+
+
+def _cursor(cursor: str | None, kinds: list[type]) -> Any:
+    if not cursor:
+        return None
+    try:
+        return tuple(decode_cursor(cursor, kinds))
+    except CursorError:
+        raise Problem(400, "validation_error", "cursor is not valid.", errors=[FieldError("cursor", "is not valid")]) from None
+
+
+async def list_pages(ctx: BookingContext, caller: Caller, limit: int | None, cursor: str | None) -> dict[str, Any]:
+    require_scope(caller, READ_SCOPES, "read")
+    n = page_limit(limit)
+    after = _cursor(cursor, [datetime, str])
+    async with ctx.pool.acquire() as conn:
+        rows = await ctx.store.list_pages(conn, caller.user_id, after, n + 1)
+    more = len(rows) > n
+    rows = rows[:n]
+    return {
+        "data": [page_resource(ctx, r) for r in rows],
+        "next_cursor": encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None,
+    }
+
+
+async def update_page(ctx: BookingContext, caller: Caller, slug: str, changes: dict[str, Any]) -> dict[str, Any]:
+    require_scope(caller, FULL_SCOPES, "full")
+    calendar: CalendarInfo | None = None
+    if "calendar_slug" in changes:
+        calendar = await _check_calendar(ctx, caller.user_id, changes["calendar_slug"])
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        row = await ctx.store.page_by_slug(conn, caller.user_id, slug, lock=True)
+        if row is None:
+            raise not_found("booking page")
+        current = {k: row[k] for k in ("timezone", "duration_minutes", "slot_interval_minutes", "buffer_before_minutes",
+                                       "buffer_after_minutes", "min_notice_minutes", "max_days_ahead")}
+        current["weekly_hours"] = parse_json(row["weekly_hours"])
+        current["date_overrides"] = parse_json(row["date_overrides"])
+        if "duration_minutes" in changes and "slot_interval_minutes" not in changes:
+            # An interval that was the old duration follows the new one.
+            if row["slot_interval_minutes"] == row["duration_minutes"]:
+                current["slot_interval_minutes"] = None
+        merged = _normalise_rules({**current, **{k: v for k, v in changes.items() if k in current}})
+        columns = {k: merged[k] for k in current if merged[k] != current[k]}
+        for k in ("slug", "calendar_slug", "title", "description"):
+            if k in changes and changes[k] != row[k]:
+                columns[k] = changes[k]
+        if "slug" in columns and await ctx.store.page_by_slug(conn, caller.user_id, columns["slug"]) is not None:
+            raise Problem(409, "slug_taken", f"You have a booking page {columns['slug']!r} already.",
+                          errors=[FieldError("slug", "is taken")])
+        if calendar is not None:
+            columns["calendar_snapshot"] = calendar.to_json()
+        if not columns:
+            return page_resource(ctx, row)
+        try:
+            updated = await ctx.store.update_page(conn, row["id"], columns)
+        except asyncpg.UniqueViolationError:
+            raise Problem(409, "slug_taken", "That slug is taken.", errors=[FieldError("slug", "is taken")]) from None
+        await ctx.events.append(
+            conn, row["id"], None,
+            [BookingPageUpdated(page_id=row["id"], user_id=caller.user_id, slug=updated["slug"],
+                                changed=sorted(c for c in columns if c != "calendar_snapshot"))],
+            user_id=caller.user_id,
+        )
+    return page_resource(ctx, updated)
+
+
+async def delete_page(ctx: BookingContext, caller: Caller, slug: str) -> None:
+    require_scope(caller, FULL_SCOPES, "full")
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        row = await ctx.store.page_by_slug(conn, caller.user_id, slug, lock=True)
+        if row is None:
+            raise not_found("booking page")
+        await ctx.store.delete_page(conn, row["id"])
+        await ctx.events.append(
+            conn, row["id"], None, [BookingPageDeleted(page_id=row["id"], user_id=caller.user_id, slug=slug)],
+            user_id=caller.user_id,
+        )
+
+
+# --- slots ---------------------------------------------------------------------------------------
+
+
+async def _public_page(ctx: BookingContext, conn: asyncpg.Connection, handle: str | None, slug: str, caller: Caller | None) -> asyncpg.Record:
+    if handle:
+        row = await ctx.store.public_page(conn, handle.lower(), slug)
+    elif caller is not None:
+        row = await ctx.store.page_by_slug(conn, caller.user_id, slug)
+    else:
+        raise Problem(400, "validation_error", "The `handle` query parameter is required.",
+                      errors=[FieldError("handle", "is required")])
+    if row is None:
+        raise not_found("booking page")
+    return row
+
+
+async def calendar_of_page(ctx: BookingContext, page: asyncpg.Record) -> CalendarInfo:
+    """The page's calendar from connections (cached), else the copy kept on the page."""
+    try:
+        return await ctx.calendars.get(page["user_id"], page["calendar_slug"])
+    except CalendarNotFound:
+        raise Problem(409, "calendar_not_found",
+                      "This booking page's calendar no longer exists; its owner must choose another.") from None
+    except DependencyUnavailable as exc:
+        snapshot = parse_json(page["calendar_snapshot"])
+        if snapshot:
+            log.warning("calendar_from_snapshot", page_id=page["id"], error=str(exc))
+            return CalendarInfo.from_json(snapshot)
+        raise unavailable(exc) from None
+
+
+def _zone_param(name: str | None, default: str, field_name: str = "tz") -> Any:
+    try:
+        return domain.zone(name or default, field_name)
+    except RuleError as exc:
+        raise Problem(422, "invalid_timezone", str(exc), errors=[FieldError(exc.field, exc.message)]) from None
+
+
+def _date_param(value: str, name: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise Problem(400, "validation_error", f"`{name}` must be a date YYYY-MM-DD.",
+                      errors=[FieldError(name, "must be a date YYYY-MM-DD")]) from None
+
+
+async def slots(
+    ctx: BookingContext, *, slug: str, handle: str | None, start: str, end: str, tz: str | None, caller: Caller | None
+) -> dict[str, Any]:
+    first, last = _date_param(start, "start"), _date_param(end, "end")
+    _range_problem(first, last, inclusive_days=True)
+    async with ctx.pool.acquire() as conn:
+        page = await _public_page(ctx, conn, handle, slug, caller)
+        visitor_tz = _zone_param(tz, page["timezone"])
+        rules = rules_of(page)
+        calendar = await calendar_of_page(ctx, page)
+        now = ctx.clock()
+        window_start, window_end = domain.day_window(first, last, visitor_tz)
+        # Only busy time that can touch an offerable slot is read.
+        lo = max(window_start, now + rules.min_notice)
+        hi = min(window_end, now + timedelta(days=rules.max_days_ahead))
+        found: list[tuple[datetime, datetime]] = []
+        if hi > lo:
+            q_lo, q_hi = domain.busy_query_range(rules, lo, hi)
+            spans = await ctx.store.busy_spans(
+                conn, user_id=page["user_id"], sources=calendar.source_keys, calendar_tz=calendar.tz,
+                start=q_lo, end=q_hi,
+            )
+            found = domain.compute_slots(rules, window_start, window_end, now, BusyTime(spans=spans))
+    return {
+        "timezone": visitor_tz.key,
+        "slots": [{"start": utc_text(s), "end": utc_text(e)} for s, e in found],
+    }
+
+
+# --- bookings ------------------------------------------------------------------------------------
+
+
+def booking_resource(b: Booking) -> dict[str, Any]:
+    return {
+        "id": b.id,
+        "status": b.status,
+        "page_slug": b.page_slug,
+        "calendar_slug": b.calendar_slug,
+        "title": b.title,
+        "start": utc_text(b.start),
+        "end": utc_text(b.end),
+        "name": b.name,
+        "email": b.email,
+        "notes": b.notes,
+        "timezone": b.timezone,
+        "event_id": b.event_id,
+        "created_at": utc_text(b.created_at),
+        "cancelled_at": utc_text(b.cancelled_at) if b.cancelled_at else None,
+        "cancelled_by": b.cancelled_by,
+        "cancel_reason": b.cancel_reason,
+    }
+
+
+def cancel_url(ctx: BookingContext, b: Booking) -> str:
+    """The visitor's signed link to cancel (this booking's cancel endpoint with `exp` and `sig`)."""
+    exp = domain.cancel_link_expiry(b.end, b.created_at, timedelta(seconds=ctx.settings.cancel_link_ttl_seconds))
+    sig = domain.cancel_signature(ctx.link_secret, b.id, exp)
+    return ctx.public_url("api", "v1", "bookings", b.id, "cancel") + f"?exp={exp}&sig={sig}"
+
+
+def cancel_page_url(ctx: BookingContext, b: Booking, handle: str) -> str:
+    """The page that asks before cancelling (the public booking page with the signed parameters):
+    what mails link to, since a link opens with GET and mail scanners follow links."""
+    signed = cancel_url(ctx, b).split("?", 1)[1]
+    return ctx.public_url(handle, b.page_slug) + f"?booking={b.id}&{signed}"
+
+
+@dataclass(frozen=True)
+class BookSlot:
+    handle: str | None
+    slug: str
+    start: str
+    name: str
+    email: str
+    notes: str = ""
+    timezone: str | None = None
+
+
+SLOT_UNAVAILABLE = Problem(409, "slot_unavailable", "This time is no longer available; pick another slot.")
+
+
+async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key: str | None, request_hash: str) -> Answer:
+    """Book a slot: exactly one of any number of racing requests for it wins (201); the others get
+    409 `slot_unavailable`. The owner's bookings are serialised by a transaction-level advisory lock
+    and the slot is re-checked against live busy time inside it."""
+    if caller is not None:
+        require_scope(caller, BOOK_SCOPES, "book")
+    errors = []
+    try:
+        start = domain.parse_instant(cmd.start)
+    except ValueError as exc:
+        raise Problem(400, "validation_error", str(exc), errors=[FieldError("start", str(exc))]) from None
+    name, email, notes = cmd.name.strip(), cmd.email.strip(), cmd.notes.strip()
+    if not 1 <= len(name) <= 200:
+        errors.append(FieldError("name", "must be 1 to 200 characters"))
+    if not domain.valid_email(email):
+        errors.append(FieldError("email", "is not an email address"))
+    if len(notes) > 5000:
+        errors.append(FieldError("notes", "must be at most 5000 characters"))
+    if errors:
+        raise Problem(422, "validation_error", "; ".join(f"{e.field} {e.message}" for e in errors), errors=errors)
+    if start.second or start.microsecond:
+        return Answer(409, _json.encode(SLOT_UNAVAILABLE.body()))
+    async with ctx.pool.acquire() as conn:
+        page = await _public_page(ctx, conn, cmd.handle, cmd.slug, caller)
+        visitor_tz = _zone_param(cmd.timezone, page["timezone"], "timezone")
+        rules = rules_of(page)
+        end = start + rules.duration
+        # Fast refusal outside the lock for the losers of a race (a keyed retry must see its answer).
+        if key is None and await ctx.store.booked_overlap(
+            conn, page["user_id"], start - rules.buffer_before, end + rules.buffer_after
+        ):
+            return Answer(409, _json.encode(SLOT_UNAVAILABLE.body()))
+    calendar = await calendar_of_page(ctx, page)
+
+    async def work(conn: asyncpg.Connection) -> Answer:
+        await ctx.store.lock_owner(conn, page["user_id"])
+        now = ctx.clock()
+        q_lo, q_hi = domain.busy_query_range(rules, start, start + timedelta(seconds=1))
+        spans = await ctx.store.busy_spans(
+            conn, user_id=page["user_id"], sources=calendar.source_keys, calendar_tz=calendar.tz, start=q_lo, end=q_hi
+        )
+        if not domain.is_offered(rules, start, now, BusyTime(spans=spans)):
+            return Answer(409, _json.encode(SLOT_UNAVAILABLE.body()))
+        booking = Booking(
+            id=new_id("bk"), page_id=page["id"], page_slug=page["slug"], user_id=page["user_id"],
+            calendar_slug=page["calendar_slug"], title=page["title"], start=start, end=end, name=name, email=email,
+            notes=notes, timezone=visitor_tz.key, status="confirmed", created_at=now.replace(microsecond=0),
+        )
+        await ctx.store.insert_booking(conn, booking)
+        await ctx.events.append(
+            conn, booking.id, 0,
+            [BookingCreated(
+                booking_id=booking.id, page_id=booking.page_id, page_slug=booking.page_slug, user_id=booking.user_id,
+                calendar_slug=booking.calendar_slug, title=booking.title, start=start, end=end, name=name,
+                email=email, notes=notes, timezone=booking.timezone, created_at=booking.created_at,
+            )],
+            user_id=booking.user_id,
+        )
+        return answer(201, {"id": booking.id, "status": "confirmed", "start": utc_text(start), "end": utc_text(end),
+                            "cancel_url": cancel_url(ctx, booking)})
+
+    try:
+        return await idempotent(ctx, scope=f"book:{page['id']}", key=key, request_hash=request_hash, work=work)
+    except asyncpg.UniqueViolationError:
+        # The lock makes this unreachable; the unique index is the belt behind the braces.
+        return Answer(409, _json.encode(SLOT_UNAVAILABLE.body()))
+
+
+async def get_booking(ctx: BookingContext, caller: Caller, booking_id: str) -> dict[str, Any]:
+    require_scope(caller, READ_SCOPES, "read")
+    async with ctx.pool.acquire() as conn:
+        b = await ctx.store.get_booking(conn, booking_id)
+    if b is None or b.user_id != caller.user_id:
+        raise not_found("booking")
+    return booking_resource(b)
+
+
+def _instant_param(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return domain.parse_instant(value)
+    except ValueError:
+        try:
+            return datetime.combine(date.fromisoformat(value), datetime.min.time(), tzinfo=UTC)
+        except ValueError:
+            raise Problem(400, "validation_error", f"`{name}` must be an RFC 3339 date-time.",
+                          errors=[FieldError(name, "must be an RFC 3339 date-time")]) from None
+
+
+async def list_bookings(
+    ctx: BookingContext, caller: Caller, *, status: str | None, start: str | None, end: str | None,
+    limit: int | None, cursor: str | None,
+) -> dict[str, Any]:
+    require_scope(caller, READ_SCOPES, "read")
+    if status is not None and status not in ("confirmed", "cancelled"):
+        raise Problem(400, "validation_error", "status must be confirmed or cancelled.",
+                      errors=[FieldError("status", "must be confirmed or cancelled")])
+    s, e = _instant_param(start, "start"), _instant_param(end, "end")
+    if s is not None and e is not None:
+        _range_problem(s, e, inclusive_days=False)
+    n = page_limit(limit)
+    after = _cursor(cursor, [datetime, str])
+    async with ctx.pool.acquire() as conn:
+        rows = await ctx.store.list_bookings(conn, caller.user_id, status=status, start=s, end=e, after=after, limit=n + 1)
+    more = len(rows) > n
+    rows = rows[:n]
+    return {
+        "data": [booking_resource(b) for b in rows],
+        "next_cursor": encode_cursor(rows[-1].start, rows[-1].id) if more and rows else None,
+    }
+
+
+async def cancel_booking(
+    ctx: BookingContext, booking_id: str, *, caller: Caller | None, sig: str | None, exp: str | None, reason: str
+) -> dict[str, Any]:
+    """Cancel as the owner, or as the visitor holding the signed link; a second cancel answers the same."""
+    if sig is not None or exp is not None:
+        why = domain.verify_cancel_signature(ctx.link_secret, booking_id, exp or "", sig or "", ctx.clock())
+        if why is not None:
+            raise Problem(403, "invalid_signature",
+                          "This cancel link is expired or not valid." if why == "expired" else "This cancel link is not valid.")
+        by = "visitor"
+    elif caller is not None:
+        require_scope(caller, BOOK_SCOPES, "book")
+        by = "owner"
+    else:
+        raise Problem(401, "unauthorized", "Sign in, use an API key, or use the cancel link from the confirmation.")
+    if len(reason) > 1000:
+        raise Problem(422, "validation_error", "reason must be at most 1000 characters.",
+                      errors=[FieldError("reason", "must be at most 1000 characters")])
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        b = await ctx.store.get_booking(conn, booking_id, lock=True)
+        if b is None or (by == "owner" and caller is not None and b.user_id != caller.user_id):
+            raise not_found("booking")
+        if b.status == "cancelled":
+            return booking_resource(b)
+        now = ctx.clock().replace(microsecond=0)
+        b = await ctx.store.mark_cancelled(conn, b.id, now, by, reason)
+        await ctx.events.append(
+            conn, b.id, None,
+            [BookingCancelled(
+                booking_id=b.id, page_id=b.page_id, page_slug=b.page_slug, user_id=b.user_id,
+                calendar_slug=b.calendar_slug, title=b.title, start=b.start, end=b.end, name=b.name, email=b.email,
+                cancelled_by=by, reason=reason, timezone=b.timezone, cancelled_at=now,
+            )],
+            user_id=b.user_id,
+        )
+    return booking_resource(b)
+
+
+async def cancel_link_booking(ctx: BookingContext, booking_id: str, sig: str, exp: str) -> Booking:
+    """The booking a (valid) cancel link names, for the confirmation page a mail link opens."""
+    why = domain.verify_cancel_signature(ctx.link_secret, booking_id, exp, sig, ctx.clock())
+    if why is not None:
+        raise Problem(403, "invalid_signature", "This cancel link is expired or not valid.")
+    async with ctx.pool.acquire() as conn:
+        b = await ctx.store.get_booking(conn, booking_id)
+    if b is None:
+        raise not_found("booking")
+    return b
+
+
+# --- polls ---------------------------------------------------------------------------------------
+
+
+def poll_resource(ctx: BookingContext, poll: asyncpg.Record, options: list[Any]) -> dict[str, Any]:
+    return {
+        "id": poll["id"],
+        "title": poll["title"],
+        "status": poll["status"],
+        "duration_minutes": poll["duration_minutes"],
+        "calendar_slug": poll["calendar_slug"],
+        "deadline": utc_text(poll["deadline"]) if poll["deadline"] else None,
+        "options": [{"id": o["id"], "start": utc_text(o["start_at"]), "end": utc_text(o["end_at"])} for o in options],
+        "vote_url": ctx.public_url("api", "v1", "polls", poll["id"], "votes") + f"?token={poll['token']}",
+        "decided_option_id": poll["decided_option_id"],
+        "event_id": poll["event_id"],
+        "created_at": utc_text(poll["created_at"]),
+    }
+
+
+async def create_poll(ctx: BookingContext, caller: Caller, fields: dict[str, Any], *, key: str | None, request_hash: str) -> Answer:
+    require_scope(caller, BOOK_SCOPES, "book")
+    errors: list[FieldError] = []
+    duration = timedelta(minutes=fields["duration_minutes"])
+    options: list[tuple[str, datetime, datetime]] = []
+    if not 1 <= len(fields["options"]) <= 100:
+        errors.append(FieldError("options", "must hold 1 to 100 options"))
+    for i, o in enumerate(fields["options"]):
+        try:
+            s = domain.parse_instant(o["start"])
+            e = domain.parse_instant(o["end"]) if o.get("end") else s + duration
+        except ValueError as exc:
+            raise Problem(400, "validation_error", f"options[{i}]: {exc}",
+                          errors=[FieldError(f"options[{i}]", str(exc))]) from None
+        if e <= s:
+            errors.append(FieldError(f"options[{i}].end", "is not after start"))
+        options.append((new_id("opt"), s, e))
+    if len({(s, e) for _, s, e in options}) != len(options):
+        errors.append(FieldError("options", "holds the same option twice"))
+    deadline = None
+    if fields.get("deadline"):
+        try:
+            deadline = domain.parse_instant(fields["deadline"])
+        except ValueError as exc:
+            raise Problem(400, "validation_error", str(exc), errors=[FieldError("deadline", str(exc))]) from None
+    if errors:
+        raise Problem(422, "validation_error", "; ".join(f"{e.field} {e.message}" for e in errors), errors=errors)
+    if fields.get("calendar_slug"):
+        await _check_calendar(ctx, caller.user_id, fields["calendar_slug"])
+
+    async def work(conn: asyncpg.Connection) -> Answer:
+        poll_id = new_id("poll")
+        poll = {"id": poll_id, "user_id": caller.user_id, "title": fields["title"],
+                "duration_minutes": fields["duration_minutes"], "calendar_slug": fields.get("calendar_slug"),
+                "deadline": deadline, "token": secrets.token_urlsafe(24)}
+        await ctx.store.insert_poll(conn, poll, options)
+        await ctx.events.append(
+            conn, poll_id, 0,
+            [PollCreated(poll_id=poll_id, user_id=caller.user_id, title=poll["title"],
+                         duration_minutes=poll["duration_minutes"], option_ids=[o[0] for o in options],
+                         calendar_slug=poll["calendar_slug"], deadline=deadline)],
+            user_id=caller.user_id,
+        )
+        row = await ctx.store.get_poll(conn, poll_id)
+        return answer(201, poll_resource(ctx, row, await ctx.store.poll_options(conn, poll_id)))
+
+    return await idempotent(ctx, scope=f"poll:{caller.user_id}", key=key, request_hash=request_hash, work=work)
+
+
+async def _owned_poll(ctx: BookingContext, conn: asyncpg.Connection, caller: Caller, poll_id: str, *, lock: bool = False) -> asyncpg.Record:
+    poll = await ctx.store.get_poll(conn, poll_id, lock=lock)
+    if poll is None or poll["user_id"] != caller.user_id:
+        raise not_found("poll")
+    return poll
+
+
+async def get_poll(ctx: BookingContext, caller: Caller | None, poll_id: str, token: str | None) -> dict[str, Any]:
+    async with ctx.pool.acquire() as conn:
+        poll = await ctx.store.get_poll(conn, poll_id)
+        if poll is None:
+            raise not_found("poll")
+        if token is not None and hmac.compare_digest(token.encode(), poll["token"].encode()):
+            pass  # a voter holding the link
+        elif caller is None:
+            raise Problem(401, "unauthorized", "Authentication or the poll's token is required.")
+        else:
+            require_scope(caller, READ_SCOPES, "read")
+            if poll["user_id"] != caller.user_id:
+                raise not_found("poll")
+        return poll_resource(ctx, poll, await ctx.store.poll_options(conn, poll_id))
+
+
+async def list_polls(ctx: BookingContext, caller: Caller, limit: int | None, cursor: str | None) -> dict[str, Any]:
+    require_scope(caller, READ_SCOPES, "read")
+    n = page_limit(limit)
+    after = _cursor(cursor, [datetime, str])
+    async with ctx.pool.acquire() as conn:
+        rows = await ctx.store.list_polls(conn, caller.user_id, after, n + 1)
+        more = len(rows) > n
+        rows = rows[:n]
+        options: dict[str, list[Any]] = {}
+        for o in await ctx.store.poll_options_many(conn, [r["id"] for r in rows]):
+            options.setdefault(o["poll_id"], []).append(o)
+    return {
+        "data": [poll_resource(ctx, r, options.get(r["id"], [])) for r in rows],
+        "next_cursor": encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None,
+    }
+
+
+def _poll_closed() -> Problem:
+    return Problem(409, "poll_closed", "This poll is decided (or past its deadline) and takes no more votes.")
+
+
+async def vote(
+    ctx: BookingContext, poll_id: str, *, caller: Caller | None, token: str | None, name: str, email: str | None,
+    choices: dict[str, str], key: str | None, request_hash: str,
+) -> Answer:
+    name = name.strip()
+    email = email.strip() if email else None
+    errors = []
+    if not 1 <= len(name) <= 200:
+        errors.append(FieldError("name", "must be 1 to 200 characters"))
+    if email is not None and not domain.valid_email(email):
+        errors.append(FieldError("email", "is not an email address"))
+    bad = [c for c in choices.values() if c not in domain.CHOICES]
+    if bad:
+        raise Problem(400, "validation_error", "Each choice is yes, maybe or no.",
+                      errors=[FieldError("choices", "each choice is yes, maybe or no")])
+
+    async def work(conn: asyncpg.Connection) -> Answer:
+        poll = await conn.fetchrow(
+            f"SELECT id, user_id, token, status, deadline FROM {ctx.store.schema}.polls WHERE id = $1 FOR SHARE", poll_id
+        )
+        if poll is None:
+            raise not_found("poll")
+        if token is not None:
+            if not hmac.compare_digest(token.encode(), poll["token"].encode()):
+                raise Problem(403, "invalid_token", "This poll link is not valid.")
+        elif caller is None:
+            raise Problem(401, "unauthorized", "Authentication or the poll's token is required.")
+        else:
+            require_scope(caller, BOOK_SCOPES, "book")
+            if caller.user_id != poll["user_id"]:
+                raise not_found("poll")
+        if poll["status"] != "open" or (poll["deadline"] is not None and poll["deadline"] <= ctx.clock()):
+            raise _poll_closed()
+        option_ids = {o["id"] for o in await ctx.store.poll_options(conn, poll_id)}
+        unknown = sorted(set(choices) - option_ids)
+        if unknown:
+            errors.append(FieldError(f"choices.{unknown[0]}", "is not an option of this poll"))
+        if errors:
+            raise Problem(422, "validation_error", "; ".join(f"{e.field} {e.message}" for e in errors), errors=errors)
+        voter_key = (email or name).lower()
+        row = await ctx.store.upsert_vote(conn, vote_id=new_id("vote"), poll_id=poll_id, voter_key=voter_key,
+                                          name=name, email=email, choices=choices)
+        await ctx.events.append(
+            conn, poll_id, None,
+            [PollVoted(poll_id=poll_id, user_id=poll["user_id"], vote_id=row["id"], name=name, email=email,
+                       choices=dict(choices))],
+            user_id=poll["user_id"],
+        )
+        return answer(201, {"id": row["id"], "poll_id": poll_id, "name": row["name"], "email": row["email"],
+                            "choices": parse_json(row["choices"]), "created_at": utc_text(row["created_at"]),
+                            "updated_at": utc_text(row["updated_at"])})
+
+    return await idempotent(ctx, scope=f"vote:{poll_id}", key=key, request_hash=request_hash, work=work)
+
+
+async def _calendar_busy(ctx: BookingContext, conn: asyncpg.Connection, user_id: str, calendar_slug: str | None,
+                         start: datetime, end: datetime) -> BusyTime:
+    if not calendar_slug:
+        return BusyTime()
+    try:
+        calendar = await ctx.calendars.get(user_id, calendar_slug)
+    except CalendarNotFound:
+        return BusyTime()
+    except DependencyUnavailable as exc:
+        raise unavailable(exc) from None
+    spans = await ctx.store.busy_spans(conn, user_id=user_id, sources=calendar.source_keys, calendar_tz=calendar.tz,
+                                       start=start, end=end)
+    return BusyTime(spans=spans)
+
+
+async def overlap(ctx: BookingContext, caller: Caller, poll_id: str) -> dict[str, Any]:
+    require_scope(caller, READ_SCOPES, "read")
+    async with ctx.pool.acquire() as conn:
+        poll = await _owned_poll(ctx, conn, caller, poll_id)
+        option_rows = await ctx.store.poll_options(conn, poll_id)
+        votes = await ctx.store.poll_votes(conn, poll_id)
+        options = [domain.PollOption(o["id"], o["start_at"], o["end_at"]) for o in option_rows]
+        busy = BusyTime()
+        if options:
+            busy = await _calendar_busy(ctx, conn, caller.user_id, poll["calendar_slug"],
+                                        min(o.start for o in options), max(o.end for o in options))
+    tallies = domain.tally(options, [domain.Vote(v["name"], parse_json(v["choices"])) for v in votes], busy)
+    return {
+        "poll_id": poll_id,
+        "status": poll["status"],
+        "options": [
+            {"option_id": t.option_id, "start": utc_text(t.start), "end": utc_text(t.end), "yes": t.yes,
+             "maybe": t.maybe, "no": t.no, "available": t.available, "if_need_be": t.if_need_be,
+             "calendar_busy": t.calendar_busy}
+            for t in tallies
+        ],
+        "best_option_id": domain.best_option(tallies),
+    }
+
+
+async def decide(ctx: BookingContext, caller: Caller, poll_id: str, option_id: str) -> dict[str, Any]:
+    """Choose an option: the event is created on the poll's calendar and the poll closes. Deciding
+    again on the same option answers the same; on another option, 409 `poll_closed`."""
+    require_scope(caller, BOOK_SCOPES, "book")
+    async with ctx.pool.acquire() as conn, conn.transaction():
+        poll = await _owned_poll(ctx, conn, caller, poll_id, lock=True)
+        if poll["status"] == "decided":
+            if poll["decided_option_id"] == option_id:
+                return {"status": "decided", "option_id": option_id, "event_id": poll["event_id"]}
+            raise _poll_closed()
+        option = next((o for o in await ctx.store.poll_options(conn, poll_id) if o["id"] == option_id), None)
+        if option is None:
+            raise Problem(422, "validation_error", "option_id is not an option of this poll.",
+                          errors=[FieldError("option_id", "is not an option of this poll")])
+        event_id = None
+        if poll["calendar_slug"]:
+            votes = await ctx.store.poll_votes(conn, poll_id)
+            attendees = sorted({v["email"] for v in votes if v["email"]
+                                and parse_json(v["choices"]).get(option_id) in ("yes", "maybe")})
+            event_id = await _write_poll_event(ctx, caller, poll, option, attendees)
+        now = ctx.clock()
+        await ctx.store.mark_poll_decided(conn, poll_id, option_id, event_id, now)
+        await ctx.events.append(
+            conn, poll_id, None,
+            [PollDecided(poll_id=poll_id, user_id=caller.user_id, option_id=option_id, start=option["start_at"],
+                         end=option["end_at"], title=poll["title"], calendar_slug=poll["calendar_slug"],
+                         event_id=event_id)],
+            user_id=caller.user_id,
+        )
+    return {"status": "decided", "option_id": option_id, "event_id": event_id}
+
+
+async def _write_poll_event(ctx: BookingContext, caller: Caller, poll: asyncpg.Record, option: asyncpg.Record,
+                            attendees: list[str]) -> str:
+    try:
+        calendar = await ctx.calendars.get(caller.user_id, poll["calendar_slug"], fresh=True)
+    except CalendarNotFound:
+        raise Problem(409, "calendar_not_found", "The poll's calendar no longer exists.") from None
+    except DependencyUnavailable as exc:
+        raise unavailable(exc) from None
+    target = calendar.write_target()
+    if target is None:
+        raise Problem(409, "calendar_read_only", "The poll's calendar has no writable source.")
+    try:
+        event = await ctx.sync.create(
+            user_id=caller.user_id, connection_id=target.connection_id, calendar_id=target.calendar_id,
+            title=poll["title"], start=option["start_at"], end=option["end_at"],
+            description=f"Decided by poll {poll['id']}.", attendees=attendees or None, timezone=calendar.timezone,
+        )
+    except DependencyUnavailable as exc:
+        raise unavailable(exc) from None
+    except PermanentFailure as exc:
+        raise Problem(409, "calendar_write_failed", f"The calendar refused the event: {exc.detail}") from None
+    return str(event["id"])

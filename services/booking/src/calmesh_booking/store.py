@@ -1,0 +1,457 @@
+"""asyncpg access for the booking context: its own tables, and reads of the merged-events projection.
+
+Only this module speaks SQL. Every table lives in the service's schema (``booking`` in production;
+tests use a schema of their own). The projection (``sync.event_instances``) is read, never written.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import asyncpg
+import msgspec
+
+from .domain import Booking, all_day_interval
+
+_IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}(\.[a-z_][a-z0-9_]{0,62})?$")
+
+PAGE_COLUMNS = (
+    "id, user_id, handle, slug, calendar_slug, title, description, duration_minutes, slot_interval_minutes,"
+    " timezone, weekly_hours, date_overrides, buffer_before_minutes, buffer_after_minutes,"
+    " min_notice_minutes, max_days_ahead, calendar_snapshot, created_at, updated_at"
+)
+BOOKING_COLUMNS = (
+    "id, page_id, page_slug, user_id, calendar_slug, title, start_at, end_at, status, name, email, notes,"
+    " timezone, event_id, created_at, cancelled_at, cancelled_by, cancel_reason"
+)
+
+
+class CursorError(ValueError):
+    """A list cursor that this service did not hand out."""
+
+
+def encode_cursor(*values: Any) -> str:
+    raw = msgspec.json.encode([v.isoformat() if isinstance(v, datetime) else v for v in values])
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(cursor: str, kinds: Sequence[type]) -> list[Any]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        values = msgspec.json.decode(raw)
+        if not isinstance(values, list) or len(values) != len(kinds):
+            raise ValueError("shape")
+        return [datetime.fromisoformat(v) if k is datetime else k(v) for v, k in zip(values, kinds, strict=True)]
+    except (ValueError, TypeError, msgspec.DecodeError) as exc:
+        raise CursorError("cursor is not valid") from exc
+
+
+def request_hash(*parts: bytes | str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode() if isinstance(part, str) else part)
+        h.update(b"\x1f")
+    return h.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class StoredResponse:
+    status_code: int
+    body: bytes
+
+
+class IdempotencyMismatch(Exception):
+    """The key was used before with a different request."""
+
+
+def _booking(row: asyncpg.Record) -> Booking:
+    return Booking(
+        id=row["id"],
+        page_id=row["page_id"],
+        page_slug=row["page_slug"],
+        user_id=row["user_id"],
+        calendar_slug=row["calendar_slug"],
+        title=row["title"],
+        start=row["start_at"],
+        end=row["end_at"],
+        name=row["name"],
+        email=row["email"],
+        notes=row["notes"],
+        timezone=row["timezone"],
+        status=row["status"],
+        created_at=row["created_at"],
+        event_id=row["event_id"],
+        cancelled_at=row["cancelled_at"],
+        cancelled_by=row["cancelled_by"],
+        cancel_reason=row["cancel_reason"],
+    )
+
+
+class BookingStore:
+    """SQL of the booking context. `schema` is this service's; `projection` the table to read busy
+    time from (``sync.event_instances``)."""
+
+    def __init__(self, schema: str, projection: str = "sync.event_instances") -> None:
+        for name in (schema, projection):
+            if not _IDENT.match(name):
+                raise ValueError(f"bad SQL identifier {name!r}")
+        self.schema = schema
+        self.projection = projection
+        s = schema
+        self._busy_sql = (
+            "SELECT extract(epoch FROM p.start_at)::bigint AS s, extract(epoch FROM p.end_at)::bigint AS e,"
+            " p.all_day, p.start_date, p.end_date"
+            f" FROM {projection} p"
+            " JOIN unnest($2::text[], $3::text[]) AS src(connection_id, calendar_id)"
+            "   ON p.connection_id = src.connection_id AND p.calendar_id = src.calendar_id"
+            " WHERE p.user_id = $1 AND p.start_at < $5 AND p.end_at > $4"
+            "   AND p.status <> 'cancelled' AND p.transparency <> 'free'"
+            # A cancelled booking frees its time at once, before its calendar event is deleted.
+            "   AND NOT EXISTS (SELECT 1 FROM " + s + ".bookings c WHERE c.user_id = $1 AND c.status = 'cancelled'"
+            "       AND c.event_id = p.event_id AND c.start_at < $5 AND c.end_at > $4)"
+            " UNION ALL"
+            " SELECT extract(epoch FROM b.start_at)::bigint, extract(epoch FROM b.end_at)::bigint, false, NULL, NULL"
+            f" FROM {s}.bookings b WHERE b.user_id = $1 AND b.status = 'confirmed'"
+            "   AND b.start_at < $5 AND b.end_at > $4"
+        )
+
+    # --- users -------------------------------------------------------------------------------
+
+    async def upsert_user(
+        self, conn: asyncpg.Connection, user_id: str, *, handle: str | None = None, email: str | None = None,
+        name: str | None = None, timezone: str | None = None,
+    ) -> None:
+        """Remember what we learn about a user; a None leaves what is known."""
+        await conn.execute(
+            f"INSERT INTO {self.schema}.users (user_id, handle, email, name, timezone) VALUES ($1, $2, $3, $4, $5)"
+            " ON CONFLICT (user_id) DO UPDATE SET"
+            f" handle = coalesce(EXCLUDED.handle, {self.schema}.users.handle),"
+            f" email = coalesce(EXCLUDED.email, {self.schema}.users.email),"
+            f" name = coalesce(EXCLUDED.name, {self.schema}.users.name),"
+            f" timezone = coalesce(EXCLUDED.timezone, {self.schema}.users.timezone), updated_at = now()",
+            user_id, handle, email, name, timezone,
+        )
+
+    async def get_user(self, conn: asyncpg.Connection, user_id: str) -> asyncpg.Record | None:
+        return await conn.fetchrow(
+            f"SELECT user_id, handle, email, name, timezone FROM {self.schema}.users WHERE user_id = $1", user_id
+        )
+
+    # --- pages -------------------------------------------------------------------------------
+
+    async def insert_page(self, conn: asyncpg.Connection, page: dict[str, Any]) -> asyncpg.Record | None:
+        """Insert a page; None when the user has a page with that slug already."""
+        return await conn.fetchrow(
+            f"INSERT INTO {self.schema}.pages (id, user_id, handle, slug, calendar_slug, title, description,"
+            " duration_minutes, slot_interval_minutes, timezone, weekly_hours, date_overrides,"
+            " buffer_before_minutes, buffer_after_minutes, min_notice_minutes, max_days_ahead, calendar_snapshot)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12::jsonb, $13, $14, $15, $16, $17::jsonb)"
+            f" ON CONFLICT (user_id, slug) DO NOTHING RETURNING {PAGE_COLUMNS}",
+            page["id"], page["user_id"], page["handle"], page["slug"], page["calendar_slug"], page["title"],
+            page["description"], page["duration_minutes"], page["slot_interval_minutes"], page["timezone"],
+            _json(page["weekly_hours"]), _json(page["date_overrides"]), page["buffer_before_minutes"],
+            page["buffer_after_minutes"], page["min_notice_minutes"], page["max_days_ahead"],
+            _json(page.get("calendar_snapshot")),
+        )
+
+    async def update_page(self, conn: asyncpg.Connection, page_id: str, changes: dict[str, Any]) -> asyncpg.Record:
+        """Apply `changes` (column -> value); the caller checked the slug is free."""
+        sets, args = [], [page_id]
+        for column, value in changes.items():
+            args.append(_json(value) if column in ("weekly_hours", "date_overrides", "calendar_snapshot") else value)
+            cast = "::jsonb" if column in ("weekly_hours", "date_overrides", "calendar_snapshot") else ""
+            sets.append(f"{column} = ${len(args)}{cast}")
+        sets.append("updated_at = now()")
+        return await conn.fetchrow(
+            f"UPDATE {self.schema}.pages SET {', '.join(sets)} WHERE id = $1 RETURNING {PAGE_COLUMNS}", *args
+        )
+
+    async def set_calendar_snapshot(self, conn: asyncpg.Connection, page_id: str, snapshot: dict[str, Any]) -> None:
+        await conn.execute(
+            f"UPDATE {self.schema}.pages SET calendar_snapshot = $2::jsonb WHERE id = $1", page_id, _json(snapshot)
+        )
+
+    async def page_by_slug(self, conn: asyncpg.Connection, user_id: str, slug: str, *, lock: bool = False) -> asyncpg.Record | None:
+        return await conn.fetchrow(
+            f"SELECT {PAGE_COLUMNS} FROM {self.schema}.pages WHERE user_id = $1 AND slug = $2"
+            + (" FOR UPDATE" if lock else ""),
+            user_id, slug,
+        )
+
+    async def page_by_id(self, conn: asyncpg.Connection, page_id: str) -> asyncpg.Record | None:
+        return await conn.fetchrow(f"SELECT {PAGE_COLUMNS} FROM {self.schema}.pages WHERE id = $1", page_id)
+
+    async def public_page(self, conn: asyncpg.Connection, handle: str, slug: str) -> asyncpg.Record | None:
+        return await conn.fetchrow(
+            f"SELECT {PAGE_COLUMNS} FROM {self.schema}.pages WHERE handle = $1 AND slug = $2", handle, slug
+        )
+
+    async def list_pages(self, conn: asyncpg.Connection, user_id: str, after: tuple[datetime, str] | None, limit: int) -> list[asyncpg.Record]:
+        if after is None:
+            return await conn.fetch(
+                f"SELECT {PAGE_COLUMNS} FROM {self.schema}.pages WHERE user_id = $1 ORDER BY created_at, id LIMIT $2",
+                user_id, limit,
+            )
+        return await conn.fetch(
+            f"SELECT {PAGE_COLUMNS} FROM {self.schema}.pages WHERE user_id = $1 AND (created_at, id) > ($2, $3)"
+            " ORDER BY created_at, id LIMIT $4",
+            user_id, after[0], after[1], limit,
+        )
+
+    async def count_pages(self, conn: asyncpg.Connection, user_id: str) -> int:
+        return int(await conn.fetchval(f"SELECT count(*) FROM {self.schema}.pages WHERE user_id = $1", user_id))
+
+    async def delete_page(self, conn: asyncpg.Connection, page_id: str) -> None:
+        await conn.execute(f"DELETE FROM {self.schema}.pages WHERE id = $1", page_id)
+
+    # --- busy time -----------------------------------------------------------------------------
+
+    async def busy_spans(
+        self,
+        conn: asyncpg.Connection,
+        *,
+        user_id: str,
+        sources: Sequence[tuple[str, str]],
+        calendar_tz: ZoneInfo,
+        start: datetime,
+        end: datetime,
+    ) -> list[tuple[int, int]]:
+        """Busy time in [start, end) as epoch-second spans (unsorted): the calendar's busy events
+        (all-day ones as their dates in `calendar_tz`) and the owner's confirmed bookings."""
+        rows = await conn.fetch(
+            self._busy_sql,
+            user_id,
+            [s[0] for s in sources],
+            [s[1] for s in sources],
+            start,
+            end,
+        )
+        spans: list[tuple[int, int]] = []
+        append = spans.append
+        for s, e, all_day, start_date, end_date in rows:
+            if all_day and start_date is not None:
+                a, b = all_day_interval(start_date, end_date or start_date, calendar_tz)
+                append((int(a.timestamp()), int(b.timestamp())))
+            else:
+                append((s, e))
+        return spans
+
+    # --- bookings ------------------------------------------------------------------------------
+
+    async def lock_owner(self, conn: asyncpg.Connection, user_id: str) -> None:
+        """Serialise bookings of one owner until the transaction ends (all pages: one person)."""
+        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_NS_BOOKING, user_id)
+
+    async def lock_booking_sync(self, conn: asyncpg.Connection, booking_id: str) -> None:
+        """Serialise the calendar writes of one booking (write after cancel, cancel after write)."""
+        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_NS_BOOKING_SYNC, booking_id)
+
+    async def booked_overlap(self, conn: asyncpg.Connection, user_id: str, start: datetime, end: datetime) -> bool:
+        """A cheap pre-check outside the lock: a confirmed booking already overlaps [start, end)."""
+        return bool(
+            await conn.fetchval(
+                f"SELECT EXISTS (SELECT 1 FROM {self.schema}.bookings WHERE user_id = $1 AND status = 'confirmed'"
+                " AND start_at < $3 AND end_at > $2)",
+                user_id, start, end,
+            )
+        )
+
+    async def insert_booking(self, conn: asyncpg.Connection, b: Booking) -> None:
+        await conn.execute(
+            f"INSERT INTO {self.schema}.bookings (id, page_id, page_slug, user_id, calendar_slug, title, start_at,"
+            " end_at, status, name, email, notes, timezone, created_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            b.id, b.page_id, b.page_slug, b.user_id, b.calendar_slug, b.title, b.start, b.end, b.status, b.name,
+            b.email, b.notes, b.timezone, b.created_at,
+        )
+
+    async def get_booking(self, conn: asyncpg.Connection, booking_id: str, *, lock: bool = False) -> Booking | None:
+        row = await conn.fetchrow(
+            f"SELECT {BOOKING_COLUMNS} FROM {self.schema}.bookings WHERE id = $1" + (" FOR UPDATE" if lock else ""),
+            booking_id,
+        )
+        return _booking(row) if row else None
+
+    async def mark_cancelled(self, conn: asyncpg.Connection, booking_id: str, at: datetime, by: str, reason: str) -> Booking:
+        row = await conn.fetchrow(
+            f"UPDATE {self.schema}.bookings SET status = 'cancelled', cancelled_at = $2, cancelled_by = $3,"
+            f" cancel_reason = $4 WHERE id = $1 RETURNING {BOOKING_COLUMNS}",
+            booking_id, at, by, reason,
+        )
+        return _booking(row)
+
+    async def set_event_id(self, conn: asyncpg.Connection, booking_id: str, event_id: str | None) -> None:
+        await conn.execute(f"UPDATE {self.schema}.bookings SET event_id = $2 WHERE id = $1", booking_id, event_id)
+
+    async def list_bookings(
+        self,
+        conn: asyncpg.Connection,
+        user_id: str,
+        *,
+        status: str | None,
+        start: datetime | None,
+        end: datetime | None,
+        after: tuple[datetime, str] | None,
+        limit: int,
+    ) -> list[Booking]:
+        where, args = ["user_id = $1"], [user_id]
+        if status:
+            args.append(status)
+            where.append(f"status = ${len(args)}")
+        if end is not None:
+            args.append(end)
+            where.append(f"start_at < ${len(args)}")
+        if start is not None:
+            args.append(start)
+            where.append(f"end_at > ${len(args)}")
+        if after is not None:
+            args.extend(after)
+            where.append(f"(start_at, id) > (${len(args) - 1}, ${len(args)})")
+        args.append(limit)
+        rows = await conn.fetch(
+            f"SELECT {BOOKING_COLUMNS} FROM {self.schema}.bookings WHERE {' AND '.join(where)}"
+            f" ORDER BY start_at, id LIMIT ${len(args)}",
+            *args,
+        )
+        return [_booking(r) for r in rows]
+
+    # --- idempotency ---------------------------------------------------------------------------
+
+    async def claim_idempotency_key(
+        self, conn: asyncpg.Connection, scope: str, key: str, req_hash: str
+    ) -> StoredResponse | None:
+        """Inside a transaction: claim `key`, or return the answer stored for it.
+
+        A concurrent request with the same key waits on the unique index until the first one's
+        transaction ends, then sees its answer. Raises IdempotencyMismatch for a different request."""
+        claimed = await conn.fetchval(
+            f"INSERT INTO {self.schema}.idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3)"
+            " ON CONFLICT DO NOTHING RETURNING 1",
+            scope, key, req_hash,
+        )
+        if claimed:
+            return None
+        row = await conn.fetchrow(
+            f"SELECT request_hash, status_code, body FROM {self.schema}.idempotency_keys WHERE scope = $1 AND key = $2",
+            scope, key,
+        )
+        if row["request_hash"] != req_hash:
+            raise IdempotencyMismatch(key)
+        return StoredResponse(row["status_code"], bytes(row["body"]))
+
+    async def store_idempotent_response(
+        self, conn: asyncpg.Connection, scope: str, key: str, status_code: int, body: bytes
+    ) -> None:
+        await conn.execute(
+            f"UPDATE {self.schema}.idempotency_keys SET status_code = $3, body = $4 WHERE scope = $1 AND key = $2",
+            scope, key, status_code, body,
+        )
+
+    # --- polls ---------------------------------------------------------------------------------
+
+    async def insert_poll(self, conn: asyncpg.Connection, poll: dict[str, Any], options: Sequence[tuple[str, datetime, datetime]]) -> None:
+        await conn.execute(
+            f"INSERT INTO {self.schema}.polls (id, user_id, title, duration_minutes, calendar_slug, deadline, token, status)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, 'open')",
+            poll["id"], poll["user_id"], poll["title"], poll["duration_minutes"], poll["calendar_slug"],
+            poll["deadline"], poll["token"],
+        )
+        await conn.executemany(
+            f"INSERT INTO {self.schema}.poll_options (id, poll_id, position, start_at, end_at) VALUES ($1, $2, $3, $4, $5)",
+            [(oid, poll["id"], i, s, e) for i, (oid, s, e) in enumerate(options)],
+        )
+
+    async def get_poll(self, conn: asyncpg.Connection, poll_id: str, *, lock: bool = False) -> asyncpg.Record | None:
+        return await conn.fetchrow(
+            f"SELECT id, user_id, title, duration_minutes, calendar_slug, deadline, token, status, decided_option_id,"
+            f" event_id, created_at, decided_at FROM {self.schema}.polls WHERE id = $1" + (" FOR UPDATE" if lock else ""),
+            poll_id,
+        )
+
+    async def poll_options(self, conn: asyncpg.Connection, poll_id: str) -> list[asyncpg.Record]:
+        return await conn.fetch(
+            f"SELECT id, start_at, end_at FROM {self.schema}.poll_options WHERE poll_id = $1 ORDER BY position", poll_id
+        )
+
+    async def poll_options_many(self, conn: asyncpg.Connection, poll_ids: Sequence[str]) -> list[asyncpg.Record]:
+        return await conn.fetch(
+            f"SELECT poll_id, id, start_at, end_at FROM {self.schema}.poll_options WHERE poll_id = ANY($1::text[])"
+            " ORDER BY poll_id, position",
+            list(poll_ids),
+        )
+
+    async def poll_votes(self, conn: asyncpg.Connection, poll_id: str) -> list[asyncpg.Record]:
+        return await conn.fetch(
+            f"SELECT id, name, email, choices, created_at, updated_at FROM {self.schema}.poll_votes WHERE poll_id = $1"
+            " ORDER BY created_at, id",
+            poll_id,
+        )
+
+    async def upsert_vote(
+        self, conn: asyncpg.Connection, *, vote_id: str, poll_id: str, voter_key: str, name: str, email: str | None,
+        choices: dict[str, str],
+    ) -> asyncpg.Record:
+        return await conn.fetchrow(
+            f"INSERT INTO {self.schema}.poll_votes (id, poll_id, voter_key, name, email, choices)"
+            " VALUES ($1, $2, $3, $4, $5, $6::jsonb)"
+            " ON CONFLICT (poll_id, voter_key) DO UPDATE SET name = EXCLUDED.name, email = EXCLUDED.email,"
+            " choices = EXCLUDED.choices, updated_at = now()"
+            " RETURNING id, name, email, choices, created_at, updated_at",
+            vote_id, poll_id, voter_key, name, email, _json(choices),
+        )
+
+    async def list_polls(self, conn: asyncpg.Connection, user_id: str, after: tuple[datetime, str] | None, limit: int) -> list[asyncpg.Record]:
+        cols = ("id, user_id, title, duration_minutes, calendar_slug, deadline, token, status, decided_option_id,"
+                " event_id, created_at, decided_at")
+        if after is None:
+            return await conn.fetch(
+                f"SELECT {cols} FROM {self.schema}.polls WHERE user_id = $1 ORDER BY created_at, id LIMIT $2",
+                user_id, limit,
+            )
+        return await conn.fetch(
+            f"SELECT {cols} FROM {self.schema}.polls WHERE user_id = $1 AND (created_at, id) > ($2, $3)"
+            " ORDER BY created_at, id LIMIT $4",
+            user_id, after[0], after[1], limit,
+        )
+
+    async def mark_poll_decided(self, conn: asyncpg.Connection, poll_id: str, option_id: str, event_id: str | None, at: datetime) -> None:
+        await conn.execute(
+            f"UPDATE {self.schema}.polls SET status = 'decided', decided_option_id = $2, event_id = $3, decided_at = $4"
+            " WHERE id = $1",
+            poll_id, option_id, event_id, at,
+        )
+
+    async def lock_poll(self, conn: asyncpg.Connection, poll_id: str) -> None:
+        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_NS_POLL, poll_id)
+
+
+# Namespaces of the two-key advisory locks (the one-key space is used by the relay and migrations).
+_LOCK_NS_BOOKING = 0x426B  # "Bk"
+_LOCK_NS_BOOKING_SYNC = 0x4273  # "Bs"
+_LOCK_NS_POLL = 0x506C  # "Pl"
+
+_encoder = msgspec.json.Encoder()
+
+
+def _json(value: Any) -> str | None:
+    if value is None:
+        return None
+    return _encoder.encode(value).decode()
+
+
+def parse_json(value: Any) -> Any:
+    """A jsonb column as Python (asyncpg returns jsonb as text without a codec)."""
+    if value is None or not isinstance(value, str | bytes):
+        return value
+    return msgspec.json.decode(value)
+
+
+def as_date(value: Any) -> date:
+    return value if isinstance(value, date) else date.fromisoformat(str(value))

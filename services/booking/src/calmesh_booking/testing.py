@@ -1,0 +1,296 @@
+"""Test support for the booking service: run it in-process against fakes of connections and sync.
+
+`BookingHarness` starts, in the test's event loop:
+- a NATS server of its own (so its durable consumers share nothing with a platform stack that runs
+  in the same test session),
+- the booking app under uvicorn on a free port, on a schema of its own (migrated here) and reading
+  busy time from a projection table of its own with the columns of docs/contracts.md,
+- `FakeCalendarServices`: connections' ``GET /internal/calendars/{slug}`` and sync's
+  ``POST /internal/events`` / ``DELETE /internal/events/{id}``, which write that projection table as
+  sync would.
+
+Requests go straight to the service with the internal headers the gateway would add.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import tempfile
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import msgspec
+import nats
+import uvicorn
+from litestar import Litestar, Request, Response, delete, get, post
+
+from calmesh_common.devstack.embedded import EmbeddedNats, free_port
+from calmesh_common.ids import event_id_for, new_id
+from calmesh_common.migrations import apply_migrations, package_migrations
+from calmesh_common.service import SECRET_HEADER
+from calmesh_common.settings import Settings
+from calmesh_common.streams import ensure_streams
+
+from .app import create_app
+
+PROJECTION_SQL = """
+CREATE TABLE {table} (
+    event_id            text NOT NULL,
+    user_id             text NOT NULL,
+    connection_id       text NOT NULL,
+    calendar_id         text NOT NULL,
+    uid                 text NOT NULL,
+    recurrence_id       text NOT NULL DEFAULT '',
+    recurring_event_id  text,
+    provider_event_id   text,
+    title               text NOT NULL DEFAULT '',
+    description         text NOT NULL DEFAULT '',
+    location            text NOT NULL DEFAULT '',
+    start_at            timestamptz NOT NULL,
+    end_at              timestamptz NOT NULL,
+    all_day             boolean NOT NULL DEFAULT false,
+    start_date          date,
+    end_date            date,
+    status              text NOT NULL DEFAULT 'confirmed',
+    transparency        text NOT NULL DEFAULT 'busy',
+    updated_at          timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (connection_id, calendar_id, uid, recurrence_id)
+);
+CREATE INDEX ON {table} (connection_id, calendar_id, start_at);
+"""
+
+
+@dataclass
+class FakeCalendar:
+    user_id: str
+    slug: str
+    timezone: str
+    sources: list[dict[str, Any]]
+
+
+@dataclass
+class FakeCalendarServices:
+    """connections' and sync's internal APIs, as far as booking uses them."""
+
+    pool: asyncpg.Pool
+    projection: str
+    calendars: dict[tuple[str, str], FakeCalendar] = field(default_factory=dict)
+    created: list[dict[str, Any]] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    #: Set to make the next event writes fail with this status (a flaky provider).
+    fail_writes: list[int] = field(default_factory=list)
+
+    def add_calendar(self, user_id: str, slug: str, timezone: str = "UTC", *, read_only: bool = False) -> FakeCalendar:
+        conn_id = new_id("conn")
+        cal = FakeCalendar(user_id, slug, timezone, [
+            {"id": new_id("src"), "connection_id": conn_id, "calendar_id": "personal", "name": "Personal",
+             "sort_order": 0, "read_only": read_only},
+        ])
+        self.calendars[(user_id, slug)] = cal
+        return cal
+
+    async def add_event(self, cal: FakeCalendar, start: datetime, end: datetime, *, all_day: bool = False,
+                        start_date: date | None = None, end_date: date | None = None, status: str = "confirmed",
+                        transparency: str = "busy", title: str = "Busy") -> str:
+        src = cal.sources[0]
+        uid = uuid.uuid4().hex
+        eid = event_id_for(src["connection_id"], src["calendar_id"], uid)
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                f"INSERT INTO {self.projection} (event_id, user_id, connection_id, calendar_id, uid, title, start_at,"
+                " end_at, all_day, start_date, end_date, status, transparency)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                eid, cal.user_id, src["connection_id"], src["calendar_id"], uid, title, start, end, all_day,
+                start_date, end_date, status, transparency,
+            )
+        return eid
+
+    def app(self, secret: str) -> Litestar:
+        fake = self
+
+        def check(request: Request[Any, Any, Any]) -> Response[Any] | None:
+            if request.headers.get(SECRET_HEADER) != secret:
+                return Response({"code": "unauthorized"}, status_code=401)
+            return None
+
+        @get("/internal/calendars/{slug:str}")
+        async def calendar(request: Request[Any, Any, Any], slug: str, user_id: str) -> Response[Any]:
+            if (refused := check(request)) is not None:
+                return refused
+            cal = fake.calendars.get((user_id, slug))
+            if cal is None:
+                return Response({"code": "not_found"}, status_code=404)
+            return Response({"slug": cal.slug, "name": cal.slug, "timezone": cal.timezone, "user_id": cal.user_id,
+                             "sources": cal.sources})
+
+        @post("/internal/events", status_code=201)
+        async def create_event(request: Request[Any, Any, Any]) -> Response[Any]:
+            if (refused := check(request)) is not None:
+                return refused
+            if fake.fail_writes:
+                return Response({"code": "provider_error"}, status_code=fake.fail_writes.pop(0))
+            body = msgspec.json.decode(await request.body())
+            uid = uuid.uuid4().hex
+            eid = event_id_for(body["connection_id"], body["calendar_id"], uid)
+            start = datetime.fromisoformat(body["start"].replace("Z", "+00:00"))
+            end = datetime.fromisoformat(body["end"].replace("Z", "+00:00"))
+            async with fake.pool.acquire() as conn:
+                await conn.execute(
+                    f"INSERT INTO {fake.projection} (event_id, user_id, connection_id, calendar_id, uid, title,"
+                    " start_at, end_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    eid, body["user_id"], body["connection_id"], body["calendar_id"], uid, body["title"], start, end,
+                )
+            event = {"id": eid, **body}
+            fake.created.append(event)
+            return Response(event, status_code=201)
+
+        @delete("/internal/events/{event_id:str}", status_code=204)
+        async def delete_event(request: Request[Any, Any, Any], event_id: str, user_id: str) -> None:
+            if check(request) is not None:
+                raise PermissionError("no secret")
+            async with fake.pool.acquire() as conn:
+                await conn.execute(f"DELETE FROM {fake.projection} WHERE event_id = $1 AND user_id = $2",
+                                   event_id, user_id)
+            fake.deleted.append(event_id)
+
+        return Litestar([calendar, create_event, delete_event], debug=False)
+
+
+class Served:
+    """An ASGI app under uvicorn in the running event loop."""
+
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    lifespan="on", access_log=False))
+        self.task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.server.serve())
+        for _ in range(400):
+            if self.server.started:
+                return
+            if self.task.done():
+                self.task.result()
+            await asyncio.sleep(0.025)
+        raise RuntimeError("server did not start")
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self.task is not None:
+            await asyncio.wait_for(self.task, 15)
+
+
+@dataclass
+class BookingHarness:
+    """The booking service with fake neighbours; see the module docstring."""
+
+    database_url: str
+    schema: str = field(default_factory=lambda: f"bk_{uuid.uuid4().hex[:10]}")
+    clock: Callable[[], datetime] | None = None
+    secret: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    session_secret: str = field(default_factory=lambda: secrets.token_urlsafe(16))
+    public_base_url: str = "http://calmesh.test"
+
+    def __post_init__(self) -> None:
+        self.projection = f"{self.schema}_sync.event_instances"
+        self._tmp = tempfile.TemporaryDirectory(prefix="calmesh-booking-test-")
+        self.data_dir = Path(self._tmp.name)
+        self.mail_dir = self.data_dir / "mail"
+        self.nats = EmbeddedNats(self.data_dir / "nats")
+        self.pool: asyncpg.Pool
+        self.fake: FakeCalendarServices
+        self.client: httpx.AsyncClient
+
+    async def start(self) -> BookingHarness:
+        nats_url = await asyncio.to_thread(self.nats.start)
+        nc = await nats.connect(nats_url)
+        try:
+            await ensure_streams(nc.jetstream())
+        finally:
+            await nc.drain()
+        conn = await asyncpg.connect(self.database_url)
+        try:
+            await apply_migrations(conn, self.schema, package_migrations("calmesh_booking"))
+            await conn.execute(f"CREATE SCHEMA {self.schema}_sync")
+            await conn.execute(PROJECTION_SQL.format(table=self.projection))
+        finally:
+            await conn.close()
+        self.pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=5)
+        self.fake = FakeCalendarServices(self.pool, self.projection)
+        self.neighbours = Served(self.fake.app(self.secret))
+        await self.neighbours.start()
+        self.settings = Settings(
+            database_url=self.database_url, nats_url=nats_url, data_dir=str(self.data_dir), service_name="booking",
+            internal_secret=self.secret, session_secret=self.session_secret, public_base_url=self.public_base_url,
+            service_urls={"connections": self.neighbours.url, "sync": self.neighbours.url},
+            db_pool_max=20, log_level="warning",
+        )
+        self.app = create_app(self.settings, schema=self.schema, projection=self.projection, clock=self.clock)
+        self.service = Served(self.app)
+        await self.service.start()
+        self.client = httpx.AsyncClient(base_url=self.service.url, headers={SECRET_HEADER: self.secret}, timeout=60)
+        return self
+
+    async def stop(self) -> None:
+        await self.client.aclose()
+        # Close (not drain) the service's NATS connection first: a drain waits up to 30 s for pull
+        # subscriptions whose fetch was cancelled mid-flight, and a test has nothing left to flush.
+        deps = self.app.state.deps
+        if deps.nc is not None and deps.nc.is_connected:
+            await deps.nc.close()
+        await self.service.stop()
+        await self.neighbours.stop()
+        await self.pool.close()
+        await asyncio.to_thread(self.nats.stop)
+        self._tmp.cleanup()
+
+    async def new_user(self, *, scope: str = "full", timezone: str = "Europe/Amsterdam", email: bool = True) -> User:
+        """A user as the gateway would announce them, with one unified calendar."""
+        user_id = new_id("usr")
+        handle = f"u{uuid.uuid4().hex[:10]}"
+        async with self.pool.acquire() as conn:
+            await conn.execute(
+                f"INSERT INTO {self.schema}.users (user_id, handle, email, name, timezone) VALUES ($1, $2, $3, $4, $5)",
+                user_id, handle, f"{handle}@example.com" if email else None, f"Owner {handle}", timezone,
+            )
+        cal = self.fake.add_calendar(user_id, "work", timezone)
+        return User(user_id, handle, scope, timezone, cal)
+
+
+@dataclass
+class User:
+    user_id: str
+    handle: str
+    scope: str
+    timezone: str
+    calendar: FakeCalendar
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The identity headers the gateway adds for this user."""
+        return {
+            "x-calmesh-user-id": self.user_id,
+            "x-calmesh-auth": "session" if self.scope == "full" else "key",
+            "x-calmesh-scope": self.scope,
+            "x-calmesh-user-handle": self.handle,
+            "x-calmesh-user-timezone": self.timezone,
+        }
+
+    def with_scope(self, scope: str) -> User:
+        return User(self.user_id, self.handle, scope, self.timezone, self.calendar)
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
