@@ -891,7 +891,7 @@ async def decide(ctx: BookingContext, caller: Caller, poll_id: str, option_id: s
         if poll["calendar_slug"]:
             votes = await ctx.store.poll_votes(conn, poll_id)
             attendees = sorted({v["email"] for v in votes if v["email"]
-                                and parse_json(v["choices"]).get(option_id) in ("yes", "maybe")})
+                                and parse_json(v["choices"]).get(option_id) in ("yes", "maybe")}, key=str.lower)
             event_id = await _write_poll_event(ctx, caller, poll, option, attendees)
         now = ctx.clock()
         await ctx.store.mark_poll_decided(conn, poll_id, option_id, event_id, now)
