@@ -1,0 +1,266 @@
+"""Billing against a local fake of Mollie (tests/fakes/mollie.py): subscribe, the first payment
+paid, recurring payments, a failed one and its grace period, cancel, repeated and forged notices.
+
+The billing service runs in-process (uvicorn on a free port) on a schema of its own; Mollie's
+notices go straight to it, with the internal secret the gateway would add."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+import uvicorn
+
+from calmesh_common.devstack.embedded import free_port
+from calmesh_common.migrations import apply_migrations, package_migrations
+from calmesh_common.settings import Settings
+from calmesh_billing.app import create_app
+
+_spec = importlib.util.spec_from_file_location("calmesh_test_fake_mollie", Path(__file__).parent / "fakes" / "mollie.py")
+assert _spec and _spec.loader
+fake_mollie = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
+_spec.loader.exec_module(fake_mollie)
+FakeMollie = fake_mollie.FakeMollie
+
+SECRET = "test-internal-secret"
+
+
+@dataclass
+class Served:
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+    url: str
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await self.task
+
+
+async def serve(app: Any, port: int | None = None) -> Served:
+    port = port or free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve())
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("the server stopped during start-up")
+        if time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        await asyncio.sleep(0.02)
+    return Served(server, task, f"http://127.0.0.1:{port}")
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("the condition did not hold in time")
+        await asyncio.sleep(0.05)
+
+
+@dataclass
+class Billing:
+    api: httpx.AsyncClient
+    url: str
+    mollie: Any
+    pool: asyncpg.Pool
+    schema: str
+    app: Any
+
+    def headers(self, user_id: str) -> dict[str, str]:
+        return {"x-calmesh-internal-secret": SECRET, "x-calmesh-user-id": user_id, "x-calmesh-auth": "session",
+                "x-calmesh-scope": "full", "x-calmesh-user-handle": "ada"}
+
+    async def status(self, user_id: str) -> dict[str, Any]:
+        r = await self.api.get("/api/v1/billing", headers=self.headers(user_id))
+        assert r.status_code == 200, r.text
+        return r.json()  # type: ignore[no-any-return]
+
+    async def subscribe(self, user_id: str) -> str:
+        """Subscribe; returns the first payment's id (from the checkout URL)."""
+        r = await self.api.post("/api/v1/billing/subscribe", headers=self.headers(user_id),
+                                json={"plan": "pro", "redirect_url": "https://app.example/billing/done"})
+        assert r.status_code == 201, r.text
+        return r.json()["checkout_url"].rsplit("/", 1)[1]  # type: ignore[no-any-return]
+
+    async def events(self, user_id: str) -> list[str]:
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(f"SELECT type FROM {self.schema}.events WHERE stream_id = $1 ORDER BY version",
+                                    f"billing-{user_id}")
+        return [r["type"] for r in rows]
+
+    def set_clock(self, now: datetime) -> None:
+        self.app.state.deps.extras["billing"].clock = lambda: now
+
+
+@pytest.fixture
+async def billing(migrated: str, nats_server_url: str, unique: str) -> AsyncIterator[Billing]:
+    schema = f"billing_{unique}"
+    conn = await asyncpg.connect(migrated)
+    try:
+        await apply_migrations(conn, schema, package_migrations("calmesh_billing"))
+    finally:
+        await conn.close()
+    mollie = FakeMollie(webhook_headers={"x-calmesh-internal-secret": SECRET})
+    mollie_served = await serve(mollie)
+    mollie.base_url = mollie_served.url
+    port = free_port()
+    settings = Settings(
+        database_url=migrated,
+        nats_url=nats_server_url,
+        internal_secret=SECRET,
+        mollie_api_base=mollie_served.url + "/v2",
+        mollie_api_key=mollie.api_key,
+        mollie_webhook_url=f"http://127.0.0.1:{port}/api/v1/billing/mollie/webhook",
+        billing_grace_period_seconds=1.0,
+        billing_sweep_interval_seconds=0.2,
+        log_level="warning",
+    )
+    app = create_app(settings, schema=schema)
+    served = await serve(app, port)
+    pool = await asyncpg.create_pool(migrated, min_size=1, max_size=3)
+    api = httpx.AsyncClient(base_url=served.url, timeout=30)
+    try:
+        yield Billing(api, served.url, mollie, pool, schema, app)
+    finally:
+        await api.aclose()
+        await served.stop()
+        await mollie_served.stop()
+        await pool.close()
+
+
+def user() -> str:
+    return f"usr_{uuid.uuid4().hex[:20]}"
+
+
+def parse(instant: str) -> datetime:
+    return datetime.fromisoformat(instant.replace("Z", "+00:00"))
+
+
+async def test_subscribe_pay_renew_fail_grace_and_back_to_free(billing: Billing) -> None:
+    owner = user()
+    start = await billing.status(owner)
+    assert start == {"plan": "free", "status": "none", "current_period_end": None,
+                     "limits": {"connections": 3, "booking_pages": 2, "api_requests_per_day": 10_000},
+                     "usage": {"connections": 0, "booking_pages": 0, "api_requests_today": None}}
+
+    payment_id = await billing.subscribe(owner)
+    payment = billing.mollie.payments[payment_id]
+    assert payment["sequenceType"] == "first" and payment["status"] == "open"
+    assert payment["customerId"] in billing.mollie.customers
+    assert (await billing.status(owner))["status"] == "pending"
+    assert (await billing.status(owner))["plan"] == "free"
+
+    # The customer pays; Mollie notifies; billing fetches, creates the monthly subscription.
+    assert await billing.mollie.complete_checkout(payment_id, "paid") == 200
+    paid = await billing.status(owner)
+    assert paid["plan"] == "pro" and paid["status"] == "active"
+    assert paid["limits"] == {"connections": 50, "booking_pages": 100, "api_requests_per_day": 1_000_000}
+    first_end = parse(paid["current_period_end"])
+    assert timedelta(days=27) < first_end - datetime.now(UTC) < timedelta(days=32)
+    [subscription] = billing.mollie.active_subscriptions(payment["customerId"])
+    assert subscription["interval"] == "1 month" and subscription["amount"] == {"currency": "EUR", "value": "9.00"}
+
+    # Mollie calls again, twice at once: applied once, no second subscription.
+    events_before = await billing.events(owner)
+    assert await asyncio.gather(billing.mollie.notify(payment_id), billing.mollie.notify(payment_id)) == [200, 200]
+    assert await billing.events(owner) == events_before
+    assert len(billing.mollie.active_subscriptions(payment["customerId"])) == 1
+    assert sum(1 for c in billing.mollie.calls if c == ("POST", f"/v2/customers/{payment['customerId']}/subscriptions")) == 1
+
+    # A recurring payment extends the period by a month.
+    renewal, code = await billing.mollie.charge(subscription["id"], "paid")
+    assert code == 200
+    renewed = await billing.status(owner)
+    assert renewed["status"] == "active"
+    assert timedelta(days=27) < parse(renewed["current_period_end"]) - first_end < timedelta(days=32)
+    assert await billing.mollie.notify(renewal) == 200
+    assert (await billing.status(owner))["current_period_end"] == renewed["current_period_end"]
+
+    # A failed one: past due, still pro; after the grace period, free and the subscription ended.
+    _failed, code = await billing.mollie.charge(subscription["id"], "failed")
+    assert code == 200
+    past_due = await billing.status(owner)
+    assert past_due["plan"] == "pro" and past_due["status"] == "past_due"
+    ended = await eventually(lambda: _free(billing, owner), timeout=5)
+    assert ended["status"] == "canceled" and ended["limits"]["connections"] == 3
+    assert billing.mollie.subscriptions[subscription["id"]]["status"] == "canceled"
+
+    assert await billing.events(owner) == [
+        "checkout.started.v1", "plan.changed.v1",
+        "paid_subscription.activated.v1", "plan.changed.v1",
+        "recurring_payment.received.v1", "plan.changed.v1",
+        "recurring_payment.failed.v1", "plan.changed.v1",
+        "paid_subscription.ended.v1", "plan.changed.v1",
+    ]
+
+
+async def _free(billing: Billing, owner: str) -> dict[str, Any] | None:
+    status = await billing.status(owner)
+    return status if status["plan"] == "free" else None
+
+
+async def test_cancel_keeps_pro_until_the_period_ends(billing: Billing) -> None:
+    owner = user()
+    payment_id = await billing.subscribe(owner)
+    assert await billing.mollie.complete_checkout(payment_id, "paid") == 200
+    active = await billing.status(owner)
+    customer = billing.mollie.payments[payment_id]["customerId"]
+    [subscription] = billing.mollie.active_subscriptions(customer)
+
+    r = await billing.api.post("/api/v1/billing/cancel", headers=billing.headers(owner))
+    assert r.status_code == 200, r.text
+    assert r.json()["plan"] == "pro" and r.json()["status"] == "canceled"
+    assert r.json()["current_period_end"] == active["current_period_end"]
+    assert billing.mollie.subscriptions[subscription["id"]]["status"] == "canceled"
+    again = await billing.api.post("/api/v1/billing/cancel", headers=billing.headers(owner))
+    assert again.status_code == 200 and again.json() == r.json()
+
+    await asyncio.sleep(0.5)  # sweeps run: the period has not ended
+    assert (await billing.status(owner))["plan"] == "pro"
+    billing.set_clock(parse(active["current_period_end"]) + timedelta(seconds=1))
+    ended = await eventually(lambda: _free(billing, owner), timeout=5)
+    assert ended["status"] == "canceled" and ended["current_period_end"] is None
+
+
+async def test_unpaid_checkouts_and_forged_notices_change_nothing(billing: Billing) -> None:
+    owner = user()
+    payment_id = await billing.subscribe(owner)
+    assert await billing.mollie.complete_checkout(payment_id, "expired") == 200
+    assert (await billing.status(owner))["status"] == "none"
+    assert billing.mollie.subscriptions == {}
+
+    events_before = await billing.events(owner)
+    status_before = await billing.status(owner)
+    for forged in ("tr_forged123", "not-a-payment", payment_id + "x", ""):
+        r = await billing.api.post("/api/v1/billing/mollie/webhook", data={"id": forged},
+                                   headers={"x-calmesh-internal-secret": SECRET})
+        assert r.status_code == 200, r.text
+        assert r.content == b""
+    assert await billing.events(owner) == events_before
+    assert await billing.status(owner) == status_before
+    # A forged id was asked of Mollie (404 there) and nothing followed.
+    assert ("GET", "/v2/payments/tr_forged123") in billing.mollie.calls
+
+    # Cancelling with nothing to cancel, subscribing to an unknown plan: named problems.
+    r = await billing.api.post("/api/v1/billing/cancel", headers=billing.headers(owner))
+    assert r.status_code == 409 and r.json()["code"] == "no_active_subscription"
+    r = await billing.api.post("/api/v1/billing/subscribe", headers=billing.headers(owner),
+                               json={"plan": "gold", "redirect_url": "https://app.example/"})
+    assert r.status_code == 422 and r.json()["code"] == "unknown_plan"
