@@ -7,10 +7,15 @@ Its own schema holds nothing but Idempotency-Keys of event-creating POSTs.
 
 from __future__ import annotations
 
+import socket
+
+import uvicorn
 from litestar import Litestar
 
-from calmesh_common.service import SECRET_HEADER, ServiceDeps, create_service_app, run_service
+from calmesh_common.logging import setup_logging
+from calmesh_common.service import SECRET_HEADER, ServiceDeps, create_service_app
 from calmesh_common.settings import Settings
+from calmesh_common.tracing import setup_tracing
 
 from .api import CalendarRoutes
 from .calendars import CalendarDirectory, http_fetcher
@@ -49,8 +54,37 @@ def create_app(settings: Settings) -> Litestar:
     )
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The service's socket, bound with SO_REUSEPORT: more replicas started on the same host and port
+    share its connections (the kernel spreads them), so scaling out on one machine needs no proxy."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if hasattr(socket, "SO_REUSEPORT"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
 def main() -> None:
-    run_service(NAME, create_app)
+    """``calmesh-availability``: like every service's entry point (calmesh_common.service.run_service),
+    but on a port that several replicas may share."""
+    settings = Settings.from_env(service_name=NAME)
+    setup_logging(NAME, settings.log_level, settings.log_json)
+    setup_tracing(NAME, console=settings.otel_console)
+    settings.require("database_url", "internal_secret")
+    sock = listening_socket(settings.host, settings.port)
+    config = uvicorn.Config(
+        create_app(settings),
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 if __name__ == "__main__":
