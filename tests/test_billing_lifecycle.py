@@ -22,8 +22,12 @@ import httpx
 import pytest
 import uvicorn
 
+from litestar import post
+
 from calmesh_common.devstack.embedded import free_port
-from calmesh_common.migrations import apply_migrations, package_migrations
+from calmesh_common.migrations import Migration, apply_migrations, common_migrations, package_migrations
+from calmesh_common.plans import USER_PLANS_SQL, enforce_limit, plan_consumer
+from calmesh_common.service import Caller, ServiceDeps, create_service_app
 from calmesh_common.settings import Settings
 from calmesh_billing.app import create_app
 
@@ -264,3 +268,69 @@ async def test_unpaid_checkouts_and_forged_notices_change_nothing(billing: Billi
     r = await billing.api.post("/api/v1/billing/subscribe", headers=billing.headers(owner),
                                json={"plan": "gold", "redirect_url": "https://app.example/"})
     assert r.status_code == 422 and r.json()["code"] == "unknown_plan"
+
+
+# --- plan limits: the calmesh_common.plans mechanism in a small service -----------------------------
+
+
+def widget_app(settings: Settings, schema: str) -> Any:
+    """A service wired as plans.py tells owners to: the plan consumer, and enforce_limit in the
+    transaction that creates. Its "widgets" stand for booking pages."""
+    @post("/api/v1/widgets", status_code=201)
+    async def create_widget(deps: ServiceDeps, caller: Caller) -> dict[str, str]:
+        async with deps.pool.acquire() as conn, conn.transaction():  # type: ignore[union-attr]
+            await enforce_limit(
+                conn, schema=schema, user_id=caller.user_id, limit="booking_pages", settings=deps.settings,
+                used=lambda c: c.fetchval(f"SELECT count(*) FROM {schema}.widgets WHERE user_id = $1", caller.user_id),
+            )
+            widget_id = f"wdg_{uuid.uuid4().hex[:12]}"
+            await conn.execute(f"INSERT INTO {schema}.widgets (id, user_id) VALUES ($1, $2)", widget_id, caller.user_id)
+        return {"id": widget_id}
+
+    return create_service_app(settings, name="widgets", schema=schema, route_handlers=[create_widget],
+                              consumers=[plan_consumer(schema, consumer_name=schema)])
+
+
+async def test_plan_limits_refuse_with_402_and_an_upgrade_lifts_them_at_once(
+    billing: Billing, migrated: str, nats_server_url: str, unique: str
+) -> None:
+    schema = f"widgets_{unique}"
+    conn = await asyncpg.connect(migrated)
+    try:
+        await apply_migrations(conn, schema, common_migrations() + [
+            Migration("widgets/0001_user_plans", USER_PLANS_SQL),
+            Migration("widgets/0002_widgets", "CREATE TABLE {schema}.widgets (id text PRIMARY KEY, user_id text NOT NULL);"),
+        ])
+    finally:
+        await conn.close()
+    settings = Settings(database_url=migrated, nats_url=nats_server_url, internal_secret=SECRET, log_level="warning")
+    served = await serve(widget_app(settings, schema))
+    try:
+        async with httpx.AsyncClient(base_url=served.url, timeout=30) as widgets:
+            owner = user()
+            h = billing.headers(owner)
+            assert [(await widgets.post("/api/v1/widgets", headers=h)).status_code for _ in range(2)] == [201, 201]
+            refused = await widgets.post("/api/v1/widgets", headers=h)
+            assert refused.status_code == 402
+            assert refused.headers["content-type"].startswith("application/problem+json")
+            problem = refused.json()
+            assert problem["code"] == "plan_limit_reached" and problem["limit"] == "booking_pages"
+            assert problem["plan"] == "free" and problem["allowed"] == 2 and "booking pages" in problem["detail"]
+
+            # Concurrent creations of another user cannot overshoot the limit.
+            racer = billing.headers(user())
+            codes = await asyncio.gather(*(widgets.post("/api/v1/widgets", headers=racer) for _ in range(5)))
+            assert sorted(r.status_code for r in codes) == [201, 201, 402, 402, 402]
+
+            # Upgrade through billing and Mollie: the limit lifts as soon as plan.changed arrives.
+            payment_id = await billing.subscribe(owner)
+            assert await billing.mollie.complete_checkout(payment_id, "paid") == 200
+            paid_at = time.monotonic()
+
+            async def created() -> bool:
+                return (await widgets.post("/api/v1/widgets", headers=h)).status_code == 201
+
+            await eventually(created, timeout=5)
+            assert time.monotonic() - paid_at < 3
+    finally:
+        await served.stop()
