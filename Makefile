@@ -8,7 +8,7 @@ VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.calmesh-installed
 
-.PHONY: up test install lock bench clean-data help
+.PHONY: up test install lock bench clean-data help chromium
 
 help:
 	@echo "make up      - run the platform (embedded PostgreSQL and NATS) on 127.0.0.1:$${CALMESH_HTTP_PORT:-8080}"
@@ -30,7 +30,18 @@ install: $(STAMP)
 up: install
 	$(VENV)/bin/calmesh-up
 
-test: install
+# The browser tests drive Debian's Chromium (Playwright's own browser download cannot work here).
+# Installed only when it is missing; CI runs as root on Debian.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+
+chromium: $(CHROMIUM)
+
+test: install $(CHROMIUM)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install

@@ -231,6 +231,10 @@ if (window.parent !== window) {
   };
   if (window.ResizeObserver) new ResizeObserver(post).observe(document.documentElement);
   window.addEventListener("load", post); post();
+  // In a popup, Escape inside the frame closes it too (the host page never sees keys typed here).
+  document.addEventListener("keydown", function(e){
+    if (e.key === "Escape") window.parent.postMessage({type: "calmesh:close", slug: cfg.slug, handle: cfg.handle}, "*");
+  });
 }
 
 load(ymd(new Date(), state.tz));
@@ -436,6 +440,7 @@ EMBED_JS = r"""/* CalMesh embed: <div data-calmesh-handle="you" data-calmesh-slu
         x.addEventListener("click", close);
         frame = frameFor(el, "Book a time");
         frame.removeAttribute("loading");
+        frame.calmeshClose = close;
         dialog.appendChild(x);
         dialog.appendChild(frame);
         overlay.appendChild(dialog);
@@ -450,11 +455,14 @@ EMBED_JS = r"""/* CalMesh embed: <div data-calmesh-handle="you" data-calmesh-slu
   }
 
   window.addEventListener("message", function (e) {
-    if (e.origin !== origin || !e.data || e.data.type !== "calmesh:resize") return;
+    if (e.origin !== origin || !e.data) return;
     for (var i = 0; i < frames.length; i++) {
-      if (frames[i].contentWindow === e.source) {
+      if (frames[i].contentWindow !== e.source) continue;
+      if (e.data.type === "calmesh:resize") {
         var h = Math.max(200, Math.min(4000, Number(e.data.height) || 0));
         frames[i].style.height = h + "px";
+      } else if (e.data.type === "calmesh:close" && frames[i].calmeshClose) {
+        frames[i].calmeshClose();
       }
     }
   });

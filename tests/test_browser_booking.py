@@ -1,0 +1,195 @@
+"""A real browser (Playwright driving Debian's Chromium) books through the public page, and through
+a host page that uses /embed.js inline and as a popup. Screenshots go to $CALMESH_TEST_ARTIFACTS."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar import Litestar, Response, get
+from playwright.async_api import Browser, Frame, FrameLocator, Page, async_playwright, expect
+
+from calmesh_booking.testing import BookingHarness, Served, User
+
+pytestmark = pytest.mark.timeout(180)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+ALL_WEEK = {d: [["08:00", "20:00"]] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
+
+
+def artifacts() -> Path:
+    path = Path(os.environ.get("CALMESH_TEST_ARTIFACTS", "test-artifacts")) / "browser"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass
+class Site:
+    """Where the booking page lives and whose it is."""
+
+    base_url: str
+    owner: User
+    harness: BookingHarness
+
+
+@pytest.fixture(scope="module")
+async def site(database_url: str) -> AsyncIterator[Site]:
+    harness = await BookingHarness(database_url).start()
+    owner = await harness.new_user(timezone="Europe/Amsterdam")
+    r = await harness.client.post("/api/v1/booking-pages", headers=owner.headers, json={
+        "slug": "intro", "calendar_slug": "work", "title": "Intro call", "duration_minutes": 30,
+        "timezone": "Europe/Amsterdam", "weekly_hours": ALL_WEEK, "min_notice_minutes": 60,
+        "description": "Thirty minutes to get to know each other."})
+    assert r.status_code == 201, r.text
+    yield Site(harness.service.url, owner, harness)
+    await harness.stop()
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        await b.close()
+
+
+async def new_page(browser: Browser, site: Site, **options: Any) -> Page:
+    # Straight to the service, the browser carries the header the gateway would add.
+    context = await browser.new_context(
+        extra_http_headers={"x-calmesh-internal-secret": site.harness.secret}, **options)
+    return await context.new_page()
+
+
+async def book_in(scope: Page | Frame | FrameLocator, *, name: str, email: str, keyboard_page: Page | None = None) -> str:
+    """Pick the first day with times, its first time, fill the form, confirm; returns the time text."""
+    day = scope.locator("#days button:not([disabled])").first
+    await expect(day).to_be_visible(timeout=15_000)
+    if keyboard_page is not None:
+        await day.focus()
+        await keyboard_page.keyboard.press("Enter")
+    else:
+        await day.click()
+    slot = scope.locator("#slots button").first
+    await expect(slot).to_be_visible()
+    chosen = await slot.get_attribute("aria-label") or ""
+    if keyboard_page is not None:
+        await slot.focus()
+        await keyboard_page.keyboard.press("Enter")
+        await expect(scope.locator("#name")).to_be_focused()
+        await keyboard_page.keyboard.type(name)
+        await keyboard_page.keyboard.press("Tab")
+        await keyboard_page.keyboard.type(email)
+        await scope.locator("#book-btn").focus()
+        await keyboard_page.keyboard.press("Enter")
+    else:
+        await slot.click()
+        await scope.get_by_label("Name").fill(name)
+        await scope.get_by_label("Email").fill(email)
+        await scope.get_by_role("button", name="Confirm booking").click()
+    done = scope.locator("#step-done")
+    await expect(done).to_be_visible(timeout=15_000)
+    await expect(scope.locator("#done-email")).to_have_text(email)
+    await expect(scope.locator("#status")).to_contain_text("Booked")
+    return chosen
+
+
+async def bookings_of(site: Site) -> list[dict[str, Any]]:
+    r = await site.harness.client.get("/api/v1/bookings", headers=site.owner.headers)
+    return r.json()["data"]
+
+
+async def test_public_page_books_a_slot_by_keyboard(browser: Browser, site: Site) -> None:
+    page = await new_page(browser, site, timezone_id="America/New_York", viewport={"width": 390, "height": 844})
+    await page.goto(f"{site.base_url}/{site.owner.handle}/intro")
+    await expect(page.get_by_role("heading", name="Intro call")).to_be_visible()
+    await expect(page.get_by_role("main")).to_be_visible()
+    # The visitor's timezone is detected, and can be changed.
+    await expect(page.get_by_label("Your time zone")).to_have_value("America/New_York")
+    await page.screenshot(path=str(artifacts() / "page-days.png"), full_page=True)
+
+    chosen = await book_in(page, name="Kim Keyboard", email="kim@example.org", keyboard_page=page)
+    await expect(page.locator("#done-heading")).to_be_focused()
+    cancel_href = await page.locator("#cancel-link").get_attribute("href")
+    assert cancel_href and "?booking=bk_" in cancel_href and "&sig=" in cancel_href
+    await page.screenshot(path=str(artifacts() / "page-confirmed.png"), full_page=True)
+
+    mine = [b for b in await bookings_of(site) if b["email"] == "kim@example.org"]
+    assert len(mine) == 1 and mine[0]["status"] == "confirmed" and mine[0]["timezone"] == "America/New_York"
+    assert "EST" in chosen or "New York" in chosen or "GMT-5" in chosen
+
+    # The cancel link opens a page that asks first, then cancels.
+    await page.goto(f"{site.base_url}{cancel_href}")
+    await page.get_by_role("button", name="Cancel booking").click()
+    await expect(page.locator("#status")).to_contain_text("cancelled")
+    await page.screenshot(path=str(artifacts() / "page-cancelled.png"), full_page=True)
+    mine = [b for b in await bookings_of(site) if b["email"] == "kim@example.org"]
+    assert mine[0]["status"] == "cancelled" and mine[0]["cancelled_by"] == "visitor"
+    await page.context.close()
+
+
+def host_page(base_url: str, handle: str, mode: str) -> str:
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Host site</title></head>
+<body><h1>Acme consulting</h1><p>Book a call below.</p>
+<div data-calmesh-handle="{handle}" data-calmesh-slug="intro" data-mode="{mode}" data-color="#f97316"></div>
+<script src="{base_url}/embed.js" defer></script></body></html>"""
+
+
+@pytest.fixture(scope="module")
+async def host(site: Site) -> AsyncIterator[str]:
+    """Another origin serving pages that embed the booking page."""
+
+    @get("/{mode:str}")
+    async def page(mode: str) -> Response[str]:
+        return Response(host_page(site.base_url, site.owner.handle, mode), media_type="text/html")
+
+    served = Served(Litestar([page]))
+    await served.start()
+    yield served.url
+    await served.stop()
+
+
+async def test_embed_inline_books_and_fits_its_content(browser: Browser, site: Site, host: str) -> None:
+    page = await new_page(browser, site, timezone_id="Europe/Amsterdam")
+    await page.goto(f"{host}/inline")
+    iframe = page.locator("iframe")
+    await expect(iframe).to_have_count(1)
+    frame = page.frame_locator("iframe")
+    await expect(frame.locator("#days button:not([disabled])").first).to_be_visible(timeout=15_000)
+    # The iframe takes the height the page posts (not the 640px it starts with).
+    await expect(iframe).not_to_have_attribute("style", "640px", timeout=1)
+    await page.wait_for_function("document.querySelector('iframe').style.height !== '640px'")
+    await book_in(frame, name="Ines Inline", email="ines@example.org")
+    content_height = await frame.locator("html").evaluate("e => Math.ceil(e.getBoundingClientRect().height)")
+    await page.wait_for_function(
+        "h => Math.abs(parseInt(document.querySelector('iframe').style.height) - h) <= 2", arg=content_height)
+    await page.screenshot(path=str(artifacts() / "embed-inline-confirmed.png"), full_page=True)
+    assert [b["status"] for b in await bookings_of(site) if b["email"] == "ines@example.org"] == ["confirmed"]
+    await page.context.close()
+
+
+async def test_embed_popup_opens_a_modal_that_books(browser: Browser, site: Site, host: str) -> None:
+    page = await new_page(browser, site, timezone_id="Asia/Tokyo")
+    await page.goto(f"{host}/popup")
+    button = page.get_by_role("button", name="Book a time")
+    await expect(button).to_be_visible()
+    assert await button.evaluate("b => getComputedStyle(b).backgroundColor") == "rgb(249, 115, 22)"
+    await expect(page.get_by_role("dialog")).to_have_count(0)
+    await button.click()
+    dialog = page.get_by_role("dialog", name="Book a time")
+    await expect(dialog).to_be_visible()
+    await page.screenshot(path=str(artifacts() / "embed-popup-open.png"))
+    frame = page.frame_locator("[role=dialog] iframe")
+    await expect(frame.get_by_label("Your time zone")).to_have_value("Asia/Tokyo")
+    await book_in(frame, name="Pat Popup", email="pat@example.org")
+    await page.screenshot(path=str(artifacts() / "embed-popup-confirmed.png"))
+    await page.keyboard.press("Escape")
+    await expect(dialog).to_be_hidden()
+    await expect(button).to_be_focused()
+    assert [b["status"] for b in await bookings_of(site) if b["email"] == "pat@example.org"] == ["confirmed"]
+    await page.context.close()
