@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import re
+import time as _time
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -184,6 +185,11 @@ def utc_text(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def epoch_text(ts: int) -> str:
+    """Epoch seconds as RFC 3339 in UTC (what `utc_text` gives for the same instant)."""
+    return _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime(ts))
+
+
 def parse_instant(value: str) -> datetime:
     """An RFC 3339 instant with an offset (or Z); ValueError for anything else."""
     text = value.strip()
@@ -267,14 +273,15 @@ def busy_query_range(rules: SlotRules, window_start: datetime, window_end: datet
 # --- slots -------------------------------------------------------------------------------------
 
 
-def compute_slots(
+def compute_slot_spans(
     rules: SlotRules,
     window_start: datetime,
     window_end: datetime,
     now: datetime,
     busy: BusyTime | Iterable[Interval],
-) -> list[Interval]:
-    """The slots [start, end) that start in [window_start, window_end) and are offered at `now`.
+) -> list[tuple[int, int]]:
+    """The slots that start in [window_start, window_end) and are offered at `now`, as epoch-second
+    spans [start, end).
 
     A slot is offered when it lies inside one day's hours in the page's timezone, starts at least
     `min_notice` after `now` and before `now + max_days_ahead` days, and
@@ -282,29 +289,56 @@ def compute_slots(
     """
     if not isinstance(busy, BusyTime):
         busy = BusyTime(busy)
-    earliest = max(window_start, now + rules.min_notice)
-    latest = min(window_end, now + timedelta(days=rules.max_days_ahead))
-    if latest <= earliest:
+    earliest_dt = max(window_start, now + rules.min_notice)
+    latest_dt = min(window_end, now + timedelta(days=rules.max_days_ahead))
+    if latest_dt <= earliest_dt:
         return []
     tz = rules.timezone
-    first = earliest.astimezone(tz).date()
-    last = (latest - timedelta(microseconds=1)).astimezone(tz).date()
-    duration, step = rules.duration, rules.interval
-    before, after = rules.buffer_before, rules.buffer_after
-    slots: list[Interval] = []
-    for open_at, close_at in working_intervals(rules, first, last):
+    first = earliest_dt.astimezone(tz).date()
+    last = (latest_dt - timedelta(microseconds=1)).astimezone(tz).date()
+    earliest, latest = _ceil_epoch(earliest_dt), _ceil_epoch(latest_dt)
+    duration = int(rules.duration.total_seconds())
+    step = int(rules.interval.total_seconds())
+    before = int(rules.buffer_before.total_seconds())
+    after = int(rules.buffer_after.total_seconds())
+    starts, ends = busy._starts, busy._ends
+    n, i = len(starts), 0
+    slots: list[tuple[int, int]] = []
+    append = slots.append
+    # Working intervals come in time order and candidates only move forward, so one pointer
+    # into the merged busy spans serves the whole sweep.
+    for open_dt, close_dt in working_intervals(rules, first, last):
+        open_at, close_at = _epoch(open_dt), _epoch(close_dt)
         if close_at <= earliest or open_at >= latest:
             continue
         t = open_at
         if t < earliest:
-            # Jump to the first aligned candidate at or after `earliest`.
-            steps = -((open_at - earliest) // step)
-            t = open_at + steps * step
+            t = open_at + -((open_at - earliest) // step) * step  # first aligned start >= earliest
         while t + duration <= close_at and t < latest:
-            if not busy.overlaps(t - before, t + duration + after):
-                slots.append((t, t + duration))
+            lo, hi = t - before, t + duration + after
+            while i < n and ends[i] <= lo:
+                i += 1
+            if i >= n or starts[i] >= hi:
+                append((t, t + duration))
             t += step
     return slots
+
+
+def _ceil_epoch(dt: datetime) -> int:
+    ts = dt.timestamp()
+    whole = int(ts)
+    return whole if whole == ts else whole + 1
+
+
+def compute_slots(
+    rules: SlotRules,
+    window_start: datetime,
+    window_end: datetime,
+    now: datetime,
+    busy: BusyTime | Iterable[Interval],
+) -> list[Interval]:
+    """`compute_slot_spans` as datetime intervals."""
+    return [(_from_epoch(s), _from_epoch(e)) for s, e in compute_slot_spans(rules, window_start, window_end, now, busy)]
 
 
 def is_offered(rules: SlotRules, start: datetime, now: datetime, busy: BusyTime | Iterable[Interval]) -> bool:

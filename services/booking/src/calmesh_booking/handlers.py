@@ -67,10 +67,21 @@ class BookingContext:
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
     #: Enforces a plan limit inside the creating transaction (calmesh_common.plans), if wired.
     enforce_page_limit: Callable[[asyncpg.Connection, Caller, int], Awaitable[None]] | None = None
+    _rules: dict[tuple[str, datetime], SlotRules] = field(default_factory=dict, repr=False)
 
     @property
     def link_secret(self) -> bytes:
         return link_secret(self.settings)
+
+    def rules(self, page: asyncpg.Record) -> SlotRules:
+        """The slot rules of a stored page, parsed once per page version."""
+        key = (page["id"], page["updated_at"])
+        found = self._rules.get(key)
+        if found is None:
+            if len(self._rules) > 10_000:
+                self._rules.clear()
+            found = self._rules[key] = rules_of(page)
+        return found
 
     def public_url(self, *parts: str) -> str:
         return "/".join([self.settings.public_base_url.rstrip("/"), *parts])
@@ -430,24 +441,25 @@ async def slots(
     async with ctx.pool.acquire() as conn:
         page = await _public_page(ctx, conn, handle, slug, caller)
         visitor_tz = _zone_param(tz, page["timezone"])
-        rules = rules_of(page)
+        rules = ctx.rules(page)
         calendar = await calendar_of_page(ctx, page)
         now = ctx.clock()
         window_start, window_end = domain.day_window(first, last, visitor_tz)
         # Only busy time that can touch an offerable slot is read.
         lo = max(window_start, now + rules.min_notice)
         hi = min(window_end, now + timedelta(days=rules.max_days_ahead))
-        found: list[tuple[datetime, datetime]] = []
+        found: list[tuple[int, int]] = []
         if hi > lo:
             q_lo, q_hi = domain.busy_query_range(rules, lo, hi)
             spans = await ctx.store.busy_spans(
                 conn, user_id=page["user_id"], sources=calendar.source_keys, calendar_tz=calendar.tz,
                 start=q_lo, end=q_hi,
             )
-            found = domain.compute_slots(rules, window_start, window_end, now, BusyTime(spans=spans))
+            found = domain.compute_slot_spans(rules, window_start, window_end, now, BusyTime(spans=spans))
+    text = domain.epoch_text
     return {
         "timezone": visitor_tz.key,
-        "slots": [{"start": utc_text(s), "end": utc_text(e)} for s, e in found],
+        "slots": [{"start": text(s), "end": text(e)} for s, e in found],
     }
 
 
@@ -528,7 +540,7 @@ async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key
     async with ctx.pool.acquire() as conn:
         page = await _public_page(ctx, conn, cmd.handle, cmd.slug, caller)
         visitor_tz = _zone_param(cmd.timezone, page["timezone"], "timezone")
-        rules = rules_of(page)
+        rules = ctx.rules(page)
         end = start + rules.duration
         # Fast refusal outside the lock for the losers of a race (a keyed retry must see its answer).
         if key is None and await ctx.store.booked_overlap(
