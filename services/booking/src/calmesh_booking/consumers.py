@@ -155,9 +155,9 @@ def mail_consumer(ref: ContextRef, schema: str, mailer: Mailer, name: str = "boo
             owner = Person(owner.name, owner.email, page["timezone"] if page else "UTC")
         if not owner.email:
             log.warning("booking_owner_email_unknown", booking_id=b.id, user_id=b.user_id)
-        for stem, message in booking_mails(b, owner=owner, settings=ctx.settings, cancel_url=link,
-                                           cause_id=envelope.id, now=envelope.occurred_at or datetime.now(UTC)):
-            await mailer.send(stem, message)
+        for mail in booking_mails(b, owner=owner, settings=ctx.settings, cancel_url=link,
+                                  cause_id=envelope.id, now=envelope.occurred_at or datetime.now(UTC)):
+            await mailer.send(mail)
 
     return spec, handle
 

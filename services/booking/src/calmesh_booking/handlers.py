@@ -517,8 +517,8 @@ SLOT_UNAVAILABLE = Problem(409, "slot_unavailable", "This time is no longer avai
 
 async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key: str | None, request_hash: str) -> Answer:
     """Book a slot: exactly one of any number of racing requests for it wins (201); the others get
-    409 `slot_unavailable`. The owner's bookings are serialised by a transaction-level advisory lock
-    and the slot is re-checked against live busy time inside it."""
+    409 `slot_unavailable`. Bookings that could clash are serialised by transaction-level advisory
+    locks on the owner's hours, and the slot is re-checked against live busy time under them."""
     if caller is not None:
         require_scope(caller, BOOK_SCOPES, "book")
     errors = []
@@ -526,7 +526,8 @@ async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key
         start = domain.parse_instant(cmd.start)
     except ValueError as exc:
         raise Problem(400, "validation_error", str(exc), errors=[FieldError("start", str(exc))]) from None
-    name, email, notes = cmd.name.strip(), cmd.email.strip(), cmd.notes.strip()
+    # A name is one line (it goes into mail headers and calendar invitations).
+    name, email, notes = " ".join(cmd.name.split()), cmd.email.strip(), cmd.notes.strip()
     if not 1 <= len(name) <= 200:
         errors.append(FieldError("name", "must be 1 to 200 characters"))
     if not domain.valid_email(email):
@@ -550,7 +551,7 @@ async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key
     calendar = await calendar_of_page(ctx, page)
 
     async def work(conn: asyncpg.Connection) -> Answer:
-        await ctx.store.lock_owner(conn, page["user_id"])
+        await ctx.store.lock_owner_time(conn, page["user_id"], start - rules.buffer_before, end + rules.buffer_after)
         now = ctx.clock()
         q_lo, q_hi = domain.busy_query_range(rules, start, start + timedelta(seconds=1))
         spans = await ctx.store.busy_spans(
@@ -576,11 +577,16 @@ async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key
         return answer(201, {"id": booking.id, "status": "confirmed", "start": utc_text(start), "end": utc_text(end),
                             "cancel_url": cancel_url(ctx, booking)})
 
-    try:
-        return await idempotent(ctx, scope=f"book:{page['id']}", key=key, request_hash=request_hash, work=work)
-    except asyncpg.UniqueViolationError:
-        # The lock makes this unreachable; the unique index is the belt behind the braces.
-        return Answer(409, _json.encode(SLOT_UNAVAILABLE.body()))
+    for attempt in range(3):
+        try:
+            return await idempotent(ctx, scope=f"book:{page['id']}", key=key, request_hash=request_hash, work=work)
+        except asyncpg.UniqueViolationError:
+            # The locks make this unreachable; the unique index is the belt behind the braces.
+            return Answer(409, _json.encode(SLOT_UNAVAILABLE.body()))
+        except asyncpg.DeadlockDetectedError:
+            # Only possible when two owners' lock keys collide by hash; the transaction rolled back.
+            log.warning("booking_deadlock_retry", attempt=attempt, page_id=page["id"])
+    raise Problem(503, "busy", "Too many bookings at once; try again.", headers={"Retry-After": "1"})
 
 
 async def get_booking(ctx: BookingContext, caller: Caller, booking_id: str) -> dict[str, Any]:

@@ -247,9 +247,20 @@ class BookingStore:
 
     # --- bookings ------------------------------------------------------------------------------
 
-    async def lock_owner(self, conn: asyncpg.Connection, user_id: str) -> None:
-        """Serialise bookings of one owner until the transaction ends (all pages: one person)."""
-        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_NS_BOOKING, user_id)
+    async def lock_owner_time(self, conn: asyncpg.Connection, user_id: str, start: datetime, end: datetime) -> None:
+        """Until the transaction ends, hold the owner's hour locks that [start, end) touches.
+
+        A booking locks the hours of its guarded time [start − buffer before, end + buffer after).
+        Two bookings that could clash have overlapping guarded times, so they share an hour and
+        run one after the other; bookings of one owner far apart run side by side. Hours are taken
+        in ascending order, so two transactions never wait on each other in a circle. The owner's
+        bookings of all pages share the locks: one person, one diary."""
+        first = int(start.timestamp()) // LOCK_BUCKET_SECONDS
+        last = (int(end.timestamp()) - 1) // LOCK_BUCKET_SECONDS
+        await conn.execute(
+            "SELECT count(pg_advisory_xact_lock(hashtext($1), b)) FROM unnest($2::int[]) AS b",
+            user_id, list(range(first, last + 1)),
+        )
 
     async def lock_booking_sync(self, conn: asyncpg.Connection, booking_id: str) -> None:
         """Serialise the calendar writes of one booking (write after cancel, cancel after write)."""
@@ -434,8 +445,10 @@ class BookingStore:
         await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_NS_POLL, poll_id)
 
 
+#: Granularity of the owner's time locks (an hour index fits the lock's int4 key).
+LOCK_BUCKET_SECONDS = 3600
+
 # Namespaces of the two-key advisory locks (the one-key space is used by the relay and migrations).
-_LOCK_NS_BOOKING = 0x426B  # "Bk"
 _LOCK_NS_BOOKING_SYNC = 0x4273  # "Bs"
 _LOCK_NS_POLL = 0x506C  # "Pl"
 
