@@ -179,6 +179,59 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: How long a cancel link works after booking (at least until the meeting has ended).
     cancel_link_ttl_seconds: int = 90 * 86400
 
+    # Connections and sync (services/connections, services/sync). Provider endpoints are settings
+    # so that tests point them at local fakes; a provider whose client id/secret are empty is off.
+    google_client_id: str = ""
+    google_client_secret: str = ""
+    google_auth_url: str = "https://accounts.google.com/o/oauth2/v2/auth"
+    google_token_url: str = "https://oauth2.googleapis.com/token"
+    google_revoke_url: str = "https://oauth2.googleapis.com/revoke"
+    google_api_url: str = "https://www.googleapis.com/calendar/v3"
+    google_scopes: str = "openid email https://www.googleapis.com/auth/calendar"
+    microsoft_client_id: str = ""
+    microsoft_client_secret: str = ""
+    microsoft_auth_url: str = "https://login.microsoftonline.com/common/oauth2/v2.0/authorize"
+    microsoft_token_url: str = "https://login.microsoftonline.com/common/oauth2/v2.0/token"
+    microsoft_graph_url: str = "https://graph.microsoft.com/v1.0"
+    microsoft_scopes: str = "offline_access openid email User.Read Calendars.ReadWrite"
+    icloud_caldav_url: str = "https://caldav.icloud.com/"
+    #: How long an OAuth `state` stays usable (single use) after POST /connections/{provider}.
+    oauth_state_ttl_seconds: int = 900
+    #: Largest iCal body fetched, and largest CalDAV response, in bytes.
+    ical_max_bytes: int = 10 * 1024 * 1024
+    caldav_max_bytes: int = 50 * 1024 * 1024
+    #: Time allowed for one fetch of a user-given URL (iCal, CalDAV), in seconds.
+    fetch_timeout_seconds: float = 30.0
+    #: The synced window: this many days back and ahead of now; re-anchored every N days.
+    sync_window_back_days: int = 90
+    sync_window_ahead_days: int = 400
+    sync_window_reanchor_days: int = 7
+    #: Most event instances one calendar may expand to in the window (runaway RRULEs stop here).
+    sync_max_instances: int = 200_000
+    #: Longest time one calendar's recurrence expansion may take, in seconds.
+    sync_expand_timeout_seconds: float = 120.0
+    #: Scheduled sync interval per provider, in seconds, spread by +/- sync_jitter (a fraction).
+    sync_interval_ical_seconds: float = 1800.0
+    sync_interval_caldav_seconds: float = 900.0
+    sync_interval_google_seconds: float = 900.0
+    sync_interval_microsoft_seconds: float = 900.0
+    sync_jitter: float = 0.1
+    #: How often the scheduler looks for due connections, in seconds.
+    sync_scheduler_tick_seconds: float = 5.0
+    #: Syncs one worker runs at once; ack wait and deliveries of the sync-job consumer.
+    sync_concurrency: int = 4
+    sync_job_ack_wait_seconds: float = 30.0
+    sync_job_max_deliver: int = 20
+    #: A provider's Retry-After up to this many seconds is waited out inside the sync; longer
+    #: ones end the sync and the job comes back after it.
+    sync_retry_after_max_seconds: float = 30.0
+    #: This worker's name (the supervisor sets it: sync-0, sync-1, ...).
+    worker_id: str = ""
+    #: Push notifications (Google watch channels, Graph subscriptions): auto = on when the public
+    #: base URL is https; on; off. Channels are renewed this long before they expire.
+    push_notifications: str = "auto"
+    push_renew_before_seconds: float = 6 * 3600.0
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read settings from `env` (default `os.environ`); keyword overrides win."""
@@ -252,6 +305,48 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             mail_dir=env.get("CALMESH_MAIL_DIR", ""),
             booking_link_secret=env.get("CALMESH_BOOKING_LINK_SECRET", ""),
             cancel_link_ttl_seconds=_int(env, "CALMESH_CANCEL_LINK_TTL_SECONDS", 90 * 86400),
+            google_client_id=env.get("CALMESH_GOOGLE_CLIENT_ID", ""),
+            google_client_secret=env.get("CALMESH_GOOGLE_CLIENT_SECRET", ""),
+            google_auth_url=env.get("CALMESH_GOOGLE_AUTH_URL", "https://accounts.google.com/o/oauth2/v2/auth"),
+            google_token_url=env.get("CALMESH_GOOGLE_TOKEN_URL", "https://oauth2.googleapis.com/token"),
+            google_revoke_url=env.get("CALMESH_GOOGLE_REVOKE_URL", "https://oauth2.googleapis.com/revoke"),
+            google_api_url=env.get("CALMESH_GOOGLE_API_URL", "https://www.googleapis.com/calendar/v3").rstrip("/"),
+            google_scopes=env.get("CALMESH_GOOGLE_SCOPES", "openid email https://www.googleapis.com/auth/calendar"),
+            microsoft_client_id=env.get("CALMESH_MICROSOFT_CLIENT_ID", ""),
+            microsoft_client_secret=env.get("CALMESH_MICROSOFT_CLIENT_SECRET", ""),
+            microsoft_auth_url=env.get(
+                "CALMESH_MICROSOFT_AUTH_URL", "https://login.microsoftonline.com/common/oauth2/v2.0/authorize"
+            ),
+            microsoft_token_url=env.get(
+                "CALMESH_MICROSOFT_TOKEN_URL", "https://login.microsoftonline.com/common/oauth2/v2.0/token"
+            ),
+            microsoft_graph_url=env.get("CALMESH_MICROSOFT_GRAPH_URL", "https://graph.microsoft.com/v1.0").rstrip("/"),
+            microsoft_scopes=env.get(
+                "CALMESH_MICROSOFT_SCOPES", "offline_access openid email User.Read Calendars.ReadWrite"
+            ),
+            icloud_caldav_url=env.get("CALMESH_ICLOUD_CALDAV_URL", "https://caldav.icloud.com/"),
+            oauth_state_ttl_seconds=_int(env, "CALMESH_OAUTH_STATE_TTL_SECONDS", 900),
+            ical_max_bytes=_int(env, "CALMESH_ICAL_MAX_BYTES", 10 * 1024 * 1024),
+            caldav_max_bytes=_int(env, "CALMESH_CALDAV_MAX_BYTES", 50 * 1024 * 1024),
+            fetch_timeout_seconds=_float(env, "CALMESH_FETCH_TIMEOUT_SECONDS", 30.0),
+            sync_window_back_days=_int(env, "CALMESH_SYNC_WINDOW_BACK_DAYS", 90),
+            sync_window_ahead_days=_int(env, "CALMESH_SYNC_WINDOW_AHEAD_DAYS", 400),
+            sync_window_reanchor_days=_int(env, "CALMESH_SYNC_WINDOW_REANCHOR_DAYS", 7),
+            sync_max_instances=_int(env, "CALMESH_SYNC_MAX_INSTANCES", 200_000),
+            sync_expand_timeout_seconds=_float(env, "CALMESH_SYNC_EXPAND_TIMEOUT_SECONDS", 120.0),
+            sync_interval_ical_seconds=_float(env, "CALMESH_SYNC_INTERVAL_ICAL_SECONDS", 1800.0),
+            sync_interval_caldav_seconds=_float(env, "CALMESH_SYNC_INTERVAL_CALDAV_SECONDS", 900.0),
+            sync_interval_google_seconds=_float(env, "CALMESH_SYNC_INTERVAL_GOOGLE_SECONDS", 900.0),
+            sync_interval_microsoft_seconds=_float(env, "CALMESH_SYNC_INTERVAL_MICROSOFT_SECONDS", 900.0),
+            sync_jitter=_float(env, "CALMESH_SYNC_JITTER", 0.1),
+            sync_scheduler_tick_seconds=_float(env, "CALMESH_SYNC_SCHEDULER_TICK_SECONDS", 5.0),
+            sync_concurrency=_int(env, "CALMESH_SYNC_CONCURRENCY", 4),
+            sync_job_ack_wait_seconds=_float(env, "CALMESH_SYNC_JOB_ACK_WAIT_SECONDS", 30.0),
+            sync_job_max_deliver=_int(env, "CALMESH_SYNC_JOB_MAX_DELIVER", 20),
+            sync_retry_after_max_seconds=_float(env, "CALMESH_SYNC_RETRY_AFTER_MAX_SECONDS", 30.0),
+            worker_id=env.get("CALMESH_WORKER_ID", ""),
+            push_notifications=env.get("CALMESH_PUSH_NOTIFICATIONS", "auto").lower(),
+            push_renew_before_seconds=_float(env, "CALMESH_PUSH_RENEW_BEFORE_SECONDS", 6 * 3600.0),
         )
         values.update(overrides)
         settings = cls(**values)  # type: ignore[arg-type]
@@ -280,6 +375,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("CALMESH_SMTP_SECURITY must be one of starttls, ssl, none")
         if self.cancel_link_ttl_seconds < 60:
             raise SettingsError("CALMESH_CANCEL_LINK_TTL_SECONDS must be at least 60")
+        if self.sync_window_back_days < 0 or self.sync_window_ahead_days < 1 or self.sync_window_reanchor_days < 1:
+            raise SettingsError("CALMESH_SYNC_WINDOW_* must be positive (back may be 0)")
+        if self.sync_max_instances < 1 or self.ical_max_bytes < 1024 or self.caldav_max_bytes < 1024:
+            raise SettingsError("CALMESH_SYNC_MAX_INSTANCES must be >= 1 and the byte caps >= 1024")
+        if not 0 <= self.sync_jitter < 1:
+            raise SettingsError("CALMESH_SYNC_JITTER must be at least 0 and below 1")
+        if self.sync_concurrency < 1:
+            raise SettingsError("CALMESH_SYNC_CONCURRENCY must be at least 1")
+        if self.push_notifications not in ("auto", "on", "off"):
+            raise SettingsError("CALMESH_PUSH_NOTIFICATIONS must be auto, on or off")
 
     def require(self, *names: str) -> None:
         """Fail at start-up, naming the variables, when a process needs settings that are empty."""

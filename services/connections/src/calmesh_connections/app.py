@@ -1,22 +1,71 @@
-"""The connections service: wiring and lifespan."""
+"""The connections service: connections (encrypted credentials, OAuth), unified calendars and their
+sources, the sync schedule and push channels; the connection status follows the sync events."""
 
 from __future__ import annotations
 
+import asyncio
+
 from litestar import Litestar
 
-from calmesh_common.service import create_service_app, run_service
+from calmesh_common.eventstore import EventStore
+from calmesh_common.service import ServiceDeps, create_service_app, run_service
 from calmesh_common.settings import Settings
+
+from . import scheduler
+from .api import ROUTES as PUBLIC_ROUTES
+from .consumers import SPEC as SYNC_STATUS_SPEC
+from .consumers import sync_status_handler
+from .core import Context
+from .crypto import Vault
+from .internal import ROUTES as INTERNAL_ROUTES
 
 NAME = "connections"
 SCHEMA = "connections"
 
 
-def create_app(settings: Settings) -> Litestar:
-    return create_service_app(settings, name=NAME, schema=SCHEMA)
+def _consumers(settings: Settings) -> list:  # type: ignore[type-arg]
+    consumers = [(SYNC_STATUS_SPEC, sync_status_handler(settings, EventStore(SCHEMA, context=NAME)))]
+    try:
+        from calmesh_common.plans import plan_consumer
+    except ImportError:  # pragma: no cover
+        return consumers
+    consumers.append(plan_consumer(SCHEMA, consumer_name=NAME))
+    return consumers
+
+
+def create_app(settings: Settings, *, run_scheduler: bool = True) -> Litestar:
+    vault = Vault.from_settings(settings)
+
+    async def start(deps: ServiceDeps) -> None:
+        assert deps.pool is not None and deps.js is not None and deps.http is not None
+        from calmesh_sync.providers.http import guarded_client
+
+        ctx = Context(settings=settings, vault=vault, pool=deps.pool, store=deps.store, js=deps.js, http=deps.http)
+        deps.extras["ctx"] = ctx
+        deps.extras["guarded"] = guarded_client(settings)
+        if run_scheduler:
+            deps.tasks.append(asyncio.create_task(scheduler.run(ctx), name="connections-scheduler"))
+
+    async def stop(deps: ServiceDeps) -> None:
+        guarded = deps.extras.get("guarded")
+        if guarded is not None:
+            await guarded.aclose()
+
+    return create_service_app(
+        settings,
+        name=NAME,
+        schema=SCHEMA,
+        route_handlers=[*PUBLIC_ROUTES, *INTERNAL_ROUTES],
+        consumers=_consumers(settings),
+        on_startup=[start],
+        on_shutdown=[stop],
+        title="CalMesh connections",
+        description="Calendar connections (Google, Microsoft, iCloud, CalDAV, iCal) and unified calendars.",
+    )
 
 
 def main() -> None:
-    run_service(NAME, create_app)
+    run_service(NAME, lambda s: (s.require("encryption_keys"), create_app(s))[1])
 
 
 if __name__ == "__main__":

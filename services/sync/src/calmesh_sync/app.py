@@ -1,21 +1,138 @@
-"""The sync service: wiring and lifespan."""
+"""The sync service: sync workers plus the internal event-write routes.
+
+Each process (the supervisor starts CALMESH_SYNC_WORKERS of them) pulls sync jobs from the shared
+work queue, answers ``POST /internal/events`` and ``DELETE /internal/events/{id}``, purges the
+events of removed connections (a durable consumer of ``connection.removed``), and relays its
+outbox. ``calmesh-sync rebuild-projection [--check]`` rebuilds the projection from the stream.
+"""
 
 from __future__ import annotations
 
+import sys
+import warnings
+
+import asyncpg
 from litestar import Litestar
 
-from calmesh_common.service import create_service_app, run_service
+from calmesh_common.consumer import ConsumerSpec
+from calmesh_common.events import Envelope, decode_event
+from calmesh_common.events.connections import ConnectionRemoved
+from calmesh_common.events.sync import ConnectionEventsPurged
+from calmesh_common.eventstore import EventStore
+from calmesh_common.logging import get_logger
+from calmesh_common.service import ServiceDeps, create_service_app, run_service
 from calmesh_common.settings import Settings
+from calmesh_common.streams import stream_name
+
+from .connections_api import ConnectionsAPI
+from .engine import SyncDeps
+from .projection import purge_connection
+from .providers.http import guarded_client
+from .worker import SyncWorker
+from .writes import ROUTES
 
 NAME = "sync"
 SCHEMA = "sync"
 
+log = get_logger(__name__)
 
-def create_app(settings: Settings) -> Litestar:
-    return create_service_app(settings, name=NAME, schema=SCHEMA)
+
+def connection_removed_handler(store: EventStore):  # type: ignore[no-untyped-def]
+    """Purge a removed connection's rows (and remember it, so a running sync writes no more)."""
+
+    async def handle(conn: asyncpg.Connection, envelope: Envelope) -> None:
+        event = decode_event(envelope)
+        if not isinstance(event, ConnectionRemoved):
+            return
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('calmesh-sync-write:' || $1, 0))", event.connection_id)
+        inserted = await conn.fetchval(
+            "INSERT INTO sync.removed_connections (connection_id, user_id) VALUES ($1, $2)"
+            " ON CONFLICT DO NOTHING RETURNING 1",
+            event.connection_id,
+            event.user_id,
+        )
+        await purge_connection(conn, event.connection_id)
+        await conn.execute("DELETE FROM sync.source_objects WHERE connection_id = $1", event.connection_id)
+        await conn.execute("DELETE FROM sync.calendar_state WHERE connection_id = $1", event.connection_id)
+        if inserted:
+            await store.append(
+                conn,
+                f"connection:{event.connection_id}",
+                None,
+                [ConnectionEventsPurged(user_id=event.user_id, connection_id=event.connection_id)],
+                user_id=event.user_id,
+            )
+
+    return handle
+
+
+def create_app(settings: Settings, *, run_worker: bool = True) -> Litestar:
+    store = EventStore(SCHEMA, context=NAME)
+
+    async def start(deps: ServiceDeps) -> None:
+        assert deps.pool is not None and deps.http is not None and deps.js is not None
+        guarded = guarded_client(settings)
+        sync = SyncDeps(
+            settings=settings,
+            pool=deps.pool,
+            store=deps.store,
+            guarded=guarded,
+            http=deps.http,
+            connections=ConnectionsAPI(deps.http, settings.service_url("connections"), settings.internal_secret),
+            worker_id=settings.worker_id or settings.service_name,
+        )
+        deps.extras["sync"] = sync
+        if run_worker:
+            import asyncio
+
+            worker = SyncWorker(sync, deps.js)
+            await worker.subscribe()
+            deps.extras["worker"] = worker
+            deps.tasks.append(asyncio.create_task(worker.run(), name="sync-worker"))
+
+    async def stop(deps: ServiceDeps) -> None:
+        worker = deps.extras.get("worker")
+        if worker is not None:
+            await worker.close()
+        sync = deps.extras.get("sync")
+        if sync is not None:
+            await sync.guarded.aclose()
+
+    removed = ConsumerSpec(
+        name="sync-connection-removed",
+        stream=stream_name("connections"),
+        filter_subjects=("calmesh.connections.connection.removed",),
+        schema=SCHEMA,
+    )
+    return create_service_app(
+        settings,
+        name=NAME,
+        schema=SCHEMA,
+        route_handlers=ROUTES,
+        consumers=[(removed, connection_removed_handler(store))],
+        on_startup=[start],
+        on_shutdown=[stop],
+        title="CalMesh sync (internal)",
+    )
+
+
+def quiet_parsers() -> None:
+    """icalendar warns about every odd TZID it guesses: one line per event is noise in our logs."""
+    warnings.filterwarnings("ignore", module="icalendar")
+    warnings.filterwarnings("ignore", module="recurring_ical_events")
 
 
 def main() -> None:
+    argv = sys.argv[1:]
+    quiet_parsers()
+    if argv and argv[0] == "rebuild-projection":
+        from .rebuild import main as rebuild_main
+
+        rebuild_main(argv[1:])
+        return
+    if argv and argv[0] not in ("serve",):
+        print("usage: calmesh-sync [serve | rebuild-projection [--check]]", file=sys.stderr)
+        raise SystemExit(2)
     run_service(NAME, create_app)
 
 

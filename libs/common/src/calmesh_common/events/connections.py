@@ -184,3 +184,28 @@ class CalendarSourceRemoved(Event, tag="calendar.source_removed.v1", kw_only=Tru
 class CalendarSourcesReordered(Event, tag="calendar.sources_reordered.v1", kw_only=True):
     context: ClassVar[str] = "connections"
     calendar: UnifiedCalendar
+
+
+# --- sync jobs (not domain events: work items on the CALMESH_SYNC_JOBS work queue) ---------------
+
+SYNC_JOBS_STREAM = "CALMESH_SYNC_JOBS"
+SYNC_JOB_SUBJECT_PREFIX = "calmesh.jobs.sync"
+
+
+class SyncJob(msgspec.Struct, frozen=True, kw_only=True):
+    """One request to sync a connection, published on ``calmesh.jobs.sync.<connection_id>`` with
+    ``Nats-Msg-Id`` = ``sync_id``. A worker that finds a sync of the connection started after
+    `requested_at` treats the job as done (requests coalesce)."""
+
+    sync_id: str
+    connection_id: str
+    user_id: str
+    #: ``manual``, ``created``, ``schedule``, ``push``.
+    reason: str
+    requested_at: datetime
+    #: A push notice names the provider calendar that changed (its ref); None: every calendar.
+    calendar_ref: str | None = None
+
+
+def sync_job_subject(connection_id: str) -> str:
+    return f"{SYNC_JOB_SUBJECT_PREFIX}.{connection_id}"

@@ -1,0 +1,65 @@
+"""Internal routes (docs/contracts.md): never forwarded by the gateway, each needs the internal
+secret."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Controller, Response, get, post
+from litestar.params import Parameter
+
+from calmesh_common.problems import Problem
+from calmesh_common.service import ServiceDeps, json_response
+
+from . import store
+from .core import access_token, calendar_view, calendars_of, ctx_of
+from .schemas import AccessTokenRequest, InternalCalendar, instant
+
+
+class InternalController(Controller):
+    path = "/internal"
+    include_in_schema = False
+
+    @get("/calendars/{slug:str}")
+    async def calendar(self, slug: str, deps: ServiceDeps, user_id: str = Parameter(query="user_id")) -> InternalCalendar:
+        ctx = ctx_of(deps)
+        row = await store.get_calendar(ctx.pool, user_id, slug)
+        if row is None:
+            raise Problem(404, "not_found", "No such calendar.")
+        out, _ = await calendar_view(ctx.pool, row)
+        return InternalCalendar(slug=out.slug, name=out.name, timezone=out.timezone, user_id=user_id, sources=out.sources)
+
+    @get("/connections/{connection_id:str}")
+    async def connection(self, connection_id: str, deps: ServiceDeps) -> Response[bytes]:
+        """The connection with its decrypted credentials (CalDAV, iCloud, iCal), for sync workers."""
+        ctx = ctx_of(deps)
+        row = await store.get_connection(ctx.pool, connection_id)
+        if row is None:
+            raise Problem(404, "not_found", "No such connection.")
+        credentials: dict[str, Any] = {}
+        if row["provider"] in ("caldav", "icloud", "ical"):
+            credentials = ctx.vault.open(row["credentials"])
+        body = {
+            "id": row["id"],
+            "user_id": row["user_id"],
+            "provider": row["provider"],
+            "display_name": row["display_name"],
+            "status": row["status"],
+            "error_kind": row["error_kind"],
+            "last_synced_at": instant(row["last_synced_at"]),
+            "user_timezone": row["user_timezone"],
+            "settings": store.as_dict(row["settings"]) or {},
+            "credentials": credentials,
+            "calendars": calendars_of(row),
+        }
+        return json_response(body)
+
+    @post("/connections/{connection_id:str}/access-token", status_code=200)
+    async def token(self, connection_id: str, deps: ServiceDeps, data: AccessTokenRequest | None = None) -> Response[bytes]:
+        token, expires = await access_token(ctx_of(deps), connection_id, force_refresh=bool(data and data.force_refresh))
+        return json_response({"access_token": token, "expires_at": instant(expires)})
+
+
+_ = msgspec  # the structs above are msgspec structs
+ROUTES = [InternalController]

@@ -1,0 +1,94 @@
+"""Provider clients of the connections context: CalDAV (iCloud and any server), iCal feeds, Google
+Calendar API v3 and Microsoft Graph. The sync workers use them to read and write events; the
+connections service uses them to discover a new connection's calendars.
+
+Every provider failure is one of the exceptions below, each carrying a message fit for a user's
+``last_error`` (never a secret, never a stack trace).
+"""
+
+from __future__ import annotations
+
+from ..ical import ExpansionLimitError, SourceError
+
+
+class ProviderError(Exception):
+    """Base of the failures a provider call can end in."""
+
+
+class AuthError(ProviderError):
+    """The provider refused the credentials: the user must act (new password, reconnect)."""
+
+
+class RevokedError(AuthError):
+    """The OAuth grant is gone (invalid_grant): the connection is ``revoked``."""
+
+
+class TransientError(ProviderError):
+    """A passing failure (network, 5xx, 429): try again later, after `retry_after` when known."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NotFoundError(ProviderError):
+    """The resource is gone at the provider."""
+
+
+class PreconditionFailed(ProviderError):
+    """An If-Match / If-None-Match precondition failed (the object changed or exists)."""
+
+
+class ReadOnlyError(ProviderError):
+    """The source cannot be written to."""
+
+
+class SyncTokenExpired(ProviderError):
+    """The incremental cursor is no longer valid (Google 410, Graph syncStateNotFound, CalDAV
+    invalid sync token): a full sync is needed."""
+
+
+__all__ = [
+    "AuthError",
+    "ExpansionLimitError",
+    "NotFoundError",
+    "PreconditionFailed",
+    "ProviderError",
+    "ReadOnlyError",
+    "RevokedError",
+    "SourceError",
+    "SyncTokenExpired",
+    "TransientError",
+]
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    from email.utils import parsedate_to_datetime
+    from datetime import UTC, datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def calendar_id_for(connection_id: str, ref: str) -> str:
+    """The public id (``cal_…``) of a provider calendar: stable for the connection's lifetime.
+    `ref` is the provider's reference (a CalDAV collection URL, whose path is what counts; a Google
+    or Graph calendar id; ``feed`` for an iCal subscription)."""
+    from urllib.parse import urlsplit
+
+    from calmesh_common.ids import derived_id
+
+    if ref.startswith(("http://", "https://")):
+        ref = urlsplit(ref).path.rstrip("/") or "/"
+    return derived_id("cal", connection_id, ref)

@@ -1,0 +1,309 @@
+"""The sync worker: one durable pull consumer on the work-queue stream CALMESH_SYNC_JOBS, shared by
+every worker process.
+
+- A job is acked only after its sync committed (or failed for good); a worker killed mid-sync
+  leaves its job unacked, and JetStream hands it to another worker after the ack wait. Running
+  syncs send ``in_progress`` heartbeats so a long one is not handed out meanwhile.
+- A connection is never synced by two workers at once: each sync holds a PostgreSQL advisory
+  lock on the connection (session-level, on its own connection, so a killed worker's lock goes
+  with its database connection). A job that finds the lock taken comes back a little later.
+- Jobs coalesce: a job requested before a sync of that connection that has since started and
+  finished is acked without syncing again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from calmesh_common.events.connections import SYNC_JOB_SUBJECT_PREFIX, SYNC_JOBS_STREAM, SyncJob
+from calmesh_common.events.sync import SyncCompleted, SyncFailed, SyncProgressed, SyncStarted
+from calmesh_common.logging import get_logger
+
+from .engine import ConnectionGone, SyncDeps, sync_connection
+from .providers import AuthError, ExpansionLimitError, NotFoundError, ProviderError, RevokedError, SourceError, TransientError
+
+log = get_logger(__name__)
+
+CONSUMER_NAME = "sync-workers"
+_job_decoder = msgspec.json.Decoder(SyncJob)
+
+
+def lock_key_sql() -> str:
+    return "hashtextextended('calmesh-sync:' || $1, 0)"
+
+
+class JobOutcome:
+    DONE = "done"
+    SKIPPED = "skipped"
+    BUSY = "busy"
+    RETRY = "retry"
+    FAILED = "failed"
+
+
+async def append_lifecycle(deps: SyncDeps, stream_id: str, user_id: str, event: object) -> None:
+    async with deps.pool.acquire() as conn, conn.transaction():
+        await deps.store.append(conn, stream_id, None, [event], user_id=user_id)  # type: ignore[list-item]
+
+
+def _classify(exc: BaseException) -> tuple[str, str, float | None]:
+    """(kind, message, retry_after) of a failed sync."""
+    if isinstance(exc, RevokedError):
+        return "revoked", str(exc) or "the provider revoked access; reconnect the calendar", None
+    if isinstance(exc, AuthError):
+        return "auth", str(exc) or "the provider refused the credentials", None
+    if isinstance(exc, ExpansionLimitError | SourceError):
+        return "source", str(exc), None
+    if isinstance(exc, TransientError):
+        return "transient", str(exc), exc.retry_after
+    if isinstance(exc, ProviderError):
+        return "source", str(exc), None
+    return "transient", "an internal error interrupted the sync; it will be retried", None
+
+
+async def run_job(
+    deps: SyncDeps,
+    job: SyncJob,
+    *,
+    delivery: int = 1,
+    heartbeat_msg: Msg | None = None,
+) -> tuple[str, float | None]:
+    """Run one sync job under the connection's lock; returns (outcome, retry delay)."""
+    lock_conn: asyncpg.Connection = await deps.pool.acquire()
+    heartbeat_task: asyncio.Task[None] | None = None
+    try:
+        got = await lock_conn.fetchval(f"SELECT pg_try_advisory_lock({lock_key_sql()})", job.connection_id)
+        if not got:
+            return JobOutcome.BUSY, 1.0 + random.random()
+        try:
+            if heartbeat_msg is not None:
+                heartbeat_task = asyncio.create_task(_heartbeats(heartbeat_msg, deps.settings.sync_job_ack_wait_seconds))
+            return await _run_locked(deps, job, delivery, lock_conn)
+        finally:
+            await lock_conn.execute(f"SELECT pg_advisory_unlock({lock_key_sql()})", job.connection_id)
+    finally:
+        if heartbeat_task is not None:
+            heartbeat_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await heartbeat_task
+        await deps.pool.release(lock_conn)
+
+
+async def _heartbeats(msg: Msg, ack_wait: float) -> None:
+    while True:
+        await asyncio.sleep(max(0.5, ack_wait / 3))
+        with contextlib.suppress(Exception):
+            await msg.in_progress()
+
+
+async def _run_locked(deps: SyncDeps, job: SyncJob, delivery: int, conn: asyncpg.Connection) -> tuple[str, float | None]:
+    removed = await conn.fetchval("SELECT 1 FROM sync.removed_connections WHERE connection_id = $1", job.connection_id)
+    if removed:
+        return JobOutcome.SKIPPED, None
+    later = await conn.fetchval(
+        "SELECT 1 FROM sync.sync_runs WHERE connection_id = $1 AND sync_id <> $2 AND started_at > $3"
+        " AND outcome IN ('completed', 'failed') LIMIT 1",
+        job.connection_id,
+        job.sync_id,
+        job.requested_at,
+    )
+    if later:
+        return JobOutcome.SKIPPED, None
+    try:
+        details = await deps.connections.connection(job.connection_id)
+    except NotFoundError:
+        return JobOutcome.SKIPPED, None
+    except TransientError:
+        return JobOutcome.RETRY, 5.0
+    if details.status == "revoked" or (details.error_kind in ("auth", "revoked") and job.reason != "manual"):
+        # An auth failure waits for the user (a manual sync, a new authorization).
+        return JobOutcome.SKIPPED, None
+    if details.status == "pending" and details.provider in ("google", "microsoft"):
+        return JobOutcome.SKIPPED, None
+
+    started = deps.now()
+    run_id = await conn.fetchval(
+        "INSERT INTO sync.sync_runs (sync_id, connection_id, worker_id, reason, requested_at, started_at)"
+        " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+        job.sync_id, job.connection_id, deps.worker_id, job.reason, job.requested_at, started,
+    )
+    stream = f"sync:{job.sync_id}"
+    await append_lifecycle(
+        deps, stream, details.user_id,
+        SyncStarted(
+            sync_id=job.sync_id, connection_id=job.connection_id, user_id=details.user_id, reason=job.reason,
+            worker_id=deps.worker_id, started_at=started, calendars_total=len(details.calendars),
+        ),
+    )
+    last_progress = 0.0
+
+    async def progress(done: int, total: int, changed: int) -> None:
+        nonlocal last_progress
+        loop = asyncio.get_running_loop()
+        if total > 1 and done < total and loop.time() - last_progress > 1.0:
+            last_progress = loop.time()
+            await append_lifecycle(
+                deps, stream, details.user_id,
+                SyncProgressed(
+                    sync_id=job.sync_id, connection_id=job.connection_id, user_id=details.user_id,
+                    calendars_done=done, calendars_total=total, events_changed=changed,
+                ),
+            )
+
+    async def beat() -> None:
+        return None
+
+    try:
+        result = await sync_connection(
+            deps, details, job.sync_id, heartbeat=beat, progress=progress, only_ref=None if job.reason != "push" else job.calendar_ref
+        )
+    except ConnectionGone:
+        await _finish_run(conn, run_id, "removed", None)
+        return JobOutcome.SKIPPED, None
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure is reported on the connection
+        kind, message, retry_after = _classify(exc)
+        if kind == "transient" and not isinstance(exc, ProviderError):
+            log.error("sync_crashed", connection_id=job.connection_id, sync_id=job.sync_id, error=repr(exc), exc_info=exc)
+        else:
+            log.info("sync_failed", connection_id=job.connection_id, sync_id=job.sync_id, kind=kind, error=message)
+        retry = None
+        if kind == "transient" and delivery < deps.settings.sync_job_max_deliver:
+            retry = retry_after if retry_after is not None else min(300.0, 2.0 * 2 ** min(delivery, 7)) * (0.8 + 0.4 * random.random())
+        await append_lifecycle(
+            deps, stream, details.user_id,
+            SyncFailed(
+                sync_id=job.sync_id, connection_id=job.connection_id, user_id=details.user_id, failed_at=deps.now(),
+                error=message, kind=kind,
+                retry_at=deps.now() + timedelta(seconds=retry) if retry is not None else None,
+            ),
+        )
+        await _finish_run(conn, run_id, "failed", message)
+        return (JobOutcome.RETRY, retry) if retry is not None else (JobOutcome.FAILED, None)
+    await append_lifecycle(
+        deps, stream, details.user_id,
+        SyncCompleted(
+            sync_id=job.sync_id, connection_id=job.connection_id, user_id=details.user_id, finished_at=deps.now(),
+            created=result.created, updated=result.updated, deleted=result.deleted, not_modified=result.not_modified,
+            calendars=result.calendars, warning=result.warning,
+        ),
+    )
+    await _finish_run(conn, run_id, "completed", None)
+    return JobOutcome.DONE, None
+
+
+async def _finish_run(conn: asyncpg.Connection, run_id: int, outcome: str, error: str | None) -> None:
+    await conn.execute(
+        "UPDATE sync.sync_runs SET finished_at = now(), outcome = $2, error = $3 WHERE id = $1", run_id, outcome, error
+    )
+
+
+class SyncWorker:
+    """Pulls sync jobs and runs up to `sync_concurrency` of them at once."""
+
+    def __init__(self, deps: SyncDeps, js: JetStreamContext) -> None:
+        self.deps = deps
+        self.js = js
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    async def close(self) -> None:
+        """Stop fetching and drop the subscription (a cancelled single-message fetch would
+        otherwise keep ``nc.drain()`` waiting)."""
+        self._closing = True
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    async def subscribe(self) -> None:
+        settings = self.deps.settings
+        config = ConsumerConfig(
+            durable_name=CONSUMER_NAME,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=settings.sync_job_ack_wait_seconds,
+            max_deliver=settings.sync_job_max_deliver + 1,
+            deliver_policy=DeliverPolicy.ALL,
+            filter_subject=f"{SYNC_JOB_SUBJECT_PREFIX}.>",
+            max_ack_pending=10_000,
+        )
+        self._sub = await self.js.pull_subscribe(
+            f"{SYNC_JOB_SUBJECT_PREFIX}.>", durable=CONSUMER_NAME, stream=SYNC_JOBS_STREAM, config=config
+        )
+
+    async def run(self) -> None:
+        if self._sub is None:
+            await self.subscribe()
+        assert self._sub is not None
+        slots = asyncio.Semaphore(self.deps.settings.sync_concurrency)
+        try:
+            while not self._closing:
+                await slots.acquire()
+                try:
+                    msgs = await self._sub.fetch(1, timeout=1.0)
+                except (nats.errors.TimeoutError, asyncio.TimeoutError, nats.js.errors.FetchTimeoutError):
+                    slots.release()
+                    if _cancelling():
+                        raise asyncio.CancelledError from None
+                    continue
+                except Exception as exc:  # noqa: BLE001 - NATS reconnecting: try again shortly
+                    slots.release()
+                    if _cancelling() or self._closing:  # nats-py turns a cancelled fetch into one of its errors
+                        break
+                    log.warning("sync_fetch_failed", error=repr(exc))
+                    await asyncio.sleep(1.0)
+                    continue
+                for msg in msgs:
+                    task = asyncio.create_task(self._handle(msg, slots))
+                    self._running.add(task)
+                    task.add_done_callback(self._running.discard)
+        finally:
+            for task in list(self._running):
+                task.cancel()
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _handle(self, msg: Msg, slots: asyncio.Semaphore) -> None:
+        try:
+            try:
+                job = _job_decoder.decode(msg.data)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                log.error("sync_job_undecodable", error=str(exc)[:200])
+                await msg.term()
+                return
+            delivery = msg.metadata.num_delivered or 1
+            try:
+                outcome, delay = await run_job(self.deps, job, delivery=delivery, heartbeat_msg=msg)
+            except Exception as exc:  # noqa: BLE001 - database or NATS trouble: retry the job
+                log.error("sync_job_failed", connection_id=job.connection_id, error=repr(exc), exc_info=exc)
+                await msg.nak(delay=min(60.0, 2.0 * delivery))
+                return
+            if outcome == JobOutcome.BUSY:
+                # Another worker is syncing this connection: come back after it, a bit later each
+                # time (the running sync may not have seen what this job asks for).
+                await msg.nak(delay=min(30.0, (delay or 1.0) * 1.6 ** min(delivery, 8)))
+            elif outcome == JobOutcome.RETRY:
+                await msg.nak(delay=delay)
+            else:
+                await msg.ack()
+        finally:
+            slots.release()
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return bool(task is not None and task.cancelling())
+
+
+def job_for(connection_id: str, user_id: str, reason: str, sync_id: str) -> SyncJob:
+    return SyncJob(sync_id=sync_id, connection_id=connection_id, user_id=user_id, reason=reason, requested_at=datetime.now(UTC))

@@ -1,0 +1,413 @@
+"""The internal event-write routes (docs/contracts.md): create and delete an event on the
+provider, then upsert / delete its projection row and append the event, before answering — so
+the caller reads its own write.
+
+- CalDAV: PUT with ``If-None-Match: *`` (a new object), DELETE with ``If-Match`` (a recurring
+  instance becomes an EXDATE on its series, PUT with ``If-Match``); a changed ETag is re-read and
+  tried once more.
+- Google: events.insert / events.delete (an instance id deletes that instance).
+- Graph: POST /me/calendars/{id}/events, DELETE /me/events/{id}.
+- iCal subscriptions are read-only: 422 ``read_only_source``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime
+from typing import Any
+from urllib.parse import quote
+
+import icalendar
+import msgspec
+from litestar import delete, post
+from litestar.params import Parameter
+
+from calmesh_common.ids import event_id_for
+from calmesh_common.problems import FieldError, Problem
+from calmesh_common.service import ServiceDeps, json_response
+
+from . import ical
+from .connections_api import ConnectionDetails, ProviderCalendar
+from .engine import SyncDeps
+from .projection import ChangeSet, InstanceKey, load_existing, lock_connection, row_for, write_changes
+from .providers import AuthError, NotFoundError, PreconditionFailed, ProviderError, SourceError, TransientError
+from .providers.caldav import CalDAVClient
+from .providers.google import GoogleClient, google_instance
+from .providers.graph import GraphClient, graph_instance
+
+
+class Attendee(msgspec.Struct, forbid_unknown_fields=True):
+    email: str
+    name: str | None = None
+
+
+class EventCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    user_id: str
+    connection_id: str
+    calendar_id: str
+    title: str
+    start: str
+    end: str
+    all_day: bool = False
+    description: str | None = None
+    location: str | None = None
+    attendees: list[Attendee | str] | None = None
+    timezone: str | None = None
+
+
+_create = msgspec.json.Decoder(EventCreate)
+
+
+def _sync(deps: ServiceDeps) -> SyncDeps:
+    return deps.extras["sync"]  # type: ignore[no-any-return]
+
+
+def _parse_when(value: str, field: str, all_day: bool) -> date | datetime:
+    try:
+        if all_day or len(value) == 10:
+            return date.fromisoformat(value[:10]) if all_day else date.fromisoformat(value)
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise Problem(400, "validation_error", f"{field}: not an RFC 3339 instant or a date", errors=[FieldError(field, "invalid")]) from None
+    if parsed.tzinfo is None:
+        raise Problem(400, "validation_error", f"{field}: an instant needs an offset (Z or ±hh:mm)", errors=[FieldError(field, "no offset")])
+    return parsed.astimezone(UTC)
+
+
+def event_body(row: Any, connection_id: str, calendar_id: str) -> dict[str, Any]:
+    """An event in the shape of api.md (source_id is the caller's to fill in)."""
+    def instant(value: datetime) -> str:
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    all_day = row.all_day
+    return {
+        "id": row.event_id,
+        "source_id": None,
+        "connection_id": connection_id,
+        "calendar_id": calendar_id,
+        "title": row.title,
+        "description": row.description,
+        "location": row.location,
+        "start": row.start_date.isoformat() if all_day else instant(row.start_at),
+        "end": row.end_date.isoformat() if all_day else instant(row.end_at),
+        "all_day": all_day,
+        "status": row.status,
+        "transparency": row.transparency,
+        "recurring_event_id": row.recurring_event_id,
+        "updated_at": instant(row.updated_at),
+    }
+
+
+async def _connection(sync: SyncDeps, connection_id: str, user_id: str) -> ConnectionDetails:
+    try:
+        details = await sync.connections.connection(connection_id)
+    except NotFoundError:
+        raise Problem(404, "not_found", "No such connection.") from None
+    except TransientError:
+        raise Problem(503, "service_unavailable", "The connections service cannot be reached; try again.", headers={"Retry-After": "5"}) from None
+    if details.user_id != user_id:
+        raise Problem(404, "not_found", "No such connection.")
+    return details
+
+
+def _calendar(details: ConnectionDetails, calendar_id: str) -> ProviderCalendar:
+    for calendar in details.calendars:
+        if calendar.id == calendar_id:
+            return calendar
+    raise Problem(404, "not_found", "No such calendar in this connection.")
+
+
+def _provider_problem(exc: Exception) -> Problem:
+    if isinstance(exc, AuthError):
+        return Problem(409, "connection_unavailable", f"The provider refused the connection's credentials: {exc}")
+    if isinstance(exc, TransientError):
+        retry = int(exc.retry_after or 5)
+        return Problem(503, "provider_unavailable", f"The provider is not answering: {exc}", headers={"Retry-After": str(retry)})
+    if isinstance(exc, PreconditionFailed):
+        return Problem(409, "conflict", "The event changed at the provider meanwhile; try again.")
+    return Problem(502, "provider_error", f"The provider refused the change: {exc}")
+
+
+def _ical_event(uid: str, data: EventCreate, start: date | datetime, end: date | datetime) -> str:
+    cal = icalendar.Calendar()
+    cal.add("PRODID", "-//CalMesh//calmesh.xyz//EN")
+    cal.add("VERSION", "2.0")
+    event = icalendar.Event()
+    event.add("UID", uid)
+    event.add("DTSTAMP", datetime.now(UTC))
+    event.add("DTSTART", start)
+    event.add("DTEND", end)
+    event.add("SUMMARY", data.title)
+    if data.description:
+        event.add("DESCRIPTION", data.description)
+    if data.location:
+        event.add("LOCATION", data.location)
+    for attendee in data.attendees or []:
+        email = attendee if isinstance(attendee, str) else attendee.email
+        prop = icalendar.vCalAddress(f"mailto:{email}")
+        if not isinstance(attendee, str) and attendee.name:
+            prop.params["CN"] = attendee.name
+        prop.params["ROLE"] = "REQ-PARTICIPANT"
+        event.add("ATTENDEE", prop, encode=0)
+    cal.add_component(event)
+    return cal.to_ical().decode()
+
+
+@post("/internal/events", include_in_schema=False)
+async def create_event(data: bytes, deps: ServiceDeps) -> Any:
+    """Write an event to a source, project it and append it; answer the event."""
+    try:
+        event = _create.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise Problem(400, "validation_error", f"The request is not valid: {exc}") from None
+    sync = _sync(deps)
+    start = _parse_when(event.start, "start", event.all_day)
+    end = _parse_when(event.end, "end", event.all_day)
+    if type(start) is not type(end):
+        raise Problem(400, "validation_error", "start and end must both be dates or both be instants")
+    if end <= start:  # type: ignore[operator]
+        raise Problem(422, "end_before_start", "end must be after start.")
+    if not event.title.strip():
+        raise Problem(400, "validation_error", "title: must not be empty", errors=[FieldError("title", "empty")])
+    details = await _connection(sync, event.connection_id, event.user_id)
+    calendar = _calendar(details, event.calendar_id)
+    if details.provider == "ical" or calendar.read_only:
+        raise Problem(422, "read_only_source", "This source is read-only (an iCal subscription or a read-only calendar).")
+    now = sync.now()
+    href = None
+    etag = None
+    body_text = None
+    try:
+        if details.provider in ("caldav", "icloud"):
+            uid = f"{uuid.uuid4()}@calmesh.xyz"
+            body_text = _ical_event(uid, event, start, end)
+            href = calendar.ref.rstrip("/") + "/" + quote(uid, safe="@.-") + ".ics"
+            client = _caldav(sync, details)
+            try:
+                etag = await client.put(href, body_text)
+            finally:
+                await client.aclose()
+            instance = _single_instance(uid, event, start, end)
+            provider_event_id = href
+        elif details.provider == "google":
+            google = GoogleClient(sync.http, sync.settings.google_api_url, _token(sync, details.id))
+            item = await google.insert_event(calendar.ref, _google_body(event, start, end))
+            instance = google_instance(item) or _single_instance(item.get("iCalUID") or item["id"], event, start, end)
+            provider_event_id = item["id"]
+        elif details.provider == "microsoft":
+            graph = GraphClient(sync.http, sync.settings.microsoft_graph_url, _token(sync, details.id))
+            item = await graph.create_event(calendar.ref, _graph_body(event, start, end))
+            instance = graph_instance(item, {}) or _single_instance(item.get("iCalUId") or item["id"], event, start, end)
+            provider_event_id = item["id"]
+        else:
+            raise Problem(422, "read_only_source", "This source cannot be written to.")
+    except (ProviderError, SourceError) as exc:
+        raise _provider_problem(exc) from None
+    row = row_for(instance, connection_id=details.id, calendar_id=calendar.id, provider_event_id=provider_event_id, updated_at=now)
+    async with sync.pool.acquire() as conn, conn.transaction():
+        if not await lock_connection(conn, details.id):
+            raise Problem(404, "not_found", "No such connection.")
+        existing = await load_existing(conn, details.id, calendar.id, provider_ids=[], uids=[row.uid])
+        changes = ChangeSet([], [row], []) if (row.uid, row.recurrence_id) in existing else ChangeSet([row], [], [])
+        await write_changes(
+            conn, sync.store, user_id=details.user_id, connection_id=details.id, calendar_id=calendar.id,
+            sync_id=None, changes=changes,
+        )
+        if href is not None and body_text is not None:
+            await conn.execute(
+                "INSERT INTO sync.source_objects (connection_id, calendar_id, href, etag, event) VALUES ($1, $2, $3, $4, $5)"
+                " ON CONFLICT (connection_id, calendar_id, href) DO UPDATE SET etag = EXCLUDED.etag, event = EXCLUDED.event",
+                details.id, calendar.id, href, etag, body_text,
+            )
+    return json_response(event_body(row, details.id, calendar.id), status=201)
+
+
+def _single_instance(uid: str, data: EventCreate, start: date | datetime, end: date | datetime) -> ical.Instance:
+    if isinstance(start, datetime):
+        start_at, end_at = start, end  # type: ignore[assignment]
+        start_date = end_date = None
+        all_day = False
+    else:
+        start_date, end_date = start, end  # type: ignore[assignment]
+        start_at, end_at = ical.all_day_span(start, end)  # type: ignore[arg-type]
+        all_day = True
+    return ical.Instance(
+        uid=uid, recurrence_id="", recurring=False, title=data.title, description=data.description, location=data.location,
+        start_at=start_at, end_at=end_at, all_day=all_day, start_date=start_date, end_date=end_date,  # type: ignore[arg-type]
+        status="confirmed", transparency="busy",
+    )
+
+
+def _caldav(sync: SyncDeps, details: ConnectionDetails) -> CalDAVClient:
+    url = details.settings.get("url") or sync.settings.icloud_caldav_url
+    return CalDAVClient(sync.guarded, url, details.settings.get("username", ""), details.credentials.get("password", ""))
+
+
+def _token(sync: SyncDeps, connection_id: str):  # type: ignore[no-untyped-def]
+    async def provide(force: bool) -> str:
+        return await sync.connections.access_token(connection_id, force_refresh=force)
+
+    return provide
+
+
+def _google_body(data: EventCreate, start: date | datetime, end: date | datetime) -> dict[str, Any]:
+    def when(value: date | datetime) -> dict[str, str]:
+        if isinstance(value, datetime):
+            return {"dateTime": value.strftime("%Y-%m-%dT%H:%M:%SZ"), **({"timeZone": data.timezone} if data.timezone else {})}
+        return {"date": value.isoformat()}
+
+    body: dict[str, Any] = {"summary": data.title, "start": when(start), "end": when(end)}
+    if data.description:
+        body["description"] = data.description
+    if data.location:
+        body["location"] = data.location
+    if data.attendees:
+        body["attendees"] = [
+            {"email": a} if isinstance(a, str) else {"email": a.email, **({"displayName": a.name} if a.name else {})}
+            for a in data.attendees
+        ]
+    return body
+
+
+def _graph_body(data: EventCreate, start: date | datetime, end: date | datetime) -> dict[str, Any]:
+    def when(value: date | datetime) -> dict[str, str]:
+        if isinstance(value, datetime):
+            return {"dateTime": value.strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"}
+        return {"dateTime": f"{value.isoformat()}T00:00:00", "timeZone": "UTC"}
+
+    body: dict[str, Any] = {
+        "subject": data.title,
+        "start": when(start),
+        "end": when(end),
+        "isAllDay": not isinstance(start, datetime),
+    }
+    if data.description:
+        body["body"] = {"contentType": "text", "content": data.description}
+    if data.location:
+        body["location"] = {"displayName": data.location}
+    if data.attendees:
+        body["attendees"] = [
+            {
+                "emailAddress": {"address": a} if isinstance(a, str) else {"address": a.email, **({"name": a.name} if a.name else {})},
+                "type": "required",
+            }
+            for a in data.attendees
+        ]
+    return body
+
+
+@delete("/internal/events/{event_id:str}", status_code=204, include_in_schema=False)
+async def delete_event(event_id: str, deps: ServiceDeps, user_id: str = Parameter(query="user_id")) -> None:
+    """Delete an event at its provider, then from the projection (with its event)."""
+    sync = _sync(deps)
+    row = await sync.pool.fetchrow(
+        "SELECT event_id, user_id, connection_id, calendar_id, uid, recurrence_id, provider_event_id"
+        " FROM sync.event_instances WHERE event_id = $1",
+        event_id,
+    )
+    if row is None or row["user_id"] != user_id:
+        raise Problem(404, "not_found", "No such event.")
+    details = await _connection(sync, row["connection_id"], user_id)
+    calendar = _calendar(details, row["calendar_id"])
+    if details.provider == "ical" or calendar.read_only:
+        raise Problem(422, "read_only_source", "This source is read-only (an iCal subscription or a read-only calendar).")
+    new_object: tuple[str, str | None, str] | None = None  # (href, etag, data) after an EXDATE
+    try:
+        if details.provider in ("caldav", "icloud"):
+            new_object = await _caldav_delete(sync, details, row)
+        elif details.provider == "google":
+            google = GoogleClient(sync.http, sync.settings.google_api_url, _token(sync, details.id))
+            if row["provider_event_id"]:
+                await google.delete_event(calendar.ref, row["provider_event_id"])
+        elif details.provider == "microsoft":
+            graph = GraphClient(sync.http, sync.settings.microsoft_graph_url, _token(sync, details.id))
+            if row["provider_event_id"]:
+                await graph.delete_event(row["provider_event_id"])
+    except (ProviderError, SourceError) as exc:
+        raise _provider_problem(exc) from None
+    async with sync.pool.acquire() as conn, conn.transaction():
+        if not await lock_connection(conn, details.id):
+            return
+        still = await conn.fetchval("SELECT 1 FROM sync.event_instances WHERE event_id = $1", event_id)
+        if still:
+            await write_changes(
+                conn, sync.store, user_id=user_id, connection_id=details.id, calendar_id=calendar.id, sync_id=None,
+                changes=ChangeSet([], [], [InstanceKey(event_id, row["uid"], row["recurrence_id"])]),
+            )
+        href = row["provider_event_id"]
+        if details.provider in ("caldav", "icloud") and href:
+            if new_object is None:
+                await conn.execute(
+                    "DELETE FROM sync.source_objects WHERE connection_id = $1 AND calendar_id = $2 AND href = $3",
+                    details.id, calendar.id, href,
+                )
+            else:
+                await conn.execute(
+                    "UPDATE sync.source_objects SET etag = $4, data = $5 WHERE connection_id = $1 AND calendar_id = $2 AND href = $3",
+                    details.id, calendar.id, new_object[0], new_object[1], new_object[2],
+                )
+
+
+async def _caldav_delete(sync: SyncDeps, details: ConnectionDetails, row: Any) -> tuple[str, str | None, str] | None:
+    href = row["provider_event_id"]
+    if not href:
+        return None
+    stored = await sync.pool.fetchrow(
+        "SELECT etag, data FROM sync.source_objects WHERE connection_id = $1 AND calendar_id = $2 AND href = $3",
+        details.id, row["calendar_id"], href,
+    )
+    client = _caldav(sync, details)
+    try:
+        etag = stored["etag"] if stored else None
+        data = stored["data"] if stored else None
+        for attempt in range(2):
+            if etag is None or data is None or attempt:
+                try:
+                    current = await client.get(href)
+                except NotFoundError:
+                    return None
+                etag, data = current.etag, current.data
+            try:
+                if not row["recurrence_id"]:
+                    await client.delete(href, etag)
+                    return None
+                new_data = _with_exdate(data, row["uid"], row["recurrence_id"])
+                new_etag = await client.put(href, new_data, etag=etag)
+                return (href, new_etag, new_data)
+            except PreconditionFailed:
+                if attempt:
+                    raise
+        return None
+    finally:
+        await client.aclose()
+
+
+def _with_exdate(data: str, uid: str, recurrence_id: str) -> str:
+    """The object with one instance of its series excluded (EXDATE) and its override removed."""
+    cal = ical.parse_ical(data.encode())
+    if len(recurrence_id) == 10:
+        value: date | datetime = date.fromisoformat(recurrence_id)
+    else:
+        value = datetime.fromisoformat(recurrence_id.replace("Z", "+00:00"))
+    kept = []
+    for component in cal.subcomponents:
+        if component.name == "VEVENT" and str(component.get("UID", "")) == uid and component.get("RECURRENCE-ID") is not None:
+            rid = component["RECURRENCE-ID"].dt
+            same = (rid == value) if isinstance(value, date) and not isinstance(value, datetime) else (
+                isinstance(rid, datetime) and ical.to_utc(rid, UTC) == value
+            )
+            if same:
+                continue
+        kept.append(component)
+    cal.subcomponents[:] = kept
+    for component in cal.walk("VEVENT"):
+        if str(component.get("UID", "")) == uid and component.get("RECURRENCE-ID") is None:
+            start = component["DTSTART"].dt
+            if isinstance(start, datetime) and isinstance(value, datetime) and start.tzinfo is not None:
+                value = value.astimezone(start.tzinfo)
+            component.add("EXDATE", value)
+    return cal.to_ical().decode()
+
+
+ROUTES = [create_event, delete_event]
+
