@@ -449,3 +449,28 @@ async def test_book_checks_input_and_scope(bk: BookingHarness) -> None:
     past = await bk.client.post(url, params={"handle": ann.handle},
                                 json={"start": "2020-01-06T09:00:00Z", "name": "V", "email": "v@example.org"})
     assert past.status_code == 409
+
+
+async def test_racing_for_overlapping_slots_lets_only_one_win(bk: BookingHarness) -> None:
+    # 60-minute meetings every 30 minutes with 15 minutes' buffer: 09:00, 09:30 and 10:00 all clash
+    # (10:00 with 09:00 through the buffer only), across the owner's hour locks.
+    ann = await bk.new_user()
+    await make_page(bk, ann, duration_minutes=60, slot_interval_minutes=30, buffer_before_minutes=15,
+                    buffer_after_minutes=15)
+    day = future_day(33)
+    offered = await slots(bk, ann, day)
+    nine, half_past, ten = offered[0], offered[1], offered[2]
+    limits = httpx.Limits(max_connections=150)
+    async with httpx.AsyncClient(base_url=bk.service.url, headers=bk.client.headers, limits=limits,
+                                 timeout=60) as client:
+        async def one(i: int, start: str) -> tuple[str, int]:
+            r = await client.post("/api/v1/booking-pages/intro/book", params={"handle": ann.handle},
+                                  json={"start": start, "name": f"R{i}", "email": f"r{i}@example.org"})
+            return start, r.status_code
+
+        results = await asyncio.gather(*(one(i, (nine, half_past, ten)[i % 3]) for i in range(120)))
+    won = [start for start, code in results if code == 201]
+    assert Counter(code for _, code in results) == {201: 1, 409: 119}
+    # Whichever won is gone, and 09:30 (which clashes with both others) too.
+    remaining = await slots(bk, ann, day)
+    assert won[0] not in remaining and half_past not in remaining
