@@ -9,13 +9,15 @@ serves the gateway's own endpoints, with the established identity in ``scope["ca
 
 from __future__ import annotations
 
+import os
+import random
 import re
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from calmesh_common.logging import get_logger
 from calmesh_common.problems import PROBLEM_JSON, Problem, problem_bytes
@@ -70,6 +72,9 @@ class GatewayFront:
                                                  settings.public_rate_limit_per_minute)
         self.session_secret = settings.session_secret
         self.tracer = tracer("calmesh.gateway")
+        # Spans are recorded when something exports them; otherwise the gateway still takes part
+        # in the trace (a span id of its own, passed on to the service) at a fraction of the cost.
+        self.record_spans = settings.otel_console
         # Hot-path memos, bounded: (method, path) -> match; Authorization value -> key hash.
         self._matches: dict[tuple[str, str], Any] = {}
         self._key_hashes: dict[bytes, str] = {}
@@ -113,9 +118,8 @@ class GatewayFront:
 
         request_id = rid.decode("latin-1") if rid is not None else ""
         if not _REQUEST_ID.match(request_id):
-            request_id = uuid.uuid4().hex
-        parent = extract_context({"traceparent": tp.decode("latin-1")}) if tp is not None else None
-        span = self.tracer.start_span(f"gateway {method}", context=parent, kind=SpanKind.SERVER)
+            request_id = os.urandom(16).hex()
+        span = self._start_span(method, tp)
         ctx = span.get_span_context()
         traceparent = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
         ids = [(b"x-request-id", request_id.encode()), (b"traceparent", traceparent.encode())]
@@ -203,6 +207,18 @@ class GatewayFront:
             if status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
             span.end()
+
+    def _start_span(self, method: str, tp: bytes | None) -> trace.Span:
+        if self.record_spans:
+            parent = extract_context({"traceparent": tp.decode("latin-1")}) if tp is not None else None
+            return self.tracer.start_span(f"gateway {method}", context=parent, kind=SpanKind.SERVER)
+        parent_ctx = _parse_traceparent(tp) if tp is not None else None
+        if parent_ctx is not None:
+            trace_id, flags = parent_ctx
+        else:
+            trace_id, flags = random.getrandbits(128) or 1, TraceFlags.SAMPLED
+        return NonRecordingSpan(SpanContext(trace_id, random.getrandbits(64) or 1, is_remote=False,
+                                            trace_flags=TraceFlags(flags)))
 
     # Authentication --------------------------------------------------------------------------
 
@@ -293,6 +309,18 @@ class GatewayFront:
 
 
 _PUBLIC_ONLY = frozenset({"public"})
+_TRACEPARENT = re.compile(rb"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
+
+
+def _parse_traceparent(value: bytes) -> tuple[int, int] | None:
+    """(trace id, flags) of a valid W3C traceparent, else None (a new trace is started)."""
+    m = _TRACEPARENT.match(value.strip())
+    if m is None or m.group(1) == b"ff":
+        return None
+    trace_id = int(m.group(2), 16)
+    if trace_id == 0 or int(m.group(3), 16) == 0:
+        return None
+    return trace_id, int(m.group(4), 16)
 _MEMO_MAX = 4096
 _VIA = (b"via", b"1.1 calmesh-gateway")
 
