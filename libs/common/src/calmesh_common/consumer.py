@@ -28,6 +28,7 @@ from opentelemetry import context as otel_context
 
 from .events import Envelope, decode_envelope
 from .logging import get_logger
+from .relay import _stop_if_cancelled
 from .streams import DEAD_LETTER_PREFIX
 from .tracing import extract_context, tracer
 
@@ -92,6 +93,7 @@ class DurableConsumer:
             await self.subscribe()
         assert self._sub is not None
         while True:
+            _stop_if_cancelled()
             try:
                 msgs = await self._sub.fetch(self.spec.batch, timeout=1.0)
             except (nats.errors.TimeoutError, asyncio.TimeoutError):

@@ -22,6 +22,14 @@ from .logging import get_logger
 log = get_logger(__name__)
 
 
+def _stop_if_cancelled() -> None:
+    """Raise CancelledError when the current task was asked to stop but a library swallowed it
+    (asyncio.wait_for on Python 3.11 does when its awaitable finishes at the same moment)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class OutboxRelay:
     """Publishes `schema`.outbox to JetStream; `run()` until cancelled."""
 
@@ -67,7 +75,10 @@ class OutboxRelay:
                 headers = msgspec.json.decode(row["headers"]) if isinstance(row["headers"], str) else dict(row["headers"])
                 headers["Nats-Msg-Id"] = row["event_id"]
                 futures.append(await self.js.publish_async(row["subject"], bytes(row["payload"]), headers=headers))
-            await asyncio.wait_for(asyncio.gather(*futures), self.publish_timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+            # arrives just as the acknowledgements do, and the relay would never stop.
+            async with asyncio.timeout(self.publish_timeout):
+                await asyncio.gather(*futures)
             ids = [r["event_id"] for r in rows]
             if self._before_mark is not None:
                 await self._before_mark(ids)
@@ -84,6 +95,7 @@ class OutboxRelay:
         await listener.add_listener(channel, self._on_notify)
         try:
             while True:
+                _stop_if_cancelled()
                 # Cleared before publishing, so a notice that comes in meanwhile is not lost.
                 self._wake.clear()
                 try:
@@ -94,7 +106,8 @@ class OutboxRelay:
                     log.warning("outbox_relay_failed", schema=self.schema, error=repr(exc))
                     await asyncio.sleep(self.poll_interval)
                 try:
-                    await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                    async with asyncio.timeout(self.poll_interval):
+                        await self._wake.wait()
                 except TimeoutError:
                     pass
         finally:
