@@ -160,7 +160,7 @@ def test_busy_merges_overlapping_and_touching_events_across_sources_and_free_is_
         row(HOME, "2026-03-15T18:00:00Z", "2026-03-15T19:00:00Z", status="cancelled"),
     )
     start, end = domain.local_day_window(date(2026, 3, 15), cal.tz)
-    doc = msgspec.to_builtins(domain.availability(rows, cal, "UTC", start, end))
+    doc = msgspec.to_builtins(domain.availability(domain.busy_items(rows, cal), cal, "UTC", start, end))
     assert doc["slug"] == "work" and doc["timezone"] == "UTC"
     assert (doc["start"], doc["end"]) == ("2026-03-15T00:00:00Z", "2026-03-16T00:00:00Z")
     assert doc["busy"] == [
@@ -181,7 +181,7 @@ def test_min_duration_drops_short_gaps_and_busy_is_cut_to_the_window() -> None:
         row(HOME, "2026-03-15T08:20:00Z", "2026-03-15T12:00:00Z"),
     )
     start, end = ts("2026-03-15T00:00:00Z"), ts("2026-03-15T13:00:00Z")
-    doc = msgspec.to_builtins(domain.availability(rows, cal, "UTC", start, end, min_duration=30 * 60))
+    doc = msgspec.to_builtins(domain.availability(domain.busy_items(rows, cal), cal, "UTC", start, end, min_duration=30 * 60))
     assert doc["busy"][0]["start"] == "2026-03-15T00:00:00Z"
     assert doc["free"] == [{"start": "2026-03-15T12:00:00Z", "end": "2026-03-15T13:00:00Z"}]
 
@@ -190,7 +190,7 @@ def test_all_day_events_block_their_whole_local_day() -> None:
     cal = calendar("Europe/Berlin")
     rows = sorted_rows(row(FEED, "2026-03-29", "2026-03-30", all_day=True))  # a 23-hour day in Berlin
     start, end = domain.local_day_window(date(2026, 3, 29), cal.tz)
-    doc = msgspec.to_builtins(domain.availability(rows, cal, "Europe/Berlin", start, end))
+    doc = msgspec.to_builtins(domain.availability(domain.busy_items(rows, cal), cal, "Europe/Berlin", start, end))
     assert doc["busy"] == [{"start": "2026-03-28T23:00:00Z", "end": "2026-03-29T22:00:00Z", "source_ids": ["src_feed"]}]
     assert doc["free"] == []
 
@@ -201,7 +201,7 @@ def test_explain_lists_each_meeting_behind_a_busy_interval_once() -> None:
     standup_home = row(HOME, "2026-03-15T09:00:00Z", "2026-03-15T09:30:00Z", title="Stand-up", uid="standup-1")
     review = row(HOME, "2026-03-15T09:15:00Z", "2026-03-15T10:00:00Z", title="Review")
     rows = sorted_rows(standup_work, standup_home, review)
-    doc = msgspec.to_builtins(domain.availability(rows, cal, "UTC", ts("2026-03-15T00:00:00Z"),
+    doc = msgspec.to_builtins(domain.availability(domain.busy_items(rows, cal), cal, "UTC", ts("2026-03-15T00:00:00Z"),
                                                   ts("2026-03-16T00:00:00Z"), explain=True))
     (busy,) = doc["busy"]
     assert busy["source_ids"] == ["src_work", "src_home"]
@@ -213,7 +213,7 @@ def test_explain_lists_each_meeting_behind_a_busy_interval_once() -> None:
 def test_rows_of_a_source_no_longer_in_the_calendar_are_ignored() -> None:
     cal = calendar("UTC", sources=(WORK,))
     rows = sorted_rows(row(HOME, "2026-03-15T09:00:00Z", "2026-03-15T10:00:00Z"))
-    doc = msgspec.to_builtins(domain.availability(rows, cal, "UTC", ts("2026-03-15T00:00:00Z"), ts("2026-03-16T00:00:00Z")))
+    doc = msgspec.to_builtins(domain.availability(domain.busy_items(rows, cal), cal, "UTC", ts("2026-03-15T00:00:00Z"), ts("2026-03-16T00:00:00Z")))
     assert doc["busy"] == []
 
 
@@ -230,13 +230,20 @@ def test_conflicts_are_overlapping_busy_events_of_different_sources() -> None:
     mirror_a = row(WORK, "2026-03-15T13:00:00Z", "2026-03-15T14:00:00Z", uid="shared")
     mirror_b = row(HOME, "2026-03-15T13:00:00Z", "2026-03-15T14:00:00Z", uid="shared")
     rows = sorted_rows(a, b, same_source, free, touching, mirror_a, mirror_b)
-    found = domain.conflicts(rows, cal, ts("2026-03-15T00:00:00Z"), ts("2026-03-16T00:00:00Z"))
-    pairs = [([e.title for e in c.events], c.overlap_start, c.overlap_end) for _, c in found]
+    window = ts("2026-03-15T00:00:00Z"), ts("2026-03-16T00:00:00Z")
+    found, last = domain.conflicts(rows, cal, *window)
+    pairs = [([e.title for e in c.events], c.overlap_start, c.overlap_end) for c in found]
     assert pairs == [
         (["Planning", "Dentist"], "2026-03-15T09:30:00Z", "2026-03-15T10:00:00Z"),
         (["Dentist", "Also work"], "2026-03-15T09:45:00Z", "2026-03-15T10:15:00Z"),
     ]
-    assert [e.source_id for e in found[0][1].events] == ["src_work", "src_home"]
+    assert last is None
+    assert [e.source_id for e in found[0].events] == ["src_work", "src_home"]
+    first_page, position = domain.conflicts(rows, cal, *window, limit=1)
+    assert [c.events[0].title for c in first_page] == ["Planning"]
+    assert position == (ts("2026-03-15T09:30:00Z"), a["event_id"], b["event_id"])
+    second_page, end = domain.conflicts(rows, cal, *window, after=position, limit=1)
+    assert ([c.events[0].title for c in second_page], end) == (["Dentist"], None)
 
 
 # --- writes ---------------------------------------------------------------------------------------

@@ -275,8 +275,10 @@ async def test_availability_of_a_day_in_the_calendars_zone(service: Service, wor
         {"start": "2026-03-16T09:30:00Z", "end": "2026-03-16T15:00:00Z"},
         {"start": "2026-03-16T16:00:00Z", "end": "2026-03-16T23:00:00Z"},
     ]
+    # Without explain the query hands the engine its items directly: the same answer, minus events.
     plain = (await service.get(world.user, "/api/v1/calendars/work/availability", date="2026-03-16")).json()
     assert "events" not in plain["busy"][0]
+    assert plain == {**body, "busy": [{k: v for k, v in b.items() if k != "events"} for b in body["busy"]]}
 
 
 async def test_tz_moves_the_day_and_all_day_events_block_their_days(service: Service, world: World) -> None:
@@ -286,6 +288,10 @@ async def test_tz_moves_the_day_and_all_day_events_block_their_days(service: Ser
     body = r.json()
     assert (body["timezone"], body["start"], body["end"]) == (
         "America/New_York", "2026-03-17T04:00:00Z", "2026-03-18T04:00:00Z")
+    explained = await service.get(world.user, "/api/v1/calendars/work/availability", date="2026-03-17",
+                                  tz="America/New_York", min_duration="60", explain="true")
+    assert [e["title"] for e in explained.json()["busy"][0]["events"]] == ["Holiday"]
+    assert explained.json()["free"] == body["free"]
     # The holiday blocks the 17th in the calendar's zone (Berlin): until 23:00Z.
     assert [(b["start"], b["end"]) for b in body["busy"]] == [("2026-03-17T04:00:00Z", "2026-03-17T23:00:00Z")]
     assert body["free"] == [{"start": "2026-03-17T23:00:00Z", "end": "2026-03-18T04:00:00Z"}]

@@ -10,6 +10,7 @@ Reads are one indexed query on the projection plus a cached calendar lookup; no 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -18,6 +19,7 @@ from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.params import Parameter
 
+from calmesh_common.intervals import BusyItem
 from calmesh_common.logging import get_logger
 from calmesh_common.problems import FieldError, Problem
 from calmesh_common.service import SECRET_HEADER, Caller, ServiceDeps
@@ -59,6 +61,11 @@ class ConflictPage(msgspec.Struct, kw_only=True):
 
 def _directory(request: Request[Any, Any, State]) -> CalendarDirectory:
     return request.app.state.deps.extras["calendars"]  # type: ignore[no-any-return]
+
+
+def _reads(deps: ServiceDeps) -> Any:
+    """The read-only pool for projection queries (see app.py)."""
+    return deps.extras["read_pool"]
 
 
 def _tz_for(raw: str | None, cal: Calendar | None = None) -> tuple[Any, str]:
@@ -125,8 +132,7 @@ class CalendarRoutes(Controller):
                 raise domain.bad_param("cursor", "not a cursor this endpoint gave out", code="invalid_cursor")
             after = (pos[0], pos[1])
         conn_ids, cal_ids = cal.source_columns(only)
-        assert deps.pool is not None
-        rows = await store.event_rows(deps.pool, caller.user_id, conn_ids, cal_ids, win_start, win_end,
+        rows = await store.event_rows(_reads(deps), caller.user_id, conn_ids, cal_ids, win_start, win_end,
                                       tz_name=cal.tz_name, include_cancelled=cancelled, after=after,
                                       limit=page_size + 1)
         page = rows[:page_size]
@@ -166,10 +172,15 @@ class CalendarRoutes(Controller):
         zone, zone_name = _tz_for(tz, cal)
         win_start, win_end = domain.availability_window(date, start, end, zone)
         conn_ids, cal_ids = cal.source_columns()
-        assert deps.pool is not None
-        rows = await store.busy_rows(deps.pool, caller.user_id, conn_ids, cal_ids, win_start, win_end,
-                                     full=with_events)
-        return domain.availability(rows, cal, zone_name, win_start, win_end,
+        items: Sequence[BusyItem]
+        if with_events:
+            rows = await store.busy_rows(_reads(deps), caller.user_id, conn_ids, cal_ids, win_start, win_end)
+            items = domain.busy_items(rows, cal)
+        else:
+            # The hot path: the query returns the engine's items themselves.
+            items = await store.busy_items(_reads(deps), caller.user_id, conn_ids, cal_ids,
+                                           cal.source_ids_for(conn_ids, cal_ids), win_start, win_end, cal.tz_name)
+        return domain.availability(items, cal, zone_name, win_start, win_end,
                                    min_duration=min_seconds, explain=with_events)
 
     @get("/conflicts", summary="Detect overlapping events across different sources", tags=["availability"])
@@ -202,16 +213,10 @@ class CalendarRoutes(Controller):
                 raise domain.bad_param("cursor", "not a cursor this endpoint gave out", code="invalid_cursor")
             after = (pos[0], str(pos[1]), str(pos[2]))
         conn_ids, cal_ids = cal.source_columns()
-        assert deps.pool is not None
-        rows = await store.busy_rows(deps.pool, caller.user_id, conn_ids, cal_ids, win_start, win_end, full=True)
-        found = domain.conflicts(rows, cal, win_start, win_end)
-        if after is not None:
-            found = [f for f in found if f[0] > after]
-        page = found[:page_size]
-        next_cursor = None
-        if len(found) > page_size:
-            next_cursor = domain.encode_cursor("conflicts", fp, list(page[-1][0]))
-        return ConflictPage(data=[c for _, c in page], next_cursor=next_cursor)
+        rows = await store.busy_rows(_reads(deps), caller.user_id, conn_ids, cal_ids, win_start, win_end)
+        page, last = domain.conflicts(rows, cal, win_start, win_end, after=after, limit=page_size)
+        next_cursor = domain.encode_cursor("conflicts", fp, list(last)) if last is not None else None
+        return ConflictPage(data=page, next_cursor=next_cursor)
 
     @post("/events", summary="Create an event on a connected calendar (for AI agents/MCP)", status_code=201)
     async def create_event(
@@ -326,8 +331,7 @@ class CalendarRoutes(Controller):
             raise domain.bad_param("event_id", "required")
         cal = await _directory(request).get(caller.user_id, slug)
         conn_ids, cal_ids = cal.source_columns()
-        assert deps.pool is not None
-        found = await store.find_event(deps.pool, caller.user_id, conn_ids, cal_ids, event_id)
+        found = await store.find_event(_reads(deps), caller.user_id, conn_ids, cal_ids, event_id)
         if found is None:
             raise Problem(404, "not_found", f"No event {event_id!r} in calendar {slug!r}.")
         source = cal.by_key[(found["connection_id"], found["calendar_id"])]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 
+import asyncpg
 import uvicorn
 from litestar import Litestar
 
@@ -24,6 +25,31 @@ NAME = "availability"
 SCHEMA = "availability"
 
 DESCRIPTION = "Merged events, free/busy and conflicts of unified calendars, read from the projection."
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Release hook of the read pool: its queries change no session state (no SET, LISTEN, advisory
+    lock or cursor), so the default reset round trip on every release is skipped. An open
+    transaction is still rolled back by asyncpg itself before this runs."""
+
+
+async def _start_read_pool(deps: ServiceDeps) -> None:
+    """The pool of projection reads: read-only at the server, no reset query per release (the hot
+    path then costs one round trip, not two)."""
+    settings = deps.settings
+    deps.extras["read_pool"] = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        reset=_keep_session,
+        server_settings={"application_name": "calmesh-availability-read", "default_transaction_read_only": "on"},
+    )
+
+
+async def _stop_read_pool(deps: ServiceDeps) -> None:
+    pool: asyncpg.Pool | None = deps.extras.pop("read_pool", None)
+    if pool is not None:
+        await pool.close()
 
 
 async def _start_directory(deps: ServiceDeps) -> None:
@@ -47,8 +73,8 @@ def create_app(settings: Settings) -> Litestar:
         name=NAME,
         schema=SCHEMA,
         route_handlers=[CalendarRoutes],
-        on_startup=[_start_directory],
-        on_shutdown=[_stop_directory],
+        on_startup=[_start_read_pool, _start_directory],
+        on_shutdown=[_stop_directory, _stop_read_pool],
         title="CalMesh availability",
         description=DESCRIPTION,
     )

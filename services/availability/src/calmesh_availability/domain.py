@@ -25,6 +25,7 @@ import msgspec
 
 from calmesh_common.intervals import (
     BusyItem,
+    Conflict,
     block_items,
     clip_blocks,
     dedupe_mirrors,
@@ -109,6 +110,10 @@ class Calendar:
         """(connection ids, calendar ids) of the sources to read, for the projection query."""
         chosen = (only,) if only is not None else tuple(self.by_key.values())
         return [s.connection_id for s in chosen], [s.calendar_id for s in chosen]
+
+    def source_ids_for(self, connection_ids: Sequence[str], calendar_ids: Sequence[str]) -> list[str]:
+        """The source ids of (connection, calendar) pairs, as :meth:`source_columns` gave them."""
+        return [self.by_key[k].id for k in zip(connection_ids, calendar_ids, strict=True)]
 
     def default_write_target(self) -> Source | None:
         """The first writable source by sort order (api.md: the default write target)."""
@@ -400,12 +405,14 @@ class Availability(msgspec.Struct, kw_only=True):
 
 
 def availability(
-    rows: Sequence[Row], cal: Calendar, tz_name: str, start: int, end: int,
+    items: Sequence[BusyItem], cal: Calendar, tz_name: str, start: int, end: int,
     *, min_duration: int = 0, explain: bool = False,
 ) -> Availability:
     """Busy time merged across sources (overlapping and touching intervals join) and the free time
-    around it, both cut to ``[start, end)``; free gaps shorter than `min_duration` seconds dropped."""
-    items = busy_items(rows, cal)
+    around it, both cut to ``[start, end)``; free gaps shorter than `min_duration` seconds dropped.
+
+    `items` are engine items sorted by start: from :func:`busy_items` (rows as payloads, which
+    `explain` needs), or made by the projection query itself (``store.busy_items``)."""
     blocks = merge_busy(items)
     rank = cal.rank
     busy: list[BusyInterval] = []
@@ -447,24 +454,33 @@ class ConflictOut(msgspec.Struct, kw_only=True):
     overlap_end: str
 
 
-def conflicts(rows: Sequence[Row], cal: Calendar, start: int, end: int) -> list[tuple[tuple[int, str, str], ConflictOut]]:
-    """Pairs of busy events from different sources that overlap inside ``[start, end)``, each with
-    its position ``(overlap_start, first id, second id)``, in that order. A meeting seen through two
-    sources (mirrors) is one meeting, not a conflict with itself."""
+ConflictKey = tuple[int, str, str]
+
+
+def conflicts(
+    rows: Sequence[Row], cal: Calendar, start: int, end: int, *, after: ConflictKey | None = None, limit: int = 50,
+) -> tuple[list[ConflictOut], ConflictKey | None]:
+    """One page of the pairs of busy events from different sources that overlap inside
+    ``[start, end)``, ordered by ``(overlap_start, first id, second id)``, after `after`; and the
+    position of the page's last pair when more follow. A meeting seen through two sources (mirrors)
+    is one meeting, not a conflict with itself. Only the page's pairs are shaped for the API."""
     items = busy_items(rows, cal)
     meetings = dedupe_mirrors(items, [mirror_keys(it[3]) for it in items])
-    found = []
+    keyed: list[tuple[ConflictKey, Conflict]] = []
     for c in find_conflicts(meetings):
         if c.overlap_start >= end or c.overlap_end <= start:
             continue
-        a, b = c.first, c.second
-        found.append((
-            (c.overlap_start, a["event_id"], b["event_id"]),
-            ConflictOut(events=[event_out(a, cal), event_out(b, cal)],
-                        overlap_start=format_utc(c.overlap_start), overlap_end=format_utc(c.overlap_end)),
-        ))
-    found.sort(key=itemgetter(0))
-    return found
+        key = (c.overlap_start, c.first["event_id"], c.second["event_id"])
+        if after is None or key > after:
+            keyed.append((key, c))
+    keyed.sort(key=itemgetter(0))
+    page = keyed[:limit]
+    out = [
+        ConflictOut(events=[event_out(c.first, cal), event_out(c.second, cal)],
+                    overlap_start=format_utc(c.overlap_start), overlap_end=format_utc(c.overlap_end))
+        for _, c in page
+    ]
+    return out, (page[-1][0] if len(keyed) > limit and page else None)
 
 
 # --- event writes ---------------------------------------------------------------------------------

@@ -18,47 +18,59 @@ from .domain import to_epoch_datetime
 
 PROJECTION = "sync.event_instances"
 
-# Instants as whole epoch seconds (the interval engine's unit); `k` is the exact sort key of
-# start_at in microseconds, for keyset cursors.
-_TIMES = """floor(extract(epoch FROM ei.start_at))::bigint AS s,
-           floor(extract(epoch FROM ei.end_at))::bigint AS e,
+# Instants as whole epoch seconds, the interval engine's unit (date_part gives float8, which is
+# cheaper than extract's numeric).
+def _epoch(column: str) -> str:
+    return f"floor(date_part('epoch', {column}))::int8"
+
+
+_TIMES = f"""{_epoch("ei.start_at")} AS s, {_epoch("ei.end_at")} AS e,
            ei.all_day, ei.start_date, ei.end_date, ei.status, ei.transparency"""
 
 FULL_COLUMNS = f"""ei.event_id, ei.connection_id, ei.calendar_id, ei.uid, ei.recurrence_id, ei.recurring_event_id,
            ei.provider_event_id, ei.title, ei.description, ei.location, {_TIMES},
-           floor(extract(epoch FROM ei.updated_at))::bigint AS u"""
+           {_epoch("ei.updated_at")} AS u"""
 
-#: What free/busy alone needs.
-SLIM_COLUMNS = f"ei.connection_id, ei.calendar_id, {_TIMES}"
+# Free/busy alone needs only engine items, and the query makes them: rows ``(start, end, source_id,
+# NULL)`` that the engine merges as they come. An all-day row is placed on its dates in the
+# calendar's zone ($7) here, so the rows come sorted by where they really start.
+_LOCAL_START = "(ei.start_date::timestamp AT TIME ZONE {tz})"
+_LOCAL_END = "(ei.end_date::timestamp AT TIME ZONE {tz})"
+_ALL_DAY = "ei.all_day AND ei.start_date IS NOT NULL AND ei.end_date IS NOT NULL"
+_ITEM_COLUMNS = f"""
+           CASE WHEN {_ALL_DAY} THEN {_epoch(_LOCAL_START.format(tz="$7"))} ELSE {_epoch("ei.start_at")} END AS s,
+           CASE WHEN {_ALL_DAY} THEN {_epoch(_LOCAL_END.format(tz="$7"))} ELSE {_epoch("ei.end_at")} END AS e,
+           src.source_id, NULL::int4 AS payload"""
 
 
-def _per_source(columns: str, where: str) -> str:
+def _per_source(columns: str, where: str, *, items: bool = False) -> str:
+    source_ids = ", $6::text[]" if items else ""
+    source_id = ", source_id" if items else ""
     return f"""
-        SELECT x.* FROM unnest($2::text[], $3::text[]) AS src(connection_id, calendar_id)
+        SELECT x.* FROM unnest($2::text[], $3::text[]{source_ids}) AS src(connection_id, calendar_id{source_id})
         CROSS JOIN LATERAL (
             SELECT {columns}
             FROM {PROJECTION} ei
             WHERE ei.connection_id = src.connection_id AND ei.calendar_id = src.calendar_id
               AND ei.user_id = $1 AND ei.start_at < $5 AND ei.end_at > $4 {where}
+            OFFSET 0  -- keeps the planner from flattening this into a hash join over a full scan
         ) x
         ORDER BY x.s, x.e"""
 
 
 _BUSY = "AND ei.status <> 'cancelled' AND ei.transparency <> 'free'"
-BUSY_SLIM_SQL = _per_source(SLIM_COLUMNS, _BUSY)
+BUSY_ITEMS_SQL = _per_source(_ITEM_COLUMNS, _BUSY, items=True)
 BUSY_FULL_SQL = _per_source(FULL_COLUMNS, _BUSY)
 
 # The events list is ordered by where each event starts for the reader: an all-day event at local
 # midnight of its first date in the calendar's zone ($6), not at its widest-span start_at; and it
 # selects all-day events by their dates in that zone. The keyset is (that start, event_id).
-_LOCAL_START = "(ei.start_date::timestamp AT TIME ZONE $6)"
-_LOCAL_END = "(ei.end_date::timestamp AT TIME ZONE $6)"
-_SORT_AT = f"CASE WHEN ei.all_day AND ei.start_date IS NOT NULL THEN {_LOCAL_START} ELSE ei.start_at END"
+_SORT_AT = f"CASE WHEN {_ALL_DAY} THEN {_LOCAL_START.format(tz='$6')} ELSE ei.start_at END"
 
 
 def _events_sql(include_cancelled: bool, keyset: bool) -> str:
-    where = f"""AND (NOT ei.all_day OR ei.start_date IS NULL OR ei.end_date IS NULL
-                   OR ({_LOCAL_START} < $5 AND {_LOCAL_END} > $4))"""
+    local_start, local_end = _LOCAL_START.format(tz="$6"), _LOCAL_END.format(tz="$6")
+    where = f"""AND (NOT ({_ALL_DAY}) OR ({local_start} < $5 AND {local_end} > $4))"""
     if not include_cancelled:
         where += " AND ei.status <> 'cancelled'"
     if keyset:
@@ -91,13 +103,22 @@ FIND_EVENT_SQL = f"""
 
 async def busy_rows(
     pool: asyncpg.Pool, user_id: str, connection_ids: list[str], calendar_ids: list[str],
-    start: int, end: int, *, full: bool,
+    start: int, end: int,
 ) -> list[asyncpg.Record]:
     """Busy (not cancelled, not transparent) rows of the sources overlapping ``[start, end)``,
-    by start. `full`: every column (explain, conflicts); else what free/busy needs."""
-    sql = BUSY_FULL_SQL if full else BUSY_SLIM_SQL
-    return await pool.fetch(sql, user_id, connection_ids, calendar_ids,
+    every column (explain, conflicts), by start_at."""
+    return await pool.fetch(BUSY_FULL_SQL, user_id, connection_ids, calendar_ids,
                             to_epoch_datetime(start), to_epoch_datetime(end))
+
+
+async def busy_items(
+    pool: asyncpg.Pool, user_id: str, connection_ids: list[str], calendar_ids: list[str], source_ids: list[str],
+    start: int, end: int, tz_name: str,
+) -> list[asyncpg.Record]:
+    """The busy rows of the sources overlapping ``[start, end)`` as interval-engine items
+    ``(start, end, source_id, None)`` sorted by start, all-day rows placed in zone `tz_name`."""
+    return await pool.fetch(BUSY_ITEMS_SQL, user_id, connection_ids, calendar_ids,
+                            to_epoch_datetime(start), to_epoch_datetime(end), source_ids, tz_name)
 
 
 async def event_rows(
