@@ -28,11 +28,16 @@ class Migration:
 
 def _read_dir(path: Path, prefix: str = "") -> list[Migration]:
     found = []
+    numbers: dict[str, str] = {}
     for file in sorted(path.iterdir()):
         if file.suffix != ".sql":
             continue
-        if not _NAME.match(file.name):
+        match = _NAME.match(file.name)
+        if not match:
             raise ValueError(f"migration file {file} is not named NNNN_description.sql")
+        # Two files with one number (two branches merged) would apply in an accidental order.
+        if (other := numbers.setdefault(match.group(1), file.name)) != file.name:
+            raise ValueError(f"migration files {other} and {file.name} in {path} share the number {match.group(1)}")
         found.append(Migration(prefix + file.stem, file.read_text(encoding="utf-8")))
     return found
 

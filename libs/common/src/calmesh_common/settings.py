@@ -359,8 +359,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("CALMESH_LOG_LEVEL must be one of debug, info, warning, error")
         if self.max_body_bytes < 1024:
             raise SettingsError("CALMESH_MAX_BODY_BYTES must be at least 1024")
-        if self.rate_limit_per_minute < 1 or self.public_rate_limit_per_minute < 1:
-            raise SettingsError("rate limits must be at least 1 request a minute")
+        if self.rate_limit_per_minute < 1:
+            raise SettingsError("CALMESH_RATE_LIMIT_PER_MINUTE must be at least 1 request a minute")
+        if self.public_rate_limit_per_minute < 1:
+            raise SettingsError("CALMESH_PUBLIC_RATE_LIMIT_PER_MINUTE must be at least 1 request a minute")
+        for name, port in (("CALMESH_HTTP_PORT", self.http_port), ("CALMESH_PORT", self.port)):
+            if not 0 <= port <= 65535:
+                raise SettingsError(f"{name} must be a TCP port (0 to 65535), got {port}")
         if self.db_pool_min < 0 or self.db_pool_max < max(1, self.db_pool_min):
             raise SettingsError("CALMESH_DB_POOL_MAX must be at least 1 and not below CALMESH_DB_POOL_MIN")
         if any(delay < 0 for delay in self.webhook_retry_schedule):

@@ -1,0 +1,109 @@
+"""Settings: read once from the environment, with defaults, and errors that name the variable."""
+
+from __future__ import annotations
+
+import pytest
+
+from calmesh_common.settings import Settings, SettingsError
+
+
+def test_an_empty_environment_gives_the_documented_defaults() -> None:
+    s = Settings.from_env({})
+    assert s.database_url == ""
+    assert s.nats_url == "nats://127.0.0.1:4222"
+    assert (s.host, s.port, s.http_port) == ("127.0.0.1", 8080, 8080)
+    assert s.public_base_url == "http://127.0.0.1:8080"
+    assert (s.log_level, s.log_json) == ("info", True)
+    assert (s.db_pool_min, s.db_pool_max) == (1, 10)
+    assert s.service_urls == {}
+    assert s.encryption_keys == ()
+    assert s.max_body_bytes == 1_048_576
+    assert s.health_timeout_seconds == 2.0
+
+
+def test_values_are_parsed_from_their_variables() -> None:
+    s = Settings.from_env(
+        {
+            "DATABASE_URL": "postgresql://calmesh@db/calmesh",
+            "NATS_URL": "nats://nats:4222",
+            "CALMESH_SERVICE": "booking",
+            "CALMESH_HOST": "0.0.0.0",
+            "CALMESH_HTTP_PORT": "9000",
+            "CALMESH_PUBLIC_BASE_URL": "https://cal.example.com/",
+            "CALMESH_LOG_LEVEL": "DEBUG",
+            "CALMESH_LOG_JSON": "off",
+            "CALMESH_DB_POOL_MAX": "3",
+            "CALMESH_COOKIE_SECURE": "yes",
+            "CALMESH_HEALTH_TIMEOUT_SECONDS": "0.5",
+            "CALMESH_ENCRYPTION_KEYS": " new-key , old-key ,",
+            "CALMESH_BOOKING_URL": "http://booking:8000",
+            "CALMESH_SYNC_URL": "http://sync:8000/",
+            "CALMESH_BILLING_URL": "",
+        }
+    )
+    assert s.database_url == "postgresql://calmesh@db/calmesh"
+    assert s.nats_url == "nats://nats:4222"
+    assert s.service_name == "booking"
+    assert s.host == "0.0.0.0"
+    # Without CALMESH_PORT a process listens on the public port.
+    assert (s.http_port, s.port) == (9000, 9000)
+    assert s.public_base_url == "https://cal.example.com"
+    assert (s.log_level, s.log_json, s.cookie_secure) == ("debug", False, True)
+    assert s.db_pool_max == 3
+    assert s.health_timeout_seconds == 0.5
+    assert s.encryption_keys == ("new-key", "old-key")
+    assert s.service_urls == {"booking": "http://booking:8000", "sync": "http://sync:8000/"}
+    assert s.service_url("sync") == "http://sync:8000"
+    assert Settings.from_env({"CALMESH_HTTP_PORT": "9000", "CALMESH_PORT": "8001"}).port == 8001
+    assert Settings.from_env({"CALMESH_HTTP_PORT": "9000"}).public_base_url == "http://127.0.0.1:9000"
+
+
+def test_keyword_overrides_win_over_the_environment() -> None:
+    s = Settings.from_env({"CALMESH_SERVICE": "x", "CALMESH_PORT": "1"}, service_name="gateway", port=2)
+    assert (s.service_name, s.port) == ("gateway", 2)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CALMESH_PORT", "eighty"),
+        ("CALMESH_HTTP_PORT", "80.5"),
+        ("CALMESH_DB_POOL_MAX", "many"),
+        ("CALMESH_HEALTH_TIMEOUT_SECONDS", "soon"),
+        ("CALMESH_LOG_JSON", "maybe"),
+        ("CALMESH_COOKIE_SECURE", "2"),
+        ("CALMESH_LOG_LEVEL", "verbose"),
+        ("CALMESH_MAX_BODY_BYTES", "10"),
+        ("CALMESH_RATE_LIMIT_PER_MINUTE", "0"),
+        ("CALMESH_PUBLIC_RATE_LIMIT_PER_MINUTE", "-5"),
+        ("CALMESH_DB_POOL_MAX", "0"),
+        ("CALMESH_PORT", "70000"),
+        ("CALMESH_HTTP_PORT", "-1"),
+    ],
+)
+def test_a_bad_value_is_refused_with_the_variables_name(variable: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env({variable: value})
+
+
+def test_a_value_that_could_not_be_parsed_is_quoted_in_the_error() -> None:
+    with pytest.raises(SettingsError, match="'eighty'"):
+        Settings.from_env({"CALMESH_PORT": "eighty"})
+
+
+def test_required_settings_are_named_when_missing() -> None:
+    s = Settings.from_env({"CALMESH_SERVICE": "billing", "DATABASE_URL": "postgresql://db/x"})
+    s.require("database_url")
+    with pytest.raises(SettingsError) as caught:
+        s.require("database_url", "internal_secret", "encryption_keys")
+    message = str(caught.value)
+    assert "CALMESH_INTERNAL_SECRET" in message and "CALMESH_ENCRYPTION_KEYS" in message
+    assert "DATABASE_URL" not in message and "billing" in message
+    with pytest.raises(SettingsError, match="CALMESH_CONNECTIONS_URL"):
+        s.service_url("connections")
+
+
+def test_settings_are_frozen() -> None:
+    s = Settings.from_env({})
+    with pytest.raises(AttributeError):
+        s.port = 1  # type: ignore[misc]
