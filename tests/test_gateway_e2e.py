@@ -4,6 +4,7 @@ plus gateway processes started here: a second replica, and one whose services ar
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
@@ -443,43 +444,48 @@ def _expected(route: Route, credential: str) -> str:
     return "allowed" if KEY in route.auth and credential in route.scopes else "forbidden"
 
 
-def test_the_scope_matrix_over_every_row_of_the_route_table(gw: str) -> None:
+async def test_the_scope_matrix_over_every_row_of_the_route_table(gw: str) -> None:
     account = Account(gw)
     keys = {scope: account.key(scope)["key"] for scope in ("read", "write", "book", "full")}
     skip = {("POST", "/api/v1/auth/logout")}  # would end the session the matrix uses; tested above
-    failures = []
-    checked = 0
-    for route in ROUTES:
-        if (route.method, route.path) in skip:
-            continue
-        path = concrete(route)
-        body = {"json": {}} if route.method in ("POST", "PUT", "PATCH") else {}
-        for credential in ("none", "session", "read", "write", "book", "full"):
-            headers: dict[str, str] = {}
-            client = httpx.Client(base_url=gw, timeout=15)
-            if credential == "session":
-                client = account.client
-                headers["X-CSRF-Token"] = account.csrf
-            elif credential != "none":
-                headers.update(bearer(keys[credential]))
-            if route.path == "/api/v1/auth/signup":
-                body = {"json": {"email": "x", "password": "y"}}  # refused as input, never stored
-            r = client.request(route.method, path, headers=headers, **body)
-            expected = _expected(route, credential)
-            got_code = code(r)
-            checked += 1
-            if expected == "forbidden":
-                ok = r.status_code == 403 and got_code == "insufficient_scope" and r.json()["required_scope"] == route.required_scope
-            elif expected == "unauthorized":
-                ok = r.status_code == 401
-            elif route.service != "gateway":
-                # The owning service answered (whatever it said): the gateway let the request through.
-                ok = r.headers.get("via") == "1.1 calmesh-gateway"
-            else:
-                ok = got_code not in GATEWAY_REFUSALS
-            if not ok:
-                failures.append(f"{credential:8s} {route.method} {path}: expected {expected}, got {r.status_code} {r.text[:150]}")
-    assert checked > 300
+    cases = [(route, credential) for route in ROUTES if (route.method, route.path) not in skip
+             for credential in ("none", "session", "read", "write", "book", "full")]
+    slots = asyncio.Semaphore(8)
+
+    async def check(route: Route, credential: str) -> str | None:
+        headers: dict[str, str] = {}
+        client = plain
+        if credential == "session":
+            client = signed_in
+            headers["X-CSRF-Token"] = account.csrf
+        elif credential != "none":
+            headers.update(bearer(keys[credential]))
+        body: dict[str, Any] = {"json": {}} if route.method in ("POST", "PUT", "PATCH") else {}
+        if route.path == "/api/v1/auth/signup":
+            body = {"json": {"email": "x", "password": "y"}}  # refused as input, never stored
+        async with slots:
+            r = await client.request(route.method, concrete(route), headers=headers, **body)
+        expected = _expected(route, credential)
+        got_code = code(r)
+        if expected == "forbidden":
+            ok = r.status_code == 403 and got_code == "insufficient_scope" and r.json()["required_scope"] == route.required_scope
+        elif expected == "unauthorized":
+            ok = r.status_code == 401
+        elif route.service != "gateway":
+            # The owning service answered (whatever it said): the gateway let the request through.
+            ok = r.headers.get("via") == "1.1 calmesh-gateway"
+        else:
+            ok = got_code not in GATEWAY_REFUSALS
+        if ok:
+            return None
+        return f"{credential:8s} {route.method} {route.path}: expected {expected}, got {r.status_code} {r.text[:150]}"
+
+    session_cookie = {"calmesh_session": account.client.cookies["calmesh_session"]}
+    async with httpx.AsyncClient(base_url=gw, timeout=30) as plain, \
+            httpx.AsyncClient(base_url=gw, timeout=30, cookies=session_cookie) as signed_in:
+        results = await asyncio.gather(*(check(route, credential) for route, credential in cases))
+    failures = [f for f in results if f]
+    assert len(cases) > 300
     assert not failures, "\n".join(failures)
 
 

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
@@ -270,7 +271,12 @@ class GatewayFront:
                 message["headers"] = [*message.get("headers", ()), *ids]
             await send(message)
 
-        await self.inner(scope, receive, send_with_ids)
+        # The gateway's own handlers log with the request id (forwarded requests log nothing here).
+        structlog.contextvars.bind_contextvars(request_id=ids[0][1].decode())
+        try:
+            await self.inner(scope, receive, send_with_ids)
+        finally:
+            structlog.contextvars.unbind_contextvars("request_id")
         return status
 
     async def _forward(self, scope: dict[str, Any], receive: Any, send: Any, route: Route, identity: Identity | None,
