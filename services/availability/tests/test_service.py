@@ -462,7 +462,8 @@ async def test_malformed_event_bodies_are_400(service: Service, world: World) ->
     h = service.headers(world.user, "write")
     for body in ({"title": "x", "start": "2026-05-04T10:00:00Z"},
                  {"title": "x", "start": "2026-05-04T10:00:00Z", "end": "2026-05-04T11:00:00Z", "colour": "red"},
-                 {"title": 5, "start": "2026-05-04T10:00:00Z", "end": "2026-05-04T11:00:00Z"}):
+                 {"title": 5, "start": "2026-05-04T10:00:00Z", "end": "2026-05-04T11:00:00Z"},
+                 {"title": " ", "start": "2026-05-04T10:00:00Z", "end": "2026-05-04T11:00:00Z"}):
         r = await service.client.post("/api/v1/calendars/work/events", json=body, headers=h)
         assert r.status_code == 400, r.text
     r = await service.client.post("/api/v1/calendars/work/events", content=b"{nope", headers={

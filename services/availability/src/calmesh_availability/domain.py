@@ -521,6 +521,8 @@ class NewEvent:
 
 def validate_new_event(body: EventCreate, tz: ZoneInfo) -> NewEvent:
     """Check a create request (400 for malformed values, 422 for a backwards or over-long range)."""
+    if not body.title.strip():
+        raise bad_param("title", "must not be empty")
     if len(body.title) > 1024:
         raise bad_param("title", "at most 1024 characters")
     all_day = bool(_DATE.match(body.start.strip())) and bool(_DATE.match(body.end.strip()))

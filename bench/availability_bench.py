@@ -1,0 +1,465 @@
+"""Availability: the interval engine alone, 30-day free/busy through the gateway, and a CalDAV server
+answering the same question.
+
+Three parts, printed with their targets:
+
+1. **The engine alone** on 100,000 intervals sorted by start: merge (overlapping and touching) and
+   invert within the window, plain spans and busy blocks that keep their source ids (what the
+   service does); plus mirror dedupe and the conflict sweep on the same items. Target: merge and
+   invert under 50 ms.
+2. **The platform**: every service as a process (the devstack `Stack`, embedded PostgreSQL and NATS),
+   plus a second availability replica on the same port (SO_REUSEPORT). A Radicale server holds three
+   calendars of N events each (default 5,000) spread over the synced window; a CalDAV connection to
+   it syncs them through the real sync workers into the projection; a unified calendar takes the
+   three as sources. Then ``GET /api/v1/calendars/{slug}/availability`` for the next 30 days, with a
+   `read` key, through the gateway: p50/p99 at one connection (warm), and queries per second at
+   `--concurrency` connections. Targets: p50 <= 10 ms, p99 <= 30 ms, >= 300 queries/s.
+3. **Radicale**, holding the same events, answers a CalDAV ``free-busy-query`` REPORT for the same
+   window on each of the three calendars (what a client would otherwise have to ask): p50 of the
+   three requests together, and the ratio to CalMesh's one answer.
+
+The per-key rate limit and the daily request quota are raised for the run (still checked on every
+request). The load generator is a small keep-alive HTTP/1.1 client on asyncio streams.
+
+Usage: ``python bench/availability_bench.py [--events 5000] [--seconds 10] [--concurrency 16]
+[--engine-only]``. Takes a few minutes: Radicale parses every event once and the sync imports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlencode, urlsplit
+from zoneinfo import ZoneInfo
+
+import httpx
+
+from calmesh_common.devstack.embedded import free_port
+from calmesh_common.devstack.supervisor import Stack
+from calmesh_common.intervals import (
+    clip_blocks,
+    dedupe_mirrors,
+    find_conflicts,
+    free_spans,
+    merge_busy,
+    merge_spans,
+)
+
+TZ = "Europe/Berlin"
+SOURCES = 3
+SLUG = "bench"
+
+
+# --- 1. the engine ---------------------------------------------------------------------------------
+
+
+def _timed(fn, repeat: int = 15) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """(best, median) wall time in ms of `fn()`, garbage collector left on as in the service."""
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1000)
+    return min(samples), statistics.median(samples)
+
+
+def engine_bench(n: int = 100_000) -> dict[str, float]:
+    rnd = random.Random(42)
+    t = 1_790_000_000
+    items = []
+    for i in range(n):
+        t += rnd.randint(0, 3600)
+        items.append((t, t + rnd.randint(5, 120) * 60, f"src_{i % SOURCES}", i))
+    spans = [(s, e) for s, e, _, _ in items]
+    start, end = items[0][0], items[-1][1]
+    gc.collect()
+
+    def plain() -> None:
+        free_spans(merge_spans(spans), start, end, 15 * 60)
+
+    def with_sources() -> None:
+        blocks = merge_busy(items)
+        clip_blocks(blocks, start, end)
+        free_spans(blocks, start, end, 15 * 60)
+
+    keys = [[("uid", i if i % 50 else i - 1, "")] for i in range(n)]  # one mirror pair in fifty
+
+    def conflicts() -> None:
+        find_conflicts(dedupe_mirrors(items, keys))
+
+    out = {}
+    for name, fn in (("merge+invert (spans)", plain), ("merge+invert (blocks with source ids)", with_sources),
+                     ("mirror dedupe + conflict sweep", conflicts)):
+        best, med = _timed(fn, 15 if name != "mirror dedupe + conflict sweep" else 5)
+        out[name] = med
+        print(f"  {name:40s} best {best:6.1f} ms   median {med:6.1f} ms   ({n:,} intervals)", flush=True)
+    blocks = merge_busy(items)
+    print(f"  ({len(blocks):,} busy blocks, {len(find_conflicts(dedupe_mirrors(items, keys))):,} conflicts)")
+    return out
+
+
+# --- the events: one generator for Radicale (and so for the projection) -----------------------------
+
+
+@dataclass(frozen=True)
+class Ev:
+    uid: str
+    start: datetime | date
+    end: datetime | date
+    title: str
+    transparent: bool = False
+
+
+def make_events(calendar: int, count: int, now: datetime) -> list[Ev]:
+    """`count` events over the synced window (90 days back, 400 ahead): workday meetings in Berlin
+    (15 min to 2 h), some all-day, a few transparent."""
+    rnd = random.Random(1000 + calendar)
+    tz = ZoneInfo(TZ)
+    first = (now - timedelta(days=89)).date()
+    out = []
+    for i in range(count):
+        day = first + timedelta(days=rnd.randrange(485))
+        if rnd.random() < 0.02:
+            out.append(Ev(f"c{calendar}-{i}@bench", day, day + timedelta(days=rnd.choice([1, 1, 2])), f"Off {i}"))
+            continue
+        local = datetime(day.year, day.month, day.day, rnd.randrange(7, 19), rnd.choice([0, 15, 30, 45]), tzinfo=tz)
+        start = local.astimezone(UTC)
+        out.append(Ev(f"c{calendar}-{i}@bench", start, start + timedelta(minutes=rnd.choice([15, 30, 45, 60, 90, 120])),
+                      f"Meeting {i}", transparent=rnd.random() < 0.03))
+    return out
+
+
+def ics(ev: Ev) -> str:
+    def fmt(v: datetime | date) -> str:
+        if isinstance(v, datetime):
+            return ":" + v.strftime("%Y%m%dT%H%M%SZ")
+        return ";VALUE=DATE:" + v.strftime("%Y%m%d")
+
+    lines = ["BEGIN:VCALENDAR", "VERSION:2.0", "PRODID:-//CalMesh bench//EN", "BEGIN:VEVENT", f"UID:{ev.uid}",
+             "DTSTAMP:20261101T000000Z", f"DTSTART{fmt(ev.start)}", f"DTEND{fmt(ev.end)}", f"SUMMARY:{ev.title}"]
+    if ev.transparent:
+        lines.append("TRANSP:TRANSPARENT")
+    lines += ["END:VEVENT", "END:VCALENDAR", ""]
+    return "\r\n".join(lines)
+
+
+class Radicale:
+    """A Radicale server on loopback whose storage is written directly (one .ics per event)."""
+
+    USER, PASSWORD = "bench", "bench-password"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def write(self, calendars: list[list[Ev]]) -> None:
+        home = self.root / "store" / "collection-root" / self.USER
+        for index, events in enumerate(calendars):
+            folder = home / f"cal{index}"
+            folder.mkdir(parents=True)
+            (folder / ".Radicale.props").write_text(json.dumps({
+                "tag": "VCALENDAR", "D:displayname": f"Bench {index}", "C:supported-calendar-component-set": "VEVENT"}))
+            for n, ev in enumerate(events):
+                (folder / f"e{n}.ics").write_text(ics(ev), newline="")
+        (self.root / "users").write_text(f"{self.USER}:{self.PASSWORD}\n")
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "radicale", "--storage-filesystem-folder", str(self.root / "store"),
+             "--server-hosts", f"127.0.0.1:{self.port}", "--auth-type", "htpasswd",
+             "--auth-htpasswd-filename", str(self.root / "users"), "--auth-htpasswd-encryption", "plain",
+             "--logging-level", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.get(self.url + "/.web/", timeout=1)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise RuntimeError("Radicale did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+
+
+FREE_BUSY = """<?xml version="1.0" encoding="utf-8"?>
+<C:free-busy-query xmlns:C="urn:ietf:params:xml:ns:caldav"><C:time-range start="{start}" end="{end}"/></C:free-busy-query>"""
+
+
+def radicale_free_busy(radicale: Radicale, start: datetime, end: datetime, rounds: int) -> tuple[list[float], int]:
+    """ms per answer for the three calendars (three REPORTs in a row), and the busy periods seen."""
+    body = FREE_BUSY.format(start=start.strftime("%Y%m%dT%H%M%SZ"), end=end.strftime("%Y%m%dT%H%M%SZ"))
+    samples = []
+    periods = 0
+    with httpx.Client(auth=(Radicale.USER, Radicale.PASSWORD), timeout=600) as client:
+        for i in range(rounds + 1):
+            t0 = time.perf_counter()
+            periods = 0
+            for cal in range(SOURCES):
+                r = client.request("REPORT", f"{radicale.url}/{Radicale.USER}/cal{cal}/", content=body,
+                                   headers={"Content-Type": "application/xml", "Depth": "1"})
+                r.raise_for_status()
+                periods += r.text.count("FREEBUSY;")
+            if i:  # the first answer builds Radicale's caches: not counted
+                samples.append((time.perf_counter() - t0) * 1000)
+    return samples, periods
+
+
+# --- 2. the platform ----------------------------------------------------------------------------------
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection sending a fixed GET."""
+
+    def __init__(self, host: str, port: int, request: bytes) -> None:
+        self.host, self.port, self.request = host, port, request
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def open(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def get(self) -> int:
+        assert self.reader is not None and self.writer is not None
+        self.writer.write(self.request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        if length:
+            await self.reader.readexactly(length)
+        return int(head[9:12])
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def build_request(url: str, headers: dict[str, str]) -> tuple[str, int, bytes]:
+    parts = urlsplit(url)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    lines = [f"GET {target} HTTP/1.1", f"Host: {parts.hostname}:{parts.port}"] + [f"{k}: {v}" for k, v in headers.items()]
+    return parts.hostname or "127.0.0.1", parts.port or 80, ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def latency(url: str, headers: dict[str, str], count: int) -> tuple[list[float], set[int]]:
+    conn = Connection(*build_request(url, headers))
+    await conn.open()
+    for _ in range(100):  # warm-up
+        await conn.get()
+    samples, statuses = [], set()
+    for _ in range(count):
+        t0 = time.perf_counter()
+        statuses.add(await conn.get())
+        samples.append((time.perf_counter() - t0) * 1000)
+    await conn.close()
+    return samples, statuses
+
+
+async def throughput(url: str, headers: dict[str, str], concurrency: int, seconds: float) -> tuple[float, set[int]]:
+    host, port, request = build_request(url, headers)
+    conns = [Connection(host, port, request) for _ in range(concurrency)]
+    for c in conns:
+        await c.open()
+    statuses: set[int] = set()
+    done = 0
+    stop_at = time.perf_counter() + 1.0  # warm-up
+
+    async def worker(c: Connection) -> None:
+        nonlocal done
+        while time.perf_counter() < stop_at:
+            statuses.add(await c.get())
+            done += 1
+
+    await asyncio.gather(*(worker(c) for c in conns))
+    done = 0
+    t0 = time.perf_counter()
+    stop_at = t0 + seconds
+    await asyncio.gather(*(worker(c) for c in conns))
+    elapsed = time.perf_counter() - t0
+    for c in conns:
+        await c.close()
+    return done / elapsed, statuses
+
+
+def pct(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def set_up_calendar(gateway: str, radicale: Radicale, expected: int, timeout: float) -> str:
+    """Sign up, connect Radicale over CalDAV, make the unified calendar, wait for the sync; a read key."""
+    client = httpx.Client(base_url=gateway, timeout=60)
+    r = client.post("/api/v1/auth/signup", json={"email": "avail-bench@example.com", "password": "benchmark passphrase",
+                                                  "handle": "avail-bench", "timezone": TZ})
+    r.raise_for_status()
+    csrf = {"X-CSRF-Token": client.cookies["calmesh_csrf"]}
+    r = client.post("/api/v1/connections/caldav", headers=csrf, json={
+        "url": radicale.url + "/", "username": Radicale.USER, "password": Radicale.PASSWORD})
+    if r.status_code != 201:
+        raise RuntimeError(f"POST /connections/caldav answered {r.status_code}: {r.text[:300]}")
+    connection_id = r.json()["id"]
+    deadline = time.monotonic() + timeout
+    conn: dict = {}
+    while time.monotonic() < deadline:
+        conn = client.get(f"/api/v1/connections/{connection_id}").json()
+        if conn.get("status") == "active" and len(conn.get("calendars") or []) >= SOURCES:
+            break
+        if conn.get("status") == "error":
+            raise RuntimeError(f"the CalDAV connection failed: {conn.get('last_error')}")
+        time.sleep(1)
+    else:
+        raise RuntimeError(f"the CalDAV connection was not synced within {timeout:.0f} s: {conn}")
+    r = client.post("/api/v1/calendars", headers=csrf, json={
+        "slug": SLUG, "name": "Bench", "timezone": TZ, "sources": [{"connection_id": connection_id}]})
+    if r.status_code != 201:
+        raise RuntimeError(f"POST /calendars answered {r.status_code}: {r.text[:300]}")
+    # Wait until the projection holds every event of the synced window (counted through the API).
+    now = datetime.now(UTC)
+    window = (now - timedelta(days=89)).replace(microsecond=0), (now + timedelta(days=240)).replace(microsecond=0)
+    seen = 0
+    while time.monotonic() < deadline:
+        seen = count_events(client, window[0], window[1]) + count_events(client, window[1], window[1] + timedelta(days=160))
+        if seen >= expected:
+            break
+        time.sleep(2)
+    else:
+        raise RuntimeError(f"only {seen} of {expected} events reached the projection within {timeout:.0f} s")
+    r = client.post("/api/v1/api-keys", headers=csrf, json={"name": "bench", "scope": "read"})
+    r.raise_for_status()
+    return str(r.json()["key"])
+
+
+def count_events(client: httpx.Client, start: datetime, end: datetime) -> int:
+    params = {"start": start.strftime("%Y-%m-%dT%H:%M:%SZ"), "end": end.strftime("%Y-%m-%dT%H:%M:%SZ"), "limit": 200}
+    total = 0
+    while True:
+        page = client.get(f"/api/v1/calendars/{SLUG}/events", params=params).json()
+        total += len(page["data"])
+        if not page["next_cursor"]:
+            return total
+        params["cursor"] = page["next_cursor"]
+
+
+def start_second_replica(stack: Stack) -> subprocess.Popen[bytes]:
+    """Another availability process with the first one's environment: the same port (SO_REUSEPORT)."""
+    first = next(c for c in stack.children if c.name == "availability")
+    process = subprocess.Popen(first.argv, env={**first.env, "CALMESH_WORKER_ID": "availability-2"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(3)
+    if process.poll() is not None:
+        raise RuntimeError("the second availability replica did not start")
+    return process
+
+
+def platform_bench(args: argparse.Namespace) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    calendars = [make_events(i, args.events, now) for i in range(SOURCES)]
+    # What the synced window holds (the sync keeps 90 days back to 400 ahead).
+    lo, hi = now - timedelta(days=90), now + timedelta(days=400)
+    expected = sum(1 for cal in calendars for ev in cal if _in_window(ev, lo, hi))
+    with tempfile.TemporaryDirectory(prefix="calmesh-avail-bench-") as tmp:
+        radicale = Radicale(Path(tmp) / "radicale")
+        radicale.write(calendars)
+        radicale.start()
+        stack = Stack(
+            data_dir=Path(tmp) / "stack", http_port=free_port(), sync_workers=2, fixed_ports=False, quiet=True,
+            restart=False,
+            extra_env={"CALMESH_LOG_LEVEL": "warning", "CALMESH_ALLOW_PRIVATE_NETWORKS": "1",
+                       "CALMESH_RATE_LIMIT_PER_MINUTE": "100000000", "CALMESH_RATE_LIMIT_BURST": "10000000",
+                       "CALMESH_PLAN_FREE_API_REQUESTS_PER_DAY": "100000000"},
+        )
+        replica = None
+        try:
+            print("starting the platform (embedded PostgreSQL and NATS, every service)…", flush=True)
+            stack.start(timeout=180)
+            print(f"syncing {SOURCES} CalDAV calendars x {args.events:,} events from Radicale…", flush=True)
+            t0 = time.monotonic()
+            key = set_up_calendar(stack.gateway_url, radicale, expected, args.sync_timeout)
+            print(f"  synced {expected:,} events in the window in {time.monotonic() - t0:.0f} s", flush=True)
+            replica = start_second_replica(stack)
+            start = now.replace(hour=0, minute=0, second=0) + timedelta(days=1)
+            end = start + timedelta(days=30)
+            query = urlencode({"start": start.strftime("%Y-%m-%dT%H:%M:%SZ"), "end": end.strftime("%Y-%m-%dT%H:%M:%SZ")})
+            url = f"{stack.gateway_url}/api/v1/calendars/{SLUG}/availability?{query}"
+            headers = {"Authorization": f"Bearer {key}"}
+            answer = httpx.get(url, headers=headers, timeout=30).json()
+            print(f"  30-day availability: {len(answer['busy'])} busy intervals, {len(answer['free'])} free", flush=True)
+
+            samples, statuses = asyncio.run(latency(url, headers, args.count))
+            p50, p99 = statistics.median(samples), pct(samples, 0.99)
+            rps, statuses2 = asyncio.run(throughput(url, headers, args.concurrency, args.seconds))
+            rad, periods = radicale_free_busy(radicale, start, end, args.radicale_rounds)
+            rad50 = statistics.median(rad)
+        finally:
+            if replica is not None:
+                replica.terminate()
+                replica.wait(10)
+            stack.stop()
+            radicale.stop()
+    print()
+    print(f"30-day availability through the gateway, {SOURCES} sources x {args.events:,} events, 2 replicas:")
+    print(f"  one connection:    p50 {p50:6.2f} ms  (target <= 10)   p99 {p99:6.2f} ms  (target <= 30)"
+          f"   statuses {sorted(statuses)}")
+    print(f"  {args.concurrency} connections:    {rps:6.0f} queries/s (target >= 300)   statuses {sorted(statuses2)}")
+    print(f"Radicale free-busy REPORT, same window, {SOURCES} calendars ({periods} busy periods):")
+    print(f"  p50 {rad50:8.1f} ms for the three  ->  CalMesh answers {rad50 / p50:,.0f}x faster (p50 ratio)")
+
+
+def _in_window(ev: Ev, lo: datetime, hi: datetime) -> bool:
+    if isinstance(ev.start, datetime):
+        return ev.start < hi and ev.end > lo  # type: ignore[operator]
+    return datetime(ev.start.year, ev.start.month, ev.start.day, tzinfo=UTC) < hi + timedelta(days=1) and \
+        datetime(ev.end.year, ev.end.month, ev.end.day, tzinfo=UTC) > lo - timedelta(days=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=5000, help="events per source calendar")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--count", type=int, default=2000, help="requests for the latency figures")
+    parser.add_argument("--radicale-rounds", type=int, default=5)
+    parser.add_argument("--sync-timeout", type=float, default=900.0)
+    parser.add_argument("--engine-only", action="store_true")
+    args = parser.parse_args()
+    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    print("The interval engine alone (target: merge+invert of 100,000 sorted intervals < 50 ms):", flush=True)
+    engine = engine_bench()
+    if args.engine_only:
+        return
+    print()
+    platform_bench(args)
+    print(f"Engine: merge+invert 100,000 intervals with source ids, median {engine['merge+invert (blocks with source ids)']:.1f} ms")
+
+
+if __name__ == "__main__":
+    main()
