@@ -6,7 +6,8 @@ consumers; each serves the webhooks API too.
 
 from __future__ import annotations
 
-import httpx
+import logging
+
 from litestar import Litestar
 
 from calmesh_common.guarded import GuardedClient
@@ -17,6 +18,7 @@ from .api import WebhooksController
 from .dispatcher import USER_AGENT, Dispatcher
 from .mapping import AWAITING_PRODUCER, EVENT_MAP
 from .signing import SecretBox
+from .transport import AiohttpTransport
 
 NAME = "webhooks"
 
@@ -27,18 +29,15 @@ def create_app(settings: Settings, *, schema: str | None = None) -> Litestar:
 
     async def start_dispatcher(deps: ServiceDeps) -> None:
         assert deps.pool is not None and deps.js is not None
+        # httpx logs every request at INFO; a dispatcher sends hundreds a second.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         secrets = SecretBox(settings.encryption_keys)
         client = GuardedClient(
             allow_private_networks=settings.allow_private_networks,
             timeout=settings.webhook_timeout_seconds,
             max_redirects=0,
             user_agent=USER_AGENT,
-            transport=httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(
-                    max_connections=settings.webhook_concurrency,
-                    max_keepalive_connections=settings.webhook_concurrency,
-                ),
-            ),
+            transport=AiohttpTransport(max_connections=settings.webhook_concurrency),
         )
         dispatcher = Dispatcher(
             deps.pool, deps.js, settings, schema=schema, secrets=secrets, client=client, event_store=deps.store

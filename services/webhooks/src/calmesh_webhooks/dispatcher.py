@@ -31,7 +31,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 import nats.errors
 import nats.js.errors
 
-from calmesh_common.consumer import ConsumerSpec, DurableConsumer
+from calmesh_common.consumer import ConsumerSpec
 from calmesh_common.events import Envelope, decode_envelope, decode_event
 from calmesh_common.events.webhooks import WebhookDisabled
 from calmesh_common.eventstore import EventStore
@@ -41,6 +41,7 @@ from calmesh_common.settings import Settings
 from calmesh_common.streams import stream_name
 
 from . import store
+from .intake import BatchConsumer
 from .mapping import EVENT_MAP, Mapping, message_body, subjects_by_context
 from .policy import classify, retry_delay
 from .signing import SecretBox, signature_header
@@ -77,7 +78,11 @@ class Dispatcher:
         self.event_map = event_map if event_map is not None else EVENT_MAP
         self.rng = rng or random.Random()
         self.lease_seconds = settings.webhook_timeout_seconds * 2 + 1
-        self.consumers: list[DurableConsumer] = []
+        self.consumers: list[BatchConsumer] = []
+        #: Claims and outcomes are written without waiting for the disk (synchronous_commit off):
+        #: one lost in a database crash only means a delivery sent again with the same webhook-id.
+        #: Intake (whose commit precedes the JetStream ack) and replays use the durable `pool`.
+        self.fast_pool: asyncpg.Pool | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._inflight: Counter[str] = Counter()
         self._inflight_tasks: dict[int, asyncio.Task[None]] = {}
@@ -98,6 +103,12 @@ class Dispatcher:
 
     async def start(self) -> None:
         """Listen for wake-ups, bind the durable consumers, start the loops."""
+        self.fast_pool = await asyncpg.create_pool(
+            self.settings.database_url,
+            min_size=1,
+            max_size=4,
+            server_settings={"synchronous_commit": "off", "application_name": "calmesh-webhooks-delivery"},
+        )
         self._listener = await self.pool.acquire()
         await self._listener.add_listener(store.wake_channel(self.schema), self._on_notify)
         for context, subjects in subjects_by_context(self.event_map).items():
@@ -109,7 +120,7 @@ class Dispatcher:
                 batch=128,
             )
             await self._align_consumer(spec)
-            consumer = DurableConsumer(self.pool, self.js, spec, self.intake)
+            consumer = BatchConsumer(self.pool, self.js, spec, self.intake)
             await consumer.subscribe()
             self.consumers.append(consumer)
             self._tasks.append(asyncio.create_task(consumer.run(), name=f"webhooks-intake-{context}"))
@@ -157,6 +168,9 @@ class Dispatcher:
             finally:
                 await self.pool.release(self._listener)
                 self._listener = None
+        if self.fast_pool is not None:
+            await self.fast_pool.close()
+            self.fast_pool = None
 
     async def _align_consumer(self, spec: ConsumerSpec) -> None:
         """Update an existing durable consumer whose filter no longer matches the mapping table."""
@@ -172,6 +186,9 @@ class Dispatcher:
         config.filter_subjects = list(spec.filter_subjects) if len(spec.filter_subjects) > 1 else None
         await self.js.add_consumer(spec.stream, config)
         log.info("webhooks_consumer_filter_updated", consumer=spec.name, subjects=list(spec.filter_subjects))
+
+    def _delivery_pool(self) -> asyncpg.Pool:
+        return self.fast_pool or self.pool
 
     def _on_notify(self, *_: Any) -> None:
         self._wake.set()
@@ -201,7 +218,7 @@ class Dispatcher:
             free = settings.webhook_concurrency - len(self._inflight_tasks)
             if free > 0:
                 try:
-                    async with self.pool.acquire() as conn:
+                    async with self._delivery_pool().acquire() as conn:
                         claimed = await store.claim_due(
                             conn,
                             self.schema,
@@ -345,7 +362,7 @@ class Dispatcher:
     async def _write(self, batch: list[store.Finished]) -> None:
         failing = list({r.subscription_id for r in batch if not r.succeeded})
         gone = list({r.subscription_id for r in batch if r.gone})
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self._delivery_pool().acquire() as conn, conn.transaction():
             await store.record_results(conn, self.schema, batch)
             disabled = []
             if failing:
@@ -356,6 +373,9 @@ class Dispatcher:
                     failing_for_seconds=self.settings.webhook_disable_after_seconds,
                     candidates=failing,
                 )
+            if disabled:
+                # The owner's notice is an event: that commit waits for the disk.
+                await conn.execute("SET LOCAL synchronous_commit TO on")
             for row in disabled:
                 reason = row["disabled_reason"]
                 detail = (
@@ -395,7 +415,7 @@ class Dispatcher:
     async def send_now(self, delivery_id: int) -> store.Finished | None:
         """Claim one pending delivery at once, send it, and return its written outcome
         (POST /webhooks/{id}/test). None when another dispatcher holds it."""
-        async with self.pool.acquire() as conn:
+        async with self._delivery_pool().acquire() as conn:
             item = await store.claim_one(conn, self.schema, delivery_id, self.lease_seconds)
         if item is None:
             return None
