@@ -51,6 +51,9 @@ async def test_every_row_is_documented_and_service_details_are_merged() -> None:
     merged = doc["components"]["schemas"]["availability.Availability"]
     assert merged["properties"]["busy"]["items"]["$ref"] == "#/components/schemas/availability.Interval"
     assert "/internal/rebuild" not in doc["paths"]
+    assert "503" in op["responses"] and "401" in op["responses"]
+    # Operations no service has described yet keep the table's placeholder answer.
+    assert "200" in doc["paths"]["/api/v1/booking-pages"]["post"]["responses"]
     assert doc["x-calmesh-services"]["booking"] == "not yet available"
     # A service that was not ready is asked again later, not on every request.
     n = len(calls)

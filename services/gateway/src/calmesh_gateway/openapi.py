@@ -186,8 +186,13 @@ def merge_service_document(doc: dict[str, Any], service: str, service_doc: dict[
             target["parameters"] = target["parameters"] + extra_params
             if "requestBody" in sop:
                 target["requestBody"] = sop["requestBody"]
-            for status, response in (sop.get("responses") or {}).items():
-                target["responses"][status] = response
+            responses = sop.get("responses") or {}
+            if any(str(status).startswith("2") for status in responses):
+                target["responses"].pop("200", None)  # the placeholder: the service says what it answers
+            for status, response in responses.items():
+                # Error answers are problem+json everywhere: the gateway's descriptions of those win.
+                if str(status).startswith("2") or str(status) not in target["responses"]:
+                    target["responses"][str(status)] = response
             merged += 1
     for name, schema in ((service_doc.get("components") or {}).get("schemas") or {}).items():
         doc["components"]["schemas"][prefix + name] = _rewrite_refs(schema, prefix)
