@@ -9,18 +9,22 @@ own, so its subject comes from the store's context.
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import asyncpg
 import nats
 import pytest
+import structlog
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 
 from calmesh_common.events import Event
 from calmesh_common.eventstore import EventStore
+from calmesh_common.logging import setup_logging
 from calmesh_common.migrations import apply_migrations, common_migrations
 from calmesh_common.streams import DUPLICATE_WINDOW_SECONDS, ensure_streams
 
@@ -131,3 +135,20 @@ def read_stream(js: JetStreamContext) -> Callable[[str], Awaitable[list[StoredMe
         return await stream_messages(js, stream)
 
     return read
+
+
+@pytest.fixture
+def json_logs() -> Iterator[Callable[[], list[dict]]]:
+    """Logging configured as a service's `run_service` does (JSON lines), written to a buffer;
+    returns a function giving the lines logged so far. The default configuration comes back after."""
+    setup_logging("booking", "info", json=True)
+    buffer = io.StringIO()
+    # Same processors; output to the buffer; no logger keeps this configuration after the test.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=buffer), cache_logger_on_first_use=False)
+
+    def lines() -> list[dict]:
+        return [json.loads(line) for line in buffer.getvalue().splitlines() if line.strip()]
+
+    yield lines
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()

@@ -14,6 +14,7 @@ applied already (the consumer died between commit and ack) and is only acked. Th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -92,16 +93,23 @@ class DurableConsumer:
         if self._sub is None:
             await self.subscribe()
         assert self._sub is not None
-        while True:
-            _stop_if_cancelled()
-            try:
-                msgs = await self._sub.fetch(self.spec.batch, timeout=1.0)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                continue
-            except nats.js.errors.FetchTimeoutError:
-                continue
-            for msg in msgs:
-                await self.handle(msg)
+        try:
+            while True:
+                _stop_if_cancelled()
+                try:
+                    msgs = await self._sub.fetch(self.spec.batch, timeout=1.0)
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    continue
+                except nats.js.errors.FetchTimeoutError:
+                    continue
+                for msg in msgs:
+                    await self.handle(msg)
+        finally:
+            # Drop the inbox: the answer to a fetch cut short would otherwise wait in it unread,
+            # and `nc.drain()` at shutdown waits for it until its 30 s timeout.
+            sub, self._sub = self._sub, None
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
 
     async def handle(self, msg: Msg) -> str:
         """Apply one message; returns what was done: applied, duplicate, retry or dead-lettered."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -28,10 +29,35 @@ def _add_trace_id(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]
     return event_dict
 
 
+#: A key holding one of these (any case, "-" or "_") is secret too: ``internal_secret``,
+#: ``X-Calmesh-Internal-Secret``, ``csrf_token``, ``Set-Cookie``, ``smtp_password``...
+SECRET_KEY_PARTS = ("password", "secret", "token", "authorization", "cookie", "api_key", "credential")
+
+
+def _is_secret(key: object) -> bool:
+    if not isinstance(key, str):
+        return False
+    name = key.lower().replace("-", "_")
+    return name in REDACTED_KEYS or any(part in name for part in SECRET_KEY_PARTS)
+
+
+def _scrubbed(value: Any, depth: int = 0) -> Any:
+    """A copy of `value` with secret keys redacted in nested mappings and lists (e.g. headers)."""
+    if depth > 6:
+        return value
+    if isinstance(value, Mapping):
+        return {k: "[redacted]" if _is_secret(k) else _scrubbed(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrubbed(v, depth + 1) for v in value]
+    return value
+
+
 def _redact(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    for key in list(event_dict):
-        if key.lower() in REDACTED_KEYS:
+    for key, value in list(event_dict.items()):
+        if _is_secret(key):
             event_dict[key] = "[redacted]"
+        elif isinstance(value, Mapping | list):
+            event_dict[key] = _scrubbed(value)
     return event_dict
 
 

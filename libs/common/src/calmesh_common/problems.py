@@ -3,6 +3,7 @@ error a litestar app can raise to ``application/problem+json`` — never a stack
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -95,13 +96,23 @@ def not_found(what: str = "resource") -> Problem:
     return Problem(404, "not_found", f"No such {what}.")
 
 
+#: msgspec names an unknown or missing field in its message, not in the error's key.
+_NAMED_FIELD = re.compile(r"(?:unknown|missing required) field `([^`]+)`")
+
+#: The key litestar gives an error about the request body as a whole.
+_BODY_KEYS = ("data", "body")
+
+
 def _validation_errors(extra: Any) -> list[FieldError]:
     errors: list[FieldError] = []
     if isinstance(extra, list):
         for item in extra:
             if isinstance(item, dict):
                 key = str(item.get("key") or item.get("field") or "body")
-                errors.append(FieldError(key, str(item.get("message", "invalid value"))))
+                message = str(item.get("message", "invalid value"))
+                if named := _NAMED_FIELD.search(message):
+                    key = named.group(1) if key in _BODY_KEYS else f"{key}.{named.group(1)}"
+                errors.append(FieldError(key, message))
     return errors
 
 
@@ -129,7 +140,9 @@ def to_problem(exc: Exception) -> Problem:
             status, "bad_request" if isinstance(exc, ClientException) else "error"
         )
         detail = str(exc.detail) if status < 500 else _TITLES.get(status, "Error")
-        return Problem(status, code, detail, headers=dict(exc.headers or {}))
+        # A body litestar could not parse (malformed JSON): say so where clients look for it.
+        errors = [FieldError("body", detail)] if status == 400 else None
+        return Problem(status, code, detail, errors=errors, headers=dict(exc.headers or {}))
     return Problem(500, "internal_error", "Something went wrong on our side; it has been logged.")
 
 

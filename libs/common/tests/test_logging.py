@@ -1,0 +1,60 @@
+"""Log lines: JSON, with request id and trace id, and never a secret."""
+
+from __future__ import annotations
+
+import pytest
+import structlog
+
+from calmesh_common.logging import get_logger
+from calmesh_common.tracing import setup_tracing, tracer
+
+
+def test_a_line_is_json_with_the_service_request_id_and_trace_id(json_logs) -> None:
+    setup_tracing("libtest")
+    structlog.contextvars.bind_contextvars(request_id="req-1")
+    with tracer().start_as_current_span("work") as span:
+        get_logger("t").info("booking_confirmed", booking_id="bkg_1")
+        trace_id = format(span.get_span_context().trace_id, "032x")
+    get_logger("t").debug("not_shown")  # below the level
+    [line] = json_logs()
+    assert line["event"] == "booking_confirmed" and line["booking_id"] == "bkg_1"
+    assert line["service"] == "booking" and line["request_id"] == "req-1"
+    assert line["trace_id"] == trace_id
+    assert line["level"] == "info" and line["timestamp"].endswith("Z")
+
+
+@pytest.mark.parametrize(
+    "key",
+    ["password", "app_password", "token", "access_token", "refresh_token", "secret", "client_secret",
+     "internal_secret", "session_secret", "api_key", "key", "authorization", "Authorization", "cookie",
+     "csrf_token", "smtp_password", "x-calmesh-internal-secret", "set-cookie", "credentials"],
+)
+def test_secret_values_are_redacted(json_logs, key: str) -> None:
+    get_logger("t").warning("login_failed", **{key: "hunter2", "user_id": "usr_1"})
+    [line] = json_logs()
+    assert line[key] == "[redacted]"
+    assert line["user_id"] == "usr_1"
+
+
+def test_secrets_inside_nested_values_are_redacted_without_touching_the_callers_data(json_logs) -> None:
+    headers = {"Authorization": "Bearer abc", "X-Calmesh-Internal-Secret": "s", "Accept": "text/calendar"}
+    get_logger("t").info(
+        "provider_call",
+        headers=headers,
+        attempts=[{"token": "t1", "status": 401}],
+        key_id="key_1",
+    )
+    [line] = json_logs()
+    assert line["headers"] == {"Authorization": "[redacted]", "X-Calmesh-Internal-Secret": "[redacted]", "Accept": "text/calendar"}
+    assert line["attempts"] == [{"token": "[redacted]", "status": 401}]
+    assert line["key_id"] == "key_1"  # an id is not a secret
+    assert headers["Authorization"] == "Bearer abc"
+
+
+def test_an_exception_is_logged_with_its_traceback_in_the_line(json_logs) -> None:
+    try:
+        raise ValueError("bad calendar")
+    except ValueError:
+        get_logger("t").exception("sync_failed", connection_id="con_1")
+    [line] = json_logs()
+    assert line["level"] == "error" and "ValueError: bad calendar" in line["exception"]
