@@ -63,8 +63,8 @@ class Receiver:
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     def on(self, path: str, *answers: Any) -> str:
-        """Answers for `path`, in turn (the last repeats): a status, (status, headers), or an
-        awaitable-returning callable for answers that wait."""
+        """Answers for `path`, in turn (the last repeats): a status, (status, headers),
+        (status, headers, body), or an awaitable-returning callable for answers that wait."""
         self.plans[path] = list(answers)
         return path
 
@@ -94,13 +94,15 @@ class Receiver:
         answer = plan.pop(0) if len(plan) > 1 else plan[0]
         if callable(answer):
             answer = await answer()
-        status, extra = (answer, {}) if isinstance(answer, int) else answer
+        if isinstance(answer, int):
+            answer = (answer, {})
+        status, extra, content = answer if len(answer) == 3 else (*answer, b"ok")
         await send({
             "type": "http.response.start",
             "status": status,
             "headers": [(k.encode(), v.encode()) for k, v in extra.items()],
         })
-        await send({"type": "http.response.body", "body": b"ok"})
+        await send({"type": "http.response.body", "body": content})
 
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -581,3 +583,81 @@ async def test_a_dispatcher_killed_mid_delivery_loses_nothing_and_repeats_only_w
         await received.stop()
         await nc.close()
         await pool.close()
+
+
+# --- through the gateway, with real producers -------------------------------------------------------------
+
+FEED = b"""BEGIN:VCALENDAR\r
+VERSION:2.0\r
+PRODID:-//CalMesh tests//EN\r
+BEGIN:VEVENT\r
+UID:standup-webhook-e2e@example.com\r
+DTSTAMP:20261120T080000Z\r
+DTSTART:20261201T090000Z\r
+DTEND:20261201T091500Z\r
+SUMMARY:Standup\r
+END:VEVENT\r
+END:VCALENDAR\r
+"""
+
+
+async def test_through_the_gateway_a_synced_feed_reaches_the_subscriber_signed(stack: Any) -> None:
+    """Webhooks managed with a full key through the gateway; the stack's own dispatcher delivers
+    what connections and sync publish when an iCal feed is connected."""
+    receiver = Receiver()
+    feed = receiver.on("/feed.ics", (200, {"content-type": "text/calendar"}, FEED))
+    hooks = receiver.on("/hooks", 200)
+    served = await serve(receiver)
+    suffix = uuid.uuid4().hex[:10]
+    try:
+        async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as gw:
+            r = await gw.post("/api/v1/auth/signup", json={"email": f"wh-{suffix}@example.com",
+                                                           "password": "a long enough passphrase",
+                                                           "handle": f"wh-{suffix}", "timezone": "Europe/Amsterdam"})
+            assert r.status_code == 201, r.text
+            csrf = {"X-CSRF-Token": gw.cookies["calmesh_csrf"]}
+            keys = {}
+            for scope in ("full", "read"):
+                k = await gw.post("/api/v1/api-keys", json={"name": scope, "scope": scope}, headers=csrf)
+                assert k.status_code == 201, k.text
+                keys[scope] = {"Authorization": f"Bearer {k.json()['key']}"}
+            gw.cookies.clear()
+            body = {"url": served.url + hooks, "event_types": ["connection.synced", "calendar.event.created"]}
+            refused = await gw.post("/api/v1/webhooks", json=body, headers=keys["read"])
+            assert refused.status_code == 403 and refused.json()["code"] == "insufficient_scope"
+            r = await gw.post("/api/v1/webhooks", json=body, headers=keys["full"])
+            assert r.status_code == 201, r.text
+            hook = r.json()
+
+            # webhook.test, sent at once
+            r = await gw.post(f"/api/v1/webhooks/{hook['id']}/test", headers=keys["full"])
+            assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text
+            assert verify(hook["secret"], receiver.at(hooks)[0])["type"] == "webhook.test"
+
+            # Real producers: connecting the feed makes connections and sync publish events.
+            c = await gw.post("/api/v1/connections/ical", json={"url": served.url + feed}, headers=keys["full"])
+            assert c.status_code == 201, c.text
+            connection_id = c.json()["id"]
+
+            def types() -> list[str]:
+                return [msgspec.json.decode(x.body)["type"] for x in receiver.at(hooks)]
+
+            await receiver.wait_for(
+                lambda: {"connection.synced", "calendar.event.created"} <= set(types()), timeout=60
+            )
+            got = {}
+            for x in receiver.at(hooks)[1:]:
+                parsed = verify(hook["secret"], x)
+                got[parsed["type"]] = (x.headers["webhook-id"], parsed["data"])
+            assert got["connection.synced"][1]["id"] == connection_id
+            created = got["calendar.event.created"][1]
+            assert created["title"] == "Standup" and created["start"] == "2026-12-01T09:00:00Z"
+            assert created["connection_id"] == connection_id and created["id"].startswith("evt_")
+
+            r = await gw.get(f"/api/v1/webhooks/{hook['id']}/deliveries", headers=keys["full"])
+            assert r.status_code == 200
+            listed = {(d["event_type"], d["event_id"]) for d in r.json()["data"]}
+            assert {("connection.synced", got["connection.synced"][0]),
+                    ("calendar.event.created", got["calendar.event.created"][0])} <= listed
+    finally:
+        await served.stop()
