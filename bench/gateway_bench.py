@@ -118,6 +118,16 @@ async def throughput(url: str, headers: dict[str, str], concurrency: int, second
     return done / elapsed, statuses
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used (Linux /proc), or 0.0 elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -147,7 +157,7 @@ def setup_user(gateway: str) -> tuple[str, str, dict[str, str]]:
 
 
 async def measure(gateway: str, service: str, key: str, internal: dict[str, str], seconds: float,
-                  concurrency: int, count: int) -> dict[str, float]:
+                  concurrency: int, count: int, pids: dict[str, int]) -> dict[str, float]:
     via_gateway = (gateway + PATH, {"Authorization": f"Bearer {key}"})
     direct = (service + PATH, internal)
     results: dict[str, float] = {}
@@ -163,9 +173,16 @@ async def measure(gateway: str, service: str, key: str, internal: dict[str, str]
     # Best of three, alternating: other work on the machine only ever slows a run down.
     for _ in range(3):
         for name, (url, headers) in (("direct", direct), ("gateway", via_gateway)):
+            before = {p: cpu_seconds(pid) for p, pid in pids.items()}
             rps, statuses = await throughput(url, headers, concurrency, seconds)
+            # CPU per request (the throughput run includes a 0.5 s warm-up at the same rate).
+            requests = rps * (seconds + 0.5)
+            used = {p: (cpu_seconds(pid) - before[p]) / requests * 1e6 for p, pid in pids.items()}
             results[f"{name}_rps"] = max(rps, results.get(f"{name}_rps", 0.0))
-            print(f"  throughput {name:8s} {rps:8.0f} req/s, statuses {sorted(statuses)}", flush=True)
+            if name == "gateway":
+                results["gateway_cpu_us"] = min(used["gateway"], results.get("gateway_cpu_us", float("inf")))
+            print(f"  throughput {name:8s} {rps:8.0f} req/s, statuses {sorted(statuses)}, CPU per request:"
+                  f" gateway {used['gateway']:.0f} us, service {used['service']:.0f} us", flush=True)
     return results
 
 
@@ -195,8 +212,10 @@ def main() -> None:
             internal["x-calmesh-internal-secret"] = stack.children[0].env["CALMESH_INTERNAL_SECRET"]
             service = stack.service_urls["connections"]
             print(f"GET {PATH}: gateway {stack.gateway_url} vs connections {service}", flush=True)
+            pids = {"gateway": next(c for c in stack.children if c.name == "gateway").process.pid,  # type: ignore[union-attr]
+                    "service": next(c for c in stack.children if c.name == "connections").process.pid}  # type: ignore[union-attr]
             r = asyncio.run(measure(stack.gateway_url, service, key, internal, args.seconds, args.concurrency,
-                                    args.count))
+                                    args.count, pids))
         finally:
             stack.stop()
     added50 = r["gateway_p50"] - r["direct_p50"]
@@ -209,6 +228,8 @@ def main() -> None:
     print(f"{'p99 latency (ms)':22s}{r['direct_p99']:12.3f}{r['gateway_p99']:12.3f}{added99:12.3f}")
     print(f"{'requests/s @' + str(args.concurrency):22s}{r['direct_rps']:12.0f}{r['gateway_rps']:12.0f}"
           f"{'ratio ' + format(r['gateway_rps'] / r['direct_rps'], '.2f'):>12s}")
+    print(f"gateway CPU per forwarded request: {r['gateway_cpu_us']:.0f} us"
+          f" (one gateway process can forward at most ~{1e6 / r['gateway_cpu_us']:.0f} req/s)")
     ok = added50 <= 1.0 and added99 <= 3.0 and r["gateway_rps"] >= 1500
     print(f"targets (added p50 <= 1 ms, added p99 <= 3 ms, >= 1,500 req/s through the gateway): "
           f"{'met' if ok else 'NOT met'}")

@@ -93,7 +93,7 @@ class GatewayFront:
 
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         method: str = scope["method"]
-        authz = cookie = rid = tp = tstate = csrf = clen = host = None
+        authz = cookie = rid = tp = tstate = csrf = clen = None
         passthrough: list[tuple[bytes, bytes]] = []
         for k, v in scope["headers"]:
             if k == b"authorization":
@@ -110,8 +110,6 @@ class GatewayFront:
                 csrf = v
             elif k == b"content-length":
                 clen = v
-            elif k == b"host":
-                host = v
             elif k in _DROP_REQUEST or k.startswith(b"x-calmesh-") or k.startswith(b"x-forwarded-"):
                 continue
             else:
@@ -192,7 +190,7 @@ class GatewayFront:
                 scope["calmesh"] = RequestContext(route, match.params, request_id, identity, session_token)
                 status = await self._inner(scope, receive, send, ids)
             else:
-                status = await self._forward(scope, receive, send, route, identity, passthrough, clen, host,
+                status = await self._forward(scope, receive, send, route, identity, passthrough, clen,
                                              request_id, traceparent, tstate, ids)
         except _ClientGone:
             status = 499
@@ -280,8 +278,7 @@ class GatewayFront:
         return status
 
     async def _forward(self, scope: dict[str, Any], receive: Any, send: Any, route: Route, identity: Identity | None,
-                       passthrough: list[tuple[bytes, bytes]], clen: bytes | None, host: bytes | None,
-                       request_id: str, traceparent: str, tstate: bytes | None,
+                       passthrough: list[tuple[bytes, bytes]], clen: bytes | None, request_id: str, traceparent: str, tstate: bytes | None,
                        ids: list[tuple[bytes, bytes]]) -> int:
         body = b""
         if clen != b"0" and scope["method"] not in ("GET", "HEAD"):
@@ -298,9 +295,6 @@ class GatewayFront:
         client = scope.get("client")
         if client:
             headers.append(("x-forwarded-for", client[0]))
-        headers.append(("x-forwarded-proto", scope.get("scheme", "http")))
-        if host is not None:
-            headers.append(("x-forwarded-host", host.decode("latin-1")))
         raw_path = scope.get("raw_path")
         path = raw_path.decode("latin-1") if raw_path else scope["path"]
         query = scope.get("query_string", b"").decode("latin-1")
