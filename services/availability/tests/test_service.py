@@ -19,6 +19,7 @@ import nats
 import pytest
 from litestar.testing import AsyncTestClient
 
+from calmesh_availability import domain
 from calmesh_availability.app import create_app
 from calmesh_availability.calendars import http_fetcher
 from calmesh_common.events import encode_envelope, make_envelope
@@ -439,6 +440,15 @@ async def test_an_idempotency_key_replays_the_first_response(service: Service, w
     ("availability", {"date": "2026-03-16", "min_duration": "-5"}, 400, "validation_error"),
     ("availability", {}, 400, "validation_error"),
     ("conflicts", {"start": "yesterday", "end": "2026-03-16T00:00:00Z"}, 400, "validation_error"),
+    ("availability", {"date": "9999-12-31"}, 400, "validation_error"),
+    ("events", {"start": "0001-01-01T00:00:00Z", "end": "0001-01-02T00:00:00Z"}, 400, "validation_error"),
+    # Cursors of the right query whose positions are absurd (a forged or corrupted cursor).
+    ("events", {"start": "2026-03-16T10:00:00Z", "end": "2026-03-17T10:00:00Z", "cursor": domain.encode_cursor(
+        "events", domain.query_fingerprint("work", 1773655200, 1773741600, "", False), [10**30, "evt_x"])},
+     400, "invalid_cursor"),
+    ("conflicts", {"start": "2026-03-16T10:00:00Z", "end": "2026-03-17T10:00:00Z", "cursor": domain.encode_cursor(
+        "conflicts", domain.query_fingerprint("work", 1773655200, 1773741600), [True, 1, 2])},
+     400, "invalid_cursor"),
 ])
 async def test_bad_input_is_a_problem_never_a_500(
     service: Service, world: World, path: str, params: dict[str, str], status: int, code: str,

@@ -128,7 +128,8 @@ class CalendarRoutes(Controller):
         after: tuple[int, str] | None = None
         if cursor:
             pos = domain.decode_cursor(cursor, "events", fp)
-            if len(pos) != 2 or not isinstance(pos[0], int) or not isinstance(pos[1], str):
+            if len(pos) != 2 or not domain.in_supported_range(pos[0] // 1_000_000 if isinstance(pos[0], int) else None) \
+                    or not isinstance(pos[1], str):
                 raise domain.bad_param("cursor", "not a cursor this endpoint gave out", code="invalid_cursor")
             after = (pos[0], pos[1])
         conn_ids, cal_ids = cal.source_columns(only)
@@ -209,7 +210,7 @@ class CalendarRoutes(Controller):
         after: tuple[int, str, str] | None = None
         if cursor:
             pos = domain.decode_cursor(cursor, "conflicts", fp)
-            if len(pos) != 3 or not isinstance(pos[0], int):
+            if len(pos) != 3 or not domain.in_supported_range(pos[0]):
                 raise domain.bad_param("cursor", "not a cursor this endpoint gave out", code="invalid_cursor")
             after = (pos[0], str(pos[1]), str(pos[2]))
         conn_ids, cal_ids = cal.source_columns()

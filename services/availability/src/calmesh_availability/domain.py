@@ -150,13 +150,22 @@ _INSTANT = re.compile(
 )
 
 
+#: Dates and instants outside these years are refused (400) rather than carried to overflows.
+MIN_YEAR, MAX_YEAR = 1900, 2199
+_MIN_TS = -2_208_988_800  # 1900-01-01T00:00:00Z
+_MAX_TS = 7_258_118_400  # 2200-01-01T00:00:00Z
+
+
 def parse_date(raw: str, param: str) -> date:
     if not _DATE.match(raw):
         raise bad_param(param, f"{raw!r} is not a date (YYYY-MM-DD)")
     try:
-        return date.fromisoformat(raw)
+        value = date.fromisoformat(raw)
     except ValueError:
         raise bad_param(param, f"{raw!r} is not a valid date") from None
+    if not MIN_YEAR <= value.year <= MAX_YEAR:
+        raise bad_param(param, f"{raw!r} is out of range (years {MIN_YEAR} to {MAX_YEAR})")
+    return value
 
 
 def parse_instant(raw: str, param: str, tz: ZoneInfo) -> int:
@@ -180,9 +189,17 @@ def parse_instant(raw: str, param: str, tz: ZoneInfo) -> int:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=tz)
     try:
-        return math.floor(dt.timestamp())
+        ts = math.floor(dt.timestamp())
     except (OverflowError, ValueError):
         raise bad_param(param, f"{raw!r} is out of range") from None
+    if not _MIN_TS <= ts < _MAX_TS:
+        raise bad_param(param, f"{raw!r} is out of range (years {MIN_YEAR} to {MAX_YEAR})")
+    return ts
+
+
+def in_supported_range(ts: object) -> bool:
+    """Whether `ts` (from a cursor, say) is an epoch second this service can work with."""
+    return isinstance(ts, int) and not isinstance(ts, bool) and _MIN_TS <= ts < _MAX_TS
 
 
 def check_range(start: int, end: int) -> None:
