@@ -201,9 +201,13 @@ async def main(args: argparse.Namespace) -> None:
         await asyncio.gather(*(emit(u) for u in users[:10]))
         await asyncio.sleep(2)
 
+        import psutil
+
+        proc = psutil.Process(dispatcher.pid)
         for rate in args.rates:
             committed.clear()
             arrivals.clear()
+            cpu_before = sum(proc.cpu_times()[:2])
             interval = 1.0 / rate
             t0 = time.perf_counter()
             pending: set[asyncio.Task[None]] = set()
@@ -224,6 +228,7 @@ async def main(args: argparse.Namespace) -> None:
                 (at - committed[msg_id]) * 1000 for msg_id, ats in arrivals.items() if msg_id in committed for at in ats
             )
             got = len(latencies)
+            cpu_ms = (sum(proc.cpu_times()[:2]) - cpu_before) * 1000
             first = min(committed.values())
             last_arrival = max(at for ats in arrivals.values() for at in ats)
             q = statistics.quantiles(latencies, n=100) if len(latencies) >= 100 else [float("nan")] * 99
@@ -250,6 +255,9 @@ async def main(args: argparse.Namespace) -> None:
                          FROM {schema}.attempts WHERE created_at > now() - interval '90 seconds') AS http_ms
                     """
                 )
+            print(f"  dispatcher CPU: {cpu_ms / max(got, 1):.2f} ms per delivery "
+                  f"(a whole core would carry {1000 * max(got, 1) / max(cpu_ms, 1):.0f} deliveries/s); "
+                  f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
             print(f"  medians: commit->published {stages['relay'] * 1000:.1f} ms, occurred->queued "
                   f"{stages['intake'] * 1000:.1f} ms, queued->attempt started {stages['claim'] * 1000:.1f} ms, "
                   f"attempt {stages['http_ms']:.0f} ms")

@@ -417,6 +417,20 @@ async def test_a_slow_subscriber_never_delays_another(harness: Harness) -> None:
         release.set()
 
 
+async def test_a_redirect_is_a_failure_and_is_never_followed(harness: Harness) -> None:
+    owner = user()
+    target = harness.receiver.on("/target", 200)
+    path = harness.receiver.on("/moved", (307, {"location": harness.receiver_url + target}))
+    hook = await harness.subscribe(owner, path)
+    await harness.producer.plan_changed(owner)
+    await harness.receiver.wait_for(lambda: len(harness.receiver.at(path)) >= 1)
+    rows = await harness.settled(owner, hook["id"], 1)
+    first = rows[-1]
+    assert first["status"] == "failed" and first["response_status"] is None and "redirect" in first["error"]
+    assert first["next_attempt_at"] is not None
+    assert harness.receiver.at(target) == []
+
+
 async def test_the_api_validates_and_hides_other_users_webhooks(harness: Harness) -> None:
     owner, stranger = user(), user()
     hook = await harness.subscribe(owner, "/x")

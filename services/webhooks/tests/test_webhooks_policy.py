@@ -82,3 +82,20 @@ def test_a_sync_batch_becomes_one_public_event_per_instance_with_stable_ids() ->
     env2 = make_envelope(deleted, stream_id="s", version=2, user_id="usr_1")
     [gone] = EVENT_MAP[env2.type].explode(deleted, env2)
     assert gone.type == "calendar.event.deleted" and gone.data["id"] == "evt_a"
+
+
+async def test_the_delivery_client_keeps_the_guarded_clients_address_rule() -> None:
+    import pytest
+
+    from calmesh_common.guarded import FetchError, GuardedClient
+    from calmesh_webhooks.transport import AiohttpGuardedClient
+
+    client = AiohttpGuardedClient(allow_private_networks=False, timeout=2)
+    assert isinstance(client, GuardedClient)
+    try:
+        for url in ("http://127.0.0.1:9/hook", "http://[::ffff:10.0.0.1]/hook", "http://169.254.169.254/latest",
+                    "http://localhost:9/hook", "ftp://example.com/hook"):
+            with pytest.raises(FetchError):
+                await client.fetch(url, method="POST", content=b"{}")
+    finally:
+        await client.aclose()

@@ -10,7 +10,6 @@ import logging
 
 from litestar import Litestar
 
-from calmesh_common.guarded import GuardedClient
 from calmesh_common.service import ServiceDeps, create_service_app, run_service
 from calmesh_common.settings import Settings
 
@@ -18,7 +17,7 @@ from .api import WebhooksController
 from .dispatcher import USER_AGENT, Dispatcher
 from .mapping import AWAITING_PRODUCER, EVENT_MAP
 from .signing import SecretBox
-from .transport import AiohttpTransport
+from .transport import AiohttpGuardedClient
 
 NAME = "webhooks"
 
@@ -32,12 +31,11 @@ def create_app(settings: Settings, *, schema: str | None = None) -> Litestar:
         # httpx logs every request at INFO; a dispatcher sends hundreds a second.
         logging.getLogger("httpx").setLevel(logging.WARNING)
         secrets = SecretBox(settings.encryption_keys)
-        client = GuardedClient(
+        client = AiohttpGuardedClient(
             allow_private_networks=settings.allow_private_networks,
             timeout=settings.webhook_timeout_seconds,
-            max_redirects=0,
             user_agent=USER_AGENT,
-            transport=AiohttpTransport(max_connections=settings.webhook_concurrency),
+            max_connections=settings.webhook_concurrency,
         )
         dispatcher = Dispatcher(
             deps.pool, deps.js, settings, schema=schema, secrets=secrets, client=client, event_store=deps.store

@@ -301,7 +301,7 @@ class Dispatcher:
                 error = f"the endpoint answered {status}"
         except FetchError as exc:
             error = str(exc)
-            if error.startswith("more than"):
+            if error.startswith("more than"):  # the base client's words for a redirect
                 error = "the endpoint answered with a redirect; redirects are not followed"
         duration_ms = int((time.perf_counter() - started) * 1000)
         outcome = classify(status, retry_after)
