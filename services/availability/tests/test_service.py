@@ -459,6 +459,12 @@ async def test_bad_input_is_a_problem_never_a_500(
     assert r.json()["detail"]
 
 
+async def test_reads_without_an_identity_are_401(service: Service, world: World) -> None:
+    r = await service.client.get("/api/v1/calendars/work/availability", params={"date": "2026-03-16"},
+                                 headers={SECRET_HEADER: SECRET})
+    assert (r.status_code, r.json()["code"]) == (401, "unauthorized")
+
+
 async def test_unknown_and_other_users_calendars_are_404(service: Service, world: World, unique: str) -> None:
     for user, slug in ((world.user, "nope"), (f"usr_other_{unique}", "work")):
         r = await service.get(user, f"/api/v1/calendars/{slug}/availability", date="2026-03-16")

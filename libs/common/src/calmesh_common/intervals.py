@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from datetime import date, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -414,6 +415,7 @@ def local_date_span(start: date, end: date, tz: ZoneInfo) -> tuple[int, int]:
     return int(s.timestamp()), int(e.timestamp())
 
 
+@lru_cache(maxsize=1 << 16)
 def format_utc(ts: int) -> str:
-    """``2026-03-15T09:00:00Z`` for epoch second `ts`."""
+    """``2026-03-15T09:00:00Z`` for epoch second `ts` (memoised: calendars repeat their instants)."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

@@ -22,7 +22,7 @@ from litestar.params import Parameter
 from calmesh_common.intervals import BusyItem
 from calmesh_common.logging import get_logger
 from calmesh_common.problems import FieldError, Problem
-from calmesh_common.service import SECRET_HEADER, Caller, ServiceDeps
+from calmesh_common.service import SECRET_HEADER, Caller, ServiceDeps, caller_from_headers
 from calmesh_common.tracing import inject_headers
 
 from . import domain, store
@@ -63,6 +63,17 @@ def _directory(request: Request[Any, Any, State]) -> CalendarDirectory:
     return request.app.state.deps.extras["calendars"]  # type: ignore[no-any-return]
 
 
+def _who(request: Request[Any, Any, State]) -> tuple[Caller, ServiceDeps]:
+    """The caller and the service's dependencies, read straight off the request on the read paths:
+    litestar's injection of these two (an async provider among them) cost about 0.35 ms a request
+    when measured, a third of this service's own CPU per free/busy answer. Same rules as the
+    `caller` dependency: no identity headers, 401."""
+    caller = caller_from_headers(request.headers)
+    if caller is None:
+        raise Problem(401, "unauthorized", "Authentication is required.")
+    return caller, request.app.state.deps
+
+
 def _reads(deps: ServiceDeps) -> Any:
     """The read-only pool for projection queries (see app.py)."""
     return deps.extras["read_pool"]
@@ -101,8 +112,6 @@ class CalendarRoutes(Controller):
         self,
         request: Request[Any, Any, State],
         slug: str,
-        caller: Caller,
-        deps: ServiceDeps,
         start: Annotated[str | None, Q(description="RFC 3339; events ending after it", required=False)] = None,
         end: Annotated[str | None, Q(description="RFC 3339; events starting before it (≤ 366 days after start)",
                                      required=False)] = None,
@@ -116,6 +125,7 @@ class CalendarRoutes(Controller):
     ) -> EventPage:
         """Every source's instances overlapping ``[start, end)`` (recurring series expanded), in
         start order, with their provenance. Cancelled instances only with ``include_cancelled``."""
+        caller, deps = _who(request)
         cancelled = domain.parse_bool(include_cancelled, "include_cancelled")
         page_size = domain.parse_int(limit, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         if tz:
@@ -148,8 +158,6 @@ class CalendarRoutes(Controller):
         self,
         request: Request[Any, Any, State],
         slug: str,
-        caller: Caller,
-        deps: ServiceDeps,
         date: Annotated[str | None, Q(description="YYYY-MM-DD: that day in tz (else the calendar's zone)",
                                       required=False)] = None,
         start: Annotated[str | None, Q(description="RFC 3339 (with end, instead of date)", required=False)] = None,
@@ -163,6 +171,7 @@ class CalendarRoutes(Controller):
         """Busy time merged across sources (overlapping and touching intervals join) and the free
         time around it. Transparent and cancelled events are not busy; all-day events block their
         days in the calendar's zone."""
+        caller, deps = _who(request)
         min_seconds = domain.parse_int(min_duration, "min_duration", 0, 0, 366 * 1440) * 60
         with_events = domain.parse_bool(explain, "explain")
         if tz:
@@ -189,8 +198,6 @@ class CalendarRoutes(Controller):
         self,
         request: Request[Any, Any, State],
         slug: str,
-        caller: Caller,
-        deps: ServiceDeps,
         start: Annotated[str | None, Q(description="RFC 3339", required=False)] = None,
         end: Annotated[str | None, Q(description="RFC 3339 (≤ 366 days after start)", required=False)] = None,
         limit: Annotated[str | None, Q(description="1..200, default 50", required=False)] = None,
@@ -200,6 +207,7 @@ class CalendarRoutes(Controller):
     ) -> ConflictPage:
         """Pairs of busy events from different sources that overlap in the window, ordered by the
         start of their overlap. The same meeting seen through two accounts is not a conflict."""
+        caller, deps = _who(request)
         page_size = domain.parse_int(limit, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         if tz:
             domain.zone(tz)
