@@ -1,19 +1,23 @@
 """A real browser (Playwright driving Debian's Chromium) books through the public page, and through
-a host page that uses /embed.js inline and as a popup. Screenshots go to $CALMESH_TEST_ARTIFACTS."""
+a host page that uses /embed.js inline and as a popup — all through the gateway of the running
+platform, on a page whose calendar is a CalDAV calendar (Radicale). Screenshots go to
+$CALMESH_TEST_ARTIFACTS."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from litestar import Litestar, Response, get
 from playwright.async_api import Browser, Frame, FrameLocator, Page, async_playwright, expect
 
-from calmesh_booking.testing import BookingHarness, Served, User
+from calmesh_booking.testing import PlatformOwner, Radicale, Served, sign_up_with_caldav
+from calmesh_common.devstack.supervisor import Stack
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -31,24 +35,29 @@ def artifacts() -> Path:
 
 @dataclass
 class Site:
-    """Where the booking page lives and whose it is."""
+    """Where the booking page lives (the gateway) and whose it is."""
 
     base_url: str
-    owner: User
-    harness: BookingHarness
+    owner: PlatformOwner
 
 
 @pytest.fixture(scope="module")
-async def site(database_url: str) -> AsyncIterator[Site]:
-    harness = await BookingHarness(database_url).start()
-    owner = await harness.new_user(timezone="Europe/Amsterdam")
-    r = await harness.client.post("/api/v1/booking-pages", headers=owner.headers, json={
-        "slug": "intro", "calendar_slug": "work", "title": "Intro call", "duration_minutes": 30,
-        "timezone": "Europe/Amsterdam", "weekly_hours": ALL_WEEK, "min_notice_minutes": 60,
-        "description": "Thirty minutes to get to know each other."})
+def radicale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Radicale]:
+    server = Radicale(tmp_path_factory.mktemp("radicale-browser")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+async def site(stack: Stack, radicale: Radicale) -> Site:
+    owner = await sign_up_with_caldav(stack.gateway_url, radicale)
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as gw:
+        r = await gw.post("/api/v1/booking-pages", headers=owner.auth, json={
+            "slug": "intro", "calendar_slug": "work", "title": "Intro call", "duration_minutes": 30,
+            "timezone": "Europe/Amsterdam", "weekly_hours": ALL_WEEK, "min_notice_minutes": 60,
+            "description": "Thirty minutes to get to know each other."})
     assert r.status_code == 201, r.text
-    yield Site(harness.service.url, owner, harness)
-    await harness.stop()
+    return Site(stack.gateway_url, owner)
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +68,8 @@ async def browser() -> AsyncIterator[Browser]:
         await b.close()
 
 
-async def new_page(browser: Browser, site: Site, **options: Any) -> Page:
-    # Straight to the service, the browser carries the header the gateway would add.
-    context = await browser.new_context(
-        extra_http_headers={"x-calmesh-internal-secret": site.harness.secret}, **options)
+async def new_page(browser: Browser, **options: Any) -> Page:
+    context = await browser.new_context(**options)
     return await context.new_page()
 
 
@@ -100,12 +107,14 @@ async def book_in(scope: Page | Frame | FrameLocator, *, name: str, email: str, 
 
 
 async def bookings_of(site: Site) -> list[dict[str, Any]]:
-    r = await site.harness.client.get("/api/v1/bookings", headers=site.owner.headers)
+    async with httpx.AsyncClient(base_url=site.base_url, timeout=30) as gw:
+        r = await gw.get("/api/v1/bookings", headers=site.owner.auth, params={"limit": 200})
+    assert r.status_code == 200, r.text
     return r.json()["data"]
 
 
 async def test_public_page_books_a_slot_by_keyboard(browser: Browser, site: Site) -> None:
-    page = await new_page(browser, site, timezone_id="America/New_York", viewport={"width": 390, "height": 844})
+    page = await new_page(browser, timezone_id="America/New_York", viewport={"width": 390, "height": 844})
     await page.goto(f"{site.base_url}/{site.owner.handle}/intro")
     await expect(page.get_by_role("heading", name="Intro call")).to_be_visible()
     await expect(page.get_by_role("main")).to_be_visible()
@@ -155,7 +164,7 @@ async def host(site: Site) -> AsyncIterator[str]:
 
 
 async def test_embed_inline_books_and_fits_its_content(browser: Browser, site: Site, host: str) -> None:
-    page = await new_page(browser, site, timezone_id="Europe/Amsterdam")
+    page = await new_page(browser, timezone_id="Europe/Amsterdam")
     await page.goto(f"{host}/inline")
     iframe = page.locator("iframe")
     await expect(iframe).to_have_count(1)
@@ -174,7 +183,7 @@ async def test_embed_inline_books_and_fits_its_content(browser: Browser, site: S
 
 
 async def test_embed_popup_opens_a_modal_that_books(browser: Browser, site: Site, host: str) -> None:
-    page = await new_page(browser, site, timezone_id="Asia/Tokyo")
+    page = await new_page(browser, timezone_id="Asia/Tokyo")
     await page.goto(f"{host}/popup")
     button = page.get_by_role("button", name="Book a time")
     await expect(button).to_be_visible()

@@ -16,7 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -294,3 +298,166 @@ class User:
 
 def utc(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
+
+
+class Radicale:
+    """A real CalDAV server (Radicale) on loopback with one user, storing files in `root`."""
+
+    def __init__(self, root: Path, user: str = "owner", password: str = "s3cret-pass") -> None:
+        self.root = root
+        self.user = user
+        self.password = password
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Radicale:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "users").write_text(f"{self.user}:{self.password}\n")
+        config = self.root / "config"
+        config.write_text(
+            "[server]\n"
+            f"hosts = 127.0.0.1:{self.port}\n"
+            "[auth]\ntype = htpasswd\n"
+            f"htpasswd_filename = {self.root / 'users'}\nhtpasswd_encryption = plain\n"
+            "[rights]\ntype = owner_only\n"
+            f"[storage]\nfilesystem_folder = {self.root / 'collections'}\n"
+            "[logging]\nlevel = warning\n"
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "radicale", "--config", str(config)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("Radicale did not start")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        return (self.user, self.password)
+
+    def calendar_url(self, name: str) -> str:
+        return f"{self.url}/{self.user}/{name}/"
+
+    def make_calendar(self, name: str, display_name: str | None = None) -> str:
+        body = (
+            '<?xml version="1.0" encoding="utf-8"?>'
+            '<C:mkcalendar xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav"><D:set><D:prop>'
+            f"<D:displayname>{display_name or name}</D:displayname>"
+            "</D:prop></D:set></C:mkcalendar>"
+        )
+        r = httpx.request("MKCALENDAR", self.calendar_url(name), content=body, auth=self.auth,
+                          headers={"Content-Type": "application/xml"})
+        if r.status_code not in (201, 405):
+            raise RuntimeError(f"MKCALENDAR answered {r.status_code}: {r.text[:200]}")
+        return self.calendar_url(name)
+
+    def put_event(self, calendar: str, uid: str, start: datetime, end: datetime, summary: str = "Busy") -> None:
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        ics = (
+            "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//CalMesh tests//EN\r\nBEGIN:VEVENT\r\n"
+            f"UID:{uid}\r\nDTSTAMP:{stamp}\r\nDTSTART:{start.astimezone(UTC):%Y%m%dT%H%M%SZ}\r\n"
+            f"DTEND:{end.astimezone(UTC):%Y%m%dT%H%M%SZ}\r\nSUMMARY:{summary}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+        )
+        r = httpx.put(f"{self.calendar_url(calendar)}{uid}.ics", content=ics, auth=self.auth,
+                      headers={"Content-Type": "text/calendar; charset=utf-8"})
+        if r.status_code not in (201, 204):
+            raise RuntimeError(f"PUT answered {r.status_code}: {r.text[:200]}")
+
+    def event_files(self, calendar: str) -> list[str]:
+        """The iCalendar objects stored in `calendar`, as text (read from Radicale's storage)."""
+        folder = self.root / "collections" / "collection-root" / self.user / calendar
+        return [p.read_text() for p in sorted(folder.glob("*.ics"))] if folder.is_dir() else []
+
+
+@dataclass
+class PlatformOwner:
+    """A user of a running platform with keys, a CalDAV connection to a Radicale calendar and a
+    unified calendar `work` whose write target is that Radicale calendar."""
+
+    gateway_url: str
+    handle: str
+    email: str
+    key: str  # full scope
+    book_key: str
+    connection_id: str
+    radicale: Radicale
+    calendar: str  # the Radicale calendar's name
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    @property
+    def book_auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.book_key}"}
+
+    def radicale_starts(self) -> list[str]:
+        """DTSTART of every event on the Radicale calendar, as UTC RFC 3339 text."""
+        out = []
+        for text in self.radicale.event_files(self.calendar):
+            for line in text.splitlines():
+                if line.startswith("DTSTART"):
+                    value = line.split(":", 1)[1].strip()
+                    if value.endswith("Z"):
+                        value = datetime.strptime(value, "%Y%m%dT%H%M%SZ").strftime("%Y-%m-%dT%H:%M:%SZ")
+                    out.append(value)
+        return out
+
+
+async def sign_up_with_caldav(gateway_url: str, radicale: Radicale, *, timezone: str = "Europe/Amsterdam",
+                              sync_timeout: float = 60.0) -> PlatformOwner:
+    """Sign up through the gateway, connect a fresh Radicale calendar over CalDAV, make the unified
+    calendar `work` of it, and wait for the first sync."""
+    suffix = uuid.uuid4().hex[:8]
+    calendar = f"work-{suffix}"
+    radicale.make_calendar(calendar, calendar)
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=30) as gw:
+        handle, email = f"owner-{suffix}", f"owner-{suffix}@example.com"
+        r = await gw.post("/api/v1/auth/signup", json={"email": email, "password": "a long enough passphrase",
+                                                       "handle": handle, "name": "Olga Owner", "timezone": timezone})
+        assert r.status_code == 201, r.text
+        csrf = gw.cookies["calmesh_csrf"]
+        keys = {}
+        for scope in ("full", "book"):
+            k = await gw.post("/api/v1/api-keys", json={"name": scope, "scope": scope}, headers={"X-CSRF-Token": csrf})
+            assert k.status_code == 201, k.text
+            keys[scope] = k.json()["key"]
+        gw.cookies.clear()
+        auth = {"Authorization": f"Bearer {keys['full']}"}
+        c = await gw.post("/api/v1/connections/caldav", headers=auth, json={
+            "url": radicale.calendar_url(calendar), "username": radicale.user, "password": radicale.password})
+        assert c.status_code == 201, c.text
+        connection = c.json()
+        chosen = [cal for cal in connection["calendars"] if cal["name"] == calendar]
+        assert chosen, connection
+        u = await gw.post("/api/v1/calendars", headers=auth, json={
+            "slug": "work", "name": "Work", "timezone": timezone,
+            "sources": [{"connection_id": connection["id"], "calendar_id": chosen[0]["id"]}]})
+        assert u.status_code == 201, u.text
+        deadline = time.monotonic() + sync_timeout
+        while True:
+            got = (await gw.get(f"/api/v1/connections/{connection['id']}", headers=auth)).json()
+            if got["status"] == "active" and got["last_synced_at"] is not None:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the first sync did not finish: {got}")
+            await asyncio.sleep(0.1)
+    return PlatformOwner(gateway_url, handle, email, keys["full"], keys["book"], connection["id"], radicale, calendar)
