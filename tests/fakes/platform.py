@@ -127,6 +127,8 @@ async def running(platform: Platform, *, sync: bool = True, connections: bool = 
     cport, sport = free_port(), free_port()
     platform.connections_url = f"http://127.0.0.1:{cport}"
     platform.sync_url = f"http://127.0.0.1:{sport}"
+    # Provider callbacks come straight to this connections service (no gateway in between).
+    extra.setdefault("CALMESH_PUBLIC_BASE_URL", platform.connections_url)
     async with contextlib.AsyncExitStack() as stack:
         if connections:
             app = connections_app(platform.settings("connections", CALMESH_PORT=str(cport), **extra), run_scheduler=scheduler)

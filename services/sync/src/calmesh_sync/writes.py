@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import icalendar
 import msgspec
-from litestar import delete, post
+from litestar import Request, delete, post
 from litestar.params import Parameter
 
 from calmesh_common.ids import event_id_for
@@ -154,10 +154,10 @@ def _ical_event(uid: str, data: EventCreate, start: date | datetime, end: date |
 
 
 @post("/internal/events", include_in_schema=False)
-async def create_event(data: bytes, deps: ServiceDeps) -> Any:
+async def create_event(request: Request[Any, Any, Any], deps: ServiceDeps) -> Any:
     """Write an event to a source, project it and append it; answer the event."""
     try:
-        event = _create.decode(data)
+        event = _create.decode(await request.body())
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise Problem(400, "validation_error", f"The request is not valid: {exc}") from None
     sync = _sync(deps)
