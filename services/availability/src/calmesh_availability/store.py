@@ -76,7 +76,7 @@ def _events_sql(include_cancelled: bool, keyset: bool) -> str:
     if keyset:
         # A row's place (its local start) is never before its start_at and at most 26 hours after
         # (an all-day row's widest span starts at UTC+14): the keyset bounds the index range too.
-        where += f" AND ei.start_at > $7::timestamptz - interval '26 hours' AND ({_SORT_AT}, ei.event_id) > ($7, $8)"
+        where += f" AND ei.start_at >= $7::timestamptz - interval '26 hours' AND ({_SORT_AT}, ei.event_id) > ($7, $8)"
     limit = "$9" if keyset else "$7"
     return f"""
         SELECT x.* FROM unnest($2::text[], $3::text[]) AS src(connection_id, calendar_id)
