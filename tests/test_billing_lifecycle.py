@@ -262,6 +262,17 @@ async def test_unpaid_checkouts_and_forged_notices_change_nothing(billing: Billi
     # A forged id was asked of Mollie (404 there) and nothing followed.
     assert ("GET", "/v2/payments/tr_forged123") in billing.mollie.calls
 
+    # Idempotency-Key: the same checkout again, one payment at Mollie.
+    key = {"Idempotency-Key": uuid.uuid4().hex, **billing.headers(owner)}
+    body = {"plan": "pro", "redirect_url": "https://app.example/done"}
+    payments = len(billing.mollie.payments)
+    answers = await asyncio.gather(*(billing.api.post("/api/v1/billing/subscribe", json=body, headers=key) for _ in range(3)))
+    assert {r.status_code for r in answers} == {201} and len({r.json()["checkout_url"] for r in answers}) == 1
+    assert len(billing.mollie.payments) == payments + 1
+    other = await billing.api.post("/api/v1/billing/subscribe", json={**body, "redirect_url": "https://x.example/"},
+                                   headers=key)
+    assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused"
+
     # Cancelling with nothing to cancel, subscribing to an unknown plan: named problems.
     r = await billing.api.post("/api/v1/billing/cancel", headers=billing.headers(owner))
     assert r.status_code == 409 and r.json()["code"] == "no_active_subscription"

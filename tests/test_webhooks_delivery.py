@@ -327,6 +327,35 @@ async def test_a_receiver_answering_410_disables_the_subscription_and_its_owner_
     assert len(harness.receiver.at(path)) == 1  # no more deliveries, no retry
 
 
+async def test_retry_after_is_honoured_and_five_days_of_failure_disable(harness: Harness) -> None:
+    owner = user()
+    path = harness.receiver.on("/busy", (429, {"retry-after": "1"}), 200)
+    hook = await harness.subscribe(owner, path)
+    await harness.producer.plan_changed(owner)
+    await harness.receiver.wait_for(lambda: len(harness.receiver.at(path)) == 2)
+    first, second = harness.receiver.at(path)
+    assert second.at - first.at >= 1.0  # not the 0.2 s of the schedule
+
+    # A subscription that has failed without a success for more than 5 days is disabled at its
+    # next failure, and its owner told.
+    failing = harness.receiver.on("/down", 500)
+    hook = await harness.subscribe(owner, failing)
+    async with harness.pool.acquire() as conn:
+        await conn.execute(f"UPDATE {harness.schema}.subscriptions SET failing_since = now() - interval '5 days 1 minute'"
+                           " WHERE id = $1", hook["id"])
+    await harness.producer.plan_changed(owner, "free")
+    await harness.receiver.wait_for(lambda: len(harness.receiver.at(failing)) == 1)
+    await harness.settled(owner, hook["id"], 1)
+    r = await harness.api.get(f"/api/v1/webhooks/{hook['id']}", headers=harness.headers(owner))
+    assert r.json()["status"] == "disabled" and r.json()["disabled_reason"] == "failing"
+    async with harness.pool.acquire() as conn:
+        [row] = await conn.fetch(f"SELECT envelope FROM {harness.schema}.events WHERE stream_id = $1"
+                                 " AND type = 'webhook.disabled.v1'", hook["id"])
+    assert msgspec.json.decode(bytes(decode_envelope(row["envelope"]).event))["reason"] == "failing"
+    await asyncio.sleep(0.6)
+    assert len(harness.receiver.at(failing)) == 1  # its retries stop too
+
+
 async def test_after_rotation_both_secrets_sign_and_both_verify(harness: Harness) -> None:
     owner = user()
     path = harness.receiver.on("/rotated", 200)
@@ -454,6 +483,17 @@ async def test_the_api_validates_and_hides_other_users_webhooks(harness: Harness
         r = await harness.api.post("/api/v1/webhooks", json=body, headers=h)
         assert r.status_code == status, (body, r.text)
         assert r.headers["content-type"].startswith("application/problem+json")
+
+    # Idempotency-Key: a repeat gets the first answer (secret included), another body is refused.
+    body = {"url": harness.receiver_url + "/idem", "event_types": ["*"]}
+    key = {"Idempotency-Key": uuid.uuid4().hex, **harness.headers(owner)}
+    first = await harness.api.post("/api/v1/webhooks", json=body, headers=key)
+    again = await harness.api.post("/api/v1/webhooks", json=body, headers=key)
+    assert first.status_code == again.status_code == 201 and first.json() == again.json()
+    other = await harness.api.post("/api/v1/webhooks", json={**body, "description": "x"}, headers=key)
+    assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused"
+    listed = (await harness.api.get("/api/v1/webhooks", headers=harness.headers(owner))).json()["data"]
+    assert [w["url"] for w in listed].count(body["url"]) == 1
 
     r = await harness.api.patch(f"/api/v1/webhooks/{hook['id']}", json={"status": "disabled", "event_types": ["*"]},
                                 headers=harness.headers(owner))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 
 import msgspec
 from litestar import Controller, Response, get, post
 from litestar.enums import RequestEncodingType
-from litestar.params import Body
+from litestar.params import Body, Parameter
 
 from calmesh_common.logging import get_logger
 from calmesh_common.plans import limits_for
@@ -90,17 +91,49 @@ class BillingController(Controller):
         return await _status(deps, caller.user_id)
 
     @post("/subscribe", status_code=201, summary="Start a Mollie checkout for pro (a first payment)")
-    async def subscribe(self, data: Subscribe, deps: ServiceDeps, caller: Caller) -> Checkout:
+    async def subscribe(
+        self,
+        data: Subscribe,
+        deps: ServiceDeps,
+        caller: Caller,
+        idempotency_key: str | None = Parameter(
+            header="Idempotency-Key", default=None, description="A repeat with the same key and body gets the first answer"
+        ),
+    ) -> Checkout:
         if not data.redirect_url.startswith(("https://", "http://")):
             raise Problem(422, "invalid_redirect_url", "redirect_url must be an absolute http or https URL.",
                           errors=[FieldError("redirect_url", "must be an absolute http or https URL")])
+        if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+            raise Problem(400, "validation_error", "Idempotency-Key must be 1 to 255 characters.")
+        billing = _billing(deps)
+        request_hash = hashlib.sha256(msgspec.json.encode(data)).hexdigest()
+        if idempotency_key is not None:
+            async with billing.pool.acquire() as conn:
+                try:
+                    stored = await store.stored_answer(conn, billing.schema, caller.user_id, idempotency_key, request_hash)
+                except store.IdempotencyMismatch:
+                    raise Problem(422, "idempotency_key_reused",
+                                  "This Idempotency-Key was used with a different request; use a new key.") from None
+            if stored is not None:
+                return msgspec.json.decode(stored, type=Checkout)
         try:
-            url = await _billing(deps).subscribe(caller.user_id, data.plan, data.redirect_url, caller.handle)
+            url = await billing.subscribe(caller.user_id, data.plan, data.redirect_url, caller.handle,
+                                          idempotency_key=idempotency_key)
         except BillingError as exc:
             raise _problem(exc) from None
         except MollieError as exc:
             raise Problem(502, "payment_provider_unavailable", f"The payment provider failed: {exc}") from None
-        return Checkout(url)
+        answer = Checkout(url)
+        if idempotency_key is not None:
+            async with billing.pool.acquire() as conn:
+                try:
+                    first = await store.store_answer(conn, billing.schema, caller.user_id, idempotency_key,
+                                                     request_hash, msgspec.json.encode(answer))
+                except store.IdempotencyMismatch:
+                    raise Problem(422, "idempotency_key_reused",
+                                  "This Idempotency-Key was used with a different request; use a new key.") from None
+            return msgspec.json.decode(first, type=Checkout)
+        return answer
 
     @post("/cancel", status_code=200, summary="Cancel: pro lasts until current_period_end")
     async def cancel(self, deps: ServiceDeps, caller: Caller) -> BillingStatus:

@@ -7,6 +7,7 @@ from Mollie are applied under a per-user lock, so concurrent repeats of the same
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,8 +61,12 @@ class Billing:
 
     # --- subscribe --------------------------------------------------------------------------------
 
-    async def subscribe(self, user_id: str, plan: str, redirect_url: str, name: str | None) -> str:
-        """Create (or reuse) the Mollie customer and a first payment; returns its checkout URL."""
+    async def subscribe(
+        self, user_id: str, plan: str, redirect_url: str, name: str | None, *, idempotency_key: str | None = None
+    ) -> str:
+        """Create (or reuse) the Mollie customer and a first payment; returns its checkout URL.
+        With the caller's Idempotency-Key, Mollie gets a key derived from it: a repeat (even a
+        concurrent one) gets the same payment back."""
         state = await self.state(user_id)
         if plan != "pro":
             raise UnknownPlan(f"There is no plan {plan!r} to subscribe to; the paid plan is pro.")
@@ -70,7 +75,11 @@ class Billing:
         customer_id = state.customer_id or await self.mollie.create_customer(
             name=name or user_id, metadata={"user_id": user_id}, idempotency_key=f"calmesh-customer-{user_id}"
         )
-        checkout = new_id("chk")
+        checkout = (
+            f"chk_{hashlib.sha256(f'{user_id}:{idempotency_key}'.encode()).hexdigest()[:26]}"
+            if idempotency_key
+            else new_id("chk")
+        )
         payment = await self.mollie.create_first_payment(
             customer_id=customer_id,
             amount=self.settings.billing_pro_price,

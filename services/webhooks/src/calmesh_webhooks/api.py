@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from litestar import Controller, delete, get, patch, post
+from litestar import Controller, Response, delete, get, patch, post
 from litestar.params import Parameter
 
 from calmesh_common.events import new_event_id
@@ -206,14 +207,35 @@ class WebhooksController(Controller):
     tags = ["webhooks"]
 
     @post("/", status_code=201, summary="Create a webhook subscription (the secret is shown once)")
-    async def create(self, data: WebhookCreate, deps: ServiceDeps, caller: Caller) -> WebhookWithSecret:
+    async def create(
+        self,
+        data: WebhookCreate,
+        deps: ServiceDeps,
+        caller: Caller,
+        idempotency_key: str | None = Parameter(
+            header="Idempotency-Key", default=None, description="A repeat with the same key and body gets the first answer"
+        ),
+    ) -> Response[WebhookWithSecret]:
         url = _check_url(data.url, deps)
         event_types = _check_event_types(data.event_types)
-        secret = new_secret()
+        if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
+            raise Problem(400, "validation_error", "Idempotency-Key must be 1 to 255 characters.")
         box = deps.extras["secrets"]
+        schema = _schema(deps)
+        request_hash = hashlib.sha256(msgspec.json.encode(data)).hexdigest()
         async with deps.pool.acquire() as conn, conn.transaction():  # type: ignore[union-attr]
+            if idempotency_key is not None:
+                try:
+                    stored = await store.claim_idempotency_key(conn, schema, caller.user_id, idempotency_key, request_hash)
+                except store.IdempotencyMismatch:
+                    raise Problem(422, "idempotency_key_reused",
+                                  "This Idempotency-Key was used with a different request; use a new key.") from None
+                if stored is not None:
+                    first = msgspec.json.decode(box.decrypt(stored).encode(), type=WebhookWithSecret)
+                    return Response(first, status_code=201)
+            secret = new_secret()
             row = await store.insert_subscription(
-                conn, _schema(deps), user_id=caller.user_id, url=url, event_types=event_types,
+                conn, schema, user_id=caller.user_id, url=url, event_types=event_types,
                 description=data.description, secret=box.encrypt(secret),
             )
             await deps.store.append(
@@ -222,10 +244,16 @@ class WebhooksController(Controller):
                                 description=data.description)],
                 user_id=caller.user_id,
             )
-        return WebhookWithSecret(
-            id=row["id"], url=url, event_types=event_types, description=row["description"], status="active",
-            secret=secret, created_at=instant(row["created_at"]) or "",
-        )
+            created = WebhookWithSecret(
+                id=row["id"], url=url, event_types=event_types, description=row["description"], status="active",
+                secret=secret, created_at=instant(row["created_at"]) or "",
+            )
+            if idempotency_key is not None:
+                await store.store_idempotent_answer(
+                    conn, schema, caller.user_id, idempotency_key,
+                    box.encrypt(msgspec.json.encode(created).decode()),
+                )
+        return Response(created, status_code=201)
 
     @get("/", summary="List webhook subscriptions")
     async def list_webhooks(
