@@ -539,15 +539,20 @@ async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key
     if start.second or start.microsecond:
         return Answer(409, _json.encode(SLOT_UNAVAILABLE.body()))
     async with ctx.pool.acquire() as conn:
-        page = await _public_page(ctx, conn, cmd.handle, cmd.slug, caller)
+        if cmd.handle:
+            page = await ctx.store.public_page_for_booking(conn, cmd.handle.lower(), cmd.slug, start)
+            if page is None:
+                raise not_found("booking page")
+            taken = page["taken"]
+        else:
+            page = await _public_page(ctx, conn, cmd.handle, cmd.slug, caller)
+            taken = False
         visitor_tz = _zone_param(cmd.timezone, page["timezone"], "timezone")
         rules = ctx.rules(page)
         end = start + rules.duration
-        # Fast refusal outside the lock for the losers of a race (a keyed retry must see its answer).
-        if key is None and await ctx.store.booked_overlap(
-            conn, page["user_id"], start - rules.buffer_before, end + rules.buffer_after
-        ):
-            return Answer(409, _json.encode(SLOT_UNAVAILABLE.body()))
+    # Fast refusal outside the locks for the losers of a race (a keyed retry must see its answer).
+    if taken and key is None:
+        return Answer(409, _json.encode(SLOT_UNAVAILABLE.body()))
     calendar = await calendar_of_page(ctx, page)
 
     async def work(conn: asyncpg.Connection) -> Answer:

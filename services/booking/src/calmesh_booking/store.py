@@ -190,6 +190,19 @@ class BookingStore:
     async def page_by_id(self, conn: asyncpg.Connection, page_id: str) -> asyncpg.Record | None:
         return await conn.fetchrow(f"SELECT {PAGE_COLUMNS} FROM {self.schema}.pages WHERE id = $1", page_id)
 
+    async def public_page_for_booking(self, conn: asyncpg.Connection, handle: str, slug: str,
+                                      start: datetime) -> asyncpg.Record | None:
+        """The page, and in `taken` whether a confirmed booking of its owner already clashes with a
+        slot at `start` (with the page's duration and buffers): a cheap refusal outside the locks."""
+        return await conn.fetchrow(
+            f"SELECT {PAGE_COLUMNS}, EXISTS (SELECT 1 FROM {self.schema}.bookings b"
+            "   WHERE b.user_id = p.user_id AND b.status = 'confirmed'"
+            "   AND b.start_at < $3::timestamptz + make_interval(mins => p.duration_minutes + p.buffer_after_minutes)"
+            "   AND b.end_at > $3::timestamptz - make_interval(mins => p.buffer_before_minutes)) AS taken"
+            f" FROM {self.schema}.pages p WHERE p.handle = $1 AND p.slug = $2",
+            handle, slug, start,
+        )
+
     async def public_page(self, conn: asyncpg.Connection, handle: str, slug: str) -> asyncpg.Record | None:
         return await conn.fetchrow(
             f"SELECT {PAGE_COLUMNS} FROM {self.schema}.pages WHERE handle = $1 AND slug = $2", handle, slug
@@ -265,16 +278,6 @@ class BookingStore:
     async def lock_booking_sync(self, conn: asyncpg.Connection, booking_id: str) -> None:
         """Serialise the calendar writes of one booking (write after cancel, cancel after write)."""
         await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_NS_BOOKING_SYNC, booking_id)
-
-    async def booked_overlap(self, conn: asyncpg.Connection, user_id: str, start: datetime, end: datetime) -> bool:
-        """A cheap pre-check outside the lock: a confirmed booking already overlaps [start, end)."""
-        return bool(
-            await conn.fetchval(
-                f"SELECT EXISTS (SELECT 1 FROM {self.schema}.bookings WHERE user_id = $1 AND status = 'confirmed'"
-                " AND start_at < $3 AND end_at > $2)",
-                user_id, start, end,
-            )
-        )
 
     async def insert_booking(self, conn: asyncpg.Connection, b: Booking) -> None:
         await conn.execute(
