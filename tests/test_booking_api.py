@@ -138,6 +138,12 @@ async def test_booking_page_crud_and_ownership(bk: BookingHarness) -> None:
                                    json={"title": "x"})
     assert denied.status_code == 403 and denied.json()["required_scope"] == "full"
 
+    # The free plan allows two booking pages.
+    third = await bk.client.post("/api/v1/booking-pages", headers=ann.headers, json={
+        "slug": "third", "calendar_slug": "work", "title": "x", "duration_minutes": 30, "timezone": "UTC",
+        "weekly_hours": {}})
+    assert third.status_code == 402 and third.json()["code"] == "plan_limit_reached"
+
     patched = await bk.client.patch("/api/v1/booking-pages/intro", headers=ann.headers,
                                     json={"title": "Longer call", "duration_minutes": 60, "slug": "longer"})
     assert patched.status_code == 200, patched.text
