@@ -480,3 +480,33 @@ async def test_racing_for_overlapping_slots_lets_only_one_win(bk: BookingHarness
     # Whichever won is gone, and 09:30 (which clashes with both others) too.
     remaining = await slots(bk, ann, day)
     assert won[0] not in remaining and half_past not in remaining
+
+
+async def test_a_change_announced_by_connections_reaches_slots_at_once(bk: BookingHarness) -> None:
+    import nats
+
+    from calmesh_common.events import Envelope, encode_envelope, new_event_id
+
+    ann = await bk.new_user()
+    await make_page(bk, ann)
+    day = future_day(34)
+    before = await slots(bk, ann, day)  # the calendar is cached now
+    # The owner adds a source that is busy all morning.
+    extra = bk.fake.add_calendar(ann.user_id, "spare", "Europe/Amsterdam")
+    await bk.fake.add_event(extra, datetime.combine(day, datetime.min.time(), UTC),
+                            datetime.combine(day, datetime.min.time(), UTC) + timedelta(hours=23))
+    ann.calendar.sources.append(extra.sources[0])
+    assert await slots(bk, ann, day) == before  # still the cached calendar
+    nc = await nats.connect(bk.settings.nats_url)
+    try:
+        envelope = Envelope(id=new_event_id(), stream_id="cal_x", version=2, occurred_at=datetime.now(UTC),
+                            type="calendar.source_added.v1", user_id=ann.user_id)
+        await nc.publish("calmesh.connections.calendar.source_added", encode_envelope(envelope))
+        await nc.flush()
+    finally:
+        await nc.close()
+
+    async def gone() -> bool:
+        return await slots(bk, ann, day) == []
+
+    await eventually(gone, timeout=5)

@@ -60,6 +60,8 @@ def create_app(
             enforce_page_limit=enforce_page_limit,
         )
         _ = ctx.link_secret  # fail at start-up, not on the first booking, when no secret is set
+        assert deps.nc is not None
+        await ctx.calendars.subscribe(deps.nc)
         deps.extras["booking"] = ctx
         ref.set(ctx)
 

@@ -13,7 +13,9 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+import msgspec
 
+from calmesh_common.events import decode_envelope
 from calmesh_common.service import SECRET_HEADER
 from calmesh_common.settings import Settings
 from calmesh_common.tracing import inject_headers
@@ -118,14 +120,50 @@ def _detail(response: httpx.Response) -> str:
         return response.text[:200]
 
 
+#: Where the connections context publishes; every replica listens (no queue group).
+CONNECTIONS_SUBJECT = "calmesh.connections.>"
+#: Connections events that never change a calendar's sources or timezone.
+_IRRELEVANT = frozenset({"connection.synced.v1", "connection.sync_requested.v1",
+                         "connection.credentials_refreshed.v1", "connection.errored.v1", "connection.created.v1"})
+
+
 class Calendars:
-    """Unified calendars from connections' internal API, cached for `ttl` seconds."""
+    """Unified calendars from connections' internal API, cached for at most `ttl` seconds.
+
+    A change to a user's calendars or connections (an event of the connections context, heard by
+    every replica on a plain subscription) drops that user's entries at once; the time-to-live
+    bounds what a missed event can leave behind."""
 
     def __init__(self, http: httpx.AsyncClient, settings: Settings, ttl: float = 30.0) -> None:
         self.http = http
         self.settings = settings
         self.ttl = ttl
         self._cache: dict[tuple[str, str], tuple[float, CalendarInfo]] = {}
+        self._generation: dict[str, int] = {}
+        self._sub: Any = None
+
+    async def subscribe(self, nc: Any) -> None:
+        self._sub = await nc.subscribe(CONNECTIONS_SUBJECT, cb=self._on_message)
+
+    async def _on_message(self, msg: Any) -> None:
+        self.apply_event(msg.data)
+
+    def apply_event(self, data: bytes) -> None:
+        """Forget what a connections event may have changed: that user's calendars (all if unsure)."""
+        try:
+            envelope = decode_envelope(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self._cache.clear()
+            return
+        if envelope.type in _IRRELEVANT:
+            return
+        user_id = envelope.user_id
+        if not user_id:
+            self._cache.clear()
+            return
+        self._generation[user_id] = self._generation.get(user_id, 0) + 1
+        for key in [k for k in self._cache if k[0] == user_id]:
+            del self._cache[key]
 
     async def get(self, user_id: str, slug: str, *, fresh: bool = False) -> CalendarInfo:
         """The calendar `slug` of `user_id`. Raises CalendarNotFound, or DependencyUnavailable when
@@ -135,6 +173,7 @@ class Calendars:
         now = time.monotonic()
         if cached and not fresh and cached[0] > now:
             return cached[1]
+        generation = self._generation.get(user_id, 0)
         try:
             base = self.settings.service_url("connections")
             response = await self.http.get(
@@ -153,7 +192,10 @@ class Calendars:
                 return cached[1]
             raise DependencyUnavailable(f"connections answered {response.status_code}: {_detail(response)}")
         info = CalendarInfo.from_json(response.json())
-        self._cache[key] = (now + self.ttl, info)
+        if self._generation.get(user_id, 0) == generation:  # no change was announced meanwhile
+            if len(self._cache) > 50_000:
+                self._cache.clear()
+            self._cache[key] = (now + self.ttl, info)
         return info
 
     def forget(self, user_id: str, slug: str) -> None:
