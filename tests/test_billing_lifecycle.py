@@ -369,3 +369,45 @@ async def test_through_the_gateway_billing_is_for_sessions_and_mollie_reaches_it
         # billing cannot ask Mollie and answers 503: Mollie calls again later, nothing changed.
         r = await gw.post("/api/v1/billing/mollie/webhook", data={"id": "tr_e2eforged"})
         assert r.status_code == 503 and r.json()["code"] == "payment_provider_unavailable", r.text
+
+
+async def test_usage_counts_connections_and_booking_pages_from_their_events(billing: Billing, unique: str) -> None:
+    from calmesh_common.events.booking import BookingPageCreated, BookingPageDeleted
+    from calmesh_common.events.connections import ConnectionCreated, ConnectionRemoved
+    from calmesh_common.eventstore import EventStore
+    from calmesh_common.relay import OutboxRelay
+
+    source = f"usage_src_{unique}"
+    async with billing.pool.acquire() as c:
+        await apply_migrations(c, source, common_migrations())
+    owner, now = user(), datetime.now(UTC)
+    events = [
+        ("connections", ConnectionCreated(connection_id="conn_a", user_id=owner, provider="ical", display_name="a",
+                                          status="pending", created_at=now)),
+        ("connections", ConnectionCreated(connection_id="conn_b", user_id=owner, provider="ical", display_name="b",
+                                          status="pending", created_at=now)),
+        ("connections", ConnectionRemoved(connection_id="conn_a", user_id=owner, provider="ical", at=now)),
+        ("booking", BookingPageCreated(page_id="bp_1", user_id=owner, slug="intro", calendar_slug="work",
+                                       title="Intro", duration_minutes=30, timezone="UTC")),
+        ("booking", BookingPageCreated(page_id="bp_2", user_id=owner, slug="demo", calendar_slug="work",
+                                       title="Demo", duration_minutes=30, timezone="UTC")),
+        ("booking", BookingPageDeleted(page_id="bp_9", user_id=owner, slug="never-counted")),
+    ]
+    async with billing.pool.acquire() as c, c.transaction():
+        for n, (context, event) in enumerate(events):
+            await EventStore(source, context=context).append(c, f"usage-{unique}-{n}", 0, [event], user_id=owner)
+    import nats
+
+    nc = await nats.connect(billing.app.state.deps.settings.nats_url)
+    try:
+        while await OutboxRelay(billing.pool, nc.jetstream(), source).publish_pending():
+            pass
+    finally:
+        await nc.close()
+
+    async def counted() -> dict[str, Any] | None:
+        usage = (await billing.status(owner))["usage"]
+        return usage if usage["connections"] == 1 and usage["booking_pages"] == 2 else None
+
+    usage = await eventually(counted, timeout=10)
+    assert usage == {"connections": 1, "booking_pages": 2, "api_requests_today": None}

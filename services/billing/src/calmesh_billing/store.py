@@ -88,7 +88,7 @@ async def count_item(conn: asyncpg.Connection, schema: str, counter: str, item_i
             return
     await conn.execute(
         f"INSERT INTO {schema}.usage (user_id, counter, value) VALUES ($1, $2, greatest($3, 0))"
-        " ON CONFLICT (user_id, counter) DO UPDATE SET value = greatest({schema}.usage.value + $3, 0)",
+        f" ON CONFLICT (user_id, counter) DO UPDATE SET value = greatest({schema}.usage.value + $3, 0)",
         user_id, counter, delta,
     )
 
