@@ -510,3 +510,15 @@ async def test_a_change_announced_by_connections_reaches_slots_at_once(bk: Booki
         return await slots(bk, ann, day) == []
 
     await eventually(gone, timeout=5)
+
+
+async def test_idempotency_keys_are_forgotten_after_a_day(bk: BookingHarness) -> None:
+    ctx = bk.app.state.deps.extras["booking"]
+    async with bk.pool.acquire() as conn:
+        await conn.execute(
+            f"INSERT INTO {bk.schema}.idempotency_keys (scope, key, request_hash, status_code, body, created_at)"
+            " VALUES ('t', 'old', 'h', 201, '{}', now() - interval '25 hours'),"
+            "        ('t', 'new', 'h', 201, '{}', now() - interval '1 hour')")
+        await ctx.store.forget_idempotency_keys(conn, datetime.now(UTC) - timedelta(hours=24))
+        left = await conn.fetch(f"SELECT key FROM {bk.schema}.idempotency_keys WHERE scope = 't'")
+    assert [r["key"] for r in left] == ["new"]

@@ -7,13 +7,15 @@ Tests call it with their own schema, projection table and clock.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from litestar import Litestar
 from litestar.di import Provide
 
+from calmesh_common.logging import get_logger
 from calmesh_common.plans import enforce_limit, plan_consumer
 from calmesh_common.service import Caller, ServiceDeps, create_service_app, run_service
 from calmesh_common.settings import Settings
@@ -24,6 +26,8 @@ from .consumers import ContextRef, calendar_consumer, mail_consumer, users_consu
 from .handlers import BookingContext
 from .mail import Mailer
 from .store import BookingStore
+
+log = get_logger(__name__)
 
 NAME = "booking"
 SCHEMA = "booking"
@@ -64,6 +68,7 @@ def create_app(
         await ctx.calendars.subscribe(deps.nc)
         deps.extras["booking"] = ctx
         ref.set(ctx)
+        deps.tasks.append(asyncio.create_task(forget_old_idempotency_keys(ctx), name="booking-idempotency-sweep"))
 
     consumers = [
         calendar_consumer(ref, schema, f"{consumer_prefix}-calendar"),
@@ -83,6 +88,21 @@ def create_app(
         title="CalMesh booking",
         description="Booking pages, bookings and polls.",
     )
+
+
+#: How long an Idempotency-Key's first answer is kept (a retry comes within minutes, not days).
+IDEMPOTENCY_KEY_LIFETIME = timedelta(hours=24)
+
+
+async def forget_old_idempotency_keys(ctx: BookingContext, every: float = 3600.0) -> None:
+    """Hourly, drop the answers kept for Idempotency-Keys older than a day."""
+    while True:
+        try:
+            async with ctx.pool.acquire() as conn:
+                await ctx.store.forget_idempotency_keys(conn, ctx.clock() - IDEMPOTENCY_KEY_LIFETIME)
+        except (asyncpg.PostgresError, OSError) as exc:
+            log.warning("idempotency_sweep_failed", error=repr(exc))
+        await asyncio.sleep(every)
 
 
 def main() -> None:

@@ -362,6 +362,13 @@ class BookingStore:
             raise IdempotencyMismatch(key)
         return StoredResponse(row["status_code"], bytes(row["body"]))
 
+    async def forget_idempotency_keys(self, conn: asyncpg.Connection, older_than: datetime) -> int:
+        """Drop the answers kept for keys older than `older_than`; returns how many."""
+        status = await conn.execute(
+            f"DELETE FROM {self.schema}.idempotency_keys WHERE created_at < $1", older_than
+        )
+        return int(status.split()[-1])
+
     async def store_idempotent_response(
         self, conn: asyncpg.Connection, scope: str, key: str, status_code: int, body: bytes
     ) -> None:
