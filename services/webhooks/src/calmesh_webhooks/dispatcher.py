@@ -20,16 +20,15 @@ import asyncio
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import msgspec
-from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 import nats.errors
 import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from calmesh_common.consumer import ConsumerSpec
 from calmesh_common.events import Envelope, decode_envelope, decode_event
@@ -93,8 +92,6 @@ class Dispatcher:
         self._next_due: float | None = None
         self._listener: asyncpg.Connection | None = None
         self._waiters: dict[int, asyncio.Future[store.Finished]] = {}
-        #: Test hook: called with each claimed delivery just before its HTTP request.
-        self.before_send: Callable[[store.Claimed], Any] | None = None
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -277,21 +274,21 @@ class Dispatcher:
 
     async def _deliver(self, item: store.Claimed) -> None:
         """Send one attempt and queue its outcome."""
-        if self.before_send is not None:
-            await self.before_send(item)
-        now = time.time()
-        timestamp = int(now)
-        headers = {
-            "content-type": "application/json",
-            "webhook-id": item.event_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": signature_header(self.signing_keys(item, now), item.event_id, timestamp, item.body),
-        }
         started = time.perf_counter()
         status: int | None = None
         retry_after: str | None = None
         error: str | None = None
         try:
+            now = time.time()
+            timestamp = int(now)
+            headers = {
+                "content-type": "application/json",
+                "webhook-id": item.event_id,
+                "webhook-timestamp": str(timestamp),
+                "webhook-signature": signature_header(
+                    self.signing_keys(item, now), item.event_id, timestamp, item.body
+                ),
+            }
             result = await self.client.fetch(
                 item.url, method="POST", headers=headers, content=item.body, max_bytes=RESPONSE_LIMIT
             )
@@ -303,6 +300,9 @@ class Dispatcher:
             error = str(exc)
             if error.startswith("more than"):  # the base client's words for a redirect
                 error = "the endpoint answered with a redirect; redirects are not followed"
+        except Exception as exc:  # noqa: BLE001 - recorded as a failed attempt and retried, never lost
+            log.error("webhooks_attempt_error", delivery_id=item.delivery_id, error=repr(exc))
+            error = f"internal error: {type(exc).__name__}"
         duration_ms = int((time.perf_counter() - started) * 1000)
         outcome = classify(status, retry_after)
         delay: float | None = None
@@ -344,8 +344,9 @@ class Dispatcher:
                 try:
                     await self._write(batch)
                     break
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                    # The leases outlive a short outage; past them the deliveries repeat.
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - kept and written again; leases cover a short outage
                     log.warning("webhooks_result_write_failed", error=repr(exc), count=len(batch))
                     await asyncio.sleep(1.0)
 
