@@ -32,6 +32,9 @@ log = get_logger(__name__)
 NAME = "booking"
 SCHEMA = "booking"
 PROJECTION = "sync.event_instances"
+#: Concurrent pullers of the calendar-write consumer (each holds a database connection while the
+#: provider answers).
+CALENDAR_WRITERS = 3
 
 
 def create_app(
@@ -70,8 +73,11 @@ def create_app(
         ref.set(ctx)
         deps.tasks.append(asyncio.create_task(forget_old_idempotency_keys(ctx), name="booking-idempotency-sweep"))
 
+    # Calendar writes wait on the provider (a CalDAV PUT takes tens of milliseconds), so several
+    # pullers share the one durable consumer; per-booking locks keep a write and its removal in order.
+    writer = calendar_consumer(ref, schema, f"{consumer_prefix}-calendar")
     consumers = [
-        calendar_consumer(ref, schema, f"{consumer_prefix}-calendar"),
+        *[writer] * CALENDAR_WRITERS,
         mail_consumer(ref, schema, mailer, f"{consumer_prefix}-mail"),
         users_consumer(ref, schema, f"{consumer_prefix}-users"),
         plan_consumer(schema, consumer_name=consumer_prefix),
