@@ -125,6 +125,7 @@ async def running(platform: Platform, *, sync: bool = True, connections: bool = 
     from calmesh_sync.app import create_app as sync_app
 
     cport, sport = free_port(), free_port()
+    saved = (platform.connections_url, platform.sync_url)
     platform.connections_url = f"http://127.0.0.1:{cport}"
     platform.sync_url = f"http://127.0.0.1:{sport}"
     # Provider callbacks come straight to this connections service (no gateway in between).
@@ -136,7 +137,10 @@ async def running(platform: Platform, *, sync: bool = True, connections: bool = 
         if sync:
             app = sync_app(platform.settings("sync", CALMESH_PORT=str(sport), CALMESH_WORKER_ID="inproc", **extra), run_worker=sync_worker)
             await stack.enter_async_context(serve(app, sport))
-        yield platform
+        try:
+            yield platform
+        finally:
+            platform.connections_url, platform.sync_url = saved if saved[0] else (platform.connections_url, platform.sync_url)
 
 
 async def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:

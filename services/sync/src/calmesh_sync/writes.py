@@ -215,8 +215,8 @@ async def create_event(request: Request[Any, Any, Any], deps: ServiceDeps) -> An
         )
         if href is not None and body_text is not None:
             await conn.execute(
-                "INSERT INTO sync.source_objects (connection_id, calendar_id, href, etag, event) VALUES ($1, $2, $3, $4, $5)"
-                " ON CONFLICT (connection_id, calendar_id, href) DO UPDATE SET etag = EXCLUDED.etag, event = EXCLUDED.event",
+                "INSERT INTO sync.source_objects (connection_id, calendar_id, href, etag, data) VALUES ($1, $2, $3, $4, $5)"
+                " ON CONFLICT (connection_id, calendar_id, href) DO UPDATE SET etag = EXCLUDED.etag, data = EXCLUDED.data",
                 details.id, calendar.id, href, etag, body_text,
             )
     return json_response(event_body(row, details.id, calendar.id), status=201)
