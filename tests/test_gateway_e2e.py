@@ -180,6 +180,7 @@ def odd_gateway(stack: Stack, echo: Echo) -> Iterator[str]:
         CALMESH_RATE_LIMIT_PER_MINUTE="60",
         CALMESH_RATE_LIMIT_BURST="5",
         CALMESH_PUBLIC_RATE_LIMIT_PER_MINUTE="4",
+        CALMESH_PLAN_PRO_API_REQUESTS_PER_DAY="3",
     )
     yield url
     stop(process)
@@ -699,3 +700,54 @@ def test_the_openapi_document_covers_every_route_with_its_scopes_and_security(gw
     page = httpx.get(f"{gw}/schema")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "/schema/openapi.json" in page.text
+
+
+# Plans --------------------------------------------------------------------------------------------
+
+async def test_a_plan_change_from_billing_reaches_me_and_the_forwarded_identity(
+    stack: Stack, odd_gateway: str, echo: Echo, nc: Any,
+) -> None:
+    account = Account(stack.gateway_url)
+    key = account.key("full")["key"]
+    assert account.client.get("/api/v1/me").json()["plan"] == "free"
+    # The key is now cached by the second gateway with the free plan.
+    before = await asyncio.to_thread(httpx.get, f"{odd_gateway}/api/v1/webhooks", headers=bearer(key))
+    assert dict(before.json()["headers"])["x-calmesh-user-plan"] == "free"
+
+    await upgrade_to_pro(nc, account)
+    after = await asyncio.to_thread(httpx.get, f"{odd_gateway}/api/v1/webhooks", headers=bearer(key))
+    assert dict(after.json()["headers"])["x-calmesh-user-plan"] == "pro"
+
+
+async def upgrade_to_pro(nc: Any, account: Account) -> None:
+    """Publish billing's plan.changed for `account`, as billing does, and wait until /me says pro."""
+    from calmesh_common.events import encode_envelope, make_envelope
+    from calmesh_common.events.billing import PlanChanged
+    from calmesh_common.plans import PLAN_CHANGED_SUBJECT
+
+    event = PlanChanged(user_id=account.user["id"], plan="pro", status="active",
+                        current_period_end=datetime.now(UTC) + timedelta(days=30), previous_plan="free",
+                        at=datetime.now(UTC))
+    envelope = make_envelope(event, stream_id=f"billing-{account.user['id']}", version=3, user_id=account.user["id"])
+    await nc.jetstream().publish(PLAN_CHANGED_SUBJECT, encode_envelope(envelope), headers={"Nats-Msg-Id": envelope.id})
+    deadline = time.monotonic() + 5
+    plan = "free"
+    while time.monotonic() < deadline and plan != "pro":
+        await asyncio.sleep(0.1)
+        plan = (await asyncio.to_thread(account.client.get, "/api/v1/me")).json()["plan"]
+    assert plan == "pro"
+
+
+async def test_past_the_plans_daily_requests_a_429_until_midnight(stack: Stack, odd_gateway: str, nc: Any) -> None:
+    account = Account(stack.gateway_url)
+    key = account.key("read")["key"]
+    await upgrade_to_pro(nc, account)  # the second gateway allows pro 3 requests a day
+    await asyncio.sleep(0.3)  # the cache of the second gateway hears it on its own subscription
+    statuses = []
+    for _ in range(4):
+        r = await asyncio.to_thread(httpx.get, f"{odd_gateway}/api/v1/me", headers=bearer(key))
+        statuses.append(r.status_code)
+    assert statuses == [200, 200, 200, 429]
+    assert r.json()["code"] == "daily_quota_exceeded" and r.json()["plan"] == "pro"
+    until_midnight = 86400 - (time.time() % 86400)
+    assert abs(int(r.headers["retry-after"]) - until_midnight) < 60

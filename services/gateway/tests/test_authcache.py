@@ -161,3 +161,26 @@ async def test_last_used_is_written_in_batches() -> None:
     assert await cache.flush_last_used() == 2
     assert set(store.touched) == {"key_1", "key_2"}
     assert await cache.flush_last_used() == 0
+
+
+async def test_a_plan_change_updates_every_cached_identity_of_the_user_and_older_ones_lose() -> None:
+    from calmesh_common.events.billing import PlanChanged
+
+    mine, other = generate_key(), generate_key()
+    store = FakeStore([key_row(mine.key_hash), KeyRow(id="key_2", user_id="usr_2", scope="read", key_hash=other.key_hash,
+                                                      expires_at=None, revoked=False, handle="bob", timezone="UTC",
+                                                      plan="free")])
+    cache = AuthCache(store, "secret")  # type: ignore[arg-type]
+    await cache.reload()
+
+    def plan_event(plan: str, version: int) -> Msg:
+        event = PlanChanged(user_id="usr_1", plan=plan, status="active", current_period_end=None,
+                            previous_plan="free", at=datetime.now(UTC))
+        return Msg(encode_envelope(make_envelope(event, stream_id="billing-usr_1", version=version)))
+
+    await cache.on_message(plan_event("pro", 2))
+    ident = cache.cached_key(mine.key_hash)
+    assert ident is not None and ident.plan == "pro" and ("x-calmesh-user-plan", "pro") in ident.headers
+    assert cache.cached_key(other.key_hash).plan == "free"  # type: ignore[union-attr]
+    await cache.on_message(plan_event("free", 1))  # an older snapshot arriving late
+    assert cache.cached_key(mine.key_hash).plan == "pro"  # type: ignore[union-attr]

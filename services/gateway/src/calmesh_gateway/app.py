@@ -19,7 +19,9 @@ import nats
 from litestar import Litestar
 from nats.aio.client import Client as NATS
 
+from calmesh_common.consumer import DurableConsumer
 from calmesh_common.logging import get_logger
+from calmesh_common.plans import PLAN_CHANGED_SUBJECT, plan_consumer
 from calmesh_common.problems import problem_handler
 from calmesh_common.relay import OutboxRelay
 from calmesh_common.service import create_pool, run_service
@@ -30,6 +32,7 @@ from .authcache import AuthCache, periodic
 from .forward import Forwarder
 from .front import GatewayFront
 from .openapi import OpenAPIBuilder
+from .quota import DailyQuota
 from .routes import RouteTable
 from .security import Passwords
 from .store import SCHEMA, GatewayStore
@@ -49,6 +52,7 @@ class GatewayState:
     settings: Settings
     cache: AuthCache
     openapi: OpenAPIBuilder
+    quota: DailyQuota
     passwords: Passwords = field(default_factory=Passwords)
     pool: asyncpg.Pool | None = None
     store: GatewayStore | None = None
@@ -66,6 +70,7 @@ def create_app(settings: Settings) -> GatewayFront:
         cache=cache,
         openapi=OpenAPIBuilder(table, settings.public_base_url, settings.internal_secret,
                                service_urls=dict(settings.service_urls)),
+        quota=DailyQuota(settings),
     )
 
     @asynccontextmanager
@@ -74,6 +79,7 @@ def create_app(settings: Settings) -> GatewayFront:
         state.pool = await create_pool(settings, SCHEMA)
         state.store = GatewayStore(state.pool)
         cache.store = state.store
+        state.quota.store = state.store
         state.forwarder = Forwarder(settings.service_urls, timeout=settings.forward_timeout_seconds)
         state.openapi.fetch = state.forwarder.get_json_status
 
@@ -91,12 +97,21 @@ def create_app(settings: Settings) -> GatewayFront:
         )
         # Subscribe before loading, so nothing falls between the snapshot and the first event.
         await state.nc.subscribe(EVENTS_SUBJECT, cb=cache.on_message)
+        # Every replica's cache hears plan changes; one replica records each in the database.
+        await state.nc.subscribe(PLAN_CHANGED_SUBJECT, cb=cache.on_message)
         await cache.reload()
-        relay = OutboxRelay(state.pool, state.nc.jetstream(), SCHEMA)
+        js = state.nc.jetstream()
+        relay = OutboxRelay(state.pool, js, SCHEMA)
+        spec, _ = plan_consumer(SCHEMA, consumer_name=NAME)
+        plans = DurableConsumer(state.pool, js, spec, state.store.apply_plan_changed)
+        await plans.subscribe()
         state.tasks += [
             asyncio.create_task(relay.run(), name="gateway-relay"),
+            asyncio.create_task(plans.run(), name="gateway-plans"),
             asyncio.create_task(periodic(LAST_USED_FLUSH_SECONDS, cache.flush_last_used, "last_used"),
                                 name="gateway-last-used"),
+            asyncio.create_task(periodic(LAST_USED_FLUSH_SECONDS, state.quota.flush, "api_usage"),
+                                name="gateway-api-usage"),
             asyncio.create_task(periodic(PRUNE_SECONDS, _prune(front), "prune"), name="gateway-prune"),
         ]
         log.info("service_started", service=NAME, port=settings.port)
@@ -107,10 +122,11 @@ def create_app(settings: Settings) -> GatewayFront:
                 task.cancel()
             await asyncio.gather(*state.tasks, return_exceptions=True)
             state.tasks.clear()
-            try:
-                await cache.flush_last_used()
-            except Exception as exc:  # noqa: BLE001 - shutting down: report and go on
-                log.warning("last_used_flush_failed", error=repr(exc))
+            for flush in (cache.flush_last_used, state.quota.flush):
+                try:
+                    await flush()
+                except Exception as exc:  # noqa: BLE001 - shutting down: report and go on
+                    log.warning("flush_failed", job=flush.__qualname__, error=repr(exc))
             await state.forwarder.close()
             if state.nc.is_connected:
                 await state.nc.drain()
@@ -124,7 +140,7 @@ def create_app(settings: Settings) -> GatewayFront:
         openapi_config=None,
         debug=False,
     )
-    front = GatewayFront(settings, inner, cache, lambda: state.forwarder, table)
+    front = GatewayFront(settings, inner, cache, lambda: state.forwarder, table, state.quota)
     front.state = state  # type: ignore[attr-defined]  # for tests and the benchmark
     return front
 

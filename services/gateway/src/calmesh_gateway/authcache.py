@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from calmesh_common.events import decode_envelope, decode_event
+from calmesh_common.events.billing import PlanChanged
 from calmesh_common.events.gateway import ApiKeyCreated, ApiKeyRevoked, SessionEnded, UserSignedUp
 from calmesh_common.logging import get_logger
 from calmesh_common.service import (
@@ -94,6 +95,7 @@ class AuthCache:
         self._loading = False
         self._pending: list[Any] = []
         self.events_applied = 0
+        self._plan_versions: dict[str, int] = {}
 
     # Keys ------------------------------------------------------------------------------------
 
@@ -215,14 +217,32 @@ class AuthCache:
     # Events ----------------------------------------------------------------------------------
 
     async def on_message(self, msg: Any) -> None:
-        """NATS callback for ``calmesh.gateway.>``."""
+        """NATS callback for ``calmesh.gateway.>`` and billing's ``plan.changed``."""
         try:
-            event = decode_event(decode_envelope(msg.data))
+            envelope = decode_envelope(msg.data)
+            event = decode_event(envelope)
         except (msgspec.DecodeError, msgspec.ValidationError):
             return  # not ours to understand (a newer event type): nothing to update
+        if isinstance(event, PlanChanged):
+            # Billing's per-user stream is ordered by version: an older snapshot never wins.
+            if self._plan_versions.get(event.user_id, 0) >= envelope.version:
+                return
+            self._plan_versions[event.user_id] = envelope.version
         if self._loading:
             self._pending.append(event)
         self._apply(event)
+
+    def set_plan(self, user_id: str, plan: str) -> int:
+        """Every cached identity of `user_id` now says `plan`; returns how many changed."""
+        changed = 0
+        for ident in [*self.keys.values(), *(i for i, _ in self._sessions.values())]:
+            if ident.user_id == user_id and ident.plan != plan and ident.headers:
+                ident.plan = plan
+                ident.headers = identity_headers(self.secret, user_id=ident.user_id, auth=ident.auth,
+                                                 scope=ident.scope, key_id=ident.key_id, handle=ident.handle,
+                                                 timezone=ident.timezone, plan=plan)
+                changed += 1
+        return changed
 
     def _apply(self, event: Any) -> None:
         self.events_applied += 1
@@ -244,6 +264,8 @@ class AuthCache:
             # The owner's profile is loaded with the key on its first use (lookup_key).
         elif isinstance(event, SessionEnded):
             self._sessions.pop(event.session_hash, None)
+        elif isinstance(event, PlanChanged):
+            self.set_plan(event.user_id, event.plan)
         elif isinstance(event, UserSignedUp):
             pass
 

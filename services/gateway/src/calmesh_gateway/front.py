@@ -21,6 +21,7 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from calmesh_common.logging import get_logger
+from calmesh_common.plans import daily_quota_exceeded
 from calmesh_common.problems import PROBLEM_JSON, Problem, problem_bytes
 from calmesh_common.settings import Settings
 from calmesh_common.tracing import extract_context, tracer
@@ -28,6 +29,7 @@ from calmesh_common.tracing import extract_context, tracer
 from .authcache import AuthCache, Identity
 from .forward import Forwarder
 from .keys import MalformedKey, check_key_format, hash_key
+from .quota import DailyQuota
 from .ratelimit import TokenBucketLimiter
 from .routes import GATEWAY, KEY, SESSION, Route, RouteTable
 from .security import SESSION_COOKIE, csrf_ok, looks_like_session_token, parse_cookies, session_hash
@@ -60,7 +62,7 @@ class Unauthorized(Problem):
 
 class GatewayFront:
     def __init__(self, settings: Settings, inner: Any, cache: AuthCache, forwarder_ref: Any,
-                 table: RouteTable | None = None) -> None:
+                 table: RouteTable | None = None, quota: DailyQuota | None = None) -> None:
         self.settings = settings
         self.inner = inner
         self.cache = cache
@@ -71,6 +73,7 @@ class GatewayFront:
         # A public caller may spend a minute's allowance at once, then `per_minute` a minute.
         self.public_limiter = TokenBucketLimiter(settings.public_rate_limit_per_minute,
                                                  settings.public_rate_limit_per_minute)
+        self.quota = quota or DailyQuota(settings)
         self.session_secret = settings.session_secret
         self.tracer = tracer("calmesh.gateway")
         # Spans are recorded when something exports them; otherwise the gateway still takes part
@@ -184,6 +187,10 @@ class GatewayFront:
                     raise Problem(429, "rate_limited", "Too many requests; slow down and retry after a moment.",
                                   headers={"Retry-After": TokenBucketLimiter.retry_after_header(wait)})
             if identity is not None and identity.key_id is not None:
+                # API requests (those made with a key) count against the plan's daily quota.
+                wait = self.quota.hit(identity.user_id, identity.plan)
+                if wait:
+                    raise daily_quota_exceeded(identity.plan, self.quota.allowed(identity.plan), int(wait) + 1)
                 self.cache.mark_used(identity.key_id)
 
             if route.service == GATEWAY:

@@ -16,7 +16,9 @@ from calmesh_common.events.gateway import (
     SessionStarted,
     UserSignedUp,
 )
+from calmesh_common.events import Envelope, decode_event
 from calmesh_common.eventstore import EventStore
+from calmesh_common.plans import apply_plan_changed
 
 SCHEMA = "gateway"
 
@@ -216,6 +218,27 @@ class GatewayStore:
     async def key_by_hash(self, key_hash: str) -> KeyRow | None:
         row = await self.pool.fetchrow(self._KEY_SELECT + " WHERE k.key_hash = $1", key_hash)
         return KeyRow(**dict(row)) if row else None
+
+    async def apply_plan_changed(self, conn: asyncpg.Connection, envelope: Envelope) -> None:
+        """Billing's ``plan.changed``: keep the user's plan (``user_plans``, newest version wins) and
+        the plan on the users row that /me and the internal headers show."""
+        await apply_plan_changed(conn, SCHEMA, envelope)  # raises PoisonMessage for another type
+        await conn.execute(
+            "UPDATE gateway.users u SET plan = p.plan FROM gateway.user_plans p"
+            " WHERE p.user_id = u.id AND u.id = $1 AND p.plan IN ('free', 'pro') AND u.plan <> p.plan",
+            decode_event(envelope).user_id,
+        )
+
+    async def add_usage(self, counts: list[tuple[str, Any, int]]) -> list[tuple[str, Any, int]]:
+        """Add API-request counts per (user, day); returns the totals after adding."""
+        rows = await self.pool.fetch(
+            "INSERT INTO gateway.api_usage AS a (user_id, day, requests)"
+            " SELECT * FROM unnest($1::text[], $2::date[], $3::bigint[])"
+            " ON CONFLICT (user_id, day) DO UPDATE SET requests = a.requests + EXCLUDED.requests"
+            " RETURNING user_id, day, requests",
+            [c[0] for c in counts], [c[1] for c in counts], [c[2] for c in counts],
+        )
+        return [(r["user_id"], r["day"], int(r["requests"])) for r in rows]
 
     async def touch_keys(self, used: dict[str, datetime]) -> None:
         """Record when keys were last used (batched, off the hot path)."""
