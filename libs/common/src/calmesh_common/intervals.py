@@ -26,6 +26,7 @@ time zone into epoch spans, so day boundaries are right on 23- and 25-hour DST d
 from __future__ import annotations
 
 import time
+from bisect import bisect_left, bisect_right
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from datetime import date, datetime, timedelta
 from functools import lru_cache
@@ -254,6 +255,12 @@ def clip_blocks(blocks: BusyBlocks | Iterable[BusyBlock], start: int, end: int) 
     out: list[BusyBlock] = []
     if end <= start:
         return out
+    if isinstance(blocks, BusyBlocks):
+        # Disjoint and sorted, so ends ascend: jump to the first block ending after `start`.
+        columns = blocks
+        first = bisect_right(columns.ends, start)
+        last = bisect_left(columns.starts, end, lo=first)
+        blocks = [columns[i] for i in range(first, last)]
     for b in blocks:
         if b.end <= start:
             continue
