@@ -183,7 +183,9 @@ async def test_an_append_wakes_the_relay_at_once(pool, js, nc, lane) -> None:
         elapsed = time.monotonic() - started
     await sub.unsubscribe()
     assert msg.headers["Nats-Msg-Id"] == event_id
-    assert elapsed < 0.5, f"the event took {elapsed:.3f} s to reach the stream"
+    # Without the notice the relay would sleep out its 60 s poll interval; the bound is loose
+    # only for a loaded machine (it takes a few milliseconds here).
+    assert elapsed < 1.0, f"the event took {elapsed:.3f} s to reach the stream"
 
 
 async def test_a_relay_cancelled_just_as_its_batch_is_acknowledged_stops(pool, js, nc, lane) -> None:
