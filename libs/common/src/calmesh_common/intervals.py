@@ -119,29 +119,45 @@ class Meeting:
     """One meeting, possibly seen through several sources.
 
     ``copies`` is ``[(source_id, payload), ...]`` in input order: the first copy is the primary.
-    The meeting spans from the earliest start to the latest end of its copies.
+    The meeting spans from the earliest start to the latest end of its copies. A meeting seen once
+    (the usual case) keeps no lists, which is most of the cost on large inputs.
     """
 
-    __slots__ = ("copies", "end", "sources", "start")
+    __slots__ = ("_copies", "end", "payload", "source", "start")
 
     def __init__(self, start: int, end: int, source: str, payload: Any) -> None:
         self.start = start
         self.end = end
-        self.sources = [source]
-        self.copies = [(source, payload)]
+        self.source = source  # the primary copy's
+        self.payload = payload
+        self._copies: list[tuple[str, Any]] | None = None
 
     @property
     def primary(self) -> Any:
-        return self.copies[0][1]
+        return self.payload
+
+    @property
+    def copies(self) -> list[tuple[str, Any]]:
+        return self._copies if self._copies is not None else [(self.source, self.payload)]
+
+    @property
+    def sources(self) -> list[str]:
+        if self._copies is None:
+            return [self.source]
+        out: list[str] = []
+        for src, _ in self._copies:
+            if src not in out:
+                out.append(src)
+        return out
 
     def add_copy(self, start: int, end: int, source: str, payload: Any) -> None:
         if start < self.start:
             self.start = start
         if end > self.end:
             self.end = end
-        if source not in self.sources:
-            self.sources.append(source)
-        self.copies.append((source, payload))
+        if self._copies is None:
+            self._copies = [(self.source, self.payload)]
+        self._copies.append((source, payload))
 
     def __repr__(self) -> str:
         return f"Meeting({self.start}, {self.end}, {self.sources!r})"
@@ -324,47 +340,56 @@ def dedupe_mirrors(items: Sequence[BusyItem], keys: Sequence[Sequence[Hashable]]
     """
     if len(items) != len(keys):
         raise ValueError("items and keys must have the same length")
-    parent: list[int] = list(range(len(items)))
+    parent: list[int] | None = None  # union-find over item indices, made at the first shared key
 
     def root(x: int) -> int:
+        assert parent is not None
         while parent[x] != x:
             parent[x] = parent[parent[x]]
             x = parent[x]
         return x
 
     first: dict[Hashable, int] = {}
+    claim = first.setdefault
     for i, ks in enumerate(keys):
-        if items[i][1] <= items[i][0]:
+        if not ks:
+            continue
+        it = items[i]
+        if it[1] <= it[0]:
             continue
         for k in ks:
-            j = first.get(k)
-            if j is None:
-                first[k] = i
+            j = claim(k, i)
+            if j == i:
                 continue
+            if parent is None:
+                parent = list(range(len(items)))
             ri, rj = root(i), root(j)
             if ri != rj:  # the earlier item stays the root, so the primary is the first copy
                 if ri < rj:
                     parent[rj] = ri
                 else:
                     parent[ri] = rj
+    if parent is None:  # no two items share a key: every item is a meeting
+        return [Meeting(s, e, src, payload) for s, e, src, payload in items if e > s]
     meetings: list[Meeting] = []
     by_root: dict[int, Meeting] = {}
     for i, (s, e, src, payload) in enumerate(items):
         if e <= s:
             continue
-        r = root(i)
-        if r == i:
+        if parent[i] == i:  # a root: the first copy of its meeting
             m = Meeting(s, e, src, payload)
             meetings.append(m)
             if keys[i]:
                 by_root[i] = m
         else:
-            by_root[r].add_copy(s, e, src, payload)
+            by_root[root(i)].add_copy(s, e, src, payload)
     return meetings
 
 
 def _pick_pair(a: Meeting, b: Meeting) -> tuple[str, Any, str, Any] | None:
     """Copies of `a` and `b` from different sources, primaries first; None when there are none."""
+    if a._copies is None and b._copies is None:  # the usual case: each seen once
+        return (a.source, a.payload, b.source, b.payload) if a.source != b.source else None
     for sa, pa in a.copies:
         for sb, pb in b.copies:
             if sa != sb:
@@ -382,6 +407,7 @@ def find_conflicts(meetings: Iterable[Meeting]) -> list[Conflict]:
     """
     out: list[Conflict] = []
     active: list[Meeting] = []
+    soonest_end = 0  # the earliest end among `active`: nothing needs dropping before it
     last_start: int | None = None
     for m in meetings:
         s = m.start
@@ -391,13 +417,17 @@ def find_conflicts(meetings: Iterable[Meeting]) -> list[Conflict]:
             raise NotSortedError(f"meeting starting at {s} comes after one starting at {last_start}")
         last_start = s
         if active:
-            # Drop what has ended; every survivor started no later than m and ends after s.
-            active = [a for a in active if a.end > s]
+            if soonest_end <= s:
+                # Drop what has ended; every survivor started no later than m and ends after s.
+                active = [a for a in active if a.end > s]
+                soonest_end = min((a.end for a in active), default=m.end)
             for a in active:
                 pair = _pick_pair(a, m)
                 if pair is not None:
                     sa, pa, sb, pb = pair
                     out.append(Conflict(pa, sa, pb, sb, s, a.end if a.end < m.end else m.end))
+        if not active or m.end < soonest_end:
+            soonest_end = m.end
         active.append(m)
     return out
 
