@@ -154,6 +154,10 @@ def test_every_row_is_matched_by_its_own_path() -> None:
         ("POST", "/api/v1/booking-pages/intro/book", "write", False),
         ("POST", "/api/v1/booking-pages/intro/book", "read", False),
         ("POST", "/api/v1/booking-pages/intro/book", "book", True),
+        # A key sent to the public booking endpoints is held to its scope: read and write get 403.
+        ("GET", "/api/v1/booking-pages/intro/slots", "read", False),
+        ("GET", "/api/v1/booking-pages/intro/slots", "write", False),
+        ("GET", "/api/v1/booking-pages/intro/slots", "book", True),
         ("POST", "/api/v1/bookings/bk_1/cancel", "write", False),
         ("POST", "/api/v1/bookings/bk_1/cancel", "book", True),
         ("POST", "/api/v1/polls", "write", False),

@@ -173,8 +173,10 @@ ROUTES: tuple[Route, ...] = (
     _r("GET", f"{V1}/booking-pages/{{slug}}", "booking", "Get booking page configuration", tag="booking-pages"),
     _r("PATCH", f"{V1}/booking-pages/{{slug}}", "booking", "Update a booking page", scopes=FULL, tag="booking-pages"),
     _r("DELETE", f"{V1}/booking-pages/{{slug}}", "booking", "Delete a booking page", scopes=FULL, tag="booking-pages"),
+    # The public booking endpoints: a key sent there is held to its scope, and only book and full
+    # keys book (api.md: read and write keys get 403 there).
     _r("GET", f"{V1}/booking-pages/{{slug}}/slots", "booking", "Get available booking slots (public)",
-       auth=ANYONE, scopes=READ, tag="booking-pages"),
+       auth=ANYONE, scopes=BOOK, tag="booking-pages"),
     _r("POST", f"{V1}/booking-pages/{{slug}}/book", "booking", "Create a booking (public, visitor submits)",
        auth=ANYONE, scopes=BOOK, tag="bookings"),
     _r("GET", f"{V1}/bookings", "booking", "List bookings for the authenticated user", tag="bookings"),
