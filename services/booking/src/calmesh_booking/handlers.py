@@ -68,10 +68,13 @@ class BookingContext:
     #: Enforces a plan limit inside the creating transaction (calmesh_common.plans), if wired.
     enforce_page_limit: Callable[[asyncpg.Connection, Caller, int], Awaitable[None]] | None = None
     _rules: dict[tuple[str, datetime], SlotRules] = field(default_factory=dict, repr=False)
+    _link_secret: bytes = field(default=b"", repr=False)
 
     @property
     def link_secret(self) -> bytes:
-        return link_secret(self.settings)
+        if not self._link_secret:
+            self._link_secret = link_secret(self.settings)
+        return self._link_secret
 
     def rules(self, page: asyncpg.Record) -> SlotRules:
         """The slot rules of a stored page, parsed once per page version."""
