@@ -178,15 +178,17 @@ async def test_corpus_sample_synced_by_the_workers(stack: Any, database_url: str
     for rel in present:
         feeds.put("/" + rel, (CORPUS / rel).read_bytes())
     async with serve(feeds) as base:
-        with as_user(stack, tz=TZ) as api:
-            made = {}
-            for rel in present:
-                r = api.post("/api/v1/connections/ical", json={"url": f"{base}/{rel}"})
-                assert r.status_code == 201, r.text
-                made[rel] = r.json()["id"]
-            results = {}
-            for rel, cid in made.items():
-                results[rel] = await asyncio.to_thread(wait_connection, api, cid, timeout=60)
+        made = {}
+        clients = {}
+        for rel in present:  # one user each: a free plan holds three connections
+            clients[rel] = api = as_user(stack, tz=TZ)
+            r = api.post("/api/v1/connections/ical", json={"url": f"{base}/{rel}"})
+            assert r.status_code == 201, r.text
+            made[rel] = r.json()["id"]
+        results = {}
+        for rel, cid in made.items():
+            results[rel] = await asyncio.to_thread(wait_connection, clients[rel], cid, timeout=60)
+            clients[rel].close()
         conn = await asyncpg.connect(database_url)
         try:
             for rel, body in results.items():
