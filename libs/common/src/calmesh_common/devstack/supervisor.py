@@ -279,6 +279,12 @@ def _banner(url: str) -> str:
 def main() -> None:
     data_dir = Path(os.environ.get("CALMESH_DATA_DIR", ".calmesh")).resolve()
     http_port = int(os.environ.get("CALMESH_HTTP_PORT", "8080"))
+    # A busy 2-core machine needs more than the default to import and start every service.
+    try:
+        start_timeout = float(os.environ.get("CALMESH_START_TIMEOUT_SECONDS") or 90)
+    except ValueError:
+        print("calmesh-up: CALMESH_START_TIMEOUT_SECONDS must be a number of seconds", file=sys.stderr)
+        raise SystemExit(2) from None
     if not port_is_free(http_port):
         print(f"calmesh-up: port {http_port} is taken; set CALMESH_HTTP_PORT to another", file=sys.stderr)
         raise SystemExit(1)
@@ -298,7 +304,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        stack.start()
+        stack.start(timeout=start_timeout)
         print(_banner(stack.gateway_url), flush=True)
         while not stop.wait(0.5):
             stack.supervise_once()
