@@ -1,18 +1,22 @@
 """Gateway overhead: an authenticated GET through the gateway against the same request sent
-straight to the owning service.
+straight to the service behind it.
 
 Starts what it needs itself (embedded PostgreSQL and NATS, every service as a process, via the
-devstack `Stack`), signs up a user, creates a `read` key, then measures
-``GET /api/v1/connections`` (owned by the connections service) two ways:
+devstack `Stack`), signs up a user, creates a `read` key, then measures ``GET /api/v1/connections``
+in two set-ups, each two ways — through a gateway with ``Authorization: Bearer cm_live_…`` (key
+check from memory, scope, rate limit, daily quota, forwarding with aiohttp), and straight to the
+service with the internal headers the gateway would add:
 
-- through the gateway, with ``Authorization: Bearer cm_live_…`` (key check from memory, scope,
-  rate limit, forwarding with aiohttp);
-- straight to the connections service, with the internal headers the gateway would add.
+1. a second gateway process whose connections service is a minimal authenticated ASGI service
+   (checks the internal secret, answers an empty list; uvicorn with uvloop and httptools like every
+   service): the cheapest authenticated route, so the difference is the gateway's own cost;
+2. the stack's gateway and the real connections service (one PostgreSQL query per request).
 
 At 1 connection it reports p50/p99 latency and the latency the gateway adds; at 16 concurrent
-connections, requests per second. The per-key rate limit and the daily quota are raised for the
-run (both are still checked on every request); a run whose answers are not all 200 says so. The load generator is a small keep-alive HTTP/1.1 client on asyncio
-streams, so that it costs little of the machine's two cores.
+connections, requests per second (best of three); and the gateway's CPU time per request. The
+per-key rate limit and the daily quota are raised for the run (both are still checked on every
+request); a run whose answers are not all 200 says so. The load generator is a small keep-alive
+HTTP/1.1 client on asyncio streams, so that it takes little of the machine's two cores.
 
 Targets: added latency <= 1 ms p50 and <= 3 ms p99; >= 1,500 authenticated requests/s.
 Usage: ``python bench/gateway_bench.py [--seconds 5] [--concurrency 16]``
@@ -22,12 +26,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import os
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -156,10 +164,10 @@ def setup_user(gateway: str) -> tuple[str, str, dict[str, str]]:
     return user["id"], key["key"], internal
 
 
-async def measure(gateway: str, service: str, key: str, internal: dict[str, str], seconds: float,
+async def measure(gateway_url: str, direct_url: str, key: str, internal: dict[str, str], seconds: float,
                   concurrency: int, count: int, pids: dict[str, int]) -> dict[str, float]:
-    via_gateway = (gateway + PATH, {"Authorization": f"Bearer {key}"})
-    direct = (service + PATH, internal)
+    via_gateway = (gateway_url, {"Authorization": f"Bearer {key}"})
+    direct = (direct_url, internal)
     results: dict[str, float] = {}
     lat: dict[str, list[float]] = {"direct": [], "gateway": []}
     for _ in range(2):  # interleaved rounds, so drift hits both alike
@@ -190,49 +198,58 @@ async def measure(gateway: str, service: str, key: str, internal: dict[str, str]
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--count", type=int, default=4000, help="requests per latency measurement")
-    args = parser.parse_args()
-    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
-    try:
-        import uvloop
+STUB_BODY = b'{"data":[],"next_cursor":null}'
 
-        uvloop.install()
-    except ImportError:
-        pass
-    with tempfile.TemporaryDirectory(prefix="calmesh-bench-") as tmp:
-        stack = Stack(
-            data_dir=Path(tmp), http_port=free_port(), sync_workers=0, fixed_ports=False, quiet=True, restart=False,
-            # The per-key rate limit and the plan's daily quota are raised for the run; both are
-            # still checked on every request.
-            extra_env={"CALMESH_LOG_LEVEL": "warning", "CALMESH_RATE_LIMIT_PER_MINUTE": "100000000",
-                       "CALMESH_RATE_LIMIT_BURST": "10000000", "CALMESH_PLAN_FREE_API_REQUESTS_PER_DAY": "1000000000"},
-        )
-        print("starting the platform (embedded PostgreSQL and NATS, every service)…", flush=True)
-        stack.start(timeout=180)
+
+def stub_service_app(secret: bytes) -> Any:
+    """The cheapest authenticated service: refuses requests without the internal secret (as every
+    service does), answers an empty list otherwise."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        given = next((v for k, v in scope["headers"] if k == b"x-calmesh-internal-secret"), b"")
+        ok = hmac.compare_digest(given, secret)
+        body = STUB_BODY if ok else b'{"code":"unauthorized"}'
+        await send({"type": "http.response.start", "status": 200 if ok else 401,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def run_stub_service(port: int) -> None:
+    import uvicorn
+
+    app = stub_service_app(os.environ["CALMESH_INTERNAL_SECRET"].encode())
+    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", access_log=False,
+                log_level="warning")
+
+
+def wait_for_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         try:
-            _, key, internal = setup_user(stack.gateway_url)
-            internal["x-calmesh-internal-secret"] = stack.children[0].env["CALMESH_INTERNAL_SECRET"]
-            service = stack.service_urls["connections"]
-            print(f"GET {PATH}: gateway {stack.gateway_url} vs connections {service}", flush=True)
-            pids = {"gateway": next(c for c in stack.children if c.name == "gateway").process.pid,  # type: ignore[union-attr]
-                    "service": next(c for c in stack.children if c.name == "connections").process.pid}  # type: ignore[union-attr]
-            r = asyncio.run(measure(stack.gateway_url, service, key, internal, args.seconds, args.concurrency,
-                                    args.count, pids))
-        finally:
-            stack.stop()
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def report(title: str, r: dict[str, float], concurrency: int) -> bool:
     added50 = r["gateway_p50"] - r["direct_p50"]
     added99 = r["gateway_p99"] - r["direct_p99"]
     print()
-    load = os.getloadavg()
-    print(f"machine: {os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)")
+    print(title)
     print(f"{'':22s}{'direct':>12s}{'gateway':>12s}{'added':>12s}")
     print(f"{'p50 latency (ms)':22s}{r['direct_p50']:12.3f}{r['gateway_p50']:12.3f}{added50:12.3f}")
     print(f"{'p99 latency (ms)':22s}{r['direct_p99']:12.3f}{r['gateway_p99']:12.3f}{added99:12.3f}")
-    print(f"{'requests/s @' + str(args.concurrency):22s}{r['direct_rps']:12.0f}{r['gateway_rps']:12.0f}"
+    print(f"{'requests/s @' + str(concurrency):22s}{r['direct_rps']:12.0f}{r['gateway_rps']:12.0f}"
           f"{'ratio ' + format(r['gateway_rps'] / r['direct_rps'], '.2f'):>12s}")
     print(f"gateway CPU per forwarded request: {r['gateway_cpu_us']:.0f} us"
           f" (one gateway process can forward at most ~{1e6 / r['gateway_cpu_us']:.0f} req/s)")
@@ -241,6 +258,75 @@ def main() -> None:
     ok = added50 <= 1.0 and added99 <= 3.0 and r["gateway_rps"] >= 1500
     print(f"targets (added p50 <= 1 ms, added p99 <= 3 ms, >= 1,500 req/s through the gateway): "
           f"{'met' if ok else 'NOT met'}")
+    return ok
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--count", type=int, default=4000, help="requests per latency measurement")
+    parser.add_argument("--stub-service", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.stub_service:
+        run_stub_service(args.stub_service)
+        return
+    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    results: list[tuple[str, dict[str, float]]] = []
+    with tempfile.TemporaryDirectory(prefix="calmesh-bench-") as tmp:
+        # The per-key rate limit and the plan's daily quota are raised for the run; both are
+        # still checked on every request.
+        limits = {"CALMESH_RATE_LIMIT_PER_MINUTE": "100000000", "CALMESH_RATE_LIMIT_BURST": "10000000",
+                  "CALMESH_PLAN_FREE_API_REQUESTS_PER_DAY": "1000000000"}
+        stack = Stack(data_dir=Path(tmp), http_port=free_port(), sync_workers=0, fixed_ports=False, quiet=True,
+                      restart=False, extra_env={"CALMESH_LOG_LEVEL": "warning", **limits})
+        print("starting the platform (embedded PostgreSQL and NATS, every service)…", flush=True)
+        stack.start(timeout=180)
+        extra: list[subprocess.Popen[bytes]] = []
+        try:
+            _, key, internal = setup_user(stack.gateway_url)
+            gateway_env = dict(next(c for c in stack.children if c.name == "gateway").env)
+            internal["x-calmesh-internal-secret"] = gateway_env["CALMESH_INTERNAL_SECRET"]
+
+            # 1. The cheapest authenticated service: the gateway's own cost, nearly alone.
+            stub_port, gateway_port = free_port(), free_port()
+            extra.append(subprocess.Popen([sys.executable, __file__, "--stub-service", str(stub_port)], env=gateway_env))
+            wait_for_port(stub_port)
+            extra.append(subprocess.Popen(
+                [str(Path(sys.executable).parent / "calmesh-gateway")],
+                env={**gateway_env, "CALMESH_PORT": str(gateway_port), "CALMESH_CONNECTIONS_URL": f"http://127.0.0.1:{stub_port}"},
+            ))
+            wait_for_port(gateway_port)
+            print(f"\n[1] GET {PATH}: a gateway forwarding to a minimal authenticated service vs that service", flush=True)
+            r = asyncio.run(measure(f"http://127.0.0.1:{gateway_port}{PATH}", f"http://127.0.0.1:{stub_port}{PATH}",
+                                    key, internal, args.seconds, args.concurrency, args.count,
+                                    {"gateway": extra[1].pid, "service": extra[0].pid}))
+            results.append(("[1] minimal authenticated service (the gateway's own overhead)", r))
+
+            # 2. The real owner: the connections service listing the user's connections (a query).
+            service = stack.service_urls["connections"]
+            print(f"\n[2] GET {PATH}: the stack's gateway vs the connections service {service}", flush=True)
+            pids = {"gateway": next(c for c in stack.children if c.name == "gateway").process.pid,  # type: ignore[union-attr]
+                    "service": next(c for c in stack.children if c.name == "connections").process.pid}  # type: ignore[union-attr]
+            r = asyncio.run(measure(stack.gateway_url + PATH, service + PATH, key, internal, args.seconds,
+                                    args.concurrency, args.count, pids))
+            results.append(("[2] connections service, GET /api/v1/connections (a PostgreSQL query per request)", r))
+        finally:
+            for process in extra:
+                process.terminate()
+                process.wait(10)
+            stack.stop()
+    load = os.getloadavg()
+    print()
+    print(f"machine: {os.cpu_count()} cores, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min)")
+    for title, r in results:
+        report(title, r, args.concurrency)
     sys.exit(0)
 
 
