@@ -21,6 +21,7 @@ from calmesh_common.service import Caller, ServiceDeps, create_service_app, run_
 from calmesh_common.settings import Settings
 
 from .api import ROUTES, provide_ctx
+from .busy import ProjectionCache
 from .clients import Calendars, SyncEvents
 from .consumers import ContextRef, calendar_consumer, mail_consumer, users_consumer
 from .handlers import BookingContext
@@ -65,10 +66,12 @@ def create_app(
             sync=SyncEvents(deps.http, settings),
             clock=clock or (lambda: datetime.now(UTC)),
             enforce_page_limit=enforce_page_limit,
+            busy_cache=ProjectionCache(store),
         )
         _ = ctx.link_secret  # fail at start-up, not on the first booking, when no secret is set
         assert deps.nc is not None
         await ctx.calendars.subscribe(deps.nc)
+        await ctx.busy_cache.subscribe(deps.nc)  # type: ignore[union-attr]
         deps.extras["booking"] = ctx
         ref.set(ctx)
         deps.tasks.append(asyncio.create_task(forget_old_idempotency_keys(ctx), name="booking-idempotency-sweep"))

@@ -36,6 +36,7 @@ from calmesh_common.service import Caller
 from calmesh_common.settings import Settings
 
 from . import domain
+from .busy import ProjectionCache
 from .clients import CalendarInfo, CalendarNotFound, Calendars, DependencyUnavailable, PermanentFailure, SyncEvents
 from .domain import Booking, BusyTime, RuleError, SlotRules, utc_text
 from .store import BookingStore, CursorError, IdempotencyMismatch, decode_cursor, encode_cursor, parse_json
@@ -69,6 +70,13 @@ class BookingContext:
     enforce_page_limit: Callable[[asyncpg.Connection, Caller, int], Awaitable[None]] | None = None
     _rules: dict[tuple[str, datetime], SlotRules] = field(default_factory=dict, repr=False)
     _link_secret: bytes = field(default=b"", repr=False)
+    #: Busy time for the slot listing (None: read the projection every time).
+    busy_cache: ProjectionCache | None = None
+
+    @property
+    def busy(self) -> ProjectionCache | BookingStore:
+        """What the slot listing reads calendar busy time from (both answer `spans(...)`)."""
+        return self.busy_cache if self.busy_cache is not None else self.store
 
     @property
     def link_secret(self) -> bytes:
@@ -436,13 +444,31 @@ def _date_param(value: str, name: str) -> date:
                       errors=[FieldError(name, "must be a date YYYY-MM-DD")]) from None
 
 
+#: How far around the visitor's dates the owner's bookings are read with the page: any timezone
+#: (±14 h), a day of buffer and a day-long meeting all fit in it.
+_BOOKINGS_MARGIN = timedelta(days=3)
+
+
 async def slots(
     ctx: BookingContext, *, slug: str, handle: str | None, start: str, end: str, tz: str | None, caller: Caller | None
 ) -> dict[str, Any]:
+    """The offered slots of a page for the visitor's dates: its rules minus the calendar's busy
+    time (from the busy cache) and the owner's bookings (read fresh, with the page)."""
     first, last = _date_param(start, "start"), _date_param(end, "end")
     _range_problem(first, last, inclusive_days=True)
+    if not handle and caller is None:
+        raise Problem(400, "validation_error", "The `handle` query parameter is required.",
+                      errors=[FieldError("handle", "is required")])
+    around = (datetime.combine(first, datetime.min.time(), UTC) - _BOOKINGS_MARGIN,
+              datetime.combine(last, datetime.min.time(), UTC) + _BOOKINGS_MARGIN)
     async with ctx.pool.acquire() as conn:
-        page = await _public_page(ctx, conn, handle, slug, caller)
+        page = await ctx.store.page_with_bookings(
+            conn, slug=slug, handle=handle.lower() if handle else None,
+            user_id=None if handle else caller.user_id,  # type: ignore[union-attr]
+            start=around[0], end=around[1],
+        )
+        if page is None:
+            raise not_found("booking page")
         visitor_tz = _zone_param(tz, page["timezone"])
         rules = ctx.rules(page)
         calendar = await calendar_of_page(ctx, page)
@@ -454,10 +480,11 @@ async def slots(
         found: list[tuple[int, int]] = []
         if hi > lo:
             q_lo, q_hi = domain.busy_query_range(rules, lo, hi)
-            spans = await ctx.store.busy_spans(
+            spans = await ctx.busy.spans(
                 conn, user_id=page["user_id"], sources=calendar.source_keys, calendar_tz=calendar.tz,
                 start=q_lo, end=q_hi,
             )
+            spans.extend((s, e) for s, e in page["booked"])
             found = domain.compute_slot_spans(rules, window_start, window_end, now, BusyTime(spans=spans))
     text = domain.epoch_text
     return {
@@ -668,6 +695,8 @@ async def cancel_booking(
             return booking_resource(b)
         now = ctx.clock().replace(microsecond=0)
         b = await ctx.store.mark_cancelled(conn, b.id, now, by, reason)
+        if ctx.busy_cache is not None:
+            ctx.busy_cache.forget_user(b.user_id)  # this replica at once; the others on the event
         await ctx.events.append(
             conn, b.id, None,
             [BookingCancelled(

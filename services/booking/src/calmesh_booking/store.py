@@ -116,6 +116,9 @@ class BookingStore:
             # A cancelled booking frees its time at once, before its calendar event is deleted.
             "   AND NOT EXISTS (SELECT 1 FROM " + s + ".bookings c WHERE c.user_id = $1 AND c.status = 'cancelled'"
             "       AND c.event_id = p.event_id AND c.start_at < $5 AND c.end_at > $4)"
+        )
+        self._calendar_busy_sql = self._busy_sql + " ORDER BY 1"
+        self._busy_sql += (
             " UNION ALL"
             " SELECT extract(epoch FROM b.start_at)::bigint, extract(epoch FROM b.end_at)::bigint, false, NULL, NULL"
             f" FROM {s}.bookings b WHERE b.user_id = $1 AND b.status = 'confirmed'"
@@ -203,6 +206,19 @@ class BookingStore:
             handle, slug, start,
         )
 
+    async def page_with_bookings(self, conn: asyncpg.Connection, *, slug: str, handle: str | None = None,
+                                 user_id: str | None = None, start: datetime, end: datetime) -> asyncpg.Record | None:
+        """The page (by handle, else by owner) and, in `booked`, its owner's confirmed bookings that
+        overlap [start, end) as [start, end] epoch-second pairs: one round trip for the slot listing."""
+        where = "p.handle = $1 AND p.slug = $2" if handle is not None else "p.user_id = $1 AND p.slug = $2"
+        return await conn.fetchrow(
+            f"SELECT {PAGE_COLUMNS}, (SELECT coalesce(array_agg(ARRAY[extract(epoch FROM b.start_at)::bigint,"
+            "   extract(epoch FROM b.end_at)::bigint]), '{}') FROM " + self.schema + ".bookings b"
+            "   WHERE b.user_id = p.user_id AND b.status = 'confirmed' AND b.start_at < $4 AND b.end_at > $3) AS booked"
+            f" FROM {self.schema}.pages p WHERE {where}",
+            handle if handle is not None else user_id, slug, start, end,
+        )
+
     async def public_page(self, conn: asyncpg.Connection, handle: str, slug: str) -> asyncpg.Record | None:
         return await conn.fetchrow(
             f"SELECT {PAGE_COLUMNS} FROM {self.schema}.pages WHERE handle = $1 AND slug = $2", handle, slug
@@ -228,6 +244,12 @@ class BookingStore:
 
     # --- busy time -----------------------------------------------------------------------------
 
+    async def spans(self, conn: asyncpg.Connection, *, user_id: str, sources: Sequence[tuple[str, str]],
+                    calendar_tz: ZoneInfo, start: datetime, end: datetime) -> list[tuple[int, int]]:
+        """The calendar's busy time alone (no bookings), read from the projection now."""
+        return await self.busy_spans(conn, user_id=user_id, sources=sources, calendar_tz=calendar_tz,
+                                     start=start, end=end, with_bookings=False)
+
     async def busy_spans(
         self,
         conn: asyncpg.Connection,
@@ -237,11 +259,13 @@ class BookingStore:
         calendar_tz: ZoneInfo,
         start: datetime,
         end: datetime,
+        with_bookings: bool = True,
     ) -> list[tuple[int, int]]:
-        """Busy time in [start, end) as epoch-second spans (unsorted): the calendar's busy events
-        (all-day ones as their dates in `calendar_tz`) and the owner's confirmed bookings."""
+        """Busy time in [start, end) as epoch-second spans: the calendar's busy events (all-day
+        ones as their dates in `calendar_tz`) and, unless told otherwise, the owner's confirmed
+        bookings."""
         rows = await conn.fetch(
-            self._busy_sql,
+            self._busy_sql if with_bookings else self._calendar_busy_sql,
             user_id,
             [s[0] for s in sources],
             [s[1] for s in sources],

@@ -36,6 +36,7 @@ import uvicorn
 from litestar import Litestar, Request, Response, delete, get, post
 
 from calmesh_common.devstack.embedded import EmbeddedNats, free_port
+from calmesh_common.events import Envelope, encode_envelope, new_event_id
 from calmesh_common.ids import event_id_for, new_id
 from calmesh_common.migrations import apply_migrations, package_migrations
 from calmesh_common.service import SECRET_HEADER
@@ -90,6 +91,20 @@ class FakeCalendarServices:
     deleted: list[str] = field(default_factory=list)
     #: Set to make the next event writes fail with this status (a flaky provider).
     fail_writes: list[int] = field(default_factory=list)
+    #: Where to announce projection changes, as sync does (set by the harness).
+    nc: Any = None
+
+    async def announce(self, user_id: str, connection_id: str, calendar_id: str) -> None:
+        """Publish what sync publishes after changing a source's rows (source_events.upserted)."""
+        if self.nc is None:
+            return
+        envelope = Envelope(
+            id=new_event_id(), stream_id=f"{connection_id}:{calendar_id}", version=1, occurred_at=datetime.now(UTC),
+            type="source_events.upserted.v1", user_id=user_id,
+            event=msgspec.Raw(msgspec.json.encode({"connection_id": connection_id, "calendar_id": calendar_id})),
+        )
+        await self.nc.publish("calmesh.sync.source_events.upserted", encode_envelope(envelope))
+        await self.nc.flush()
 
     def add_calendar(self, user_id: str, slug: str, timezone: str = "UTC", *, read_only: bool = False) -> FakeCalendar:
         conn_id = new_id("conn")
@@ -114,6 +129,7 @@ class FakeCalendarServices:
                 eid, cal.user_id, src["connection_id"], src["calendar_id"], uid, title, start, end, all_day,
                 start_date, end_date, status, transparency,
             )
+        await self.announce(cal.user_id, src["connection_id"], src["calendar_id"])
         return eid
 
     def app(self, secret: str) -> Litestar:
@@ -151,6 +167,7 @@ class FakeCalendarServices:
                     " start_at, end_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                     eid, body["user_id"], body["connection_id"], body["calendar_id"], uid, body["title"], start, end,
                 )
+            await fake.announce(body["user_id"], body["connection_id"], body["calendar_id"])
             event = {"id": eid, **body}
             fake.created.append(event)
             return Response(event, status_code=201)
@@ -160,8 +177,11 @@ class FakeCalendarServices:
             if check(request) is not None:
                 raise PermissionError("no secret")
             async with fake.pool.acquire() as conn:
-                await conn.execute(f"DELETE FROM {fake.projection} WHERE event_id = $1 AND user_id = $2",
-                                   event_id, user_id)
+                row = await conn.fetchrow(
+                    f"DELETE FROM {fake.projection} WHERE event_id = $1 AND user_id = $2"
+                    " RETURNING connection_id, calendar_id", event_id, user_id)
+            if row is not None:
+                await fake.announce(user_id, row["connection_id"], row["calendar_id"])
             fake.deleted.append(event_id)
 
         return Litestar([calendar, create_event, delete_event], debug=False)
@@ -233,6 +253,7 @@ class BookingHarness:
             await conn.close()
         self.pool = await asyncpg.create_pool(self.database_url, min_size=1, max_size=5)
         self.fake = FakeCalendarServices(self.pool, self.projection)
+        self.fake.nc = await nats.connect(nats_url)
         self.neighbours = Served(self.fake.app(self.secret))
         await self.neighbours.start()
         self.settings = Settings(
@@ -256,6 +277,7 @@ class BookingHarness:
             await deps.nc.close()
         await self.service.stop()
         await self.neighbours.stop()
+        await self.fake.nc.close()
         await self.pool.close()
         await asyncio.to_thread(self.nats.stop)
         self._tmp.cleanup()
