@@ -160,7 +160,7 @@ def assert_stopped_cleanly(platform: Platform, started: list[psutil.Process]) ->
     deadline = time.monotonic() + 5
     while any(alive(p) for p in started) and time.monotonic() < deadline:
         time.sleep(0.1)
-    orphans = [f"{p.pid} {p.info if hasattr(p, 'info') else p.name()}" for p in started if alive(p)]
+    orphans = [(p.pid, p.cmdline()) for p in started if alive(p)]
     assert orphans == [], f"left running after SIGTERM: {orphans}"
     assert using(platform.data_dir) == []
     assert not (platform.data_dir / "postgres" / "postmaster.pid").exists()

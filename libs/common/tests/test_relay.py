@@ -9,7 +9,6 @@ import time
 import asyncpg
 import nats
 import pytest
-from nats.js import JetStreamContext
 
 from calmesh_common.events import decode_envelope
 from calmesh_common.relay import OutboxRelay

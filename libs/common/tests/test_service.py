@@ -4,8 +4,8 @@ an HTTP request through the outbox and JetStream into a consumer."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -66,6 +66,20 @@ class Seen:
         self.arrived.set()
 
 
+@dataclass
+class Service:
+    """The running service: an HTTP client on it, and what its consumer saw."""
+
+    client: httpx.AsyncClient
+    seen: Seen
+
+    async def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.client.get(path, **kwargs)
+
+    async def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.client.post(path, **kwargs)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def tracing() -> None:
     # What run_service does in every process: without a tracer provider there are no spans.
@@ -96,8 +110,7 @@ async def service(database_url, nats_server_url, lane, unique):
         assert not task.done(), "the service did not start"
         await asyncio.sleep(0.02)
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-        client.seen = seen  # type: ignore[attr-defined]
-        yield client
+        yield Service(client, seen)
     server.should_exit = True
     await asyncio.wait({task}, timeout=10)
     assert task.done(), "the service did not shut down"
