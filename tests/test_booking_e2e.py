@@ -123,8 +123,11 @@ async def test_booking_through_the_gateway_reaches_the_caldav_calendar(stack: St
         busy_after = time.monotonic() - t0
         print(f"\nbooking event on the CalDAV server after {written_after * 1000:.0f} ms, "
               f"busy in availability after {busy_after * 1000:.0f} ms")
-        got = (await gw.get(f"/api/v1/bookings/{booking['id']}", headers=owner.auth)).json()
-        assert got["status"] == "confirmed" and got["event_id"].startswith("evt_")
+        async def event_id_kept() -> Any:
+            got = (await gw.get(f"/api/v1/bookings/{booking['id']}", headers=owner.auth)).json()
+            return got["status"] == "confirmed" and got["event_id"]
+
+        assert (await wait_for(event_id_kept, what="sync's event id on the booking")).startswith("evt_")
 
         # Both sides are mailed (the owner's address came from the gateway's signup event).
         mail = stack.data_dir / "mail"
