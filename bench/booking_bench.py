@@ -39,6 +39,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
+import psutil
 
 from calmesh_booking.testing import Radicale
 from calmesh_common.devstack.embedded import free_port
@@ -101,6 +102,40 @@ class Connection:
     async def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class CpuMeter:
+    """CPU seconds used by each process of the platform (with their children), between two reads."""
+
+    def __init__(self, stack: Stack, radicale: Radicale) -> None:
+        self.procs: dict[str, psutil.Process] = {}
+        for child in stack.children:
+            if child.process is not None:
+                self.procs[child.name] = psutil.Process(child.process.pid)
+        pid_file = stack.data_dir / "postgres" / "postmaster.pid"
+        if pid_file.exists():
+            self.procs["postgres"] = psutil.Process(int(pid_file.read_text().split()[0]))
+        if radicale.process is not None:
+            self.procs["radicale"] = psutil.Process(radicale.process.pid)
+        self.procs["bench client"] = psutil.Process()
+
+    def read(self) -> dict[str, float]:
+        out = {}
+        for name, proc in self.procs.items():
+            try:
+                # The bench itself is the parent of every other process: only its own time counts.
+                family = [proc] if name == "bench client" else [proc, *proc.children(recursive=True)]
+                total = sum(sum(p.cpu_times()[:2]) for p in family)
+            except psutil.Error:
+                total = 0.0
+            out[name] = total
+        return out
+
+    @staticmethod
+    def report(before: dict[str, float], after: dict[str, float], per: int, what: str) -> None:
+        used = {k: after[k] - before.get(k, 0.0) for k in after}
+        busy = sorted(((v, k) for k, v in used.items() if v > 0.005), reverse=True)
+        print(f"  CPU per {what}: " + ", ".join(f"{k} {v / per * 1000:.2f} ms" for v, k in busy), flush=True)
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -246,17 +281,23 @@ def main() -> None:
         stack.start(timeout=180)
         try:
             handle, _ = asyncio.run(setup(stack, radicale, calendar, args.events))
+            meter = CpuMeter(stack, radicale)
+            before = meter.read()
             samples, offered = asyncio.run(slot_latency(stack.gateway_url, handle, args.count))
+            meter.report(before, meter.read(), args.count + 50, "slot request")
             p50, p99 = statistics.median(samples), pct(samples, 0.99)
             print(f"slots, 30 days, calendar of {args.events:,} events ({offered} slots offered), "
                   f"{args.count} requests: p50 {p50:.1f} ms, p99 {p99:.1f} ms  (targets 15 / 40 ms)", flush=True)
             starts = asyncio.run(free_slots(stack.gateway_url, handle, args.bookings))
+            before = meter.read()
             rate, statuses = asyncio.run(booking_throughput(stack.gateway_url, handle, starts, args.concurrency))
+            meter.report(before, meter.read(), len(starts), "booking (while the run lasted; writes and mails go on after)")
             print(f"bookings of {len(starts)} distinct slots with {args.concurrency} clients: {rate:.0f} bookings/s, "
                   f"answers {dict(sorted(statuses.items()))}  (target 200/s)", flush=True)
         finally:
             stack.stop()
             radicale.stop()
+        print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
     ok = p50 <= 15 and p99 <= 40 and rate >= 200 and set(statuses) == {201}
     sys.exit(0 if ok else 1)
 
