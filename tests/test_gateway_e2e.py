@@ -207,8 +207,16 @@ def test_signup_returns_the_user_and_sets_session_and_csrf_cookies(gw: str) -> N
     assert "HttpOnly" in session and "samesite=lax" in session.lower() and "Path=/" in session
     assert "HttpOnly" not in csrf and "samesite=lax" in csrf.lower()
     me = account.client.get("/api/v1/me")
-    assert me.status_code == 200 and me.json() == user
-    assert "password" not in me.text
+    assert me.status_code == 200 and "password" not in me.text
+    assert me.json() == {**user, "auth": {"type": "session", "scope": "full", "key_id": None}}
+
+
+def test_me_tells_a_key_holder_the_scope_of_the_key(gw: str) -> None:
+    account = Account(gw)
+    created = account.key("book")
+    me = httpx.get(f"{gw}/api/v1/me", headers=bearer(created["key"])).json()
+    assert me["id"] == account.user["id"]
+    assert me["auth"] == {"type": "key", "scope": "book", "key_id": created["id"]}
 
 
 def test_signup_refuses_taken_emails_whatever_their_case_and_taken_handles(gw: str) -> None:

@@ -184,10 +184,15 @@ async def logout(request: Request[Any, Any, Any]) -> Response[None]:
 
 @get("/api/v1/me")
 async def me(request: Request[Any, Any, Any]) -> Response[bytes]:
-    user = await _state(request).store.user_by_id(_identity(request).user_id)
+    identity = _identity(request)
+    user = await _state(request).store.user_by_id(identity.user_id)
     if user is None:
         raise Problem(404, "not_found", "No such user.")
-    return _json(_user_body(user))
+    body = _user_body(user)
+    # Clients (the MCP server among them) learn here what the credential they hold may do.
+    body.auth = schemas.Auth(type="key" if identity.auth == "key" else "session", scope=identity.scope,
+                             key_id=identity.key_id)
+    return _json(body)
 
 
 # API keys ------------------------------------------------------------------------------------

@@ -27,7 +27,15 @@ class LoginRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     password: Annotated[str, msgspec.Meta(max_length=1024)]
 
 
-class User(msgspec.Struct, kw_only=True):
+class Auth(msgspec.Struct, kw_only=True):
+    """How the current request authenticated: a session, or a key and its scope."""
+
+    type: Literal["session", "key"]
+    scope: Scope | Literal["full"]
+    key_id: str | None = None
+
+
+class User(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str
     email: str
     handle: str
@@ -35,6 +43,7 @@ class User(msgspec.Struct, kw_only=True):
     timezone: str
     plan: Literal["free", "pro"]
     created_at: str
+    auth: Auth | None = None
 
 
 class ApiKeyCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
