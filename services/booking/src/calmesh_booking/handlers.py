@@ -151,13 +151,18 @@ async def idempotent(
     key: str | None,
     request_hash: str,
     work: Callable[[asyncpg.Connection], Awaitable[Answer]],
+    conn: asyncpg.Connection | None = None,
 ) -> Answer:
-    """Run `work` in one transaction; with an Idempotency-Key, store its answer with the key, or
-    return the answer stored for the key (422 when the key came with a different request).
-    A Problem raised by `work` rolls back and is not stored."""
+    """Run `work` in one transaction (on `conn`, else a pooled connection); with an
+    Idempotency-Key, store its answer with the key, or return the answer stored for the key (422
+    when the key came with a different request). A Problem raised by `work` rolls back and is not
+    stored."""
     if key is not None and not 1 <= len(key) <= 255:
         raise Problem(400, "validation_error", "Idempotency-Key must be 1 to 255 characters.")
-    async with ctx.pool.acquire() as conn, conn.transaction():
+    if conn is None:
+        async with ctx.pool.acquire() as pooled:
+            return await idempotent(ctx, scope=scope, key=key, request_hash=request_hash, work=work, conn=pooled)
+    async with conn.transaction():
         if key is not None:
             try:
                 stored = await ctx.store.claim_idempotency_key(conn, scope, key, request_hash)
@@ -568,6 +573,7 @@ async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key
         raise Problem(422, "validation_error", "; ".join(f"{e.field} {e.message}" for e in errors), errors=errors)
     if start.second or start.microsecond:
         return Answer(409, _json.encode(SLOT_UNAVAILABLE.body()))
+    # One pooled connection for the whole request (each release costs a round trip to reset it).
     async with ctx.pool.acquire() as conn:
         if cmd.handle:
             page = await ctx.store.public_page_for_booking(conn, cmd.handle.lower(), cmd.slug, start)
@@ -580,47 +586,52 @@ async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key
         visitor_tz = _zone_param(cmd.timezone, page["timezone"], "timezone")
         rules = ctx.rules(page)
         end = start + rules.duration
-    # Fast refusal outside the locks for the losers of a race (a keyed retry must see its answer).
-    if taken and key is None:
-        return Answer(409, _json.encode(SLOT_UNAVAILABLE.body()))
-    calendar = await calendar_of_page(ctx, page)
-
-    async def work(conn: asyncpg.Connection) -> Answer:
-        await ctx.store.lock_owner_time(conn, page["user_id"], start - rules.buffer_before, end + rules.buffer_after)
-        now = ctx.clock()
-        q_lo, q_hi = domain.busy_query_range(rules, start, start + timedelta(seconds=1))
-        spans = await ctx.store.busy_spans(
-            conn, user_id=page["user_id"], sources=calendar.source_keys, calendar_tz=calendar.tz, start=q_lo, end=q_hi
-        )
-        if not domain.is_offered(rules, start, now, BusyTime(spans=spans)):
+        # Fast refusal outside the locks for the losers of a race (a keyed retry must see its answer).
+        if taken and key is None:
             return Answer(409, _json.encode(SLOT_UNAVAILABLE.body()))
-        booking = Booking(
-            id=new_id("bk"), page_id=page["id"], page_slug=page["slug"], user_id=page["user_id"],
-            calendar_slug=page["calendar_slug"], title=page["title"], start=start, end=end, name=name, email=email,
-            notes=notes, timezone=visitor_tz.key, status="confirmed", created_at=now.replace(microsecond=0),
-        )
-        await ctx.store.insert_booking(conn, booking)
-        await ctx.events.append(
-            conn, booking.id, 0,
-            [BookingCreated(
-                booking_id=booking.id, page_id=booking.page_id, page_slug=booking.page_slug, user_id=booking.user_id,
-                calendar_slug=booking.calendar_slug, title=booking.title, start=start, end=end, name=name,
-                email=email, notes=notes, timezone=booking.timezone, created_at=booking.created_at,
-            )],
-            user_id=booking.user_id,
-        )
-        return answer(201, {"id": booking.id, "status": "confirmed", "start": utc_text(start), "end": utc_text(end),
-                            "cancel_url": cancel_url(ctx, booking)})
+        calendar = await calendar_of_page(ctx, page)
 
-    for attempt in range(3):
-        try:
-            return await idempotent(ctx, scope=f"book:{page['id']}", key=key, request_hash=request_hash, work=work)
-        except asyncpg.UniqueViolationError:
-            # The locks make this unreachable; the unique index is the belt behind the braces.
-            return Answer(409, _json.encode(SLOT_UNAVAILABLE.body()))
-        except asyncpg.DeadlockDetectedError:
-            # Only possible when two owners' lock keys collide by hash; the transaction rolled back.
-            log.warning("booking_deadlock_retry", attempt=attempt, page_id=page["id"])
+        async def work(conn: asyncpg.Connection) -> Answer:
+            await ctx.store.lock_owner_time(conn, page["user_id"], start - rules.buffer_before,
+                                            end + rules.buffer_after)
+            now = ctx.clock()
+            q_lo, q_hi = domain.busy_query_range(rules, start, start + timedelta(seconds=1))
+            spans = await ctx.store.busy_spans(
+                conn, user_id=page["user_id"], sources=calendar.source_keys, calendar_tz=calendar.tz,
+                start=q_lo, end=q_hi,
+            )
+            if not domain.is_offered(rules, start, now, BusyTime(spans=spans)):
+                return Answer(409, _json.encode(SLOT_UNAVAILABLE.body()))
+            booking = Booking(
+                id=new_id("bk"), page_id=page["id"], page_slug=page["slug"], user_id=page["user_id"],
+                calendar_slug=page["calendar_slug"], title=page["title"], start=start, end=end, name=name,
+                email=email, notes=notes, timezone=visitor_tz.key, status="confirmed",
+                created_at=now.replace(microsecond=0),
+            )
+            await ctx.store.insert_booking(conn, booking)
+            await ctx.events.append(
+                conn, booking.id, 0,
+                [BookingCreated(
+                    booking_id=booking.id, page_id=booking.page_id, page_slug=booking.page_slug,
+                    user_id=booking.user_id, calendar_slug=booking.calendar_slug, title=booking.title, start=start,
+                    end=end, name=name, email=email, notes=notes, timezone=booking.timezone,
+                    created_at=booking.created_at,
+                )],
+                user_id=booking.user_id,
+            )
+            return answer(201, {"id": booking.id, "status": "confirmed", "start": utc_text(start),
+                                "end": utc_text(end), "cancel_url": cancel_url(ctx, booking)})
+
+        for attempt in range(3):
+            try:
+                return await idempotent(ctx, scope=f"book:{page['id']}", key=key, request_hash=request_hash,
+                                        work=work, conn=conn)
+            except asyncpg.UniqueViolationError:
+                # The locks make this unreachable; the unique index is the belt behind the braces.
+                return Answer(409, _json.encode(SLOT_UNAVAILABLE.body()))
+            except asyncpg.DeadlockDetectedError:
+                # Only possible when two owners' lock keys collide by hash; the transaction rolled back.
+                log.warning("booking_deadlock_retry", attempt=attempt, page_id=page["id"])
     raise Problem(503, "busy", "Too many bookings at once; try again.", headers={"Retry-After": "1"})
 
 
