@@ -335,40 +335,50 @@ class CalDAVSyncer(Syncer):
         return {r["href"]: r["etag"] for r in rows}
 
     async def sync_calendar(self, calendar: ProviderCalendar) -> CalendarResult:
-        dav = self.dav.get(calendar.ref) or await self.client.state(calendar.ref)
-        url = dav.url
+        url = calendar.ref
         state = await load_state(self.deps.pool, self.connection_id, calendar.id)
         window, moved = window_for(self.settings, state, self.deps.now())
         cursor = dict(state.cursor)
-        marker = dav.sync_token or dav.ctag
-        if marker and cursor.get("marker") == marker and not moved:
-            return CalendarResult(not_modified=True)
-        stored = await self._stored(calendar.id)
-        full = moved or not cursor.get("marker")
-        changed: dict[str, str | None]
-        deleted: list[str]
         mode = cursor.get("mode")
-        token = cursor.get("sync_token") if mode == "sync" else None
-        new_token = None
-        listing: dict[str, str | None] | None = None
+        token = cursor.get("sync_token") if mode == "sync" and not moved else None
+        ctag = None
+        full = True
+        changed: dict[str, str | None] = {}
+        deleted: list[str] = []
+        new_token: str | None = None
         if token:
+            # RFC 6578: the collection says what changed since our token (nothing: one request).
             try:
                 changed, deleted, new_token = await self.client.changes_since(url, token)
+                full = False
             except SyncTokenExpired:
                 token = None
-                full = True
-        if not token:
+            except SourceError:
+                token = None  # the server stopped doing sync-collection: list ETags below
+        elif mode == "etag" and not moved:
+            # No sync-collection here: the CTag says whether anything changed.
+            ctag = (await self.client.state(url)).ctag
+            if ctag and ctag == cursor.get("ctag"):
+                return CalendarResult(not_modified=True)
+        stored = await self._stored(calendar.id)
+        if not full:
+            # Our own writes come back as changes with the ETag we stored: nothing to fetch.
+            changed = {h: e for h, e in changed.items() if not (e and stored.get(h) == e)}
+            if not changed and not deleted:
+                if new_token != cursor.get("sync_token"):
+                    async with self.deps.pool.acquire() as conn, conn.transaction():
+                        await save_state(conn, self.connection_id, calendar.id, {**cursor, "sync_token": new_token}, window)
+                return CalendarResult(not_modified=True)
+        else:
             try:
                 listing, _, new_token = await self.client.changes_since(url, None)
                 mode = "sync"
             except SourceError:
                 listing = await self.client.etags(url)
                 mode, new_token = "etag", None
+                ctag = ctag or (await self.client.state(url)).ctag
             changed = {h: e for h, e in listing.items() if h not in stored or stored[h] != e or e is None}
             deleted = [h for h in stored if h not in listing]
-        else:
-            # Our own writes come back as changes with the ETag we stored: nothing to fetch.
-            changed = {h: e for h, e in changed.items() if not (e and stored.get(h) == e)}
         await self.heartbeat()
         objects = await self.client.fetch(url, sorted(changed)) if changed else []
         fetched_hrefs = {o.href for o in objects}
@@ -388,7 +398,7 @@ class CalDAVSyncer(Syncer):
         now = self.deps.now()
         rows, warning = await asyncio.to_thread(self._expand_objects, to_expand, window, calendar.id, now)
         await self.heartbeat()
-        new_cursor = {"marker": marker, "mode": mode, "sync_token": new_token}
+        new_cursor = {"mode": mode, "sync_token": new_token, "ctag": ctag}
 
         async def store_objects(conn: asyncpg.Connection) -> None:
             if objects:

@@ -44,6 +44,16 @@ _LIST_PROPS = [
     f"{DAV}current-user-privilege-set",
 ]
 
+#: Listing calendars without their sync-token / CTag: a server may have to look at every object of
+#: a collection to give those, and the sync asks the collection itself (sync-collection) anyway.
+_LISTING_PROPS = [
+    f"{DAV}resourcetype",
+    f"{DAV}displayname",
+    f"{APPLE}calendar-color",
+    f"{CALDAV}supported-calendar-component-set",
+    f"{DAV}current-user-privilege-set",
+]
+
 MULTIGET_CHUNK = 200
 
 
@@ -195,7 +205,7 @@ class CalDAVClient:
 
     async def discover(self) -> list[DavCalendar]:
         """The event calendars of the account (the URL may also be one calendar's own URL)."""
-        own = await self._propfind(self.url, _LIST_PROPS + [f"{DAV}current-user-principal"], 0)
+        own = await self._propfind(self.url, _LISTING_PROPS + [f"{DAV}current-user-principal"], 0)
         first = own.results[0] if own.results else None
         if first is not None and _is_calendar(first.properties):
             return [self._calendar(self.url, first.properties)]
@@ -205,7 +215,7 @@ class CalDAVClient:
         home = next((h for h in homes if h), None)
         if not home:
             raise SourceError("this server did not name a calendar home: is it a CalDAV server, and is the URL right?")
-        listing = await self._propfind(self._abs(str(home)), _LIST_PROPS, 1)
+        listing = await self._propfind(self._abs(str(home)), _LISTING_PROPS, 1)
         calendars = []
         for result in listing.results or []:
             if result.status == 200 and _is_calendar(result.properties) and _holds_events(result.properties):
