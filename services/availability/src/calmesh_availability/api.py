@@ -10,7 +10,6 @@ Reads are one indexed query on the projection plus a cached calendar lookup; no 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -19,7 +18,6 @@ from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.params import Parameter
 
-from calmesh_common.intervals import BusyItem
 from calmesh_common.logging import get_logger
 from calmesh_common.problems import FieldError, Problem
 from calmesh_common.service import SECRET_HEADER, Caller, ServiceDeps, caller_from_headers
@@ -182,16 +180,15 @@ class CalendarRoutes(Controller):
         zone, zone_name = _tz_for(tz, cal)
         win_start, win_end = domain.availability_window(date, start, end, zone)
         conn_ids, cal_ids = cal.source_columns()
-        items: Sequence[BusyItem]
         if with_events:
             rows = await store.busy_rows(_reads(deps), caller.user_id, conn_ids, cal_ids, win_start, win_end)
-            items = domain.busy_items(rows, cal)
-        else:
-            # The hot path: the query returns the engine's items themselves.
-            items = await store.busy_items(_reads(deps), caller.user_id, conn_ids, cal_ids,
-                                           cal.source_ids_for(conn_ids, cal_ids), win_start, win_end, cal.tz_name)
-        return domain.availability(items, cal, zone_name, win_start, win_end,
-                                   min_duration=min_seconds, explain=with_events)
+            return domain.availability(domain.busy_items(rows, cal), cal, zone_name, win_start, win_end,
+                                       min_duration=min_seconds, explain=True)
+        # The hot path: the query returns the engine's items as three columns.
+        starts, ends, sources = await store.busy_columns(_reads(deps), caller.user_id, conn_ids, cal_ids,
+                                                         win_start, win_end, cal.tz_name)
+        return domain.availability(domain.items_from_columns(starts, ends, sources), cal, zone_name, win_start,
+                                   win_end, min_duration=min_seconds, source_ids=cal.source_ids_for(conn_ids, cal_ids))
 
     @get("/conflicts", summary="Detect overlapping events across different sources", tags=["availability"])
     async def conflicts(

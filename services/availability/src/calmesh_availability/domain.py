@@ -13,10 +13,11 @@ import base64
 import hashlib
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
+from itertools import repeat
 from operator import itemgetter
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -422,26 +423,36 @@ class Availability(msgspec.Struct, kw_only=True):
 
 
 def availability(
-    items: Sequence[BusyItem], cal: Calendar, tz_name: str, start: int, end: int,
-    *, min_duration: int = 0, explain: bool = False,
+    items: Iterable[BusyItem], cal: Calendar, tz_name: str, start: int, end: int,
+    *, min_duration: int = 0, explain: bool = False, source_ids: Sequence[str] | None = None,
 ) -> Availability:
     """Busy time merged across sources (overlapping and touching intervals join) and the free time
     around it, both cut to ``[start, end)``; free gaps shorter than `min_duration` seconds dropped.
 
-    `items` are engine items sorted by start: from :func:`busy_items` (rows as payloads, which
-    `explain` needs), or made by the projection query itself (``store.busy_items``)."""
+    `items` are engine items sorted by start: from :func:`busy_items` (source ids, rows as payloads,
+    which `explain` needs), or :func:`items_from_columns` over what the projection query returns
+    (sources as 1-based positions in `source_ids`)."""
+    if explain and not isinstance(items, Sequence):
+        raise ValueError("explain needs the items as a sequence (their rows are looked up by position)")
     blocks = merge_busy(items)
     rank = cal.rank
     busy: list[BusyInterval] = []
     for b in clip_blocks(blocks, start, end):
-        source_ids = sorted(b.sources, key=rank.__getitem__) if len(b.sources) > 1 else list(b.sources)
-        interval = BusyInterval(start=format_utc(b.start), end=format_utc(b.end), source_ids=source_ids)
+        ids = [source_ids[o - 1] for o in b.sources] if source_ids is not None else list(b.sources)
+        if len(ids) > 1:
+            ids.sort(key=rank.__getitem__)
+        interval = BusyInterval(start=format_utc(b.start), end=format_utc(b.end), source_ids=ids)
         if explain:
-            interval.events = _explain(block_items(items, b))
+            interval.events = _explain(block_items(items, b))  # type: ignore[arg-type]
         busy.append(interval)
     free = [FreeInterval(start=format_utc(s), end=format_utc(e)) for s, e in free_spans(blocks, start, end, min_duration)]
     return Availability(slug=cal.slug, timezone=tz_name, start=format_utc(start), end=format_utc(end),
                         busy=busy, free=free)
+
+
+def items_from_columns(starts: Sequence[int], ends: Sequence[int], sources: Sequence[int]) -> Iterator[BusyItem]:
+    """Engine items over parallel columns (no list of tuples is built)."""
+    return zip(starts, ends, sources, repeat(None), strict=False)  # type: ignore[return-value]
 
 
 def _explain(items: Sequence[BusyItem]) -> list[ExplainedEvent]:

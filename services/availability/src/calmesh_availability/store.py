@@ -31,23 +31,23 @@ FULL_COLUMNS = f"""ei.event_id, ei.connection_id, ei.calendar_id, ei.uid, ei.rec
            ei.provider_event_id, ei.title, ei.description, ei.location, {_TIMES},
            {_epoch("ei.updated_at")} AS u"""
 
-# Free/busy alone needs only engine items, and the query makes them: rows ``(start, end, source_id,
-# NULL)`` that the engine merges as they come. An all-day row is placed on its dates in the
-# calendar's zone ($7) here, so the rows come sorted by where they really start.
+# Free/busy alone needs only the engine's items, and the query makes them, as three parallel
+# arrays in one row — starts, ends (whole epoch seconds) and the 1-based position of the row's
+# source in the arrays passed in — sorted by start: no per-row records to build on either side. An
+# all-day row is placed on its dates in the calendar's zone ($6) here, so the order is where rows
+# really start.
 _LOCAL_START = "(ei.start_date::timestamp AT TIME ZONE {tz})"
 _LOCAL_END = "(ei.end_date::timestamp AT TIME ZONE {tz})"
 _ALL_DAY = "ei.all_day AND ei.start_date IS NOT NULL AND ei.end_date IS NOT NULL"
-_ITEM_COLUMNS = f"""
-           CASE WHEN {_ALL_DAY} THEN {_epoch(_LOCAL_START.format(tz="$7"))} ELSE {_epoch("ei.start_at")} END AS s,
-           CASE WHEN {_ALL_DAY} THEN {_epoch(_LOCAL_END.format(tz="$7"))} ELSE {_epoch("ei.end_at")} END AS e,
-           src.source_id, NULL::int4 AS payload"""
+_SPAN_COLUMNS = f"""
+           CASE WHEN {_ALL_DAY} THEN {_epoch(_LOCAL_START.format(tz="$6"))} ELSE {_epoch("ei.start_at")} END AS s,
+           CASE WHEN {_ALL_DAY} THEN {_epoch(_LOCAL_END.format(tz="$6"))} ELSE {_epoch("ei.end_at")} END AS e,
+           src.ord::int4 AS o"""
 
 
-def _per_source(columns: str, where: str, *, items: bool = False) -> str:
-    source_ids = ", $6::text[]" if items else ""
-    source_id = ", source_id" if items else ""
+def _per_source(columns: str, where: str) -> str:
     return f"""
-        SELECT x.* FROM unnest($2::text[], $3::text[]{source_ids}) AS src(connection_id, calendar_id{source_id})
+        SELECT x.* FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS src(connection_id, calendar_id, ord)
         CROSS JOIN LATERAL (
             SELECT {columns}
             FROM {PROJECTION} ei
@@ -59,8 +59,12 @@ def _per_source(columns: str, where: str, *, items: bool = False) -> str:
 
 
 _BUSY = "AND ei.status <> 'cancelled' AND ei.transparency <> 'free'"
-BUSY_ITEMS_SQL = _per_source(_ITEM_COLUMNS, _BUSY, items=True)
 BUSY_FULL_SQL = _per_source(FULL_COLUMNS, _BUSY)
+BUSY_COLUMNS_SQL = f"""
+    SELECT coalesce(array_agg(b.s ORDER BY b.s, b.e), '{{}}') AS starts,
+           coalesce(array_agg(b.e ORDER BY b.s, b.e), '{{}}') AS ends,
+           coalesce(array_agg(b.o ORDER BY b.s, b.e), '{{}}') AS sources
+    FROM ({_per_source(_SPAN_COLUMNS, _BUSY)}) b"""
 
 # The events list is ordered by where each event starts for the reader: an all-day event at local
 # midnight of its first date in the calendar's zone ($6), not at its widest-span start_at; and it
@@ -113,14 +117,17 @@ async def busy_rows(
                             to_epoch_datetime(start), to_epoch_datetime(end))
 
 
-async def busy_items(
-    pool: asyncpg.Pool, user_id: str, connection_ids: list[str], calendar_ids: list[str], source_ids: list[str],
+async def busy_columns(
+    pool: asyncpg.Pool, user_id: str, connection_ids: list[str], calendar_ids: list[str],
     start: int, end: int, tz_name: str,
-) -> list[asyncpg.Record]:
-    """The busy rows of the sources overlapping ``[start, end)`` as interval-engine items
-    ``(start, end, source_id, None)`` sorted by start, all-day rows placed in zone `tz_name`."""
-    return await pool.fetch(BUSY_ITEMS_SQL, user_id, connection_ids, calendar_ids,
-                            to_epoch_datetime(start), to_epoch_datetime(end), source_ids, tz_name)
+) -> tuple[list[int], list[int], list[int]]:
+    """The busy rows of the sources overlapping ``[start, end)`` as three parallel lists sorted by
+    start: starts, ends, and each row's source as its 1-based position in `connection_ids`.
+    All-day rows are placed on their dates in zone `tz_name`."""
+    row = await pool.fetchrow(BUSY_COLUMNS_SQL, user_id, connection_ids, calendar_ids,
+                              to_epoch_datetime(start), to_epoch_datetime(end), tz_name)
+    assert row is not None
+    return row[0], row[1], row[2]
 
 
 async def event_rows(
