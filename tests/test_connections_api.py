@@ -57,7 +57,7 @@ async def env(database_url: str, dav: Radicale) -> AsyncIterator[Env]:
     feeds.put("/simple.ics", FEED)
     with private_nats() as nats_url:
         async with private_platform(database_url, nats_url) as platform, serve(feeds) as feed_base:
-            async with running(platform, CALMESH_ALLOW_PRIVATE_NETWORKS="1"):
+            async with running(platform, CALMESH_ALLOW_PRIVATE_NETWORKS="1", CALMESH_ICLOUD_CALDAV_URL=dav.url + "/"):
                 pool = await asyncpg.create_pool(platform.database_url, min_size=1, max_size=4)
                 try:
                     yield Env(platform, feeds, f"{feed_base}/simple.ics", dav, pool, nats_url)
@@ -209,6 +209,21 @@ async def test_unified_calendars_sources_order_and_events(env: Env) -> None:
     finally:
         await sub.unsubscribe()
         await nc.close()
+
+
+async def test_icloud_is_caldav_at_the_configured_server(env: Env) -> None:
+    async with env.user() as api:
+        problem(await api.post("/api/v1/connections/icloud", json={"username": env.radicale.username, "app_password": "wrong"}),
+                422, "invalid_credentials")
+        r = await api.post("/api/v1/connections/icloud", json={"username": env.radicale.username, "app_password": env.radicale.password})
+        assert r.status_code == 201, r.text
+        body = r.json()
+        assert body["provider"] == "icloud" and body["display_name"] == env.radicale.username
+        assert [c["name"] for c in body["calendars"]] == ["Main"] and env.radicale.password not in r.text
+        done = await wait_for(lambda: api.get(f"/api/v1/connections/{body['id']}"), 1)
+        assert done.status_code == 200
+        await wait_for(lambda: env.db.fetchval("SELECT outcome = 'completed' FROM sync.sync_runs WHERE connection_id = $1", body["id"]), 20,
+                       what="the iCloud sync")
 
 
 async def test_deleting_a_connection_removes_its_cached_events(env: Env) -> None:

@@ -35,6 +35,7 @@ class Env:
     google: GoogleFake
     graph: GraphFake
     db: asyncpg.Pool
+    settings: dict[str, str]
 
     def user(self, name: str) -> httpx.AsyncClient:
         return self.platform.client(f"usr_{name}_{int(time.time() * 1000) % 10**9}")
@@ -70,7 +71,7 @@ async def env(database_url: str) -> AsyncIterator[Env]:
                     google.notify_headers = graph.notify_headers = platform.internal()
                     pool = await asyncpg.create_pool(platform.database_url, min_size=1, max_size=4)
                     try:
-                        yield Env(platform, oauth, google, graph, pool)
+                        yield Env(platform, oauth, google, graph, pool, settings)
                     finally:
                         await pool.close()
 
@@ -236,6 +237,30 @@ async def test_google_retry_after_refresh_and_revocation(env: Env) -> None:
             assert await rows(env, cid)
     finally:
         env.oauth.expires_in = 3600
+
+
+async def test_a_long_retry_after_ends_the_sync_and_the_job_comes_back_after_it(env: Env) -> None:
+    env.fresh_accounts()
+    g = env.google
+    g.calendar("fay@example.com", "Fay", primary=True)
+    async with env.user("g7") as api:
+        cid = (await authorize(env, api, "google"))["response"].json()["id"]
+        await wait_synced(env, api, cid)
+        g.add("fay@example.com", "After the wait", hour(2, 9), hour(2, 10))
+        g.fail_next(503, {"Retry-After": "7"})  # longer than CALMESH_SYNC_RETRY_AFTER_MAX_SECONDS (5)
+        n = await runs(env, cid)
+        started = time.monotonic()
+        await api.post(f"/api/v1/connections/{cid}/sync")
+        failed = await wait_synced(env, api, cid, n)
+        assert failed["status"] == "error" and "503" in failed["last_error"]
+        retry_at = await env.db.fetchval(
+            "SELECT envelope FROM sync.events WHERE type = 'sync.failed.v1' AND stream_id LIKE 'sync:%' ORDER BY position DESC LIMIT 1")
+        assert b'"retry_at"' in bytes(retry_at) and b'"kind":"transient"' in bytes(retry_at)
+        # The same job comes back after the Retry-After, and this time it goes through.
+        body = await wait_synced(env, api, cid, n + 1, timeout=30)
+        assert body["status"] == "active" and body["last_error"] is None
+        assert time.monotonic() - started >= 7
+        assert "After the wait" in {r["title"] for r in await rows(env, cid)}
 
 
 async def test_google_auth_failure_waits_for_the_user(env: Env) -> None:
@@ -405,6 +430,30 @@ async def test_microsoft_oauth_delta_sync_and_subscription(env: Env) -> None:
         assert ro.status_code == 422 and ro.json()["code"] == "read_only_source"
         assert (await sync.delete(f"/internal/events/{created['id']}", params={"user_id": user_id})).status_code == 204
         assert not any(e["subject"] == "From CalMesh" for e in m.calendars["cal-main"].events.values())
+
+
+async def test_push_channels_are_renewed_before_they_expire(env: Env) -> None:
+    env.fresh_accounts()
+    env.google.calendar("gus@example.com", "Gus", primary=True)
+    env.graph.calendar("cal-gus", "Gus")
+    async with env.user("r1") as api:
+        gid = (await authorize(env, api, "google"))["response"].json()["id"]
+        mid = (await authorize(env, api, "microsoft"))["response"].json()["id"]
+        await wait_synced(env, api, gid)
+        await wait_synced(env, api, mid)
+    await wait_for(lambda: env.google.channels and env.graph.subscriptions, 10, what="channels")
+    old_google = set(env.google.channels)
+    sub_id, sub = next(iter(env.graph.subscriptions.items()))
+    old_expiry = sub["expirationDateTime"]
+    # A scheduler that thinks every channel expires soon (within 30 days) renews them all.
+    async with running(env.platform, sync=False, scheduler=True, CALMESH_SYNC_SCHEDULER_TICK_SECONDS="0.3",
+                       CALMESH_PUSH_RENEW_BEFORE_SECONDS=str(30 * 86400), CALMESH_PUSH_NOTIFICATIONS="on",
+                       CALMESH_PUBLIC_BASE_URL=env.platform.connections_url,
+                       **{k: v for k, v in env.settings.items() if k not in ("CALMESH_PUSH_NOTIFICATIONS",)}):
+        await wait_for(lambda: env.graph.subscriptions.get(sub_id, {}).get("expirationDateTime") != old_expiry, 15, what="a renewed subscription")
+        await wait_for(lambda: any(c not in old_google for c in env.google.channels) and not (old_google & set(env.google.channels)), 15,
+                       what="a new Google channel in place of the old")
+    assert any(r.startswith("POST /channels/stop") for r in env.google.requests)
 
 
 async def test_provider_not_configured_names_the_settings(database_url: str) -> None:

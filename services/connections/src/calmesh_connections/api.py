@@ -123,7 +123,7 @@ class ConnectionsController(Controller):
 
     # --- OAuth providers ---------------------------------------------------------------------
 
-    async def _start_oauth(self, provider: str, data: OAuthStart | None, caller: Caller, deps: ServiceDeps) -> Response[bytes]:
+    async def _start_oauth(self, provider: str, data: OAuthStart | None, caller: Caller, deps: ServiceDeps) -> ConnectionOut:
         ctx = ctx_of(deps)
         config = oauth.provider_config(ctx.settings, provider)
         oauth.require_configured(config)
@@ -153,14 +153,14 @@ class ConnectionsController(Controller):
         url = oauth.authorization_url(
             config, provider, redirect_uri=oauth.callback_url(ctx.settings, provider), state=state, challenge=challenge
         )
-        return json_response(msgspec.to_builtins(connection_out(row, authorization_url=url)), status=201)
+        return connection_out(row, authorization_url=url)
 
     @post("/google", summary="Initiate Google Calendar OAuth flow", status_code=201)
-    async def start_google(self, caller: Caller, deps: ServiceDeps, data: OAuthStart | None = None) -> Response[bytes]:
+    async def start_google(self, caller: Caller, deps: ServiceDeps, data: OAuthStart | None = None) -> ConnectionOut:
         return await self._start_oauth("google", data, caller, deps)
 
     @post("/microsoft", summary="Initiate Microsoft Outlook/365 OAuth flow", status_code=201)
-    async def start_microsoft(self, caller: Caller, deps: ServiceDeps, data: OAuthStart | None = None) -> Response[bytes]:
+    async def start_microsoft(self, caller: Caller, deps: ServiceDeps, data: OAuthStart | None = None) -> ConnectionOut:
         return await self._start_oauth("microsoft", data, caller, deps)
 
     # --- credential providers ----------------------------------------------------------------

@@ -94,7 +94,7 @@ class SyncProgress(msgspec.Struct, kw_only=True):
     events_changed: int = 0
 
 
-class ConnectionOut(msgspec.Struct, kw_only=True):
+class ConnectionOut(msgspec.Struct, kw_only=True, omit_defaults=True):
     id: str
     provider: str
     display_name: str
@@ -102,7 +102,8 @@ class ConnectionOut(msgspec.Struct, kw_only=True):
     last_synced_at: str | None
     last_error: str | None
     calendars: list[ConnectionCalendarOut]
-    progress: SyncProgress | None = None
+    #: The sync running now (null when none is).
+    progress: SyncProgress | None
     created_at: str
     #: Only when the connection was just created with OAuth: where to send the user.
     authorization_url: str | None = None
