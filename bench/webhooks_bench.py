@@ -204,7 +204,20 @@ async def main(args: argparse.Namespace) -> None:
         import psutil
 
         proc = psutil.Process(dispatcher.pid)
+
+        def cpu_by_part() -> dict[str, float]:
+            """CPU seconds so far of each part of the set-up (PostgreSQL: all its processes)."""
+            parts = {"dispatcher": proc, "receiver": psutil.Process(receiver.pid), "bench": psutil.Process()}
+            found = {name: sum(p.cpu_times()[:2]) for name, p in parts.items()}
+            found["postgres"] = found["nats"] = 0.0
+            for p in psutil.process_iter(["name", "cpu_times"]):
+                name = p.info["name"] or ""
+                if name in ("postgres", "nats-server") and p.info["cpu_times"]:
+                    found["postgres" if name == "postgres" else "nats"] += sum(p.info["cpu_times"][:2])
+            return found
+
         for rate in args.rates:
+            parts_before, wall_before = cpu_by_part(), time.perf_counter()
             committed.clear()
             arrivals.clear()
             cpu_before = sum(proc.cpu_times()[:2])
@@ -255,6 +268,9 @@ async def main(args: argparse.Namespace) -> None:
                          FROM {schema}.attempts WHERE created_at > now() - interval '90 seconds') AS http_ms
                     """
                 )
+            parts_after, wall = cpu_by_part(), time.perf_counter() - wall_before
+            print("  cores used: " + ", ".join(
+                f"{k} {(parts_after[k] - parts_before[k]) / wall:.2f}" for k in parts_after))
             print(f"  dispatcher CPU: {cpu_ms / max(got, 1):.2f} ms per delivery "
                   f"(a whole core would carry {1000 * max(got, 1) / max(cpu_ms, 1):.0f} deliveries/s); "
                   f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")

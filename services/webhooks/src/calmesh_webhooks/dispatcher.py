@@ -49,6 +49,8 @@ log = get_logger(__name__)
 
 USER_AGENT = "CalMesh-Webhooks/1.0 (+https://calmesh.xyz)"
 RESPONSE_LIMIT = 1024 * 1024
+#: Under a backlog, how long to let slots free up before the next claim.
+CLAIM_COALESCE_SECONDS = 0.01
 
 
 class Dispatcher:
@@ -249,6 +251,10 @@ class Dispatcher:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
                 pass
+            if self._saturated:
+                # Slots free one at a time as answers arrive: gather a few before claiming again,
+                # as a claim's cost in the database grows with the number of due deliveries.
+                await asyncio.sleep(CLAIM_COALESCE_SECONDS)
 
     def _launch(self, item: store.Claimed) -> None:
         self._inflight[item.subscription_id] += 1
