@@ -38,7 +38,8 @@ TimeZoneName = Annotated[
 ]
 Limit = Annotated[int, Field(ge=1, le=200, description="How many items per page, 1–200. Default 50.")]
 Cursor = Annotated[
-    str, Field(description="The next_cursor of a previous page, to get the page after it. Omit for the first page.")
+    str | None,
+    Field(description="The next_cursor of a previous page, to get the page after it. Omit for the first page."),
 ]
 
 
@@ -196,7 +197,7 @@ class Tools:
         source_id: Annotated[str | None, Field(description="Only events of this source (src_…).")] = None,
         include_cancelled: Annotated[bool, Field(description="Also list cancelled instances.")] = False,
         limit: Limit = 50,
-        cursor: Cursor | None = None,
+        cursor: Cursor = None,
     ) -> CallToolResult:
         data = await self.api.request(
             "GET",
@@ -309,7 +310,7 @@ class Tools:
         start: Annotated[Instant | None, Field(description="Only bookings ending after this instant.")] = None,
         end: Annotated[Instant | None, Field(description="Only bookings starting before this instant.")] = None,
         limit: Limit = 50,
-        cursor: Cursor | None = None,
+        cursor: Cursor = None,
     ) -> CallToolResult:
         data = await self.api.request(
             "GET", "bookings", params={"status": status, "start": start, "end": end, "limit": limit, "cursor": cursor}
@@ -347,7 +348,7 @@ class Tools:
         lines += [f"- option {o['id']}: {span(o['start'], o['end'], None)}" for o in data.get("options", [])]
         return ok("\n".join(lines), data)
 
-    async def list_polls(self, limit: Limit = 50, cursor: Cursor | None = None) -> CallToolResult:
+    async def list_polls(self, limit: Limit = 50, cursor: Cursor = None) -> CallToolResult:
         data = await self.api.request("GET", "polls", params={"limit": limit, "cursor": cursor})
         items = data.get("data", [])
         lines = [f"{len(items)} poll(s):"]
