@@ -320,6 +320,36 @@ async def throughput(url: str, headers: dict[str, str], concurrency: int, second
     return done / elapsed, statuses
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc); 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _postgres_pids(data_dir: Path) -> list[int]:
+    """The embedded PostgreSQL's postmaster (found by its data directory) and its backends."""
+    procs: list[tuple[int, int, str]] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = open(f"/proc/{entry}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
+            ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        procs.append((int(entry), ppid, cmd))
+    masters = [pid for pid, _, cmd in procs if "postgres" in cmd and str(data_dir) in cmd]
+    return masters + [pid for pid, ppid, _ in procs if ppid in masters]
+
+
+def cpu_snapshot(pids: dict[str, list[int]]) -> dict[str, float]:
+    return {name: sum(_cpu_seconds(p) for p in group) for name, group in pids.items()}
+
+
 def pct(samples: list[float], q: float) -> float:
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
@@ -427,7 +457,16 @@ def platform_bench(args: argparse.Namespace) -> None:
 
             samples, statuses = asyncio.run(latency(url, headers, args.count))
             p50, p99 = statistics.median(samples), pct(samples, 0.99)
+            groups = {"gateway": [c.process.pid for c in stack.children if c.name == "gateway" and c.process],
+                      "availability x2": [c.process.pid for c in stack.children if c.name == "availability" and c.process]
+                      + [replica.pid],
+                      "postgres": _postgres_pids(Path(tmp) / "stack"),
+                      "load generator": [os.getpid()]}
+            before = cpu_snapshot(groups)
             rps, statuses2 = asyncio.run(throughput(url, headers, args.concurrency, args.seconds))
+            after = cpu_snapshot(groups)
+            served = rps * (args.seconds + 1.0)  # the warm-up second too
+            cpu = {name: (after[name] - before[name]) / served * 1000 for name in groups}
             rad, periods = radicale_free_busy(radicale, start, end, args.radicale_rounds)
             rad50 = statistics.median(rad)
         finally:
@@ -441,6 +480,8 @@ def platform_bench(args: argparse.Namespace) -> None:
     print(f"  one connection:    p50 {p50:6.2f} ms  (target <= 10)   p99 {p99:6.2f} ms  (target <= 30)"
           f"   statuses {sorted(statuses)}")
     print(f"  {args.concurrency} connections:    {rps:6.0f} queries/s (target >= 300)   statuses {sorted(statuses2)}")
+    print("  CPU per query:     " + ", ".join(f"{name} {ms:.2f} ms" for name, ms in cpu.items())
+          + f"  (machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
     print(f"Radicale free-busy REPORT, same window, {SOURCES} calendars ({periods} busy periods):")
     print(f"  p50 {rad50:8.1f} ms for the three  ->  CalMesh answers {rad50 / p50:,.0f}x faster (p50 ratio)")
 
