@@ -522,3 +522,24 @@ async def test_idempotency_keys_are_forgotten_after_a_day(bk: BookingHarness) ->
         await ctx.store.forget_idempotency_keys(conn, datetime.now(UTC) - timedelta(hours=24))
         left = await conn.fetch(f"SELECT key FROM {bk.schema}.idempotency_keys WHERE scope = 't'")
     assert [r["key"] for r in left] == ["new"]
+
+
+async def test_long_events_that_began_long_before_still_block_bookings(bk: BookingHarness) -> None:
+    ann = await bk.new_user()
+    await make_page(bk, ann)
+    day = future_day(40)
+    free = await slots(bk, ann, day)  # loads the busy cache around the day
+    assert free
+    # A fortnight away (began ten days before) and a multi-day all-day event, synced afterwards.
+    away_from = datetime.combine(day - timedelta(days=10), datetime.min.time(), UTC)
+    await bk.fake.add_event(ann.calendar, away_from, away_from + timedelta(days=14), title="Sabbatical")
+    assert await slots(bk, ann, day) == []
+    r = await book(bk, ann, free[0])
+    assert r.status_code == 409 and r.json()["code"] == "slot_unavailable"
+    later = day + timedelta(days=10)
+    later_free = await slots(bk, ann, later)
+    await bk.fake.add_event(ann.calendar, datetime.combine(later - timedelta(days=3), datetime.min.time(), UTC),
+                            datetime.combine(later + timedelta(days=2), datetime.min.time(), UTC), all_day=True,
+                            start_date=later - timedelta(days=2), end_date=later + timedelta(days=2))
+    r = await book(bk, ann, later_free[0])
+    assert r.status_code == 409

@@ -57,6 +57,8 @@ class _Entry:
     ends: list[int]
     longest: int
     all_day: list[tuple[Any, Any]]  # (start_date, end_date): read in the calendar's timezone
+    #: The longest row as stored (all-day rows are stored widened): a lower bound for start_at.
+    longest_stored: int = 0
 
     def spans(self, lo: int, hi: int, tz: ZoneInfo, out: list[tuple[int, int]]) -> None:
         # Rows are sorted by start; none lasts longer than `longest`, so rows that can reach `lo`
@@ -127,6 +129,27 @@ class ProjectionCache:
             entry.spans(lo, hi, calendar_tz, out)
         return out
 
+    async def earliest_start(self, conn: asyncpg.Connection, *, user_id: str, sources: Sequence[Source],
+                             start: datetime, end: datetime) -> datetime | None:
+        """A bound below which no projection row of `sources` that overlaps [start, end) starts
+        (from the longest row known around that time), or None when it is not known.
+
+        The booking re-check reads the projection itself inside its transaction; this bound only
+        lets it use the (connection, calendar, start_at) index from both ends instead of scanning
+        every earlier row. It is as current as the cache: a row longer than any before, written by
+        sync in the few milliseconds before its event arrives, could be missed."""
+        if not self._listening() or not sources:
+            return None
+        lo, hi = int(start.timestamp()), int(end.timestamp()) + 1
+        now = time.monotonic()
+        longest = 0
+        for source in sources:
+            entry = self._entries.get(source)
+            if entry is None or entry.expires < now or entry.lo > lo or entry.hi < hi or entry.user_id != user_id:
+                entry = await self._load(conn, user_id, source, lo, max(hi, lo + self.window), keep=True)
+            longest = max(longest, entry.longest_stored)
+        return datetime.fromtimestamp(lo - longest - 1, UTC)
+
     async def _load(self, conn: asyncpg.Connection, user_id: str, source: Source, lo: int, hi: int,
                     *, keep: bool) -> _Entry:
         generation = (self._generation, self._source_gen.get(source, 0), self._user_gen.get(user_id, 0))
@@ -135,8 +158,10 @@ class ProjectionCache:
         starts: list[int] = []
         ends: list[int] = []
         all_day: list[tuple[Any, Any]] = []
-        longest = 0
+        longest = longest_stored = 0
         for s, e, is_all_day, start_date, end_date in rows:
+            if e - s > longest_stored:
+                longest_stored = e - s
             if is_all_day and start_date is not None:
                 all_day.append((start_date, end_date))
                 continue
@@ -144,7 +169,7 @@ class ProjectionCache:
             ends.append(e)
             if e - s > longest:
                 longest = e - s
-        entry = _Entry(user_id, lo, hi, time.monotonic() + self.ttl, starts, ends, longest, all_day)
+        entry = _Entry(user_id, lo, hi, time.monotonic() + self.ttl, starts, ends, longest, all_day, longest_stored)
         unchanged = generation == (self._generation, self._source_gen.get(source, 0), self._user_gen.get(user_id, 0))
         if keep and unchanged:
             if len(self._entries) >= self.max_entries:

@@ -590,15 +590,19 @@ async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key
         if taken and key is None:
             return Answer(409, _json.encode(SLOT_UNAVAILABLE.body()))
         calendar = await calendar_of_page(ctx, page)
+        q_lo, q_hi = domain.busy_query_range(rules, start, start + timedelta(seconds=1))
+        starts_after = None
+        if ctx.busy_cache is not None:
+            starts_after = await ctx.busy_cache.earliest_start(
+                conn, user_id=page["user_id"], sources=calendar.source_keys, start=q_lo, end=q_hi)
 
         async def work(conn: asyncpg.Connection) -> Answer:
             await ctx.store.lock_owner_time(conn, page["user_id"], start - rules.buffer_before,
                                             end + rules.buffer_after)
             now = ctx.clock()
-            q_lo, q_hi = domain.busy_query_range(rules, start, start + timedelta(seconds=1))
             spans = await ctx.store.busy_spans(
                 conn, user_id=page["user_id"], sources=calendar.source_keys, calendar_tz=calendar.tz,
-                start=q_lo, end=q_hi,
+                start=q_lo, end=q_hi, starts_after=starts_after,
             )
             if not domain.is_offered(rules, start, now, BusyTime(spans=spans)):
                 return Answer(409, _json.encode(SLOT_UNAVAILABLE.body()))

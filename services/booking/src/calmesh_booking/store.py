@@ -104,28 +104,31 @@ class BookingStore:
                 raise ValueError(f"bad SQL identifier {name!r}")
         self.schema = schema
         self.projection = projection
-        s = schema
-        self._busy_sql = (
+        calendar_rows = (
             "SELECT extract(epoch FROM p.start_at)::bigint AS s, extract(epoch FROM p.end_at)::bigint AS e,"
             " p.all_day, p.start_date, p.end_date"
             f" FROM {projection} p"
             " JOIN unnest($2::text[], $3::text[]) AS src(connection_id, calendar_id)"
             "   ON p.connection_id = src.connection_id AND p.calendar_id = src.calendar_id"
-            " WHERE p.user_id = $1 AND p.start_at < $5 AND p.end_at > $4"
+            " WHERE p.user_id = $1 AND p.start_at < $5 AND p.end_at > $4{bound}"
             "   AND p.status <> 'cancelled' AND p.transparency <> 'free'"
             # A cancelled booking frees its time at once, before its calendar event is deleted.
-            "   AND NOT EXISTS (SELECT 1 FROM " + s + ".bookings c WHERE c.user_id = $1 AND c.status = 'cancelled'"
+            f"   AND NOT EXISTS (SELECT 1 FROM {schema}.bookings c WHERE c.user_id = $1 AND c.status = 'cancelled'"
             "       AND c.event_id = p.event_id AND c.start_at < $5 AND c.end_at > $4)"
         )
-        self._calendar_busy_sql = self._busy_sql + " ORDER BY 1"
-        self._busy_sql += (
+        own_bookings = (
             " UNION ALL"
             " SELECT extract(epoch FROM b.start_at)::bigint, extract(epoch FROM b.end_at)::bigint, false, NULL, NULL"
-            f" FROM {s}.bookings b WHERE b.user_id = $1 AND b.status = 'confirmed'"
+            f" FROM {schema}.bookings b WHERE b.user_id = $1 AND b.status = 'confirmed'"
             "   AND b.start_at < $5 AND b.end_at > $4"
-            # Sorted here, the merge in Python is one pass.
-            " ORDER BY 1"
         )
+        # Sorted in SQL: the merge in Python is then one pass.
+        self._calendar_busy_sql = calendar_rows.format(bound="") + " ORDER BY 1"
+        self._busy_sql = calendar_rows.format(bound="") + own_bookings + " ORDER BY 1"
+        # With a known bound below which no overlapping row starts, the (connection, calendar,
+        # start_at) index is read as a range rather than from the calendar's first row (its own SQL
+        # text, so that a generic plan cannot lose the range).
+        self._busy_sql_bounded = calendar_rows.format(bound=" AND p.start_at > $6") + own_bookings + " ORDER BY 1"
 
     # --- users -------------------------------------------------------------------------------
 
@@ -260,18 +263,18 @@ class BookingStore:
         start: datetime,
         end: datetime,
         with_bookings: bool = True,
+        starts_after: datetime | None = None,
     ) -> list[tuple[int, int]]:
         """Busy time in [start, end) as epoch-second spans: the calendar's busy events (all-day
         ones as their dates in `calendar_tz`) and, unless told otherwise, the owner's confirmed
         bookings."""
-        rows = await conn.fetch(
-            self._busy_sql if with_bookings else self._calendar_busy_sql,
-            user_id,
-            [s[0] for s in sources],
-            [s[1] for s in sources],
-            start,
-            end,
-        )
+        args: list[Any] = [user_id, [s[0] for s in sources], [s[1] for s in sources], start, end]
+        if starts_after is not None and with_bookings:
+            sql = self._busy_sql_bounded
+            args.append(starts_after)
+        else:
+            sql = self._busy_sql if with_bookings else self._calendar_busy_sql
+        rows = await conn.fetch(sql, *args)
         spans: list[tuple[int, int]] = []
         append = spans.append
         for s, e, all_day, start_date, end_date in rows:
