@@ -33,6 +33,8 @@ async def tick(ctx: Context) -> int:
                 continue
             await store.update_connection(conn, row["id"], next_sync_at=next_sync_at(ctx.settings, row["provider"]))
             queued += 1
+        # Authorization requests that were used or ran out a day ago are of no more use.
+        await conn.execute("DELETE FROM connections.oauth_states WHERE expires_at < now() - interval '1 day'")
     return queued
 
 

@@ -67,6 +67,7 @@ def connection_removed_handler(store: EventStore):  # type: ignore[no-untyped-de
 
 
 def create_app(settings: Settings, *, run_worker: bool = True) -> Litestar:
+    quiet_parsers()
     store = EventStore(SCHEMA, context=NAME)
 
     async def start(deps: ServiceDeps) -> None:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-import warnings
 import zoneinfo
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -128,12 +127,12 @@ def parse_ical(data: bytes) -> icalendar.Calendar:
         data = data[3:]
     if not data.strip():
         raise SourceError("the feed is empty")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            components = icalendar.Calendar.from_ical(data, multiple=True)
-        except Exception as exc:  # noqa: BLE001 - icalendar raises many types on bad input
-            raise SourceError(f"the feed is not valid iCalendar: {_short(exc)} (it starts with {_snippet(data)!r})") from None
+    # icalendar warns about odd TZIDs it guesses; the service silences those once at start-up
+    # (warnings.catch_warnings is not thread-safe, and this runs in worker threads).
+    try:
+        components = icalendar.Calendar.from_ical(data, multiple=True)
+    except Exception as exc:  # noqa: BLE001 - icalendar raises many types on bad input
+        raise SourceError(f"the feed is not valid iCalendar: {_short(exc)} (it starts with {_snippet(data)!r})") from None
     if not components:
         raise SourceError(f"the feed holds no iCalendar data (it starts with {_snippet(data)!r})")
     calendars = [c for c in components if c.name == "VCALENDAR"]
@@ -326,45 +325,43 @@ def expand(
     # overlap test is made below, in UTC.
     query_start = window.start - timedelta(days=1)
     query_end = window.end + timedelta(days=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    try:
+        query = recurring_ical_events.of(cal, skip_bad_series=True)
+    except Exception as exc:  # noqa: BLE001 - a broken calendar is the source's problem
+        raise SourceError(f"the calendar cannot be expanded: {_short(exc)}") from None
+    count = 0
+    for series in query.series:
+        uid = str(getattr(series, "_uid", None) or series.components[0].uid)
+        result.uids.add(uid)
+        recurrence = getattr(series, "recurrence", None)
+        if getattr(recurrence, "has_core", False):
+            _check_rrule_steps(recurrence.core._component, uid, query_end, floating)  # noqa: SLF001
+        recurring = _series_is_recurring(series)
         try:
-            query = recurring_ical_events.of(cal, skip_bad_series=True)
-        except Exception as exc:  # noqa: BLE001 - a broken calendar is the source's problem
-            raise SourceError(f"the calendar cannot be expanded: {_short(exc)}") from None
-        count = 0
-        for series in query.series:
-            uid = str(getattr(series, "_uid", None) or series.components[0].uid)
-            result.uids.add(uid)
-            recurrence = getattr(series, "recurrence", None)
-            if getattr(recurrence, "has_core", False):
-                _check_rrule_steps(recurrence.core._component, uid, query_end, floating)  # noqa: SLF001
-            recurring = _series_is_recurring(series)
-            try:
-                occurrences = series.between(query_start, query_end)
-                for occurrence in occurrences:
-                    instance = _instance(occurrence, uid, recurring, floating, window)
-                    if instance is None:
-                        continue
-                    result.instances.append(instance)
-                    count += 1
-                    if count > max_instances:
-                        raise ExpansionLimitError(
-                            f"the calendar expands to more than {max_instances:,} event instances in the sync "
-                            f"window (the recurring event {uid!r} among them); nothing was synced. Shorten the "
-                            f"recurrence or raise CALMESH_SYNC_MAX_INSTANCES"
-                        )
-                    if deadline is not None and count % 512 == 0 and time.monotonic() > deadline:
-                        raise ExpansionLimitError(f"expanding the calendar took longer than {timeout:g} s")
-            except SourceError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - one broken series must not sink the feed
-                # recurring-ical-events could not expand this series (mixed floating and zoned
-                # times, a broken RRULE...): it is left out and reported, the rest is synced.
-                result.skipped += 1
-                result.problems.append(f"{uid}: {_short(exc)}")
-            if deadline is not None and time.monotonic() > deadline:
-                raise ExpansionLimitError(f"expanding the calendar took longer than {timeout:g} s")
+            occurrences = series.between(query_start, query_end)
+            for occurrence in occurrences:
+                instance = _instance(occurrence, uid, recurring, floating, window)
+                if instance is None:
+                    continue
+                result.instances.append(instance)
+                count += 1
+                if count > max_instances:
+                    raise ExpansionLimitError(
+                        f"the calendar expands to more than {max_instances:,} event instances in the sync "
+                        f"window (the recurring event {uid!r} among them); nothing was synced. Shorten the "
+                        f"recurrence or raise CALMESH_SYNC_MAX_INSTANCES"
+                    )
+                if deadline is not None and count % 512 == 0 and time.monotonic() > deadline:
+                    raise ExpansionLimitError(f"expanding the calendar took longer than {timeout:g} s")
+        except SourceError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one broken series must not sink the feed
+            # recurring-ical-events could not expand this series (mixed floating and zoned
+            # times, a broken RRULE...): it is left out and reported, the rest is synced.
+            result.skipped += 1
+            result.problems.append(f"{uid}: {_short(exc)}")
+        if deadline is not None and time.monotonic() > deadline:
+            raise ExpansionLimitError(f"expanding the calendar took longer than {timeout:g} s")
     return result
 
 

@@ -7,6 +7,7 @@ the stream in ``rebuild-projection``, so a rebuild gives identical rows.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -60,9 +61,31 @@ def fingerprint(instance: Instance, provider_event_id: str | None, recurring_eve
     return hashlib.blake2b(payload, digest_size=12).hexdigest()
 
 
+#: Longest title / location / description kept in a row (the rest is cut with an ellipsis): a row
+#: travels in an event, and one event must stay well under NATS's 1 MB message limit.
+MAX_TEXT = {"title": 2_000, "location": 2_000, "description": 32_768}
+
+
+def _cut(value: str | None, limit: int) -> str | None:
+    if value is None or len(value) <= limit:
+        return value
+    return value[: limit - 1] + "…"
+
+
 def row_for(
     instance: Instance, *, connection_id: str, calendar_id: str, provider_event_id: str | None, updated_at: datetime
 ) -> InstanceRow:
+    if (
+        len(instance.title) > MAX_TEXT["title"]
+        or len(instance.location or "") > MAX_TEXT["location"]
+        or len(instance.description or "") > MAX_TEXT["description"]
+    ):
+        instance = dataclasses.replace(
+            instance,
+            title=_cut(instance.title, MAX_TEXT["title"]) or "",
+            location=_cut(instance.location, MAX_TEXT["location"]),
+            description=_cut(instance.description, MAX_TEXT["description"]),
+        )
     recurring_event_id = event_id_for(connection_id, calendar_id, instance.uid, "") if instance.recurring else None
     return InstanceRow(
         event_id=event_id_for(connection_id, calendar_id, instance.uid, instance.recurrence_id),

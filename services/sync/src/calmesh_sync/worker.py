@@ -204,8 +204,13 @@ async def _run_locked(deps: SyncDeps, job: SyncJob, delivery: int, conn: asyncpg
 
 
 async def _finish_run(conn: asyncpg.Connection, run_id: int, outcome: str, error: str | None) -> None:
+    connection_id = await conn.fetchval(
+        "UPDATE sync.sync_runs SET finished_at = now(), outcome = $2, error = $3 WHERE id = $1 RETURNING connection_id",
+        run_id, outcome, error,
+    )
+    # The record of runs is for operations and coalescing: a week of it is plenty.
     await conn.execute(
-        "UPDATE sync.sync_runs SET finished_at = now(), outcome = $2, error = $3 WHERE id = $1", run_id, outcome, error
+        "DELETE FROM sync.sync_runs WHERE connection_id = $1 AND started_at < now() - interval '7 days'", connection_id
     )
 
 
