@@ -235,6 +235,7 @@ async def test_schedule_syncs_on_its_own_with_one_leader(env: Env) -> None:
             leaders = await env.db.fetchval(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND objid = "
                 "(hashtextextended('calmesh-connections-scheduler', 0) & 4294967295)::oid"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
             )
             assert leaders == 1
         jobs = await env.db.fetch("SELECT reason FROM sync.sync_runs WHERE connection_id = $1", cid)
