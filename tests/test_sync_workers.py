@@ -27,7 +27,7 @@ from fakes.feeds import FeedServer  # noqa: E402
 from fakes.platform import private_nats, private_platform, running, wait_for  # noqa: E402
 from fakes.servers import free_port, serve  # noqa: E402
 
-CONNECTIONS = 18
+CONNECTIONS = 12
 
 
 def feed(n: int, version: int) -> str:
@@ -67,7 +67,7 @@ def assert_no_overlap(runs: list[asyncpg.Record], killed_at: float | None = None
 async def test_three_workers_share_the_work_and_survive_a_kill(database_url: str) -> None:
     feeds = FeedServer()
     for n in range(CONNECTIONS):
-        feeds.put(f"/f{n}.ics", feed(n, 1), delay=0.3)
+        feeds.put(f"/f{n}.ics", feed(n, 1), delay=0.2)
     workers: dict[str, Any] = {}
     with private_nats() as nats_url:
         async with private_platform(database_url, nats_url) as platform, serve(feeds) as base:

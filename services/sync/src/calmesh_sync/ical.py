@@ -262,8 +262,16 @@ def prepare(cal: icalendar.Calendar) -> tuple[icalendar.Calendar, int]:
     return cal, skipped
 
 
-def _check_rrule_steps(core: icalendar.cal.Component, uid: str, window_end: datetime, floating: tzinfo) -> None:
-    """Refuse an RRULE whose iteration from DTSTART to the window would not end in time."""
+_FILTERS = ("BYSECOND", "BYMINUTE", "BYHOUR", "BYDAY", "BYMONTHDAY", "BYYEARDAY", "BYWEEKNO", "BYMONTH", "BYSETPOS")
+
+
+def _check_rrule_steps(
+    core: icalendar.cal.Component, uid: str, window: Window, floating: tzinfo, max_instances: int | None = None
+) -> None:
+    """Refuse an RRULE whose iteration from DTSTART to the window would not end in time, or that
+    is sure to give more than `max_instances` occurrences inside the window (no BY* part to thin
+    it out): dateutil would list them all before the cap could stop it."""
+    window_end = window.end
     rules = core.get("RRULE")
     if rules is None:
         return
@@ -292,6 +300,16 @@ def _check_rrule_steps(core: icalendar.cal.Component, uid: str, window_end: date
                 f"the recurring event {uid!r} (FREQ={freq}, since {start_utc:%Y-%m-%d}) would take more than "
                 f"{MAX_RRULE_STEPS:,} steps to expand into the sync window; it was not synced"
             )
+        if max_instances is not None and not any(rule.get(f) for f in _FILTERS):
+            inside = max(0.0, (horizon - max(start_utc, window.start)).total_seconds()) / (seconds * interval)
+            if count is not None:
+                inside = min(inside, abs(int(count)))
+            if inside > max_instances:
+                raise ExpansionLimitError(
+                    f"the calendar expands to more than {max_instances:,} event instances in the sync window (the "
+                    f"recurring event {uid!r}, FREQ={freq}, alone gives about {int(inside):,}); nothing was synced. "
+                    f"Shorten the recurrence or raise CALMESH_SYNC_MAX_INSTANCES"
+                )
 
 
 def _series_is_recurring(series: object) -> bool:
@@ -335,7 +353,9 @@ def expand(
         result.uids.add(uid)
         recurrence = getattr(series, "recurrence", None)
         if getattr(recurrence, "has_core", False):
-            _check_rrule_steps(recurrence.core._component, uid, query_end, floating)  # noqa: SLF001
+            _check_rrule_steps(  # noqa: SLF001
+                recurrence.core._component, uid, Window(query_start, query_end), floating, max_instances - count
+            )
         recurring = _series_is_recurring(series)
         try:
             occurrences = series.between(query_start, query_end)
