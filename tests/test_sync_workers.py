@@ -7,7 +7,6 @@ rebuilds the projection with identical rows."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import sys

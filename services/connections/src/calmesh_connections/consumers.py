@@ -20,7 +20,7 @@ from calmesh_common.eventstore import EventStore
 from calmesh_common.settings import Settings
 from calmesh_common.streams import stream_name
 
-from . import push, store
+from . import store
 from .core import calendars_of, next_sync_at
 from .schemas import instant
 
@@ -99,4 +99,4 @@ def sync_status_handler(settings: Settings, events: EventStore):  # type: ignore
     return handle
 
 
-__all__ = ["SPEC", "push", "sync_status_handler"]
+__all__ = ["SPEC", "sync_status_handler"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from litestar import Controller, Response, get, post
 from litestar.params import Parameter
 
@@ -61,5 +60,4 @@ class InternalController(Controller):
         return json_response({"access_token": token, "expires_at": instant(expires)})
 
 
-_ = msgspec  # the structs above are msgspec structs
 ROUTES = [InternalController]

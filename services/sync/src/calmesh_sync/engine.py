@@ -39,7 +39,7 @@ from .projection import (
     write_changes,
 )
 from .providers import NotFoundError, SourceError, SyncTokenExpired, calendar_id_for
-from .providers.caldav import CalDAVClient, DavCalendar
+from .providers.caldav import CalDAVClient
 from .providers.feed import fetch_feed
 from .providers.google import GoogleClient, google_calendar_info, google_instance
 from .providers.graph import GraphClient, graph_instance
@@ -315,14 +315,12 @@ class CalDAVSyncer(Syncer):
         settings = self.details.settings
         url = settings.get("url") or self.deps.settings.icloud_caldav_url
         self.client = CalDAVClient(self.deps.guarded, url, settings.get("username", ""), self.details.credentials.get("password", ""))
-        self.dav: dict[str, DavCalendar] = {}
 
     async def close(self) -> None:
         await self.client.aclose()
 
     async def calendars(self) -> list[ProviderCalendar]:
         found = await self.client.discover()
-        self.dav = {c.url: c for c in found}
         return [
             ProviderCalendar(id=calendar_id_for(self.connection_id, c.url), name=c.name, color=c.color, read_only=c.read_only, ref=c.url)
             for c in found

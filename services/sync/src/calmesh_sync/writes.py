@@ -22,7 +22,6 @@ import msgspec
 from litestar import Request, delete, post
 from litestar.params import Parameter
 
-from calmesh_common.ids import event_id_for
 from calmesh_common.problems import FieldError, Problem
 from calmesh_common.service import ServiceDeps, json_response
 
