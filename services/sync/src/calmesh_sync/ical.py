@@ -348,6 +348,7 @@ def expand(
     except Exception as exc:  # noqa: BLE001 - a broken calendar is the source's problem
         raise SourceError(f"the calendar cannot be expanded: {_short(exc)}") from None
     count = 0
+    cache: dict[int, _Static] = {}
     for series in query.series:
         uid = str(getattr(series, "_uid", None) or series.components[0].uid)
         result.uids.add(uid)
@@ -360,7 +361,7 @@ def expand(
         try:
             occurrences = series.between(query_start, query_end)
             for occurrence in occurrences:
-                instance = _instance(occurrence, uid, recurring, floating, window)
+                instance = _instance(occurrence, uid, recurring, floating, window, cache)
                 if instance is None:
                     continue
                 result.instances.append(instance)
@@ -385,8 +386,36 @@ def expand(
     return result
 
 
-def _instance(occurrence: object, uid: str, recurring: bool, floating: tzinfo, window: Window) -> Instance | None:
-    component = occurrence.as_component(False)  # type: ignore[attr-defined]
+_Static = tuple[str, "str | None", "str | None", str, str]
+
+
+def _static_fields(component: icalendar.cal.Component) -> _Static:
+    """What every occurrence of one component shares: title, description, location, status,
+    transparency."""
+    description = _text(component, "DESCRIPTION")
+    if description is not None and len(description) > MAX_DESCRIPTION_CHARS:
+        description = description[: MAX_DESCRIPTION_CHARS - 1] + "…"
+    return (_text(component, "SUMMARY") or "", description, _text(component, "LOCATION"), _status(component), _transparency(component))
+
+
+def _source_component(occurrence: object) -> icalendar.cal.Component:
+    """The VEVENT an occurrence comes from (the series' master or an override). Read from
+    recurring-ical-events' adapter, which spares a copy of the component per occurrence (the copy
+    is most of the expansion's time); its public copy is the fallback."""
+    component = getattr(getattr(occurrence, "_adapter", None), "_component", None)
+    if component is None:
+        component = occurrence.as_component(False)  # type: ignore[attr-defined]
+    return component
+
+
+def _instance(
+    occurrence: object,
+    uid: str,
+    recurring: bool,
+    floating: tzinfo,
+    window: Window,
+    cache: dict[int, _Static] | None = None,
+) -> Instance | None:
     start = occurrence.start  # type: ignore[attr-defined]
     end = occurrence.end  # type: ignore[attr-defined]
     if isinstance(start, datetime):
@@ -405,39 +434,45 @@ def _instance(occurrence: object, uid: str, recurring: bool, floating: tzinfo, w
         start_at, end_at = all_day_span(start_date, end_date)
     if not (start_at < window.end and end_at > window.start) and not (start_at == end_at and window.start <= start_at < window.end):
         return None
-    recurrence_id = ""
-    if recurring:
-        recurrence_id = _recurrence_id(occurrence, component, floating)
-    description = _text(component, "DESCRIPTION")
-    if description is not None and len(description) > MAX_DESCRIPTION_CHARS:
-        description = description[: MAX_DESCRIPTION_CHARS - 1] + "…"
+    component = _source_component(occurrence)
+    key = id(component)
+    static = cache.get(key) if cache is not None else None
+    if static is None:
+        static = _static_fields(component)
+        if cache is not None:
+            cache[key] = static
+    title, description, location, status, transparency = static
+    recurrence_id = _recurrence_id(occurrence, component, floating) if recurring else ""
     return Instance(
         uid=uid,
         recurrence_id=recurrence_id,
         recurring=recurring,
-        title=_text(component, "SUMMARY") or "",
+        title=title,
         description=description,
-        location=_text(component, "LOCATION"),
+        location=location,
         start_at=start_at,
         end_at=end_at,
         all_day=all_day,
         start_date=start_date,
         end_date=end_date,
-        status=_status(component),
-        transparency=_transparency(component),
+        status=status,
+        transparency=transparency,
     )
 
 
 def _recurrence_id(occurrence: object, component: icalendar.cal.Component, floating: tzinfo) -> str:
-    """The original start of the instance. An occurrence generated from a RANGE=THISANDFUTURE
-    override carries that override's RECURRENCE-ID in recurring-ical-events' copy, so it is
-    computed back from the occurrence's start and the override's shift instead."""
+    """The original start of the instance: the override's RECURRENCE-ID, else the occurrence's
+    start. An occurrence generated from a RANGE=THISANDFUTURE override is computed back from its
+    start and the override's shift (recurring-ical-events would give it the override's own
+    RECURRENCE-ID)."""
     adapter = getattr(occurrence, "_adapter", None)
-    if adapter is not None and getattr(adapter, "this_and_future", False) and occurrence.start != adapter.start:  # type: ignore[attr-defined]
-        original = occurrence.start - adapter.move_recurrences_by  # type: ignore[attr-defined]
-        return format_recurrence_id(original, floating)
+    start = occurrence.start  # type: ignore[attr-defined]
+    if adapter is not None and getattr(adapter, "this_and_future", False) and start != adapter.start:
+        return format_recurrence_id(start - adapter.move_recurrences_by, floating)
     rid = component.get("RECURRENCE-ID")
-    value = rid.dt if rid is not None else occurrence.start  # type: ignore[attr-defined]
+    if isinstance(rid, list):
+        rid = rid[0] if rid else None
+    value = rid.dt if rid is not None else start
     return format_recurrence_id(value, floating)
 
 

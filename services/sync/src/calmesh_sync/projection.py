@@ -245,6 +245,36 @@ async def upsert_rows(
     await conn.execute(_UPSERT.format(table=table), user_id, connection_id, calendar_id, *cols)
 
 
+_COPY_COLUMNS = (
+    "event_id", "user_id", "connection_id", "calendar_id", "uid", "recurrence_id", "recurring_event_id", "provider_event_id",
+    "title", "description", "location", "start_at", "end_at", "all_day", "start_date", "end_date", "status", "transparency",
+    "updated_at", "fingerprint",
+)
+
+
+async def insert_new_rows(
+    conn: asyncpg.Connection, user_id: str, connection_id: str, calendar_id: str, rows: Sequence[InstanceRow]
+) -> None:
+    """Rows known not to exist yet (the caller loaded every row they could collide with), with COPY:
+    several times faster than an upsert for a big first sync."""
+    if not rows:
+        return
+    if len(rows) < 200:
+        await upsert_rows(conn, user_id, connection_id, calendar_id, rows)
+        return
+    await conn.copy_records_to_table(
+        "event_instances",
+        schema_name="sync",
+        columns=_COPY_COLUMNS,
+        records=[
+            (r.event_id, user_id, connection_id, calendar_id, r.uid, r.recurrence_id, r.recurring_event_id, r.provider_event_id,
+             r.title, r.description, r.location, r.start_at, r.end_at, r.all_day, r.start_date, r.end_date, r.status,
+             r.transparency, r.updated_at, r.fingerprint)
+            for r in rows
+        ],
+    )
+
+
 async def delete_keys(
     conn: asyncpg.Connection,
     connection_id: str,
@@ -358,8 +388,9 @@ async def write_changes(
     transaction (which holds lock_connection)."""
     if changes.empty:
         return
-    await upsert_rows(conn, user_id, connection_id, calendar_id, [*changes.created, *changes.updated])
     await delete_keys(conn, connection_id, calendar_id, changes.deleted)
+    await insert_new_rows(conn, user_id, connection_id, calendar_id, changes.created)
+    await upsert_rows(conn, user_id, connection_id, calendar_id, changes.updated)
     events = chunk_events(user_id, connection_id, calendar_id, sync_id, changes, reason)
     await store.append(conn, stream_id_for(connection_id, calendar_id), None, events, user_id=user_id)
 
