@@ -326,10 +326,17 @@ class CalDAVSyncer(Syncer):
             for c in found
         ]
 
-    async def _stored(self, calendar_id: str) -> dict[str, str | None]:
-        rows = await self.deps.pool.fetch(
-            "SELECT href, etag FROM sync.source_objects WHERE connection_id = $1 AND calendar_id = $2", self.connection_id, calendar_id
-        )
+    async def _stored(self, calendar_id: str, hrefs: list[str] | None = None) -> dict[str, str | None]:
+        """The ETags of the objects last seen (all of them, or those of `hrefs`)."""
+        if hrefs is None:
+            rows = await self.deps.pool.fetch(
+                "SELECT href, etag FROM sync.source_objects WHERE connection_id = $1 AND calendar_id = $2", self.connection_id, calendar_id
+            )
+        else:
+            rows = await self.deps.pool.fetch(
+                "SELECT href, etag FROM sync.source_objects WHERE connection_id = $1 AND calendar_id = $2 AND href = ANY($3::text[])",
+                self.connection_id, calendar_id, hrefs,
+            )
         return {r["href"]: r["etag"] for r in rows}
 
     async def sync_calendar(self, calendar: ProviderCalendar) -> CalendarResult:
@@ -358,7 +365,7 @@ class CalDAVSyncer(Syncer):
             ctag = (await self.client.state(url)).ctag
             if ctag and ctag == cursor.get("ctag"):
                 return CalendarResult(not_modified=True)
-        stored = await self._stored(calendar.id)
+        stored = await self._stored(calendar.id, None if full else sorted(changed))
         if not full:
             # Our own writes come back as changes with the ETag we stored: nothing to fetch.
             changed = {h: e for h, e in changed.items() if not (e and stored.get(h) == e)}
