@@ -158,3 +158,19 @@ def test_an_html_page_is_not_a_feed() -> None:
 def test_empty_feed_is_an_error() -> None:
     with pytest.raises(ical.SourceError, match="empty"):
         expand_ical_body(b"   ", WINDOW, timezone="UTC", max_instances=10, timeout=5)
+
+
+def test_instances_without_their_series_master() -> None:
+    instances, _, _ = expand("only_overrides.ics")
+    assert timed(instances) == [
+        ("invite@test", "2026-12-07T15:00:00Z", z("2026-12-07T16:00:00Z"), z("2026-12-07T17:00:00Z"), "confirmed",
+         "One instance of someone else's series (moved)"),
+        ("invite@test", "2026-12-14T15:00:00Z", z("2026-12-14T15:00:00Z"), z("2026-12-14T16:00:00Z"), "confirmed", "Another instance of it"),
+    ]
+    assert all(i.recurring for i in instances)
+
+
+def test_an_unreadable_dtstart_is_left_out_and_reported() -> None:
+    instances, expansion, _ = expand("broken_dtstart.ics")
+    assert [i.uid for i in instances] == ["readable@test"]
+    assert expansion.skipped == 1 and expansion.warning()
