@@ -114,7 +114,16 @@ async def private_platform(server_url: str, nats_url: str) -> AsyncIterator[Plat
     name = f"calmesh_priv_{uuid.uuid4().hex[:10]}"
     url = await create_database(server_url, name)
     await migrate_all(url, nats_url)
-    yield Platform(database_url=url, nats_url=nats_url)
+    try:
+        yield Platform(database_url=url, nats_url=nats_url)
+    finally:
+        # Leave the session's PostgreSQL as it was (best effort: a straggling connection may hold on).
+        with contextlib.suppress(Exception):
+            conn = await asyncpg.connect(server_url)
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            finally:
+                await conn.close()
 
 
 @contextlib.asynccontextmanager
