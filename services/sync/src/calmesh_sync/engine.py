@@ -82,7 +82,7 @@ class SyncResult:
     deleted: int = 0
     not_modified: bool = True
     warning: str | None = None
-    calendars: list[CalendarInfo] = field(default_factory=list)
+    calendars: list[CalendarInfo] | None = field(default_factory=list)
 
     def add(self, result: CalendarResult) -> None:
         self.created += result.created
@@ -173,8 +173,17 @@ def expand_ical_body(
 class Syncer:
     """Syncs the calendars of one connection of one provider."""
 
-    def __init__(self, deps: SyncDeps, details: ConnectionDetails, sync_id: str, heartbeat: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        deps: SyncDeps,
+        details: ConnectionDetails,
+        sync_id: str,
+        heartbeat: Callable[[], Awaitable[None]],
+        rediscover: bool = True,
+    ) -> None:
         self.deps = deps
+        #: Ask the provider for its list of calendars (else the list the connection knows is used).
+        self.rediscover = rediscover or not details.calendars
         self.settings = deps.settings
         self.details = details
         self.sync_id = sync_id
@@ -320,6 +329,8 @@ class CalDAVSyncer(Syncer):
         await self.client.aclose()
 
     async def calendars(self) -> list[ProviderCalendar]:
+        if not self.rediscover:
+            return list(self.details.calendars)
         found = await self.client.discover()
         return [
             ProviderCalendar(id=calendar_id_for(self.connection_id, c.url), name=c.name, color=c.color, read_only=c.read_only, ref=c.url)
@@ -474,6 +485,8 @@ class GoogleSyncer(Syncer):
         return await self.deps.connections.access_token(self.connection_id, force_refresh=force)
 
     async def calendars(self) -> list[ProviderCalendar]:
+        if not self.rediscover:
+            return list(self.details.calendars)
         found = []
         for item in await self.client.calendars():
             if item.get("accessRole") == "freeBusyReader" or item.get("deleted"):
@@ -548,6 +561,8 @@ class GraphSyncer(Syncer):
         return await self.deps.connections.access_token(self.connection_id, force_refresh=force)
 
     async def calendars(self) -> list[ProviderCalendar]:
+        if not self.rediscover:
+            return list(self.details.calendars)
         found = []
         for item in await self.client.calendars():
             ref = item["id"]
@@ -657,13 +672,16 @@ async def sync_connection(
     heartbeat: Callable[[], Awaitable[None]] | None = None,
     progress: ProgressHook | None = None,
     only_ref: str | None = None,
+    rediscover: bool = True,
 ) -> SyncResult:
-    """Sync every calendar of `details` (or only `only_ref`); raises provider errors."""
+    """Sync every calendar of `details` (or only `only_ref`); raises provider errors. Without
+    `rediscover`, the calendars the connection knows are synced (the scheduled syncs refresh the
+    list; manual and push syncs go straight to the events)."""
 
     async def noop() -> None:
         return None
 
-    syncer = SYNCERS[details.provider](deps, details, sync_id, heartbeat or noop)
+    syncer = SYNCERS[details.provider](deps, details, sync_id, heartbeat or noop, rediscover)
     try:
         calendars = await syncer.calendars()
         result = SyncResult()
@@ -678,9 +696,12 @@ async def sync_connection(
                 calendars = [calendar if c.id == calendar.id else c for c in calendars]
             if progress is not None:
                 await progress(index, len(todo), changed)
-        if only_ref is None:
+        if only_ref is None and syncer.rediscover:
             await purge_vanished_calendars(deps, details, calendars)
-        result.calendars = [CalendarInfo(id=c.id, name=c.name, color=c.color, read_only=c.read_only, ref=c.ref) for c in calendars]
+        if syncer.rediscover or details.provider == "ical":
+            result.calendars = [CalendarInfo(id=c.id, name=c.name, color=c.color, read_only=c.read_only, ref=c.ref) for c in calendars]
+        else:
+            result.calendars = None  # type: ignore[assignment]
         return result
     finally:
         await syncer.close()
