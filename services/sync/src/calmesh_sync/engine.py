@@ -675,8 +675,8 @@ async def sync_connection(
     rediscover: bool = True,
 ) -> SyncResult:
     """Sync every calendar of `details` (or only `only_ref`); raises provider errors. Without
-    `rediscover`, the calendars the connection knows are synced (the scheduled syncs refresh the
-    list; manual and push syncs go straight to the events)."""
+    `rediscover`, the calendars the connection knows are synced (the other syncs refresh the
+    list; push syncs go straight to the events)."""
 
     async def noop() -> None:
         return None

@@ -167,7 +167,7 @@ async def _run_locked(deps: SyncDeps, job: SyncJob, delivery: int, conn: asyncpg
         result = await sync_connection(
             deps, details, job.sync_id, heartbeat=beat, progress=progress,
             only_ref=None if job.reason != "push" else job.calendar_ref,
-            rediscover=job.reason in ("created", "schedule"),
+            rediscover=job.reason != "push",
         )
     except ConnectionGone:
         await _finish_run(conn, run_id, "removed", None)
