@@ -266,6 +266,26 @@ async def test_secrets_are_encrypted_and_keys_rotate(env: Env, database_url: str
         env.platform.encryption_keys = old_key
 
 
+async def test_idempotency_key_on_creating_posts(env: Env) -> None:
+    async with env.user() as api:
+        key = {"Idempotency-Key": "create-feed-1"}
+        first = await api.post("/api/v1/connections/ical", json={"url": env.feed_url}, headers=key)
+        again = await api.post("/api/v1/connections/ical", json={"url": env.feed_url}, headers=key)
+        assert first.status_code == again.status_code == 201
+        assert again.json() == first.json() and again.headers.get("idempotent-replayed") == "true"
+        assert len((await api.get("/api/v1/connections")).json()["data"]) == 1
+        other = await api.post("/api/v1/connections/ical", json={"url": env.feed_url + "?v=2"}, headers=key)
+        problem(other, 422, "idempotency_key_reused")
+        # A refusal about the body is the key's answer too; the same key on a calendar works apart.
+        bad = {"Idempotency-Key": "calendar-1"}
+        problem(await api.post("/api/v1/calendars", json={"slug": "Bad Slug", "name": "x"}, headers=bad), 422, "invalid_slug")
+        problem(await api.post("/api/v1/calendars", json={"slug": "Bad Slug", "name": "x"}, headers=bad), 422, "invalid_slug")
+        made = await api.post("/api/v1/calendars", json={"slug": "idem", "name": "x"}, headers={"Idempotency-Key": "calendar-2"})
+        assert made.status_code == 201
+        assert (await api.post("/api/v1/calendars", json={"slug": "idem", "name": "x"},
+                               headers={"Idempotency-Key": "calendar-2"})).json() == made.json()
+
+
 async def test_plan_limit_on_connections(env: Env) -> None:
     async with env.user() as api:
         for _ in range(3):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-from litestar import Litestar
-
 from calmesh_common.eventstore import EventStore
 from calmesh_common.service import ServiceDeps, create_service_app, run_service
 from calmesh_common.settings import Settings
@@ -17,6 +15,7 @@ from .consumers import SPEC as SYNC_STATUS_SPEC
 from .consumers import sync_status_handler
 from .core import Context
 from .crypto import Vault
+from .idempotency import IdempotentApp
 from .internal import ROUTES as INTERNAL_ROUTES
 
 NAME = "connections"
@@ -33,7 +32,7 @@ def _consumers(settings: Settings) -> list:  # type: ignore[type-arg]
     return consumers
 
 
-def create_app(settings: Settings, *, run_scheduler: bool = True) -> Litestar:
+def create_app(settings: Settings, *, run_scheduler: bool = True) -> IdempotentApp:
     vault = Vault.from_settings(settings)
 
     async def start(deps: ServiceDeps) -> None:
@@ -51,7 +50,7 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> Litestar:
         if guarded is not None:
             await guarded.aclose()
 
-    return create_service_app(
+    app = create_service_app(
         settings,
         name=NAME,
         schema=SCHEMA,
@@ -62,6 +61,7 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> Litestar:
         title="CalMesh connections",
         description="Calendar connections (Google, Microsoft, iCloud, CalDAV, iCal) and unified calendars.",
     )
+    return IdempotentApp(app, settings.internal_secret)
 
 
 def main() -> None:

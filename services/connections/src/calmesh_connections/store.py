@@ -269,3 +269,52 @@ async def delete_channel(conn: asyncpg.Connection | asyncpg.Pool, row_id: str) -
 
 async def set_channel_expiry(conn: asyncpg.Connection | asyncpg.Pool, row_id: str, expires_at: datetime) -> None:
     await conn.execute("UPDATE connections.push_channels SET expires_at = $2 WHERE id = $1", row_id, expires_at)
+
+
+# --- Idempotency-Key -------------------------------------------------------------------------
+
+
+async def claim_idempotency_key(pool: asyncpg.Pool, user_id: str, key: str, request_hash: str) -> Record | None:
+    """Claim `key` for a new request (None), or return the row that holds it (finished, or in flight
+    with status_code NULL). Keys older than a day are forgotten; a claim in flight for more than two
+    minutes (its request died) is taken over by the same request."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "DELETE FROM connections.idempotency_keys WHERE user_id = $1 AND created_at < now() - interval '1 day'", user_id
+        )
+        inserted = await conn.fetchval(
+            "INSERT INTO connections.idempotency_keys (user_id, key, request_hash) VALUES ($1, $2, $3)"
+            " ON CONFLICT (user_id, key) DO NOTHING RETURNING 1",
+            user_id, key, request_hash,
+        )
+        if inserted:
+            return None
+        row = await conn.fetchrow(
+            "SELECT request_hash, status_code, content_type, response, created_at < now() - interval '2 minutes' AS stale"
+            " FROM connections.idempotency_keys WHERE user_id = $1 AND key = $2 FOR UPDATE",
+            user_id, key,
+        )
+        if row is None or (row["status_code"] is None and row["stale"] and row["request_hash"] == request_hash):
+            await conn.execute(
+                "INSERT INTO connections.idempotency_keys (user_id, key, request_hash) VALUES ($1, $2, $3)"
+                " ON CONFLICT (user_id, key) DO UPDATE SET created_at = now()",
+                user_id, key, request_hash,
+            )
+            return None
+        return row
+
+
+async def complete_idempotency_key(
+    pool: asyncpg.Pool, user_id: str, key: str, status_code: int, content_type: str, response: bytes
+) -> None:
+    await pool.execute(
+        "UPDATE connections.idempotency_keys SET status_code = $3, content_type = $4, response = $5"
+        " WHERE user_id = $1 AND key = $2",
+        user_id, key, status_code, content_type, response,
+    )
+
+
+async def release_idempotency_key(pool: asyncpg.Pool, user_id: str, key: str) -> None:
+    await pool.execute(
+        "DELETE FROM connections.idempotency_keys WHERE user_id = $1 AND key = $2 AND status_code IS NULL", user_id, key
+    )

@@ -1,0 +1,14 @@
+-- Idempotency-Key of creating POSTs (api.md conventions): the first response is kept and a repeat
+-- with the same key and body gets it again; with another body, 422. A row with status_code NULL is
+-- a request still in flight. Keys are forgotten after a day.
+CREATE TABLE {schema}.idempotency_keys (
+    user_id       text        NOT NULL,
+    key           text        NOT NULL,
+    request_hash  text        NOT NULL,
+    status_code   integer,
+    content_type  text,
+    response      bytea,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (user_id, key)
+);
+CREATE INDEX idempotency_keys_created_idx ON {schema}.idempotency_keys (created_at);
