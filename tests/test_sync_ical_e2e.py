@@ -247,7 +247,7 @@ async def test_rebuild_from_the_stream_gives_identical_rows(env: Env) -> None:
     await asyncio.sleep(0.5)
     settings = env.platform.settings("sync")
     report = await rebuild_projection(settings, check=True)
-    assert report.live_rows > 5000
+    assert report.live_rows > 0 and report.events > 0
     assert report.identical, report
     replaced = await rebuild_projection(settings, check=False)
     assert replaced.identical and replaced.replaced
