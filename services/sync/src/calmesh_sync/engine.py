@@ -7,6 +7,8 @@ call them directly.
 
 from __future__ import annotations
 
+import abc
+
 import asyncio
 import hashlib
 import time
@@ -170,7 +172,7 @@ def expand_ical_body(
     return expansion.instances, expansion, name
 
 
-class Syncer:
+class Syncer(abc.ABC):
     """Syncs the calendars of one connection of one provider."""
 
     def __init__(
@@ -194,11 +196,13 @@ class Syncer:
         self.started = deps.now()
         self.instances_budget = deps.settings.sync_max_instances
 
+    @abc.abstractmethod
     async def calendars(self) -> list[ProviderCalendar]:
-        raise NotImplementedError
+        """The provider calendars of the connection."""
 
+    @abc.abstractmethod
     async def sync_calendar(self, calendar: ProviderCalendar) -> CalendarResult:
-        raise NotImplementedError
+        """Sync one calendar incrementally and write what changed."""
 
     async def close(self) -> None:
         return None
