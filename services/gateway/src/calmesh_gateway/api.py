@@ -19,6 +19,7 @@ from litestar import Request, Response, delete, get, post
 from litestar.datastructures import Cookie
 
 from calmesh_common.problems import PROBLEM_JSON, FieldError, Problem, problem_bytes
+from calmesh_common.requestguard import check_body
 
 from . import schemas
 from .authcache import Identity
@@ -70,6 +71,7 @@ def decode_json(body: bytes, content_type: str | None, kind: type[T]) -> T:
         raise Problem(415, "unsupported_media_type", "Send the body as application/json.")
     if not body.strip():
         raise Problem(400, "malformed_json", "The request body must be a JSON object.")
+    check_body(body, "application/json")  # NUL characters, nesting too deep: 400, not a 500
     try:
         return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:

@@ -23,6 +23,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status,
 from calmesh_common.logging import get_logger
 from calmesh_common.plans import daily_quota_exceeded
 from calmesh_common.problems import PROBLEM_JSON, Problem, problem_bytes
+from calmesh_common.requestguard import check_body, check_target
 from calmesh_common.settings import Settings
 from calmesh_common.tracing import extract_context, tracer
 
@@ -149,6 +150,8 @@ class GatewayFront:
                     raise Problem(400, "bad_request", "Content-Length is not a number.") from None
                 if length > self.max_body:
                     raise _too_large(self.max_body)
+            # NUL characters in the path or the query: a 400 here, never a database error behind.
+            check_target(path, scope.get("query_string", b""))
 
             identity: Identity | None = None
             session_token: str | None = None
@@ -290,6 +293,8 @@ class GatewayFront:
         body = b""
         if clen != b"0" and scope["method"] not in ("GET", "HEAD"):
             body = await _read_body(receive, self.max_body)
+            if body:
+                check_body(body, next((v for k, v in passthrough if k == b"content-type"), None))
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in passthrough]
         if identity is not None:
             headers += identity.headers
