@@ -25,6 +25,8 @@ from . import schemas
 from .authcache import Identity
 from .front import RequestContext
 from .keys import generate_key, random_id
+from .limits import client_address
+from .ratelimit import TokenBucketLimiter
 from .routes import RESERVED_HANDLES
 from .security import CSRF_COOKIE, SESSION_COOKIE, csrf_token, new_session_token, session_hash
 from .store import EmailTaken, HandleTaken, KeyRow, UserRow
@@ -164,10 +166,27 @@ async def signup(request: Request[Any, Any, Any]) -> Response[bytes]:
 async def login(request: Request[Any, Any, Any]) -> Response[bytes]:
     state = _state(request)
     data = decode_json(await request.body(), request.headers.get("content-type"), schemas.LoginRequest)
-    user = await state.store.user_by_email(data.email.strip())
+    email = data.email.strip()
+    # Every attempt spends a token of the account's and of the address's bucket before the
+    # password is checked (parallel guesses cannot slip past); a sign-in that succeeds gives them
+    # back, so only failures count. With a bucket empty: 429 whatever the password.
+    buckets = [(state.login_by_address, client_address(request.scope)), (state.login_by_account, email.lower())]
+    spent = []
+    for limiter, name in buckets:
+        wait = await limiter.take(name)
+        if wait:
+            for earlier, earlier_name in spent:
+                await earlier.refund(earlier_name)
+            raise Problem(429, "too_many_failed_attempts",
+                          "Too many failed sign-ins for this account or from this address; retry later.",
+                          headers={"Retry-After": TokenBucketLimiter.retry_after_header(wait)})
+        spent.append((limiter, name))
+    user = await state.store.user_by_email(email)
     ok = await state.passwords.verify(user.password_hash if user else None, data.password)
     if user is None or not ok:
         raise Problem(401, "invalid_credentials", "The email or the password is not right.")
+    for limiter, name in spent:
+        await limiter.refund(name)
     session_id, token, token_hash, expires = await _new_session(state, user.id)
     await state.store.create_session(session_id, user.id, token_hash, expires)
     return _json(_user_body(user), 200, _session_cookies(state.settings, token))
