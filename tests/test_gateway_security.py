@@ -348,3 +348,48 @@ def test_json_nested_too_deep_is_a_400_on_every_operation_with_a_body(stack: Sta
     owners = {route.service for route in ROUTES if (route.method, route.path) in answered}
     assert owners >= {"gateway", "connections", "availability", "booking", "billing", "webhooks"}, owners
     assert MAX_JSON_DEPTH < 5_000
+
+
+# 10.8: the documentation page -------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def test_schema_references_no_foreign_origin_and_sends_a_csp(stack: Stack) -> None:
+    r = httpx.get(f"{stack.gateway_url}/schema")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp and "http" not in csp
+    references = re.findall(r'(?:src|href)="([^"]+)"', r.text)
+    assert references and all(ref.startswith("/") and not ref.startswith("//") for ref in references), references
+    for ref in references:
+        asset = httpx.get(f"{stack.gateway_url}{ref}")
+        assert asset.status_code == 200, ref
+        assert asset.headers["content-type"].split(";")[0] in ("text/css", "text/javascript", "application/json"), ref
+    assert httpx.get(f"{stack.gateway_url}/schema/assets/nothing.js").status_code == 404
+
+
+async def test_schema_renders_in_a_browser_from_calmesh_alone(stack: Stack) -> None:
+    from playwright.async_api import async_playwright
+
+    origin = stack.gateway_url
+    requested: list[str] = []
+    problems: list[str] = []
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            page.on("request", lambda req: requested.append(req.url))
+            page.on("console", lambda msg: problems.append(msg.text) if msg.type == "error" else None)
+            page.on("pageerror", lambda exc: problems.append(str(exc)))
+            await page.goto(f"{origin}/schema")
+            # Swagger UI has read the merged document: the title and an operation of it are shown.
+            await page.get_by_text("CalMesh", exact=False).first.wait_for(timeout=30_000)
+            await page.get_by_text("/api/v1/auth/signup").first.wait_for(timeout=30_000)
+        finally:
+            await browser.close()
+    foreign = [url for url in requested if not url.startswith(origin) and not url.startswith("data:")]
+    assert not foreign, foreign
+    assert not [p for p in problems if "Content Security Policy" in p or "Refused" in p], problems

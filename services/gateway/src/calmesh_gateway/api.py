@@ -26,6 +26,7 @@ from .authcache import Identity
 from .front import RequestContext
 from .keys import generate_key, random_id
 from .limits import client_address
+from .openapi import DOCS_CSP, docs_asset, docs_page
 from .ratelimit import TokenBucketLimiter
 from .routes import RESERVED_HANDLES
 from .security import CSRF_COOKIE, SESSION_COOKIE, csrf_token, new_session_token, session_hash
@@ -350,10 +351,20 @@ async def openapi_document(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 @get("/schema")
 async def openapi_page(request: Request[Any, Any, Any]) -> Response[str]:
-    from .openapi import docs_page
+    return Response(docs_page(), media_type="text/html",
+                    headers={"Content-Security-Policy": DOCS_CSP, "X-Content-Type-Options": "nosniff"})
 
-    return Response(docs_page(), media_type="text/html")
+
+@get("/schema/assets/{name:str}")
+async def openapi_asset(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
+    asset = docs_asset(name)
+    if asset is None:
+        raise Problem(404, "not_found", "No such documentation asset.")
+    body, content_type = asset
+    return Response(body, media_type=content_type,
+                    headers={"Content-Security-Policy": DOCS_CSP, "X-Content-Type-Options": "nosniff",
+                             "Cache-Control": "public, max-age=3600"})
 
 
 ROUTE_HANDLERS = [signup, login, logout, me, create_api_key, list_api_keys, revoke_api_key, health,
-                  openapi_document, openapi_page]
+                  openapi_document, openapi_page, openapi_asset]
