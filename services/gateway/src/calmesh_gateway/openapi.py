@@ -67,7 +67,21 @@ Each operation lists the key scopes that may call it in `x-calmesh-scopes`; a ke
 them gets 403 `insufficient_scope` with `required_scope`. Public endpoints need no credentials, but
 a request that sends a key is held to that key's scope. Errors are `application/problem+json`.
 Every response carries `X-Request-Id` and `traceparent`.
+
+Rate limits (per key, per signed-in user, or per client address on public endpoints) hold across
+every gateway replica. Each rate-limited answer carries the IETF RateLimit fields
+`RateLimit-Limit` (the burst), `RateLimit-Remaining` and `RateLimit-Reset` (seconds until the
+bucket is full again); a 429 `rate_limited` adds `Retry-After`. Failed sign-ins (per account and
+per address) and unknown API keys (per address) back off with 429 `too_many_failed_attempts`.
+A NUL character in any field, path or query parameter is a 400 `invalid_character`; a JSON body
+nested deeper than 32 levels a 400 `json_too_deep`.
 """
+
+_RATE_LIMIT_HEADERS = {
+    "RateLimit-Limit": {"description": "The bucket's size (burst)", "schema": {"type": "integer"}},
+    "RateLimit-Remaining": {"description": "Requests left now", "schema": {"type": "integer"}},
+    "RateLimit-Reset": {"description": "Seconds until the bucket is full again", "schema": {"type": "integer"}},
+}
 
 
 def _problem_response(description: str) -> dict[str, Any]:
@@ -140,13 +154,19 @@ def base_operation(route: Route) -> dict[str, Any]:
             {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
         ]
     if route.method in ("POST", "PUT", "PATCH") or doc.get("request"):
-        responses["400"] = _problem_response("Malformed JSON, wrong types, missing or unknown fields")
+        responses["400"] = _problem_response("Malformed JSON, wrong types, missing or unknown fields, a NUL "
+                                             "character (invalid_character), JSON nested too deep (json_too_deep)")
     if KEY in route.auth or SESSION in route.auth:
         if not route.public:
             responses["401"] = _problem_response("No, invalid, expired or revoked credentials")
         responses["403"] = _problem_response("insufficient_scope (with required_scope), or csrf_failed")
     if route.rate_limited:
         responses["429"] = _problem_response("rate_limited, with Retry-After")
+        responses["429"]["headers"] = {**_RATE_LIMIT_HEADERS, "Retry-After": {
+            "description": "Seconds until a request may go again", "schema": {"type": "integer"}}}
+        for status, response in responses.items():
+            if status.startswith("2"):
+                response["headers"] = dict(_RATE_LIMIT_HEADERS)
     if route.service != GATEWAY:
         responses["503"] = _problem_response("The owning service is unavailable")
         responses["504"] = _problem_response("The owning service did not answer in time")
