@@ -107,3 +107,25 @@ def test_settings_are_frozen() -> None:
     s = Settings.from_env({})
     with pytest.raises(AttributeError):
         s.port = 1  # type: ignore[misc]
+
+
+def test_the_session_cookie_is_secure_by_default_exactly_when_the_public_url_is_https() -> None:
+    assert Settings.from_env({"CALMESH_PUBLIC_BASE_URL": "https://cal.example.com"}).cookie_secure is True
+    assert Settings.from_env({"CALMESH_PUBLIC_BASE_URL": "http://127.0.0.1:8080"}).cookie_secure is False
+    assert Settings.from_env({}).cookie_secure is False
+    # An explicit setting wins either way.
+    assert Settings.from_env({"CALMESH_PUBLIC_BASE_URL": "https://cal.example.com",
+                              "CALMESH_COOKIE_SECURE": "0"}).cookie_secure is False
+    assert Settings.from_env({"CALMESH_COOKIE_SECURE": "1"}).cookie_secure is True
+
+
+def test_proxy_headers_are_read_only_from_the_trusted_proxies() -> None:
+    from calmesh_common.service import proxy_options
+
+    # By default no proxy is trusted, not even one on loopback (uvicorn's own default).
+    assert proxy_options(Settings.from_env({})) == {"proxy_headers": False, "forwarded_allow_ips": ""}
+    s = Settings.from_env({"CALMESH_TRUSTED_PROXIES": "10.0.0.0/8, fd00::/8,192.168.1.7"})
+    assert s.trusted_proxies == ("10.0.0.0/8", "fd00::/8", "192.168.1.7")
+    assert proxy_options(s) == {"proxy_headers": True, "forwarded_allow_ips": "10.0.0.0/8,fd00::/8,192.168.1.7"}
+    with pytest.raises(SettingsError, match="CALMESH_TRUSTED_PROXIES"):
+        Settings.from_env({"CALMESH_TRUSTED_PROXIES": "ingress.local"})

@@ -62,3 +62,21 @@ async def test_every_row_is_documented_and_service_details_are_merged() -> None:
     builder._last_try -= 10
     await builder.document()
     assert len(calls) == n + 1  # only booking is asked again
+
+
+def test_the_documentation_page_loads_only_calmesh_assets_and_they_are_served() -> None:
+    import re
+
+    from calmesh_gateway.openapi import DOCS_CSP, docs_asset, docs_page
+
+    page = docs_page()
+    references = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert references and all(ref.startswith("/") and not ref.startswith("//") for ref in references), references
+    assert "<script>" not in page  # no inline script: the CSP forbids it
+    assert "script-src 'self'" in DOCS_CSP and "frame-ancestors 'none'" in DOCS_CSP
+    assert "http" not in DOCS_CSP
+    for ref in references:
+        if ref.startswith("/schema/assets/"):
+            asset = docs_asset(ref.rsplit("/", 1)[1])
+            assert asset is not None and len(asset[0]) > 100
+    assert docs_asset("../../etc/passwd") is None and docs_asset("index.html") is None

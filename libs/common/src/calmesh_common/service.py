@@ -5,7 +5,8 @@
   only the gateway knows; the caller's identity arrives in ``X-Calmesh-*`` headers and is read by
   the `caller` dependency;
 - request ids and OpenTelemetry spans continued from the gateway's ``traceparent``;
-- problem+json for every error;
+- problem+json for every error, and a 400 for NUL characters and JSON nested too deep
+  (calmesh_common.requestguard) before anything is decoded;
 - one lifespan that owns the asyncpg pool, the NATS connection, the outbox relay, the consumers and
   an httpx client, and drains NATS on shutdown;
 - ``/health`` checking the database and NATS.
@@ -43,6 +44,7 @@ from .eventstore import EventStore
 from .logging import get_logger, setup_logging
 from .problems import PROBLEM_JSON, Problem, problem_bytes, problem_handler
 from .relay import OutboxRelay
+from .requestguard import RequestGuardMiddleware
 from .settings import Settings
 from .tracing import extract_context, setup_tracing, traceparent_of, tracer
 
@@ -274,11 +276,15 @@ def create_service_app(
     def trust(app: ASGIApp) -> ASGIApp:
         return InternalTrustMiddleware(app, settings.internal_secret, name, open_paths)
 
+    def guard(app: ASGIApp) -> ASGIApp:
+        # NUL characters and JSON nested too deep: a 400 before litestar decodes the request.
+        return RequestGuardMiddleware(app, settings.max_body_bytes)
+
     return Litestar(
         route_handlers=[health, *route_handlers],
         lifespan=[lifespan],
         dependencies=provided,
-        middleware=[trust],
+        middleware=[trust, guard],
         exception_handlers={Exception: problem_handler},
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(
@@ -290,6 +296,18 @@ def create_service_app(
         ),
         debug=False,
     )
+
+
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn's proxy-header options for every CalMesh process.
+
+    uvicorn believes ``X-Forwarded-For`` from 127.0.0.1 by default, so anyone on the host (or any
+    client, when a local proxy passes the header on) could pick the address the per-address limits
+    count. CalMesh reads proxy headers only from the proxies named in ``CALMESH_TRUSTED_PROXIES``.
+    """
+    if not settings.trusted_proxies:
+        return {"proxy_headers": False, "forwarded_allow_ips": ""}
+    return {"proxy_headers": True, "forwarded_allow_ips": ",".join(settings.trusted_proxies)}
 
 
 def run_service(name: str, factory: Callable[[Settings], Litestar], argv: Sequence[str] | None = None) -> None:
@@ -309,6 +327,7 @@ def run_service(name: str, factory: Callable[[Settings], Litestar], argv: Sequen
         log_level="warning",
         lifespan="on",
         timeout_graceful_shutdown=5,
+        **proxy_options(settings),
     )
 
 

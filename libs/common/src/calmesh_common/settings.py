@@ -6,6 +6,7 @@ anything; `Settings.from_env()` only reads and validates.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 
@@ -67,6 +68,21 @@ def _floats(env: Mapping[str, str], name: str, default: tuple[float, ...]) -> tu
         raise SettingsError(f"{name} must be comma-separated numbers, got {raw!r}") from exc
 
 
+def _public_is_https(env: Mapping[str, str], http_port: int) -> bool:
+    return env.get("CALMESH_PUBLIC_BASE_URL", f"http://127.0.0.1:{http_port}").strip().lower().startswith("https://")
+
+
+def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Comma-separated addresses or CIDR networks, each checked (a typo must not trust nobody silently)."""
+    parts = _list(env, name)
+    for part in parts:
+        try:
+            ipaddress.ip_network(part, strict=False)
+        except ValueError:
+            raise SettingsError(f"{name} must list IP addresses or CIDR networks (10.0.0.0/8, ::1), got {part!r}") from None
+    return parts
+
+
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     raw = env.get(name, "")
     return tuple(part.strip() for part in raw.split(",") if part.strip())
@@ -98,11 +114,26 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Gateway: accounts, sessions, keys, limits.
     session_secret: str = ""
     session_ttl_seconds: int = 14 * 24 * 3600
+    #: The session and CSRF cookies carry `Secure`; default: whether the public base URL is https.
     cookie_secure: bool = False
+    #: Addresses or CIDR networks of the reverse proxies (ingress, load balancer) whose
+    #: X-Forwarded-For / X-Forwarded-Proto are believed. Empty: no proxy headers are read at all,
+    #: the client address is the TCP peer's.
+    trusted_proxies: tuple[str, ...] = ()
     max_body_bytes: int = 1_048_576
     rate_limit_per_minute: int = 600
     rate_limit_burst: int = 120
     public_rate_limit_per_minute: int = 300
+    #: Failed sign-ins: per account and per client address, `login_failures_burst` failures are
+    #: allowed at once, then one per `60 / login_failures_per_minute` seconds (429 + Retry-After).
+    login_failures_per_minute: int = 5
+    login_failures_burst: int = 10
+    login_address_failures_per_minute: int = 30
+    login_address_failures_burst: int = 60
+    #: Unknown or malformed API keys from one client address: a burst, then this many a minute;
+    #: past it a 429 before the key is even looked at.
+    bad_key_failures_per_minute: int = 30
+    bad_key_failures_burst: int = 30
     health_timeout_seconds: float = 2.0
     forward_timeout_seconds: float = 30.0
 
@@ -259,11 +290,18 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             service_urls=service_urls,
             session_secret=env.get("CALMESH_SESSION_SECRET", ""),
             session_ttl_seconds=_int(env, "CALMESH_SESSION_TTL_SECONDS", 14 * 24 * 3600),
-            cookie_secure=_bool(env, "CALMESH_COOKIE_SECURE", False),
+            cookie_secure=_bool(env, "CALMESH_COOKIE_SECURE", _public_is_https(env, http_port)),
+            trusted_proxies=_networks(env, "CALMESH_TRUSTED_PROXIES"),
             max_body_bytes=_int(env, "CALMESH_MAX_BODY_BYTES", 1_048_576),
             rate_limit_per_minute=_int(env, "CALMESH_RATE_LIMIT_PER_MINUTE", 600),
             rate_limit_burst=_int(env, "CALMESH_RATE_LIMIT_BURST", 120),
             public_rate_limit_per_minute=_int(env, "CALMESH_PUBLIC_RATE_LIMIT_PER_MINUTE", 300),
+            login_failures_per_minute=_int(env, "CALMESH_LOGIN_FAILURES_PER_MINUTE", 5),
+            login_failures_burst=_int(env, "CALMESH_LOGIN_FAILURES_BURST", 10),
+            login_address_failures_per_minute=_int(env, "CALMESH_LOGIN_ADDRESS_FAILURES_PER_MINUTE", 30),
+            login_address_failures_burst=_int(env, "CALMESH_LOGIN_ADDRESS_FAILURES_BURST", 60),
+            bad_key_failures_per_minute=_int(env, "CALMESH_BAD_KEY_FAILURES_PER_MINUTE", 30),
+            bad_key_failures_burst=_int(env, "CALMESH_BAD_KEY_FAILURES_BURST", 30),
             health_timeout_seconds=_float(env, "CALMESH_HEALTH_TIMEOUT_SECONDS", 2.0),
             forward_timeout_seconds=_float(env, "CALMESH_FORWARD_TIMEOUT_SECONDS", 30.0),
             encryption_keys=_list(env, "CALMESH_ENCRYPTION_KEYS"),
@@ -363,6 +401,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("CALMESH_RATE_LIMIT_PER_MINUTE must be at least 1 request a minute")
         if self.public_rate_limit_per_minute < 1:
             raise SettingsError("CALMESH_PUBLIC_RATE_LIMIT_PER_MINUTE must be at least 1 request a minute")
+        for name, value in (("CALMESH_LOGIN_FAILURES_PER_MINUTE", self.login_failures_per_minute),
+                            ("CALMESH_LOGIN_FAILURES_BURST", self.login_failures_burst),
+                            ("CALMESH_LOGIN_ADDRESS_FAILURES_PER_MINUTE", self.login_address_failures_per_minute),
+                            ("CALMESH_LOGIN_ADDRESS_FAILURES_BURST", self.login_address_failures_burst),
+                            ("CALMESH_BAD_KEY_FAILURES_PER_MINUTE", self.bad_key_failures_per_minute),
+                            ("CALMESH_BAD_KEY_FAILURES_BURST", self.bad_key_failures_burst)):
+            if value < 1:
+                raise SettingsError(f"{name} must be at least 1")
         for name, port in (("CALMESH_HTTP_PORT", self.http_port), ("CALMESH_PORT", self.port)):
             if not 0 <= port <= 65535:
                 raise SettingsError(f"{name} must be a TCP port (0 to 65535), got {port}")

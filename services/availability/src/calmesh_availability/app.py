@@ -14,7 +14,7 @@ import uvicorn
 from litestar import Litestar
 
 from calmesh_common.logging import setup_logging
-from calmesh_common.service import SECRET_HEADER, ServiceDeps, create_service_app
+from calmesh_common.service import SECRET_HEADER, ServiceDeps, create_service_app, proxy_options
 from calmesh_common.settings import Settings
 from calmesh_common.tracing import setup_tracing
 
@@ -109,6 +109,7 @@ def main() -> None:
         log_level="warning",
         lifespan="on",
         timeout_graceful_shutdown=5,
+        **proxy_options(settings),
     )
     uvicorn.Server(config).run(sockets=[sock])
 

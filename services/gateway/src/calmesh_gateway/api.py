@@ -19,11 +19,15 @@ from litestar import Request, Response, delete, get, post
 from litestar.datastructures import Cookie
 
 from calmesh_common.problems import PROBLEM_JSON, FieldError, Problem, problem_bytes
+from calmesh_common.requestguard import check_body
 
 from . import schemas
 from .authcache import Identity
 from .front import RequestContext
 from .keys import generate_key, random_id
+from .limits import client_address
+from .openapi import DOCS_CSP, docs_asset, docs_page
+from .ratelimit import TokenBucketLimiter
 from .routes import RESERVED_HANDLES
 from .security import CSRF_COOKIE, SESSION_COOKIE, csrf_token, new_session_token, session_hash
 from .store import EmailTaken, HandleTaken, KeyRow, UserRow
@@ -70,6 +74,7 @@ def decode_json(body: bytes, content_type: str | None, kind: type[T]) -> T:
         raise Problem(415, "unsupported_media_type", "Send the body as application/json.")
     if not body.strip():
         raise Problem(400, "malformed_json", "The request body must be a JSON object.")
+    check_body(body, "application/json")  # NUL characters, nesting too deep: 400, not a 500
     try:
         return msgspec.json.decode(body, type=kind)
     except msgspec.ValidationError as exc:
@@ -162,10 +167,27 @@ async def signup(request: Request[Any, Any, Any]) -> Response[bytes]:
 async def login(request: Request[Any, Any, Any]) -> Response[bytes]:
     state = _state(request)
     data = decode_json(await request.body(), request.headers.get("content-type"), schemas.LoginRequest)
-    user = await state.store.user_by_email(data.email.strip())
+    email = data.email.strip()
+    # Every attempt spends a token of the account's and of the address's bucket before the
+    # password is checked (parallel guesses cannot slip past); a sign-in that succeeds gives them
+    # back, so only failures count. With a bucket empty: 429 whatever the password.
+    buckets = [(state.login_by_address, client_address(request.scope)), (state.login_by_account, email.lower())]
+    spent = []
+    for limiter, name in buckets:
+        wait = await limiter.take(name)
+        if wait:
+            for earlier, earlier_name in spent:
+                await earlier.refund(earlier_name)
+            raise Problem(429, "too_many_failed_attempts",
+                          "Too many failed sign-ins for this account or from this address; retry later.",
+                          headers={"Retry-After": TokenBucketLimiter.retry_after_header(wait)})
+        spent.append((limiter, name))
+    user = await state.store.user_by_email(email)
     ok = await state.passwords.verify(user.password_hash if user else None, data.password)
     if user is None or not ok:
         raise Problem(401, "invalid_credentials", "The email or the password is not right.")
+    for limiter, name in spent:
+        await limiter.refund(name)
     session_id, token, token_hash, expires = await _new_session(state, user.id)
     await state.store.create_session(session_id, user.id, token_hash, expires)
     return _json(_user_body(user), 200, _session_cookies(state.settings, token))
@@ -329,10 +351,20 @@ async def openapi_document(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 @get("/schema")
 async def openapi_page(request: Request[Any, Any, Any]) -> Response[str]:
-    from .openapi import docs_page
+    return Response(docs_page(), media_type="text/html",
+                    headers={"Content-Security-Policy": DOCS_CSP, "X-Content-Type-Options": "nosniff"})
 
-    return Response(docs_page(), media_type="text/html")
+
+@get("/schema/assets/{name:str}")
+async def openapi_asset(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
+    asset = docs_asset(name)
+    if asset is None:
+        raise Problem(404, "not_found", "No such documentation asset.")
+    body, content_type = asset
+    return Response(body, media_type=content_type,
+                    headers={"Content-Security-Policy": DOCS_CSP, "X-Content-Type-Options": "nosniff",
+                             "Cache-Control": "public, max-age=3600"})
 
 
 ROUTE_HANDLERS = [signup, login, logout, me, create_api_key, list_api_keys, revoke_api_key, health,
-                  openapi_document, openapi_page]
+                  openapi_document, openapi_page, openapi_asset]

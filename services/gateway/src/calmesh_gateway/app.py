@@ -30,6 +30,7 @@ from calmesh_common.settings import Settings
 from .api import ROUTE_HANDLERS
 from .authcache import AuthCache, periodic
 from .forward import Forwarder
+from .limits import SharedLimiter
 from .front import GatewayFront
 from .openapi import OpenAPIBuilder
 from .quota import DailyQuota
@@ -41,6 +42,8 @@ NAME = "gateway"
 EVENTS_SUBJECT = "calmesh.gateway.>"
 LAST_USED_FLUSH_SECONDS = 2.0
 PRUNE_SECONDS = 60.0
+#: How often unspent rate-limit leases go back to the shared buckets (limits.py).
+LEASE_SECONDS = 1.0
 
 log = get_logger(__name__)
 
@@ -54,6 +57,9 @@ class GatewayState:
     openapi: OpenAPIBuilder
     quota: DailyQuota
     passwords: Passwords = field(default_factory=Passwords)
+    #: Failed sign-ins per account (the email) and per client address, shared by the replicas.
+    login_by_account: SharedLimiter | None = None
+    login_by_address: SharedLimiter | None = None
     pool: asyncpg.Pool | None = None
     store: GatewayStore | None = None
     nc: NATS | None = None
@@ -71,6 +77,11 @@ def create_app(settings: Settings) -> GatewayFront:
         openapi=OpenAPIBuilder(table, settings.public_base_url, settings.internal_secret,
                                service_urls=dict(settings.service_urls)),
         quota=DailyQuota(settings),
+        # Every sign-in asks the shared bucket (no lease: there are few, and each costs an argon2 check).
+        login_by_account=SharedLimiter("login-account", settings.login_failures_per_minute,
+                                       settings.login_failures_burst, lease_seconds=0.0, max_batch=1),
+        login_by_address=SharedLimiter("login-address", settings.login_address_failures_per_minute,
+                                       settings.login_address_failures_burst, lease_seconds=0.0, max_batch=1),
     )
 
     @asynccontextmanager
@@ -80,6 +91,8 @@ def create_app(settings: Settings) -> GatewayFront:
         state.store = GatewayStore(state.pool)
         cache.store = state.store
         state.quota.store = state.store
+        for limiter in _limiters(front, state):
+            limiter.store = state.store
         state.forwarder = Forwarder(settings.service_urls, timeout=settings.forward_timeout_seconds)
         state.openapi.fetch = state.forwarder.get_json_status
 
@@ -112,7 +125,9 @@ def create_app(settings: Settings) -> GatewayFront:
                                 name="gateway-last-used"),
             asyncio.create_task(periodic(LAST_USED_FLUSH_SECONDS, state.quota.flush, "api_usage"),
                                 name="gateway-api-usage"),
-            asyncio.create_task(periodic(PRUNE_SECONDS, _prune(front), "prune"), name="gateway-prune"),
+            asyncio.create_task(periodic(LEASE_SECONDS, _flush_leases(front, state), "rate_limit_leases"),
+                                name="gateway-leases"),
+            asyncio.create_task(periodic(PRUNE_SECONDS, state.store.prune_buckets, "prune"), name="gateway-prune"),
         ]
         log.info("service_started", service=NAME, port=settings.port)
         try:
@@ -122,7 +137,7 @@ def create_app(settings: Settings) -> GatewayFront:
                 task.cancel()
             await asyncio.gather(*state.tasks, return_exceptions=True)
             state.tasks.clear()
-            for flush in (cache.flush_last_used, state.quota.flush):
+            for flush in (cache.flush_last_used, state.quota.flush, _flush_leases(front, state)):
                 try:
                     await flush()
                 except Exception as exc:  # noqa: BLE001 - shutting down: report and go on
@@ -145,12 +160,17 @@ def create_app(settings: Settings) -> GatewayFront:
     return front
 
 
-def _prune(front: GatewayFront) -> Any:
-    async def prune() -> None:
-        front.key_limiter.prune()
-        front.public_limiter.prune()
+def _limiters(front: GatewayFront, state: GatewayState) -> list[SharedLimiter]:
+    return [front.key_limiter, front.public_limiter, front.bad_key_limiter,
+            *(x for x in (state.login_by_account, state.login_by_address) if x is not None)]
 
-    return prune
+
+def _flush_leases(front: GatewayFront, state: GatewayState) -> Any:
+    async def flush() -> None:
+        for limiter in _limiters(front, state):
+            await limiter.flush()
+
+    return flush
 
 
 def main() -> None:

@@ -23,12 +23,14 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status,
 from calmesh_common.logging import get_logger
 from calmesh_common.plans import daily_quota_exceeded
 from calmesh_common.problems import PROBLEM_JSON, Problem, problem_bytes
+from calmesh_common.requestguard import check_body, check_target
 from calmesh_common.settings import Settings
 from calmesh_common.tracing import extract_context, tracer
 
 from .authcache import AuthCache, Identity
 from .forward import Forwarder
 from .keys import MalformedKey, check_key_format, hash_key
+from .limits import SharedLimiter, client_address
 from .quota import DailyQuota
 from .ratelimit import TokenBucketLimiter
 from .routes import GATEWAY, KEY, SESSION, Route, RouteTable
@@ -69,10 +71,15 @@ class GatewayFront:
         self._forwarder_ref = forwarder_ref  # a callable returning the Forwarder made by the lifespan
         self.table = table or RouteTable()
         self.max_body = settings.max_body_bytes
-        self.key_limiter = TokenBucketLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        # Buckets shared by every replica (limits.py); the lifespan gives them the store.
+        self.key_limiter = SharedLimiter("key", settings.rate_limit_per_minute, settings.rate_limit_burst)
         # A public caller may spend a minute's allowance at once, then `per_minute` a minute.
-        self.public_limiter = TokenBucketLimiter(settings.public_rate_limit_per_minute,
-                                                 settings.public_rate_limit_per_minute)
+        self.public_limiter = SharedLimiter("addr", settings.public_rate_limit_per_minute,
+                                            settings.public_rate_limit_per_minute)
+        # Unknown, malformed, revoked or expired API keys per client address: once spent, a 429
+        # comes before any key is hashed or looked up.
+        self.bad_key_limiter = SharedLimiter("badkey", settings.bad_key_failures_per_minute,
+                                             settings.bad_key_failures_burst)
         self.quota = quota or DailyQuota(settings)
         self.session_secret = settings.session_secret
         self.tracer = tracer("calmesh.gateway")
@@ -149,12 +156,14 @@ class GatewayFront:
                     raise Problem(400, "bad_request", "Content-Length is not a number.") from None
                 if length > self.max_body:
                     raise _too_large(self.max_body)
+            # NUL characters in the path or the query: a 400 here, never a database error behind.
+            check_target(path, scope.get("query_string", b""))
 
             identity: Identity | None = None
             session_token: str | None = None
             if route.auth != _PUBLIC_ONLY:
                 if authz is not None:
-                    identity = await self._key_identity(authz)
+                    identity = await self._checked_key_identity(scope, authz)
                     if not route.allows_key_scope(identity.scope):
                         raise _insufficient(route, identity)
                 elif cookie is not None and SESSION in route.auth:
@@ -178,11 +187,14 @@ class GatewayFront:
 
             if route.rate_limited:
                 if identity is not None:
+                    limiter = self.key_limiter
                     bucket = identity.key_id if identity.key_id is not None else "u:" + identity.user_id
-                    wait = self.key_limiter.hit(bucket)
                 else:
-                    client = scope.get("client")
-                    wait = self.public_limiter.hit(client[0] if client else "unknown")
+                    limiter, bucket = self.public_limiter, client_address(scope)
+                wait = limiter.hit(bucket)
+                if wait is None:  # this replica's lease is spent: a batch from the shared bucket
+                    wait = await limiter.acquire(bucket)
+                ids = ids + limiter.headers(bucket)
                 if wait:
                     raise Problem(429, "rate_limited", "Too many requests; slow down and retry after a moment.",
                                   headers={"Retry-After": TokenBucketLimiter.retry_after_header(wait)})
@@ -227,6 +239,20 @@ class GatewayFront:
                                             trace_flags=TraceFlags(flags)))
 
     # Authentication --------------------------------------------------------------------------
+
+    async def _checked_key_identity(self, scope: dict[str, Any], authz: bytes) -> Identity:
+        """`_key_identity`, behind a per-address limit on failed attempts: an address that has sent
+        too many bad keys gets a 429 before its next key is hashed or looked up."""
+        address = client_address(scope)
+        wait = self.bad_key_limiter.denied(address)
+        if wait:
+            raise _too_many_bad_keys(wait)
+        try:
+            return await self._key_identity(authz)
+        except Unauthorized:
+            if await self.bad_key_limiter.take(address):
+                raise _too_many_bad_keys(self.bad_key_limiter.denied(address) or 1.0) from None
+            raise
 
     async def _key_identity(self, authz: bytes) -> Identity:
         key_hash = self._key_hashes.get(authz)
@@ -290,6 +316,8 @@ class GatewayFront:
         body = b""
         if clen != b"0" and scope["method"] not in ("GET", "HEAD"):
             body = await _read_body(receive, self.max_body)
+            if body:
+                check_body(body, next((v for k, v in passthrough if k == b"content-type"), None))
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in passthrough]
         if identity is not None:
             headers += identity.headers
@@ -334,6 +362,12 @@ _VIA = (b"via", b"1.1 calmesh-gateway")
 
 def _too_large(limit: int) -> Problem:
     return Problem(413, "payload_too_large", f"The request body is larger than {limit} bytes.")
+
+
+def _too_many_bad_keys(wait: float) -> Problem:
+    return Problem(429, "too_many_failed_attempts",
+                   "Too many requests with unknown or invalid API keys from this address; retry later.",
+                   headers={"Retry-After": TokenBucketLimiter.retry_after_header(wait)})
 
 
 def _insufficient(route: Route, identity: Identity) -> Problem:

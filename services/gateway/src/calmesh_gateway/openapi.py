@@ -10,6 +10,7 @@ ready is skipped and asked again on a later request.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 from collections.abc import Callable
@@ -66,7 +67,21 @@ Each operation lists the key scopes that may call it in `x-calmesh-scopes`; a ke
 them gets 403 `insufficient_scope` with `required_scope`. Public endpoints need no credentials, but
 a request that sends a key is held to that key's scope. Errors are `application/problem+json`.
 Every response carries `X-Request-Id` and `traceparent`.
+
+Rate limits (per key, per signed-in user, or per client address on public endpoints) hold across
+every gateway replica. Each rate-limited answer carries the IETF RateLimit fields
+`RateLimit-Limit` (the burst), `RateLimit-Remaining` and `RateLimit-Reset` (seconds until the
+bucket is full again); a 429 `rate_limited` adds `Retry-After`. Failed sign-ins (per account and
+per address) and unknown API keys (per address) back off with 429 `too_many_failed_attempts`.
+A NUL character in any field, path or query parameter is a 400 `invalid_character`; a JSON body
+nested deeper than 32 levels a 400 `json_too_deep`.
 """
+
+_RATE_LIMIT_HEADERS = {
+    "RateLimit-Limit": {"description": "The bucket's size (burst)", "schema": {"type": "integer"}},
+    "RateLimit-Remaining": {"description": "Requests left now", "schema": {"type": "integer"}},
+    "RateLimit-Reset": {"description": "Seconds until the bucket is full again", "schema": {"type": "integer"}},
+}
 
 
 def _problem_response(description: str) -> dict[str, Any]:
@@ -139,13 +154,19 @@ def base_operation(route: Route) -> dict[str, Any]:
             {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
         ]
     if route.method in ("POST", "PUT", "PATCH") or doc.get("request"):
-        responses["400"] = _problem_response("Malformed JSON, wrong types, missing or unknown fields")
+        responses["400"] = _problem_response("Malformed JSON, wrong types, missing or unknown fields, a NUL "
+                                             "character (invalid_character), JSON nested too deep (json_too_deep)")
     if KEY in route.auth or SESSION in route.auth:
         if not route.public:
             responses["401"] = _problem_response("No, invalid, expired or revoked credentials")
         responses["403"] = _problem_response("insufficient_scope (with required_scope), or csrf_failed")
     if route.rate_limited:
         responses["429"] = _problem_response("rate_limited, with Retry-After")
+        responses["429"]["headers"] = {**_RATE_LIMIT_HEADERS, "Retry-After": {
+            "description": "Seconds until a request may go again", "schema": {"type": "integer"}}}
+        for status, response in responses.items():
+            if status.startswith("2"):
+                response["headers"] = dict(_RATE_LIMIT_HEADERS)
     if route.service != GATEWAY:
         responses["503"] = _problem_response("The owning service is unavailable")
         responses["504"] = _problem_response("The owning service did not answer in time")
@@ -272,6 +293,56 @@ class OpenAPIBuilder:
             return self._cached
 
 
+#: The interactive reference is Swagger UI, served by CalMesh itself from the pinned
+#: ``swagger-ui-bundle-v2`` package (requirements.lock): no other origin is ever contacted.
+DOCS_ASSETS_PATH = "/schema/assets"
+#: What /schema and its assets may load: only this origin; no inline script, no framing.
+DOCS_CSP = ("default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+            "font-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+_DOCS_INIT = """\
+// Starts Swagger UI on the document named by #swagger-ui's data-url (a file: CSP allows no inline script).
+window.addEventListener("load", function () {
+  var root = document.getElementById("swagger-ui");
+  window.ui = SwaggerUIBundle({
+    url: root.getAttribute("data-url"),
+    dom_id: "#swagger-ui",
+    deepLinking: true,
+    validatorUrl: null,
+    presets: [SwaggerUIBundle.presets.apis],
+    layout: "BaseLayout",
+    requestInterceptor: function (request) {
+      // Cookie-authenticated writes carry the CSRF token (api.md).
+      var found = document.cookie.match(/(?:^|; )calmesh_csrf=([^;]+)/);
+      if (found) { request.headers["X-CSRF-Token"] = decodeURIComponent(found[1]); }
+      return request;
+    }
+  });
+});
+"""
+
+#: name -> (file in the Swagger UI package or None for CalMesh's own, content type)
+_ASSETS = {
+    "swagger-ui.css": ("swagger-ui.css", "text/css; charset=utf-8"),
+    "swagger-ui-bundle.js": ("swagger-ui-bundle.js", "text/javascript; charset=utf-8"),
+    "calmesh-docs.js": (None, "text/javascript; charset=utf-8"),
+}
+
+
+@functools.cache
+def docs_asset(name: str) -> tuple[bytes, str] | None:
+    """(body, content type) of a documentation asset, read once; None for an unknown name."""
+    entry = _ASSETS.get(name)
+    if entry is None:
+        return None
+    filename, content_type = entry
+    if filename is None:
+        return _DOCS_INIT.encode(), content_type
+    from swagger_ui_bundle import swagger_ui_path  # imported on first use: nothing at import time
+
+    return (swagger_ui_path / filename).read_bytes(), content_type
+
+
 def docs_page(spec_url: str = "/schema/openapi.json") -> str:
     return f"""<!doctype html>
 <html lang="en">
@@ -279,15 +350,17 @@ def docs_page(spec_url: str = "/schema/openapi.json") -> str:
   <meta charset="utf-8">
   <meta name="viewport" content="width=device-width, initial-scale=1">
   <title>CalMesh API reference</title>
+  <link rel="stylesheet" href="{DOCS_ASSETS_PATH}/swagger-ui.css">
 </head>
 <body>
   <noscript>The interactive reference needs JavaScript; the document itself is at
     <a href="{spec_url}">{spec_url}</a>.</noscript>
-  <script id="api-reference" data-url="{spec_url}"></script>
-  <script src="https://cdn.jsdelivr.net/npm/@scalar/api-reference"></script>
+  <div id="swagger-ui" data-url="{spec_url}"></div>
+  <script src="{DOCS_ASSETS_PATH}/swagger-ui-bundle.js"></script>
+  <script src="{DOCS_ASSETS_PATH}/calmesh-docs.js"></script>
 </body>
 </html>
 """
 
 
-__all__ = ["OpenAPIBuilder", "base_operation", "docs_page", "merge_service_document"]
+__all__ = ["DOCS_CSP", "OpenAPIBuilder", "base_operation", "docs_asset", "docs_page", "merge_service_document"]

@@ -38,6 +38,25 @@ class TokenBucketLimiter:
         bucket[0] = tokens
         return (1.0 - tokens) / self.rate
 
+    def tokens(self, name: str) -> float:
+        """Tokens bucket `name` holds now (a missing bucket is full)."""
+        bucket = self._buckets.get(name)
+        if bucket is None:
+            return self.burst
+        return min(self.burst, bucket[0] + (self.clock() - bucket[1]) * self.rate)
+
+    def wait(self, name: str) -> float:
+        """Seconds until bucket `name` has a token again (0.0 if it has one), without taking it."""
+        tokens = self.tokens(name)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
+    def refund(self, name: str, count: int = 1) -> None:
+        """Put back `count` tokens taken for a request that does not count."""
+        bucket = self._buckets.get(name)
+        if bucket is not None:
+            bucket[0] = min(self.burst, self.tokens(name) + count)
+            bucket[1] = self.clock()
+
     @staticmethod
     def retry_after_header(wait: float) -> str:
         """Retry-After in whole seconds, never 0 for a refused request."""

@@ -121,6 +121,8 @@ ROUTES: tuple[Route, ...] = (
        tag="docs", rate_limited=False, doc={"status": 200}),
     _r("GET", "/schema", GATEWAY, "Interactive API documentation (HTML)", auth=PUBLIC_ONLY, scopes=NO_KEYS,
        tag="docs", rate_limited=False, doc={"status": 200, "html": True}),
+    _r("GET", "/schema/assets/{name}", GATEWAY, "Scripts and styles of the interactive documentation (served here)",
+       auth=PUBLIC_ONLY, scopes=NO_KEYS, tag="docs", rate_limited=False, doc={"status": 200}),
 
     # connections: connections and the OAuth / push-notification callbacks of the providers.
     _r("GET", f"{V1}/connections", "connections", "List all calendar connections for the authenticated user"),

@@ -240,6 +240,26 @@ class GatewayStore:
         )
         return [(r["user_id"], r["day"], int(r["requests"])) for r in rows]
 
+    # Rate-limit buckets shared by the replicas (limits.SharedLimiter) -------------------------
+
+    async def take_tokens(self, name: str, want: int, burst: float, rate: float) -> tuple[int, float]:
+        """Take up to `want` tokens from bucket `name`; (granted, tokens left)."""
+        row = await self.pool.fetchrow("SELECT o_granted, o_left FROM gateway.take_tokens($1, $2, $3, $4)",
+                                       name, want, burst, rate)
+        return int(row["o_granted"]), float(row["o_left"])
+
+    async def give_back_tokens(self, counts: dict[str, int], burst: float, rate: float) -> None:
+        """Return leased tokens that were not spent."""
+        if counts:
+            names = sorted(counts)
+            await self.pool.execute("SELECT gateway.give_back_tokens($1::text[], $2::integer[], $3, $4)",
+                                    names, [counts[n] for n in names], burst, rate)
+
+    async def prune_buckets(self) -> int:
+        """Forget buckets that are full again (a missing bucket is a full one)."""
+        result = await self.pool.execute("DELETE FROM gateway.rate_buckets WHERE full_at < clock_timestamp()")
+        return int(result.split()[-1])
+
     async def touch_keys(self, used: dict[str, datetime]) -> None:
         """Record when keys were last used (batched, off the hot path)."""
         if not used:
