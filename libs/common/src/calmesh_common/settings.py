@@ -121,6 +121,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     otel_console: bool = False
     #: A port of its own for /metrics (Prometheus); 0: /metrics on the service's port.
     metrics_port: int = 0
+    #: One structured log line per HTTP request (event "http_request").
+    access_log: bool = True
 
     # Webhooks dispatcher (services/webhooks).
     #: The schema the webhooks service owns (durable consumer names derive from it).
@@ -277,6 +279,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             stream_replicas=_int(env, "CALMESH_STREAM_REPLICAS", 1),
             otel_console=_bool(env, "CALMESH_OTEL_CONSOLE", False),
             metrics_port=_int(env, "CALMESH_METRICS_PORT", 0),
+            access_log=_bool(env, "CALMESH_ACCESS_LOG", True),
             webhooks_schema=env.get("CALMESH_WEBHOOKS_SCHEMA", "webhooks"),
             webhook_retry_schedule=_floats(
                 env, "CALMESH_WEBHOOK_RETRY_SCHEDULE", (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)

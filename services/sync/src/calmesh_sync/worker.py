@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -163,6 +164,7 @@ async def _run_locked(deps: SyncDeps, job: SyncJob, delivery: int, conn: asyncpg
     async def beat() -> None:
         return None
 
+    clock = time.monotonic()
     try:
         result = await sync_connection(
             deps, details, job.sync_id, heartbeat=beat, progress=progress,
@@ -176,6 +178,8 @@ async def _run_locked(deps: SyncDeps, job: SyncJob, delivery: int, conn: asyncpg
         raise
     except Exception as exc:  # noqa: BLE001 - every failure is reported on the connection
         kind, message, retry_after = _classify(exc)
+        if deps.metrics is not None:
+            deps.metrics.sync_finished(details.provider, "failed", time.monotonic() - clock, error_kind=kind)
         if kind == "transient" and not isinstance(exc, ProviderError):
             log.error("sync_crashed", connection_id=job.connection_id, sync_id=job.sync_id, error=repr(exc), exc_info=exc)
         else:
@@ -202,6 +206,8 @@ async def _run_locked(deps: SyncDeps, job: SyncJob, delivery: int, conn: asyncpg
         ),
     )
     await _finish_run(conn, run_id, "completed", None)
+    if deps.metrics is not None:
+        deps.metrics.sync_finished(details.provider, "completed", time.monotonic() - clock)
     return JobOutcome.DONE, None
 
 
