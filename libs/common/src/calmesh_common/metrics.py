@@ -28,14 +28,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, ThreadingWSGIServer, make_server, make_wsgi_app
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.exposition import ThreadingWSGIServer, make_server, make_wsgi_app
 
 from .logging import get_logger
 
 log = get_logger(__name__)
 
-METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+#: The classic text format (what `generate_latest` writes), which every Prometheus version reads.
+METRICS_MEDIA_TYPE = "text/plain; version=0.0.4"
+METRICS_CONTENT_TYPE = f"{METRICS_MEDIA_TYPE}; charset=utf-8"
 #: Latency buckets for HTTP requests (seconds): sub-millisecond through a slow forward.
 HTTP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SYNC_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -46,6 +48,8 @@ class Metrics:
 
     def __init__(self, service: str) -> None:
         self.service = service
+        # No `_created` series beside every counter and histogram: half the output, no use here.
+        disable_created_metrics()
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.http_requests = Counter("calmesh_http_requests", "HTTP requests answered, by route template and status",

@@ -46,7 +46,7 @@ from opentelemetry import trace
 from .consumer import ConsumerSpec, DurableConsumer, Handler
 from .eventstore import EventStore
 from .logging import get_logger, setup_logging
-from .metrics import METRICS_CONTENT_TYPE, ConsumerRef, Metrics, MetricsSampler
+from .metrics import METRICS_MEDIA_TYPE, ConsumerRef, Metrics, MetricsSampler
 from .problems import PROBLEM_JSON, Problem, problem_bytes, problem_handler
 from .relay import OutboxRelay
 from .settings import Settings
@@ -273,7 +273,7 @@ async def metrics_endpoint(request: Request[Any, Any, State]) -> Response[bytes]
     deps: ServiceDeps = request.app.state.deps
     if deps.metrics is None or deps.settings.metrics_port:
         raise Problem(404, "not_found", "Metrics are served on the metrics port (CALMESH_METRICS_PORT).")
-    return Response(deps.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+    return Response(deps.metrics.render(), media_type=METRICS_MEDIA_TYPE)  # litestar adds the charset
 
 
 def internal_http_client(timeout: float = 15.0) -> httpx.AsyncClient:

@@ -19,6 +19,7 @@ from opentelemetry import trace
 from opentelemetry.propagators.textmap import DefaultGetter
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, SamplingResult
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor, SpanExporter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -26,6 +27,21 @@ _propagator = TraceContextTextMapPropagator()
 _getter = DefaultGetter()
 _configured = False
 _exporting = False
+
+
+class BackgroundClientRootsDropped(Sampler):
+    """Samples every trace but those that would start with a client span: a database query or an
+    HTTP call made outside any request, message or job (the outbox relay's poll, the metrics
+    sampler, a scheduler tick) is a trace of one span a second per process, noise that costs."""
+
+    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,  # type: ignore[no-untyped-def]
+                      trace_state=None) -> SamplingResult:
+        if kind == trace.SpanKind.CLIENT:
+            return SamplingResult(Decision.DROP)
+        return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)
+
+    def get_description(self) -> str:
+        return "BackgroundClientRootsDropped"
 
 
 def otlp_configured(env: Mapping[str, str] | None = None) -> bool:
@@ -77,7 +93,9 @@ def setup_tracing(service_name: str, *, console: bool = False, env: Mapping[str,
     # OTEL_SERVICE_NAME, when set, names the service (Resource.create reads it and the
     # OTEL_RESOURCE_ATTRIBUTES); the attributes given here would override it.
     attributes = {} if env.get("OTEL_SERVICE_NAME") else {"service.name": f"calmesh-{service_name}"}
-    provider = TracerProvider(resource=Resource.create(attributes))
+    # OTEL_TRACES_SAMPLER, when set, is the SDK's to read; by default no background roots.
+    sampler = None if env.get("OTEL_TRACES_SAMPLER") else ParentBased(root=BackgroundClientRootsDropped())
+    provider = TracerProvider(resource=Resource.create(attributes), sampler=sampler)
     if otlp_configured(env):
         provider.add_span_processor(BatchSpanProcessor(otlp_exporter(env)))
         _exporting = True

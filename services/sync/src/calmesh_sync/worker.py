@@ -26,10 +26,13 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import context as otel_context
+from opentelemetry.trace import SpanKind
 
 from calmesh_common.events.connections import SYNC_JOB_SUBJECT_PREFIX, SYNC_JOBS_STREAM, SyncJob
 from calmesh_common.events.sync import SyncCompleted, SyncFailed, SyncProgressed, SyncStarted
 from calmesh_common.logging import get_logger
+from calmesh_common.tracing import extract_context, tracer
 
 from .engine import ConnectionGone, SyncDeps, sync_connection
 from .providers import AuthError, ExpansionLimitError, NotFoundError, ProviderError, RevokedError, SourceError, TransientError
@@ -295,12 +298,21 @@ class SyncWorker:
                 await msg.term()
                 return
             delivery = msg.metadata.num_delivered or 1
+            # One span per job, continuing the trace of whoever asked for the sync (the job's
+            # headers): the provider calls and queries of the sync are its children.
+            token = otel_context.attach(extract_context(msg.headers))
             try:
-                outcome, delay = await run_job(self.deps, job, delivery=delivery, heartbeat_msg=msg)
+                with tracer().start_as_current_span("sync job", kind=SpanKind.CONSUMER) as span:
+                    span.set_attribute("calmesh.connection_id", job.connection_id)
+                    span.set_attribute("calmesh.sync_reason", job.reason)
+                    outcome, delay = await run_job(self.deps, job, delivery=delivery, heartbeat_msg=msg)
+                    span.set_attribute("calmesh.sync_outcome", outcome)
             except Exception as exc:  # noqa: BLE001 - database or NATS trouble: retry the job
                 log.error("sync_job_failed", connection_id=job.connection_id, error=repr(exc), exc_info=exc)
                 await msg.nak(delay=min(60.0, 2.0 * delivery))
                 return
+            finally:
+                otel_context.detach(token)
             if outcome == JobOutcome.BUSY:
                 # Another worker is syncing this connection: come back after it, a bit later each
                 # time (the running sync may not have seen what this job asks for).
