@@ -13,7 +13,7 @@ STAMP := $(VENV)/.calmesh-installed
 help:
 	@echo "make up      - run the platform (embedded PostgreSQL and NATS) on 127.0.0.1:$${CALMESH_HTTP_PORT:-8080}"
 	@echo "make test    - run the whole test suite"
-	@echo "make lock    - re-pin requirements.lock after changing a pyproject.toml"
+	@echo "make lock    - re-pin requirements.lock (dev) and requirements.runtime.lock (the image) after changing a pyproject.toml"
 	@echo "make bench   - run the benchmarks in bench/"
 
 $(CURDIR)/.tools/bin/uv:
@@ -50,6 +50,7 @@ bench: install
 lock: | $(UV)
 	$(UV) lock
 	$(UV) export --quiet --format requirements-txt --all-groups --no-header -o requirements.lock
+	$(UV) export --quiet --format requirements-txt --no-dev --no-header -o requirements.runtime.lock
 
 clean-data:
 	rm -rf .calmesh

@@ -102,6 +102,13 @@ class DurableConsumer:
                     continue
                 except nats.js.errors.FetchTimeoutError:
                     continue
+                except nats.errors.Error as exc:
+                    # A cluster electing a new stream leader, or the connection moving to another
+                    # server: the consumer outlives it and fetches again shortly.
+                    _stop_if_cancelled()
+                    log.warning("consumer_fetch_failed", consumer=self.spec.name, error=repr(exc))
+                    await asyncio.sleep(0.5)
+                    continue
                 for msg in msgs:
                     await self.handle(msg)
         finally:

@@ -61,9 +61,14 @@ def _redact(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     return event_dict
 
 
-def setup_logging(service_name: str, level: str = "info", json: bool = True) -> None:
-    """Configure structlog and the standard library's root logger for this process."""
-    processors: list[Any] = [
+def setup_logging(service_name: str, level: str = "info", json: bool = True, *, stream: Any = None) -> None:
+    """Configure structlog and the standard library's root logger for this process.
+
+    structlog's own lines and the standard library's (uvicorn, asyncpg, nats, opentelemetry ...)
+    leave through the same processors: one JSON object a line on stdout, with the service, request
+    id and trace id, secrets redacted. Libraries log from WARNING up (their INFO is chatter)."""
+    out = sys.stdout if stream is None else stream
+    shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -74,13 +79,35 @@ def setup_logging(service_name: str, level: str = "info", json: bool = True) -> 
     ]
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
-        processors=[*processors, renderer],
+        processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service_name)
-    logging.basicConfig(level=max(_LEVELS[level], logging.WARNING), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, _stdlib_message, *shared],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    ))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(max(_LEVELS[level], logging.WARNING))
+    # uvicorn configures its own loggers unless told not to (run_service passes log_config=None);
+    # make sure theirs propagate to the root handler above rather than print plain text.
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "asyncpg", "nats", "opentelemetry"):
+        lib = logging.getLogger(name)
+        lib.handlers.clear()
+        lib.propagate = True
+
+
+def _stdlib_message(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """A standard-library record's own arguments stay out of the JSON (they may hold anything);
+    its formatted message is the event."""
+    event_dict.pop("positional_args", None)
+    return event_dict
 
 
 def get_logger(name: str | None = None) -> Any:

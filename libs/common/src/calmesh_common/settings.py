@@ -145,8 +145,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sync_workers: int = 2
     allow_private_networks: bool = False
 
+    #: Replicas of every JetStream stream, applied by calmesh-migrate (3 on a 3-node cluster).
+    stream_replicas: int = 1
+
     # Observability.
     otel_console: bool = False
+    #: A port of its own for /metrics (Prometheus); 0: /metrics on the service's port.
+    metrics_port: int = 0
+    #: One structured log line per HTTP request (event "http_request").
+    access_log: bool = True
 
     # Webhooks dispatcher (services/webhooks).
     #: The schema the webhooks service owns (durable consumer names derive from it).
@@ -307,7 +314,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             encryption_keys=_list(env, "CALMESH_ENCRYPTION_KEYS"),
             sync_workers=_int(env, "CALMESH_SYNC_WORKERS", 2),
             allow_private_networks=_bool(env, "CALMESH_ALLOW_PRIVATE_NETWORKS", False),
+            stream_replicas=_int(env, "CALMESH_STREAM_REPLICAS", 1),
             otel_console=_bool(env, "CALMESH_OTEL_CONSOLE", False),
+            metrics_port=_int(env, "CALMESH_METRICS_PORT", 0),
+            access_log=_bool(env, "CALMESH_ACCESS_LOG", True),
             webhooks_schema=env.get("CALMESH_WEBHOOKS_SCHEMA", "webhooks"),
             webhook_retry_schedule=_floats(
                 env, "CALMESH_WEBHOOK_RETRY_SCHEDULE", (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
@@ -409,7 +419,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                             ("CALMESH_BAD_KEY_FAILURES_BURST", self.bad_key_failures_burst)):
             if value < 1:
                 raise SettingsError(f"{name} must be at least 1")
-        for name, port in (("CALMESH_HTTP_PORT", self.http_port), ("CALMESH_PORT", self.port)):
+        if not 1 <= self.stream_replicas <= 5:
+            raise SettingsError(f"CALMESH_STREAM_REPLICAS must be 1 to 5 (JetStream's limit), got {self.stream_replicas}")
+        for name, port in (("CALMESH_HTTP_PORT", self.http_port), ("CALMESH_PORT", self.port),
+                           ("CALMESH_METRICS_PORT", self.metrics_port)):
             if not 0 <= port <= 65535:
                 raise SettingsError(f"{name} must be a TCP port (0 to 65535), got {port}")
         if self.db_pool_min < 0 or self.db_pool_max < max(1, self.db_pool_min):

@@ -49,7 +49,7 @@ STREAMS: tuple[StreamSpec, ...] = (
 )
 
 
-def _config(spec: StreamSpec) -> StreamConfig:
+def _config(spec: StreamSpec, replicas: int = 1) -> StreamConfig:
     return StreamConfig(
         name=spec.name,
         subjects=list(spec.subjects),
@@ -58,13 +58,18 @@ def _config(spec: StreamSpec) -> StreamConfig:
         discard=DiscardPolicy.OLD,
         max_age=spec.max_age_days * 86400,
         duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        num_replicas=replicas,
     )
 
 
-async def ensure_streams(js: JetStreamContext) -> list[str]:
-    """Create or update every stream of STREAMS; returns their names."""
+async def ensure_streams(js: JetStreamContext, replicas: int = 1) -> list[str]:
+    """Create or update every stream of STREAMS with `replicas` copies each (on that many servers
+    of a JetStream cluster; `CALMESH_STREAM_REPLICAS`); returns their names.
+
+    An update changes the replica count of an existing stream too: JetStream adds (or removes)
+    peers and catches them up, so going from R1 to R3 on a new cluster is a re-run of migrate."""
     for spec in STREAMS:
-        config = _config(spec)
+        config = _config(spec, replicas)
         try:
             await js.stream_info(spec.name)
         except nats.js.errors.NotFoundError:

@@ -15,6 +15,7 @@ from litestar import Litestar
 
 from calmesh_common.consumer import DurableConsumer
 from calmesh_common.logging import get_logger
+from calmesh_common.metrics import ConsumerRef
 from calmesh_common.service import ServiceDeps, create_service_app, run_service
 from calmesh_common.settings import Settings
 
@@ -70,6 +71,9 @@ def create_app(settings: Settings, *, schema: str = SCHEMA) -> Litestar:
             await consumer.subscribe()
             consumers.append(consumer)
             tasks.append(asyncio.create_task(consumer.run(), name=f"billing-{spec.name}"))
+            deps.consumers.append(ConsumerRef(spec.stream, spec.name))
+        # Run here, not by the kit: /readyz checks them through "loops".
+        deps.extras.setdefault("loops", []).extend(tasks)
         if not settings.mollie_api_key:
             log.warning("billing_without_mollie", detail="CALMESH_MOLLIE_API_KEY is empty: subscribe answers 502")
 

@@ -27,6 +27,7 @@ from calmesh_common.logging import get_logger
 from calmesh_common.problems import Problem
 from calmesh_common.service import ServiceDeps
 from calmesh_common.settings import Settings
+from calmesh_common.tracing import inject_headers
 
 from . import oauth, store
 from .crypto import Vault
@@ -178,7 +179,9 @@ async def publish_job(ctx: Context, connection_id: str, user_id: str, reason: st
         sync_id=sync_id, connection_id=connection_id, user_id=user_id, reason=reason,
         requested_at=datetime.now(UTC), calendar_ref=calendar_ref,
     )
-    await ctx.js.publish(sync_job_subject(connection_id), _job_encoder.encode(job), headers={"Nats-Msg-Id": sync_id})
+    # The job carries the trace of the request (or scheduler tick) that asked for it.
+    headers = inject_headers({"Nats-Msg-Id": sync_id})
+    await ctx.js.publish(sync_job_subject(connection_id), _job_encoder.encode(job), headers=headers)
     return sync_id
 
 

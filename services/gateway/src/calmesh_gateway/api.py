@@ -18,6 +18,7 @@ import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.datastructures import Cookie
 
+from calmesh_common.logging import get_logger
 from calmesh_common.problems import PROBLEM_JSON, FieldError, Problem, problem_bytes
 from calmesh_common.requestguard import check_body
 
@@ -31,6 +32,8 @@ from .ratelimit import TokenBucketLimiter
 from .routes import RESERVED_HANDLES
 from .security import CSRF_COOKIE, SESSION_COOKIE, csrf_token, new_session_token, session_hash
 from .store import EmailTaken, HandleTaken, KeyRow, UserRow
+
+log = get_logger(__name__)
 
 T = TypeVar("T")
 _EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
@@ -312,7 +315,9 @@ async def _check_database(state: Any, timeout: float) -> str:
     except TimeoutError:
         return "down: timeout"
     except Exception as exc:  # noqa: BLE001 - reported, not raised: this is a health check
-        return f"down: {type(exc).__name__}"
+        # The answer is public: the cause goes to the log, not into the body.
+        log.warning("health_check_failed", check="database", error=repr(exc))
+        return "down"
 
 
 async def _check_service(state: Any, url: str, timeout: float) -> str:
@@ -322,7 +327,8 @@ async def _check_service(state: Any, url: str, timeout: float) -> str:
     except TimeoutError:
         return "down: timeout"
     except Exception as exc:  # noqa: BLE001 - reported, not raised: this is a health check
-        return f"down: {type(exc).__name__}"
+        log.warning("health_check_failed", check=url, error=repr(exc))
+        return "down: unreachable"
 
 
 @get("/api/health")

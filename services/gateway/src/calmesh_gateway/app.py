@@ -9,6 +9,7 @@ outbox relay), the aiohttp session used for forwarding, and the background jobs.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from nats.aio.client import Client as NATS
 
 from calmesh_common.consumer import DurableConsumer
 from calmesh_common.logging import get_logger
+from calmesh_common.metrics import ConsumerRef, Metrics, MetricsSampler
 from calmesh_common.plans import PLAN_CHANGED_SUBJECT, plan_consumer
 from calmesh_common.problems import problem_handler
 from calmesh_common.relay import OutboxRelay
@@ -65,6 +67,11 @@ class GatewayState:
     nc: NATS | None = None
     forwarder: Forwarder | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    metrics: Metrics = field(default_factory=lambda: Metrics(NAME))
+    started: bool = False
+    #: (monotonic time, result) of the last database check of /readyz: probes and callers of a
+    #: public path must not turn into a query each.
+    db_checked: tuple[float, bool] = (0.0, False)
 
 
 def create_app(settings: Settings) -> GatewayFront:
@@ -118,7 +125,10 @@ def create_app(settings: Settings) -> GatewayFront:
         spec, _ = plan_consumer(SCHEMA, consumer_name=NAME)
         plans = DurableConsumer(state.pool, js, spec, state.store.apply_plan_changed)
         await plans.subscribe()
+        sampler = MetricsSampler(state.metrics, js, state.pool, SCHEMA, [ConsumerRef(spec.stream, spec.name)])
+        stop_metrics = state.metrics.serve(settings.host, settings.metrics_port) if settings.metrics_port else None
         state.tasks += [
+            asyncio.create_task(sampler.run(), name="gateway-metrics"),
             asyncio.create_task(relay.run(), name="gateway-relay"),
             asyncio.create_task(plans.run(), name="gateway-plans"),
             asyncio.create_task(periodic(LAST_USED_FLUSH_SECONDS, cache.flush_last_used, "last_used"),
@@ -129,10 +139,14 @@ def create_app(settings: Settings) -> GatewayFront:
                                 name="gateway-leases"),
             asyncio.create_task(periodic(PRUNE_SECONDS, state.store.prune_buckets, "prune"), name="gateway-prune"),
         ]
+        state.started = True
         log.info("service_started", service=NAME, port=settings.port)
         try:
             yield
         finally:
+            state.started = False
+            if stop_metrics is not None:
+                stop_metrics()
             for task in state.tasks:
                 task.cancel()
             await asyncio.gather(*state.tasks, return_exceptions=True)
@@ -157,12 +171,35 @@ def create_app(settings: Settings) -> GatewayFront:
     )
     front = GatewayFront(settings, inner, cache, lambda: state.forwarder, table, state.quota)
     front.state = state  # type: ignore[attr-defined]  # for tests and the benchmark
+    front.metrics = state.metrics
+    front.readiness = lambda: _ready(state)
     return front
 
 
 def _limiters(front: GatewayFront, state: GatewayState) -> list[SharedLimiter]:
     return [front.key_limiter, front.public_limiter, front.bad_key_limiter,
             *(x for x in (state.login_by_account, state.login_by_address) if x is not None)]
+
+
+async def _ready(state: GatewayState) -> bool:
+    """Readiness of this replica: started, NATS connected, its loops (relay, plan consumer, cache
+    jobs) running, and the database answering (checked at most once a second)."""
+    if not state.started or state.nc is None or not state.nc.is_connected or state.pool is None:
+        return False
+    if any(task.done() for task in state.tasks if not task.get_name().startswith("gateway-cache-reload")):
+        return False
+    now = time.monotonic()
+    checked_at, ok = state.db_checked
+    if now - checked_at >= 1.0:
+        try:
+            async with asyncio.timeout(state.settings.health_timeout_seconds):
+                await state.pool.fetchval("SELECT 1")
+            ok = True
+        except Exception as exc:  # noqa: BLE001 - not ready; the cause goes to the log
+            log.warning("readiness_database_down", error=repr(exc))
+            ok = False
+        state.db_checked = (time.monotonic(), ok)
+    return ok
 
 
 def _flush_leases(front: GatewayFront, state: GatewayState) -> Any:

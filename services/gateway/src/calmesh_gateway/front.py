@@ -21,11 +21,12 @@ from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from calmesh_common.logging import get_logger
+from calmesh_common.metrics import METRICS_CONTENT_TYPE, Metrics
 from calmesh_common.plans import daily_quota_exceeded
 from calmesh_common.problems import PROBLEM_JSON, Problem, problem_bytes
 from calmesh_common.requestguard import check_body, check_target
 from calmesh_common.settings import Settings
-from calmesh_common.tracing import extract_context, tracer
+from calmesh_common.tracing import extract_context, spans_exported, tracer
 
 from .authcache import AuthCache, Identity
 from .forward import Forwarder
@@ -85,7 +86,12 @@ class GatewayFront:
         self.tracer = tracer("calmesh.gateway")
         # Spans are recorded when something exports them; otherwise the gateway still takes part
         # in the trace (a span id of its own, passed on to the service) at a fraction of the cost.
-        self.record_spans = settings.otel_console
+        self.record_spans = settings.otel_console or spans_exported()
+        #: Requests by route template and their latency (set by create_app; /metrics).
+        self.metrics: Metrics | None = None
+        self.access_log = settings.access_log
+        #: Readiness check for /readyz (set by create_app): returns (ready, checks).
+        self.readiness: Any = None
         # Hot-path memos, bounded: (method, path) -> match; Authorization value -> key hash.
         self._matches: dict[tuple[str, str], Any] = {}
         self._key_hashes: dict[bytes, str] = {}
@@ -95,13 +101,41 @@ class GatewayFront:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         kind = scope["type"]
         if kind == "http":
+            if scope["path"] in _PROBE_PATHS:
+                await self._probe(scope, send)
+                return
             await self._http(scope, receive, send)
         elif kind == "lifespan":
             await self.inner(scope, receive, send)
         else:  # websockets: none of our endpoints speaks them
             await send({"type": "websocket.close", "code": 1008})
 
+    async def _probe(self, scope: dict[str, Any], send: Any) -> None:
+        """/livez, /readyz for the orchestrator, /metrics for Prometheus: outside the route table,
+        unauthenticated and cheap. /readyz says only ready or not (no detail to the public); the
+        aggregate with every service is /api/health. /metrics is served here to loopback callers
+        only (the gateway's port is public); in a cluster it has a port of its own."""
+        path = scope["path"]
+        status, body, ctype = 200, b'{"status":"ok"}', b"application/json"
+        if path == "/readyz":
+            ready = self.readiness is not None and await self.readiness()
+            if not ready:
+                status, body = 503, b'{"status":"down"}'
+        elif path == "/metrics":
+            client = scope.get("client")
+            local = bool(client) and client[0] in ("127.0.0.1", "::1")
+            if self.metrics is None or self.settings.metrics_port or not local:
+                problem = Problem(404, "route_not_found", f"There is no endpoint at {path}.")
+                await _send_problem(send, problem, [])
+                return
+            status, body, ctype = 200, self.metrics.render(), METRICS_CONTENT_TYPE.encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode()),
+                                (b"cache-control", b"no-store")]})
+        await send({"type": "http.response.body", "body": body})
+
     async def _http(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        started = time.perf_counter()
         method: str = scope["method"]
         authz = cookie = rid = tp = tstate = csrf = clen = None
         passthrough: list[tuple[bytes, bytes]] = []
@@ -133,6 +167,7 @@ class GatewayFront:
         traceparent = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
         ids = [(b"x-request-id", request_id.encode()), (b"traceparent", traceparent.encode())]
         status = 500
+        route_label = "unmatched"
         try:
             path: str = scope["path"]
             match = self._matches.get((method, path))
@@ -148,6 +183,7 @@ class GatewayFront:
                     raise Problem(405, "method_not_allowed", f"{method} is not allowed here; use {allow}.",
                                   headers={"Allow": allow})
                 raise Problem(404, "route_not_found", f"There is no endpoint at {path}.")
+            route_label = route.path
             span.update_name(f"{method} {route.path}")
             if clen is not None:
                 try:
@@ -225,6 +261,13 @@ class GatewayFront:
             if status >= 500:
                 span.set_status(Status(StatusCode.ERROR))
             span.end()
+            seconds = time.perf_counter() - started
+            if self.metrics is not None:
+                self.metrics.observe_request(route_label, method, status, seconds)
+            if self.access_log:
+                log.info("http_request", method=method, route=route_label, path=scope["path"], status=status,
+                         duration_ms=round(seconds * 1000, 3), request_id=request_id,
+                         trace_id=f"{ctx.trace_id:032x}")
 
     def _start_span(self, method: str, tp: bytes | None) -> trace.Span:
         if self.record_spans:
@@ -344,6 +387,7 @@ class GatewayFront:
 
 
 _PUBLIC_ONLY = frozenset({"public"})
+_PROBE_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
 _TRACEPARENT = re.compile(rb"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
 

@@ -115,8 +115,9 @@ ROUTES: tuple[Route, ...] = (
     _r("GET", f"{V1}/api-keys", GATEWAY, "List all API keys (prefix and metadata only)", scopes=FULL,
        tag="api-keys", doc={"response": "ApiKeyList", "status": 200, "list": True}),
     _r("DELETE", f"{V1}/api-keys/{{id}}", GATEWAY, "Revoke an API key", scopes=FULL, tag="api-keys", doc={"status": 204}),
+    # Rate-limited per address like every public route: each call fans out to every service.
     _r("GET", "/api/health", GATEWAY, "Health check endpoint", auth=PUBLIC_ONLY, scopes=NO_KEYS, tag="health",
-       rate_limited=False, doc={"response": "Health", "status": 200}),
+       doc={"response": "Health", "status": 200}),
     _r("GET", "/schema/openapi.json", GATEWAY, "This OpenAPI document", auth=PUBLIC_ONLY, scopes=NO_KEYS,
        tag="docs", rate_limited=False, doc={"status": 200}),
     _r("GET", "/schema", GATEWAY, "Interactive API documentation (HTML)", auth=PUBLIC_ONLY, scopes=NO_KEYS,

@@ -15,6 +15,8 @@ import asyncpg
 from litestar import Litestar
 
 from calmesh_common.consumer import ConsumerSpec
+from calmesh_common.events.connections import SYNC_JOBS_STREAM
+from calmesh_common.metrics import ConsumerRef
 from calmesh_common.events import Envelope, decode_event
 from calmesh_common.events.connections import ConnectionRemoved
 from calmesh_common.events.sync import ConnectionEventsPurged
@@ -28,7 +30,7 @@ from .connections_api import ConnectionsAPI
 from .engine import SyncDeps
 from .projection import purge_connection
 from .providers.http import guarded_client
-from .worker import SyncWorker
+from .worker import CONSUMER_NAME, SyncWorker
 from .writes import ROUTES
 
 NAME = "sync"
@@ -81,6 +83,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Litestar:
             http=deps.http,
             connections=ConnectionsAPI(deps.http, settings.service_url("connections"), settings.internal_secret),
             worker_id=settings.worker_id or settings.service_name,
+            metrics=deps.metrics,
         )
         deps.extras["sync"] = sync
         if run_worker:
@@ -88,6 +91,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Litestar:
 
             worker = SyncWorker(sync, deps.js)
             await worker.subscribe()
+            deps.consumers.append(ConsumerRef(SYNC_JOBS_STREAM, CONSUMER_NAME))
             deps.extras["worker"] = worker
             deps.tasks.append(asyncio.create_task(worker.run(), name="sync-worker"))
 

@@ -25,6 +25,7 @@ from calmesh_common.events.sync import CalendarInfo, SourceCalendarPurged
 from calmesh_common.eventstore import EventStore
 from calmesh_common.guarded import GuardedClient
 from calmesh_common.logging import get_logger
+from calmesh_common.metrics import Metrics
 from calmesh_common.settings import Settings
 
 from . import ical
@@ -65,6 +66,8 @@ class SyncDeps:
     connections: ConnectionsAPI
     worker_id: str = ""
     now: Callable[[], datetime] = field(default=lambda: datetime.now(UTC))
+    #: Sync runs and errors per provider are counted here (the process's /metrics).
+    metrics: Metrics | None = None
 
 
 @dataclass

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -25,10 +26,13 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from opentelemetry import context as otel_context
+from opentelemetry.trace import SpanKind
 
 from calmesh_common.events.connections import SYNC_JOB_SUBJECT_PREFIX, SYNC_JOBS_STREAM, SyncJob
 from calmesh_common.events.sync import SyncCompleted, SyncFailed, SyncProgressed, SyncStarted
 from calmesh_common.logging import get_logger
+from calmesh_common.tracing import extract_context, tracer
 
 from .engine import ConnectionGone, SyncDeps, sync_connection
 from .providers import AuthError, ExpansionLimitError, NotFoundError, ProviderError, RevokedError, SourceError, TransientError
@@ -163,6 +167,7 @@ async def _run_locked(deps: SyncDeps, job: SyncJob, delivery: int, conn: asyncpg
     async def beat() -> None:
         return None
 
+    clock = time.monotonic()
     try:
         result = await sync_connection(
             deps, details, job.sync_id, heartbeat=beat, progress=progress,
@@ -176,6 +181,8 @@ async def _run_locked(deps: SyncDeps, job: SyncJob, delivery: int, conn: asyncpg
         raise
     except Exception as exc:  # noqa: BLE001 - every failure is reported on the connection
         kind, message, retry_after = _classify(exc)
+        if deps.metrics is not None:
+            deps.metrics.sync_finished(details.provider, "failed", time.monotonic() - clock, error_kind=kind)
         if kind == "transient" and not isinstance(exc, ProviderError):
             log.error("sync_crashed", connection_id=job.connection_id, sync_id=job.sync_id, error=repr(exc), exc_info=exc)
         else:
@@ -202,6 +209,8 @@ async def _run_locked(deps: SyncDeps, job: SyncJob, delivery: int, conn: asyncpg
         ),
     )
     await _finish_run(conn, run_id, "completed", None)
+    if deps.metrics is not None:
+        deps.metrics.sync_finished(details.provider, "completed", time.monotonic() - clock)
     return JobOutcome.DONE, None
 
 
@@ -289,12 +298,21 @@ class SyncWorker:
                 await msg.term()
                 return
             delivery = msg.metadata.num_delivered or 1
+            # One span per job, continuing the trace of whoever asked for the sync (the job's
+            # headers): the provider calls and queries of the sync are its children.
+            token = otel_context.attach(extract_context(msg.headers))
             try:
-                outcome, delay = await run_job(self.deps, job, delivery=delivery, heartbeat_msg=msg)
+                with tracer().start_as_current_span("sync job", kind=SpanKind.CONSUMER) as span:
+                    span.set_attribute("calmesh.connection_id", job.connection_id)
+                    span.set_attribute("calmesh.sync_reason", job.reason)
+                    outcome, delay = await run_job(self.deps, job, delivery=delivery, heartbeat_msg=msg)
+                    span.set_attribute("calmesh.sync_outcome", outcome)
             except Exception as exc:  # noqa: BLE001 - database or NATS trouble: retry the job
                 log.error("sync_job_failed", connection_id=job.connection_id, error=repr(exc), exc_info=exc)
                 await msg.nak(delay=min(60.0, 2.0 * delivery))
                 return
+            finally:
+                otel_context.detach(token)
             if outcome == JobOutcome.BUSY:
                 # Another worker is syncing this connection: come back after it, a bit later each
                 # time (the running sync may not have seen what this job asks for).

@@ -10,6 +10,7 @@ import logging
 
 from litestar import Litestar
 
+from calmesh_common.metrics import ConsumerRef
 from calmesh_common.service import ServiceDeps, create_service_app, run_service
 from calmesh_common.settings import Settings
 
@@ -38,10 +39,15 @@ def create_app(settings: Settings, *, schema: str | None = None) -> Litestar:
             max_connections=settings.webhook_concurrency,
         )
         dispatcher = Dispatcher(
-            deps.pool, deps.js, settings, schema=schema, secrets=secrets, client=client, event_store=deps.store
+            deps.pool, deps.js, settings, schema=schema, secrets=secrets, client=client, event_store=deps.store,
+            metrics=deps.metrics,
         )
         deps.extras.update(schema=schema, secrets=secrets, guarded=client, dispatcher=dispatcher)
         await dispatcher.start()
+        # The dispatcher runs its own consumers and loops: /metrics samples their backlog and
+        # /readyz checks that they still run.
+        deps.consumers.extend(ConsumerRef(c.spec.stream, c.spec.name) for c in dispatcher.consumers)
+        deps.extras.setdefault("loops", []).extend(dispatcher._tasks)
 
     async def stop_dispatcher(deps: ServiceDeps) -> None:
         dispatcher = deps.extras.get("dispatcher")

@@ -36,6 +36,7 @@ from calmesh_common.events.webhooks import WebhookDisabled
 from calmesh_common.eventstore import EventStore
 from calmesh_common.guarded import FetchError, GuardedClient
 from calmesh_common.logging import get_logger
+from calmesh_common.metrics import Metrics
 from calmesh_common.settings import Settings
 from calmesh_common.streams import stream_name
 
@@ -68,8 +69,11 @@ class Dispatcher:
         event_store: EventStore,
         event_map: dict[str, Mapping] | None = None,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.pool = pool
+        #: Delivery attempts are counted here (the process's /metrics).
+        self.metrics = metrics
         self.js = js
         self.settings = settings
         self.schema = schema
@@ -326,6 +330,9 @@ class Dispatcher:
             final = delay is None
         if error and outcome.gone:
             error = "the endpoint answered 410 Gone: the subscription is disabled"
+        if self.metrics is not None:
+            label = "succeeded" if outcome.succeeded else "gone" if outcome.gone else "failed" if final else "retrying"
+            self.metrics.webhook_attempted(label, time.perf_counter() - started)
         finished = store.Finished(
             delivery_id=item.delivery_id,
             attempt_id=item.attempt_id,
