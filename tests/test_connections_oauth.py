@@ -25,7 +25,7 @@ from fakes.google import GoogleFake  # noqa: E402
 from fakes.graph import GraphFake  # noqa: E402
 from fakes.oauth import OAuthFake  # noqa: E402
 from fakes.platform import Platform, private_nats, private_platform, running, wait_for  # noqa: E402
-from fakes.servers import serve  # noqa: E402
+from fakes.servers import free_port, serve  # noqa: E402
 
 
 @dataclass
@@ -76,21 +76,55 @@ async def env(database_url: str) -> AsyncIterator[Env]:
                         await pool.close()
 
 
-async def authorize(env: Env, api: httpx.AsyncClient, provider: str, **body: Any) -> dict[str, Any]:
-    """POST /connections/{provider}, follow the authorization URL at the fake, come back through the
-    public callback; returns the connection as the callback left it."""
+def signed_in(env: Env, api: httpx.AsyncClient) -> dict[str, str]:
+    """What the gateway sends for a browser signed in (session cookie) as `api`'s user."""
+    return env.platform.headers(api.headers["x-calmesh-user-id"], auth="session", scope="full")
+
+
+async def start(env: Env, api: httpx.AsyncClient, provider: str, **body: Any) -> dict[str, Any]:
+    """POST /connections/{provider}: a pending connection and its authorization_url on CalMesh."""
     r = await api.post(f"/api/v1/connections/{provider}", json=body or None)
     assert r.status_code == 201, r.text
     created = r.json()
     assert created["status"] == "pending" and created["authorization_url"]
-    query = parse_qs(urlsplit(created["authorization_url"]).query)
+    start_url = urlsplit(created["authorization_url"])
+    assert f"{start_url.scheme}://{start_url.netloc}" == env.platform.connections_url  # the public origin
+    assert start_url.path == f"/api/v1/connections/{provider}/authorize"
+    return created
+
+
+async def open_start_url(env: Env, browser: httpx.AsyncClient, created: dict[str, Any], headers: dict[str, str]) -> str:
+    """The browser opens the authorization_url (signed in as `headers` say): it gets the binding
+    cookie and is sent on to the provider; returns the provider URL."""
+    r = await browser.get(created["authorization_url"], headers=headers)
+    assert r.status_code == 302, r.text
+    assert r.headers["cache-control"] == "no-store"
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith("calmesh_oauth_") and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    location = r.headers["location"]
+    query = parse_qs(urlsplit(location).query)
     assert query["code_challenge_method"] == ["S256"] and len(query["code_challenge"][0]) == 43
+    provider = urlsplit(created["authorization_url"]).path.split("/")[4]
     assert query["redirect_uri"] == [f"{env.platform.connections_url}/api/v1/connections/{provider}/callback"]
+    return location
+
+
+async def consent(env: Env, browser: httpx.AsyncClient, provider_url: str) -> tuple[str, httpx.Response]:
+    """At the provider: the user consents and the browser comes back through the public callback."""
+    at_provider = await browser.get(provider_url)
+    assert at_provider.status_code == 302
+    callback = at_provider.headers["location"]
+    back = await browser.get(callback, headers=env.platform.internal())  # public: no user headers
+    return callback, back
+
+
+async def authorize(env: Env, api: httpx.AsyncClient, provider: str, **body: Any) -> dict[str, Any]:
+    """POST /connections/{provider}, open the authorization URL in the user's browser, consent at
+    the fake, come back through the public callback; returns the connection as the callback left it."""
+    created = await start(env, api, provider, **body)
     async with httpx.AsyncClient(timeout=10) as browser:
-        at_provider = await browser.get(created["authorization_url"])
-        assert at_provider.status_code == 302
-        callback = at_provider.headers["location"]
-        back = await browser.get(callback, headers=env.platform.internal())  # public: no user headers
+        provider_url = await open_start_url(env, browser, created, signed_in(env, api))
+        callback, back = await consent(env, browser, provider_url)
     return {"created": created, "callback": callback, "response": back}
 
 
@@ -133,11 +167,12 @@ async def test_google_oauth_full_then_incremental_sync(env: Env) -> None:
     g.add_all_day("ada@example.com", "Holiday", (hour(6, 0)).date().isoformat(), (hour(7, 0)).date().isoformat())
     g.add("team#shared@group.calendar.google.com", "Team lunch", hour(2, 12), hour(2, 13))
     async with env.user("g1") as api:
-        flow = await authorize(env, api, "google", redirect_uri="https://app.example/done?x=1")
+        flow = await authorize(env, api, "google", redirect_uri=f"{env.platform.connections_url}/app/connections?x=1")
         back = flow["response"]
         assert back.status_code == 302
         target = urlsplit(back.headers["location"])
-        assert target.netloc == "app.example" and parse_qs(target.query)["status"] == ["connected"]
+        assert f"http://{target.netloc}" == env.platform.connections_url and target.path == "/app/connections"
+        assert parse_qs(target.query)["status"] == ["connected"] and parse_qs(target.query)["x"] == ["1"]
         cid = parse_qs(target.query)["connection_id"][0]
         # The state is single use.
         async with httpx.AsyncClient() as browser:
@@ -344,12 +379,157 @@ async def test_oauth_denied_and_state_checks(env: Env) -> None:
         async with httpx.AsyncClient(base_url=env.platform.connections_url) as anyone:
             r = await anyone.get("/api/v1/connections/google/callback", params={"code": "x", "state": "made-up"}, headers=env.platform.internal())
             assert r.status_code == 400 and r.json()["code"] == "invalid_state"
-        r = await api.post("/api/v1/connections/google", json={})
-        url = r.json()["authorization_url"]
+        created = await start(env, api, "google")
         async with httpx.AsyncClient() as browser:
-            callback = (await browser.get(url)).headers["location"]
+            provider_url = await open_start_url(env, browser, created, signed_in(env, api))
+            callback = (await browser.get(provider_url)).headers["location"]
             other = await browser.get(callback, headers=env.platform.headers("usr_someone_else"))
         assert other.status_code == 400 and "another user" in other.json()["detail"]
+
+
+async def test_a_victims_consent_through_an_attackers_link_attaches_nothing(env: Env) -> None:
+    """issue 10, item 1: the attacker starts a Google connection and gets the victim to consent.
+    Neither the provider URL nor the authorization_url itself completes anything for him."""
+    env.fresh_accounts()
+    env.google.calendar("victim@example.com", "Victim", primary=True)
+    env.google.add("victim@example.com", "Private appointment", hour(1, 9), hour(1, 10))
+    async with env.user("attacker") as attacker, env.user("victim") as victim:
+        created = await start(env, attacker, "google")
+        cid = created["id"]
+        exchanges = sum(1 for e in env.oauth.log if e.get("grant_type") == "authorization_code")
+
+        # 1. The authorization_url sent to the victim: her browser is refused, signed in or not,
+        #    and is neither bound nor sent to the provider.
+        async with httpx.AsyncClient() as victims_browser:
+            as_victim = await victims_browser.get(created["authorization_url"], headers=signed_in(env, victim))
+            assert as_victim.status_code == 403 and as_victim.json()["code"] == "oauth_wrong_account"
+            assert "set-cookie" not in as_victim.headers and "location" not in as_victim.headers
+            anonymous = await victims_browser.get(created["authorization_url"], headers={**env.platform.internal(),
+                                                                                        "accept": "text/html"})
+            assert anonymous.status_code == 401 and anonymous.headers["content-type"].startswith("text/html")
+            assert "Sign in" in anonymous.text and "set-cookie" not in anonymous.headers
+            # An API key is no browser session either.
+            with_key = await victims_browser.get(created["authorization_url"], headers=env.platform.headers(
+                attacker.headers["x-calmesh-user-id"], auth="key"))
+            assert with_key.status_code == 401 and "set-cookie" not in with_key.headers
+
+        # 2. The provider URL the attacker's own browser was sent on to, forwarded to the victim:
+        #    she consents, and the callback in her browser (no binding cookie) completes nothing.
+        async with httpx.AsyncClient() as attackers_browser, httpx.AsyncClient() as victims_browser:
+            provider_url = await open_start_url(env, attackers_browser, created, signed_in(env, attacker))
+            callback, back = await consent(env, victims_browser, provider_url)
+            assert back.status_code == 403 and back.json()["code"] == "oauth_browser_mismatch"
+            # Replaying the victim's callback in the attacker's bound browser: the state is spent.
+            replay = await attackers_browser.get(callback, headers=env.platform.internal())
+            assert replay.status_code == 400 and replay.json()["code"] == "invalid_state"
+        assert sum(1 for e in env.oauth.log if e.get("grant_type") == "authorization_code") == exchanges  # no code exchanged
+
+        # The attacker's connection stays pending and unattached: no token, no calendar, no event.
+        body = (await attacker.get(f"/api/v1/connections/{cid}")).json()
+        assert body["status"] == "pending" and body["calendars"] == [] and body["display_name"] == "Google Calendar"
+        stored = await env.db.fetchrow("SELECT credentials, calendars FROM connections.connections WHERE id = $1", cid)
+        assert stored["credentials"] is None
+        assert await rows(env, cid) == []
+
+        # The victim's own flow, in her own browser, still works.
+        flow = await authorize(env, victim, "google")
+        assert flow["response"].status_code == 200 and flow["response"].json()["display_name"] == "victim@example.com"
+
+
+async def test_through_the_gateway_only_the_browser_that_started_the_flow_completes_it(env: Env) -> None:
+    """The same attack end to end through the public gateway, with real sessions and cookie jars:
+    the gateway routes the start page, and passes the binding cookie (and no other) on."""
+    from calmesh_gateway.app import create_app as gateway_app
+
+    env.fresh_accounts()
+    env.google.calendar("victim2@example.com", "Victim", primary=True)
+    gw_port = free_port()
+    public = f"http://127.0.0.1:{gw_port}"
+    settings = {**env.settings, "CALMESH_PUSH_NOTIFICATIONS": "off", "CALMESH_PUBLIC_BASE_URL": public}
+    async with running(env.platform, sync=False, **settings) as platform:
+        gateway = gateway_app(platform.settings(
+            "gateway", CALMESH_PORT=str(gw_port), CALMESH_SESSION_SECRET="gateway-test-session-secret",
+            CALMESH_CONNECTIONS_URL=platform.connections_url, **settings))
+        async with serve(gateway, gw_port), httpx.AsyncClient(base_url=public, timeout=30) as attacker, \
+                httpx.AsyncClient(base_url=public, timeout=30) as victim:
+            for who, client in (("atk", attacker), ("vic", victim)):
+                suffix = f"{who}{int(time.time() * 1000) % 10**9}"
+                r = await client.post("/api/v1/auth/signup", json={
+                    "email": f"{suffix}@example.com", "password": "a long enough passphrase", "handle": f"h-{suffix}"})
+                assert r.status_code == 201, r.text
+            csrf = {"X-CSRF-Token": attacker.cookies["calmesh_csrf"]}
+            r = await attacker.post("/api/v1/connections/google", json={}, headers=csrf)
+            assert r.status_code == 201, r.text
+            created = r.json()
+            assert created["authorization_url"].startswith(f"{public}/api/v1/connections/google/authorize?state=")
+
+            # The victim opens the attacker's authorization_url: refused, nothing set.
+            refused = await victim.get(created["authorization_url"])
+            assert refused.status_code == 403 and refused.json()["code"] == "oauth_wrong_account"
+            assert "set-cookie" not in refused.headers
+            # The attacker opens it, and forwards the provider URL to the victim, who consents.
+            bound = await attacker.get(created["authorization_url"])
+            assert bound.status_code == 302 and bound.headers["set-cookie"].startswith("calmesh_oauth_")
+            at_provider = await victim.get(bound.headers["location"])
+            back = await victim.get(at_provider.headers["location"])
+            assert back.status_code == 403 and back.json()["code"] == "oauth_browser_mismatch"
+            pending = (await attacker.get(f"/api/v1/connections/{created['id']}")).json()
+            assert pending["status"] == "pending" and pending["calendars"] == []
+
+            # The normal flow, in one browser: the gateway carries the binding cookie to the callback.
+            r = await attacker.post("/api/v1/connections/google", json={"redirect_uri": "/app/connections"}, headers=csrf)
+            mine = r.json()
+            bound = await attacker.get(mine["authorization_url"])
+            at_provider = await attacker.get(bound.headers["location"])
+            back = await attacker.get(at_provider.headers["location"])
+            assert back.status_code == 302, back.text
+            assert back.headers["location"] == f"{public}/app/connections?connection_id={mine['id']}&status=connected"
+            assert "Max-Age=0" in back.headers["set-cookie"]  # the binding cookie is cleared
+            done = (await attacker.get(f"/api/v1/connections/{mine['id']}")).json()
+            assert done["status"] in ("syncing", "active") and done["display_name"] == "victim2@example.com"
+
+            # A foreign redirect_uri through the gateway: 422 naming the field.
+            r = await attacker.post("/api/v1/connections/google", json={"redirect_uri": "https://evil.example/"}, headers=csrf)
+            assert r.status_code == 422 and r.json()["errors"][0]["field"] == "redirect_uri"
+
+
+async def test_redirect_uri_must_be_on_the_public_origin(env: Env) -> None:
+    async with env.user("redir") as api:
+        public = env.platform.connections_url
+        for foreign in ("https://evil.example/collect", "//evil.example/collect", f"{public}@evil.example/x",
+                        "http://127.0.0.1:1/elsewhere", "javascript:alert(1)", f"{public.replace('http:', 'https:')}/app",
+                        f"http://user:pw@{public[7:]}/app"):
+            r = await api.post("/api/v1/connections/google", json={"redirect_uri": foreign})
+            assert r.status_code == 422, (foreign, r.text)
+            problem = r.json()
+            assert problem["code"] == "invalid_redirect_uri"
+            assert [e["field"] for e in problem["errors"]] == ["redirect_uri"], problem
+        # Nothing was created for the refused starts.
+        listed = (await api.get("/api/v1/connections")).json()["data"]
+        assert listed == []
+        # A path is read on the public origin.
+        flow = await authorize(env, api, "google", redirect_uri="/app/connections")
+        assert flow["response"].status_code == 302
+        assert flow["response"].headers["location"].startswith(f"{public}/app/connections?connection_id=")
+
+
+def test_the_redirect_allow_list_setting() -> None:
+    from calmesh_common.problems import Problem
+    from calmesh_common.settings import Settings, SettingsError
+    from calmesh_connections.oauth import check_return_to
+
+    settings = Settings.from_env({"CALMESH_PUBLIC_BASE_URL": "https://calmesh.example",
+                                  "CALMESH_OAUTH_REDIRECT_ORIGINS": "https://app.example.org, http://localhost:5173"})
+    assert check_return_to(settings, "https://calmesh.example/app/x") == "https://calmesh.example/app/x"
+    assert check_return_to(settings, "https://app.example.org/done?y=2#frag") == "https://app.example.org/done?y=2"
+    assert check_return_to(settings, "http://localhost:5173/cb") == "http://localhost:5173/cb"
+    for refused in ("https://app.example.org.evil.example/", "http://app.example.org/", "http://localhost:5174/",
+                    "https://calmesh.example:8443/"):
+        with pytest.raises(Problem) as caught:
+            check_return_to(settings, refused)
+        assert caught.value.status == 422 and caught.value.code == "invalid_redirect_uri"
+    with pytest.raises(SettingsError, match="CALMESH_OAUTH_REDIRECT_ORIGINS"):
+        Settings.from_env({"CALMESH_OAUTH_REDIRECT_ORIGINS": "https://app.example.org/path"})
 
 
 # --- Microsoft ---------------------------------------------------------------------------------

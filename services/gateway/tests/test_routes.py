@@ -225,3 +225,19 @@ def test_literal_segments_win_over_parameters() -> None:
     # Reserved first segments and bad handles are never the public booking page.
     assert table.match("GET", "/api/v2").route is None
     assert table.match("GET", "/Alice/intro").route is None
+
+
+def test_the_oauth_start_page_is_a_browser_route_and_only_binding_cookies_reach_the_service() -> None:
+    from calmesh_gateway.front import _forwarded_cookies
+
+    table = RouteTable()
+    start = table.match("GET", "/api/v1/connections/google/authorize").route
+    callback = table.match("GET", "/api/v1/connections/microsoft/callback").route
+    assert start is not None and start.service == "connections" and start.auth == {PUBLIC, SESSION}
+    assert not start.allows_key_scope("full")  # a browser page: no API key opens it
+    assert callback is not None and callback.auth == {PUBLIC}
+    header = b"calmesh_session=s3ss10n; calmesh_csrf=c; calmesh_oauth_ab12=v1; __Host-calmesh_oauth_cd34=v2; other=x"
+    for route in (start, callback):
+        assert _forwarded_cookies(route, header) == [(b"cookie", b"calmesh_oauth_ab12=v1; __Host-calmesh_oauth_cd34=v2")]
+    # Every other row passes no cookie on.
+    assert all(not r.cookies for r in ROUTES if r not in (start, callback))

@@ -5,7 +5,9 @@
   shared (CGNAT), multicast, reserved, unspecified and cloud-metadata addresses are refused,
   IPv4-mapped/compatible IPv6 forms included; the connection then goes to the address that was
   checked (no second lookup that could answer differently), with the original Host and TLS name;
-- every redirect is checked the same way, up to `max_redirects`;
+- every redirect is checked the same way, up to `max_redirects`; credentials (``Authorization``,
+  ``Cookie``, ``Proxy-Authorization``) go only to the origin they were given for, never to a hop on
+  another scheme, host or port, and a redirect from https to http is refused;
 - the body is capped at `max_bytes` and the whole exchange at `timeout` seconds.
 
 ``allow_private_networks`` lifts only the address rule (local development and tests).
@@ -25,6 +27,16 @@ import httpx
 _METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
 _SHARED = ipaddress.ip_network("100.64.0.0/10")
 _REDIRECTS = {301, 302, 303, 307, 308}
+
+
+#: Request headers that carry credentials: sent only to the origin of the URL they were given for.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of an http(s) URL, the default port made explicit."""
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 80)
 
 
 class FetchError(Exception):
@@ -154,42 +166,74 @@ class GuardedClient:
     async def _fetch(
         self, url: str, method: str, headers: dict[str, str], content: bytes | None, limit: int
     ) -> FetchResult:
-        for _ in range(self.max_redirects + 1):
-            parts = urlsplit(url)
-            host = parts.hostname or ""
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-            ip = await self._resolve(host, port)
-            ip_host = f"[{ip}]" if ":" in ip else ip
-            pinned = urlunsplit((parts.scheme, f"{ip_host}:{port}", parts.path or "/", parts.query, ""))
-            host_header = host if parts.port is None else f"{host}:{parts.port}"
-            request = self._client.build_request(
-                method,
-                pinned,
-                headers={**headers, "Host": host_header},
-                content=content,
-                extensions={"sni_hostname": host} if parts.scheme == "https" else {},
-            )
-            try:
-                response = await self._client.send(request, stream=True)
-            except httpx.HTTPError as exc:
-                raise FetchError(f"could not fetch {host}: {type(exc).__name__}") from exc
-            try:
-                if response.status_code in _REDIRECTS and "location" in response.headers:
-                    url = normalise_url(urljoin(url, response.headers["location"]))
-                    if response.status_code == 303 or (response.status_code in (301, 302) and method == "POST"):
-                        method, content = "GET", None
-                    continue
-                body = bytearray()
-                declared = response.headers.get("content-length")
-                if declared and declared.isdigit() and int(declared) > limit:
-                    raise FetchError(f"the response is larger than the {limit:,} byte limit")
-                async for chunk in response.aiter_bytes():
-                    body.extend(chunk)
-                    if len(body) > limit:
-                        raise FetchError(f"the response is larger than the {limit:,} byte limit")
-                return FetchResult(response.status_code, response.headers, bytes(body), url)
-            except httpx.HTTPError as exc:
-                raise FetchError(f"could not read the answer of {host}: {type(exc).__name__}") from exc
-            finally:
-                await response.aclose()
+        """Follow redirects hop by hop, each one checked and sent through `send`. Credentials
+        (``Authorization``, ``Cookie``, ``Proxy-Authorization``) go only to the origin they were
+        meant for: a hop to another scheme, host or port gets none of them, and an https → http
+        hop is refused outright."""
+        first = _origin(url)
+        credentials = {k: v for k, v in headers.items() if k.lower() in CREDENTIAL_HEADERS}
+        plain = {k: v for k, v in headers.items() if k.lower() not in CREDENTIAL_HEADERS}
+        for hop in range(self.max_redirects + 1):
+            sent = {**plain, **credentials} if _origin(url) == first else plain
+            result = await self.send(url, method=method, headers=sent, content=content, limit=limit)
+            location = result.headers.get("location") if result.status in _REDIRECTS else None
+            if location is None:
+                return result
+            if hop == self.max_redirects:
+                break
+            target = normalise_url(urljoin(url, location))
+            if urlsplit(url).scheme == "https" and urlsplit(target).scheme == "http":
+                raise FetchError(
+                    f"refused to fetch {urlsplit(target).hostname}: a redirect from https to http "
+                    "(credentials and data would travel unencrypted)"
+                )
+            if result.status == 303 or (result.status in (301, 302) and method == "POST"):
+                method, content = "GET", None
+            url = target
+        if self.max_redirects == 0:
+            raise FetchError(f"the endpoint answered {result.status} (a redirect); redirects are not followed")
         raise FetchError(f"more than {self.max_redirects} redirects")
+
+    async def send(
+        self, url: str, *, method: str, headers: Mapping[str, str], content: bytes | None, limit: int
+    ) -> FetchResult:
+        """One exchange with `url`, which follows no redirect: the host is resolved once and
+        checked (`_resolve`), the connection goes to that address with the original Host header and
+        TLS name, and the body is capped at `limit` bytes (a redirect's body is not read).
+
+        This is the hook a subclass overrides to exchange on another HTTP stack (the webhooks
+        dispatcher's aiohttp); the redirect and credential rules of `fetch` stay the base's."""
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        ip = await self._resolve(host, port)
+        ip_host = f"[{ip}]" if ":" in ip else ip
+        pinned = urlunsplit((parts.scheme, f"{ip_host}:{port}", parts.path or "/", parts.query, ""))
+        host_header = host if parts.port is None else f"{host}:{parts.port}"
+        request = self._client.build_request(
+            method,
+            pinned,
+            headers={**headers, "Host": host_header},
+            content=content,
+            extensions={"sni_hostname": host} if parts.scheme == "https" else {},
+        )
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise FetchError(f"could not fetch {host}: {type(exc).__name__}") from exc
+        try:
+            if response.status_code in _REDIRECTS and "location" in response.headers:
+                return FetchResult(response.status_code, response.headers, b"", url)
+            body = bytearray()
+            declared = response.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > limit:
+                raise FetchError(f"the response is larger than the {limit:,} byte limit")
+            async for chunk in response.aiter_bytes():
+                body.extend(chunk)
+                if len(body) > limit:
+                    raise FetchError(f"the response is larger than the {limit:,} byte limit")
+            return FetchResult(response.status_code, response.headers, bytes(body), url)
+        except httpx.HTTPError as exc:
+            raise FetchError(f"could not read the answer of {host}: {type(exc).__name__}") from exc
+        finally:
+            await response.aclose()

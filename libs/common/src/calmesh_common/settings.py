@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -235,6 +236,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     icloud_caldav_url: str = "https://caldav.icloud.com/"
     #: How long an OAuth `state` stays usable (single use) after POST /connections/{provider}.
     oauth_state_ttl_seconds: int = 900
+    #: Origins (scheme://host[:port]) besides the public base URL's that an OAuth start's
+    #: `redirect_uri` may point at (e.g. a separately hosted front end).
+    oauth_redirect_origins: tuple[str, ...] = ()
     #: Largest iCal body fetched, and largest CalDAV response, in bytes.
     ical_max_bytes: int = 10 * 1024 * 1024
     caldav_max_bytes: int = 50 * 1024 * 1024
@@ -374,6 +378,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             ),
             icloud_caldav_url=env.get("CALMESH_ICLOUD_CALDAV_URL", "https://caldav.icloud.com/"),
             oauth_state_ttl_seconds=_int(env, "CALMESH_OAUTH_STATE_TTL_SECONDS", 900),
+            oauth_redirect_origins=_list(env, "CALMESH_OAUTH_REDIRECT_ORIGINS"),
             ical_max_bytes=_int(env, "CALMESH_ICAL_MAX_BYTES", 10 * 1024 * 1024),
             caldav_max_bytes=_int(env, "CALMESH_CALDAV_MAX_BYTES", 50 * 1024 * 1024),
             fetch_timeout_seconds=_float(env, "CALMESH_FETCH_TIMEOUT_SECONDS", 30.0),
@@ -449,6 +454,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("CALMESH_SYNC_CONCURRENCY must be at least 1")
         if self.push_notifications not in ("auto", "on", "off"):
             raise SettingsError("CALMESH_PUSH_NOTIFICATIONS must be auto, on or off")
+        for origin in self.oauth_redirect_origins:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
+                    or parts.query or parts.fragment or parts.username is not None:
+                raise SettingsError(
+                    f"CALMESH_OAUTH_REDIRECT_ORIGINS must list origins like https://app.example.com, got {origin!r}")
 
     def require(self, *names: str) -> None:
         """Fail at start-up, naming the variables, when a process needs settings that are empty."""

@@ -31,7 +31,7 @@ from calmesh_common.events.connections import (
 )
 from calmesh_common.ids import new_id
 from calmesh_common.logging import get_logger
-from calmesh_common.problems import FieldError, Problem
+from calmesh_common.problems import PROBLEM_JSON, FieldError, Problem, problem_bytes
 from calmesh_common.service import Caller, ServiceDeps, json_response
 from calmesh_sync.providers import ProviderError
 from calmesh_sync.providers.google import GoogleClient
@@ -129,10 +129,10 @@ class ConnectionsController(Controller):
         oauth.require_configured(config)
         return_to = None
         if data is not None and data.redirect_uri:
-            return_to = discovery.check_url(data.redirect_uri, "redirect_uri")
+            return_to = oauth.check_return_to(ctx.settings, data.redirect_uri)
         connection_id = new_id("conn")
         state, digest = oauth.new_state()
-        verifier, challenge = oauth.new_verifier()
+        verifier, _challenge = oauth.new_verifier()  # the start URL sends the challenge
         now = datetime.now(UTC)
         display = "Google Calendar" if provider == "google" else "Microsoft Outlook"
         async with ctx.pool.acquire() as conn, conn.transaction():
@@ -150,10 +150,7 @@ class ConnectionsController(Controller):
                 connection_id=connection_id, user_id=caller.user_id, provider=provider, display_name=display,
                 status="pending", calendars=[], created_at=row["created_at"],
             )], caller.user_id)
-        url = oauth.authorization_url(
-            config, provider, redirect_uri=oauth.callback_url(ctx.settings, provider), state=state, challenge=challenge
-        )
-        return connection_out(row, authorization_url=url)
+        return connection_out(row, authorization_url=oauth.start_url(ctx.settings, provider, state))
 
     @post("/google", summary="Initiate Google Calendar OAuth flow", status_code=201)
     async def start_google(self, caller: Caller, deps: ServiceDeps, data: OAuthStart | None = None) -> ConnectionOut:
@@ -278,6 +275,60 @@ class ConnectionsController(Controller):
         # Best effort, after the commit: stop push channels and give the grant back.
         await push.stop_channels(ctx, row, channels, credentials)
 
+    # --- the browser's side of the OAuth flow -----------------------------------------------
+
+    @get("/{provider:str}/authorize", summary="Open the provider's consent screen (binds this browser to the flow)",
+         include_in_schema=True)
+    async def authorize(
+        self,
+        request: Request[Any, Any, Any],
+        provider: str,
+        deps: ServiceDeps,
+        optional_caller: Caller | None,
+        oauth_state: Annotated[str | None, Parameter(query="state")] = None,
+    ) -> Response[Any]:
+        """The `authorization_url` of a pending connection. Only the signed-in user who created it
+        may open it: this browser gets a short-lived HttpOnly cookie tied to the state, and is sent
+        on to the provider. A link opened by anyone else binds nothing."""
+        ctx = ctx_of(deps)
+        if provider not in OAUTH:
+            raise Problem(404, "not_found", "No such OAuth provider.")
+        if not oauth_state:
+            return _browser_problem(request, Problem(400, "invalid_state", "The state parameter is missing."))
+        config = oauth.provider_config(ctx.settings, provider)
+        oauth.require_configured(config)
+        digest = oauth.state_digest(oauth_state)
+        now = datetime.now(UTC)
+        async with ctx.pool.acquire() as conn, conn.transaction():
+            saved = await store.take_state(conn, digest)
+            problem = _state_problem(saved, provider, now)
+            if problem is None and (optional_caller is None or optional_caller.auth != "session"):
+                problem = Problem(
+                    401, "sign_in_required",
+                    "Sign in to CalMesh in this browser, as the account that started this connection, then open this "
+                    "link again.",
+                )
+            elif problem is None and optional_caller is not None and optional_caller.user_id != saved["user_id"]:
+                problem = Problem(
+                    403, "oauth_wrong_account",
+                    "This link was made for another CalMesh account: nothing was connected. If someone sent it to you, "
+                    "do not continue.",
+                )
+            if problem is not None:
+                return _browser_problem(request, problem)
+            value, browser_hash = oauth.new_binding()
+            await store.bind_state(conn, digest, browser_hash)
+            verifier = ctx.vault.open_text(saved["code_verifier"])
+        url = oauth.authorization_url(
+            config, provider, redirect_uri=oauth.callback_url(ctx.settings, provider), state=oauth_state,
+            challenge=oauth.challenge_for(verifier),
+        )
+        max_age = int((saved["expires_at"] - now).total_seconds())
+        return Redirect(url, status_code=302, headers={
+            "Set-Cookie": oauth.binding_cookie(ctx.settings, digest, value, max_age),
+            **_NO_STORE,
+        })
+
     # --- public callbacks --------------------------------------------------------------------
 
     @get("/{provider:str}/callback", summary="OAuth 2 redirect target (Google, Microsoft)", include_in_schema=True)
@@ -299,18 +350,29 @@ class ConnectionsController(Controller):
             raise Problem(400, "invalid_state", "The state parameter is missing.")
         config = oauth.provider_config(ctx.settings, provider)
         digest = oauth.state_digest(oauth_state)
+        cookie_name = oauth.binding_cookie_name(ctx.settings, digest)
         async with ctx.pool.acquire() as conn, conn.transaction():
             saved = await store.take_state(conn, digest)
-            if saved is None or saved["provider"] != provider:
-                raise Problem(400, "invalid_state", "This authorization request is unknown; start again.")
-            if saved["used_at"] is not None:
-                raise Problem(400, "invalid_state", "This authorization request was used already; start again.")
-            if saved["expires_at"] < datetime.now(UTC):
-                raise Problem(400, "invalid_state", "This authorization request expired; start again.")
+            problem = _state_problem(saved, provider, datetime.now(UTC))
+            if problem is not None:
+                raise problem
+            # Single use, whatever happens next: a refused answer cannot be replayed elsewhere.
+            await store.use_state(conn, digest)
             if optional_caller is not None and optional_caller.user_id != saved["user_id"]:
-                raise Problem(400, "invalid_state", "This authorization request belongs to another user.")
-            await store.use_state(conn, digest)  # single use, whatever happens next
+                problem = Problem(400, "invalid_state", "This authorization request belongs to another user.")
+            elif not oauth.binding_matches(saved["browser_hash"], request.cookies.get(cookie_name)):
+                # Consent given in a browser that did not start this flow (a link someone sent):
+                # nothing is completed, and the pending connection stays unattached.
+                log.warning("oauth_callback_unbound_browser", connection_id=saved["connection_id"], provider=provider)
+                problem = Problem(
+                    403, "oauth_browser_mismatch",
+                    "This authorization came back to a browser that did not start it, so nothing was connected. "
+                    "If you meant to connect a calendar, start again from CalMesh in this browser.",
+                )
             verifier = ctx.vault.open_text(saved["code_verifier"])
+        if problem is not None:
+            return _browser_problem(request, problem, clear_cookie=oauth.binding_cookie(ctx.settings, digest, "", 0))
+        clear = oauth.binding_cookie(ctx.settings, digest, "", 0)
         connection_id = saved["connection_id"]
         return_to = saved["return_to"]
         user_id = saved["user_id"]
@@ -336,7 +398,7 @@ class ConnectionsController(Controller):
                 await append(ctx, conn, f"connection:{connection_id}", [ConnectionErrored(
                     connection_id=connection_id, user_id=user_id, error=failure or "", kind="auth", at=datetime.now(UTC),
                 )], user_id)
-            return _callback_answer(request, return_to, row, failure)
+            return _callback_answer(request, return_to, row, failure, clear)
         # Find the calendars with the new token (a failure here is left to the first sync).
         async def token(_force: bool) -> str:
             return tokens.access_token  # type: ignore[union-attr]
@@ -363,7 +425,7 @@ class ConnectionsController(Controller):
             )], user_id)
         await _request_sync(ctx, row, "created")
         push.schedule_setup(ctx, deps, connection_id)
-        return _callback_answer(request, return_to, row, None)
+        return _callback_answer(request, return_to, row, None, clear)
 
     @post("/google/notifications", summary="Google Calendar push notifications", status_code=200)
     async def google_notification(self, request: Request[Any, Any, Any], deps: ServiceDeps) -> Response[bytes]:
@@ -383,20 +445,54 @@ async def _request_sync(ctx: Context, row: Any, reason: str) -> str:
     return sync_id
 
 
-def _callback_answer(request: Request[Any, Any, Any], return_to: str | None, row: Any, failure: str | None) -> Response[Any]:
+#: The start and callback answers carry the state and the code in their URLs: never cached, never
+#: sent on as a Referer.
+_NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+
+
+def _state_problem(saved: Any, provider: str, now: datetime) -> Problem | None:
+    """Why a stored state cannot be used (unknown, another provider's, used, expired), else None."""
+    if saved is None or saved["provider"] != provider:
+        return Problem(400, "invalid_state", "This authorization request is unknown; start again.")
+    if saved["used_at"] is not None:
+        return Problem(400, "invalid_state", "This authorization request was used already; start again.")
+    if saved["expires_at"] < now:
+        return Problem(400, "invalid_state", "This authorization request expired; start again.")
+    return None
+
+
+def _wants_html(request: Request[Any, Any, Any]) -> bool:
+    return "text/html" in request.headers.get("accept", "")
+
+
+def _browser_problem(request: Request[Any, Any, Any], problem: Problem, *, clear_cookie: str | None = None) -> Response[Any]:
+    """A problem on a page a browser navigates to: an HTML page for a browser, problem+json otherwise."""
+    headers = {**_NO_STORE, **({"Set-Cookie": clear_cookie} if clear_cookie else {})}
+    if _wants_html(request):
+        title = "The calendar could not be connected"
+        page = (f"<!doctype html><meta charset=utf-8><title>{title}</title><h1>{title}</h1>"
+                f"<p>{html.escape(problem.detail)}</p>")
+        return Response(page, media_type="text/html", status_code=problem.status, headers=headers)
+    body = problem_bytes(problem)
+    return Response(body, media_type=PROBLEM_JSON, status_code=problem.status, headers=headers)
+
+
+def _callback_answer(request: Request[Any, Any, Any], return_to: str | None, row: Any, failure: str | None,
+                     clear_cookie: str) -> Response[Any]:
+    headers = {**_NO_STORE, "Set-Cookie": clear_cookie}
     if return_to:
         params = {"connection_id": row["id"], "status": "error" if failure else "connected"}
         if failure:
             params["error"] = failure
         separator = "&" if urlsplit(return_to).query else "?"
-        return Redirect(f"{return_to}{separator}{urlencode(params)}", status_code=302)
-    if "text/html" in request.headers.get("accept", ""):
+        return Redirect(f"{return_to}{separator}{urlencode(params)}", status_code=302, headers=headers)
+    if _wants_html(request):
         title = "Calendar connected" if failure is None else "The calendar could not be connected"
         text = "You can close this window." if failure is None else html.escape(failure)
         page = f"<!doctype html><meta charset=utf-8><title>{title}</title><h1>{title}</h1><p>{text}</p>"
-        return Response(page, media_type="text/html", status_code=200 if failure is None else 400)
+        return Response(page, media_type="text/html", status_code=200 if failure is None else 400, headers=headers)
     body = msgspec.to_builtins(connection_out(row))
-    return json_response(body, status=200 if failure is None else 400)
+    return json_response(body, status=200 if failure is None else 400, headers=headers)
 
 
 def _source_event(view: SourceOut) -> CalendarSource:

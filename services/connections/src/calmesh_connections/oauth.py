@@ -1,19 +1,28 @@
 """OAuth 2 authorization code with PKCE (S256) for Google and Microsoft: the authorization URL, the
-code exchange and the refresh. Endpoints, client ids and secrets come from the settings."""
+code exchange and the refresh. Endpoints, client ids and secrets come from the settings.
+
+The flow is bound to the browser that starts it (login CSRF / account-linking defence):
+``POST /connections/{provider}`` answers a start URL on CalMesh's public origin; opening it, signed
+in as the user who created the connection, sets a short-lived HttpOnly cookie tied to the state and
+redirects to the provider. The callback completes the connection only when that cookie comes back
+with the state, so a victim who consents through a link an attacker sent attaches nothing to the
+attacker's account.
+"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 
-from calmesh_common.problems import Problem
+from calmesh_common.problems import FieldError, Problem
 from calmesh_common.settings import Settings
 
 OAUTH_PROVIDERS = ("google", "microsoft")
@@ -62,6 +71,103 @@ def callback_url(settings: Settings, provider: str) -> str:
     return f"{settings.public_base_url}/api/v1/connections/{provider}/callback"
 
 
+def start_url(settings: Settings, provider: str, state: str) -> str:
+    """The `authorization_url` a client sends its user to: CalMesh's own start page, which binds
+    the browser and then redirects to the provider."""
+    return f"{settings.public_base_url}/api/v1/connections/{provider}/authorize?{urlencode({'state': state})}"
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        return None
+    try:
+        port = parts.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        return None
+    return scheme, parts.hostname.lower(), port
+
+
+def check_return_to(settings: Settings, redirect_uri: str) -> str:
+    """`redirect_uri` as an absolute URL on the public origin or an allowed one (a path such as
+    ``/app/connections`` is read on the public origin); 422 naming the field otherwise."""
+    def refuse(message: str) -> Problem:
+        return Problem(422, "invalid_redirect_uri", f"redirect_uri: {message}",
+                       errors=[FieldError("redirect_uri", message)])
+
+    raw = redirect_uri.strip()
+    if any(ord(c) < 0x20 or c in "\\\x7f" for c in raw):
+        raise refuse("must be a plain URL (no control characters or backslashes)")
+    if raw.startswith("/") and not raw.startswith("//"):
+        raw = urljoin(settings.public_base_url + "/", raw)
+    parts = urlsplit(raw)
+    origin = _origin(raw)
+    if origin is None:
+        raise refuse("must be an absolute http(s) URL or a path on this server")
+    if parts.username is not None or parts.password is not None:
+        raise refuse("must not carry a user name or password")
+    allowed = {_origin(settings.public_base_url), *(_origin(o) for o in settings.oauth_redirect_origins)}
+    if origin not in allowed:
+        raise refuse(
+            f"{origin[0]}://{parts.netloc} is not this server's origin ({settings.public_base_url}) nor one of "
+            "CALMESH_OAUTH_REDIRECT_ORIGINS"
+        )
+    return parts._replace(fragment="").geturl()
+
+
+# --- the browser binding --------------------------------------------------------------------
+
+#: On an https public URL the cookie is ``__Host-``-prefixed (Secure, Path=/, no Domain: browsers
+#: refuse it otherwise, so no sibling host or plain-http page can plant or overwrite it). Browsers
+#: accept a ``__Host-`` (or any Secure) cookie only from a secure origin, and http://127.0.0.1 of
+#: `make up` is not one everywhere (nor for HTTP libraries' cookie jars), so over http the cookie
+#: drops the prefix and Secure and is scoped to the connections path instead.
+BINDING_COOKIE_SECURE = "__Host-calmesh_oauth_"
+BINDING_COOKIE_PLAIN = "calmesh_oauth_"
+_PLAIN_COOKIE_PATH = "/api/v1/connections"
+
+
+def _secure(settings: Settings) -> bool:
+    return settings.public_base_url.lower().startswith("https://")
+
+
+def binding_cookie_name(settings: Settings, digest: str) -> str:
+    """One cookie per pending flow (named after its state's digest), so two flows never clash."""
+    return (BINDING_COOKIE_SECURE if _secure(settings) else BINDING_COOKIE_PLAIN) + digest[:20]
+
+
+def new_binding() -> tuple[str, str]:
+    """(cookie value, its digest): only the digest is stored with the state."""
+    value = secrets.token_urlsafe(32)
+    return value, binding_digest(value)
+
+
+def binding_digest(value: str) -> str:
+    return hashlib.sha256(f"oauth-binding:{value}".encode()).hexdigest()
+
+
+def binding_matches(stored_digest: str | None, presented: str | None) -> bool:
+    if not stored_digest or not presented:
+        return False
+    return hmac.compare_digest(stored_digest, binding_digest(presented))
+
+
+def binding_cookie(settings: Settings, digest: str, value: str, max_age: int) -> str:
+    """The Set-Cookie value binding this browser to the flow (max_age 0 clears it)."""
+    name = binding_cookie_name(settings, digest)
+    if _secure(settings):
+        attributes = "Path=/; Secure"
+    else:
+        attributes = f"Path={_PLAIN_COOKIE_PATH}"
+    return f"{name}={value}; Max-Age={max(0, max_age)}; {attributes}; HttpOnly; SameSite=Lax"
+
+
+def challenge_for(verifier: str) -> str:
+    """The S256 code_challenge of `verifier` (RFC 7636)."""
+    return base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
+
+
 def new_state() -> tuple[str, str]:
     """(state, its digest): only the digest is stored."""
     state = secrets.token_urlsafe(32)
@@ -75,8 +181,7 @@ def state_digest(state: str) -> str:
 def new_verifier() -> tuple[str, str]:
     """(code_verifier, S256 code_challenge) per RFC 7636."""
     verifier = secrets.token_urlsafe(64)[:96]
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).decode().rstrip("=")
-    return verifier, challenge
+    return verifier, challenge_for(verifier)
 
 
 def authorization_url(config: ProviderConfig, provider: str, *, redirect_uri: str, state: str, challenge: str) -> str:

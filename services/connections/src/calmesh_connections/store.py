@@ -146,6 +146,11 @@ async def use_state(conn: asyncpg.Connection, state_hash: str) -> None:
     await conn.execute("UPDATE connections.oauth_states SET used_at = now() WHERE state_hash = $1", state_hash)
 
 
+async def bind_state(conn: asyncpg.Connection, state_hash: str, browser_hash: str) -> None:
+    """Tie the flow to the browser that opened its start URL (the digest of its cookie)."""
+    await conn.execute("UPDATE connections.oauth_states SET browser_hash = $2 WHERE state_hash = $1", state_hash, browser_hash)
+
+
 # --- unified calendars -----------------------------------------------------------------------
 
 

@@ -245,6 +245,8 @@ class GatewayFront:
                 scope["calmesh"] = RequestContext(route, match.params, request_id, identity, session_token)
                 status = await self._inner(scope, receive, send, ids)
             else:
+                if route.cookies and cookie is not None:
+                    passthrough = [*passthrough, *_forwarded_cookies(route, cookie)]
                 status = await self._forward(scope, receive, send, route, identity, passthrough, clen,
                                              request_id, traceparent, tstate, ids)
         except _ClientGone:
@@ -388,6 +390,16 @@ class GatewayFront:
 
 _PUBLIC_ONLY = frozenset({"public"})
 _PROBE_PATHS = frozenset({"/livez", "/readyz", "/metrics"})
+
+
+def _forwarded_cookies(route: Route, cookie: bytes) -> list[tuple[bytes, bytes]]:
+    """The request's cookies that `route` passes on to its service (by name prefix), as one Cookie
+    header; never the session cookie or any other."""
+    kept = [f"{name}={value}" for name, value in parse_cookies(cookie.decode("latin-1")).items()
+            if name.startswith(route.cookies)]
+    return [(b"cookie", "; ".join(kept).encode("latin-1"))] if kept else []
+
+
 _TRACEPARENT = re.compile(rb"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
 

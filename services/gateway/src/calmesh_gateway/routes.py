@@ -60,6 +60,9 @@ class Route:
     rate_limited: bool = True
     #: Extra constraints on path parameters (name -> compiled pattern).
     constraints: tuple[tuple[str, re.Pattern[str]], ...] = ()
+    #: Name prefixes of the request cookies passed on to the service (none by default: the
+    #: session cookie never leaves the gateway).
+    cookies: tuple[str, ...] = ()
     #: For the gateway's own rows, what the OpenAPI document shows.
     doc: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
@@ -93,9 +96,15 @@ class Route:
 
 def _r(method: str, path: str, service: str, summary: str, *, auth: frozenset[str] = SESSION_OR_KEY,
        scopes: frozenset[str] = READ, tag: str = "", rate_limited: bool = True,
-       constraints: dict[str, re.Pattern[str]] | None = None, doc: dict[str, Any] | None = None) -> Route:
+       constraints: dict[str, re.Pattern[str]] | None = None, doc: dict[str, Any] | None = None,
+       cookies: tuple[str, ...] = ()) -> Route:
     return Route(method, path, service, auth, scopes if KEY in auth or PUBLIC in auth else NO_KEYS, summary,
-                 tag or service, rate_limited, tuple((constraints or {}).items()), doc or {})
+                 tag or service, rate_limited, tuple((constraints or {}).items()), cookies, doc or {})
+
+
+#: The OAuth flow's browser-binding cookies (calmesh_connections.oauth): set by the start page,
+#: read by the callback.
+OAUTH_BINDING_COOKIES = ("__Host-calmesh_oauth_", "calmesh_oauth_")
 
 
 V1 = "/api/v1"
@@ -136,8 +145,13 @@ ROUTES: tuple[Route, ...] = (
     _r("DELETE", f"{V1}/connections/{{id}}", "connections",
        "Disconnect a calendar (deletes connection and cached events)", scopes=FULL),
     _r("POST", f"{V1}/connections/{{id}}/sync", "connections", "Trigger a manual sync for a connection", scopes=FULL),
+    # The authorization_url of POST /connections/{provider}: a browser page, for the signed-in user who
+    # started the flow (the service checks that); it sets the binding cookie and redirects to the provider.
+    _r("GET", f"{V1}/connections/{{provider}}/authorize", "connections",
+       "Open the provider's consent screen (binds this browser to the flow)",
+       auth=frozenset({PUBLIC, SESSION}), scopes=NO_KEYS, cookies=OAUTH_BINDING_COOKIES),
     _r("GET", f"{V1}/connections/{{provider}}/callback", "connections", "OAuth 2 redirect target (Google, Microsoft)",
-       auth=PUBLIC_ONLY, scopes=NO_KEYS),
+       auth=PUBLIC_ONLY, scopes=NO_KEYS, cookies=OAUTH_BINDING_COOKIES),
     _r("POST", f"{V1}/connections/google/notifications", "connections", "Google Calendar push notifications",
        auth=PUBLIC_ONLY, scopes=NO_KEYS),
     _r("POST", f"{V1}/connections/microsoft/notifications", "connections", "Microsoft Graph change notifications",
