@@ -3,13 +3,54 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
 DEFAULT_API_URL = "https://calmesh.xyz/api/v1"
 KEY_PATTERN = re.compile(r"^cm_live_[A-Za-z0-9_-]{20,}$")
+
+
+#: What each id or slug argument of a tool must look like. A value that does not match never reaches
+#: a URL: ``"../webhooks/wh_…"`` as a connection id is refused, not sent.
+_ID = r"[A-Za-z0-9]{1,64}"
+ARGUMENT_PATTERNS: dict[str, tuple[re.Pattern[str], str]] = {
+    "connection_id": (re.compile(rf"^conn_{_ID}$"), "a connection id (conn_…)"),
+    "booking_id": (re.compile(rf"^bk_{_ID}$"), "a booking id (bk_…)"),
+    "poll_id": (re.compile(rf"^poll_{_ID}$"), "a poll id (poll_…)"),
+    "option_id": (re.compile(rf"^opt_{_ID}$"), "a poll option id (opt_…)"),
+    "source_id": (re.compile(rf"^src_{_ID}$"), "a source id (src_…)"),
+    "event_id": (re.compile(rf"^evt_{_ID}$"), "an event id (evt_…)"),
+    "calendar_slug": (re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"), "a calendar slug (a-z, 0-9, -)"),
+    "booking_page_slug": (re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"), "a booking page slug (a-z, 0-9, -)"),
+    "handle": (re.compile(r"^[a-z0-9-]{3,40}$"), "a handle (3 to 40 of a-z, 0-9, -)"),
+}
+
+
+def argument_errors(arguments: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(argument, message) for each id or slug argument that is not shaped like one."""
+    errors = []
+    for name, value in arguments.items():
+        rule = ARGUMENT_PATTERNS.get(name)
+        if rule is None or value is None:
+            continue
+        pattern, what = rule
+        if not isinstance(value, str) or not pattern.match(value):
+            errors.append((name, f"must be {what}"))
+    return errors
+
+
+def api_path(segments: Sequence[str]) -> str:
+    """The relative URL of an API path given as segments, each one percent-quoted (no '/' survives)."""
+    parts = []
+    for segment in segments:
+        if not isinstance(segment, str) or segment in ("", ".", ".."):
+            raise ValueError(f"not a path segment: {segment!r}")
+        parts.append(quote(segment, safe=""))
+    return "/".join(parts)
 
 
 class ConfigError(Exception):
@@ -75,18 +116,20 @@ class CalMeshAPI:
     async def request(
         self,
         method: str,
-        path: str,
+        path: Sequence[str],
         *,
         params: dict[str, Any] | None = None,
         json: Any = None,
     ) -> Any:
-        """Send one request; returns the decoded JSON body (None for 204), raises ApiError."""
+        """Send one request to the API path made of `path`'s segments (each quoted here, the one place
+        a tool's arguments become a URL); returns the decoded JSON body (None for 204), raises ApiError."""
+        url = api_path(path)
         clean = {k: v for k, v in (params or {}).items() if v is not None}
         for k, v in clean.items():
             if isinstance(v, bool):
                 clean[k] = "true" if v else "false"
         try:
-            response = await self._client.request(method, path.lstrip("/"), params=clean, json=json)
+            response = await self._client.request(method, url, params=clean, json=json)
         except httpx.HTTPError as exc:
             raise ApiError(
                 0,

@@ -22,8 +22,8 @@ from typing import Any
 from mcp.server.mcpserver import MCPServer
 from mcp_types import CallToolResult
 
-from .api import ApiError, CalMeshAPI, Config, ConfigError
-from .tools import Tools, ToolSpec, tool_error
+from .api import ApiError, CalMeshAPI, Config, ConfigError, argument_errors
+from .tools import Tools, ToolSpec, argument_error, tool_error
 
 INSTRUCTIONS = (
     "CalMesh merges a person's Google, Microsoft, iCloud/CalDAV calendars and iCal feeds into unified calendars. "
@@ -37,6 +37,9 @@ def _guard(spec: ToolSpec, tools: Tools) -> Callable[..., Awaitable[CallToolResu
 
     @functools.wraps(spec.fn)
     async def call(*args: Any, **kwargs: Any) -> CallToolResult:
+        errors = argument_errors(kwargs)
+        if errors:
+            return argument_error("; ".join(f"{name} {message}" for name, message in errors))
         try:
             return await spec.fn(*args, **kwargs)
         except ApiError as exc:
@@ -48,7 +51,7 @@ def _guard(spec: ToolSpec, tools: Tools) -> Callable[..., Awaitable[CallToolResu
 async def read_key_scope(api: CalMeshAPI) -> str | None:
     """The configured key's scope, from /me (None when it cannot be read)."""
     try:
-        me = await api.request("GET", "me")
+        me = await api.request("GET", ("me",))
     except ApiError:
         return None
     if not isinstance(me, dict):

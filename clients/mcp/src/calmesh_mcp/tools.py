@@ -170,7 +170,7 @@ class Tools:
     async def _tz(self, slug: str) -> str | None:
         if slug not in self._calendar_tz:
             try:
-                cal = await self.api.request("GET", f"calendars/{slug}")
+                cal = await self.api.request("GET", ("calendars", slug))
             except ApiError:
                 return None
             self._calendar_tz[slug] = cal.get("timezone") or "UTC"
@@ -179,7 +179,7 @@ class Tools:
     # Calendars and events -------------------------------------------------------------------------
 
     async def list_calendars(self) -> CallToolResult:
-        data = await self.api.request("GET", "calendars", params={"limit": 200})
+        data = await self.api.request("GET", ("calendars",), params={"limit": 200})
         items = data.get("data", [])
         for cal in items:
             self._calendar_tz[cal["slug"]] = cal.get("timezone") or "UTC"
@@ -199,9 +199,7 @@ class Tools:
         limit: Limit = 50,
         cursor: Cursor = None,
     ) -> CallToolResult:
-        data = await self.api.request(
-            "GET",
-            f"calendars/{calendar_slug}/events",
+        data = await self.api.request("GET", ("calendars", calendar_slug, "events"),
             params={"start": start, "end": end, "source_id": source_id, "include_cancelled": include_cancelled or None,
                     "limit": limit, "cursor": cursor},
         )
@@ -227,9 +225,7 @@ class Tools:
         min_duration: Annotated[int | None, Field(ge=1, le=1440, description="Drop free gaps shorter than this many minutes.")] = None,
         explain: Annotated[bool, Field(description="List the events behind each busy interval.")] = False,
     ) -> CallToolResult:
-        data = await self.api.request(
-            "GET",
-            f"calendars/{calendar_slug}/availability",
+        data = await self.api.request("GET", ("calendars", calendar_slug, "availability"),
             params={"date": date, "start": start, "end": end, "tz": tz, "min_duration": min_duration,
                     "explain": explain or None},
         )
@@ -246,7 +242,7 @@ class Tools:
         return ok("\n".join(lines), data)
 
     async def find_conflicts(self, calendar_slug: CalendarSlug, start: Instant, end: Instant) -> CallToolResult:
-        data = await self.api.request("GET", f"calendars/{calendar_slug}/conflicts", params={"start": start, "end": end})
+        data = await self.api.request("GET", ("calendars", calendar_slug, "conflicts"), params={"start": start, "end": end})
         tz = await self._tz(calendar_slug)
         items = data.get("data", []) if isinstance(data, dict) else data
         lines = [f"{len(items)} conflict(s) in {calendar_slug}:"]
@@ -266,8 +262,7 @@ class Tools:
         end: Annotated[DateStr, Field(description="Last day (YYYY-MM-DD, inclusive), read in tz.")],
         tz: Annotated[TimeZoneName | None, Field(description="The visitor's timezone; default the page's.")] = None,
     ) -> CallToolResult:
-        data = await self.api.request(
-            "GET", f"booking-pages/{booking_page_slug}/slots", params={"handle": handle, "start": start, "end": end, "tz": tz}
+        data = await self.api.request("GET", ("booking-pages", booking_page_slug, "slots"), params={"handle": handle, "start": start, "end": end, "tz": tz}
         )
         zone = tz or data.get("timezone")
         slots = data.get("slots", [])
@@ -288,8 +283,7 @@ class Tools:
         timezone: Annotated[TimeZoneName | None, Field(description="The visitor's timezone, for the confirmation.")] = None,
     ) -> CallToolResult:
         body = {"start": start, "name": name, "email": email, "notes": notes, "timezone": timezone}
-        data = await self.api.request(
-            "POST", f"booking-pages/{booking_page_slug}/book", params={"handle": handle},
+        data = await self.api.request("POST", ("booking-pages", booking_page_slug, "book"), params={"handle": handle},
             json={k: v for k, v in body.items() if v is not None},
         )
         text = (f"Booked {data.get('id')}: {span(data.get('start'), data.get('end'), timezone)} "
@@ -301,7 +295,7 @@ class Tools:
         booking_id: Annotated[str, Field(description="The booking's id (bk_…).", examples=["bk_4f2…"])],
         reason: Annotated[str | None, Field(description="Why, for the visitor's email.")] = None,
     ) -> CallToolResult:
-        data = await self.api.request("POST", f"bookings/{booking_id}/cancel", json={"reason": reason} if reason else {})
+        data = await self.api.request("POST", ("bookings", booking_id, "cancel"), json={"reason": reason} if reason else {})
         return ok(f"Booking {booking_id} is {data.get('status', 'cancelled')}.", data)
 
     async def list_bookings(
@@ -312,8 +306,7 @@ class Tools:
         limit: Limit = 50,
         cursor: Cursor = None,
     ) -> CallToolResult:
-        data = await self.api.request(
-            "GET", "bookings", params={"status": status, "start": start, "end": end, "limit": limit, "cursor": cursor}
+        data = await self.api.request("GET", ("bookings",), params={"status": status, "start": start, "end": end, "limit": limit, "cursor": cursor}
         )
         items = data.get("data", [])
         lines = [f"{len(items)} booking(s):"]
@@ -343,13 +336,13 @@ class Tools:
             body["calendar_slug"] = calendar_slug
         if deadline:
             body["deadline"] = deadline
-        data = await self.api.request("POST", "polls", json=body)
+        data = await self.api.request("POST", ("polls",), json=body)
         lines = [f"Poll {data.get('id')} '{data.get('title')}' is {data.get('status')}. Share: {data.get('vote_url')}"]
         lines += [f"- option {o['id']}: {span(o['start'], o['end'], None)}" for o in data.get("options", [])]
         return ok("\n".join(lines), data)
 
     async def list_polls(self, limit: Limit = 50, cursor: Cursor = None) -> CallToolResult:
-        data = await self.api.request("GET", "polls", params={"limit": limit, "cursor": cursor})
+        data = await self.api.request("GET", ("polls",), params={"limit": limit, "cursor": cursor})
         items = data.get("data", [])
         lines = [f"{len(items)} poll(s):"]
         lines += [f"- {p.get('id')} '{p.get('title')}' {p.get('status')}, {len(p.get('options', []))} option(s)" for p in items]
@@ -358,7 +351,7 @@ class Tools:
     async def get_poll_overlap(
         self, poll_id: Annotated[str, Field(description="The poll's id (poll_…).")]
     ) -> CallToolResult:
-        data = await self.api.request("GET", f"polls/{poll_id}/overlap")
+        data = await self.api.request("GET", ("polls", poll_id, "overlap"))
         lines = [f"Poll {poll_id}: best option {data.get('best_option_id')}"]
         for o in data.get("options", []):
             clash = " (clashes with the calendar)" if o.get("calendar_busy") else ""
@@ -371,7 +364,7 @@ class Tools:
         poll_id: Annotated[str, Field(description="The poll's id (poll_…).")],
         option_id: Annotated[str, Field(description="The chosen option (opt_…), e.g. best_option_id from calmesh_get_poll_overlap.")],
     ) -> CallToolResult:
-        data = await self.api.request("POST", f"polls/{poll_id}/decide", json={"option_id": option_id})
+        data = await self.api.request("POST", ("polls", poll_id, "decide"), json={"option_id": option_id})
         return ok(f"Poll {poll_id} decided on {data.get('option_id')}; event {data.get('event_id')} created.", data)
 
     # Connections and calendars ----------------------------------------------------------------------
@@ -381,7 +374,7 @@ class Tools:
         provider: Annotated[Literal["google", "microsoft"], Field(description="Which account to connect.")],
         redirect_uri: Annotated[str | None, Field(description="Where to send the user after consent; default the dashboard.")] = None,
     ) -> CallToolResult:
-        data = await self.api.request("POST", f"connections/{provider}", json={"redirect_uri": redirect_uri} if redirect_uri else {})
+        data = await self.api.request("POST", ("connections", provider), json={"redirect_uri": redirect_uri} if redirect_uri else {})
         text = (f"Connection {data.get('id')} is {data.get('status')}. Ask the user to open this link and approve "
                 f"access: {data.get('authorization_url')} — then check with calmesh_check_connection_status.")
         return ok(text, data)
@@ -399,13 +392,13 @@ class Tools:
             body = {"url": url, "username": username, "password": password}
         else:
             body = {"url": url}
-        data = await self.api.request("POST", f"connections/{provider}", json={k: v for k, v in body.items() if v is not None})
+        data = await self.api.request("POST", ("connections", provider), json={k: v for k, v in body.items() if v is not None})
         return ok(f"Connection {data.get('id')} ({provider}) is {data.get('status')}; it syncs in the background.", data)
 
     async def check_connection_status(
         self, connection_id: Annotated[str, Field(description="The connection's id (conn_…).")]
     ) -> CallToolResult:
-        data = await self.api.request("GET", f"connections/{connection_id}")
+        data = await self.api.request("GET", ("connections", connection_id))
         cals = ", ".join(c.get("name", c.get("id", "")) for c in data.get("calendars", []))
         text = (f"{data.get('id')} {data.get('provider')} '{data.get('display_name')}': {data.get('status')}; "
                 f"last synced {data.get('last_synced_at') or 'never'}"
@@ -414,7 +407,7 @@ class Tools:
         return ok(text, data)
 
     async def list_connections(self) -> CallToolResult:
-        data = await self.api.request("GET", "connections", params={"limit": 200})
+        data = await self.api.request("GET", ("connections",), params={"limit": 200})
         items = data.get("data", [])
         lines = [f"{len(items)} connection(s):"]
         lines += [f"- {c.get('id')} {c.get('provider')} '{c.get('display_name')}': {c.get('status')}" for c in items]
@@ -423,7 +416,7 @@ class Tools:
     async def remove_connection(
         self, connection_id: Annotated[str, Field(description="The connection's id (conn_…). Its cached events and calendar sources go too.")]
     ) -> CallToolResult:
-        await self.api.request("DELETE", f"connections/{connection_id}")
+        await self.api.request("DELETE", ("connections", connection_id))
         return ok(f"Connection {connection_id} removed, with its cached events and its sources.", {"id": connection_id, "removed": True})
 
     async def create_calendar(
@@ -437,7 +430,7 @@ class Tools:
                   examples=[[{"connection_id": "conn_…"}]]),
         ],
     ) -> CallToolResult:
-        data = await self.api.request("POST", "calendars", json={"slug": slug, "name": name, "timezone": timezone, "sources": sources})
+        data = await self.api.request("POST", ("calendars",), json={"slug": slug, "name": name, "timezone": timezone, "sources": sources})
         self._calendar_tz[data["slug"]] = data.get("timezone") or timezone
         names = ", ".join(s.get("name") or s.get("id", "") for s in data.get("sources", []))
         return ok(f"Calendar {data['slug']} created ({data.get('timezone')}) with sources: {names or 'none'}.", data)
@@ -460,22 +453,22 @@ class Tools:
         if action == "update":
             body = {k: v for k, v in {"name": name, "timezone": timezone, "slug": new_slug}.items() if v is not None}
             if not body:
-                return _argument_error("update needs at least one of name, timezone, new_slug")
-            data = await self.api.request("PATCH", f"calendars/{calendar_slug}", json=body)
+                return argument_error("update needs at least one of name, timezone, new_slug")
+            data = await self.api.request("PATCH", ("calendars", calendar_slug), json=body)
             self._calendar_tz.pop(calendar_slug, None)
             return ok(f"Calendar {data.get('slug')} updated.", data)
         if action == "add_source":
             if not connection_id:
-                return _argument_error("add_source needs connection_id")
+                return argument_error("add_source needs connection_id")
             body = {"connection_id": connection_id, **({"calendar_id": calendar_id} if calendar_id else {})}
-            data = await self.api.request("POST", f"calendars/{calendar_slug}/sources", json=body)
+            data = await self.api.request("POST", ("calendars", calendar_slug, "sources"), json=body)
             return ok(f"Source {data.get('id')} added to {calendar_slug}.", data)
         if action == "remove_source":
             if not source_id:
-                return _argument_error("remove_source needs source_id")
-            await self.api.request("DELETE", f"calendars/{calendar_slug}/sources/{source_id}")
+                return argument_error("remove_source needs source_id")
+            await self.api.request("DELETE", ("calendars", calendar_slug, "sources", source_id))
             return ok(f"Source {source_id} removed from {calendar_slug}.", {"slug": calendar_slug, "removed_source_id": source_id})
-        await self.api.request("DELETE", f"calendars/{calendar_slug}")
+        await self.api.request("DELETE", ("calendars", calendar_slug))
         self._calendar_tz.pop(calendar_slug, None)
         return ok(f"Calendar {calendar_slug} deleted.", {"slug": calendar_slug, "deleted": True})
 
@@ -505,7 +498,7 @@ class Tools:
         ]
 
 
-def _argument_error(message: str) -> CallToolResult:
+def argument_error(message: str) -> CallToolResult:
     return CallToolResult(
         content=[TextContent(type="text", text=f"Invalid arguments: {message}.")],
         structured_content={"error": {"code": "validation_error", "detail": message}},
