@@ -36,6 +36,7 @@ from .quota import DailyQuota
 from .routes import RouteTable
 from .security import Passwords
 from .store import SCHEMA, GatewayStore
+from .tools import TOOL_HANDLERS
 
 NAME = "gateway"
 EVENTS_SUBJECT = "calmesh.gateway.>"
@@ -58,6 +59,7 @@ class GatewayState:
     store: GatewayStore | None = None
     nc: NATS | None = None
     forwarder: Forwarder | None = None
+    front: Any = None  # the GatewayFront itself: tool calls send their requests back through it
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
 
@@ -133,7 +135,7 @@ def create_app(settings: Settings) -> GatewayFront:
             await state.pool.close()
 
     inner = Litestar(
-        route_handlers=ROUTE_HANDLERS,
+        route_handlers=[*ROUTE_HANDLERS, *TOOL_HANDLERS],
         lifespan=[lifespan],
         exception_handlers={Exception: problem_handler},
         request_max_body_size=settings.max_body_bytes,
@@ -142,6 +144,7 @@ def create_app(settings: Settings) -> GatewayFront:
     )
     front = GatewayFront(settings, inner, cache, lambda: state.forwarder, table, state.quota)
     front.state = state  # type: ignore[attr-defined]  # for tests and the benchmark
+    state.front = front
     return front
 
 
