@@ -227,3 +227,44 @@ async def test_a_read_key_calling_a_booking_tool_gets_a_clear_tool_error(stack: 
         # Reading still works with the same key.
         listed = await session.call_tool("calmesh_list_calendars", {})
         assert not listed.is_error
+
+
+async def test_ids_that_climb_out_of_their_path_are_refused_and_delete_nothing(stack: Stack, owner: PlatformOwner) -> None:
+    """Issue 10.4: a tool's id argument never becomes another path. `../webhooks/wh_…` as a
+    connection id once deleted a webhook, `../api-keys/key_…` revoked a key."""
+    async with httpx.AsyncClient(base_url=f"{stack.gateway_url}/api/v1/", headers=owner.auth, timeout=30) as rest:
+        hook = await rest.post("webhooks", json={"url": "http://127.0.0.1:9/hook", "event_types": ["*"]})
+        assert hook.status_code == 201, hook.text
+        hook_id = hook.json()["id"]
+        spare = await rest.post("api-keys", json={"name": "spare", "scope": "read"})
+        assert spare.status_code == 201, spare.text
+        spare_id, spare_key = spare.json()["id"], spare.json()["key"]
+        calendars_before = (await rest.get("calendars")).json()["data"]
+
+        attacks = [
+            ("calmesh_remove_connection", {"connection_id": f"../webhooks/{hook_id}"}),
+            ("calmesh_remove_connection", {"connection_id": f"../api-keys/{spare_id}"}),
+            ("calmesh_remove_connection", {"connection_id": f"conn_x/../../webhooks/{hook_id}"}),
+            ("calmesh_remove_connection", {"connection_id": f"%2e%2e%2fwebhooks%2f{hook_id}"}),
+            ("calmesh_check_connection_status", {"connection_id": f"../webhooks/{hook_id}"}),
+            ("calmesh_cancel_booking", {"booking_id": f"../../webhooks/{hook_id}"}),
+            ("calmesh_get_poll_overlap", {"poll_id": "../../me"}),
+            ("calmesh_decide_poll", {"poll_id": f"../webhooks/{hook_id}/rotate-secret", "option_id": "opt_x"}),
+            ("calmesh_manage_calendar", {"calendar_slug": f"../webhooks/{hook_id}", "action": "delete"}),
+            ("calmesh_manage_calendar", {"calendar_slug": "work", "action": "remove_source",
+                                         "source_id": f"../../../webhooks/{hook_id}"}),
+            ("calmesh_get_events", {"calendar_slug": "work/../../webhooks", "start": "2026-03-01T00:00:00Z",
+                                    "end": "2026-03-02T00:00:00Z"}),
+            ("calmesh_get_slots", {"booking_page_slug": "../../webhooks", "handle": owner.handle,
+                                   "start": "2026-03-01", "end": "2026-03-01"}),
+        ]
+        async with mcp(stack, owner.key) as session:
+            for name, args in attacks:
+                result = await session.call_tool(name, args)
+                assert result.is_error, (name, args, result.content)
+                assert "must be" in result.content[0].text, result.content[0].text
+
+        assert (await rest.get(f"webhooks/{hook_id}")).status_code == 200  # not deleted
+        assert (await rest.get("me", headers={"Authorization": f"Bearer {spare_key}"})).status_code == 200  # not revoked
+        assert (await rest.get("calendars")).json()["data"] == calendars_before
+        assert (await rest.get(f"connections/{owner.connection_id}")).status_code == 200

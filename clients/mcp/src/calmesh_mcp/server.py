@@ -1,30 +1,35 @@
-"""`calmesh-mcp`: the CalMesh MCP server.
+"""`calmesh-mcp`: the CalMesh MCP server, a thin reader of `calmesh_tools`.
 
     CALMESH_API_KEY=cm_live_… calmesh-mcp                       # stdio (default)
     CALMESH_API_KEY=cm_live_… CALMESH_HTTP_SECRET=… calmesh-mcp --transport http --port 3100
 
 Configuration: CALMESH_API_KEY (required), CALMESH_API_URL (default https://calmesh.xyz/api/v1),
 CALMESH_HTTP_SECRET (required with --transport http; clients send it as a Bearer token).
+
+The tools — names, descriptions, input schemas, annotations, what each calls — come from
+`calmesh_tools`, the same definition `GET /api/v1/tools` and `@calmesh/mcp-server` serve.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import hmac
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from mcp.server.mcpserver import MCPServer
-from mcp_types import CallToolResult
+import mcp_types as types
+from mcp.server.lowlevel import Server
+from mcp.server.stdio import stdio_server
 
-from .api import ApiError, CalMeshAPI, Config, ConfigError
-from .tools import Tools, ToolSpec, tool_error
+from calmesh_tools import Executor, ToolResult, tool_list
+from calmesh_tools.executor import ApiProblem
 
+from .api import Config, ConfigError, api_client
+
+VERSION = "0.2.0"
 INSTRUCTIONS = (
     "CalMesh merges a person's Google, Microsoft, iCloud/CalDAV calendars and iCal feeds into unified calendars. "
     "Start with calmesh_list_calendars to learn the calendar slugs and timezones. Times in answers are shown in the "
@@ -32,24 +37,11 @@ INSTRUCTIONS = (
 )
 
 
-def _guard(spec: ToolSpec, tools: Tools) -> Callable[..., Awaitable[CallToolResult]]:
-    """Wrap a tool so an API problem becomes a tool error (isError), never a protocol error."""
-
-    @functools.wraps(spec.fn)
-    async def call(*args: Any, **kwargs: Any) -> CallToolResult:
-        try:
-            return await spec.fn(*args, **kwargs)
-        except ApiError as exc:
-            return tool_error(exc, key_scope=tools.key_scope, needs=spec.scopes)
-
-    return call
-
-
-async def read_key_scope(api: CalMeshAPI) -> str | None:
+async def read_key_scope(executor: Executor) -> str | None:
     """The configured key's scope, from /me (None when it cannot be read)."""
     try:
-        me = await api.request("GET", "me")
-    except ApiError:
+        me = await executor.request("GET", ("me",))
+    except ApiProblem:
         return None
     if not isinstance(me, dict):
         return None
@@ -58,20 +50,23 @@ async def read_key_scope(api: CalMeshAPI) -> str | None:
     return scope if scope in ("read", "write", "book", "full") else None
 
 
-def build_server(api: CalMeshAPI, key_scope: str | None) -> MCPServer:
-    tools = Tools(api)
-    tools.key_scope = key_scope
-    server = MCPServer(name="calmesh", title="CalMesh", version="0.1.0", instructions=INSTRUCTIONS)
-    for spec in tools.specs():
-        server.add_tool(
-            _guard(spec, tools),
-            name=spec.name,
-            title=spec.title,
-            description=spec.describe(key_scope),
-            annotations=spec.annotations(),
-            structured_output=False,
-        )
-    return server
+def to_mcp(result: ToolResult) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(type="text", text=result.text)],
+                                structured_content=result.structured, is_error=result.is_error)
+
+
+def build_server(executor: Executor) -> Server[Any]:
+    """The MCP server for one API client; the tools are described for the executor's key scope."""
+    tools = [types.Tool.model_validate(t) for t in tool_list("mcp", executor.key_scope)]
+
+    async def list_tools(ctx: Any, params: Any) -> types.ListToolsResult:
+        return types.ListToolsResult(tools=tools)
+
+    async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
+        return to_mcp(await executor.call(params.name, params.arguments))
+
+    return Server("calmesh", version=VERSION, title="CalMesh", instructions=INSTRUCTIONS,
+                  on_list_tools=list_tools, on_call_tool=call_tool)
 
 
 class BearerSecret:
@@ -94,13 +89,22 @@ class BearerSecret:
         await self.app(scope, receive, send)
 
 
-def http_app(server: MCPServer, secret: str) -> Any:
+def http_app(server: Server[Any], secret: str) -> Any:
     return BearerSecret(server.streamable_http_app(streamable_http_path="/mcp"), secret)
 
 
 def _fail(message: str) -> None:
     print(f"calmesh-mcp: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+async def _serve_stdio(config: Config) -> None:
+    async with api_client(config) as client:
+        executor = Executor(client, api_url=config.api_url)
+        executor.key_scope = await read_key_scope(executor)
+        server = build_server(executor)
+        async with stdio_server() as (read, write):
+            await server.run(read, write, server.create_initialization_options())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -117,17 +121,20 @@ def main(argv: list[str] | None = None) -> None:
     secret = os.environ.get("CALMESH_HTTP_SECRET", "")
     if args.transport == "http" and len(secret) < 16:
         _fail("--transport http needs CALMESH_HTTP_SECRET (at least 16 characters); MCP clients send it as a Bearer token.")
-    api = CalMeshAPI(config)
-    key_scope = asyncio.run(read_key_scope(api))
-    # The scope probe ran on its own event loop; the server gets a fresh client on its own.
-    api = CalMeshAPI(config)
-    server = build_server(api, key_scope)
     if args.transport == "stdio":
-        server.run("stdio")
+        asyncio.run(_serve_stdio(config))
         return
+
+    async def probe() -> str | None:
+        async with api_client(config) as client:
+            return await read_key_scope(Executor(client, api_url=config.api_url))
+
+    key_scope = asyncio.run(probe())
+    # The scope probe ran on its own event loop; the server gets a fresh client on uvicorn's.
+    executor = Executor(api_client(config), key_scope=key_scope, api_url=config.api_url)
     import uvicorn
 
-    uvicorn.run(http_app(server, secret), host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(http_app(build_server(executor), secret), host=args.host, port=args.port, log_level="warning")
 
 
 if __name__ == "__main__":

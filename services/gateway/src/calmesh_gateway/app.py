@@ -39,6 +39,7 @@ from .quota import DailyQuota
 from .routes import RouteTable
 from .security import Passwords
 from .store import SCHEMA, GatewayStore
+from .tools import TOOL_HANDLERS
 
 NAME = "gateway"
 EVENTS_SUBJECT = "calmesh.gateway.>"
@@ -66,6 +67,7 @@ class GatewayState:
     store: GatewayStore | None = None
     nc: NATS | None = None
     forwarder: Forwarder | None = None
+    front: Any = None  # the GatewayFront itself: tool calls send their requests back through it
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     metrics: Metrics = field(default_factory=lambda: Metrics(NAME))
     started: bool = False
@@ -162,7 +164,7 @@ def create_app(settings: Settings) -> GatewayFront:
             await state.pool.close()
 
     inner = Litestar(
-        route_handlers=ROUTE_HANDLERS,
+        route_handlers=[*ROUTE_HANDLERS, *TOOL_HANDLERS],
         lifespan=[lifespan],
         exception_handlers={Exception: problem_handler},
         request_max_body_size=settings.max_body_bytes,
@@ -173,6 +175,7 @@ def create_app(settings: Settings) -> GatewayFront:
     front.state = state  # type: ignore[attr-defined]  # for tests and the benchmark
     front.metrics = state.metrics
     front.readiness = lambda: _ready(state)
+    state.front = front
     return front
 
 

@@ -31,7 +31,8 @@ FETCH_TIMEOUT = 2.0
 _PARAM = re.compile(r"\{[^}/]+\}")
 
 _GATEWAY_TYPES = (schemas.SignupRequest, schemas.LoginRequest, schemas.User, schemas.ApiKeyCreate,
-                  schemas.ApiKeyCreated, schemas.ApiKey, schemas.ApiKeyList, schemas.Health)
+                  schemas.ApiKeyCreated, schemas.ApiKey, schemas.ApiKeyList, schemas.Health,
+                  schemas.ToolList, schemas.ToolCallRequest, schemas.ToolCallResult)
 
 PROBLEM_SCHEMA = {
     "type": "object",
@@ -153,6 +154,11 @@ def base_operation(route: Route) -> dict[str, Any]:
              "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}},
             {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
         ]
+    for name, values in (doc.get("query") or {}).items():
+        op["parameters"].append({"name": name, "in": "query", "required": False,
+                                 "schema": {"type": "string", "enum": list(values), "default": values[0]}})
+    for status_code, text in (doc.get("problems") or {}).items():
+        responses[str(status_code)] = _problem_response(text)
     if route.method in ("POST", "PUT", "PATCH") or doc.get("request"):
         responses["400"] = _problem_response("Malformed JSON, wrong types, missing or unknown fields, a NUL "
                                              "character (invalid_character), JSON nested too deep (json_too_deep)")

@@ -124,6 +124,13 @@ ROUTES: tuple[Route, ...] = (
     _r("GET", f"{V1}/api-keys", GATEWAY, "List all API keys (prefix and metadata only)", scopes=FULL,
        tag="api-keys", doc={"response": "ApiKeyList", "status": 200, "list": True}),
     _r("DELETE", f"{V1}/api-keys/{{id}}", GATEWAY, "Revoke an API key", scopes=FULL, tag="api-keys", doc={"status": 204}),
+    # The 19 agent tools for function calling (any key; each tool's own request is held to the key's scope).
+    _r("GET", f"{V1}/tools", GATEWAY, "List the 19 agent tools in a function-calling format (format=openai|anthropic|gemini|mcp)",
+       tag="tools", doc={"response": "ToolList", "status": 200, "query": {"format": ["mcp", "openai", "anthropic", "gemini"]},
+                         "problems": {422: "unknown_format"}}),
+    _r("POST", f"{V1}/tools/{{name}}/call", GATEWAY, "Run one agent tool with the caller's key, as the MCP tool does",
+       tag="tools", doc={"request": "ToolCallRequest", "response": "ToolCallResult", "status": 200,
+                         "problems": {404: "tool_not_found", 422: "validation_error: errors name arguments.<name>"}}),
     # Rate-limited per address like every public route: each call fans out to every service.
     _r("GET", "/api/health", GATEWAY, "Health check endpoint", auth=PUBLIC_ONLY, scopes=NO_KEYS, tag="health",
        doc={"response": "Health", "status": 200}),

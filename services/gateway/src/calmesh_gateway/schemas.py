@@ -4,7 +4,7 @@ their OpenAPI schemas). Unknown fields are refused: a typo is a 400, not silentl
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -80,3 +80,29 @@ class ApiKeyList(msgspec.Struct, kw_only=True):
 class Health(msgspec.Struct, kw_only=True):
     status: Literal["ok"]
     checks: dict[str, str]
+
+
+class ToolList(msgspec.Struct, kw_only=True):
+    """The tools in the requested format: OpenAI `{type, function: {name, description, parameters}}`,
+    Anthropic `{name, description, input_schema}`, Gemini `{name, description, parameters}` (its
+    OpenAPI subset), or MCP `{name, title, description, inputSchema, annotations}` (the default)."""
+
+    data: list[dict[str, Any]]
+
+
+class ToolCallRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    arguments: Annotated[dict[str, Any], msgspec.Meta(description="The tool's arguments, as its input schema says")] = {}
+
+
+class ToolText(msgspec.Struct, kw_only=True):
+    type: Literal["text"]
+    text: str
+
+
+class ToolCallResult(msgspec.Struct, kw_only=True):
+    """What the MCP tool answers: a text for the model, the API's JSON (or `{error}`), and whether
+    it failed (a scope the key lacks, a problem from the API: the text says what to do next)."""
+
+    content: list[ToolText]
+    structured: dict[str, Any]
+    is_error: bool
