@@ -40,7 +40,7 @@ from opentelemetry import trace
 
 from .consumer import ConsumerSpec, DurableConsumer, Handler
 from .eventstore import EventStore
-from .logging import get_logger, setup_logging
+from .logging import get_logger, protect_client_loggers, setup_logging
 from .problems import PROBLEM_JSON, Problem, problem_bytes, problem_handler
 from .relay import OutboxRelay
 from .settings import Settings
@@ -274,7 +274,7 @@ def create_service_app(
     def trust(app: ASGIApp) -> ASGIApp:
         return InternalTrustMiddleware(app, settings.internal_secret, name, open_paths)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[health, *route_handlers],
         lifespan=[lifespan],
         dependencies=provided,
@@ -290,6 +290,10 @@ def create_service_app(
         ),
         debug=False,
     )
+    # Building the app re-configures the root logger (litestar's default logging config): keep
+    # request URLs, which may carry secrets, out of the logs after that too.
+    protect_client_loggers()
+    return app
 
 
 def run_service(name: str, factory: Callable[[Settings], Litestar], argv: Sequence[str] | None = None) -> None:
