@@ -251,3 +251,35 @@ async def test_rebuild_from_the_stream_gives_identical_rows(env: Env) -> None:
     assert report.identical, report
     replaced = await rebuild_projection(settings, check=False)
     assert replaced.identical and replaced.replaced
+
+
+async def test_a_feeds_secret_token_is_nowhere_in_the_logs(env: Env, caplog: pytest.LogCaptureFixture,
+                                                           capfd: pytest.CaptureFixture[str]) -> None:
+    """issue 10, item 8: httpx logs "HTTP Request: GET <url>" at INFO (litestar sets the root
+    logger to INFO), which wrote private feed URLs, ?token= and all, into the log."""
+    import logging
+
+    import structlog
+
+    from calmesh_common.logging import setup_logging
+
+    secret = "s3cr3t-feed-token-4f9a1c"
+    setup_logging("sync", "debug", json=True)  # as run_service does, at the most talkative level
+    structlog.configure(cache_logger_on_first_use=False)
+    caplog.set_level(logging.DEBUG)
+    try:
+        env.feeds.put("/private.ics", feed(event("p1", day(1))))
+        async with env.user() as api:
+            cid = await env.connect(api, f"/private.ics?token={secret}")
+            assert (await env.synced(api, cid))["status"] == "active"
+            assert (await env.sync(api, cid))["status"] == "active"
+            missing = await env.connect(api, f"/gone.ics?token={secret}")  # a failing one logs too
+            assert (await env.synced(api, missing))["status"] == "error"
+        assert len(env.feeds.requests_to("/private.ics")) >= 2
+        captured = capfd.readouterr()
+        logged = caplog.text + captured.out + captured.err
+        assert secret not in logged
+        assert secret not in "".join(r.getMessage() for r in caplog.records)
+    finally:
+        structlog.reset_defaults()
+        structlog.contextvars.clear_contextvars()

@@ -58,3 +58,35 @@ def test_an_exception_is_logged_with_its_traceback_in_the_line(json_logs) -> Non
         get_logger("t").exception("sync_failed", connection_id="con_1")
     [line] = json_logs()
     assert line["level"] == "error" and "ValueError: bad calendar" in line["exception"]
+
+
+def test_urls_keep_only_their_origin_in_a_line(json_logs) -> None:
+    """A feed URL is a secret (its ?token=, Google's /private-…/ path); so is a URL's password."""
+    get_logger("t").warning(
+        "feed_failed",
+        url="https://feeds.example/cal.ics?token=s3cr3t-feed",
+        detail="could not fetch https://calendar.google.com/calendar/ical/x/private-abc123/basic.ics now",
+        servers=["nats://natstoken@127.0.0.1:4222"],
+        nested={"db": "postgresql://calmesh:pg-pass@db:5432/calmesh"},
+    )
+    [line] = json_logs()
+    text = str(line)
+    for secret in ("s3cr3t-feed", "private-abc123", "natstoken", "pg-pass"):
+        assert secret not in text
+    assert line["url"] == "https://feeds.example/…"
+    assert line["servers"] == ["nats://127.0.0.1:4222/…"]
+    assert "https://calendar.google.com/…" in line["detail"]
+
+
+def test_httpx_request_lines_never_show_a_url(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from calmesh_common.logging import protect_client_loggers, redact_url
+
+    protect_client_loggers()
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("httpx").info('HTTP Request: %s %s "%s"', "GET", "http://127.0.0.1:9/f.ics?token=abc", "HTTP/1.1 200 OK")
+    logging.getLogger("httpx").warning("retrying %s", "https://u:pw@feeds.example/f.ics?token=abc")
+    assert "token=abc" not in caplog.text and "pw@" not in caplog.text
+    assert "https://feeds.example/…" in caplog.text
+    assert redact_url("http://127.0.0.1:8080") == "http://127.0.0.1:8080"

@@ -2,11 +2,17 @@
 
 Request ids are bound with `structlog.contextvars` by the HTTP middleware and the consumers; the
 trace id is read from the current OpenTelemetry span for every line.
+
+URLs are capabilities more often than not (a private iCal feed's ``?token=``, Google's
+``/private-…/basic.ics``, ``nats://token@…``, a database URL with its password), so no URL reaches a
+log line whole: structlog values and standard-library records (httpx's "HTTP Request: GET <url>")
+keep only the scheme, host and port (`redact_urls`).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -41,14 +47,35 @@ def _is_secret(key: object) -> bool:
     return name in REDACTED_KEYS or any(part in name for part in SECRET_KEY_PARTS)
 
 
-def _scrubbed(value: Any, depth: int = 0) -> Any:
-    """A copy of `value` with secret keys redacted in nested mappings and lists (e.g. headers)."""
+_URL = re.compile(r"(?i)\b(https?|webcal|wss?|nats|tls|postgres(?:ql)?)://([^\s/?#\"'<>]*)([^\s\"'<>]*)")
+
+
+def redact_url(url: str) -> str:
+    """`url` with only its scheme, host and port: no user or password, path, query or fragment
+    (``https://feeds.example/…``)."""
+    return _URL.sub(_url_replacement, url)
+
+
+def _url_replacement(match: re.Match[str]) -> str:
+    scheme, netloc, rest = match.group(1), match.group(2), match.group(3)
+    host = netloc.rpartition("@")[2]
+    return f"{scheme}://{host}" + ("/…" if rest not in ("", "/") or "@" in netloc else "")
+
+
+def redact_urls(text: str) -> str:
+    """`text` with every URL in it cut down to its origin (see `redact_url`)."""
+    return _URL.sub(_url_replacement, text) if "://" in text else text
+
+
+def _scrub_value(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return redact_urls(value)
     if depth > 6:
         return value
     if isinstance(value, Mapping):
-        return {k: "[redacted]" if _is_secret(k) else _scrubbed(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_scrubbed(v, depth + 1) for v in value]
+        return {k: "[redacted]" if _is_secret(k) else _scrub_value(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub_value(v, depth + 1) for v in value]
     return value
 
 
@@ -56,9 +83,43 @@ def _redact(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
     for key, value in list(event_dict.items()):
         if _is_secret(key):
             event_dict[key] = "[redacted]"
-        elif isinstance(value, Mapping | list):
-            event_dict[key] = _scrubbed(value)
+        elif isinstance(value, str | Mapping | list | tuple):
+            event_dict[key] = _scrub_value(value)
     return event_dict
+
+
+class RedactURLs(logging.Filter):
+    """A standard-library filter that cuts every URL in a record's message down to its origin."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record: leave it to the handler
+            return True
+        if "://" in message:
+            record.msg, record.args = redact_urls(message), None
+        return True
+
+
+#: Standard-library loggers of the HTTP and NATS clients: they name the URLs they talk to.
+CLIENT_LOGGERS = ("httpx", "httpcore", "aiohttp.client", "nats", "asyncio")
+#: Of those, the ones that log every request at INFO: only warnings pass.
+_CHATTY = ("httpx", "httpcore")
+
+
+def protect_client_loggers() -> None:
+    """Keep request URLs out of the logs: httpx's per-request INFO lines off, and a URL-redacting
+    filter on the client loggers and the root handlers. Idempotent; litestar re-configures the
+    root logger when an app is built, which leaves these in place."""
+    for name in CLIENT_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactURLs) for f in logger.filters):
+            logger.addFilter(RedactURLs())
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactURLs) for f in handler.filters):
+            handler.addFilter(RedactURLs())
 
 
 def setup_logging(service_name: str, level: str = "info", json: bool = True, *, stream: Any = None) -> None:
@@ -108,6 +169,7 @@ def _stdlib_message(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, An
     its formatted message is the event."""
     event_dict.pop("positional_args", None)
     return event_dict
+    protect_client_loggers()
 
 
 def get_logger(name: str | None = None) -> Any:

@@ -46,7 +46,7 @@ from opentelemetry import trace
 
 from .consumer import ConsumerSpec, DurableConsumer, Handler
 from .eventstore import EventStore
-from .logging import get_logger, setup_logging
+from .logging import get_logger, protect_client_loggers, setup_logging
 from .metrics import METRICS_MEDIA_TYPE, ConsumerRef, Metrics, MetricsSampler
 from .problems import PROBLEM_JSON, Problem, problem_bytes, problem_handler
 from .relay import OutboxRelay
@@ -380,7 +380,7 @@ def create_service_app(
         # NUL characters and JSON nested too deep: a 400 before litestar decodes the request.
         return RequestGuardMiddleware(app, settings.max_body_bytes)
 
-    return Litestar(
+    app = Litestar(
         route_handlers=[health, livez, readyz, metrics_endpoint, *route_handlers],
         lifespan=[lifespan],
         dependencies=provided,
@@ -396,6 +396,10 @@ def create_service_app(
         ),
         debug=False,
     )
+    # Building the app re-configures the root logger (litestar's default logging config): keep
+    # request URLs, which may carry secrets, out of the logs after that too.
+    protect_client_loggers()
+    return app
 
 
 def proxy_options(settings: Settings) -> dict[str, Any]:
