@@ -29,6 +29,7 @@ from .engine import SyncDeps
 from .projection import purge_connection
 from .providers.http import guarded_client
 from .worker import SyncWorker
+from .reservations import ROUTES as RESERVATION_ROUTES
 from .writes import ROUTES
 
 NAME = "sync"
@@ -109,7 +110,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Litestar:
         settings,
         name=NAME,
         schema=SCHEMA,
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *RESERVATION_ROUTES],
         consumers=[(removed, connection_removed_handler(store))],
         on_startup=[start],
         on_shutdown=[stop],
