@@ -307,6 +307,10 @@ class BookingHarness:
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     session_secret: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     public_base_url: str = "http://calmesh.test"
+    #: Holds last this many seconds instead of their page's hold_minutes (0: the page's).
+    hold_seconds_override: int = 0
+    #: A booking pending longer than this is the reaper's to settle.
+    booking_pending_timeout_seconds: int = 30
 
     def __post_init__(self) -> None:
         self.projection = f"{self.schema}_sync.event_instances"
@@ -341,7 +345,8 @@ class BookingHarness:
             database_url=self.database_url, nats_url=nats_url, data_dir=str(self.data_dir), service_name="booking",
             internal_secret=self.secret, session_secret=self.session_secret, public_base_url=self.public_base_url,
             service_urls={"connections": self.neighbours.url, "sync": self.neighbours.url},
-            db_pool_max=20, log_level="warning",
+            db_pool_max=20, log_level="warning", hold_seconds_override=self.hold_seconds_override,
+            booking_pending_timeout_seconds=self.booking_pending_timeout_seconds,
         )
         self.app = create_app(self.settings, schema=self.schema, projection=self.projection, clock=self.clock)
         self.service = Served(self.app)
