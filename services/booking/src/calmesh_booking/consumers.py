@@ -111,6 +111,16 @@ async def write_booking_event(ctx: BookingContext, conn: asyncpg.Connection, boo
     except PermanentFailure as exc:
         raise PoisonMessage(f"sync refused the event of booking {b.id}: {exc}") from None
     event_id = str(event["id"])
+    # Cancelled while the provider answered? Then the event goes at once and the booking never
+    # names it (the cancellation, handled after this one, finds nothing left to delete).
+    current = await ctx.store.get_booking(conn, b.id, lock=True)
+    if current is None or current.status != "confirmed":
+        try:
+            await ctx.sync.delete(user_id=b.user_id, event_id=event_id)
+        except PermanentFailure as exc:
+            raise PoisonMessage(f"sync refused to delete the event of cancelled booking {b.id}: {exc}") from None
+        log.info("booking_event_removed_after_cancel", booking_id=b.id, event_id=event_id)
+        return
     await ctx.store.set_event_id(conn, b.id, event_id)
     await ctx.events.append(conn, b.id, None, [BookingCalendarEventWritten(booking_id=b.id, user_id=b.user_id,
                                                                            event_id=event_id)], user_id=b.user_id)
