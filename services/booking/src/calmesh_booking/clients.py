@@ -294,9 +294,10 @@ class SyncEvents:
             return dict(response.json())
         raise self._failure(response)
 
-    async def release(self, reservation_id: str, *, user_id: str, purge: bool = False) -> None:
-        """Free the reservation's time at once (a repeat is a no-op)."""
-        params = {"user_id": user_id, **({"purge": "true"} if purge else {})}
+    async def release(self, reservation_id: str, *, user_id: str) -> None:
+        """Free the reservation's time at once (a repeat is a no-op): its row goes, or, when a
+        provider event filled it in, is marked cancelled until that event is deleted."""
+        params = {"user_id": user_id}
         response = await self._call("DELETE", f"/internal/reservations/{reservation_id}", params=params)
         if response.status_code in (200, 204, 404):
             return

@@ -65,9 +65,12 @@ class ContextRef:
 
 
 def calendar_consumer(ref: ContextRef, schema: str, name: str = "booking-calendar") -> tuple[ConsumerSpec, Handler]:
+    # Not transactional: a handler waits on sync and the provider, and holds no transaction or row
+    # lock meanwhile; every sync call it makes is idempotent (Idempotency-Key, derived UID), so a
+    # redelivery after a crash finds the existing event instead of writing a second one.
     spec = ConsumerSpec(name=name, stream=stream_name("booking"), filter_subjects=BOOKING_SUBJECTS,
                         schema=schema, batch=16, ack_wait=60.0, max_deliver=10,
-                        backoff=(1.0, 2.0, 5.0, 15.0, 60.0, 300.0))
+                        backoff=(1.0, 2.0, 5.0, 15.0, 60.0, 300.0), transactional=False)
 
     async def handle(conn: asyncpg.Connection, envelope: Envelope) -> None:
         ctx = await ref.get()
@@ -83,10 +86,12 @@ def calendar_consumer(ref: ContextRef, schema: str, name: str = "booking-calenda
 
 
 async def write_booking_event(ctx: BookingContext, conn: asyncpg.Connection, booking_id: str) -> None:
-    """Create the calendar event of a confirmed booking that has none yet."""
-    # Serialised with the cancel handler: an event written while a cancel is being handled is then
-    # seen, and deleted, by it.
-    await ctx.store.lock_booking_sync(conn, booking_id)
+    """Create the calendar event of a confirmed booking that has none yet.
+
+    The provider is called with no transaction open; "written" (the event id on the booking, and
+    booking.calendar_event_written) is recorded only after it answered, in a short transaction that
+    re-reads the booking under its row lock: a booking cancelled meanwhile has its event deleted at
+    once instead (the cancellation found none to delete)."""
     b = await ctx.store.get_booking(conn, booking_id)
     if b is None:
         raise PoisonMessage(f"booking {booking_id} does not exist here")
@@ -100,8 +105,8 @@ async def write_booking_event(ctx: BookingContext, conn: asyncpg.Connection, boo
     if target is None:
         raise PoisonMessage(f"calendar {b.calendar_slug!r} has no writable source for booking {b.id}")
     try:
-        # The UID derives from the booking, and the key makes a repeat (a redelivery, a commit
-        # that failed after the provider answered) get the first answer: one provider event.
+        # The UID derives from the booking, and the key makes a repeat (a redelivery, a crash after
+        # the provider answered) get the first answer: one provider event.
         event = await ctx.sync.create(
             user_id=b.user_id, connection_id=target.connection_id, calendar_id=target.calendar_id,
             title=booking_event_title(b), start=b.start, end=b.end, description=booking_description(b),
@@ -111,25 +116,25 @@ async def write_booking_event(ctx: BookingContext, conn: asyncpg.Connection, boo
     except PermanentFailure as exc:
         raise PoisonMessage(f"sync refused the event of booking {b.id}: {exc}") from None
     event_id = str(event["id"])
-    # Cancelled while the provider answered? Then the event goes at once and the booking never
-    # names it (the cancellation, handled after this one, finds nothing left to delete).
-    current = await ctx.store.get_booking(conn, b.id, lock=True)
-    if current is None or current.status != "confirmed":
+    async with conn.transaction():
+        current = await ctx.store.get_booking(conn, b.id, lock=True)
+        cancelled = current is None or current.status != "confirmed"
+        if not cancelled and current is not None and not current.event_id:
+            await ctx.store.set_event_id(conn, b.id, event_id)
+            await ctx.events.append(conn, b.id, None, [BookingCalendarEventWritten(
+                booking_id=b.id, user_id=b.user_id, event_id=event_id)], user_id=b.user_id)
+    if cancelled:
         try:
             await ctx.sync.delete(user_id=b.user_id, event_id=event_id)
         except PermanentFailure as exc:
             raise PoisonMessage(f"sync refused to delete the event of cancelled booking {b.id}: {exc}") from None
         log.info("booking_event_removed_after_cancel", booking_id=b.id, event_id=event_id)
         return
-    await ctx.store.set_event_id(conn, b.id, event_id)
-    await ctx.events.append(conn, b.id, None, [BookingCalendarEventWritten(booking_id=b.id, user_id=b.user_id,
-                                                                           event_id=event_id)], user_id=b.user_id)
     log.info("booking_event_written", booking_id=b.id, event_id=event_id)
 
 
 async def remove_booking_event(ctx: BookingContext, conn: asyncpg.Connection, booking_id: str) -> None:
-    """Delete the calendar event of a cancelled booking, if it has one."""
-    await ctx.store.lock_booking_sync(conn, booking_id)
+    """Delete the calendar event of a cancelled booking, if it has one (a repeat delete is a no-op)."""
     b = await ctx.store.get_booking(conn, booking_id)
     if b is None:
         raise PoisonMessage(f"booking {booking_id} does not exist here")
@@ -137,8 +142,9 @@ async def remove_booking_event(ctx: BookingContext, conn: asyncpg.Connection, bo
         return
     try:
         if not b.event_id:
-            # Never written: only the released row of its time is left, which goes now.
-            await ctx.sync.release(b.id, user_id=b.user_id, purge=True)
+            # Never written (or a write in flight, which deletes its own event on seeing the
+            # cancellation): the reservation row goes if no provider event fills it.
+            await ctx.sync.release(b.id, user_id=b.user_id)
             return
         await ctx.sync.delete(user_id=b.user_id, event_id=b.event_id)
     except PermanentFailure as exc:
@@ -148,7 +154,6 @@ async def remove_booking_event(ctx: BookingContext, conn: asyncpg.Connection, bo
 
 async def move_booking_event(ctx: BookingContext, conn: asyncpg.Connection, booking_id: str) -> None:
     """Move the calendar event of a rescheduled booking in place (same UID) to its current time."""
-    await ctx.store.lock_booking_sync(conn, booking_id)
     b = await ctx.store.get_booking(conn, booking_id)
     if b is None:
         raise PoisonMessage(f"booking {booking_id} does not exist here")

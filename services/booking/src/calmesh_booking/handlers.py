@@ -787,7 +787,7 @@ async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key
         except (DependencyUnavailable, PermanentFailure) as exc:
             try:
                 # The entry may have landed with its answer lost: take it back before forgetting.
-                await ctx.sync.release(booking.id, user_id=booking.user_id, purge=True)
+                await ctx.sync.release(booking.id, user_id=booking.user_id)
             except (DependencyUnavailable, PermanentFailure):
                 log.warning("booking_left_pending", booking_id=booking.id)  # the reaper settles it
                 raise unavailable(exc) from None
@@ -1064,7 +1064,7 @@ async def create_hold(ctx: BookingContext, *, handle: str | None, slug: str, sta
                                        end=end)
         except (DependencyUnavailable, PermanentFailure) as exc:
             try:
-                await ctx.sync.release(hold_id, user_id=page["user_id"], purge=True)
+                await ctx.sync.release(hold_id, user_id=page["user_id"])
             except (DependencyUnavailable, PermanentFailure):
                 pass  # the hold expires anyway; the expiry timer releases it again
             await ctx.store.set_hold_status(conn, hold_id, "released", only_from="active")
@@ -1088,7 +1088,7 @@ async def release_hold(ctx: BookingContext, *, handle: str | None, slug: str, ho
                 return  # confirmed holds are the booking's now; released and expired ones are free
             await ctx.store.set_hold_status(conn, hold_id, "released")
         try:
-            await ctx.sync.release(hold_id, user_id=hold["user_id"], purge=True)
+            await ctx.sync.release(hold_id, user_id=hold["user_id"])
         except (DependencyUnavailable, PermanentFailure) as exc:
             raise unavailable(exc) from None
 
@@ -1099,7 +1099,7 @@ async def expire_due_holds(ctx: BookingContext) -> int:
     async with ctx.pool.acquire() as conn:
         for hold in await ctx.store.due_holds(conn, ctx.clock()):
             try:
-                await ctx.sync.release(hold["id"], user_id=hold["user_id"], purge=True)
+                await ctx.sync.release(hold["id"], user_id=hold["user_id"])
             except (DependencyUnavailable, PermanentFailure) as exc:
                 log.warning("hold_release_failed", hold_id=hold["id"], error=str(exc))
                 continue

@@ -329,10 +329,6 @@ class BookingStore:
             user_id, list(range(first, last + 1)),
         )
 
-    async def lock_booking_sync(self, conn: asyncpg.Connection, booking_id: str) -> None:
-        """Serialise the calendar writes of one booking (write after cancel, cancel after write)."""
-        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_NS_BOOKING_SYNC, booking_id)
-
     async def insert_booking(self, conn: asyncpg.Connection, b: Booking, *, request_scope: str | None = None,
                              request_key: str | None = None) -> None:
         await conn.execute(
@@ -588,7 +584,6 @@ class BookingStore:
 LOCK_BUCKET_SECONDS = 3600
 
 # Namespaces of the two-key advisory locks (the one-key space is used by the relay and migrations).
-_LOCK_NS_BOOKING_SYNC = 0x4273  # "Bs"
 _LOCK_NS_POLL = 0x506C  # "Pl"
 
 _encoder = msgspec.json.Encoder()

@@ -224,19 +224,14 @@ class FakeCalendarServices:
             return Response(row_doc(row), status_code=201)
 
         @delete("/internal/reservations/{reservation_id:str}", status_code=204)
-        async def delete_reservation(request: Request[Any, Any, Any], reservation_id: str, user_id: str,
-                                     purge: bool = False) -> None:
+        async def delete_reservation(request: Request[Any, Any, Any], reservation_id: str, user_id: str) -> None:
             if check(request) is not None:
                 raise PermissionError("no secret")
             async with fake.pool.acquire() as conn:
-                if purge:
-                    await conn.execute(f"DELETE FROM {fake.projection} WHERE booking_id = $1 AND user_id = $2",
-                                       reservation_id, user_id)
-                else:
-                    await conn.execute(f"DELETE FROM {fake.projection} WHERE booking_id = $1 AND user_id = $2"
-                                       " AND provider_event_id IS NULL", reservation_id, user_id)
-                    await conn.execute(f"UPDATE {fake.projection} SET status = 'cancelled' WHERE booking_id = $1"
-                                       " AND user_id = $2", reservation_id, user_id)
+                await conn.execute(f"DELETE FROM {fake.projection} WHERE booking_id = $1 AND user_id = $2"
+                                   " AND provider_event_id IS NULL", reservation_id, user_id)
+                await conn.execute(f"UPDATE {fake.projection} SET status = 'cancelled' WHERE booking_id = $1"
+                                   " AND user_id = $2", reservation_id, user_id)
 
         @get("/internal/reservations/{reservation_id:str}")
         async def get_reservation(request: Request[Any, Any, Any], reservation_id: str, user_id: str) -> Response[Any]:

@@ -12,7 +12,9 @@ the provider event is later written with: that write fills the provider's ids in
   taken while its booking takes it over.
 - ``DELETE /internal/reservations/{id}?user_id`` frees the time at once: a row with a provider event
   is marked cancelled (the provider event is deleted later, with ``DELETE /internal/events/{id}``,
-  which removes the row); ``purge=true`` removes the row itself. A repeat is a no-op.
+  which removes the row); a row with no provider event is removed. A repeat is a no-op.
+  A row a provider event filled in is never dropped before that event's deletion, or the event
+  would be left behind.
 - ``GET /internal/reservations/{id}?user_id`` → the row, or 404 (a reaper's question: did the
   entry of a booking whose process died land?).
 """
@@ -172,8 +174,7 @@ async def put_reservation(reservation_id: str, request: Request[Any, Any, Any], 
 
 
 @delete("/internal/reservations/{reservation_id:str}", status_code=204, include_in_schema=False)
-async def delete_reservation(reservation_id: str, deps: ServiceDeps, user_id: str = Parameter(query="user_id"),
-                             purge: bool = Parameter(query="purge", default=False)) -> None:
+async def delete_reservation(reservation_id: str, deps: ServiceDeps, user_id: str = Parameter(query="user_id")) -> None:
     """Free a reservation's time at once; a repeat (or an unknown id) is a no-op."""
     sync = _sync(deps)
     now = sync.now()
@@ -185,7 +186,7 @@ async def delete_reservation(reservation_id: str, deps: ServiceDeps, user_id: st
             if record["user_id"] != user_id:
                 continue
             row = as_row(record)
-            if purge or row.provider_event_id is None:
+            if row.provider_event_id is None:
                 change = ChangeSet([], [], [InstanceKey(row.event_id, row.uid, row.recurrence_id)])
             elif row.status != "cancelled":
                 change = ChangeSet([], [_refingerprint(msgspec.structs.replace(row, status="cancelled", updated_at=now))], [])
