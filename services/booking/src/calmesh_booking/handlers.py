@@ -1130,8 +1130,10 @@ class HoldTimer:
                     nxt = await ctx.store.next_hold_expiry(conn)
                 if nxt is not None:
                     sleep = min(sleep, max(0.05, (nxt - ctx.clock()).total_seconds()))
-            except (asyncpg.PostgresError, OSError) as exc:
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
                 log.warning("hold_timer_failed", error=repr(exc))
+            except Exception:  # noqa: BLE001 - the one timer must outlive any one failure; it says so
+                log.exception("hold_timer_error")
             self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=sleep)
