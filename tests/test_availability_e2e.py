@@ -189,7 +189,7 @@ async def test_merged_events_come_from_both_sources_with_provenance(world: World
     focus = next(e for e in body["data"] if e["title"] == "Focus")
     assert focus["transparency"] == "free" and focus["status"] == "confirmed" and focus["all_day"] is False
     assert set(focus) == {"id", "source_id", "connection_id", "title", "description", "location", "start", "end",
-                          "all_day", "status", "transparency", "recurring_event_id", "updated_at"}
+                          "all_day", "status", "transparency", "recurring_event_id", "booking_id", "updated_at"}
     assert focus["id"].startswith("evt_") and focus["connection_id"].startswith("conn_")
     assert "Called off" not in [g[0] for g in got]
     cancelled = await world.gw.get("/api/v1/calendars/merged/events", headers=world.auth("read"), params={

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+import uuid
 import zoneinfo
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -285,3 +286,60 @@ async def test_event_writes_put_and_delete_at_radicale(stack: Any, server: Radic
         await wait_run(database_url, r.json()["sync_id"])
         assert victim["event_id"] not in {r["event_id"] for r in await projection(database_url, cid)}
         objects["series.ics"] = data
+
+
+async def test_a_bookings_event_is_written_exactly_once_and_moved_in_place(stack: Any, server: Radicale,
+                                                                           database_url: str) -> None:
+    """The reservation row is filled in by the provider write (one row); a repeat with the same
+    Idempotency-Key gets the first answer; a repeat whose answer was lost (no key kept) finds the
+    same CalDAV object; a move is a PUT of that object (same UID, SEQUENCE + 1)."""
+    server.make_calendar("exact", "Exact")
+    with as_user(stack) as api:
+        user_id = api.headers["x-calmesh-user-id"]
+        r = api.post("/api/v1/connections/caldav", json={"url": server.url + f"/{server.username}/exact/",
+                                                         "username": server.username, "password": server.password})
+        assert r.status_code == 201, r.text
+        cid, calendar_id = r.json()["id"], r.json()["calendars"][0]["id"]
+        assert wait_connection(api, cid)["status"] == "active"
+    start = (datetime.now(UTC) + timedelta(days=5)).replace(hour=10, minute=0, second=0, microsecond=0)
+    when = {"start": start.strftime("%Y-%m-%dT%H:%M:%SZ"), "end": (start + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    booking_id = "bk_exactlyonce" + uuid.uuid4().hex[:8]
+    base = {"user_id": user_id, "connection_id": cid, "calendar_id": calendar_id, "title": "Intro: Vera"}
+    with internal(stack, "sync") as sync:
+        reserved = sync.put(f"/internal/reservations/{booking_id}", json={**base, **when})
+        assert reserved.status_code == 201, reserved.text
+        body = {**base, **when, "booking_id": booking_id}
+        first = sync.post("/internal/events", json=body, headers={"Idempotency-Key": f"k-{booking_id}"})
+        assert first.status_code == 201, first.text
+        assert first.json()["id"] == reserved.json()["id"] and first.json()["booking_id"] == booking_id
+        repeat = sync.post("/internal/events", json=body, headers={"Idempotency-Key": f"k-{booking_id}"})
+        assert repeat.status_code == 201 and repeat.json() == first.json()
+        assert repeat.headers.get("idempotent-replayed") == "true"
+        other = sync.post("/internal/events", json={**body, "title": "else"}, headers={"Idempotency-Key": f"k-{booking_id}"})
+        assert other.status_code == 422
+        # The answer lost and the key's record with it: the same object is found, not a second written.
+        lost = sync.post("/internal/events", json=body, headers={"Idempotency-Key": f"k2-{booking_id}"})
+        assert lost.status_code == 201 and lost.json()["id"] == first.json()["id"]
+        objects = [data for data in server.objects("exact").values() if booking_id in data]
+        assert len(objects) == 1
+        rows = [r for r in await projection(database_url, cid) if r["booking_id"] == booking_id]
+        assert len(rows) == 1 and rows[0]["provider_event_id"]
+
+        later = start + timedelta(hours=3)
+        moved = sync.patch(f"/internal/events/{first.json()['id']}", json={
+            "user_id": user_id, "start": later.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "end": (later + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ")})
+        assert moved.status_code == 200, moved.text
+        assert moved.json()["id"] == first.json()["id"] and moved.json()["start"] == later.strftime("%Y-%m-%dT%H:%M:%SZ")
+        after = {n: d for n, d in server.objects("exact").items() if booking_id in d}
+        assert len(after) == 1
+        text = next(iter(after.values())).replace("\r\n ", "")
+        assert f"UID:{booking_id}@calmesh.xyz" in text and "SEQUENCE:1" in text and later.strftime("%Y%m%dT%H%M%S") in text
+
+        # Released (its booking cancelled): free at once, the object stays until its deletion.
+        assert sync.delete(f"/internal/reservations/{booking_id}", params={"user_id": user_id}).status_code == 204
+        rows = [r for r in await projection(database_url, cid) if r["booking_id"] == booking_id]
+        assert len(rows) == 1 and rows[0]["status"] == "cancelled"
+        assert sync.delete(f"/internal/events/{first.json()['id']}", params={"user_id": user_id}).status_code == 204
+        assert not [d for d in server.objects("exact").values() if booking_id in d]
+        assert sync.delete(f"/internal/events/{first.json()['id']}", params={"user_id": user_id}).status_code == 404

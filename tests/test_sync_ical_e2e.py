@@ -242,6 +242,39 @@ async def test_schedule_syncs_on_its_own_with_one_leader(env: Env) -> None:
         assert "schedule" in {j["reason"] for j in jobs}
 
 
+async def test_a_reservation_survives_syncs_that_cannot_know_it(env: Env) -> None:
+    """A booking's time entered before its provider event exists: no sync of the source deletes it
+    (the feed does not hold it), a release removes it, and the rebuild below brings back the rest."""
+    env.feeds.put("/res.ics", feed(event("r1", day(4))))
+    async with env.user() as api:
+        cid = await env.connect(api, "/res.ics")
+        await env.synced(api, cid)
+        user_id = api.headers["x-calmesh-user-id"]
+        calendar_id = (await env.db.fetchval("SELECT calendar_id FROM sync.event_instances WHERE connection_id = $1", cid))
+        async with httpx.AsyncClient(base_url=env.platform.sync_url, headers=env.platform.internal(), timeout=30) as sync:
+            body = {"user_id": user_id, "connection_id": cid, "calendar_id": calendar_id, "title": "Intro: Vera",
+                    "start": day(5).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "end": (day(5) + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ")}
+            kept = await sync.put("/internal/reservations/bk_keptinrebuild", json=body)
+            assert kept.status_code == 201, kept.text
+            assert kept.json()["booking_id"] == "bk_keptinrebuild"
+            again = await sync.put("/internal/reservations/bk_keptinrebuild", json=body)
+            assert again.status_code == 200 and again.json()["id"] == kept.json()["id"]
+            held = await sync.put("/internal/reservations/hold_movedthenreleased", json=body)
+            assert held.status_code == 201
+            assert (await sync.delete("/internal/reservations/hold_movedthenreleased",
+                                      params={"user_id": user_id})).status_code == 204
+            assert (await sync.delete("/internal/reservations/hold_movedthenreleased",
+                                      params={"user_id": user_id})).status_code == 204  # a repeat: no-op
+            assert (await sync.get("/internal/reservations/hold_movedthenreleased",
+                                   params={"user_id": user_id})).status_code == 404
+        env.feeds.put("/res.ics", feed(event("r1", day(4)), event("r2", day(6))))
+        await env.sync(api, cid)
+        rows = {r["booking_id"]: r for r in (await env.rows(cid)).values()}
+        assert set(rows) == {None, "bk_keptinrebuild"}
+        assert rows["bk_keptinrebuild"]["provider_event_id"] is None and rows["bk_keptinrebuild"]["status"] == "confirmed"
+
+
 async def test_rebuild_from_the_stream_gives_identical_rows(env: Env) -> None:
     # Whatever the tests above left in this platform's projection, rebuilt from JetStream alone.
     await asyncio.sleep(0.5)

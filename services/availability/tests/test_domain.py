@@ -130,7 +130,7 @@ def test_events_come_in_the_api_shape_with_provenance() -> None:
     timed = domain.event_out(row(HOME, "2026-03-15T09:00:00Z", "2026-03-15T10:00:00Z", title="Dentist"), cal)
     doc = msgspec.to_builtins(timed)
     assert list(doc) == ["id", "source_id", "connection_id", "title", "description", "location", "start", "end",
-                         "all_day", "status", "transparency", "recurring_event_id", "updated_at"]
+                         "all_day", "status", "transparency", "recurring_event_id", "booking_id", "updated_at"]
     assert (doc["source_id"], doc["connection_id"], doc["start"], doc["end"], doc["all_day"]) == (
         "src_home", "conn_c", "2026-03-15T09:00:00Z", "2026-03-15T10:00:00Z", False)
     assert doc["updated_at"] == "2026-03-01T12:00:00Z"

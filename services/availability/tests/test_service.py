@@ -197,7 +197,7 @@ async def test_events_of_every_source_come_merged_in_start_order_with_provenance
         "id": ids["review"]["event_id"], "source_id": world.feed["id"], "connection_id": world.feed["connection_id"],
         "title": "Review", "description": None, "location": None, "start": "2026-03-16T08:15:00Z",
         "end": "2026-03-16T09:00:00Z", "all_day": False, "status": "confirmed", "transparency": "busy",
-        "recurring_event_id": None, "updated_at": review["updated_at"],
+        "recurring_event_id": None, "booking_id": None, "updated_at": review["updated_at"],
     }
     assert review["updated_at"].endswith("Z") and len(review["updated_at"]) == 20
     holiday = body["data"][-1]

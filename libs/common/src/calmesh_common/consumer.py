@@ -56,6 +56,11 @@ class ConsumerSpec:
     backoff: tuple[float, ...] = (0.5, 2.0, 5.0, 15.0, 60.0)
     deliver_policy: DeliverPolicy = DeliverPolicy.ALL
     extra: dict[str, object] = field(default_factory=dict)
+    #: False for handlers that call other services: the handler gets a connection outside any
+    #: transaction (it opens short ones itself, and makes no HTTP call while one is open), and the
+    #: tracking row is written after it succeeded. Its effects must then be idempotent (a crash
+    #: between effect and tracking row repeats the handler), e.g. through Idempotency-Keys.
+    transactional: bool = True
 
 
 class DurableConsumer:
@@ -136,6 +141,8 @@ class DurableConsumer:
     async def _apply(self, msg: Msg, envelope: Envelope) -> str:
         spec = self.spec
         try:
+            if not spec.transactional:
+                return await self._apply_outside_transaction(msg, envelope)
             async with self.pool.acquire() as conn, conn.transaction():
                 inserted = await conn.fetchval(
                     f"INSERT INTO {spec.schema}.processed_messages (consumer, event_id) VALUES ($1, $2)"
@@ -160,6 +167,28 @@ class DurableConsumer:
             log.warning("consumer_retry", consumer=spec.name, event_id=envelope.id, attempt=delivered, error=repr(exc))
             await msg.nak(delay=delay)
             return "retry"
+        if self.after_commit is not None:
+            await self.after_commit(envelope)
+        await msg.ack()
+        return outcome
+
+    async def _apply_outside_transaction(self, msg: Msg, envelope: Envelope) -> str:
+        spec = self.spec
+        async with self.pool.acquire() as conn:
+            seen = await conn.fetchval(
+                f"SELECT 1 FROM {spec.schema}.processed_messages WHERE consumer = $1 AND event_id = $2",
+                spec.name, envelope.id,
+            )
+            if seen:
+                outcome = "duplicate"
+            else:
+                await self.handler(conn, envelope)
+                await conn.execute(
+                    f"INSERT INTO {spec.schema}.processed_messages (consumer, event_id) VALUES ($1, $2)"
+                    " ON CONFLICT DO NOTHING",
+                    spec.name, envelope.id,
+                )
+                outcome = "applied"
         if self.after_commit is not None:
             await self.after_commit(envelope)
         await msg.ack()

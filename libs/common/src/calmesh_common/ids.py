@@ -1,5 +1,5 @@
-"""Opaque, prefixed identifiers (`usr_`, `key_`, `conn_`, `src_`, `evt_`, `bp_`, `bk_`, `poll_`,
-`opt_`, `wh_`), random or derived."""
+"""Opaque, prefixed identifiers (`usr_`, `key_`, `conn_`, `src_`, `evt_`, `bp_`, `bk_`, `hold_`,
+`poll_`, `opt_`, `wh_`), random or derived."""
 
 from __future__ import annotations
 
@@ -26,3 +26,9 @@ def derived_id(prefix: str, *parts: str) -> str:
 def event_id_for(connection_id: str, calendar_id: str, uid: str, recurrence_id: str = "") -> str:
     """The `evt_` id of an event instance in the merged-events projection."""
     return derived_id("evt", connection_id, calendar_id, uid, recurrence_id)
+
+
+def booking_uid(booking_id: str) -> str:
+    """The iCalendar UID of the provider event written for a booking (or the projection row of a
+    hold): derived from its id, so every retry of the write names the same event."""
+    return f"{booking_id}@calmesh.xyz"

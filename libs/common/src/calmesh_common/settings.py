@@ -217,6 +217,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     booking_link_secret: str = ""
     #: How long a cancel link works after booking (at least until the meeting has ended).
     cancel_link_ttl_seconds: int = 90 * 86400
+    #: When set, every hold lasts this many seconds instead of its page's hold_minutes (tests and
+    #: demos of expiry; leave 0 in production).
+    hold_seconds_override: int = 0
+    #: A booking still pending after this many seconds (its process died between checking the slot
+    #: and confirming it) is settled by the reaper: confirmed if its time reached the projection.
+    booking_pending_timeout_seconds: int = 30
 
     # Connections and sync (services/connections, services/sync). Provider endpoints are settings
     # so that tests point them at local fakes; a provider whose client id/secret are empty is off.
@@ -357,6 +363,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             mail_dir=env.get("CALMESH_MAIL_DIR", ""),
             booking_link_secret=env.get("CALMESH_BOOKING_LINK_SECRET", ""),
             cancel_link_ttl_seconds=_int(env, "CALMESH_CANCEL_LINK_TTL_SECONDS", 90 * 86400),
+            hold_seconds_override=_int(env, "CALMESH_HOLD_SECONDS_OVERRIDE", 0),
+            booking_pending_timeout_seconds=_int(env, "CALMESH_BOOKING_PENDING_TIMEOUT_SECONDS", 30),
             google_client_id=env.get("CALMESH_GOOGLE_CLIENT_ID", ""),
             google_client_secret=env.get("CALMESH_GOOGLE_CLIENT_SECRET", ""),
             google_auth_url=env.get("CALMESH_GOOGLE_AUTH_URL", "https://accounts.google.com/o/oauth2/v2/auth"),

@@ -406,6 +406,7 @@ def _event_from_sync(doc: Any, source: domain.Source) -> EventOut:
             status=str(doc.get("status") or "confirmed"),
             transparency=str(doc.get("transparency") or "busy"),
             recurring_event_id=doc.get("recurring_event_id"),
+            booking_id=doc.get("booking_id"),
             updated_at=str(doc.get("updated_at") or ""),
         )
     except KeyError as exc:

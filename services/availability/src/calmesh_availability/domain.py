@@ -308,6 +308,8 @@ class EventOut(msgspec.Struct, kw_only=True):
     status: str
     transparency: str
     recurring_event_id: str | None
+    #: The booking the event was written for (a booking's time is listed from its 201 on), else None.
+    booking_id: str | None = None
     updated_at: str
 
 
@@ -330,6 +332,7 @@ def event_out(row: Row, cal: Calendar) -> EventOut:
         status=row["status"],
         transparency=row["transparency"],
         recurring_event_id=row["recurring_event_id"],
+        booking_id=row.get("booking_id"),
         updated_at=format_utc(row["u"]),
     )
 

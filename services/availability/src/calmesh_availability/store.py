@@ -28,7 +28,7 @@ _TIMES = f"""{_epoch("ei.start_at")} AS s, {_epoch("ei.end_at")} AS e,
            ei.all_day, ei.start_date, ei.end_date, ei.status, ei.transparency"""
 
 FULL_COLUMNS = f"""ei.event_id, ei.connection_id, ei.calendar_id, ei.uid, ei.recurrence_id, ei.recurring_event_id,
-           ei.provider_event_id, ei.title, ei.description, ei.location, {_TIMES},
+           ei.provider_event_id, ei.booking_id, ei.title, ei.description, ei.location, {_TIMES},
            {_epoch("ei.updated_at")} AS u"""
 
 # Free/busy alone needs only the engine's items, and the query makes them, as three parallel

@@ -56,6 +56,8 @@ class BookingPageCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     #: Default: the duration.
     slot_interval_minutes: Annotated[int, msgspec.Meta(ge=5, le=1440)] | None = None
     description: Annotated[str, msgspec.Meta(max_length=5000)] = ""
+    #: How long a hold of this page keeps its slot (POST /booking-pages/{slug}/holds).
+    hold_minutes: Annotated[int, msgspec.Meta(ge=1, le=60)] = 10
 
 
 class BookingPageUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -72,6 +74,7 @@ class BookingPageUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     max_days_ahead: Annotated[int, msgspec.Meta(ge=1, le=730)] | msgspec.UnsetType = msgspec.UNSET
     slot_interval_minutes: Annotated[int, msgspec.Meta(ge=5, le=1440)] | msgspec.UnsetType = msgspec.UNSET
     description: Annotated[str, msgspec.Meta(max_length=5000)] | msgspec.UnsetType = msgspec.UNSET
+    hold_minutes: Annotated[int, msgspec.Meta(ge=1, le=60)] | msgspec.UnsetType = msgspec.UNSET
 
 
 class BookRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -82,6 +85,19 @@ class BookRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     notes: str = ""
     #: The visitor's IANA timezone (for their mails); default the page's.
     timezone: str | None = None
+    #: The hold this booking confirms (POST /booking-pages/{slug}/holds): only that hold's id works.
+    hold_id: str | None = None
+
+
+class HoldRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    #: RFC 3339, any offset; must be the start of an offered slot.
+    start: str
+
+
+class RescheduleRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    #: RFC 3339, any offset; must be the start of a slot the booking's page offers (its own old
+    #: time counts as free).
+    start: str
 
 
 class CancelRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -130,6 +146,7 @@ class BookingPage(msgspec.Struct):
     buffer_after_minutes: int
     min_notice_minutes: int
     max_days_ahead: int
+    hold_minutes: int
     public_url: str
     created_at: str
     updated_at: str
@@ -156,6 +173,14 @@ class BookingConfirmation(msgspec.Struct):
     start: str
     end: str
     cancel_url: str
+    reschedule_url: str
+
+
+class Hold(msgspec.Struct):
+    id: str
+    start: str
+    end: str
+    expires_at: str
 
 
 class Booking(msgspec.Struct):
@@ -175,6 +200,8 @@ class Booking(msgspec.Struct):
     cancelled_at: str | None
     cancelled_by: str | None
     cancel_reason: str | None
+    cancel_url: str
+    reschedule_url: str
 
 
 class BookingList(msgspec.Struct):
@@ -363,9 +390,30 @@ class BookingPageController(Controller):
         raw = await request.body()
         body = decode(raw, BookRequest)
         cmd = h.BookSlot(handle=handle, slug=slug, start=body.start, name=body.name, email=body.email,
-                         notes=body.notes, timezone=body.timezone)
+                         notes=body.notes, timezone=body.timezone, hold_id=body.hold_id)
         return respond(await h.book(ctx, cmd, caller_from_headers(request.headers), key=_key(request),  # type: ignore[return-value]
                                     request_hash=request_hash(handle or "", slug, raw)))
+
+    @post("/{slug:str}/holds", summary="Hold a slot for the page's hold_minutes (public)", status_code=201)
+    async def hold(self, request: Request[Any, Any, Any], slug: str, data: HoldRequest,
+                   handle: str | None = None) -> Response[Hold]:
+        """The slot leaves every page's slots and is busy in availability at once, until the hold
+        expires, is released, or is confirmed by booking with its `hold_id`. A slot that is not
+        offered (booked, or held by someone else) is 409 `slot_unavailable`."""
+        ctx = request.app.state.deps.extras["booking"]
+        raw = await request.body()
+        body = decode(raw, HoldRequest)
+        return respond(await h.create_hold(ctx, handle=handle, slug=slug, start_text=body.start,  # type: ignore[return-value]
+                                           caller=caller_from_headers(request.headers), key=_key(request),
+                                           request_hash=request_hash(handle or "", slug, raw)))
+
+    @delete("/{slug:str}/holds/{hold_id:str}", summary="Release a hold (public)", status_code=204)
+    async def release(self, request: Request[Any, Any, Any], slug: str, hold_id: str,
+                      handle: str | None = None) -> None:
+        """The slot is free again at once; an unknown hold is 404."""
+        ctx = request.app.state.deps.extras["booking"]
+        await h.release_hold(ctx, handle=handle, slug=slug, hold_id=hold_id,
+                             caller=caller_from_headers(request.headers))
 
 
 class BookingController(Controller):
@@ -389,6 +437,18 @@ class BookingController(Controller):
         body = decode(await request.body(), CancelRequest, empty_ok=True)
         return json_response(await h.cancel_booking(ctx, booking_id, caller=optional_caller, sig=sig, exp=exp,  # type: ignore[return-value]
                                                     reason=body.reason.strip()))
+
+    @post("/{booking_id:str}/reschedule", summary="Reschedule a booking (owner, or visitor with reschedule_url's sig and exp)",
+          status_code=200)
+    async def reschedule(self, request: Request[Any, Any, Any], ctx: BookingContext, optional_caller: Caller | None,
+                         booking_id: str, data: RescheduleRequest, sig: str | None = None,
+                         exp: str | None = None) -> Response[Booking]:
+        """Same booking, new start and end. 409 `slot_unavailable` (nothing changes) when the new slot
+        is not offered, 409 `booking_cancelled` for a cancelled booking; without credentials or a
+        signature 401, with a wrong or expired signature (the cancel link's among them) 403."""
+        body = decode(await request.body(), RescheduleRequest)
+        return json_response(await h.reschedule_booking(ctx, booking_id, caller=optional_caller, sig=sig,  # type: ignore[return-value]
+                                                        exp=exp, start_text=body.start))
 
 
 class PollController(Controller):

@@ -75,6 +75,7 @@ def create_app(
         deps.extras["booking"] = ctx
         ref.set(ctx)
         deps.tasks.append(asyncio.create_task(forget_old_idempotency_keys(ctx), name="booking-idempotency-sweep"))
+        deps.tasks.append(asyncio.create_task(ctx.hold_timer.run(ctx), name="booking-hold-timer"))
 
     # Calendar writes wait on the provider (a CalDAV PUT takes tens of milliseconds), so several
     # pullers share the one durable consumer; per-booking locks keep a write and its removal in order.

@@ -100,6 +100,8 @@ class ProjectionCache:
             " WHERE p.connection_id = $2 AND p.calendar_id = $3 AND p.user_id = $1"
             "   AND p.start_at < $5 AND p.end_at > $4"
             "   AND p.status <> 'cancelled' AND p.transparency <> 'free'"
+            # Rows of this context's own bookings and holds: the slot listing reads those fresh.
+            "   AND p.booking_id IS NULL"
             f"   AND NOT EXISTS (SELECT 1 FROM {store.schema}.bookings c WHERE c.user_id = $1"
             "       AND c.status = 'cancelled' AND c.event_id = p.event_id)"
             " ORDER BY 1"

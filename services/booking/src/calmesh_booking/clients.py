@@ -222,8 +222,12 @@ class SyncEvents:
         location: str = "",
         attendees: list[str] | None = None,
         timezone: str | None = None,
+        booking_id: str | None = None,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
-        """Create the event; returns sync's event (its `id` is the projection's evt_ id)."""
+        """Create the event; returns sync's event (its `id` is the projection's evt_ id). With
+        `booking_id` the event's UID derives from the booking and its row is the booking's
+        reservation; with `idempotency_key` a repeat gets the first answer."""
         body: dict[str, Any] = {
             "user_id": user_id,
             "connection_id": connection_id,
@@ -240,10 +244,14 @@ class SyncEvents:
             body["attendees"] = attendees
         if timezone:
             body["timezone"] = timezone
+        if booking_id:
+            body["booking_id"] = booking_id
+        headers = _headers(self.settings)
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
         try:
             response = await self.http.post(
-                f"{self.settings.service_url('sync')}/internal/events", json=body, headers=_headers(self.settings),
-                timeout=30.0,
+                f"{self.settings.service_url('sync')}/internal/events", json=body, headers=headers, timeout=30.0,
             )
         except httpx.HTTPError as exc:
             raise DependencyUnavailable(f"sync: {exc!r}") from exc
@@ -267,6 +275,68 @@ class SyncEvents:
         if 400 <= response.status_code < 500 and response.status_code not in (408, 409, 425, 429):
             raise PermanentFailure(response.status_code, _detail(response))
         raise DependencyUnavailable(f"sync answered {response.status_code}: {_detail(response)}")
+
+
+    # --- reservations: a booking's or hold's time in the projection (docs/contracts.md) ------------
+
+    async def reserve(self, reservation_id: str, *, user_id: str, connection_id: str, calendar_id: str, title: str,
+                      start: datetime, end: datetime, description: str = "",
+                      replaces: list[str] | None = None) -> dict[str, Any]:
+        """Enter (or move) the reservation's row in the projection; idempotent."""
+        body: dict[str, Any] = {"user_id": user_id, "connection_id": connection_id, "calendar_id": calendar_id,
+                                "title": title, "start": _rfc3339(start), "end": _rfc3339(end)}
+        if description:
+            body["description"] = description
+        if replaces:
+            body["replaces"] = replaces
+        response = await self._call("PUT", f"/internal/reservations/{reservation_id}", json=body)
+        if response.status_code in (200, 201):
+            return dict(response.json())
+        raise self._failure(response)
+
+    async def release(self, reservation_id: str, *, user_id: str) -> None:
+        """Free the reservation's time at once (a repeat is a no-op): its row goes, or, when a
+        provider event filled it in, is marked cancelled until that event is deleted."""
+        params = {"user_id": user_id}
+        response = await self._call("DELETE", f"/internal/reservations/{reservation_id}", params=params)
+        if response.status_code in (200, 204, 404):
+            return
+        raise self._failure(response)
+
+    async def reservation(self, reservation_id: str, *, user_id: str) -> dict[str, Any] | None:
+        """The reservation's row, or None when there is none."""
+        response = await self._call("GET", f"/internal/reservations/{reservation_id}", params={"user_id": user_id})
+        if response.status_code == 200:
+            return dict(response.json())
+        if response.status_code == 404:
+            return None
+        raise self._failure(response)
+
+    async def move(self, *, user_id: str, event_id: str, start: datetime, end: datetime,
+                   title: str | None = None) -> dict[str, Any] | None:
+        """Move the provider event in place (same UID); None when the event is gone."""
+        body: dict[str, Any] = {"user_id": user_id, "start": _rfc3339(start), "end": _rfc3339(end)}
+        if title is not None:
+            body["title"] = title
+        response = await self._call("PATCH", f"/internal/events/{event_id}", json=body, timeout=30.0)
+        if response.status_code == 200:
+            return dict(response.json())
+        if response.status_code == 404:
+            return None
+        raise self._failure(response)
+
+    async def _call(self, method: str, path: str, *, timeout: float = 10.0, **kwargs: Any) -> httpx.Response:
+        try:
+            return await self.http.request(method, f"{self.settings.service_url('sync')}{path}",
+                                           headers=_headers(self.settings), timeout=timeout, **kwargs)
+        except httpx.HTTPError as exc:
+            raise DependencyUnavailable(f"sync: {exc!r}") from exc
+
+    @staticmethod
+    def _failure(response: httpx.Response) -> Exception:
+        if 400 <= response.status_code < 500 and response.status_code not in (408, 409, 425, 429):
+            return PermanentFailure(response.status_code, _detail(response))
+        return DependencyUnavailable(f"sync answered {response.status_code}: {_detail(response)}")
 
 
 def _rfc3339(dt: datetime) -> str:

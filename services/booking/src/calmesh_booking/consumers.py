@@ -21,14 +21,19 @@ import asyncpg
 
 from calmesh_common.consumer import ConsumerSpec, Handler, PoisonMessage
 from calmesh_common.events import Envelope, decode_event, subject_for
-from calmesh_common.events.booking import BookingCalendarEventWritten, BookingCancelled, BookingCreated
+from calmesh_common.events.booking import (
+    BookingCalendarEventWritten,
+    BookingCancelled,
+    BookingCreated,
+    BookingRescheduled,
+)
 from calmesh_common.events.gateway import UserSignedUp
 from calmesh_common.logging import get_logger
 from calmesh_common.streams import stream_name
 
 from .clients import CalendarNotFound, PermanentFailure
 from .domain import Booking
-from .handlers import BookingContext, cancel_page_url, cancel_url
+from .handlers import BookingContext, booking_description, booking_event_title, cancel_page_url, cancel_url
 from .mail import Mailer, Person, booking_mails
 
 log = get_logger(__name__)
@@ -36,6 +41,7 @@ log = get_logger(__name__)
 BOOKING_SUBJECTS = (
     subject_for(BookingCreated.type_name(), "booking"),
     subject_for(BookingCancelled.type_name(), "booking"),
+    subject_for(BookingRescheduled.type_name(), "booking"),
 )
 
 
@@ -59,9 +65,12 @@ class ContextRef:
 
 
 def calendar_consumer(ref: ContextRef, schema: str, name: str = "booking-calendar") -> tuple[ConsumerSpec, Handler]:
+    # Not transactional: a handler waits on sync and the provider, and holds no transaction or row
+    # lock meanwhile; every sync call it makes is idempotent (Idempotency-Key, derived UID), so a
+    # redelivery after a crash finds the existing event instead of writing a second one.
     spec = ConsumerSpec(name=name, stream=stream_name("booking"), filter_subjects=BOOKING_SUBJECTS,
                         schema=schema, batch=16, ack_wait=60.0, max_deliver=10,
-                        backoff=(1.0, 2.0, 5.0, 15.0, 60.0, 300.0))
+                        backoff=(1.0, 2.0, 5.0, 15.0, 60.0, 300.0), transactional=False)
 
     async def handle(conn: asyncpg.Connection, envelope: Envelope) -> None:
         ctx = await ref.get()
@@ -70,15 +79,19 @@ def calendar_consumer(ref: ContextRef, schema: str, name: str = "booking-calenda
             await write_booking_event(ctx, conn, event.booking_id)
         elif isinstance(event, BookingCancelled):
             await remove_booking_event(ctx, conn, event.booking_id)
+        elif isinstance(event, BookingRescheduled):
+            await move_booking_event(ctx, conn, event.booking_id)
 
     return spec, handle
 
 
 async def write_booking_event(ctx: BookingContext, conn: asyncpg.Connection, booking_id: str) -> None:
-    """Create the calendar event of a confirmed booking that has none yet."""
-    # Serialised with the cancel handler: an event written while a cancel is being handled is then
-    # seen, and deleted, by it.
-    await ctx.store.lock_booking_sync(conn, booking_id)
+    """Create the calendar event of a confirmed booking that has none yet.
+
+    The provider is called with no transaction open; "written" (the event id on the booking, and
+    booking.calendar_event_written) is recorded only after it answered, in a short transaction that
+    re-reads the booking under its row lock: a booking cancelled meanwhile has its event deleted at
+    once instead (the cancellation found none to delete)."""
     b = await ctx.store.get_booking(conn, booking_id)
     if b is None:
         raise PoisonMessage(f"booking {booking_id} does not exist here")
@@ -91,37 +104,66 @@ async def write_booking_event(ctx: BookingContext, conn: asyncpg.Connection, boo
     target = calendar.write_target()
     if target is None:
         raise PoisonMessage(f"calendar {b.calendar_slug!r} has no writable source for booking {b.id}")
-    description = f"Booked by {b.name} <{b.email}> via CalMesh."
-    if b.notes:
-        description += f"\n\n{b.notes}"
     try:
+        # The UID derives from the booking, and the key makes a repeat (a redelivery, a crash after
+        # the provider answered) get the first answer: one provider event.
         event = await ctx.sync.create(
             user_id=b.user_id, connection_id=target.connection_id, calendar_id=target.calendar_id,
-            title=f"{b.title}: {b.name}", start=b.start, end=b.end, description=description,
-            attendees=[b.email], timezone=calendar.timezone,
+            title=booking_event_title(b), start=b.start, end=b.end, description=booking_description(b),
+            attendees=[b.email], timezone=calendar.timezone, booking_id=b.id,
+            idempotency_key=f"booking-event:{b.id}:{b.sequence}",
         )
     except PermanentFailure as exc:
         raise PoisonMessage(f"sync refused the event of booking {b.id}: {exc}") from None
     event_id = str(event["id"])
-    await ctx.store.set_event_id(conn, b.id, event_id)
-    await ctx.events.append(conn, b.id, None, [BookingCalendarEventWritten(booking_id=b.id, user_id=b.user_id,
-                                                                           event_id=event_id)], user_id=b.user_id)
+    async with conn.transaction():
+        current = await ctx.store.get_booking(conn, b.id, lock=True)
+        cancelled = current is None or current.status != "confirmed"
+        if not cancelled and current is not None and not current.event_id:
+            await ctx.store.set_event_id(conn, b.id, event_id)
+            await ctx.events.append(conn, b.id, None, [BookingCalendarEventWritten(
+                booking_id=b.id, user_id=b.user_id, event_id=event_id)], user_id=b.user_id)
+    if cancelled:
+        try:
+            await ctx.sync.delete(user_id=b.user_id, event_id=event_id)
+        except PermanentFailure as exc:
+            raise PoisonMessage(f"sync refused to delete the event of cancelled booking {b.id}: {exc}") from None
+        log.info("booking_event_removed_after_cancel", booking_id=b.id, event_id=event_id)
+        return
     log.info("booking_event_written", booking_id=b.id, event_id=event_id)
 
 
 async def remove_booking_event(ctx: BookingContext, conn: asyncpg.Connection, booking_id: str) -> None:
-    """Delete the calendar event of a cancelled booking, if it has one."""
-    await ctx.store.lock_booking_sync(conn, booking_id)
+    """Delete the calendar event of a cancelled booking, if it has one (a repeat delete is a no-op)."""
     b = await ctx.store.get_booking(conn, booking_id)
     if b is None:
         raise PoisonMessage(f"booking {booking_id} does not exist here")
-    if b.status != "cancelled" or not b.event_id:
+    if b.status != "cancelled":
         return
     try:
+        if not b.event_id:
+            # Never written (or a write in flight, which deletes its own event on seeing the
+            # cancellation): the reservation row goes if no provider event fills it.
+            await ctx.sync.release(b.id, user_id=b.user_id)
+            return
         await ctx.sync.delete(user_id=b.user_id, event_id=b.event_id)
     except PermanentFailure as exc:
         raise PoisonMessage(f"sync refused to delete the event of booking {b.id}: {exc}") from None
     log.info("booking_event_removed", booking_id=b.id, event_id=b.event_id)
+
+
+async def move_booking_event(ctx: BookingContext, conn: asyncpg.Connection, booking_id: str) -> None:
+    """Move the calendar event of a rescheduled booking in place (same UID) to its current time."""
+    b = await ctx.store.get_booking(conn, booking_id)
+    if b is None:
+        raise PoisonMessage(f"booking {booking_id} does not exist here")
+    if b.status != "confirmed" or not b.event_id:
+        return  # not written yet: the write takes the booking's current time
+    try:
+        moved = await ctx.sync.move(user_id=b.user_id, event_id=b.event_id, start=b.start, end=b.end)
+    except PermanentFailure as exc:
+        raise PoisonMessage(f"sync refused to move the event of booking {b.id}: {exc}") from None
+    log.info("booking_event_moved", booking_id=b.id, event_id=b.event_id, found=moved is not None)
 
 
 def mail_consumer(ref: ContextRef, schema: str, mailer: Mailer, name: str = "booking-mail") -> tuple[ConsumerSpec, Handler]:
@@ -132,12 +174,19 @@ def mail_consumer(ref: ContextRef, schema: str, mailer: Mailer, name: str = "boo
     async def handle(conn: asyncpg.Connection, envelope: Envelope) -> None:
         ctx = await ref.get()
         event = decode_event(envelope)
-        if not isinstance(event, BookingCreated | BookingCancelled):
+        if not isinstance(event, BookingCreated | BookingCancelled | BookingRescheduled):
             return
         b = await ctx.store.get_booking(conn, event.booking_id)
         if b is None:
             raise PoisonMessage(f"booking {event.booking_id} does not exist here")
-        if isinstance(event, BookingCreated):
+        previous = None
+        if isinstance(event, BookingRescheduled):
+            # The mail tells the move this event made (a later one mails its own).
+            b = replace(_as_confirmed(b), start=event.start, end=event.end, sequence=event.sequence)
+            previous = (event.previous_start, event.previous_end)
+            page = await ctx.store.page_by_id(conn, b.page_id)
+            link = cancel_page_url(ctx, b, page["handle"]) if page else cancel_url(ctx, b)
+        elif isinstance(event, BookingCreated):
             # The mail tells what was booked, even if it was cancelled meanwhile (a cancellation follows).
             b = _as_confirmed(b)
             page = await ctx.store.page_by_id(conn, b.page_id)
@@ -156,7 +205,8 @@ def mail_consumer(ref: ContextRef, schema: str, mailer: Mailer, name: str = "boo
         if not owner.email:
             log.warning("booking_owner_email_unknown", booking_id=b.id, user_id=b.user_id)
         for mail in booking_mails(b, owner=owner, settings=ctx.settings, cancel_url=link,
-                                  cause_id=envelope.id, now=envelope.occurred_at or datetime.now(UTC)):
+                                  cause_id=envelope.id, now=envelope.occurred_at or datetime.now(UTC),
+                                  previous=previous):
             await mailer.send(mail)
 
     return spec, handle

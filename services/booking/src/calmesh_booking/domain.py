@@ -364,12 +364,14 @@ class Booking:
     email: str
     notes: str
     timezone: str
-    status: str  # "confirmed" | "cancelled"
+    status: str  # "pending" (checked, its time not yet in the projection) | "confirmed" | "cancelled"
     created_at: datetime
     event_id: str | None = None
     cancelled_at: datetime | None = None
     cancelled_by: str | None = None
     cancel_reason: str | None = None
+    #: Reschedules so far: the SEQUENCE of its invitation.
+    sequence: int = 0
 
 
 _EMAIL = re.compile(r"^[^@\s<>\"',;]+@[^@\s<>\"',;]+\.[^@\s<>\"',;]+$")
@@ -382,19 +384,25 @@ def valid_email(value: str) -> bool:
 # --- cancel links ------------------------------------------------------------------------------
 
 
-def cancel_signature(secret: bytes, booking_id: str, exp: int) -> str:
-    """HMAC-SHA256 over the booking id and the expiry (Unix seconds), base64url without padding."""
-    mac = hmac.new(secret, f"cancel\x1f{booking_id}\x1f{exp}".encode(), hashlib.sha256).digest()
+def cancel_signature(secret: bytes, booking_id: str, exp: int, purpose: str = "cancel") -> str:
+    """HMAC-SHA256 over the link's purpose (``cancel`` or ``reschedule``: a link of one purpose is
+    no good for the other), the booking id and the expiry (Unix seconds), base64url without padding."""
+    mac = hmac.new(secret, f"{purpose}\x1f{booking_id}\x1f{exp}".encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 
-def verify_cancel_signature(secret: bytes, booking_id: str, exp: str | int, sig: str, now: datetime) -> str | None:
-    """None when `sig` is right for (booking_id, exp) and `exp` is still ahead; else why not."""
+def reschedule_signature(secret: bytes, booking_id: str, exp: int) -> str:
+    return cancel_signature(secret, booking_id, exp, "reschedule")
+
+
+def verify_cancel_signature(secret: bytes, booking_id: str, exp: str | int, sig: str, now: datetime,
+                            purpose: str = "cancel") -> str | None:
+    """None when `sig` is right for (purpose, booking_id, exp) and `exp` is still ahead; else why not."""
     try:
         exp_value = int(exp)
     except (TypeError, ValueError):
         return "malformed"
-    expected = cancel_signature(secret, booking_id, exp_value)
+    expected = cancel_signature(secret, booking_id, exp_value, purpose)
     if not hmac.compare_digest(expected.encode(), sig.encode()):
         return "bad_signature"
     if exp_value <= int(now.timestamp()):

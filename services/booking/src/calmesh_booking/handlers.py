@@ -7,6 +7,7 @@ tests can call them directly, and the API module stays thin.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -25,6 +26,7 @@ from calmesh_common.events.booking import (
     BookingPageCreated,
     BookingPageDeleted,
     BookingPageUpdated,
+    BookingRescheduled,
     PollCreated,
     PollDecided,
     PollVoted,
@@ -39,7 +41,15 @@ from . import domain
 from .busy import ProjectionCache
 from .clients import CalendarInfo, CalendarNotFound, Calendars, DependencyUnavailable, PermanentFailure, SyncEvents
 from .domain import Booking, BusyTime, RuleError, SlotRules, utc_text
-from .store import BookingStore, CursorError, IdempotencyMismatch, decode_cursor, encode_cursor, parse_json
+from .store import (
+    BookingStore,
+    CursorError,
+    IdempotencyInFlight,
+    IdempotencyMismatch,
+    decode_cursor,
+    encode_cursor,
+    parse_json,
+)
 
 log = get_logger(__name__)
 
@@ -72,6 +82,8 @@ class BookingContext:
     _link_secret: bytes = field(default=b"", repr=False)
     #: Busy time for the slot listing (None: read the projection every time).
     busy_cache: ProjectionCache | None = None
+    #: Expires holds (and settles pending bookings); poked when a hold is made.
+    hold_timer: HoldTimer = field(default_factory=lambda: HoldTimer())
 
     @property
     def busy(self) -> ProjectionCache | BookingStore:
@@ -171,12 +183,19 @@ async def idempotent(
                     422, "idempotency_key_reused",
                     "This Idempotency-Key was used with a different request; use a new key.",
                 ) from None
+            except IdempotencyInFlight:
+                raise _in_flight() from None
             if stored is not None:
                 return Answer(stored.status_code, stored.body, replayed=True)
         result = await work(conn)
         if key is not None:
             await ctx.store.store_idempotent_response(conn, scope, key, result.status, result.body)
         return result
+
+
+def _in_flight() -> Problem:
+    return Problem(409, "request_in_progress", "The first request with this Idempotency-Key is still being answered; "
+                   "retry in a moment.", headers={"Retry-After": "1"})
 
 
 # --- pages ---------------------------------------------------------------------------------------
@@ -189,6 +208,7 @@ PAGE_DEFAULTS: dict[str, Any] = {
     "min_notice_minutes": 0,
     "max_days_ahead": 60,
     "slot_interval_minutes": None,
+    "hold_minutes": 10,
 }
 
 
@@ -248,6 +268,7 @@ def page_resource(ctx: BookingContext, page: asyncpg.Record) -> dict[str, Any]:
         "buffer_after_minutes": page["buffer_after_minutes"],
         "min_notice_minutes": page["min_notice_minutes"],
         "max_days_ahead": page["max_days_ahead"],
+        "hold_minutes": page["hold_minutes"],
         "public_url": ctx.public_url(page["handle"], page["slug"]),
         "created_at": utc_text(page["created_at"]),
         "updated_at": utc_text(page["updated_at"]),
@@ -367,7 +388,7 @@ async def update_page(ctx: BookingContext, caller: Caller, slug: str, changes: d
                 current["slot_interval_minutes"] = None
         merged = _normalise_rules({**current, **{k: v for k, v in changes.items() if k in current}})
         columns = {k: merged[k] for k in current if merged[k] != current[k]}
-        for k in ("slug", "calendar_slug", "title", "description"):
+        for k in ("slug", "calendar_slug", "title", "description", "hold_minutes"):
             if k in changes and changes[k] != row[k]:
                 columns[k] = changes[k]
         if "slug" in columns and await ctx.store.page_by_slug(conn, caller.user_id, columns["slug"]) is not None:
@@ -470,7 +491,7 @@ async def slots(
         page = await ctx.store.page_with_bookings(
             conn, slug=slug, handle=handle.lower() if handle else None,
             user_id=None if handle else caller.user_id,  # type: ignore[union-attr]
-            start=around[0], end=around[1],
+            start=around[0], end=around[1], now=ctx.clock(),
         )
         if page is None:
             raise not_found("booking page")
@@ -501,8 +522,8 @@ async def slots(
 # --- bookings ------------------------------------------------------------------------------------
 
 
-def booking_resource(b: Booking) -> dict[str, Any]:
-    return {
+def booking_resource(b: Booking, ctx: BookingContext | None = None) -> dict[str, Any]:
+    doc = {
         "id": b.id,
         "status": b.status,
         "page_slug": b.page_slug,
@@ -520,13 +541,29 @@ def booking_resource(b: Booking) -> dict[str, Any]:
         "cancelled_by": b.cancelled_by,
         "cancel_reason": b.cancel_reason,
     }
+    if ctx is not None:
+        doc["cancel_url"] = cancel_url(ctx, b)
+        doc["reschedule_url"] = reschedule_url(ctx, b)
+    return doc
+
+
+def _link_expiry(ctx: BookingContext, b: Booking) -> int:
+    return domain.cancel_link_expiry(b.end, b.created_at, timedelta(seconds=ctx.settings.cancel_link_ttl_seconds))
 
 
 def cancel_url(ctx: BookingContext, b: Booking) -> str:
     """The visitor's signed link to cancel (this booking's cancel endpoint with `exp` and `sig`)."""
-    exp = domain.cancel_link_expiry(b.end, b.created_at, timedelta(seconds=ctx.settings.cancel_link_ttl_seconds))
+    exp = _link_expiry(ctx, b)
     sig = domain.cancel_signature(ctx.link_secret, b.id, exp)
     return ctx.public_url("api", "v1", "bookings", b.id, "cancel") + f"?exp={exp}&sig={sig}"
+
+
+def reschedule_url(ctx: BookingContext, b: Booking) -> str:
+    """The visitor's signed link to reschedule: the reschedule endpoint with `exp` and `sig`, an
+    HMAC of its own purpose (a cancel link's signature is refused here, and this one there)."""
+    exp = _link_expiry(ctx, b)
+    sig = domain.reschedule_signature(ctx.link_secret, b.id, exp)
+    return ctx.public_url("api", "v1", "bookings", b.id, "reschedule") + f"?exp={exp}&sig={sig}"
 
 
 def cancel_page_url(ctx: BookingContext, b: Booking, handle: str) -> str:
@@ -545,15 +582,95 @@ class BookSlot:
     email: str
     notes: str = ""
     timezone: str | None = None
+    #: The hold this booking confirms (its slot stays taken throughout).
+    hold_id: str | None = None
 
 
 SLOT_UNAVAILABLE = Problem(409, "slot_unavailable", "This time is no longer available; pick another slot.")
+HOLD_EXPIRED = Problem(409, "hold_expired", "The hold on this slot has expired; pick a slot again.")
+
+
+def _invalid_hold() -> Problem:
+    return Problem(422, "invalid_hold", "hold_id names no hold of this slot.",
+                   errors=[FieldError("hold_id", "names no hold of this slot")])
+
+
+def _refusal(problem: Problem) -> Answer:
+    return Answer(problem.status, _json.encode(problem.body()))
+
+
+def booking_description(b: Booking) -> str:
+    description = f"Booked by {b.name} <{b.email}> via CalMesh."
+    if b.notes:
+        description += f"\n\n{b.notes}"
+    return description
+
+
+def booking_event_title(b: Booking) -> str:
+    return f"{b.title}: {b.name}"
+
+
+def _confirmation(ctx: BookingContext, b: Booking) -> dict[str, Any]:
+    return {"id": b.id, "status": "confirmed", "start": utc_text(b.start), "end": utc_text(b.end),
+            "cancel_url": cancel_url(ctx, b), "reschedule_url": reschedule_url(ctx, b)}
+
+
+def _booking_created(b: Booking) -> BookingCreated:
+    return BookingCreated(
+        booking_id=b.id, page_id=b.page_id, page_slug=b.page_slug, user_id=b.user_id, calendar_slug=b.calendar_slug,
+        title=b.title, start=b.start, end=b.end, name=b.name, email=b.email, notes=b.notes, timezone=b.timezone,
+        created_at=b.created_at,
+    )
+
+
+async def _reserve(ctx: BookingContext, calendar: CalendarInfo, b: Booking, *, replaces: list[str] | None = None) -> None:
+    """Enter the booking's time into the projection through sync (no transaction is open here)."""
+    target = calendar.write_target()
+    if target is None:
+        log.warning("booking_without_write_target", booking_id=b.id, calendar_slug=b.calendar_slug)
+        return
+    await ctx.sync.reserve(b.id, user_id=b.user_id, connection_id=target.connection_id,
+                           calendar_id=target.calendar_id, title=booking_event_title(b), start=b.start, end=b.end,
+                           description=booking_description(b), replaces=replaces)
+
+
+async def confirm_booking(ctx: BookingContext, conn: asyncpg.Connection, booking_id: str) -> Booking | None:
+    """Pending → confirmed, with its booking.created event and the answer kept for its
+    Idempotency-Key (the request's second transaction, or the reaper's). None: not pending."""
+    async with conn.transaction():
+        row = await ctx.store.confirm_pending(conn, booking_id)
+        if row is None:
+            return None
+        b = await ctx.store.get_booking(conn, booking_id)
+        assert b is not None
+        await ctx.events.append(conn, b.id, 0, [_booking_created(b)], user_id=b.user_id)
+        if row["request_key"] is not None:
+            await ctx.store.store_idempotent_response(conn, row["request_scope"], row["request_key"], 201,
+                                                      _json.encode(_confirmation(ctx, b)))
+    return b
+
+
+async def release_booking(ctx: BookingContext, conn: asyncpg.Connection, booking_id: str,
+                          hold_id: str | None = None) -> None:
+    """Forget a pending booking that was never answered (its key with it; its hold active again)."""
+    async with conn.transaction():
+        row = await ctx.store.release_pending(conn, booking_id)
+        if row is not None and row["request_key"] is not None:
+            await ctx.store.forget_idempotency_key(conn, row["request_scope"], row["request_key"])
+        if hold_id is not None:
+            await ctx.store.set_hold_status(conn, hold_id, "active", only_from="confirmed")
 
 
 async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key: str | None, request_hash: str) -> Answer:
     """Book a slot: exactly one of any number of racing requests for it wins (201); the others get
     409 `slot_unavailable`. Bookings that could clash are serialised by transaction-level advisory
-    locks on the owner's hours, and the slot is re-checked against live busy time under them."""
+    locks on the owner's hours, and the slot is re-checked against live busy time under them.
+
+    Busy at once: the first transaction stores the booking as pending (this context's own slot
+    checks count it from then on); then, with no transaction open, sync enters its time into the
+    merged-events projection (every other read path sees it from then on); a second transaction
+    confirms it and appends booking.created. Only then the 201. If sync cannot be reached, the
+    pending booking is released and the answer is 503 with Retry-After."""
     if caller is not None:
         require_scope(caller, BOOK_SCOPES, "book")
     errors = []
@@ -572,7 +689,10 @@ async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key
     if errors:
         raise Problem(422, "validation_error", "; ".join(f"{e.field} {e.message}" for e in errors), errors=errors)
     if start.second or start.microsecond:
-        return Answer(409, _json.encode(SLOT_UNAVAILABLE.body()))
+        if cmd.hold_id:
+            raise _invalid_hold()
+        return _refusal(SLOT_UNAVAILABLE)
+    hold_id = cmd.hold_id
     # One pooled connection for the whole request (each release costs a round trip to reset it).
     async with ctx.pool.acquire() as conn:
         if cmd.handle:
@@ -587,65 +707,131 @@ async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key
         rules = ctx.rules(page)
         end = start + rules.duration
         # Fast refusal outside the locks for the losers of a race (a keyed retry must see its answer).
-        if taken and key is None:
-            return Answer(409, _json.encode(SLOT_UNAVAILABLE.body()))
+        if taken and key is None and hold_id is None:
+            return _refusal(SLOT_UNAVAILABLE)
         calendar = await calendar_of_page(ctx, page)
         q_lo, q_hi = domain.busy_query_range(rules, start, start + timedelta(seconds=1))
         starts_after = None
         if ctx.busy_cache is not None:
             starts_after = await ctx.busy_cache.earliest_start(
                 conn, user_id=page["user_id"], sources=calendar.source_keys, start=q_lo, end=q_hi)
+        scope = f"book:{page['id']}"
 
-        async def work(conn: asyncpg.Connection) -> Answer:
+        async def reserve(conn: asyncpg.Connection) -> Answer | Booking:
             await ctx.store.lock_owner_time(conn, page["user_id"], start - rules.buffer_before,
                                             end + rules.buffer_after)
             now = ctx.clock()
+            if hold_id is not None:
+                hold = await ctx.store.get_hold(conn, hold_id, lock=True)
+                if hold is None or hold["page_id"] != page["id"] or hold["start_at"] != start \
+                        or hold["status"] == "released":
+                    raise _invalid_hold()
+                if hold["status"] == "confirmed":
+                    return _refusal(SLOT_UNAVAILABLE)
+                if hold["status"] == "expired" or hold["expires_at"] <= now:
+                    return _refusal(HOLD_EXPIRED)
             spans = await ctx.store.busy_spans(
                 conn, user_id=page["user_id"], sources=calendar.source_keys, calendar_tz=calendar.tz,
-                start=q_lo, end=q_hi, starts_after=starts_after,
+                start=q_lo, end=q_hi, starts_after=starts_after, now=now, excluding=[hold_id] if hold_id else (),
             )
             if not domain.is_offered(rules, start, now, BusyTime(spans=spans)):
-                return Answer(409, _json.encode(SLOT_UNAVAILABLE.body()))
+                return _refusal(SLOT_UNAVAILABLE)
             booking = Booking(
                 id=new_id("bk"), page_id=page["id"], page_slug=page["slug"], user_id=page["user_id"],
                 calendar_slug=page["calendar_slug"], title=page["title"], start=start, end=end, name=name,
-                email=email, notes=notes, timezone=visitor_tz.key, status="confirmed",
+                email=email, notes=notes, timezone=visitor_tz.key, status="pending",
                 created_at=now.replace(microsecond=0),
             )
-            await ctx.store.insert_booking(conn, booking)
-            await ctx.events.append(
-                conn, booking.id, 0,
-                [BookingCreated(
-                    booking_id=booking.id, page_id=booking.page_id, page_slug=booking.page_slug,
-                    user_id=booking.user_id, calendar_slug=booking.calendar_slug, title=booking.title, start=start,
-                    end=end, name=name, email=email, notes=notes, timezone=booking.timezone,
-                    created_at=booking.created_at,
-                )],
-                user_id=booking.user_id,
-            )
-            return answer(201, {"id": booking.id, "status": "confirmed", "start": utc_text(start),
-                                "end": utc_text(end), "cancel_url": cancel_url(ctx, booking)})
+            await ctx.store.insert_booking(conn, booking, request_scope=scope if key else None, request_key=key)
+            if hold_id is not None:
+                await ctx.store.set_hold_status(conn, hold_id, "confirmed", booking_id=booking.id)
+            return booking
 
+        async def first_transaction() -> Answer | Booking:
+            if key is not None and not 1 <= len(key) <= 255:
+                raise Problem(400, "validation_error", "Idempotency-Key must be 1 to 255 characters.")
+            async with conn.transaction():
+                if key is not None:
+                    try:
+                        stored = await ctx.store.claim_idempotency_key(conn, scope, key, request_hash)
+                    except IdempotencyMismatch:
+                        raise Problem(422, "idempotency_key_reused",
+                                      "This Idempotency-Key was used with a different request; use a new key.") from None
+                    except IdempotencyInFlight:
+                        raise _in_flight() from None
+                    if stored is not None:
+                        return Answer(stored.status_code, stored.body, replayed=True)
+                result = await reserve(conn)
+                if isinstance(result, Answer) and key is not None:
+                    await ctx.store.store_idempotent_response(conn, scope, key, result.status, result.body)
+                return result
+
+        result: Answer | Booking | None = None
         for attempt in range(3):
             try:
-                return await idempotent(ctx, scope=f"book:{page['id']}", key=key, request_hash=request_hash,
-                                        work=work, conn=conn)
+                result = await first_transaction()
+                break
             except asyncpg.UniqueViolationError:
                 # The locks make this unreachable; the unique index is the belt behind the braces.
-                return Answer(409, _json.encode(SLOT_UNAVAILABLE.body()))
+                return _refusal(SLOT_UNAVAILABLE)
             except asyncpg.DeadlockDetectedError:
                 # Only possible when two owners' lock keys collide by hash; the transaction rolled back.
                 log.warning("booking_deadlock_retry", attempt=attempt, page_id=page["id"])
-    raise Problem(503, "busy", "Too many bookings at once; try again.", headers={"Retry-After": "1"})
+        if result is None:
+            raise Problem(503, "busy", "Too many bookings at once; try again.", headers={"Retry-After": "1"})
+        if isinstance(result, Answer):
+            return result
+        booking = result
+        try:
+            await _reserve(ctx, calendar, booking, replaces=[hold_id] if hold_id else None)
+        except (DependencyUnavailable, PermanentFailure) as exc:
+            try:
+                # The entry may have landed with its answer lost: take it back before forgetting.
+                await ctx.sync.release(booking.id, user_id=booking.user_id)
+            except (DependencyUnavailable, PermanentFailure):
+                log.warning("booking_left_pending", booking_id=booking.id)  # the reaper settles it
+                raise unavailable(exc) from None
+            await release_booking(ctx, conn, booking.id, hold_id)
+            raise unavailable(exc) from None
+        confirmed = await confirm_booking(ctx, conn, booking.id)
+        if confirmed is None:  # the reaper was quicker (a very slow request): it confirmed or released
+            current = await ctx.store.get_booking(conn, booking.id)
+            if current is None:
+                raise unavailable(RuntimeError("the booking was released meanwhile"))
+            confirmed = current
+        return answer(201, _confirmation(ctx, confirmed))
+
+
+async def settle_pending_bookings(ctx: BookingContext) -> int:
+    """The reaper: a booking left pending by a process that died between its two transactions is
+    confirmed when its time reached the projection, else released. Returns how many it settled."""
+    older_than = ctx.clock() - timedelta(seconds=ctx.settings.booking_pending_timeout_seconds)
+    settled = 0
+    async with ctx.pool.acquire() as conn:
+        for b in await ctx.store.stale_pending(conn, older_than):
+            try:
+                row = await ctx.sync.reservation(b.id, user_id=b.user_id)
+            except (DependencyUnavailable, PermanentFailure) as exc:
+                log.warning("pending_booking_unsettled", booking_id=b.id, error=str(exc))
+                continue
+            if row is not None:
+                await confirm_booking(ctx, conn, b.id)
+                log.info("pending_booking_confirmed", booking_id=b.id)
+            else:
+                hold = await conn.fetchval(f"SELECT id FROM {ctx.store.schema}.holds WHERE booking_id = $1", b.id)
+                await release_booking(ctx, conn, b.id, hold)
+                log.info("pending_booking_released", booking_id=b.id)
+            settled += 1
+    return settled
 
 
 async def get_booking(ctx: BookingContext, caller: Caller, booking_id: str) -> dict[str, Any]:
     require_scope(caller, READ_SCOPES, "read")
     async with ctx.pool.acquire() as conn:
         b = await ctx.store.get_booking(conn, booking_id)
-    if b is None or b.user_id != caller.user_id:
+    if b is None or b.user_id != caller.user_id or b.status == "pending":
         raise not_found("booking")
-    return booking_resource(b)
+    return booking_resource(b, ctx)
 
 
 def _instant_param(value: str | None, name: str) -> datetime | None:
@@ -679,49 +865,63 @@ async def list_bookings(
     more = len(rows) > n
     rows = rows[:n]
     return {
-        "data": [booking_resource(b) for b in rows],
+        "data": [booking_resource(b, ctx) for b in rows],
         "next_cursor": encode_cursor(rows[-1].start, rows[-1].id) if more and rows else None,
     }
+
+
+def _link_actor(ctx: BookingContext, booking_id: str, caller: Caller | None, sig: str | None, exp: str | None,
+                purpose: str) -> str:
+    """Who acts on a booking: the visitor holding a signed link of `purpose`, or the owner."""
+    if sig is not None or exp is not None:
+        why = domain.verify_cancel_signature(ctx.link_secret, booking_id, exp or "", sig or "", ctx.clock(), purpose)
+        if why is not None:
+            raise Problem(403, "invalid_signature",
+                          f"This {purpose} link is expired or not valid." if why == "expired"
+                          else f"This {purpose} link is not valid.")
+        return "visitor"
+    if caller is not None:
+        require_scope(caller, BOOK_SCOPES, "book")
+        return "owner"
+    raise Problem(401, "unauthorized", f"Sign in, use an API key, or use the {purpose} link from the confirmation.")
 
 
 async def cancel_booking(
     ctx: BookingContext, booking_id: str, *, caller: Caller | None, sig: str | None, exp: str | None, reason: str
 ) -> dict[str, Any]:
-    """Cancel as the owner, or as the visitor holding the signed link; a second cancel answers the same."""
-    if sig is not None or exp is not None:
-        why = domain.verify_cancel_signature(ctx.link_secret, booking_id, exp or "", sig or "", ctx.clock())
-        if why is not None:
-            raise Problem(403, "invalid_signature",
-                          "This cancel link is expired or not valid." if why == "expired" else "This cancel link is not valid.")
-        by = "visitor"
-    elif caller is not None:
-        require_scope(caller, BOOK_SCOPES, "book")
-        by = "owner"
-    else:
-        raise Problem(401, "unauthorized", "Sign in, use an API key, or use the cancel link from the confirmation.")
+    """Cancel as the owner, or as the visitor holding the signed link; a second cancel answers the
+    same. The time is free everywhere before the answer: the booking's row in the projection is
+    released through sync (the provider event is deleted later, by the calendar consumer)."""
+    by = _link_actor(ctx, booking_id, caller, sig, exp, "cancel")
     if len(reason) > 1000:
         raise Problem(422, "validation_error", "reason must be at most 1000 characters.",
                       errors=[FieldError("reason", "must be at most 1000 characters")])
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        b = await ctx.store.get_booking(conn, booking_id, lock=True)
-        if b is None or (by == "owner" and caller is not None and b.user_id != caller.user_id):
-            raise not_found("booking")
-        if b.status == "cancelled":
-            return booking_resource(b)
-        now = ctx.clock().replace(microsecond=0)
-        b = await ctx.store.mark_cancelled(conn, b.id, now, by, reason)
+    async with ctx.pool.acquire() as conn:
+        async with conn.transaction():
+            b = await ctx.store.get_booking(conn, booking_id, lock=True)
+            if b is None or b.status == "pending" or (by == "owner" and caller is not None and b.user_id != caller.user_id):
+                raise not_found("booking")
+            if b.status != "cancelled":
+                now = ctx.clock().replace(microsecond=0)
+                b = await ctx.store.mark_cancelled(conn, b.id, now, by, reason)
+                await ctx.events.append(
+                    conn, b.id, None,
+                    [BookingCancelled(
+                        booking_id=b.id, page_id=b.page_id, page_slug=b.page_slug, user_id=b.user_id,
+                        calendar_slug=b.calendar_slug, title=b.title, start=b.start, end=b.end, name=b.name,
+                        email=b.email, cancelled_by=by, reason=reason, timezone=b.timezone, cancelled_at=now,
+                    )],
+                    user_id=b.user_id,
+                )
         if ctx.busy_cache is not None:
             ctx.busy_cache.forget_user(b.user_id)  # this replica at once; the others on the event
-        await ctx.events.append(
-            conn, b.id, None,
-            [BookingCancelled(
-                booking_id=b.id, page_id=b.page_id, page_slug=b.page_slug, user_id=b.user_id,
-                calendar_slug=b.calendar_slug, title=b.title, start=b.start, end=b.end, name=b.name, email=b.email,
-                cancelled_by=by, reason=reason, timezone=b.timezone, cancelled_at=now,
-            )],
-            user_id=b.user_id,
-        )
-    return booking_resource(b)
+        # Repeated on a second cancel too: the release is idempotent, and a first answer may have
+        # been a 503 that left the row in place.
+        try:
+            await ctx.sync.release(b.id, user_id=b.user_id)
+        except (DependencyUnavailable, PermanentFailure) as exc:
+            raise unavailable(exc) from None
+    return booking_resource(b, ctx)
 
 
 async def cancel_link_booking(ctx: BookingContext, booking_id: str, sig: str, exp: str) -> Booking:
@@ -731,9 +931,214 @@ async def cancel_link_booking(ctx: BookingContext, booking_id: str, sig: str, ex
         raise Problem(403, "invalid_signature", "This cancel link is expired or not valid.")
     async with ctx.pool.acquire() as conn:
         b = await ctx.store.get_booking(conn, booking_id)
-    if b is None:
+    if b is None or b.status == "pending":
         raise not_found("booking")
     return b
+
+
+# --- rescheduling --------------------------------------------------------------------------------
+
+
+async def reschedule_booking(
+    ctx: BookingContext, booking_id: str, *, caller: Caller | None, sig: str | None, exp: str | None, start_text: str,
+) -> dict[str, Any]:
+    """Move a booking to another offered slot (its own old time counts as free): same id, new start
+    and end. The projection row moves before the answer (old time free, new busy); the provider
+    event is moved in place by the calendar consumer, on booking.rescheduled."""
+    by = _link_actor(ctx, booking_id, caller, sig, exp, "reschedule")
+    try:
+        start = domain.parse_instant(start_text)
+    except ValueError as exc:
+        raise Problem(400, "validation_error", str(exc), errors=[FieldError("start", str(exc))]) from None
+    async with ctx.pool.acquire() as conn:
+        async with conn.transaction():
+            b = await ctx.store.get_booking(conn, booking_id, lock=True)
+            if b is None or b.status == "pending" or (by == "owner" and caller is not None and b.user_id != caller.user_id):
+                raise not_found("booking")
+            if b.status == "cancelled":
+                raise Problem(409, "booking_cancelled", "This booking is cancelled; it cannot be rescheduled.")
+            page = await ctx.store.page_by_id(conn, b.page_id)
+            if page is None:
+                raise Problem(409, "slot_unavailable", "The booking's page no longer exists; no slot can be offered.")
+            if start == b.start:
+                return booking_resource(b, ctx)
+            rules = ctx.rules(page)
+            end = start + rules.duration
+            if start.second or start.microsecond:
+                raise SLOT_UNAVAILABLE
+            calendar = await calendar_of_page(ctx, page)
+            await ctx.store.lock_owner_time(conn, b.user_id, start - rules.buffer_before, end + rules.buffer_after)
+            now = ctx.clock()
+            q_lo, q_hi = domain.busy_query_range(rules, start, start + timedelta(seconds=1))
+            spans = await ctx.store.busy_spans(
+                conn, user_id=b.user_id, sources=calendar.source_keys, calendar_tz=calendar.tz, start=q_lo, end=q_hi,
+                now=now, excluding=[b.id],
+            )
+            if not domain.is_offered(rules, start, now, BusyTime(spans=spans)):
+                raise SLOT_UNAVAILABLE
+            previous = b
+            try:
+                b = await ctx.store.move_booking(conn, b.id, start, end, b.sequence + 1)
+            except asyncpg.UniqueViolationError:
+                raise SLOT_UNAVAILABLE from None
+        try:
+            await _reserve(ctx, calendar, b)
+        except (DependencyUnavailable, PermanentFailure) as exc:
+            async with conn.transaction():
+                current = await ctx.store.get_booking(conn, b.id, lock=True)
+                if current is not None and current.start == start and current.sequence == b.sequence:
+                    await ctx.store.move_booking(conn, b.id, previous.start, previous.end, previous.sequence)
+            raise unavailable(exc) from None
+        if ctx.busy_cache is not None:
+            ctx.busy_cache.forget_user(b.user_id)
+        async with conn.transaction():
+            await ctx.events.append(
+                conn, b.id, None,
+                [BookingRescheduled(
+                    booking_id=b.id, page_id=b.page_id, page_slug=b.page_slug, user_id=b.user_id,
+                    calendar_slug=b.calendar_slug, title=b.title, start=b.start, end=b.end, name=b.name,
+                    email=b.email, timezone=b.timezone, previous_start=previous.start, previous_end=previous.end,
+                    rescheduled_by=by, sequence=b.sequence, rescheduled_at=ctx.clock().replace(microsecond=0),
+                )],
+                user_id=b.user_id,
+            )
+    return booking_resource(b, ctx)
+
+
+# --- holds ---------------------------------------------------------------------------------------
+
+
+def hold_resource(hold: asyncpg.Record) -> dict[str, Any]:
+    return {"id": hold["id"], "start": utc_text(hold["start_at"]), "end": utc_text(hold["end_at"]),
+            "expires_at": utc_text(hold["expires_at"])}
+
+
+def hold_lifetime(ctx: BookingContext, page: asyncpg.Record) -> timedelta:
+    if ctx.settings.hold_seconds_override > 0:
+        return timedelta(seconds=ctx.settings.hold_seconds_override)
+    return timedelta(minutes=page["hold_minutes"])
+
+
+async def create_hold(ctx: BookingContext, *, handle: str | None, slug: str, start_text: str, caller: Caller | None,
+                      key: str | None, request_hash: str) -> Answer:
+    """Hold an offered slot for the page's hold_minutes: busy everywhere at once, like a booking."""
+    if caller is not None:
+        require_scope(caller, BOOK_SCOPES, "book")
+    try:
+        start = domain.parse_instant(start_text)
+    except ValueError as exc:
+        raise Problem(400, "validation_error", str(exc), errors=[FieldError("start", str(exc))]) from None
+    async with ctx.pool.acquire() as conn:
+        page = await _public_page(ctx, conn, handle, slug, caller)
+        rules = ctx.rules(page)
+        end = start + rules.duration
+        if start.second or start.microsecond:
+            return _refusal(SLOT_UNAVAILABLE)
+        calendar = await calendar_of_page(ctx, page)
+        q_lo, q_hi = domain.busy_query_range(rules, start, start + timedelta(seconds=1))
+        hold_id = new_id("hold")
+
+        async def work(conn: asyncpg.Connection) -> Answer:
+            await ctx.store.lock_owner_time(conn, page["user_id"], start - rules.buffer_before,
+                                            end + rules.buffer_after)
+            now = ctx.clock()
+            spans = await ctx.store.busy_spans(conn, user_id=page["user_id"], sources=calendar.source_keys,
+                                               calendar_tz=calendar.tz, start=q_lo, end=q_hi, now=now)
+            if not domain.is_offered(rules, start, now, BusyTime(spans=spans)):
+                return _refusal(SLOT_UNAVAILABLE)
+            hold = {"id": hold_id, "page_id": page["id"], "user_id": page["user_id"], "start_at": start,
+                    "end_at": end, "expires_at": (now + hold_lifetime(ctx, page)).replace(microsecond=0),
+                    "created_at": now}
+            await ctx.store.insert_hold(conn, hold)
+            return answer(201, hold_resource(hold))  # type: ignore[arg-type]
+
+        result = await idempotent(ctx, scope=f"hold:{page['id']}", key=key, request_hash=request_hash, work=work,
+                                  conn=conn)
+        if result.status != 201 or result.replayed:
+            return result
+        target = calendar.write_target()
+        try:
+            if target is not None:
+                await ctx.sync.reserve(hold_id, user_id=page["user_id"], connection_id=target.connection_id,
+                                       calendar_id=target.calendar_id, title=f"Held: {page['title']}", start=start,
+                                       end=end)
+        except (DependencyUnavailable, PermanentFailure) as exc:
+            try:
+                await ctx.sync.release(hold_id, user_id=page["user_id"])
+            except (DependencyUnavailable, PermanentFailure):
+                pass  # the hold expires anyway; the expiry timer releases it again
+            await ctx.store.set_hold_status(conn, hold_id, "released", only_from="active")
+            raise unavailable(exc) from None
+        ctx.hold_timer.poke()
+        return result
+
+
+async def release_hold(ctx: BookingContext, *, handle: str | None, slug: str, hold_id: str,
+                       caller: Caller | None) -> None:
+    """Release a hold (204); an unknown id, or a hold of another page, is 404."""
+    if caller is not None:
+        require_scope(caller, BOOK_SCOPES, "book")
+    async with ctx.pool.acquire() as conn:
+        page = await _public_page(ctx, conn, handle, slug, caller)
+        async with conn.transaction():
+            hold = await ctx.store.get_hold(conn, hold_id, lock=True)
+            if hold is None or hold["page_id"] != page["id"]:
+                raise not_found("hold")
+            if hold["status"] != "active":
+                return  # confirmed holds are the booking's now; released and expired ones are free
+            await ctx.store.set_hold_status(conn, hold_id, "released")
+        try:
+            await ctx.sync.release(hold_id, user_id=hold["user_id"])
+        except (DependencyUnavailable, PermanentFailure) as exc:
+            raise unavailable(exc) from None
+
+
+async def expire_due_holds(ctx: BookingContext) -> int:
+    """Free the time of every hold past its expiry (its row leaves the projection); how many."""
+    expired = 0
+    async with ctx.pool.acquire() as conn:
+        for hold in await ctx.store.due_holds(conn, ctx.clock()):
+            try:
+                await ctx.sync.release(hold["id"], user_id=hold["user_id"])
+            except (DependencyUnavailable, PermanentFailure) as exc:
+                log.warning("hold_release_failed", hold_id=hold["id"], error=str(exc))
+                continue
+            if await ctx.store.set_hold_status(conn, hold["id"], "expired", only_from="active"):
+                expired += 1
+    return expired
+
+
+class HoldTimer:
+    """One timer for every hold: it sleeps until the earliest expiry in the expiry index (or until
+    a new hold pokes it), expires what is due, and sleeps again. No polling loop per hold. The
+    same timer settles bookings left pending by a dead process (the reaper)."""
+
+    def __init__(self, max_sleep: float = 10.0) -> None:
+        self.max_sleep = max_sleep
+        self._wake = asyncio.Event()
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    async def run(self, ctx: BookingContext) -> None:
+        while True:
+            sleep = self.max_sleep
+            try:
+                await expire_due_holds(ctx)
+                await settle_pending_bookings(ctx)
+                async with ctx.pool.acquire() as conn:
+                    nxt = await ctx.store.next_hold_expiry(conn)
+                if nxt is not None:
+                    sleep = min(sleep, max(0.05, (nxt - ctx.clock()).total_seconds()))
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+                log.warning("hold_timer_failed", error=repr(exc))
+            except Exception:  # noqa: BLE001 - the one timer must outlive any one failure; it says so
+                log.exception("hold_timer_error")
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=sleep)
+            except TimeoutError:
+                pass
 
 
 # --- polls ---------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import quopri
 import smtplib
 import ssl
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email.header import Header
 from email.utils import format_datetime, formataddr, parseaddr
@@ -101,7 +101,7 @@ def invitation_ics(booking: Booking, organizer: Person, method: str, *, now: dat
         f"DTEND:{_ics_time(booking.end)}",
         f"SUMMARY:{_ics_text(f'{booking.title} with {booking.name}')}",
         f"DESCRIPTION:{_ics_text(description)}",
-        f"SEQUENCE:{0 if method == 'REQUEST' else 1}",
+        f"SEQUENCE:{booking.sequence if method == 'REQUEST' else booking.sequence + 1}",
         f"STATUS:{'CONFIRMED' if method == 'REQUEST' else 'CANCELLED'}",
         f"ORGANIZER;CN={_ics_param(organizer.name)}:mailto:{organizer.email}",
     ]
@@ -198,8 +198,11 @@ def booking_mails(
     cancel_url: str | None,
     cause_id: str,
     now: datetime,
+    previous: tuple[datetime, datetime] | None = None,
 ) -> list[Mail]:
-    """The mails for the visitor and the owner: a confirmation or a cancellation."""
+    """The mails for the visitor and the owner: a confirmation or a cancellation; with `previous`
+    (the old start and end), an updated invitation for a rescheduled booking (same UID, its
+    SEQUENCE the booking's)."""
     confirmed = booking.status == "confirmed"
     method = "REQUEST" if confirmed else "CANCEL"
     sender = settings.mail_from
@@ -222,6 +225,18 @@ def booking_mails(
             owner_text += f"\nNotes:\n{booking.notes}\n"
         visitor_subject = f"Confirmed: {booking.title} with {owner.name}"
         owner_subject = f"New booking: {booking.title} with {booking.name}"
+        if previous is not None:
+            was = replace(booking, start=previous[0], end=previous[1])
+            visitor_text = (
+                f"Hello {booking.name},\n\nYour booking has moved: {booking.title} with {owner.name}\n"
+                f"When: {_when(booking, visitor.timezone)}\nWas: {_when(was, visitor.timezone)}\n"
+            )
+            owner_text = (
+                f"Booking rescheduled: {booking.title} with {booking.name} <{booking.email}>\n"
+                f"When: {_when(booking, owner.timezone)}\nWas: {_when(was, owner.timezone)}\n"
+            )
+            visitor_subject = f"Rescheduled: {booking.title} with {owner.name}"
+            owner_subject = f"Rescheduled: {booking.title} with {booking.name}"
     else:
         reason = f"\nReason: {booking.cancel_reason}\n" if booking.cancel_reason else ""
         visitor_text = (
@@ -234,7 +249,7 @@ def booking_mails(
         )
         visitor_subject = f"Cancelled: {booking.title} with {owner.name}"
         owner_subject = f"Cancelled: {booking.title} with {booking.name}"
-    kind = "confirmed" if confirmed else "cancelled"
+    kind = ("confirmed" if previous is None else f"rescheduled-{booking.sequence}") if confirmed else "cancelled"
     out.append(Mail(
         stem=f"{booking.id}-{kind}-visitor", to=visitor.email,
         data=_message(sender=sender, to=visitor, subject=visitor_subject, text=visitor_text, ics=ics, method=method,

@@ -11,7 +11,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -25,12 +25,13 @@ _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}(\.[a-z_][a-z0-9_]{0,62})?$")
 PAGE_COLUMNS = (
     "id, user_id, handle, slug, calendar_slug, title, description, duration_minutes, slot_interval_minutes,"
     " timezone, weekly_hours, date_overrides, buffer_before_minutes, buffer_after_minutes,"
-    " min_notice_minutes, max_days_ahead, calendar_snapshot, created_at, updated_at"
+    " min_notice_minutes, max_days_ahead, calendar_snapshot, created_at, updated_at, hold_minutes"
 )
 BOOKING_COLUMNS = (
     "id, page_id, page_slug, user_id, calendar_slug, title, start_at, end_at, status, name, email, notes,"
-    " timezone, event_id, created_at, cancelled_at, cancelled_by, cancel_reason"
+    " timezone, event_id, created_at, cancelled_at, cancelled_by, cancel_reason, sequence"
 )
+HOLD_COLUMNS = "id, page_id, user_id, start_at, end_at, expires_at, status, booking_id, created_at"
 
 
 class CursorError(ValueError):
@@ -71,6 +72,10 @@ class IdempotencyMismatch(Exception):
     """The key was used before with a different request."""
 
 
+class IdempotencyInFlight(Exception):
+    """The key's first request has not been answered yet (a booking between its two transactions)."""
+
+
 def _booking(row: asyncpg.Record) -> Booking:
     return Booking(
         id=row["id"],
@@ -91,6 +96,7 @@ def _booking(row: asyncpg.Record) -> Booking:
         cancelled_at=row["cancelled_at"],
         cancelled_by=row["cancelled_by"],
         cancel_reason=row["cancel_reason"],
+        sequence=row["sequence"],
     )
 
 
@@ -112,15 +118,24 @@ class BookingStore:
             "   ON p.connection_id = src.connection_id AND p.calendar_id = src.calendar_id"
             " WHERE p.user_id = $1 AND p.start_at < $5 AND p.end_at > $4{bound}"
             "   AND p.status <> 'cancelled' AND p.transparency <> 'free'"
+            # The rows of this context's own bookings and holds: read from its own tables below
+            # (they know pending bookings, expiry, and what a reschedule or a held booking excludes).
+            "   AND p.booking_id IS NULL"
             # A cancelled booking frees its time at once, before its calendar event is deleted.
             f"   AND NOT EXISTS (SELECT 1 FROM {schema}.bookings c WHERE c.user_id = $1 AND c.status = 'cancelled'"
             "       AND c.event_id = p.event_id AND c.start_at < $5 AND c.end_at > $4)"
         )
+        # $6: now (holds expire), $7: booking and hold ids that do not count (a reschedule's own
+        # booking, a booking's own hold).
         own_bookings = (
             " UNION ALL"
             " SELECT extract(epoch FROM b.start_at)::bigint, extract(epoch FROM b.end_at)::bigint, false, NULL, NULL"
-            f" FROM {schema}.bookings b WHERE b.user_id = $1 AND b.status = 'confirmed'"
-            "   AND b.start_at < $5 AND b.end_at > $4"
+            f" FROM {schema}.bookings b WHERE b.user_id = $1 AND b.status IN ('pending', 'confirmed')"
+            "   AND b.start_at < $5 AND b.end_at > $4 AND b.id <> ALL($7::text[])"
+            " UNION ALL"
+            " SELECT extract(epoch FROM h.start_at)::bigint, extract(epoch FROM h.end_at)::bigint, false, NULL, NULL"
+            f" FROM {schema}.holds h WHERE h.user_id = $1 AND h.status = 'active' AND h.expires_at > $6"
+            "   AND h.start_at < $5 AND h.end_at > $4 AND h.id <> ALL($7::text[])"
         )
         # Sorted in SQL: the merge in Python is then one pass.
         self._calendar_busy_sql = calendar_rows.format(bound="") + " ORDER BY 1"
@@ -128,7 +143,7 @@ class BookingStore:
         # With a known bound below which no overlapping row starts, the (connection, calendar,
         # start_at) index is read as a range rather than from the calendar's first row (its own SQL
         # text, so that a generic plan cannot lose the range).
-        self._busy_sql_bounded = calendar_rows.format(bound=" AND p.start_at > $6") + own_bookings + " ORDER BY 1"
+        self._busy_sql_bounded = calendar_rows.format(bound=" AND p.start_at > $8") + own_bookings + " ORDER BY 1"
 
     # --- users -------------------------------------------------------------------------------
 
@@ -159,14 +174,16 @@ class BookingStore:
         return await conn.fetchrow(
             f"INSERT INTO {self.schema}.pages (id, user_id, handle, slug, calendar_slug, title, description,"
             " duration_minutes, slot_interval_minutes, timezone, weekly_hours, date_overrides,"
-            " buffer_before_minutes, buffer_after_minutes, min_notice_minutes, max_days_ahead, calendar_snapshot)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12::jsonb, $13, $14, $15, $16, $17::jsonb)"
+            " buffer_before_minutes, buffer_after_minutes, min_notice_minutes, max_days_ahead, calendar_snapshot,"
+            " hold_minutes)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12::jsonb, $13, $14, $15, $16, $17::jsonb,"
+            " $18)"
             f" ON CONFLICT (user_id, slug) DO NOTHING RETURNING {PAGE_COLUMNS}",
             page["id"], page["user_id"], page["handle"], page["slug"], page["calendar_slug"], page["title"],
             page["description"], page["duration_minutes"], page["slot_interval_minutes"], page["timezone"],
             _json(page["weekly_hours"]), _json(page["date_overrides"]), page["buffer_before_minutes"],
             page["buffer_after_minutes"], page["min_notice_minutes"], page["max_days_ahead"],
-            _json(page.get("calendar_snapshot")),
+            _json(page.get("calendar_snapshot")), page.get("hold_minutes") or 10,
         )
 
     async def update_page(self, conn: asyncpg.Connection, page_id: str, changes: dict[str, Any]) -> asyncpg.Record:
@@ -202,7 +219,7 @@ class BookingStore:
         slot at `start` (with the page's duration and buffers): a cheap refusal outside the locks."""
         return await conn.fetchrow(
             f"SELECT {PAGE_COLUMNS}, EXISTS (SELECT 1 FROM {self.schema}.bookings b"
-            "   WHERE b.user_id = p.user_id AND b.status = 'confirmed'"
+            "   WHERE b.user_id = p.user_id AND b.status IN ('pending', 'confirmed')"
             "   AND b.start_at < $3::timestamptz + make_interval(mins => p.duration_minutes + p.buffer_after_minutes)"
             "   AND b.end_at > $3::timestamptz - make_interval(mins => p.buffer_before_minutes)) AS taken"
             f" FROM {self.schema}.pages p WHERE p.handle = $1 AND p.slug = $2",
@@ -210,16 +227,22 @@ class BookingStore:
         )
 
     async def page_with_bookings(self, conn: asyncpg.Connection, *, slug: str, handle: str | None = None,
-                                 user_id: str | None = None, start: datetime, end: datetime) -> asyncpg.Record | None:
-        """The page (by handle, else by owner) and, in `booked`, its owner's confirmed bookings that
-        overlap [start, end) as [start, end] epoch-second pairs: one round trip for the slot listing."""
+                                 user_id: str | None = None, start: datetime, end: datetime,
+                                 now: datetime | None = None) -> asyncpg.Record | None:
+        """The page (by handle, else by owner) and, in `booked`, its owner's pending and confirmed
+        bookings and unexpired holds that overlap [start, end) as [start, end] epoch-second pairs:
+        one round trip for the slot listing."""
         where = "p.handle = $1 AND p.slug = $2" if handle is not None else "p.user_id = $1 AND p.slug = $2"
         return await conn.fetchrow(
-            f"SELECT {PAGE_COLUMNS}, (SELECT coalesce(array_agg(ARRAY[extract(epoch FROM b.start_at)::bigint,"
-            "   extract(epoch FROM b.end_at)::bigint]), '{}') FROM " + self.schema + ".bookings b"
-            "   WHERE b.user_id = p.user_id AND b.status = 'confirmed' AND b.start_at < $4 AND b.end_at > $3) AS booked"
+            f"SELECT {PAGE_COLUMNS}, (SELECT coalesce(array_agg(ARRAY[x.s, x.e]), '{{}}') FROM ("
+            "   SELECT extract(epoch FROM b.start_at)::bigint AS s, extract(epoch FROM b.end_at)::bigint AS e"
+            f"   FROM {self.schema}.bookings b WHERE b.user_id = p.user_id AND b.status IN ('pending', 'confirmed')"
+            "   AND b.start_at < $4 AND b.end_at > $3"
+            "   UNION ALL SELECT extract(epoch FROM h.start_at)::bigint, extract(epoch FROM h.end_at)::bigint"
+            f"   FROM {self.schema}.holds h WHERE h.user_id = p.user_id AND h.status = 'active' AND h.expires_at > $5"
+            "   AND h.start_at < $4 AND h.end_at > $3) x) AS booked"
             f" FROM {self.schema}.pages p WHERE {where}",
-            handle if handle is not None else user_id, slug, start, end,
+            handle if handle is not None else user_id, slug, start, end, now or datetime.now(UTC),
         )
 
     async def public_page(self, conn: asyncpg.Connection, handle: str, slug: str) -> asyncpg.Record | None:
@@ -264,11 +287,15 @@ class BookingStore:
         end: datetime,
         with_bookings: bool = True,
         starts_after: datetime | None = None,
+        now: datetime | None = None,
+        excluding: Sequence[str] = (),
     ) -> list[tuple[int, int]]:
         """Busy time in [start, end) as epoch-second spans: the calendar's busy events (all-day
-        ones as their dates in `calendar_tz`) and, unless told otherwise, the owner's confirmed
-        bookings."""
+        ones as their dates in `calendar_tz`) and, unless told otherwise, the owner's pending and
+        confirmed bookings and unexpired holds (at `now`) but those named in `excluding`."""
         args: list[Any] = [user_id, [s[0] for s in sources], [s[1] for s in sources], start, end]
+        if with_bookings:
+            args += [now or datetime.now(UTC), list(excluding)]
         if starts_after is not None and with_bookings:
             sql = self._busy_sql_bounded
             args.append(starts_after)
@@ -302,18 +329,86 @@ class BookingStore:
             user_id, list(range(first, last + 1)),
         )
 
-    async def lock_booking_sync(self, conn: asyncpg.Connection, booking_id: str) -> None:
-        """Serialise the calendar writes of one booking (write after cancel, cancel after write)."""
-        await conn.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", _LOCK_NS_BOOKING_SYNC, booking_id)
-
-    async def insert_booking(self, conn: asyncpg.Connection, b: Booking) -> None:
+    async def insert_booking(self, conn: asyncpg.Connection, b: Booking, *, request_scope: str | None = None,
+                             request_key: str | None = None) -> None:
         await conn.execute(
             f"INSERT INTO {self.schema}.bookings (id, page_id, page_slug, user_id, calendar_slug, title, start_at,"
-            " end_at, status, name, email, notes, timezone, created_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+            " end_at, status, name, email, notes, timezone, created_at, request_scope, request_key)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
             b.id, b.page_id, b.page_slug, b.user_id, b.calendar_slug, b.title, b.start, b.end, b.status, b.name,
-            b.email, b.notes, b.timezone, b.created_at,
+            b.email, b.notes, b.timezone, b.created_at, request_scope, request_key,
         )
+
+    async def confirm_pending(self, conn: asyncpg.Connection, booking_id: str) -> asyncpg.Record | None:
+        """Pending → confirmed; None when it was not pending (confirmed or released already)."""
+        return await conn.fetchrow(
+            f"UPDATE {self.schema}.bookings SET status = 'confirmed' WHERE id = $1 AND status = 'pending'"
+            f" RETURNING {BOOKING_COLUMNS}, request_scope, request_key",
+            booking_id,
+        )
+
+    async def release_pending(self, conn: asyncpg.Connection, booking_id: str) -> asyncpg.Record | None:
+        """Forget a pending booking whose time never reached the projection (it was never answered)."""
+        return await conn.fetchrow(
+            f"DELETE FROM {self.schema}.bookings WHERE id = $1 AND status = 'pending'"
+            " RETURNING id, request_scope, request_key",
+            booking_id,
+        )
+
+    async def stale_pending(self, conn: asyncpg.Connection, older_than: datetime, limit: int = 100) -> list[Booking]:
+        rows = await conn.fetch(
+            f"SELECT {BOOKING_COLUMNS} FROM {self.schema}.bookings WHERE status = 'pending' AND created_at < $1"
+            " ORDER BY created_at LIMIT $2",
+            older_than, limit,
+        )
+        return [_booking(r) for r in rows]
+
+    async def move_booking(self, conn: asyncpg.Connection, booking_id: str, start: datetime, end: datetime,
+                           sequence: int) -> Booking:
+        row = await conn.fetchrow(
+            f"UPDATE {self.schema}.bookings SET start_at = $2, end_at = $3, sequence = $4 WHERE id = $1"
+            f" RETURNING {BOOKING_COLUMNS}",
+            booking_id, start, end, sequence,
+        )
+        return _booking(row)
+
+    async def forget_idempotency_key(self, conn: asyncpg.Connection, scope: str, key: str) -> None:
+        await conn.execute(f"DELETE FROM {self.schema}.idempotency_keys WHERE scope = $1 AND key = $2", scope, key)
+
+    # --- holds ---------------------------------------------------------------------------------
+
+    async def insert_hold(self, conn: asyncpg.Connection, hold: dict[str, Any]) -> None:
+        await conn.execute(
+            f"INSERT INTO {self.schema}.holds (id, page_id, user_id, start_at, end_at, expires_at, status, created_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6, 'active', $7)",
+            hold["id"], hold["page_id"], hold["user_id"], hold["start_at"], hold["end_at"], hold["expires_at"],
+            hold["created_at"],
+        )
+
+    async def get_hold(self, conn: asyncpg.Connection, hold_id: str, *, lock: bool = False) -> asyncpg.Record | None:
+        return await conn.fetchrow(
+            f"SELECT {HOLD_COLUMNS} FROM {self.schema}.holds WHERE id = $1" + (" FOR UPDATE" if lock else ""), hold_id
+        )
+
+    async def set_hold_status(self, conn: asyncpg.Connection, hold_id: str, status: str, *,
+                              booking_id: str | None = None, only_from: str | None = None) -> bool:
+        result = await conn.execute(
+            f"UPDATE {self.schema}.holds SET status = $2, booking_id = coalesce($3, booking_id) WHERE id = $1"
+            + (" AND status = $4" if only_from else ""),
+            hold_id, status, booking_id, *([only_from] if only_from else []),
+        )
+        return result.split()[-1] != "0"
+
+    async def due_holds(self, conn: asyncpg.Connection, now: datetime, limit: int = 200) -> list[asyncpg.Record]:
+        """Active holds past their expiry (read from the expiry index)."""
+        return await conn.fetch(
+            f"SELECT {HOLD_COLUMNS} FROM {self.schema}.holds WHERE status = 'active' AND expires_at <= $1"
+            " ORDER BY expires_at LIMIT $2",
+            now, limit,
+        )
+
+    async def next_hold_expiry(self, conn: asyncpg.Connection) -> datetime | None:
+        return await conn.fetchval(f"SELECT min(expires_at) FROM {self.schema}.holds WHERE status = 'active'")
 
     async def get_booking(self, conn: asyncpg.Connection, booking_id: str, *, lock: bool = False) -> Booking | None:
         row = await conn.fetchrow(
@@ -344,7 +439,8 @@ class BookingStore:
         after: tuple[datetime, str] | None,
         limit: int,
     ) -> list[Booking]:
-        where, args = ["user_id = $1"], [user_id]
+        # A pending booking was never answered yet: it is nobody's booking until confirmed.
+        where, args = ["user_id = $1", "status <> 'pending'"], [user_id]
         if status:
             args.append(status)
             where.append(f"status = ${len(args)}")
@@ -387,6 +483,8 @@ class BookingStore:
         )
         if row["request_hash"] != req_hash:
             raise IdempotencyMismatch(key)
+        if row["status_code"] is None:
+            raise IdempotencyInFlight(key)
         return StoredResponse(row["status_code"], bytes(row["body"]))
 
     async def forget_idempotency_keys(self, conn: asyncpg.Connection, older_than: datetime) -> int:
@@ -486,7 +584,6 @@ class BookingStore:
 LOCK_BUCKET_SECONDS = 3600
 
 # Namespaces of the two-key advisory locks (the one-key space is used by the relay and migrations).
-_LOCK_NS_BOOKING_SYNC = 0x4273  # "Bs"
 _LOCK_NS_POLL = 0x506C  # "Pl"
 
 _encoder = msgspec.json.Encoder()

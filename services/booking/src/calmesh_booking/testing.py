@@ -33,11 +33,11 @@ import httpx
 import msgspec
 import nats
 import uvicorn
-from litestar import Litestar, Request, Response, delete, get, post
+from litestar import Litestar, Request, Response, delete, get, patch, post, put
 
 from calmesh_common.devstack.embedded import EmbeddedNats, free_port
 from calmesh_common.events import Envelope, encode_envelope, new_event_id
-from calmesh_common.ids import event_id_for, new_id
+from calmesh_common.ids import booking_uid, event_id_for, new_id
 from calmesh_common.migrations import apply_migrations, package_migrations
 from calmesh_common.service import SECRET_HEADER
 from calmesh_common.settings import Settings
@@ -66,6 +66,7 @@ CREATE TABLE {table} (
     status              text NOT NULL DEFAULT 'confirmed',
     transparency        text NOT NULL DEFAULT 'busy',
     updated_at          timestamptz NOT NULL DEFAULT now(),
+    booking_id          text,
     PRIMARY KEY (connection_id, calendar_id, uid, recurrence_id)
 );
 CREATE INDEX ON {table} (connection_id, calendar_id, start_at);
@@ -91,6 +92,9 @@ class FakeCalendarServices:
     deleted: list[str] = field(default_factory=list)
     #: Set to make the next event writes fail with this status (a flaky provider).
     fail_writes: list[int] = field(default_factory=list)
+    #: Set to make the next reservation entries fail with this status (sync away).
+    fail_reservations: list[int] = field(default_factory=list)
+    moved: list[dict[str, Any]] = field(default_factory=list)
     #: Where to announce projection changes, as sync does (set by the harness).
     nc: Any = None
 
@@ -157,15 +161,20 @@ class FakeCalendarServices:
             if fake.fail_writes:
                 return Response({"code": "provider_error"}, status_code=fake.fail_writes.pop(0))
             body = msgspec.json.decode(await request.body())
-            uid = uuid.uuid4().hex
+            booking_id = body.get("booking_id")
+            uid = booking_uid(booking_id) if booking_id else uuid.uuid4().hex
             eid = event_id_for(body["connection_id"], body["calendar_id"], uid)
             start = datetime.fromisoformat(body["start"].replace("Z", "+00:00"))
             end = datetime.fromisoformat(body["end"].replace("Z", "+00:00"))
             async with fake.pool.acquire() as conn:
+                # A booking's event fills in its reservation row (same UID): one row, as sync does.
                 await conn.execute(
-                    f"INSERT INTO {fake.projection} (event_id, user_id, connection_id, calendar_id, uid, title,"
-                    " start_at, end_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                    f"INSERT INTO {fake.projection} AS t (event_id, user_id, connection_id, calendar_id, uid, title,"
+                    " start_at, end_at, provider_event_id, booking_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                    " ON CONFLICT (connection_id, calendar_id, uid, recurrence_id) DO UPDATE SET"
+                    " provider_event_id = EXCLUDED.provider_event_id, title = EXCLUDED.title",
                     eid, body["user_id"], body["connection_id"], body["calendar_id"], uid, body["title"], start, end,
+                    f"/fake/{uid}.ics", booking_id,
                 )
             await fake.announce(body["user_id"], body["connection_id"], body["calendar_id"])
             event = {"id": eid, **body}
@@ -184,7 +193,74 @@ class FakeCalendarServices:
                 await fake.announce(user_id, row["connection_id"], row["calendar_id"])
             fake.deleted.append(event_id)
 
-        return Litestar([calendar, create_event, delete_event], debug=False)
+        def row_doc(row: Any) -> dict[str, Any]:
+            return {"id": row["event_id"], "connection_id": row["connection_id"], "booking_id": row["booking_id"],
+                    "start": row["start_at"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "end": row["end_at"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "status": row["status"]}
+
+        @put("/internal/reservations/{reservation_id:str}")
+        async def put_reservation(request: Request[Any, Any, Any], reservation_id: str) -> Response[Any]:
+            if (refused := check(request)) is not None:
+                return refused
+            if fake.fail_reservations:
+                return Response({"code": "unavailable"}, status_code=fake.fail_reservations.pop(0))
+            body = msgspec.json.decode(await request.body())
+            uid = booking_uid(reservation_id)
+            start = datetime.fromisoformat(body["start"].replace("Z", "+00:00"))
+            end = datetime.fromisoformat(body["end"].replace("Z", "+00:00"))
+            async with fake.pool.acquire() as conn, conn.transaction():
+                await conn.execute(f"DELETE FROM {fake.projection} WHERE booking_id = ANY($1::text[])"
+                                   " AND booking_id <> $2", body.get("replaces") or [], reservation_id)
+                row = await conn.fetchrow(
+                    f"UPDATE {fake.projection} SET start_at = $2, end_at = $3 WHERE booking_id = $1 RETURNING *",
+                    reservation_id, start, end)
+                if row is None:
+                    row = await conn.fetchrow(
+                        f"INSERT INTO {fake.projection} (event_id, user_id, connection_id, calendar_id, uid, title,"
+                        " start_at, end_at, booking_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING *",
+                        event_id_for(body["connection_id"], body["calendar_id"], uid), body["user_id"],
+                        body["connection_id"], body["calendar_id"], uid, body["title"], start, end, reservation_id)
+            await fake.announce(body["user_id"], body["connection_id"], body["calendar_id"])
+            return Response(row_doc(row), status_code=201)
+
+        @delete("/internal/reservations/{reservation_id:str}", status_code=204)
+        async def delete_reservation(request: Request[Any, Any, Any], reservation_id: str, user_id: str) -> None:
+            if check(request) is not None:
+                raise PermissionError("no secret")
+            async with fake.pool.acquire() as conn:
+                await conn.execute(f"DELETE FROM {fake.projection} WHERE booking_id = $1 AND user_id = $2"
+                                   " AND provider_event_id IS NULL", reservation_id, user_id)
+                await conn.execute(f"UPDATE {fake.projection} SET status = 'cancelled' WHERE booking_id = $1"
+                                   " AND user_id = $2", reservation_id, user_id)
+
+        @get("/internal/reservations/{reservation_id:str}")
+        async def get_reservation(request: Request[Any, Any, Any], reservation_id: str, user_id: str) -> Response[Any]:
+            if (refused := check(request)) is not None:
+                return refused
+            async with fake.pool.acquire() as conn:
+                row = await conn.fetchrow(f"SELECT * FROM {fake.projection} WHERE booking_id = $1 AND user_id = $2",
+                                          reservation_id, user_id)
+            if row is None:
+                return Response({"code": "not_found"}, status_code=404)
+            return Response(row_doc(row))
+
+        @patch("/internal/events/{event_id:str}")
+        async def move_event(request: Request[Any, Any, Any], event_id: str) -> Response[Any]:
+            if (refused := check(request)) is not None:
+                return refused
+            body = msgspec.json.decode(await request.body())
+            start = datetime.fromisoformat(body["start"].replace("Z", "+00:00"))
+            end = datetime.fromisoformat(body["end"].replace("Z", "+00:00"))
+            async with fake.pool.acquire() as conn:
+                row = await conn.fetchrow(f"UPDATE {fake.projection} SET start_at = $2, end_at = $3"
+                                          " WHERE event_id = $1 RETURNING *", event_id, start, end)
+            if row is None:
+                return Response({"code": "not_found"}, status_code=404)
+            fake.moved.append({"id": event_id, **body})
+            return Response(row_doc(row))
+
+        return Litestar([calendar, create_event, delete_event, put_reservation, delete_reservation, get_reservation,
+                         move_event], debug=False)
 
 
 class Served:
@@ -226,6 +302,10 @@ class BookingHarness:
     secret: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     session_secret: str = field(default_factory=lambda: secrets.token_urlsafe(16))
     public_base_url: str = "http://calmesh.test"
+    #: Holds last this many seconds instead of their page's hold_minutes (0: the page's).
+    hold_seconds_override: int = 0
+    #: A booking pending longer than this is the reaper's to settle.
+    booking_pending_timeout_seconds: int = 30
 
     def __post_init__(self) -> None:
         self.projection = f"{self.schema}_sync.event_instances"
@@ -260,7 +340,8 @@ class BookingHarness:
             database_url=self.database_url, nats_url=nats_url, data_dir=str(self.data_dir), service_name="booking",
             internal_secret=self.secret, session_secret=self.session_secret, public_base_url=self.public_base_url,
             service_urls={"connections": self.neighbours.url, "sync": self.neighbours.url},
-            db_pool_max=20, log_level="warning",
+            db_pool_max=20, log_level="warning", hold_seconds_override=self.hold_seconds_override,
+            booking_pending_timeout_seconds=self.booking_pending_timeout_seconds,
         )
         self.app = create_app(self.settings, schema=self.schema, projection=self.projection, clock=self.clock)
         self.service = Served(self.app)

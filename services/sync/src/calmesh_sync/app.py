@@ -31,6 +31,7 @@ from .engine import SyncDeps
 from .projection import purge_connection
 from .providers.http import guarded_client
 from .worker import CONSUMER_NAME, SyncWorker
+from .reservations import ROUTES as RESERVATION_ROUTES
 from .writes import ROUTES
 
 NAME = "sync"
@@ -113,7 +114,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Litestar:
         settings,
         name=NAME,
         schema=SCHEMA,
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, *RESERVATION_ROUTES],
         consumers=[(removed, connection_removed_handler(store))],
         on_startup=[start],
         on_shutdown=[stop],

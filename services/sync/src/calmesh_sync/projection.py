@@ -114,6 +114,13 @@ class Existing:
     fingerprint: str
     provider_event_id: str | None
     updated_at: datetime
+    booking_id: str | None = None
+
+    @property
+    def reserved(self) -> bool:
+        """A booking's or hold's time whose provider event does not exist (yet): no provider read
+        can know of it, so no sync deletes it (its booking's writes and releases do)."""
+        return self.booking_id is not None and self.provider_event_id is None
 
 
 @dataclass
@@ -139,7 +146,8 @@ def diff(
 ) -> ChangeSet:
     """What turns `existing` into `new_rows`: rows to create, to update (content changed), and the
     keys of `in_scope` (default: all existing) that are no longer there. Rows written after
-    `keep_newer_than` (by an event-write route while this sync was reading) are not deleted."""
+    `keep_newer_than` (by an event-write route while this sync was reading) are not deleted, nor
+    are reserved rows (a booking's time before its provider event exists)."""
     created: list[InstanceRow] = []
     updated: list[InstanceRow] = []
     for key, row in new_rows.items():
@@ -154,6 +162,8 @@ def diff(
         if old is None or key in new_rows:
             continue
         if keep_newer_than is not None and old.updated_at > keep_newer_than:
+            continue
+        if old.reserved:
             continue
         deleted.append(InstanceKey(old.event_id, key[0], key[1]))
     return ChangeSet(created, updated, deleted)
@@ -174,7 +184,7 @@ async def load_existing(
 ) -> dict[Key, Existing]:
     """Rows of one calendar: all of them, or those of the given provider ids / uids."""
     base = (
-        f"SELECT uid, recurrence_id, event_id, fingerprint, provider_event_id, updated_at FROM {table}"
+        f"SELECT uid, recurrence_id, event_id, fingerprint, provider_event_id, updated_at, booking_id FROM {table}"
         " WHERE connection_id = $1 AND calendar_id = $2"
     )
     if provider_ids is None and uids is None and provider_prefixes is None:
@@ -190,7 +200,11 @@ async def load_existing(
             list(uids or []),
             [_like_prefix(p) for p in provider_prefixes or []],
         )
-    return {(r["uid"], r["recurrence_id"]): Existing(r["event_id"], r["fingerprint"], r["provider_event_id"], r["updated_at"]) for r in rows}
+    return {
+        (r["uid"], r["recurrence_id"]): Existing(r["event_id"], r["fingerprint"], r["provider_event_id"], r["updated_at"],
+                                                 r["booking_id"])
+        for r in rows
+    }
 
 
 def _like_prefix(prefix: str) -> str:
@@ -199,25 +213,31 @@ def _like_prefix(prefix: str) -> str:
 
 # --- writing -----------------------------------------------------------------------------------
 
+# A row read from the provider carries no booking id: the row keeps the one it has, and a booking's
+# row its booking cancelled stays cancelled until the booking's provider event is deleted (a sync
+# that still sees the event in between must not make the time busy again). A rebuild replays the
+# same statement, so it gives the same rows.
 _UPSERT = """
-INSERT INTO {table} (event_id, user_id, connection_id, calendar_id, uid, recurrence_id, recurring_event_id,
+INSERT INTO {table} AS t (event_id, user_id, connection_id, calendar_id, uid, recurrence_id, recurring_event_id,
     provider_event_id, title, description, location, start_at, end_at, all_day, start_date, end_date, status,
-    transparency, updated_at, fingerprint)
+    transparency, updated_at, fingerprint, booking_id)
 SELECT u.event_id, $1, $2, $3, u.uid, u.recurrence_id, u.recurring_event_id, u.provider_event_id, u.title,
     u.description, u.location, u.start_at, u.end_at, u.all_day, u.start_date, u.end_date, u.status,
-    u.transparency, u.updated_at, u.fingerprint
+    u.transparency, u.updated_at, u.fingerprint, u.booking_id
 FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],
     $12::timestamptz[], $13::timestamptz[], $14::bool[], $15::date[], $16::date[], $17::text[], $18::text[],
-    $19::timestamptz[], $20::text[])
+    $19::timestamptz[], $20::text[], $21::text[])
     AS u(event_id, uid, recurrence_id, recurring_event_id, provider_event_id, title, description, location,
-         start_at, end_at, all_day, start_date, end_date, status, transparency, updated_at, fingerprint)
+         start_at, end_at, all_day, start_date, end_date, status, transparency, updated_at, fingerprint, booking_id)
 ON CONFLICT (connection_id, calendar_id, uid, recurrence_id) DO UPDATE SET
     event_id = EXCLUDED.event_id, user_id = EXCLUDED.user_id, recurring_event_id = EXCLUDED.recurring_event_id,
     provider_event_id = EXCLUDED.provider_event_id, title = EXCLUDED.title, description = EXCLUDED.description,
     location = EXCLUDED.location, start_at = EXCLUDED.start_at, end_at = EXCLUDED.end_at,
     all_day = EXCLUDED.all_day, start_date = EXCLUDED.start_date, end_date = EXCLUDED.end_date,
-    status = EXCLUDED.status, transparency = EXCLUDED.transparency, updated_at = EXCLUDED.updated_at,
-    fingerprint = EXCLUDED.fingerprint
+    status = CASE WHEN EXCLUDED.booking_id IS NULL AND t.booking_id IS NOT NULL AND t.status = 'cancelled'
+                  THEN t.status ELSE EXCLUDED.status END,
+    transparency = EXCLUDED.transparency, updated_at = EXCLUDED.updated_at,
+    fingerprint = EXCLUDED.fingerprint, booking_id = coalesce(EXCLUDED.booking_id, t.booking_id)
 """
 
 
@@ -232,13 +252,13 @@ async def upsert_rows(
 ) -> None:
     if not rows:
         return
-    cols: list[list[Any]] = [[] for _ in range(17)]
+    cols: list[list[Any]] = [[] for _ in range(18)]
     for r in rows:
         for i, value in enumerate(
             (
                 r.event_id, r.uid, r.recurrence_id, r.recurring_event_id, r.provider_event_id, r.title,
                 r.description, r.location, r.start_at, r.end_at, r.all_day, r.start_date, r.end_date, r.status,
-                r.transparency, r.updated_at, r.fingerprint,
+                r.transparency, r.updated_at, r.fingerprint, r.booking_id,
             )
         ):
             cols[i].append(value)
@@ -248,7 +268,7 @@ async def upsert_rows(
 _COPY_COLUMNS = (
     "event_id", "user_id", "connection_id", "calendar_id", "uid", "recurrence_id", "recurring_event_id", "provider_event_id",
     "title", "description", "location", "start_at", "end_at", "all_day", "start_date", "end_date", "status", "transparency",
-    "updated_at", "fingerprint",
+    "updated_at", "fingerprint", "booking_id",
 )
 
 
@@ -269,7 +289,7 @@ async def insert_new_rows(
         records=[
             (r.event_id, user_id, connection_id, calendar_id, r.uid, r.recurrence_id, r.recurring_event_id, r.provider_event_id,
              r.title, r.description, r.location, r.start_at, r.end_at, r.all_day, r.start_date, r.end_date, r.status,
-             r.transparency, r.updated_at, r.fingerprint)
+             r.transparency, r.updated_at, r.fingerprint, r.booking_id)
             for r in rows
         ],
     )

@@ -29,7 +29,8 @@ from .projection import apply_event, decode_projection_event
 SCRATCH = "sync.event_instances_rebuild"
 COLUMNS = (
     "event_id, user_id, connection_id, calendar_id, uid, recurrence_id, recurring_event_id, provider_event_id, title,"
-    " description, location, start_at, end_at, all_day, start_date, end_date, status, transparency, updated_at, fingerprint"
+    " description, location, start_at, end_at, all_day, start_date, end_date, status, transparency, updated_at, fingerprint,"
+    " booking_id"
 )
 
 

@@ -8,10 +8,19 @@ the caller reads its own write.
 - Google: events.insert / events.delete (an instance id deletes that instance).
 - Graph: POST /me/calendars/{id}/events, DELETE /me/events/{id}.
 - iCal subscriptions are read-only: 422 ``read_only_source``.
+
+Exactly once: ``POST /internal/events`` takes an ``Idempotency-Key`` (a repeat with the same body
+gets the first answer; another body 422). An event written for a booking (``booking_id``) has the
+UID derived from the booking id, so a repeat whose first answer was lost finds the same object
+(CalDAV: the PUT with ``If-None-Match: *`` answers 412, and the object is read back; Google: the
+same iCalUID; Graph: the key as ``transactionId``), and its row is the booking's reservation row
+(reservations.py) with the provider's ids filled in. ``PATCH /internal/events/{id}`` moves an event
+in place (same UID: a PUT of the same CalDAV object with SEQUENCE + 1, a PATCH on Google and Graph).
 """
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, date, datetime
 from typing import Any
@@ -19,9 +28,10 @@ from urllib.parse import quote
 
 import icalendar
 import msgspec
-from litestar import Request, delete, post
+from litestar import Request, delete, patch, post
 from litestar.params import Parameter
 
+from calmesh_common.ids import booking_uid
 from calmesh_common.problems import FieldError, Problem
 from calmesh_common.service import ServiceDeps, json_response
 
@@ -52,9 +62,21 @@ class EventCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     location: str | None = None
     attendees: list[Attendee | str] | None = None
     timezone: str | None = None
+    #: The booking this event is written for: its UID is derived from it, and its projection row
+    #: is the booking's reservation row.
+    booking_id: str | None = None
+
+
+class EventMove(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    user_id: str
+    start: str
+    end: str
+    title: str | None = None
+    description: str | None = None
 
 
 _create = msgspec.json.Decoder(EventCreate)
+_move = msgspec.json.Decoder(EventMove)
 
 
 def _sync(deps: ServiceDeps) -> SyncDeps:
@@ -93,6 +115,7 @@ def event_body(row: Any, connection_id: str, calendar_id: str) -> dict[str, Any]
         "status": row.status,
         "transparency": row.transparency,
         "recurring_event_id": row.recurring_event_id,
+        "booking_id": row.booking_id,
         "updated_at": instant(row.updated_at),
     }
 
@@ -152,14 +175,50 @@ def _ical_event(uid: str, data: EventCreate, start: date | datetime, end: date |
     return cal.to_ical().decode()
 
 
+async def _replayed(sync: SyncDeps, key: str | None, request_hash: str) -> Any:
+    """The first answer to `key`, or None; 422 when the key came with another request."""
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255:
+        raise Problem(400, "validation_error", "Idempotency-Key must be 1 to 255 characters.")
+    stored = await sync.pool.fetchrow("SELECT request_hash, status_code, body FROM sync.write_keys WHERE key = $1", key)
+    if stored is None:
+        return None
+    if stored["request_hash"] != request_hash:
+        raise Problem(422, "idempotency_key_reused", "This Idempotency-Key was used with a different request.")
+    return json_response(msgspec.json.decode(bytes(stored["body"])), status=stored["status_code"],
+                         headers={"Idempotent-Replayed": "true"})
+
+
+async def _remember(conn: Any, key: str | None, request_hash: str, status: int, body: Any) -> Any:
+    """Keep the answer to `key` (in the write's transaction); a concurrent twin's answer wins."""
+    if key is None:
+        return None
+    inserted = await conn.fetchval(
+        "INSERT INTO sync.write_keys (key, request_hash, status_code, body) VALUES ($1, $2, $3, $4)"
+        " ON CONFLICT (key) DO NOTHING RETURNING 1",
+        key, request_hash, status, msgspec.json.encode(body),
+    )
+    if inserted:
+        return None
+    stored = await conn.fetchrow("SELECT status_code, body FROM sync.write_keys WHERE key = $1", key)
+    return json_response(msgspec.json.decode(bytes(stored["body"])), status=stored["status_code"])
+
+
 @post("/internal/events", include_in_schema=False)
 async def create_event(request: Request[Any, Any, Any], deps: ServiceDeps) -> Any:
     """Write an event to a source, project it and append it; answer the event."""
+    raw = await request.body()
     try:
-        event = _create.decode(await request.body())
+        event = _create.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise Problem(400, "validation_error", f"The request is not valid: {exc}") from None
     sync = _sync(deps)
+    key = request.headers.get("idempotency-key")
+    request_hash = hashlib.sha256(raw).hexdigest()
+    replay = await _replayed(sync, key, request_hash)
+    if replay is not None:
+        return replay
     start = _parse_when(event.start, "start", event.all_day)
     end = _parse_when(event.end, "end", event.all_day)
     if type(start) is not type(end):
@@ -178,24 +237,37 @@ async def create_event(request: Request[Any, Any, Any], deps: ServiceDeps) -> An
     body_text = None
     try:
         if details.provider in ("caldav", "icloud"):
-            uid = f"{uuid.uuid4()}@calmesh.xyz"
+            uid = booking_uid(event.booking_id) if event.booking_id else f"{uuid.uuid4()}@calmesh.xyz"
             body_text = _ical_event(uid, event, start, end)
             href = calendar.ref.rstrip("/") + "/" + quote(uid, safe="@.-") + ".ics"
             client = _caldav(sync, details)
             try:
-                etag = await client.put(href, body_text)
+                try:
+                    etag = await client.put(href, body_text)
+                except PreconditionFailed:
+                    if not event.booking_id:
+                        raise
+                    # Written already by a try whose answer was lost: that object is the event.
+                    current = await client.get(href)
+                    etag, body_text = current.etag, current.data
             finally:
                 await client.aclose()
             instance = _single_instance(uid, event, start, end)
             provider_event_id = href
         elif details.provider == "google":
             google = GoogleClient(sync.http, sync.settings.google_api_url, _token(sync, details.id))
-            item = await google.insert_event(calendar.ref, _google_body(event, start, end))
+            google_body = _google_body(event, start, end)
+            if event.booking_id:
+                google_body["iCalUID"] = booking_uid(event.booking_id)
+            item = await google.insert_event(calendar.ref, google_body)
             instance = google_instance(item) or _single_instance(item.get("iCalUID") or item["id"], event, start, end)
             provider_event_id = item["id"]
         elif details.provider == "microsoft":
             graph = GraphClient(sync.http, sync.settings.microsoft_graph_url, _token(sync, details.id))
-            item = await graph.create_event(calendar.ref, _graph_body(event, start, end))
+            graph_body = _graph_body(event, start, end)
+            if key:
+                graph_body["transactionId"] = key[:255]  # Graph answers a repeat with the first event
+            item = await graph.create_event(calendar.ref, graph_body)
             instance = graph_instance(item, {}) or _single_instance(item.get("iCalUId") or item["id"], event, start, end)
             provider_event_id = item["id"]
         else:
@@ -203,11 +275,16 @@ async def create_event(request: Request[Any, Any, Any], deps: ServiceDeps) -> An
     except (ProviderError, SourceError) as exc:
         raise _provider_problem(exc) from None
     row = row_for(instance, connection_id=details.id, calendar_id=calendar.id, provider_event_id=provider_event_id, updated_at=now)
+    if event.booking_id:
+        row = msgspec.structs.replace(row, booking_id=event.booking_id)
     async with sync.pool.acquire() as conn, conn.transaction():
         if not await lock_connection(conn, details.id):
             raise Problem(404, "not_found", "No such connection.")
         existing = await load_existing(conn, details.id, calendar.id, provider_ids=[], uids=[row.uid])
         changes = ChangeSet([], [row], []) if (row.uid, row.recurrence_id) in existing else ChangeSet([row], [], [])
+        if event.booking_id:
+            row = await _take_over_reservation(conn, sync, details.user_id, event.booking_id, row, details.id,
+                                               calendar.id, changes)
         await write_changes(
             conn, sync.store, user_id=details.user_id, connection_id=details.id, calendar_id=calendar.id,
             sync_id=None, changes=changes,
@@ -218,7 +295,42 @@ async def create_event(request: Request[Any, Any, Any], deps: ServiceDeps) -> An
                 " ON CONFLICT (connection_id, calendar_id, href) DO UPDATE SET etag = EXCLUDED.etag, data = EXCLUDED.data",
                 details.id, calendar.id, href, etag, body_text,
             )
-    return json_response(event_body(row, details.id, calendar.id), status=201)
+        answer_body = event_body(row, details.id, calendar.id)
+        twin = await _remember(conn, key, request_hash, 201, answer_body)
+        if twin is not None:
+            return twin
+    return json_response(answer_body, status=201)
+
+
+async def _take_over_reservation(conn: Any, sync: SyncDeps, user_id: str, booking_id: str, row: Any,
+                                 connection_id: str, calendar_id: str, changes: ChangeSet) -> Any:
+    """The provider event of a booking becomes its reservation row: the same row when the UIDs agree
+    (CalDAV, Google), else the reservation's row is replaced by the provider's (Graph mints its own
+    UID). A reservation released meanwhile (its booking cancelled) keeps the row cancelled: the
+    booking's cancellation then deletes the provider event."""
+    from .reservations import reservation_rows
+
+    released = False
+    for other in await reservation_rows(conn, [booking_id]):
+        if other["user_id"] != user_id:
+            continue
+        released = released or other["status"] == "cancelled"
+        same = (other["connection_id"], other["calendar_id"], other["uid"], other["recurrence_id"]) == (
+            connection_id, calendar_id, row.uid, row.recurrence_id)
+        if same:
+            continue
+        deletion = ChangeSet([], [], [InstanceKey(other["event_id"], other["uid"], other["recurrence_id"])])
+        if (other["connection_id"], other["calendar_id"]) == (connection_id, calendar_id):
+            changes.deleted.extend(deletion.deleted)
+        else:
+            await lock_connection(conn, other["connection_id"])
+            await write_changes(conn, sync.store, user_id=user_id, connection_id=other["connection_id"],
+                                calendar_id=other["calendar_id"], sync_id=None, changes=deletion, reason="reservation")
+    if released:
+        row = msgspec.structs.replace(row, status="cancelled")
+        for bucket in (changes.created, changes.updated):
+            bucket[:] = [row if r.uid == row.uid and r.recurrence_id == row.recurrence_id else r for r in bucket]
+    return row
 
 
 def _single_instance(uid: str, data: EventCreate, start: date | datetime, end: date | datetime) -> ical.Instance:
@@ -408,5 +520,129 @@ def _with_exdate(data: str, uid: str, recurrence_id: str) -> str:
     return cal.to_ical().decode()
 
 
-ROUTES = [create_event, delete_event]
+@patch("/internal/events/{event_id:str}", include_in_schema=False)
+async def move_event(event_id: str, request: Request[Any, Any, Any], deps: ServiceDeps) -> Any:
+    """Move a single event in place at its provider (same UID, same object), then its row."""
+    try:
+        move = _move.decode(await request.body())
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise Problem(400, "validation_error", f"The request is not valid: {exc}") from None
+    sync = _sync(deps)
+    start = _parse_when(move.start, "start", False)
+    end = _parse_when(move.end, "end", False)
+    if end <= start:  # type: ignore[operator]
+        raise Problem(422, "end_before_start", "end must be after start.")
+    from .reservations import as_row
+
+    record = await sync.pool.fetchrow(
+        "SELECT event_id, user_id, connection_id, calendar_id, uid, recurrence_id, recurring_event_id,"
+        " provider_event_id, title, description, location, start_at, end_at, all_day, start_date, end_date, status,"
+        " transparency, updated_at, fingerprint, booking_id FROM sync.event_instances WHERE event_id = $1",
+        event_id,
+    )
+    if record is None or record["user_id"] != move.user_id:
+        raise Problem(404, "not_found", "No such event.")
+    if record["recurrence_id"] or record["recurring_event_id"] or record["all_day"]:
+        raise Problem(422, "not_movable", "Only a single, timed event can be moved.")
+    details = await _connection(sync, record["connection_id"], move.user_id)
+    calendar = _calendar(details, record["calendar_id"])
+    if details.provider == "ical" or calendar.read_only:
+        raise Problem(422, "read_only_source", "This source is read-only (an iCal subscription or a read-only calendar).")
+    title = move.title if move.title is not None else record["title"]
+    description = move.description if move.description is not None else record["description"]
+    stored_object: tuple[str, str | None, str] | None = None
+    pid = record["provider_event_id"]
+    try:
+        if details.provider in ("caldav", "icloud") and pid:
+            stored_object = await _caldav_move(sync, details, record, start, end, title, description)  # type: ignore[arg-type]
+        elif details.provider == "google" and pid:
+            google = GoogleClient(sync.http, sync.settings.google_api_url, _token(sync, details.id))
+            await google.patch_event(calendar.ref, pid, {
+                "start": {"dateTime": start.strftime("%Y-%m-%dT%H:%M:%SZ")},  # type: ignore[union-attr]
+                "end": {"dateTime": end.strftime("%Y-%m-%dT%H:%M:%SZ")},  # type: ignore[union-attr]
+                "summary": title, **({"description": description} if description else {}),
+            })
+        elif details.provider == "microsoft" and pid:
+            graph = GraphClient(sync.http, sync.settings.microsoft_graph_url, _token(sync, details.id))
+            await graph.update_event(pid, {
+                "start": {"dateTime": start.strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"},  # type: ignore[union-attr]
+                "end": {"dateTime": end.strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"},  # type: ignore[union-attr]
+                "subject": title,
+            })
+    except (ProviderError, SourceError) as exc:
+        raise _provider_problem(exc) from None
+    now = sync.now()
+    async with sync.pool.acquire() as conn, conn.transaction():
+        if not await lock_connection(conn, details.id):
+            raise Problem(404, "not_found", "No such connection.")
+        current = await conn.fetchrow(
+            "SELECT event_id, user_id, connection_id, calendar_id, uid, recurrence_id, recurring_event_id,"
+            " provider_event_id, title, description, location, start_at, end_at, all_day, start_date, end_date, status,"
+            " transparency, updated_at, fingerprint, booking_id FROM sync.event_instances WHERE event_id = $1",
+            event_id,
+        )
+        if current is None:
+            raise Problem(404, "not_found", "No such event.")
+        instance = ical.Instance(
+            uid=current["uid"], recurrence_id="", recurring=False, title=title, description=description,
+            location=current["location"], start_at=start, end_at=end, all_day=False, start_date=None,  # type: ignore[arg-type]
+            end_date=None, status=current["status"], transparency=current["transparency"],
+        )
+        row = row_for(instance, connection_id=details.id, calendar_id=calendar.id,
+                      provider_event_id=current["provider_event_id"], updated_at=now)
+        row = msgspec.structs.replace(row, booking_id=as_row(current).booking_id)
+        await write_changes(conn, sync.store, user_id=move.user_id, connection_id=details.id, calendar_id=calendar.id,
+                            sync_id=None, changes=ChangeSet([], [row], []))
+        if stored_object is not None:
+            await conn.execute(
+                "UPDATE sync.source_objects SET etag = $4, data = $5 WHERE connection_id = $1 AND calendar_id = $2"
+                " AND href = $3",
+                details.id, calendar.id, *stored_object,
+            )
+    return json_response(event_body(row, details.id, calendar.id))
+
+
+async def _caldav_move(sync: SyncDeps, details: ConnectionDetails, record: Any, start: datetime, end: datetime,
+                       title: str, description: str | None) -> tuple[str, str | None, str] | None:
+    """PUT the same CalDAV object with new DTSTART/DTEND and SEQUENCE + 1 (If-Match its ETag)."""
+    href = record["provider_event_id"]
+    client = _caldav(sync, details)
+    try:
+        for attempt in range(2):
+            try:
+                current = await client.get(href)
+            except NotFoundError:
+                raise Problem(404, "not_found", "The event is gone at the provider.") from None
+            new_data = _moved(current.data, record["uid"], start, end, title, description)
+            try:
+                new_etag = await client.put(href, new_data, etag=current.etag)
+                return (href, new_etag, new_data)
+            except PreconditionFailed:
+                if attempt:
+                    raise
+        return None
+    finally:
+        await client.aclose()
+
+
+def _moved(data: str, uid: str, start: datetime, end: datetime, title: str, description: str | None) -> str:
+    cal = ical.parse_ical(data.encode())
+    for component in cal.walk("VEVENT"):
+        if str(component.get("UID", "")) != uid:
+            continue
+        sequence = int(component.get("SEQUENCE", 0) or 0)
+        for name in ("DTSTART", "DTEND", "DURATION", "SEQUENCE", "DTSTAMP", "SUMMARY"):
+            component.pop(name, None)
+        component.add("DTSTART", start)
+        component.add("DTEND", end)
+        component.add("DTSTAMP", datetime.now(UTC))
+        component.add("SEQUENCE", sequence + 1)
+        component.add("SUMMARY", title)
+        if description is not None:
+            component.pop("DESCRIPTION", None)
+            component.add("DESCRIPTION", description)
+    return cal.to_ical().decode()
+
+
+ROUTES = [create_event, delete_event, move_event]
 

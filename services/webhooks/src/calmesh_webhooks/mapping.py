@@ -23,6 +23,7 @@ from calmesh_common.events import Envelope, Event, subject_for
 PUBLIC_EVENT_TYPES: tuple[str, ...] = (
     "booking.created",
     "booking.cancelled",
+    "booking.rescheduled",
     "calendar.event.created",
     "calendar.event.updated",
     "calendar.event.deleted",
@@ -175,6 +176,7 @@ EVENT_MAP: dict[str, Mapping] = {
     # booking
     "booking.created.v1": one("booking.created", "booking", resource("booking_id")),
     "booking.cancelled.v1": one("booking.cancelled", "booking", resource("booking_id")),
+    "booking.rescheduled.v1": one("booking.rescheduled", "booking", resource("booking_id")),
     "poll.voted.v1": one("poll.voted", "booking", resource("poll_id")),
     "poll.decided.v1": one("poll.decided", "booking", resource("poll_id")),
     # connections

@@ -2,6 +2,7 @@
 
 Subjects are ``calmesh.booking.<name>`` on the stream ``CALMESH_BOOKING``. The names of the booking
 and poll events match the webhook event types (``booking.created``, ``booking.cancelled``,
+``booking.rescheduled``,
 ``poll.voted``, ``poll.decided``) and each carries the resource, so the webhook dispatcher can
 deliver ``data`` without asking the booking service. Instants are UTC.
 """
@@ -80,6 +81,31 @@ class BookingCancelled(Event, tag="booking.cancelled.v1"):
     timezone: str = "UTC"
     status: str = "cancelled"
     cancelled_at: datetime | None = None
+
+
+class BookingRescheduled(Event, tag="booking.rescheduled.v1"):
+    """A booking moved to another slot (same id); its old time is free, the new one busy. The
+    provider event is moved in place (same UID)."""
+
+    context: ClassVar[str] = "booking"
+    booking_id: str
+    page_id: str
+    page_slug: str
+    user_id: str
+    calendar_slug: str
+    title: str
+    start: datetime
+    end: datetime
+    name: str
+    email: str
+    previous_start: datetime
+    previous_end: datetime
+    rescheduled_by: str  # "owner" | "visitor"
+    timezone: str = "UTC"
+    status: str = "confirmed"
+    #: The invitation's SEQUENCE after this change (1 for the first reschedule).
+    sequence: int = 1
+    rescheduled_at: datetime | None = None
 
 
 class BookingCalendarEventWritten(Event, tag="booking.calendar_event_written.v1"):

@@ -45,6 +45,9 @@ class InstanceRow(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     updated_at: datetime
     #: Digest of the row's content (everything but updated_at): unchanged content, no write.
     fingerprint: str = ""
+    #: The booking (``bk_``) or hold (``hold_``) this row was written for, else None. A row with a
+    #: booking id and no provider id is a booking's time entered before its provider event exists.
+    booking_id: str | None = None
 
 
 class InstanceKey(msgspec.Struct, frozen=True, array_like=True):

@@ -93,6 +93,13 @@ class GoogleClient(ApiClient):
         _, body = await self.request("POST", f"/calendars/{self._cal(calendar_id)}/events", json=event)
         return body or {}
 
+    async def patch_event(self, calendar_id: str, event_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """events.patch: change fields of an event in place (same id, same iCalUID)."""
+        _, body = await self.request(
+            "PATCH", f"/calendars/{self._cal(calendar_id)}/events/{quote(event_id, safe='')}", json=changes
+        )
+        return body or {}
+
     async def delete_event(self, calendar_id: str, event_id: str) -> None:
         await self.request(
             "DELETE", f"/calendars/{self._cal(calendar_id)}/events/{quote(event_id, safe='')}", ok_statuses=(404, 410)

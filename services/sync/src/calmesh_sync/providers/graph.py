@@ -113,6 +113,11 @@ class GraphClient(ApiClient):
         )
         return body or {}
 
+    async def update_event(self, event_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """PATCH /me/events/{id}: change fields of an event in place."""
+        _, body = await self.request("PATCH", f"/me/events/{quote(event_id, safe='')}", json=changes)
+        return body or {}
+
     async def delete_event(self, event_id: str) -> None:
         await self.request("DELETE", f"/me/events/{quote(event_id, safe='')}", ok_statuses=(404, 410))
 

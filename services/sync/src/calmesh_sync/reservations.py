@@ -1,0 +1,210 @@
+"""Reservations: a booking's or a hold's time in the merged-events projection, before (or without)
+a provider event (docs/contracts.md, "Reservations").
+
+The booking service enters a booking's time here before it answers 201, so that every read path
+(availability, conflicts, events, every page's slots) sees it busy at once. The row is an ordinary
+projection row marked with ``booking_id`` and carried by the ordinary sync events, so a rebuild
+gives it back. Its UID is derived from the booking id (`calmesh_common.ids.booking_uid`), the UID
+the provider event is later written with: that write fills the provider's ids into the same row.
+
+- ``PUT /internal/reservations/{id}`` enters or moves the row (idempotent: a repeat changes nothing);
+  ``replaces`` names reservations (a hold) removed in the same transaction, so a held slot stays
+  taken while its booking takes it over.
+- ``DELETE /internal/reservations/{id}?user_id`` frees the time at once: a row with a provider event
+  is marked cancelled (the provider event is deleted later, with ``DELETE /internal/events/{id}``,
+  which removes the row); a row with no provider event is removed. A repeat is a no-op.
+  A row a provider event filled in is never dropped before that event's deletion, or the event
+  would be left behind.
+- ``GET /internal/reservations/{id}?user_id`` → the row, or 404 (a reaper's question: did the
+  entry of a booking whose process died land?).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+from litestar import Request, delete, get, put
+from litestar.params import Parameter
+
+from calmesh_common.events.sync import InstanceRow
+from calmesh_common.ids import booking_uid, event_id_for
+from calmesh_common.problems import FieldError, Problem
+from calmesh_common.service import ServiceDeps, json_response
+
+from .engine import SyncDeps
+from .ical import Instance
+from .projection import ChangeSet, InstanceKey, fingerprint, lock_connection, row_for, write_changes
+
+_ROW_COLUMNS = (
+    "event_id, user_id, connection_id, calendar_id, uid, recurrence_id, recurring_event_id, provider_event_id, title,"
+    " description, location, start_at, end_at, all_day, start_date, end_date, status, transparency, updated_at,"
+    " fingerprint, booking_id"
+)
+
+
+class ReservationPut(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    user_id: str
+    connection_id: str
+    calendar_id: str
+    title: str
+    start: str
+    end: str
+    description: str | None = None
+    #: Reservations (holds) whose rows go in the same transaction.
+    replaces: list[str] = []
+
+
+_put = msgspec.json.Decoder(ReservationPut)
+
+
+def _sync(deps: ServiceDeps) -> SyncDeps:
+    return deps.extras["sync"]  # type: ignore[no-any-return]
+
+
+def _instant(value: str, field: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise Problem(400, "validation_error", f"{field}: not an RFC 3339 instant",
+                      errors=[FieldError(field, "invalid")]) from None
+    if parsed.tzinfo is None:
+        raise Problem(400, "validation_error", f"{field}: an instant needs an offset",
+                      errors=[FieldError(field, "no offset")])
+    return parsed.astimezone(UTC)
+
+
+def as_row(record: asyncpg.Record) -> InstanceRow:
+    """A stored projection row as the event struct that carries it."""
+    return InstanceRow(
+        event_id=record["event_id"], uid=record["uid"], recurrence_id=record["recurrence_id"],
+        recurring_event_id=record["recurring_event_id"], provider_event_id=record["provider_event_id"],
+        title=record["title"], description=record["description"], location=record["location"],
+        start_at=record["start_at"], end_at=record["end_at"], all_day=record["all_day"],
+        start_date=record["start_date"], end_date=record["end_date"], status=record["status"],
+        transparency=record["transparency"], updated_at=record["updated_at"], fingerprint=record["fingerprint"],
+        booking_id=record["booking_id"],
+    )
+
+
+async def reservation_rows(conn: asyncpg.Connection, ids: list[str]) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        f"SELECT {_ROW_COLUMNS} FROM sync.event_instances WHERE booking_id = ANY($1::text[])", ids
+    )
+
+
+def reservation_body(row: InstanceRow, connection_id: str, calendar_id: str) -> dict[str, Any]:
+    from .writes import event_body
+
+    return event_body(row, connection_id, calendar_id)
+
+
+def _refingerprint(row: InstanceRow) -> InstanceRow:
+    instance = Instance(
+        uid=row.uid, recurrence_id=row.recurrence_id, recurring=row.recurring_event_id is not None, title=row.title,
+        description=row.description, location=row.location, start_at=row.start_at, end_at=row.end_at,
+        all_day=row.all_day, start_date=row.start_date, end_date=row.end_date, status=row.status,  # type: ignore[arg-type]
+        transparency=row.transparency,
+    )
+    return msgspec.structs.replace(row, fingerprint=fingerprint(instance, row.provider_event_id, row.recurring_event_id))
+
+
+@put("/internal/reservations/{reservation_id:str}", include_in_schema=False)
+async def put_reservation(reservation_id: str, request: Request[Any, Any, Any], deps: ServiceDeps) -> Any:
+    """Enter (or move) a booking's or hold's time in the projection; answer its row as an event."""
+    try:
+        body = _put.decode(await request.body())
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise Problem(400, "validation_error", f"The request is not valid: {exc}") from None
+    start, end = _instant(body.start, "start"), _instant(body.end, "end")
+    if end <= start:
+        raise Problem(422, "end_before_start", "end must be after start.")
+    sync = _sync(deps)
+    now = sync.now()
+    others = [r for r in body.replaces if r != reservation_id]
+    async with sync.pool.acquire() as conn, conn.transaction():
+        found = await reservation_rows(conn, [reservation_id, *others])
+        connections = sorted({body.connection_id, *(r["connection_id"] for r in found)})
+        for connection_id in connections:
+            if not await lock_connection(conn, connection_id):
+                raise Problem(404, "not_found", "No such connection.")
+        # Read again under the locks: a provider write may have filled a row in meanwhile.
+        found = await reservation_rows(conn, [reservation_id, *others])
+        if any(r["user_id"] != body.user_id for r in found):
+            raise Problem(404, "not_found", "No such reservation.")
+        own = next((r for r in found if r["booking_id"] == reservation_id), None)
+        if own is not None and own["status"] == "cancelled":
+            raise Problem(409, "reservation_released", "This reservation was released; make a new one.")
+        changes: dict[tuple[str, str], ChangeSet] = {}
+
+        def change_set(connection_id: str, calendar_id: str) -> ChangeSet:
+            return changes.setdefault((connection_id, calendar_id), ChangeSet([], [], []))
+
+        if own is None:
+            uid = booking_uid(reservation_id)
+            instance = Instance(
+                uid=uid, recurrence_id="", recurring=False, title=body.title, description=body.description,
+                location=None, start_at=start, end_at=end, all_day=False, start_date=None, end_date=None,
+                status="confirmed", transparency="busy",
+            )
+            row = row_for(instance, connection_id=body.connection_id, calendar_id=body.calendar_id,
+                          provider_event_id=None, updated_at=now)
+            row = msgspec.structs.replace(row, booking_id=reservation_id)
+            change_set(body.connection_id, body.calendar_id).created.append(row)
+            where = (body.connection_id, body.calendar_id)
+        else:
+            row = as_row(own)
+            where = (own["connection_id"], own["calendar_id"])
+            if (row.start_at, row.end_at, row.title) != (start, end, body.title):
+                row = _refingerprint(msgspec.structs.replace(row, start_at=start, end_at=end, title=body.title,
+                                                             updated_at=now))
+                change_set(*where).updated.append(row)
+        for other in found:
+            if other["booking_id"] == reservation_id:
+                continue
+            # A hold taken over by its booking: gone in the same transaction the booking's row comes in.
+            change_set(other["connection_id"], other["calendar_id"]).deleted.append(
+                InstanceKey(other["event_id"], other["uid"], other["recurrence_id"]))
+        for (connection_id, calendar_id), change in sorted(changes.items()):
+            await write_changes(conn, sync.store, user_id=body.user_id, connection_id=connection_id,
+                                calendar_id=calendar_id, sync_id=None, changes=change, reason="reservation")
+    return json_response(reservation_body(row, *where), status=200 if own is not None else 201)
+
+
+@delete("/internal/reservations/{reservation_id:str}", status_code=204, include_in_schema=False)
+async def delete_reservation(reservation_id: str, deps: ServiceDeps, user_id: str = Parameter(query="user_id")) -> None:
+    """Free a reservation's time at once; a repeat (or an unknown id) is a no-op."""
+    sync = _sync(deps)
+    now = sync.now()
+    async with sync.pool.acquire() as conn, conn.transaction():
+        found = await reservation_rows(conn, [reservation_id])
+        for connection_id in sorted({r["connection_id"] for r in found}):
+            await lock_connection(conn, connection_id)
+        for record in await reservation_rows(conn, [reservation_id]):
+            if record["user_id"] != user_id:
+                continue
+            row = as_row(record)
+            if row.provider_event_id is None:
+                change = ChangeSet([], [], [InstanceKey(row.event_id, row.uid, row.recurrence_id)])
+            elif row.status != "cancelled":
+                change = ChangeSet([], [_refingerprint(msgspec.structs.replace(row, status="cancelled", updated_at=now))], [])
+            else:
+                continue
+            await write_changes(conn, sync.store, user_id=user_id, connection_id=record["connection_id"],
+                                calendar_id=record["calendar_id"], sync_id=None, changes=change, reason="released")
+
+
+@get("/internal/reservations/{reservation_id:str}", include_in_schema=False)
+async def get_reservation(reservation_id: str, deps: ServiceDeps, user_id: str = Parameter(query="user_id")) -> Any:
+    sync = _sync(deps)
+    async with sync.pool.acquire() as conn:
+        found = [r for r in await reservation_rows(conn, [reservation_id]) if r["user_id"] == user_id]
+    if not found:
+        raise Problem(404, "not_found", "No such reservation.")
+    record = found[0]
+    return json_response(reservation_body(as_row(record), record["connection_id"], record["calendar_id"]))
+
+
+ROUTES = [put_reservation, delete_reservation, get_reservation]
