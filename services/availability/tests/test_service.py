@@ -160,8 +160,14 @@ def world(service: Service, unique: str) -> World:
     feed = source(f"src_feed_{unique}", f"conn_ical_{unique}", "feed", 0, read_only=True)
     caldav = source(f"src_dav_{unique}", f"conn_dav_{unique}", "personal", 1)
     service.internals.calendars[(user, "work")] = {
-        "slug": "work", "name": "Work", "timezone": "Europe/Berlin", "user_id": user, "sources": [feed, caldav]}
+        "slug": "work", "name": "Work", "timezone": "Europe/Berlin", "user_id": user, "sources": [feed, caldav],
+        "connections": [active(feed["connection_id"]), active(caldav["connection_id"])]}
     return World(user, "work", caldav, feed)
+
+
+def active(connection_id: str, synced: str = "2026-03-01T08:00:00Z") -> dict[str, Any]:
+    """A connection's state as connections reports it with a calendar: active, synced at `synced`."""
+    return {"id": connection_id, "status": "active", "last_synced_at": synced}
 
 
 async def seed(service: Service, w: World) -> dict[str, dict[str, Any]]:

@@ -167,6 +167,7 @@ def test_every_row_is_matched_by_its_own_path() -> None:
         # read reads everything it lists.
         ("GET", "/api/v1/calendars/work/availability", "read", True),
         ("GET", "/api/v1/calendars/work/conflicts", "read", True),
+        ("POST", "/api/v1/availability/find", "read", True),  # a POST that only reads
         ("GET", "/api/v1/polls/poll_1/overlap", "read", True),
         ("GET", "/api/v1/booking-pages", "read", True),
         ("GET", "/api/v1/me", "read", True),

@@ -33,6 +33,7 @@ from .domain import (
     ConflictOut,
     EventCreate,
     EventOut,
+    SourceFreshness,
 )
 
 log = get_logger(__name__)
@@ -50,11 +51,16 @@ Q = Parameter  # keeps the signatures readable
 class EventPage(msgspec.Struct, kw_only=True):
     data: list[EventOut]
     next_cursor: str | None
+    #: False when a source's connection is not active or never synced (api.md, Freshness).
+    complete: bool = True
+    sources: list[SourceFreshness] = msgspec.field(default_factory=list)
 
 
 class ConflictPage(msgspec.Struct, kw_only=True):
     data: list[ConflictOut]
     next_cursor: str | None
+    complete: bool = True
+    sources: list[SourceFreshness] = msgspec.field(default_factory=list)
 
 
 def _directory(request: Request[Any, Any, State]) -> CalendarDirectory:
@@ -128,7 +134,8 @@ class CalendarRoutes(Controller):
         page_size = domain.parse_int(limit, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         if tz:
             domain.zone(tz)
-        cal = await _directory(request).get(caller.user_id, slug)
+        directory = _directory(request)
+        cal = await directory.get(caller.user_id, slug)
         zone, _ = _tz_for(tz, cal)
         win_start, win_end = domain.parse_window(start, end, zone)
         only = _event_filter_source(cal, source_id)
@@ -149,7 +156,9 @@ class CalendarRoutes(Controller):
         if len(rows) > page_size:
             last = page[-1]
             next_cursor = domain.encode_cursor("events", fp, [last["k"], last["event_id"]])
-        return EventPage(data=[domain.event_out(r, cal) for r in page], next_cursor=next_cursor)
+        fresh = directory.freshness(cal, (only,) if only is not None else None)
+        return EventPage(data=[domain.event_out(r, cal) for r in page], next_cursor=next_cursor,
+                         complete=fresh.complete, sources=fresh.sources)
 
     @get("/availability", summary="Query free/busy availability for a unified calendar", tags=["availability"])
     async def availability(
@@ -168,7 +177,9 @@ class CalendarRoutes(Controller):
     ) -> Availability:
         """Busy time merged across sources (overlapping and touching intervals join) and the free
         time around it. Transparent and cancelled events are not busy; all-day events block their
-        days in the calendar's zone."""
+        days in the calendar's zone. ``complete`` is false when a source's connection is not active
+        or never synced: then ``free`` is empty (time nobody could check is never free) and
+        ``busy`` is what is known; ``sources`` says where each source stands."""
         caller, deps = _who(request)
         min_seconds = domain.parse_int(min_duration, "min_duration", 0, 0, 366 * 1440) * 60
         with_events = domain.parse_bool(explain, "explain")
@@ -176,19 +187,21 @@ class CalendarRoutes(Controller):
             domain.zone(tz)
         if date:
             domain.parse_date(date, "date")
-        cal = await _directory(request).get(caller.user_id, slug)
+        directory = _directory(request)
+        cal = await directory.get(caller.user_id, slug)
         zone, zone_name = _tz_for(tz, cal)
         win_start, win_end = domain.availability_window(date, start, end, zone)
         conn_ids, cal_ids = cal.source_columns()
         if with_events:
             rows = await store.busy_rows(_reads(deps), caller.user_id, conn_ids, cal_ids, win_start, win_end)
             return domain.availability(domain.busy_items(rows, cal), cal, zone_name, win_start, win_end,
-                                       min_duration=min_seconds, explain=True)
+                                       min_duration=min_seconds, explain=True, fresh=directory.freshness(cal))
         # The hot path: the query returns the engine's items as three columns.
         starts, ends, sources = await store.busy_columns(_reads(deps), caller.user_id, conn_ids, cal_ids,
                                                          win_start, win_end, cal.tz_name)
         return domain.availability(domain.items_from_columns(starts, ends, sources), cal, zone_name, win_start,
-                                   win_end, min_duration=min_seconds, source_ids=cal.source_ids_for(conn_ids, cal_ids))
+                                   win_end, min_duration=min_seconds, source_ids=cal.source_ids_for(conn_ids, cal_ids),
+                                   fresh=directory.freshness(cal))
 
     @get("/conflicts", summary="Detect overlapping events across different sources", tags=["availability"])
     async def conflicts(
@@ -208,7 +221,8 @@ class CalendarRoutes(Controller):
         page_size = domain.parse_int(limit, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         if tz:
             domain.zone(tz)
-        cal = await _directory(request).get(caller.user_id, slug)
+        directory = _directory(request)
+        cal = await directory.get(caller.user_id, slug)
         zone, _ = _tz_for(tz, cal)
         win_start, win_end = domain.parse_window(start, end, zone)
         fp = domain.query_fingerprint(slug, win_start, win_end)
@@ -222,7 +236,8 @@ class CalendarRoutes(Controller):
         rows = await store.busy_rows(_reads(deps), caller.user_id, conn_ids, cal_ids, win_start, win_end)
         page, last = domain.conflicts(rows, cal, win_start, win_end, after=after, limit=page_size)
         next_cursor = domain.encode_cursor("conflicts", fp, list(last)) if last is not None else None
-        return ConflictPage(data=page, next_cursor=next_cursor)
+        fresh = directory.freshness(cal)
+        return ConflictPage(data=page, next_cursor=next_cursor, complete=fresh.complete, sources=fresh.sources)
 
     @post("/events", summary="Create an event on a connected calendar (for AI agents/MCP)", status_code=201)
     async def create_event(

@@ -20,11 +20,13 @@ from calmesh_common.tracing import setup_tracing
 
 from .api import CalendarRoutes
 from .calendars import CalendarDirectory, http_fetcher
+from .find_api import FindRoutes
 
 NAME = "availability"
 SCHEMA = "availability"
 
-DESCRIPTION = "Merged events, free/busy and conflicts of unified calendars, read from the projection."
+DESCRIPTION = ("Merged events, free/busy and conflicts of unified calendars, and find-a-time across several, read "
+               "from the projection.")
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -72,7 +74,7 @@ def create_app(settings: Settings) -> Litestar:
         settings,
         name=NAME,
         schema=SCHEMA,
-        route_handlers=[CalendarRoutes],
+        route_handlers=[CalendarRoutes, FindRoutes],
         on_startup=[_start_read_pool, _start_directory],
         on_shutdown=[_stop_directory, _stop_read_pool],
         title="CalMesh availability",

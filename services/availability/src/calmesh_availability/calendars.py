@@ -7,6 +7,15 @@ user's calendars or connections drops that user's entries at once, so a removed 
 the next read that follows the event. What a fetch started before such an event brought back is not
 stored. While the subscription is down (NATS away, or reconnected and possibly having missed
 events) the cache is bypassed, and a time-to-live bounds any entry's age in any case.
+
+It also knows where each source's connection stands (api.md, Freshness): the calendar document
+brings each connection's status and last successful sync, and from then on the directory follows
+the connection's sync runs itself — ``sync.started``, ``sync.completed`` and ``sync.failed`` on the
+sync context's subjects, the very events from which connections derives the status, so this copy is
+never behind connections' own (it hears them at the same moment connections does, and connections
+still has a transaction to commit) — plus ``connection.errored`` and ``connection.revoked``, which
+connections decides on its own. A connection going to ``error`` is in the very next answer, with no
+request to connections on the read path.
 """
 
 from __future__ import annotations
@@ -23,25 +32,84 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from calmesh_common.events import decode_envelope
+from calmesh_common.events import Envelope, decode_envelope, decode_event
+from calmesh_common.events.connections import ConnectionErrored, ConnectionRevoked, ConnectionSynced
+from calmesh_common.events.sync import SyncCompleted, SyncFailed, SyncStarted
+from calmesh_common.intervals import format_utc
 from calmesh_common.logging import get_logger
 from calmesh_common.problems import Problem
 
-from .domain import Calendar, CalendarDoc
+from .domain import Calendar, CalendarDoc, ConnectionState, Freshness, Source, freshness
 
 log = get_logger(__name__)
 
 #: Where the connections context publishes (see docs/contracts.md, "Streams and subjects").
 CONNECTIONS_SUBJECT = "calmesh.connections.>"
+#: The life of sync runs (sync context): what a connection's status follows.
+SYNC_RUNS_SUBJECT = "calmesh.sync.sync.>"
 
-#: Connections events that never change what a calendar reads (status and bookkeeping only).
+#: Events that change neither what a calendar reads nor a connection's status as followed here
+#: (a new connection is in no calendar yet).
 IRRELEVANT_TYPES = frozenset({
-    "connection.synced.v1",
     "connection.sync_requested.v1",
     "connection.credentials_refreshed.v1",
-    "connection.errored.v1",
     "connection.created.v1",
+    "sync.progressed.v1",
 })
+
+#: Events that move a connection's status (applied to the state the directory holds).
+STATUS_TYPES = frozenset({
+    "sync.started.v1",
+    "sync.completed.v1",
+    "sync.failed.v1",
+    "connection.synced.v1",
+    "connection.errored.v1",
+    "connection.revoked.v1",
+})
+
+
+def next_state(state: ConnectionState, run: str | None, event: object) -> tuple[ConnectionState, str | None]:
+    """The connection's state after `event`, by the rules connections applies to its own row
+    (services/connections consumers.py), and the sync run last seen starting (`run`): a revoked
+    connection stays revoked; a run that starts makes it ``syncing``, one that completes ``active``
+    with its finish as the last sync, one that fails ``error`` (``revoked`` when the grant is gone).
+    connections' echoes of a run (``connection.synced``, ``connection.errored``) change nothing once
+    a newer run is seen starting; they set the state when the run's own events were not seen here."""
+    revoked = state.status == "revoked"
+    if isinstance(event, SyncStarted):
+        if revoked:
+            return state, event.sync_id
+        return ConnectionState(id=state.id, status="syncing", last_synced_at=state.last_synced_at), event.sync_id
+    if isinstance(event, SyncCompleted | ConnectionSynced):
+        if isinstance(event, ConnectionSynced) and run is not None and event.sync_id != run:
+            return state, run
+        finished = event.finished_at if isinstance(event, SyncCompleted) else event.synced_at
+        return ConnectionState(id=state.id, status="revoked" if revoked else "active",
+                               last_synced_at=format_utc(int(finished.timestamp()))), run
+    if isinstance(event, SyncFailed):
+        status = "revoked" if revoked or event.kind == "revoked" else "error"
+        return ConnectionState(id=state.id, status=status, last_synced_at=state.last_synced_at), run
+    if isinstance(event, ConnectionErrored):
+        # connections' own refusal (an OAuth callback), or the echo of a sync.failed: stale while
+        # a run seen starting here is going.
+        if revoked or (state.status == "syncing" and run is not None):
+            return state, run
+        return ConnectionState(id=state.id, status="error", last_synced_at=state.last_synced_at), run
+    if isinstance(event, ConnectionRevoked):
+        return ConnectionState(id=state.id, status="revoked", last_synced_at=state.last_synced_at), run
+    return state, run
+
+
+class _User:
+    """What the directory holds for one user: cached calendar keys and followed connection states."""
+
+    __slots__ = ("conns", "keys")
+
+    def __init__(self) -> None:
+        self.keys: set[tuple[str, str]] = set()
+        #: connection id -> (state, monotonic time it was last set by a fetch or an event, the sync
+        #: run last seen starting)
+        self.conns: dict[str, tuple[ConnectionState, float, str | None]] = {}
 
 
 class ConnectionsUnavailable(Exception):
@@ -76,8 +144,11 @@ class CalendarDirectory:
         self._user_gen: dict[str, int] = {}
         self._gen = 0
         self._inflight: dict[tuple[str, str], asyncio.Future[Calendar | None]] = {}
+        self._users: dict[str, _User] = {}
+        self._status_gen: dict[str, int] = {}
         self._nc: NATS | None = None
         self._sub: Subscription | None = None
+        self._runs_sub: Subscription | None = None
         self._reconnects = 0
         self.hits = 0
         self.misses = 0
@@ -106,6 +177,7 @@ class CalendarDirectory:
         future: asyncio.Future[Calendar | None] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         gen, user_gen = self._gen, self._user_gen.get(user_id, 0)
+        status_gen = self._status_gen.get(user_id, 0)
         try:
             try:
                 doc = await self._fetch(user_id, slug)
@@ -121,8 +193,12 @@ class CalendarDirectory:
             cal = Calendar.from_doc(doc) if doc is not None else None
             if cal is not None and cal.user_id and cal.user_id != user_id:
                 cal = None  # never serve another user's calendar, whatever answered
-            if live and self._listening() and gen == self._gen and user_gen == self._user_gen.get(user_id, 0):
+            if (live and self._listening() and gen == self._gen and user_gen == self._user_gen.get(user_id, 0)
+                    and status_gen == self._status_gen.get(user_id, 0)):
+                # (A status event during the fetch may be newer than what it brought: not stored.)
                 self._store(key, cal, now)
+                if cal is not None:
+                    self._seed_states(user_id, cal, now)
             future.set_result(cal)
             return cal
         except BaseException as exc:
@@ -136,25 +212,63 @@ class CalendarDirectory:
     def _store(self, key: tuple[str, str], cal: Calendar | None, now: float) -> None:
         self._entries[key] = (cal, now)
         self._entries.move_to_end(key)
+        self._users.setdefault(key[0], _User()).keys.add(key)
         while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+            old, _ = self._entries.popitem(last=False)
+            user = self._users.get(old[0])
+            if user is not None:
+                user.keys.discard(old)
+                if not user.keys:
+                    del self._users[old[0]]
+
+    def _seed_states(self, user_id: str, cal: Calendar, now: float) -> None:
+        """Take the connections' states from a fetched calendar where none is followed yet, or where
+        no event has touched the followed one for a time-to-live (a safety net: events keep it)."""
+        user = self._users.get(user_id)
+        if user is None:
+            return
+        for conn_id, state in cal.connection_states.items():
+            held = user.conns.get(conn_id)
+            if held is None or now - held[1] >= self.ttl:
+                user.conns[conn_id] = (state, now, None)
+
+    # --- freshness --------------------------------------------------------------------------------
+
+    def freshness(self, cal: Calendar, sources: tuple[Source, ...] | None = None) -> Freshness:
+        """Whether an answer over `sources` (default: all of `cal`'s) is complete, and each source's
+        connection state: the one followed by events while listening, else the calendar's own."""
+        states = cal.connection_states
+        user = self._users.get(cal.user_id) if self._listening() else None
+        if user is not None and user.conns:
+            followed = user.conns
+
+            def state_of(conn_id: str) -> ConnectionState | None:
+                held = followed.get(conn_id)
+                return held[0] if held is not None else states.get(conn_id)
+        else:
+            state_of = states.get
+        return freshness(cal.sources if sources is None else sources, state_of)
 
     # --- invalidation -----------------------------------------------------------------------------
 
     def invalidate_user(self, user_id: str) -> None:
         self._user_gen[user_id] = self._user_gen.get(user_id, 0) + 1
-        for key in [k for k in self._entries if k[0] == user_id]:
-            del self._entries[key]
+        user = self._users.pop(user_id, None)
+        if user is not None:
+            for key in user.keys:
+                self._entries.pop(key, None)
 
     def clear(self) -> None:
         self._gen += 1
         self._user_gen.clear()
+        self._status_gen.clear()
         self._entries.clear()
+        self._users.clear()
 
     def _listening(self) -> bool:
         """The cache may be trusted only while invalidations can reach us."""
         nc = self._nc
-        if nc is None or self._sub is None or not nc.is_connected:
+        if nc is None or self._sub is None or self._runs_sub is None or not nc.is_connected:
             return False
         reconnects = nc.stats.get("reconnects", 0)
         if reconnects != self._reconnects:
@@ -167,14 +281,17 @@ class CalendarDirectory:
         self._nc = nc
         self._reconnects = nc.stats.get("reconnects", 0)
         self._sub = await nc.subscribe(CONNECTIONS_SUBJECT, cb=self._on_message)
+        self._runs_sub = await nc.subscribe(SYNC_RUNS_SUBJECT, cb=self._on_message)
 
     async def close(self) -> None:
-        if self._sub is not None:
+        for sub in (self._sub, self._runs_sub):
+            if sub is None:
+                continue
             try:
-                await self._sub.unsubscribe()
+                await sub.unsubscribe()
             except Exception as exc:  # noqa: BLE001 - shutting down: the connection may be gone
                 log.debug("calendar_unsubscribe_failed", error=repr(exc))
-            self._sub = None
+        self._sub = self._runs_sub = None
 
     async def _on_message(self, msg: Msg) -> None:
         self.apply_event(msg.data)
@@ -189,11 +306,43 @@ class CalendarDirectory:
             return
         if envelope.type in IRRELEVANT_TYPES:
             return
+        if envelope.type in STATUS_TYPES:
+            self._apply_status(envelope)
+            return
         user_id = envelope.user_id or _user_of(bytes(envelope.event))
         if user_id:
             self.invalidate_user(user_id)
         else:
             self.clear()
+
+
+    def _apply_status(self, envelope: Envelope) -> None:
+        try:
+            event = decode_event(envelope)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            log.warning("connection_status_event_undecodable", type=envelope.type)
+            self.clear()
+            return
+        user_id = getattr(event, "user_id", None) or envelope.user_id
+        conn_id = getattr(event, "connection_id", None)
+        if not user_id or not conn_id:
+            self.clear()
+            return
+        user = self._users.get(user_id)
+        if user is not None or any(k[0] == user_id for k in self._inflight):
+            # A fetch running now may bring an older state than this event's: it is not stored.
+            self._status_gen[user_id] = self._status_gen.get(user_id, 0) + 1
+        if user is None:
+            return  # nothing of this user's is held: the next fetch brings the state
+        held = user.conns.get(conn_id)
+        if held is None:
+            # A calendar of this user is held without this connection's state: fetch it afresh.
+            if any(conn_id in entry[0].connection_states for k in user.keys
+                   if (entry := self._entries.get(k)) is not None and entry[0] is not None):
+                self.invalidate_user(user_id)
+            return
+        state, run = next_state(held[0], held[2], event)
+        user.conns[conn_id] = (state, self._clock(), run)
 
 
 def _user_of(raw_event: bytes) -> str | None:

@@ -13,7 +13,7 @@ import base64
 import hashlib
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
@@ -61,6 +61,23 @@ class Source(msgspec.Struct, frozen=True, kw_only=True):
     read_only: bool = False
 
 
+class ConnectionState(msgspec.Struct, frozen=True, kw_only=True):
+    """A connection's status and its last successful sync (RFC 3339, None if it never synced)."""
+
+    id: str
+    status: str
+    last_synced_at: str | None = None
+
+    @property
+    def known(self) -> bool:
+        """What its sources hold can be trusted: the connection is active and has synced."""
+        return self.status == "active" and self.last_synced_at is not None
+
+
+#: What a source whose connection's state nobody told us about shows (it is never complete).
+UNKNOWN_STATE_STATUS = "unknown"
+
+
 class CalendarDoc(msgspec.Struct, frozen=True, kw_only=True):
     """connections ``GET /internal/calendars/{slug}?user_id=``."""
 
@@ -69,6 +86,8 @@ class CalendarDoc(msgspec.Struct, frozen=True, kw_only=True):
     timezone: str = "UTC"
     name: str = ""
     sources: list[Source] = msgspec.field(default_factory=list)
+    #: The state of each connection the sources read, as connections saw it when it answered.
+    connections: list[ConnectionState] = msgspec.field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -84,6 +103,8 @@ class Calendar:
     by_key: dict[tuple[str, str], Source] = field(repr=False)
     by_id: dict[str, Source] = field(repr=False)
     rank: dict[str, int] = field(repr=False)
+    #: Connection id -> its state when the calendar was fetched (the directory may know newer).
+    connection_states: dict[str, ConnectionState] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_doc(cls, doc: CalendarDoc) -> Calendar:
@@ -105,6 +126,7 @@ class Calendar:
             by_key=by_key,
             by_id={s.id: s for s in sources},
             rank={s.id: i for i, s in enumerate(sources)},
+            connection_states={c.id: c for c in doc.connections},
         )
 
     def source_columns(self, only: Source | None = None) -> tuple[list[str], list[str]]:
@@ -119,6 +141,45 @@ class Calendar:
     def default_write_target(self) -> Source | None:
         """The first writable source by sort order (api.md: the default write target)."""
         return next((s for s in self.sources if not s.read_only), None)
+
+
+# --- freshness -------------------------------------------------------------------------------------
+
+
+class SourceFreshness(msgspec.Struct, frozen=True, kw_only=True):
+    """api.md, Freshness: one source of an answer, its connection's status and last successful sync."""
+
+    id: str
+    connection_id: str
+    status: str
+    last_synced_at: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Freshness:
+    """Whether an answer is complete (every source's connection active and synced) and why."""
+
+    complete: bool
+    sources: list[SourceFreshness]
+
+
+def freshness(sources: Iterable[Source], state_of: Callable[[str], ConnectionState | None]) -> Freshness:
+    """The freshness of an answer over `sources`, with each connection's state from `state_of`
+    (None: nobody said, which is never complete)."""
+    out: list[SourceFreshness] = []
+    complete = True
+    for s in sources:
+        state = state_of(s.connection_id)
+        if state is None:
+            out.append(SourceFreshness(id=s.id, connection_id=s.connection_id, status=UNKNOWN_STATE_STATUS,
+                                       last_synced_at=None))
+            complete = False
+            continue
+        out.append(SourceFreshness(id=s.id, connection_id=s.connection_id, status=state.status,
+                                   last_synced_at=state.last_synced_at))
+        if not state.known:
+            complete = False
+    return Freshness(complete, out)
 
 
 # --- query parameters -----------------------------------------------------------------------------
@@ -423,18 +484,24 @@ class Availability(msgspec.Struct, kw_only=True):
     end: str
     busy: list[BusyInterval]
     free: list[FreeInterval]
+    complete: bool = True
+    sources: list[SourceFreshness] = msgspec.field(default_factory=list)
 
 
 def availability(
     items: Iterable[BusyItem], cal: Calendar, tz_name: str, start: int, end: int,
     *, min_duration: int = 0, explain: bool = False, source_ids: Sequence[str] | None = None,
+    fresh: Freshness | None = None,
 ) -> Availability:
     """Busy time merged across sources (overlapping and touching intervals join) and the free time
     around it, both cut to ``[start, end)``; free gaps shorter than `min_duration` seconds dropped.
 
     `items` are engine items sorted by start: from :func:`busy_items` (source ids, rows as payloads,
     which `explain` needs), or :func:`items_from_columns` over what the projection query returns
-    (sources as 1-based positions in `source_ids`)."""
+    (sources as 1-based positions in `source_ids`).
+
+    With `fresh` incomplete (a source's connection not active, or never synced), ``free`` is empty:
+    time nobody could check is never reported free; ``busy`` is what is known."""
     if explain and not isinstance(items, Sequence):
         raise ValueError("explain needs the items as a sequence (their rows are looked up by position)")
     blocks = merge_busy(items)
@@ -448,9 +515,11 @@ def availability(
         if explain:
             interval.events = _explain(block_items(items, b))  # type: ignore[arg-type]
         busy.append(interval)
-    free = [FreeInterval(start=format_utc(s), end=format_utc(e)) for s, e in free_spans(blocks, start, end, min_duration)]
+    complete = fresh.complete if fresh is not None else True
+    free = [FreeInterval(start=format_utc(s), end=format_utc(e)) for s, e in free_spans(blocks, start, end, min_duration)] \
+        if complete else []
     return Availability(slug=cal.slug, timezone=tz_name, start=format_utc(start), end=format_utc(end),
-                        busy=busy, free=free)
+                        busy=busy, free=free, complete=complete, sources=fresh.sources if fresh is not None else [])
 
 
 def items_from_columns(starts: Sequence[int], ends: Sequence[int], sources: Sequence[int]) -> Iterator[BusyItem]:

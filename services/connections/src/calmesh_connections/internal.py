@@ -13,7 +13,7 @@ from calmesh_common.service import ServiceDeps, json_response
 
 from . import store
 from .core import access_token, calendar_view, calendars_of, ctx_of
-from .schemas import AccessTokenRequest, InternalCalendar, instant
+from .schemas import AccessTokenRequest, InternalCalendar, InternalConnectionState, instant
 
 
 class InternalController(Controller):
@@ -27,7 +27,11 @@ class InternalController(Controller):
         if row is None:
             raise Problem(404, "not_found", "No such calendar.")
         out, _ = await calendar_view(ctx.pool, row)
-        return InternalCalendar(slug=out.slug, name=out.name, timezone=out.timezone, user_id=user_id, sources=out.sources)
+        conns = await store.connections_of(ctx.pool, user_id, sorted({s.connection_id for s in out.sources}))
+        states = [InternalConnectionState(id=c["id"], status=c["status"], last_synced_at=instant(c["last_synced_at"]))
+                  for c in conns.values()]
+        return InternalCalendar(slug=out.slug, name=out.name, timezone=out.timezone, user_id=user_id, sources=out.sources,
+                                connections=states)
 
     @get("/connections/{connection_id:str}")
     async def connection(self, connection_id: str, deps: ServiceDeps) -> Response[bytes]:

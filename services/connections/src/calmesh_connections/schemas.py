@@ -143,12 +143,23 @@ class CalendarPage(msgspec.Struct, kw_only=True):
     next_cursor: str | None
 
 
+class InternalConnectionState(msgspec.Struct, kw_only=True):
+    """Where a source's connection stands (its status and last successful sync), for the readers'
+    freshness (api.md, Freshness)."""
+
+    id: str
+    status: str
+    last_synced_at: str | None
+
+
 class InternalCalendar(msgspec.Struct, kw_only=True):
     slug: str
     name: str
     timezone: str
     user_id: str
     sources: list[SourceOut]
+    #: One entry per connection the sources read from.
+    connections: list[InternalConnectionState] = msgspec.field(default_factory=list)
 
 
 # --- checks ----------------------------------------------------------------------------------

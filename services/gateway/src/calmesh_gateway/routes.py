@@ -189,6 +189,8 @@ ROUTES: tuple[Route, ...] = (
        tag="availability"),
     _r("GET", f"{V1}/calendars/{{slug}}/conflicts", "availability", "Detect overlapping events across different sources",
        tag="availability"),
+    _r("POST", f"{V1}/availability/find", "availability", "Find times when several calendars are free",
+       tag="availability"),
 
     # booking: booking pages, bookings, polls, the public page and the embed script.
     _r("POST", f"{V1}/booking-pages", "booking", "Create a booking page attached to a unified calendar", scopes=FULL,
