@@ -281,3 +281,134 @@ def test_the_default_write_target_is_the_first_writable_source() -> None:
 def test_the_idempotency_fingerprint_ignores_key_order_and_spacing() -> None:
     assert domain.body_fingerprint(b'{"a": 1, "b": 2}') == domain.body_fingerprint(b'{"b":2,"a":1}')
     assert domain.body_fingerprint(b'{"a": 1}') != domain.body_fingerprint(b'{"a": 2}')
+
+
+# --- conflicts: bounded, and equal to a brute-force oracle ----------------------------------------
+
+from hypothesis import given  # noqa: E402
+from hypothesis import settings as hypothesis_settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+ORACLE_BASE = ts("2026-05-04T00:00:00Z")
+ORACLE_SOURCES = (WORK, HOME, FEED)
+
+
+def oracle_conflicts(rows: list[dict[str, Any]], cal: Calendar, start: int, end: int) -> list[tuple[Any, ...]]:
+    """Every pair of meetings compared with every other: a meeting is its rows sharing a UID
+    (mirrors), spanning from its first row's start to its latest end; two meetings conflict when
+    they overlap and have copies in different sources (the earlier meeting's first such copy and
+    the later's first shown). Keyed and ordered as the endpoint orders them."""
+    meetings: list[list[tuple[int, int, str, dict[str, Any]]]] = []
+    by_uid: dict[str, list[tuple[int, int, str, dict[str, Any]]]] = {}
+    for it in domain.busy_items(rows, cal):
+        group = by_uid.get(it[3]["uid"])
+        if group is None:
+            group = by_uid[it[3]["uid"]] = []
+            meetings.append(group)
+        group.append(it)
+    out = []
+    for i, a in enumerate(meetings):
+        for b in meetings[i + 1:]:
+            a_start, a_end = a[0][0], max(x[1] for x in a)
+            b_start, b_end = b[0][0], max(x[1] for x in b)
+            o_start, o_end = max(a_start, b_start), min(a_end, b_end)
+            if o_start >= o_end or o_start >= end or o_end <= start:
+                continue
+            pair = next(((x, y) for x in a for y in b if x[2] != y[2]), None)
+            if pair is None:
+                continue
+            out.append((o_start, pair[0][3]["event_id"], pair[1][3]["event_id"], o_end))
+    return sorted(out)
+
+
+def all_pages(rows: list[dict[str, Any]], cal: Calendar, start: int, end: int, limit: int) -> list[tuple[Any, ...]]:
+    seen: list[tuple[Any, ...]] = []
+    after = None
+    while True:
+        page, after = domain.conflicts(rows, cal, start, end, after=after, limit=limit)
+        seen += [(ts(c.overlap_start), c.events[0].id, c.events[1].id, ts(c.overlap_end)) for c in page]
+        if after is None:
+            return seen
+
+
+@hypothesis_settings(max_examples=120, deadline=None)
+@given(
+    events=st.lists(st.tuples(st.integers(0, 40), st.integers(1, 12), st.integers(0, 2), st.integers(0, 30)),
+                    min_size=0, max_size=30),
+    window=st.tuples(st.integers(0, 30), st.integers(1, 40)),
+    limit=st.integers(1, 5),
+)
+def test_conflict_pages_equal_a_brute_force_oracle(events: list[tuple[int, int, int, int]],
+                                                    window: tuple[int, int], limit: int) -> None:
+    """Whatever the events (mirrors across sources included), paging through the conflicts with
+    the cursor gives exactly the pairs that comparing every meeting with every other gives."""
+    cal = calendar("UTC")
+    rows = []
+    for start, length, src, uid in events:
+        s = ORACLE_BASE + start * 900
+        r = row(ORACLE_SOURCES[src], format_iso(s), format_iso(s + length * 900), uid=f"u{uid}")
+        rows.append(r)
+    rows.sort(key=lambda r: (r["s"], r["event_id"]))
+    # Copies of one UID share one span (the same meeting seen twice), as providers show it.
+    first: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        f = first.setdefault(r["uid"], r)
+        r["s"], r["e"] = f["s"], f["e"]
+    w_start = ORACLE_BASE + window[0] * 900
+    w_end = w_start + window[1] * 900
+    assert all_pages(rows, cal, w_start, w_end, limit) == oracle_conflicts(rows, cal, w_start, w_end)
+
+
+def format_iso(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def dense_rows() -> list[dict[str, Any]]:
+    """The red team's calendar: 200 long events in one source and 5,000 short ones in another over
+    366 days: a million overlapping pairs."""
+    start = ts("2026-01-01T00:00:00Z")
+    rows = [row(WORK, format_iso(start + i * 60), format_iso(start + 366 * 86400 - i * 60)) for i in range(200)]
+    rows += [row(HOME, format_iso(start + 3600 + i * 6300), format_iso(start + 3600 + i * 6300 + 1800))
+             for i in range(5000)]
+    return sorted_rows(*rows)
+
+
+def test_a_dense_conflicts_query_keeps_only_its_page_and_stops_early() -> None:
+    import time
+    import tracemalloc
+
+    cal = calendar("UTC")
+    rows = dense_rows()
+    window = ts("2026-01-01T00:00:00Z"), ts("2027-01-01T00:00:00Z") + 86400
+    tracemalloc.start()
+    began = time.perf_counter()
+    page, after = domain.conflicts(rows, cal, *window, limit=200)
+    elapsed = time.perf_counter() - began
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(page) == 200 and after is not None
+    assert elapsed < 1.0 and peak < 20_000_000  # the unbounded sweep: 9 s and 200 MB
+    # A later page costs no comparison of what came before: still quick, and it follows on.
+    deep_after = (ts("2026-12-01T00:00:00Z"), "", "")
+    began = time.perf_counter()
+    later, _ = domain.conflicts(rows, cal, *window, after=deep_after, limit=200)
+    assert time.perf_counter() - began < 1.0
+    assert ts(later[0].overlap_start) >= deep_after[0]
+
+
+def test_too_many_comparisons_is_a_422_range_too_dense() -> None:
+    cal = calendar("UTC")
+    with pytest.raises(Problem) as refused:
+        domain.conflicts(dense_rows(), cal, ts("2026-01-01T00:00:00Z"), ts("2027-01-01T00:00:00Z"),
+                         limit=200, max_checks=300)  # the first page alone compares about 400 pairs
+    assert (refused.value.status, refused.value.code) == (422, "range_too_dense")
+
+
+def test_many_overlapping_events_of_one_source_cost_no_comparisons() -> None:
+    """Events of one source never conflict with each other: a calendar of thousands of
+    simultaneous events in one source is answered (no conflicts), not refused."""
+    cal = calendar("UTC")
+    start = ts("2026-01-01T00:00:00Z")
+    rows = sorted_rows(*[row(WORK, format_iso(start + i * 60), format_iso(start + 86400 * 30)) for i in range(3000)])
+    page, after = domain.conflicts(rows, cal, start, start + 86400 * 31, max_checks=1)
+    assert (page, after) == ([], None)

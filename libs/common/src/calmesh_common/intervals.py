@@ -14,7 +14,8 @@ with :class:`NotSortedError` rather than answered wrongly.
   event, seen through two sources) into one :class:`Meeting`.
 - :func:`find_conflicts` reports every pair of overlapping meetings from different sources with an
   active-set sweep: O(n + k) for n meetings and k overlapping pairs while few meetings are open at
-  any one instant, which is what real calendars look like.
+  any one instant, which is what real calendars look like. :func:`iter_conflicts` yields them
+  lazily, from a starting point and within a budget of comparisons, for callers that need a page.
 
 :func:`merge_busy` returns columns (:class:`BusyBlocks`) rather than one object per block: on
 100,000 items that keeps the garbage collector out of the way, which is most of its cost.
@@ -40,12 +41,14 @@ __all__ = [
     "Conflict",
     "Meeting",
     "NotSortedError",
+    "TooDenseError",
     "block_items",
     "clip_blocks",
     "dedupe_mirrors",
     "find_conflicts",
     "format_utc",
     "free_spans",
+    "iter_conflicts",
     "local_date_span",
     "local_day_window",
     "merge_busy",
@@ -397,18 +400,51 @@ def _pick_pair(a: Meeting, b: Meeting) -> tuple[str, Any, str, Any] | None:
     return None
 
 
+class TooDenseError(ValueError):
+    """A conflict sweep would compare more pairs than its budget allows (see :func:`iter_conflicts`)."""
+
+    def __init__(self, checks: int, budget: int) -> None:
+        super().__init__(f"more than {budget} pair comparisons needed (stopped at {checks})")
+        self.checks = checks
+        self.budget = budget
+
+
 def find_conflicts(meetings: Iterable[Meeting]) -> list[Conflict]:
     """Every pair of overlapping meetings (sorted by start) seen through different sources.
 
     Touching meetings do not conflict. A meeting seen through sources {A, B} conflicts with one in
     A alone (its copy in B clashes with it); two meetings in the same single source do not. The
     sweep keeps only the meetings still open, so it is linear in meetings plus conflicts found.
-    Conflicts come out ordered by overlap start.
+    Conflicts come out ordered by overlap start. (A caller that needs one page of them should use
+    :func:`iter_conflicts`, which need not find them all.)
     """
-    out: list[Conflict] = []
+    return list(iter_conflicts(meetings))
+
+
+def iter_conflicts(
+    meetings: Iterable[Meeting], *, since: int | None = None, until: int | None = None,
+    max_checks: int | None = None,
+) -> Iterator[Conflict]:
+    """The conflicts of :func:`find_conflicts`, lazily, in the same order (by overlap start, which
+    is the start of the later meeting, so nondecreasing): a consumer that has what it needs stops.
+
+    - `since`: pairs whose overlap starts before it are not wanted; meetings starting before it are
+      only tracked, never compared (a later page of results costs no comparison of earlier pages).
+    - `until`: the sweep ends at the first meeting starting at or after it.
+    - `max_checks`: a budget of pair comparisons; past it :class:`TooDenseError` is raised, so that
+      a dense input costs bounded work.
+
+    Meetings of one single source open together are never compared with each other (they cannot
+    conflict), so a dense calendar of one source costs no comparisons at all.
+    """
     active: list[Meeting] = []
     soonest_end = 0  # the earliest end among `active`: nothing needs dropping before it
     last_start: int | None = None
+    # How many of `active` are seen once, per source, and how many through several sources: a
+    # meeting seen once meets a candidate only in `active` outside its own source.
+    plain: dict[str, int] = {}
+    multi = 0
+    checks = 0
     for m in meetings:
         s = m.start
         if m.end <= s:
@@ -416,20 +452,37 @@ def find_conflicts(meetings: Iterable[Meeting]) -> list[Conflict]:
         if last_start is not None and s < last_start:
             raise NotSortedError(f"meeting starting at {s} comes after one starting at {last_start}")
         last_start = s
+        if until is not None and s >= until:
+            return
         if active:
             if soonest_end <= s:
                 # Drop what has ended; every survivor started no later than m and ends after s.
                 active = [a for a in active if a.end > s]
                 soonest_end = min((a.end for a in active), default=m.end)
-            for a in active:
-                pair = _pick_pair(a, m)
-                if pair is not None:
-                    sa, pa, sb, pb = pair
-                    out.append(Conflict(pa, sa, pb, sb, s, a.end if a.end < m.end else m.end))
+                plain.clear()
+                multi = 0
+                for a in active:
+                    if a._copies is None:
+                        plain[a.source] = plain.get(a.source, 0) + 1
+                    else:
+                        multi += 1
+            wanted = since is None or s >= since
+            if wanted and (m._copies is not None or multi or plain.get(m.source, 0) != len(active)):
+                checks += len(active)
+                if max_checks is not None and checks > max_checks:
+                    raise TooDenseError(checks, max_checks)
+                for a in active:
+                    pair = _pick_pair(a, m)
+                    if pair is not None:
+                        sa, pa, sb, pb = pair
+                        yield Conflict(pa, sa, pb, sb, s, a.end if a.end < m.end else m.end)
         if not active or m.end < soonest_end:
             soonest_end = m.end
         active.append(m)
-    return out
+        if m._copies is None:
+            plain[m.source] = plain.get(m.source, 0) + 1
+        else:
+            multi += 1
 
 
 # --- time zones -------------------------------------------------------------------------------

@@ -157,3 +157,14 @@ def problem_handler(request: Request[Any, Any, Any], exc: Exception) -> Response
         media_type=PROBLEM_JSON,
         headers=problem.headers,
     )
+
+
+class ProblemDocument(msgspec.Struct, kw_only=True):
+    """The shape of a problem+json body, for services' OpenAPI `responses` (what `Problem.body()` writes)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    code: str
+    errors: list[FieldError] | None = None

@@ -201,6 +201,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Availability (services/availability).
     #: Longest a cached unified calendar is trusted; connections' events invalidate it sooner.
     calendar_cache_ttl_seconds: float = 60.0
+    #: The most busy rows one conflicts query reads, and the most pairs of events it compares;
+    #: past either the answer is 422 `range_too_dense` (ask for a shorter range).
+    conflicts_max_rows: int = 20_000
+    conflicts_max_checks: int = 2_000_000
+    #: Threads that run the CPU-bound part of conflicts queries off the event loop (per process).
+    availability_cpu_workers: int = 2
 
     # Booking (services/booking): mails and visitors' cancel links.
     #: SMTP server for booking mails; empty: mails are written as .eml files to `mail_dir`.
@@ -354,6 +360,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             plan_pro_booking_pages=_int(env, "CALMESH_PLAN_PRO_BOOKING_PAGES", 100),
             plan_pro_api_requests_per_day=_int(env, "CALMESH_PLAN_PRO_API_REQUESTS_PER_DAY", 1_000_000),
             calendar_cache_ttl_seconds=_float(env, "CALMESH_CALENDAR_CACHE_TTL_SECONDS", 60.0),
+            conflicts_max_rows=_int(env, "CALMESH_CONFLICTS_MAX_ROWS", 20_000),
+            conflicts_max_checks=_int(env, "CALMESH_CONFLICTS_MAX_CHECKS", 2_000_000),
+            availability_cpu_workers=_int(env, "CALMESH_AVAILABILITY_CPU_WORKERS", 2),
             smtp_host=env.get("CALMESH_SMTP_HOST", ""),
             smtp_port=_int(env, "CALMESH_SMTP_PORT", 587),
             smtp_username=env.get("CALMESH_SMTP_USERNAME", ""),
@@ -452,6 +461,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("CALMESH_SMTP_SECURITY must be one of starttls, ssl, none")
         if self.cancel_link_ttl_seconds < 60:
             raise SettingsError("CALMESH_CANCEL_LINK_TTL_SECONDS must be at least 60")
+        if self.conflicts_max_rows < 1 or self.conflicts_max_checks < 1 or self.availability_cpu_workers < 1:
+            raise SettingsError("CALMESH_CONFLICTS_MAX_* and CALMESH_AVAILABILITY_CPU_WORKERS must be at least 1")
         if self.sync_window_back_days < 0 or self.sync_window_ahead_days < 1 or self.sync_window_reanchor_days < 1:
             raise SettingsError("CALMESH_SYNC_WINDOW_* must be positive (back may be 0)")
         if self.sync_max_instances < 1 or self.ical_max_bytes < 1024 or self.caldav_max_bytes < 1024:

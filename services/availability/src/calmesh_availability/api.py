@@ -10,16 +10,20 @@ Reads are one indexed query on the projection plus a cached calendar lookup; no 
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import Executor
+from functools import partial
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
+from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 
 from calmesh_common.logging import get_logger
-from calmesh_common.problems import FieldError, Problem
+from calmesh_common.problems import FieldError, Problem, ProblemDocument
 from calmesh_common.service import SECRET_HEADER, Caller, ServiceDeps, caller_from_headers
 from calmesh_common.tracing import inject_headers
 
@@ -76,6 +80,11 @@ def _who(request: Request[Any, Any, State]) -> tuple[Caller, ServiceDeps]:
     if caller is None:
         raise Problem(401, "unauthorized", "Authentication is required.")
     return caller, request.app.state.deps
+
+
+def _cpu(deps: ServiceDeps) -> Executor:
+    """The bounded thread pool for CPU-bound answers (see app.py)."""
+    return deps.extras["cpu"]  # type: ignore[no-any-return]
 
 
 def _reads(deps: ServiceDeps) -> Any:
@@ -203,7 +212,13 @@ class CalendarRoutes(Controller):
                                    win_end, min_duration=min_seconds, source_ids=cal.source_ids_for(conn_ids, cal_ids),
                                    fresh=directory.freshness(cal))
 
-    @get("/conflicts", summary="Detect overlapping events across different sources", tags=["availability"])
+    @get("/conflicts", summary="Detect overlapping events across different sources", tags=["availability"],
+         responses={422: ResponseSpec(
+             ProblemDocument, generate_examples=False, media_type="application/problem+json",
+             description="`invalid_range` (end before start), `range_too_long` (over 366 days), or "
+                         "`range_too_dense`: the range holds more busy events than CALMESH_CONFLICTS_MAX_ROWS "
+                         "(default 20,000) or would need more pair comparisons than "
+                         "CALMESH_CONFLICTS_MAX_CHECKS (default 2,000,000); ask for a shorter range.")})
     async def conflicts(
         self,
         request: Request[Any, Any, State],
@@ -216,7 +231,11 @@ class CalendarRoutes(Controller):
                                     required=False)] = None,
     ) -> ConflictPage:
         """Pairs of busy events from different sources that overlap in the window, ordered by the
-        start of their overlap. The same meeting seen through two accounts is not a conflict."""
+        start of their overlap. The same meeting seen through two accounts is not a conflict.
+
+        The work of one query is capped: a range holding more busy events than
+        `CALMESH_CONFLICTS_MAX_ROWS`, or whose events would need more pair comparisons than
+        `CALMESH_CONFLICTS_MAX_CHECKS`, is answered 422 `range_too_dense`: ask for a shorter range."""
         caller, deps = _who(request)
         page_size = domain.parse_int(limit, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         if tz:
@@ -233,8 +252,16 @@ class CalendarRoutes(Controller):
                 raise domain.bad_param("cursor", "not a cursor this endpoint gave out", code="invalid_cursor")
             after = (pos[0], str(pos[1]), str(pos[2]))
         conn_ids, cal_ids = cal.source_columns()
-        rows = await store.busy_rows(_reads(deps), caller.user_id, conn_ids, cal_ids, win_start, win_end)
-        page, last = domain.conflicts(rows, cal, win_start, win_end, after=after, limit=page_size)
+        settings = deps.settings
+        rows = await store.busy_rows(_reads(deps), caller.user_id, conn_ids, cal_ids, win_start, win_end,
+                                     limit=settings.conflicts_max_rows + 1)
+        if len(rows) > settings.conflicts_max_rows:
+            raise domain.too_dense(f"This range holds more than {settings.conflicts_max_rows} busy events.")
+        # The sweep is CPU work: it runs on the service's bounded pool of threads, so that the event
+        # loop goes on answering everyone else meanwhile.
+        page, last = await asyncio.get_running_loop().run_in_executor(
+            _cpu(deps), partial(domain.conflicts, rows, cal, win_start, win_end, after=after, limit=page_size,
+                                max_checks=settings.conflicts_max_checks))
         next_cursor = domain.encode_cursor("conflicts", fp, list(last)) if last is not None else None
         fresh = directory.freshness(cal)
         return ConflictPage(data=page, next_cursor=next_cursor, complete=fresh.complete, sources=fresh.sources)

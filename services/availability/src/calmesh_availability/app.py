@@ -8,6 +8,7 @@ Its own schema holds nothing but Idempotency-Keys of event-creating POSTs.
 from __future__ import annotations
 
 import socket
+from concurrent.futures import ThreadPoolExecutor
 
 import asyncpg
 import uvicorn
@@ -54,6 +55,19 @@ async def _stop_read_pool(deps: ServiceDeps) -> None:
         await pool.close()
 
 
+async def _start_cpu_pool(deps: ServiceDeps) -> None:
+    """A bounded pool of threads for the CPU-bound part of answers (the conflicts sweep): never on
+    the event loop, and never more of them at once than the setting allows."""
+    deps.extras["cpu"] = ThreadPoolExecutor(max_workers=deps.settings.availability_cpu_workers,
+                                            thread_name_prefix="availability-cpu")
+
+
+async def _stop_cpu_pool(deps: ServiceDeps) -> None:
+    pool: ThreadPoolExecutor | None = deps.extras.pop("cpu", None)
+    if pool is not None:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 async def _start_directory(deps: ServiceDeps) -> None:
     assert deps.http is not None and deps.nc is not None
     settings = deps.settings
@@ -75,8 +89,8 @@ def create_app(settings: Settings) -> Litestar:
         name=NAME,
         schema=SCHEMA,
         route_handlers=[CalendarRoutes, FindRoutes],
-        on_startup=[_start_read_pool, _start_directory],
-        on_shutdown=[_stop_directory, _stop_read_pool],
+        on_startup=[_start_read_pool, _start_cpu_pool, _start_directory],
+        on_shutdown=[_stop_directory, _stop_cpu_pool, _stop_read_pool],
         title="CalMesh availability",
         description=DESCRIPTION,
     )

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
+from heapq import heappush, heapreplace
 from itertools import repeat
 from operator import itemgetter
 from typing import Any
@@ -27,12 +28,13 @@ import msgspec
 from calmesh_common.intervals import (
     BusyItem,
     Conflict,
+    TooDenseError,
     block_items,
     clip_blocks,
     dedupe_mirrors,
-    find_conflicts,
     format_utc,
     free_spans,
+    iter_conflicts,
     local_date_span,
     local_day_window,
     merge_busy,
@@ -556,31 +558,75 @@ class ConflictOut(msgspec.Struct, kw_only=True):
 
 ConflictKey = tuple[int, str, str]
 
+#: The most busy rows one conflicts query reads, and the most pairs of meetings it compares: past
+#: either, 422 `range_too_dense` (settings `conflicts_max_rows`, `conflicts_max_checks`).
+CONFLICTS_MAX_ROWS = 20_000
+CONFLICTS_MAX_CHECKS = 2_000_000
+
+
+def too_dense(detail: str) -> Problem:
+    return Problem(422, "range_too_dense",
+                   f"{detail} Ask for a shorter range (start/end) and page through it.")
+
 
 def conflicts(
     rows: Sequence[Row], cal: Calendar, start: int, end: int, *, after: ConflictKey | None = None, limit: int = 50,
+    max_checks: int | None = CONFLICTS_MAX_CHECKS,
 ) -> tuple[list[ConflictOut], ConflictKey | None]:
     """One page of the pairs of busy events from different sources that overlap inside
     ``[start, end)``, ordered by ``(overlap_start, first id, second id)``, after `after`; and the
     position of the page's last pair when more follow. A meeting seen through two sources (mirrors)
-    is one meeting, not a conflict with itself. Only the page's pairs are shaped for the API."""
+    is one meeting, not a conflict with itself. Only the page's pairs are shaped for the API.
+
+    Bounded: the sweep yields pairs by overlap start, so only the `limit` + 1 smallest keys are
+    kept (a max-heap), and the sweep stops once the next overlap start is past the largest key kept;
+    pairs before `after` are never compared. More than `max_checks` comparisons: 422
+    `range_too_dense`."""
     items = busy_items(rows, cal)
     meetings = dedupe_mirrors(items, [mirror_keys(it[3]) for it in items])
-    keyed: list[tuple[ConflictKey, Conflict]] = []
-    for c in find_conflicts(meetings):
-        if c.overlap_start >= end or c.overlap_end <= start:
-            continue
-        key = (c.overlap_start, c.first["event_id"], c.second["event_id"])
-        if after is None or key > after:
-            keyed.append((key, c))
-    keyed.sort(key=itemgetter(0))
-    page = keyed[:limit]
+    keep = limit + 1
+    # Max-heap by key of the best `keep` pairs so far, as (negated key, tiebreak, conflict): the
+    # ids are strings, so the key is negated by sorting on a wrapper.
+    heap: list[tuple[_Desc, int, Conflict]] = []
+    n = 0
+    try:
+        for c in iter_conflicts(meetings, since=after[0] if after is not None else None, until=end,
+                                max_checks=max_checks):
+            if c.overlap_end <= start:
+                continue
+            if len(heap) == keep and c.overlap_start > heap[0][0].key[0]:
+                break  # every later pair starts its overlap later still: none can enter the page
+            key = (c.overlap_start, c.first["event_id"], c.second["event_id"])
+            if after is not None and key <= after:
+                continue
+            n += 1
+            entry = (_Desc(key), n, c)
+            if len(heap) < keep:
+                heappush(heap, entry)
+            elif key < heap[0][0].key:
+                heapreplace(heap, entry)
+    except TooDenseError:
+        raise too_dense("This range holds too many overlapping events to compare.") from None
+    ordered = sorted(((d.key, c) for d, _, c in heap), key=itemgetter(0))
+    page = ordered[:limit]
     out = [
         ConflictOut(events=[event_out(c.first, cal), event_out(c.second, cal)],
                     overlap_start=format_utc(c.overlap_start), overlap_end=format_utc(c.overlap_end))
         for _, c in page
     ]
-    return out, (page[-1][0] if len(keyed) > limit and page else None)
+    return out, (page[-1][0] if len(ordered) > limit and page else None)
+
+
+class _Desc:
+    """A key that sorts in reverse, so that `heapq` (a min-heap) keeps the largest on top."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: ConflictKey) -> None:
+        self.key = key
+
+    def __lt__(self, other: _Desc) -> bool:
+        return self.key > other.key
 
 
 # --- event writes ---------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ def _per_source(columns: str, where: str) -> str:
 
 _BUSY = "AND ei.status <> 'cancelled' AND ei.transparency <> 'free'"
 BUSY_FULL_SQL = _per_source(FULL_COLUMNS, _BUSY)
+BUSY_FULL_LIMITED_SQL = BUSY_FULL_SQL + "\n        LIMIT $6"
 BUSY_COLUMNS_SQL = f"""
     SELECT coalesce(array_agg(b.s ORDER BY b.s, b.e), '{{}}') AS starts,
            coalesce(array_agg(b.e ORDER BY b.s, b.e), '{{}}') AS ends,
@@ -109,12 +110,15 @@ FIND_EVENT_SQL = f"""
 
 async def busy_rows(
     pool: asyncpg.Pool, user_id: str, connection_ids: list[str], calendar_ids: list[str],
-    start: int, end: int,
+    start: int, end: int, *, limit: int | None = None,
 ) -> list[asyncpg.Record]:
     """Busy (not cancelled, not transparent) rows of the sources overlapping ``[start, end)``,
-    every column (explain, conflicts), by start_at."""
-    return await pool.fetch(BUSY_FULL_SQL, user_id, connection_ids, calendar_ids,
-                            to_epoch_datetime(start), to_epoch_datetime(end))
+    every column (explain, conflicts), by start_at; at most `limit` of them when given (a caller
+    that asks for one more than it accepts learns that there are too many)."""
+    args: list[Any] = [user_id, connection_ids, calendar_ids, to_epoch_datetime(start), to_epoch_datetime(end)]
+    if limit is None:
+        return await pool.fetch(BUSY_FULL_SQL, *args)
+    return await pool.fetch(BUSY_FULL_LIMITED_SQL, *args, limit)
 
 
 async def busy_columns(
