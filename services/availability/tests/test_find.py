@@ -99,11 +99,17 @@ def test_semantic_mistakes_are_422(changes: dict[str, object], code: str) -> Non
     assert (caught.value.status, caught.value.code) == (422, code)
 
 
-def test_62_days_are_allowed_on_the_wall_clock_of_tz() -> None:
+def test_62_days_are_allowed_by_the_hour_or_on_the_wall_clock_of_tz() -> None:
     # 1 Mar to 2 May 2027 in Amsterdam is 62 days, one hour short of 62 × 24 h (the spring change).
     q = validate(request(start="2027-03-01T00:00:00", end="2027-05-02T00:00:00", tz="Europe/Amsterdam"), None)
     assert q.end - q.start == 62 * 86400 - 3600
+    validate(request(start="2027-03-01T00:00:00", end="2027-05-02T01:00:00", tz="Europe/Amsterdam"), None)
+    # 1 Sep to 2 Nov 2027 is 62 wall-clock days and an hour over 62 × 24 h (the autumn change).
+    q = validate(request(start="2027-09-01T00:00:00", end="2027-11-02T00:00:00", tz="Europe/Amsterdam"), None)
+    assert q.end - q.start == 62 * 86400 + 3600
     validate(request(start="2027-01-01T00:00:00Z", end="2027-03-04T00:00:00Z"), None)
+    with pytest.raises(Problem):
+        validate(request(start="2027-09-01T00:00:00", end="2027-11-02T00:00:01", tz="Europe/Amsterdam"), None)
 
 
 def test_bad_instants_and_zones_are_400_and_the_default_zone_is_the_users() -> None:

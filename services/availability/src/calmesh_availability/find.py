@@ -145,9 +145,10 @@ def validate(body: FindRequest, user_timezone: str | None) -> FindQuery:
     end = domain.parse_instant(body.end, "end", tz)
     if end <= start:
         raise _invalid("end", "must be after start", code="invalid_range")
-    # 62 days on the wall clock of `tz` (a range over a DST change is an hour shorter or longer).
-    latest = datetime.fromtimestamp(start, UTC).astimezone(tz) + timedelta(days=MAX_RANGE_DAYS)
-    if end > int(latest.timestamp()):
+    # 62 days of 24 hours, or 62 days on the wall clock of `tz` (an hour longer over an autumn
+    # change): whichever is longer.
+    wall = datetime.fromtimestamp(start, UTC).astimezone(tz) + timedelta(days=MAX_RANGE_DAYS)
+    if end > max(start + MAX_RANGE_DAYS * 86400, int(wall.timestamp())):
         raise _invalid("end", f"at most {MAX_RANGE_DAYS} days after start", code="range_too_long")
     weekly = None
     if body.hours is not None:
