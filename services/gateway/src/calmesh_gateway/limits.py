@@ -55,6 +55,7 @@ class _Lease:
     used_at: float = 0.0
     denied_until: float = 0.0
     refill: asyncio.Future[None] | None = None
+    waiting: int = 0  # requests of this replica waiting for the next batch
 
 
 class SharedLimiter:
@@ -108,7 +109,11 @@ class SharedLimiter:
             if lease.refill is None:
                 self._start_refill(name, lease)
             assert lease.refill is not None
-            await asyncio.shield(lease.refill)
+            lease.waiting += 1
+            try:
+                await asyncio.shield(lease.refill)
+            finally:
+                lease.waiting -= 1
             wait = self.hit(name)
             if wait is not None:
                 return wait
@@ -149,7 +154,9 @@ class SharedLimiter:
         now = self.clock()
         if lease.learnt_at and now - lease.learnt_at < self.lease_seconds:
             lease.batch = min(self.max_batch, lease.batch * 2)  # drawn down within the lease: ask for more
-        want = max(1, min(lease.batch, self.max_batch))
+        # Requests already waiting are spent as soon as the batch arrives (no slack for other replicas):
+        # a burst of first requests asks for all of them at once instead of growing from 1.
+        want = max(1, min(lease.batch, self.max_batch), min(lease.waiting, self.burst))
         try:
             assert self.store is not None
             granted, left = await self.store.take_tokens(self.prefix + name, want, float(self.burst), self.rate)

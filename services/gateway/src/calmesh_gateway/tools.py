@@ -55,11 +55,12 @@ async def list_tools(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 @post("/api/v1/tools/{name:str}/call", status_code=200)
 async def call_tool(request: Request[Any, Any, Any], name: str) -> Response[bytes]:
+    # A malformed body (bad JSON, NUL characters, nesting too deep) is a 400 whichever tool it names.
+    body = await request.body()
+    call = decode_json(body, request.headers.get("content-type"), ToolCall) if body.strip() else ToolCall()
     tool = BY_NAME.get(name)
     if tool is None:
         raise Problem(404, "tool_not_found", f"There is no tool {name!r}; GET /api/v1/tools lists them.")
-    body = await request.body()
-    call = decode_json(body, request.headers.get("content-type"), ToolCall) if body.strip() else ToolCall()
     arguments = clean_arguments(call.arguments)
     errors = validate(tool, arguments)
     if errors:
