@@ -3,6 +3,8 @@
 
 PYTHON ?= python3
 UV_VERSION := 0.13.9
+# Resolve as of this date so a re-lock changes only what a pyproject change asks for.
+LOCK_EXCLUDE_NEWER ?= 2026-11-26T00:00:00Z
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
@@ -48,7 +50,7 @@ bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 lock: | $(UV)
-	$(UV) lock
+	$(UV) lock --exclude-newer $(LOCK_EXCLUDE_NEWER)
 	$(UV) export --quiet --format requirements-txt --all-groups --no-header -o requirements.lock
 	$(UV) export --quiet --format requirements-txt --no-dev --no-header -o requirements.runtime.lock
 
