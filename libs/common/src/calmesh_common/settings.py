@@ -229,6 +229,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     #: A booking still pending after this many seconds (its process died between checking the slot
     #: and confirming it) is settled by the reaper: confirmed if its time reached the projection.
     booking_pending_timeout_seconds: int = 30
+    #: Booking mails to visitors' addresses (confirmations, verifications, reschedules,
+    #: cancellations): at most this many per booking page in any hour, and per recipient address in
+    #: any 24 hours; past either the mail is suppressed (logged and counted), never the booking.
+    #: 0 turns a limit off.
+    mail_per_page_per_hour: int = 100
+    mail_per_recipient_per_day: int = 5
+    #: How long a booking of a page with `require_email_verification` holds its slot while the
+    #: visitor's verification link works.
+    booking_verification_seconds: int = 900
 
     # Connections and sync (services/connections, services/sync). Provider endpoints are settings
     # so that tests point them at local fakes; a provider whose client id/secret are empty is off.
@@ -374,6 +383,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             cancel_link_ttl_seconds=_int(env, "CALMESH_CANCEL_LINK_TTL_SECONDS", 90 * 86400),
             hold_seconds_override=_int(env, "CALMESH_HOLD_SECONDS_OVERRIDE", 0),
             booking_pending_timeout_seconds=_int(env, "CALMESH_BOOKING_PENDING_TIMEOUT_SECONDS", 30),
+            mail_per_page_per_hour=_int(env, "CALMESH_MAIL_PER_PAGE_PER_HOUR", 100),
+            mail_per_recipient_per_day=_int(env, "CALMESH_MAIL_PER_RECIPIENT_PER_DAY", 5),
+            booking_verification_seconds=_int(env, "CALMESH_BOOKING_VERIFICATION_SECONDS", 900),
             google_client_id=env.get("CALMESH_GOOGLE_CLIENT_ID", ""),
             google_client_secret=env.get("CALMESH_GOOGLE_CLIENT_SECRET", ""),
             google_auth_url=env.get("CALMESH_GOOGLE_AUTH_URL", "https://accounts.google.com/o/oauth2/v2/auth"),
@@ -461,6 +473,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise SettingsError("CALMESH_SMTP_SECURITY must be one of starttls, ssl, none")
         if self.cancel_link_ttl_seconds < 60:
             raise SettingsError("CALMESH_CANCEL_LINK_TTL_SECONDS must be at least 60")
+        if self.mail_per_page_per_hour < 0 or self.mail_per_recipient_per_day < 0:
+            raise SettingsError("CALMESH_MAIL_PER_PAGE_PER_HOUR and CALMESH_MAIL_PER_RECIPIENT_PER_DAY must not be negative")
+        if self.booking_verification_seconds < 1:
+            raise SettingsError("CALMESH_BOOKING_VERIFICATION_SECONDS must be at least 1")
         if self.conflicts_max_rows < 1 or self.conflicts_max_checks < 1 or self.availability_cpu_workers < 1:
             raise SettingsError("CALMESH_CONFLICTS_MAX_* and CALMESH_AVAILABILITY_CPU_WORKERS must be at least 1")
         if self.sync_window_back_days < 0 or self.sync_window_ahead_days < 1 or self.sync_window_reanchor_days < 1:

@@ -1,28 +1,41 @@
 """Booking mails: a confirmation with an iCalendar invitation (METHOD:REQUEST) and a cancellation
-(METHOD:CANCEL), to the visitor and to the owner.
+(METHOD:CANCEL), to the visitor and to the owner; and, for pages that ask for it, the visitor's
+verification mail (a signed link, no invitation).
+
+Messages are built with the standard library's `email.message.EmailMessage` (policy SMTP: CRLF line
+ends, RFC 2047 headers, no header can hold a line break) and invitations with the `icalendar`
+library (RFC 5545 escaping and folding): no hand-written MIME or iCalendar text. Subject lines hold
+fixed words and the booking's time only, never text an owner or a visitor chose (a page title in the
+subject of a mail to any address a visitor types is what a spammer wants); the page title appears
+in the plain-text body only.
 
 Sent over SMTP when ``CALMESH_SMTP_HOST`` is set; otherwise written as ``.eml`` files to the mail
 folder (``CALMESH_MAIL_DIR``, default ``$CALMESH_DATA_DIR/mail``) for a developer to open. File
-names and Message-IDs derive from the event that caused the mail, so a retried delivery rewrites
-the same file rather than adding one.
+names, Message-IDs and MIME boundaries derive from the event that caused the mail, so a retried
+delivery rewrites the same file rather than adding one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import os
-import quopri
 import smtplib
 import ssl
 import tempfile
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from email.header import Header
-from email.utils import format_datetime, formataddr, parseaddr
+from email import policy
+from email.errors import HeaderDefect, MessageError
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, parseaddr
 from pathlib import Path
+from typing import Any
 
+import icalendar
+
+from calmesh_common.ids import booking_uid
 from calmesh_common.settings import Settings
 
 from .domain import Booking, RuleError, zone
@@ -30,13 +43,20 @@ from .domain import Booking, RuleError, zone
 PRODID = "-//CalMesh//Booking//EN"
 
 
+class UndeliverableAddress(ValueError):
+    """An address the message cannot carry with policy SMTP (say, a non-ASCII local part)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Mail:
-    """One message: `stem` names its file in the mail folder (stable across retries)."""
+    """One message: `stem` names its file in the mail folder (stable across retries). `visitor`:
+    it goes to an address a visitor typed (what the mail limits count)."""
 
     stem: str
     to: str
     data: bytes
+    visitor: bool = False
+    kind: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,148 +66,109 @@ class Person:
     timezone: str
 
 
-def _ics_text(value: str) -> str:
-    """RFC 5545 TEXT escaping."""
-    return (value.replace("\\", "\\\\").replace(";", "\\;").replace(",", "\\,")
-            .replace("\r\n", "\\n").replace("\n", "\\n"))
-
-
-def _ics_param(value: str) -> str:
-    """A parameter value (CN=…): quoted, without the characters a quoted value cannot hold."""
-    return '"' + value.replace('"', "'").replace("\r", " ").replace("\n", " ") + '"'
-
-
-def _fold(line: str) -> str:
-    """Fold a content line at 75 octets, never inside a UTF-8 sequence."""
-    data = line.encode("utf-8")
-    if len(data) <= 75:
-        return line
-    parts, chunk, size = [], [], 0
-    limit = 75
-    for ch in line:
-        n = len(ch.encode("utf-8"))
-        if size + n > limit:
-            parts.append("".join(chunk))
-            chunk, size, limit = [], 0, 74  # continuation lines start with a space
-        chunk.append(ch)
-        size += n
-    parts.append("".join(chunk))
-    return "\r\n ".join(parts)
-
-
-def _ics_time(dt: datetime) -> str:
-    return dt.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
-
-
-def invitation_ics(booking: Booking, organizer: Person, method: str, *, now: datetime) -> bytes:
-    """The booking as an iCalendar object: REQUEST when confirmed, CANCEL when cancelled.
-
-    Written by hand (a dozen lines of RFC 5545): this runs for every booking and cancellation, and a
-    general-purpose iCalendar library costs milliseconds each time. Tests read it back with
-    `icalendar`."""
-    description = f"Booked by {booking.name} <{booking.email}>."
-    if booking.notes:
-        description += f"\n\nNotes: {booking.notes}"
-    visitor = Person(booking.name, booking.email, booking.timezone)
-    lines = [
-        "BEGIN:VCALENDAR",
-        f"PRODID:{PRODID}",
-        "VERSION:2.0",
-        f"METHOD:{method}",
-        "BEGIN:VEVENT",
-        f"UID:{booking.id}@calmesh",
-        f"DTSTAMP:{_ics_time(now)}",
-        f"DTSTART:{_ics_time(booking.start)}",
-        f"DTEND:{_ics_time(booking.end)}",
-        f"SUMMARY:{_ics_text(f'{booking.title} with {booking.name}')}",
-        f"DESCRIPTION:{_ics_text(description)}",
-        f"SEQUENCE:{booking.sequence if method == 'REQUEST' else booking.sequence + 1}",
-        f"STATUS:{'CONFIRMED' if method == 'REQUEST' else 'CANCELLED'}",
-        f"ORGANIZER;CN={_ics_param(organizer.name)}:mailto:{organizer.email}",
-    ]
-    for person in (organizer, visitor):
-        lines.append(f"ATTENDEE;CN={_ics_param(person.name)};ROLE=REQ-PARTICIPANT;PARTSTAT=ACCEPTED:mailto:{person.email}")
-    lines += ["END:VEVENT", "END:VCALENDAR"]
-    return ("\r\n".join(_fold(line) for line in lines) + "\r\n").encode("utf-8")
-
-
-def _when(booking: Booking, tz_name: str) -> str:
-    try:
-        tz = zone(tz_name)
-    except RuleError:
-        tz, tz_name = UTC, "UTC"  # type: ignore[assignment]
-    start, end = booking.start.astimezone(tz), booking.end.astimezone(tz)
-    return f"{start:%A %d %B %Y, %H:%M}–{end:%H:%M} ({tz_name})"
+def _lines(value: str) -> str:
+    """Any line break (CRLF, a bare CR, LF) as LF: what text bodies and iCalendar TEXT carry."""
+    return value.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _one_line(value: str) -> str:
-    """No line breaks in a header: visitors choose their names."""
+    """No line breaks in a header or a parameter: visitors choose their names."""
     return " ".join(value.split())
 
 
-def _header(value: str) -> str:
-    value = _one_line(value)
-    return value if value.isascii() else Header(value, "utf-8").encode()
+def _cal_address(person: Person) -> icalendar.vCalAddress:
+    address = icalendar.vCalAddress(f"mailto:{_one_line(person.email)}")
+    address.params["CN"] = icalendar.vText(_one_line(person.name) or person.email)
+    return address
 
 
-def _address(person: Person) -> str:
-    return formataddr((_one_line(person.name), _one_line(person.email)), charset="utf-8")
+def invitation_ics(booking: Booking, organizer: Person, method: str, *, now: datetime) -> bytes:
+    """The booking as an iCalendar object: REQUEST when confirmed, CANCEL when cancelled. Its UID is
+    the provider event's (`booking_uid`), so a calendar that holds both sees one event; SEQUENCE is
+    the booking's reschedule count (one more for a cancellation)."""
+    description = f"Booked by {booking.name} <{booking.email}>."
+    if booking.notes:
+        description += f"\n\nNotes: {_lines(booking.notes)}"
+    cal = icalendar.Calendar()
+    cal.add("prodid", PRODID)
+    cal.add("version", "2.0")
+    cal.add("method", method)
+    event = icalendar.Event()
+    event.add("uid", booking_uid(booking.id))
+    event.add("dtstamp", now.astimezone(UTC))
+    event.add("dtstart", booking.start.astimezone(UTC))
+    event.add("dtend", booking.end.astimezone(UTC))
+    event.add("summary", _lines(f"{booking.title} with {booking.name}"))
+    event.add("description", description)
+    event.add("sequence", booking.sequence if method == "REQUEST" else booking.sequence + 1)
+    event.add("status", "CONFIRMED" if method == "REQUEST" else "CANCELLED")
+    event.add("organizer", _cal_address(organizer), encode=False)
+    for person in (organizer, Person(booking.name, booking.email, booking.timezone)):
+        attendee = _cal_address(person)
+        attendee.params["ROLE"] = "REQ-PARTICIPANT"
+        attendee.params["PARTSTAT"] = "ACCEPTED"
+        event.add("attendee", attendee, encode=False)
+    cal.add_component(event)
+    return cal.to_ical()
 
 
-def _qp(text: str) -> str:
-    """Quoted-printable with CRLF line ends: the text stays readable in a saved .eml file."""
-    return quopri.encodestring(text.replace("\r\n", "\n").encode("utf-8")).decode("ascii").replace("\n", "\r\n")
+def _zone(tz_name: str) -> tuple[Any, str]:
+    try:
+        return zone(tz_name), tz_name
+    except RuleError:
+        return UTC, "UTC"
 
 
-def _b64(data: bytes) -> str:
-    raw = base64.b64encode(data).decode("ascii")
-    return "\r\n".join(raw[i:i + 76] for i in range(0, len(raw), 76))
+def _when(booking: Booking, tz_name: str) -> str:
+    """The booking's time in `tz_name`: "Monday 07 December 2026, 09:00–09:30 (Europe/Amsterdam)"."""
+    tz, label = _zone(tz_name)
+    start, end = booking.start.astimezone(tz), booking.end.astimezone(tz)
+    return f"{start:%A %d %B %Y, %H:%M}–{end:%H:%M} ({label})"
+
+
+def _at(instant: datetime, tz_name: str) -> str:
+    tz, label = _zone(tz_name)
+    return f"{instant.astimezone(tz):%A %d %B %Y, %H:%M} ({label})"
+
+
+def _address(person: Person) -> Address:
+    try:
+        return Address(display_name=_one_line(person.name), addr_spec=_one_line(person.email))
+    except (HeaderDefect, MessageError, ValueError, IndexError) as exc:
+        raise UndeliverableAddress(f"cannot address a mail to {person.email!r}: {exc}") from None
 
 
 def _message(
-    *, sender: str, to: Person, subject: str, text: str, ics: bytes, method: str, message_id: str, now: datetime
+    *, sender: str, to: Person, subject: str, text: str, ics: bytes | None, method: str, message_id: str,
+    now: datetime,
 ) -> bytes:
-    """The mail as RFC 5322 bytes: multipart/mixed [multipart/alternative [text/plain,
-    text/calendar; method=…], the .ics as an attachment].
+    """The mail as RFC 5322 bytes. With an invitation: multipart/mixed [multipart/alternative
+    [text/plain, text/calendar; method=…], the .ics as an attachment]; without: text/plain."""
+    msg = EmailMessage(policy=policy.SMTP)
+    msg["From"] = _one_line(sender)
+    msg["To"] = _address(to)
+    msg["Subject"] = _one_line(subject)
+    msg["Date"] = format_datetime(now.astimezone(UTC))
+    msg["Message-ID"] = message_id
+    msg.set_content(_lines(text), cte="quoted-printable")
+    if ics is not None:
+        msg.add_alternative(ics.decode("utf-8"), subtype="calendar", params={"method": method},
+                            cte="quoted-printable")
+        filename = "invite.ics" if method == "REQUEST" else "cancel.ics"
+        msg.add_attachment(ics, maintype="application", subtype="ics", filename=filename)
+        # Boundaries from the Message-ID: a retried delivery writes the same bytes.
+        token = hashlib.sha256(message_id.encode()).hexdigest()[:24]
+        msg.set_boundary(f"calmesh-mixed-{token}")
+        alternative = msg.get_payload()[0]
+        assert isinstance(alternative, EmailMessage)
+        alternative.set_boundary(f"calmesh-alt-{token}")
+    return msg.as_bytes()
 
-    Assembled directly: the standard library's email generator costs several milliseconds a
-    message, too much for a consumer that may mail hundreds of bookings a second."""
-    token = hashlib.sha256(message_id.encode()).hexdigest()[:24]
-    outer, inner = f"calmesh-mixed-{token}", f"calmesh-alt-{token}"
-    filename = "invite.ics" if method == "REQUEST" else "cancel.ics"
-    parts = [
-        f"From: {_one_line(sender)}",
-        f"To: {_address(to)}",
-        f"Subject: {_header(subject)}",
-        f"Date: {format_datetime(now.astimezone(UTC))}",
-        f"Message-ID: {message_id}",
-        "MIME-Version: 1.0",
-        f'Content-Type: multipart/mixed; boundary="{outer}"',
-        "",
-        f"--{outer}",
-        f'Content-Type: multipart/alternative; boundary="{inner}"',
-        "",
-        f"--{inner}",
-        'Content-Type: text/plain; charset="utf-8"',
-        "Content-Transfer-Encoding: quoted-printable",
-        "",
-        _qp(text),
-        f"--{inner}",
-        f'Content-Type: text/calendar; charset="utf-8"; method={method}',
-        "Content-Transfer-Encoding: quoted-printable",
-        "",
-        _qp(ics.decode("utf-8")),
-        f"--{inner}--",
-        f"--{outer}",
-        f'Content-Type: application/ics; name="{filename}"',
-        f'Content-Disposition: attachment; filename="{filename}"',
-        "Content-Transfer-Encoding: base64",
-        "",
-        _b64(ics),
-        f"--{outer}--",
-        "",
-    ]
-    return "\r\n".join(parts).encode("ascii")
+
+def _organizer(owner: Person, sender: str) -> Person:
+    if owner.email:
+        return owner
+    return Person(owner.name, parseaddr(sender)[1] or "bookings@calmesh.localhost", owner.timezone)
 
 
 def booking_mails(
@@ -202,66 +183,83 @@ def booking_mails(
 ) -> list[Mail]:
     """The mails for the visitor and the owner: a confirmation or a cancellation; with `previous`
     (the old start and end), an updated invitation for a rescheduled booking (same UID, its
-    SEQUENCE the booking's)."""
+    SEQUENCE the booking's). Subjects name the time only; what was booked is in the body."""
     confirmed = booking.status == "confirmed"
     method = "REQUEST" if confirmed else "CANCEL"
     sender = settings.mail_from
-    organizer = owner if owner.email else Person(owner.name, parseaddr(sender)[1] or "bookings@calmesh.localhost", owner.timezone)
-    ics = invitation_ics(booking, organizer, method, now=now)
+    ics = invitation_ics(booking, _organizer(owner, sender), method, now=now)
     visitor = Person(booking.name, booking.email, booking.timezone)
-    out: list[Mail] = []
-    if confirmed:
-        visitor_text = (
-            f"Hello {booking.name},\n\nYour booking is confirmed: {booking.title} with {owner.name}\n"
-            f"When: {_when(booking, visitor.timezone)}\n"
-        )
+    visitor_when, owner_when = _when(booking, visitor.timezone), _when(booking, owner.timezone)
+    what = f"What: {booking.title}\n"
+    if confirmed and previous is None:
+        visitor_text = (f"Hello {booking.name},\n\nYour booking is confirmed.\n\n{what}With: {owner.name}\n"
+                        f"When: {visitor_when}\n")
         if cancel_url:
             visitor_text += f"\nNeed to cancel? {cancel_url}\n"
-        owner_text = (
-            f"New booking: {booking.title}\nWith: {booking.name} <{booking.email}>\n"
-            f"When: {_when(booking, owner.timezone)}\n"
-        )
+        owner_text = f"New booking.\n\n{what}With: {booking.name} <{booking.email}>\nWhen: {owner_when}\n"
         if booking.notes:
             owner_text += f"\nNotes:\n{booking.notes}\n"
-        visitor_subject = f"Confirmed: {booking.title} with {owner.name}"
-        owner_subject = f"New booking: {booking.title} with {booking.name}"
-        if previous is not None:
-            was = replace(booking, start=previous[0], end=previous[1])
-            visitor_text = (
-                f"Hello {booking.name},\n\nYour booking has moved: {booking.title} with {owner.name}\n"
-                f"When: {_when(booking, visitor.timezone)}\nWas: {_when(was, visitor.timezone)}\n"
-            )
-            owner_text = (
-                f"Booking rescheduled: {booking.title} with {booking.name} <{booking.email}>\n"
-                f"When: {_when(booking, owner.timezone)}\nWas: {_when(was, owner.timezone)}\n"
-            )
-            visitor_subject = f"Rescheduled: {booking.title} with {owner.name}"
-            owner_subject = f"Rescheduled: {booking.title} with {booking.name}"
+        visitor_subject, owner_subject = f"Booking confirmed: {visitor_when}", f"New booking: {owner_when}"
+        kind = "confirmed"
+    elif confirmed:
+        assert previous is not None
+        was = replace(booking, start=previous[0], end=previous[1])
+        visitor_text = (f"Hello {booking.name},\n\nYour booking has moved.\n\n{what}With: {owner.name}\n"
+                        f"When: {visitor_when}\nWas: {_when(was, visitor.timezone)}\n")
+        if cancel_url:
+            visitor_text += f"\nNeed to cancel? {cancel_url}\n"
+        owner_text = (f"Booking rescheduled.\n\n{what}With: {booking.name} <{booking.email}>\n"
+                      f"When: {owner_when}\nWas: {_when(was, owner.timezone)}\n")
+        visitor_subject, owner_subject = f"Booking rescheduled: {visitor_when}", f"Booking rescheduled: {owner_when}"
+        kind = f"rescheduled-{booking.sequence}"
     else:
         reason = f"\nReason: {booking.cancel_reason}\n" if booking.cancel_reason else ""
-        visitor_text = (
-            f"Hello {booking.name},\n\nYour booking has been cancelled: {booking.title} with {owner.name}\n"
-            f"Was: {_when(booking, visitor.timezone)}\n{reason}"
-        )
-        owner_text = (
-            f"Booking cancelled: {booking.title} with {booking.name} <{booking.email}>\n"
-            f"Was: {_when(booking, owner.timezone)}\nCancelled by: {booking.cancelled_by or 'unknown'}\n{reason}"
-        )
-        visitor_subject = f"Cancelled: {booking.title} with {owner.name}"
-        owner_subject = f"Cancelled: {booking.title} with {booking.name}"
-    kind = ("confirmed" if previous is None else f"rescheduled-{booking.sequence}") if confirmed else "cancelled"
-    out.append(Mail(
-        stem=f"{booking.id}-{kind}-visitor", to=visitor.email,
+        visitor_text = (f"Hello {booking.name},\n\nYour booking has been cancelled.\n\n{what}With: {owner.name}\n"
+                        f"Was: {visitor_when}\n{reason}")
+        owner_text = (f"Booking cancelled.\n\n{what}With: {booking.name} <{booking.email}>\n"
+                      f"Was: {owner_when}\nCancelled by: {booking.cancelled_by or 'unknown'}\n{reason}")
+        visitor_subject, owner_subject = f"Booking cancelled: {visitor_when}", f"Booking cancelled: {owner_when}"
+        kind = "cancelled"
+    out = [Mail(
+        stem=f"{booking.id}-{kind}-visitor", to=visitor.email, visitor=True, kind=kind.split("-")[0],
         data=_message(sender=sender, to=visitor, subject=visitor_subject, text=visitor_text, ics=ics, method=method,
                       message_id=f"<{cause_id}.visitor@calmesh>", now=now),
-    ))
+    )]
     if owner.email:
         out.append(Mail(
-            stem=f"{booking.id}-{kind}-owner", to=owner.email,
+            stem=f"{booking.id}-{kind}-owner", to=owner.email, kind=kind.split("-")[0],
             data=_message(sender=sender, to=owner, subject=owner_subject, text=owner_text, ics=ics, method=method,
                           message_id=f"<{cause_id}.owner@calmesh>", now=now),
         ))
     return out
+
+
+def verification_mail(
+    booking: Booking,
+    *,
+    owner_name: str,
+    settings: Settings,
+    verify_url: str,
+    expires_at: datetime,
+    cause_id: str,
+    now: datetime,
+) -> Mail:
+    """The one mail a visitor of a page with `require_email_verification` gets before the booking
+    is confirmed: the signed link that confirms it. No invitation (nothing is booked yet)."""
+    visitor = Person(booking.name, booking.email, booking.timezone)
+    text = (
+        f"Hello {booking.name},\n\n"
+        "Someone, hopefully you, asked to book this time with this address:\n\n"
+        f"What: {booking.title}\nWith: {owner_name}\nWhen: {_when(booking, visitor.timezone)}\n\n"
+        f"To confirm the booking, open this link and press its button before {_at(expires_at, visitor.timezone)}:\n"
+        f"{verify_url}\n\n"
+        "If it was not you, ignore this mail: nothing is booked, and the time is released on its own.\n"
+    )
+    return Mail(
+        stem=f"{booking.id}-verify-visitor", to=visitor.email, visitor=True, kind="verify",
+        data=_message(sender=settings.mail_from, to=visitor, subject=f"Confirm your booking: {_when(booking, visitor.timezone)}",
+                      text=text, ics=None, method="", message_id=f"<{cause_id}.verify@calmesh>", now=now),
+    )
 
 
 class Mailer:
