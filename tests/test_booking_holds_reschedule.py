@@ -287,7 +287,7 @@ async def test_reschedule_moves_the_booking_in_place_with_its_own_link(bk: Booki
                                        policy=email.policy.default)
     ics = next(p.get_payload(decode=True).decode() for p in message.walk() if p.get_content_type() == "text/calendar")
     assert "SEQUENCE:1" in ics and f"UID:{booking['id']}@calmesh" in ics and "METHOD:REQUEST" in ics
-    assert message["Subject"].startswith("Rescheduled:")
+    assert message["Subject"].startswith("Booking rescheduled:")
     # A cancelled booking cannot be rescheduled.
     await bk.client.post(f"/api/v1/bookings/{other['id']}/cancel", headers=ann.headers, json={})
     refused = await bk.client.post(f"/api/v1/bookings/{other['id']}/reschedule", headers=ann.headers,

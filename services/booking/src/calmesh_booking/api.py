@@ -19,9 +19,10 @@ from calmesh_common.problems import FieldError, Problem, problem_handler
 from calmesh_common.service import Caller, caller_from_headers
 
 from . import handlers as h
-from .domain import utc_text
+from .domain import utc_text, verify_cancel_signature
 from .handlers import Answer, BookingContext
-from .pages import EMBED_JS, booking_page_html, cancel_page_html, message_page_html
+from .mail import when_text
+from .pages import EMBED_JS, booking_page_html, cancel_page_html, message_page_html, verify_page_html
 from .store import request_hash
 
 T = TypeVar("T")
@@ -58,6 +59,9 @@ class BookingPageCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     description: Annotated[str, msgspec.Meta(max_length=5000)] = ""
     #: How long a hold of this page keeps its slot (POST /booking-pages/{slug}/holds).
     hold_minutes: Annotated[int, msgspec.Meta(ge=1, le=60)] = 10
+    #: Bookings wait (status pending_verification, slot held) until the visitor opens the signed
+    #: link mailed to the address they gave (POST /bookings/{id}/verify).
+    require_email_verification: bool = False
 
 
 class BookingPageUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -75,6 +79,7 @@ class BookingPageUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     slot_interval_minutes: Annotated[int, msgspec.Meta(ge=5, le=1440)] | msgspec.UnsetType = msgspec.UNSET
     description: Annotated[str, msgspec.Meta(max_length=5000)] | msgspec.UnsetType = msgspec.UNSET
     hold_minutes: Annotated[int, msgspec.Meta(ge=1, le=60)] | msgspec.UnsetType = msgspec.UNSET
+    require_email_verification: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class BookRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -147,6 +152,7 @@ class BookingPage(msgspec.Struct):
     min_notice_minutes: int
     max_days_ahead: int
     hold_minutes: int
+    require_email_verification: bool
     public_url: str
     created_at: str
     updated_at: str
@@ -168,12 +174,16 @@ class Slots(msgspec.Struct):
 
 
 class BookingConfirmation(msgspec.Struct):
+    """`confirmed` with the visitor's signed links; or, on a page with require_email_verification,
+    `pending_verification` with `expires_at` (when the held slot is released unless verified)."""
+
     id: str
-    status: str
+    status: Literal["confirmed", "pending_verification"]
     start: str
     end: str
-    cancel_url: str
-    reschedule_url: str
+    cancel_url: str | msgspec.UnsetType = msgspec.UNSET
+    reschedule_url: str | msgspec.UnsetType = msgspec.UNSET
+    expires_at: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class Hold(msgspec.Struct):
@@ -450,6 +460,54 @@ class BookingController(Controller):
         return json_response(await h.reschedule_booking(ctx, booking_id, caller=optional_caller, sig=sig,  # type: ignore[return-value]
                                                         exp=exp, start_text=body.start))
 
+    @post("/{booking_id:str}/verify", summary="Verify the visitor's address (the signed link of the verification mail)",
+          status_code=200)
+    async def verify(self, request: Request[Any, Any, Any], ctx: BookingContext, booking_id: str,
+                     sig: str | None = None, exp: str | None = None) -> Response[BookingConfirmation]:
+        """Public: `sig` and `exp` of the link mailed to the visitor of a page with
+        require_email_verification. Confirms the booking (the calendar event, the confirmation mails
+        and booking.created follow) and answers as booking does; a second call answers the same.
+        A wrong signature is 403 `invalid_signature`, an expired link 409 `verification_expired`
+        (the held slot is free again). A browser's form post (Accept: text/html) gets a page."""
+        try:
+            doc = await h.verify_booking(ctx, booking_id, sig=sig, exp=exp)
+        except Problem as exc:
+            if not _wants_html(request):
+                raise
+            text = {403: "This verification link is not valid.", 404: "There is no such booking.",
+                    409: exc.body().get("detail", "This booking can no longer be confirmed.")}.get(
+                exc.status, "Something went wrong; try again in a moment.")
+            return _html(message_page_html("Not confirmed", str(text)), exc.status, _VERIFY_HEADERS)  # type: ignore[return-value]
+        if _wants_html(request):
+            return _html(message_page_html("Booking confirmed",  # type: ignore[return-value]
+                                           "Your booking is confirmed. A calendar invitation is on its way."),
+                         200, _VERIFY_HEADERS)
+        return json_response(doc)  # type: ignore[return-value]
+
+    @get("/{booking_id:str}/verify", summary="The page a verification link opens (HTML)", include_in_schema=False)
+    async def verify_page(self, ctx: BookingContext, booking_id: str, sig: str = "", exp: str = "") -> Response[str]:
+        """Asks before confirming: only the page's button (a POST) verifies, never the GET a mail
+        scanner makes."""
+        why = verify_cancel_signature(ctx.link_secret, booking_id, exp, sig, ctx.clock(), "verify")
+        if why is not None and why != "expired":
+            return _html(message_page_html("Link not valid", "This verification link is not valid."), 403,
+                         _VERIFY_HEADERS)
+        async with ctx.pool.acquire() as conn:
+            b = await ctx.store.get_booking(conn, booking_id)
+            user = await ctx.store.get_user(conn, b.user_id) if b else None
+        if b is None or b.verify_until is None:
+            return _html(message_page_html("Not found", "There is no such booking."), 404, _VERIFY_HEADERS)
+        if b.status == "confirmed":
+            return _html(message_page_html("Booking confirmed", "This booking is confirmed already."), 200,
+                         _VERIFY_HEADERS)
+        if why == "expired" or b.status != "pending_verification":
+            return _html(message_page_html("Link expired", "This verification link has expired; book again."), 409,
+                         _VERIFY_HEADERS)
+        owner = (user["name"] or user["handle"] or "your host") if user else "your host"
+        action = f"/api/v1/bookings/{b.id}/verify?exp={exp}&sig={sig}"
+        return _html(verify_page_html(title=b.title, owner_name=owner, when=when_text(b, b.timezone), action=action),
+                     200, _VERIFY_HEADERS)
+
 
 class PollController(Controller):
     exception_handlers = EXCEPTION_HANDLERS
@@ -506,8 +564,25 @@ _PAGE_HEADERS = {
 }
 
 
-def _html(body: str, status: int = 200) -> Response[str]:
-    return Response(body, status_code=status, media_type="text/html; charset=utf-8", headers=_PAGE_HEADERS)
+#: The verification pages: a form and inline CSS, nothing else; never framed.
+_VERIFY_HEADERS = {
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+                               "frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+def _html(body: str, status: int = 200, headers: dict[str, str] | None = None) -> Response[str]:
+    return Response(body, status_code=status, media_type="text/html; charset=utf-8",
+                    headers=headers or _PAGE_HEADERS)
+
+
+def _wants_html(request: Request[Any, Any, Any]) -> bool:
+    """A browser's form post (it accepts HTML first), not an API client."""
+    accept = request.headers.get("accept", "")
+    return accept.startswith("text/html")
 
 
 @get("/embed.js", summary="The embed script", include_in_schema=False)

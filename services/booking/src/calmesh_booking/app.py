@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from litestar import Litestar
+from prometheus_client import Counter
 from litestar.di import Provide
 
 from calmesh_common.logging import get_logger
@@ -23,7 +24,7 @@ from calmesh_common.settings import Settings
 from .api import ROUTES, provide_ctx
 from .busy import ProjectionCache
 from .clients import Calendars, SyncEvents
-from .consumers import ContextRef, calendar_consumer, mail_consumer, users_consumer
+from .consumers import ContextRef, calendar_consumer, mail_consumer, users_consumer, verification_mail_consumer
 from .handlers import BookingContext
 from .mail import Mailer
 from .store import BookingStore
@@ -67,6 +68,7 @@ def create_app(
             clock=clock or (lambda: datetime.now(UTC)),
             enforce_page_limit=enforce_page_limit,
             busy_cache=ProjectionCache(store),
+            count_mail=_mail_counter(deps),
         )
         _ = ctx.link_secret  # fail at start-up, not on the first booking, when no secret is set
         assert deps.nc is not None
@@ -83,6 +85,7 @@ def create_app(
     consumers = [
         *[writer] * CALENDAR_WRITERS,
         mail_consumer(ref, schema, mailer, f"{consumer_prefix}-mail"),
+        verification_mail_consumer(ref, schema, mailer, f"{consumer_prefix}-verify-mail"),
         users_consumer(ref, schema, f"{consumer_prefix}-users"),
         plan_consumer(schema, consumer_name=consumer_prefix),
     ]
@@ -100,16 +103,33 @@ def create_app(
     )
 
 
+def _mail_counter(deps: ServiceDeps) -> Callable[[str, str], None] | None:
+    """``calmesh_booking_mails_total{kind, outcome}``: booking mails sent, and suppressed by the
+    mail limits, in this process's metrics."""
+    if deps.metrics is None:
+        return None
+    counter = Counter("calmesh_booking_mails", "Booking mails, by kind and outcome (sent | suppressed)",
+                      ["kind", "outcome"], registry=deps.metrics.registry)
+
+    def count(kind: str, outcome: str) -> None:
+        counter.labels(kind, outcome).inc()
+
+    return count
+
+
 #: How long an Idempotency-Key's first answer is kept (a retry comes within minutes, not days).
 IDEMPOTENCY_KEY_LIFETIME = timedelta(hours=24)
 
 
 async def forget_old_idempotency_keys(ctx: BookingContext, every: float = 3600.0) -> None:
-    """Hourly, drop the answers kept for Idempotency-Keys older than a day."""
+    """Hourly, drop the answers kept for Idempotency-Keys older than a day, and the mail counts
+    older than the limits look."""
     while True:
         try:
             async with ctx.pool.acquire() as conn:
                 await ctx.store.forget_idempotency_keys(conn, ctx.clock() - IDEMPOTENCY_KEY_LIFETIME)
+                # The mail limits look back a day at most.
+                await ctx.store.forget_mail_sends(conn, ctx.clock() - timedelta(days=2))
         except (asyncpg.PostgresError, OSError) as exc:
             log.warning("idempotency_sweep_failed", error=repr(exc))
         await asyncio.sleep(every)

@@ -4,6 +4,12 @@
   sync (and deletes it when the booking is cancelled), storing sync's event id on the booking.
 - ``booking-mail``: mails the visitor and the owner a confirmation (iCalendar REQUEST) or a
   cancellation (CANCEL).
+- ``booking-verify-mail``: mails the visitor of a page with ``require_email_verification`` the signed
+  link that confirms their booking (booking.verification_requested).
+
+Mails to a visitor's address count against ``CALMESH_MAIL_PER_PAGE_PER_HOUR`` and
+``CALMESH_MAIL_PER_RECIPIENT_PER_DAY``: past either, the mail is suppressed (logged and counted),
+the booking is not touched.
 - ``booking-users``: keeps handle, email, name and timezone of users from the gateway's
   ``user.signed_up`` events (the owner's address for mails, the handle for public pages).
 
@@ -15,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
@@ -26,6 +32,7 @@ from calmesh_common.events.booking import (
     BookingCancelled,
     BookingCreated,
     BookingRescheduled,
+    BookingVerificationRequested,
 )
 from calmesh_common.events.gateway import UserSignedUp
 from calmesh_common.logging import get_logger
@@ -33,8 +40,15 @@ from calmesh_common.streams import stream_name
 
 from .clients import CalendarNotFound, PermanentFailure
 from .domain import Booking
-from .handlers import BookingContext, booking_description, booking_event_title, cancel_page_url, cancel_url
-from .mail import Mailer, Person, booking_mails
+from .handlers import (
+    BookingContext,
+    booking_description,
+    booking_event_title,
+    cancel_page_url,
+    cancel_url,
+    verify_url,
+)
+from .mail import Mail, Mailer, Person, UndeliverableAddress, booking_mails, verification_mail
 
 log = get_logger(__name__)
 
@@ -204,12 +218,90 @@ def mail_consumer(ref: ContextRef, schema: str, mailer: Mailer, name: str = "boo
             owner = Person(owner.name, owner.email, page["timezone"] if page else "UTC")
         if not owner.email:
             log.warning("booking_owner_email_unknown", booking_id=b.id, user_id=b.user_id)
-        for mail in booking_mails(b, owner=owner, settings=ctx.settings, cancel_url=link,
+        try:
+            mails = booking_mails(b, owner=owner, settings=ctx.settings, cancel_url=link,
                                   cause_id=envelope.id, now=envelope.occurred_at or datetime.now(UTC),
-                                  previous=previous):
-            await mailer.send(mail)
+                                  previous=previous)
+        except UndeliverableAddress as exc:
+            log.warning("booking_mail_undeliverable", booking_id=b.id, error=str(exc))
+            return
+        for mail in mails:
+            await send_limited(ctx, conn, mailer, mail, page_id=b.page_id, booking_id=b.id)
 
     return spec, handle
+
+
+def verification_mail_consumer(ref: ContextRef, schema: str, mailer: Mailer,
+                               name: str = "booking-verify-mail") -> tuple[ConsumerSpec, Handler]:
+    """The verification mail of a booking awaiting it (a durable consumer of its own: one subject)."""
+    spec = ConsumerSpec(name=name, stream=stream_name("booking"),
+                        filter_subjects=(subject_for(BookingVerificationRequested.type_name(), "booking"),),
+                        schema=schema, batch=16, ack_wait=60.0, max_deliver=10,
+                        backoff=(2.0, 5.0, 15.0, 60.0, 300.0, 900.0))
+
+    async def handle(conn: asyncpg.Connection, envelope: Envelope) -> None:
+        ctx = await ref.get()
+        event = decode_event(envelope)
+        if not isinstance(event, BookingVerificationRequested):
+            return
+        b = await ctx.store.get_booking(conn, event.booking_id)
+        if b is None:
+            return  # never answered (its hold could not be entered): nothing to verify
+        if b.status != "pending_verification" or b.verify_until is None:
+            return  # verified, expired or cancelled meanwhile: the link would not work
+        user = await ctx.store.get_user(conn, b.user_id)
+        owner_name = (user["name"] or user["handle"] or "your host") if user else "your host"
+        try:
+            mail = verification_mail(b, owner_name=owner_name, settings=ctx.settings, verify_url=verify_url(ctx, b),
+                                     expires_at=b.verify_until, cause_id=envelope.id,
+                                     now=envelope.occurred_at or datetime.now(UTC))
+        except UndeliverableAddress as exc:
+            log.warning("booking_mail_undeliverable", booking_id=b.id, error=str(exc))
+            return
+        await send_limited(ctx, conn, mailer, mail, page_id=b.page_id, booking_id=b.id)
+
+    return spec, handle
+
+
+async def send_limited(ctx: BookingContext, conn: asyncpg.Connection, mailer: Mailer, mail: Mail, *,
+                       page_id: str, booking_id: str) -> bool:
+    """Send `mail`, unless it goes to a visitor's address and the page's hourly or the address's
+    daily count is spent: then it is suppressed (logged, counted) and False. Runs in the consumer's
+    transaction: the count row commits with the event's tracking row, and a failed send rolls both
+    back. A redelivered event finds its mail counted already and sends it again."""
+    if not mail.visitor:
+        await mailer.send(mail)
+        _count(ctx, mail.kind, "sent")
+        return True
+    s = ctx.settings
+    recipient = mail.to.strip().lower()
+    # One page's, then one address's mails at a time (always in this order: no lock cycle).
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1)), pg_advisory_xact_lock(hashtext($2))",
+                       f"calmesh-mail-page:{page_id}", f"calmesh-mail-to:{recipient}")
+    if not await ctx.store.mail_sent(conn, mail.stem):
+        now = ctx.clock()
+        per_page, per_recipient = await ctx.store.mail_counts(
+            conn, page_id=page_id, recipient=recipient, page_since=now - timedelta(hours=1),
+            recipient_since=now - timedelta(days=1))
+        over = None
+        if s.mail_per_page_per_hour and per_page >= s.mail_per_page_per_hour:
+            over = "per_page_per_hour"
+        elif s.mail_per_recipient_per_day and per_recipient >= s.mail_per_recipient_per_day:
+            over = "per_recipient_per_day"
+        if over is not None:
+            log.warning("booking_mail_suppressed", booking_id=booking_id, page_id=page_id, kind=mail.kind, limit=over)
+            _count(ctx, mail.kind, "suppressed")
+            return False
+        await ctx.store.record_mail(conn, mail_id=mail.stem, page_id=page_id, recipient=recipient, kind=mail.kind,
+                                    at=now)
+    await mailer.send(mail)
+    _count(ctx, mail.kind, "sent")
+    return True
+
+
+def _count(ctx: BookingContext, kind: str, outcome: str) -> None:
+    if ctx.count_mail is not None:
+        ctx.count_mail(kind, outcome)
 
 
 def _as_confirmed(b: Booking) -> Booking:

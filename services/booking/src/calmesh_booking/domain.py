@@ -364,7 +364,9 @@ class Booking:
     email: str
     notes: str
     timezone: str
-    status: str  # "pending" (checked, its time not yet in the projection) | "confirmed" | "cancelled"
+    #: "pending" (checked, its time not yet in the projection) | "confirmed" | "cancelled", or on a
+    #: page requiring e-mail verification "pending_verification" (slot held, link mailed) | "expired"
+    status: str
     created_at: datetime
     event_id: str | None = None
     cancelled_at: datetime | None = None
@@ -372,6 +374,8 @@ class Booking:
     cancel_reason: str | None = None
     #: Reschedules so far: the SEQUENCE of its invitation.
     sequence: int = 0
+    #: Made on a page that requires e-mail verification: until when its verification link works.
+    verify_until: datetime | None = None
 
 
 _EMAIL = re.compile(r"^[^@\s<>\"',;]+@[^@\s<>\"',;]+\.[^@\s<>\"',;]+$")

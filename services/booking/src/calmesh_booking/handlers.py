@@ -27,6 +27,7 @@ from calmesh_common.events.booking import (
     BookingPageDeleted,
     BookingPageUpdated,
     BookingRescheduled,
+    BookingVerificationRequested,
     PollCreated,
     PollDecided,
     PollVoted,
@@ -84,6 +85,8 @@ class BookingContext:
     busy_cache: ProjectionCache | None = None
     #: Expires holds (and settles pending bookings); poked when a hold is made.
     hold_timer: HoldTimer = field(default_factory=lambda: HoldTimer())
+    #: Counts booking mails by kind and outcome (sent | suppressed), if metrics are wired.
+    count_mail: Callable[[str, str], None] | None = None
 
     @property
     def busy(self) -> ProjectionCache | BookingStore:
@@ -209,6 +212,7 @@ PAGE_DEFAULTS: dict[str, Any] = {
     "max_days_ahead": 60,
     "slot_interval_minutes": None,
     "hold_minutes": 10,
+    "require_email_verification": False,
 }
 
 
@@ -269,6 +273,7 @@ def page_resource(ctx: BookingContext, page: asyncpg.Record) -> dict[str, Any]:
         "min_notice_minutes": page["min_notice_minutes"],
         "max_days_ahead": page["max_days_ahead"],
         "hold_minutes": page["hold_minutes"],
+        "require_email_verification": page["require_email_verification"],
         "public_url": ctx.public_url(page["handle"], page["slug"]),
         "created_at": utc_text(page["created_at"]),
         "updated_at": utc_text(page["updated_at"]),
@@ -388,7 +393,7 @@ async def update_page(ctx: BookingContext, caller: Caller, slug: str, changes: d
                 current["slot_interval_minutes"] = None
         merged = _normalise_rules({**current, **{k: v for k, v in changes.items() if k in current}})
         columns = {k: merged[k] for k in current if merged[k] != current[k]}
-        for k in ("slug", "calendar_slug", "title", "description", "hold_minutes"):
+        for k in ("slug", "calendar_slug", "title", "description", "hold_minutes", "require_email_verification"):
             if k in changes and changes[k] != row[k]:
                 columns[k] = changes[k]
         if "slug" in columns and await ctx.store.page_by_slug(conn, caller.user_id, columns["slug"]) is not None:
@@ -587,6 +592,10 @@ class BookSlot:
 
 
 SLOT_UNAVAILABLE = Problem(409, "slot_unavailable", "This time is no longer available; pick another slot.")
+VERIFICATION_EXPIRED = Problem(409, "verification_expired",
+                               "This verification link has expired and the time was released; book again.")
+#: Bookings that were never answered as booked (pending), or never verified: nobody's booking.
+UNANSWERED = frozenset({"pending", "pending_verification", "expired"})
 HOLD_EXPIRED = Problem(409, "hold_expired", "The hold on this slot has expired; pick a slot again.")
 
 
@@ -643,8 +652,12 @@ async def confirm_booking(ctx: BookingContext, conn: asyncpg.Connection, booking
             return None
         b = await ctx.store.get_booking(conn, booking_id)
         assert b is not None
-        await ctx.events.append(conn, b.id, 0, [_booking_created(b)], user_id=b.user_id)
-        if row["request_key"] is not None:
+        # A verified booking's stream starts with its booking.verification_requested.
+        verified = row["verify_until"] is not None
+        await ctx.events.append(conn, b.id, None if verified else 0, [_booking_created(b)], user_id=b.user_id)
+        # A verified booking's request was answered "pending_verification", and that answer stays
+        # what its key replays: the cancel links are the mailbox owner's, not the requester's.
+        if row["request_key"] is not None and not verified:
             await ctx.store.store_idempotent_response(conn, row["request_scope"], row["request_key"], 201,
                                                       _json.encode(_confirmation(ctx, b)))
     return b
@@ -655,7 +668,7 @@ async def release_booking(ctx: BookingContext, conn: asyncpg.Connection, booking
     """Forget a pending booking that was never answered (its key with it; its hold active again)."""
     async with conn.transaction():
         row = await ctx.store.release_pending(conn, booking_id)
-        if row is not None and row["request_key"] is not None:
+        if row is not None and row["request_key"] is not None and not row["verified"]:
             await ctx.store.forget_idempotency_key(conn, row["request_scope"], row["request_key"])
         if hold_id is not None:
             await ctx.store.set_hold_status(conn, hold_id, "active", only_from="confirmed")
@@ -717,7 +730,7 @@ async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key
                 conn, user_id=page["user_id"], sources=calendar.source_keys, start=q_lo, end=q_hi)
         scope = f"book:{page['id']}"
 
-        async def reserve(conn: asyncpg.Connection) -> Answer | Booking:
+        async def reserve(conn: asyncpg.Connection) -> Answer | Booking | Unverified:
             await ctx.store.lock_owner_time(conn, page["user_id"], start - rules.buffer_before,
                                             end + rules.buffer_after)
             now = ctx.clock()
@@ -730,24 +743,40 @@ async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key
                     return _refusal(SLOT_UNAVAILABLE)
                 if hold["status"] == "expired" or hold["expires_at"] <= now:
                     return _refusal(HOLD_EXPIRED)
+                if hold["booking_id"] is not None:  # it keeps the slot of a booking awaiting verification
+                    return _refusal(SLOT_UNAVAILABLE)
             spans = await ctx.store.busy_spans(
                 conn, user_id=page["user_id"], sources=calendar.source_keys, calendar_tz=calendar.tz,
                 start=q_lo, end=q_hi, starts_after=starts_after, now=now, excluding=[hold_id] if hold_id else (),
             )
             if not domain.is_offered(rules, start, now, BusyTime(spans=spans)):
                 return _refusal(SLOT_UNAVAILABLE)
+            verify_until = None
+            if page["require_email_verification"]:
+                verify_until = (now + timedelta(seconds=ctx.settings.booking_verification_seconds)).replace(microsecond=0)
             booking = Booking(
                 id=new_id("bk"), page_id=page["id"], page_slug=page["slug"], user_id=page["user_id"],
                 calendar_slug=page["calendar_slug"], title=page["title"], start=start, end=end, name=name,
-                email=email, notes=notes, timezone=visitor_tz.key, status="pending",
-                created_at=now.replace(microsecond=0),
+                email=email, notes=notes, timezone=visitor_tz.key,
+                status="pending" if verify_until is None else "pending_verification",
+                created_at=now.replace(microsecond=0), verify_until=verify_until,
             )
             await ctx.store.insert_booking(conn, booking, request_scope=scope if key else None, request_key=key)
+            if verify_until is not None:
+                # The slot is kept by a hold (busy everywhere at once, freed by the hold timer)
+                # until the visitor verifies; the visitor's own hold, if they booked with one.
+                kept = hold_id or new_id("hold")
+                if hold_id is None:
+                    await ctx.store.insert_hold(conn, {"id": kept, "page_id": page["id"], "user_id": page["user_id"],
+                                                       "start_at": start, "end_at": end, "expires_at": verify_until,
+                                                       "created_at": now})
+                await ctx.store.keep_hold_for(conn, kept, booking.id, verify_until)
+                return Unverified(booking, kept, fresh=hold_id is None)
             if hold_id is not None:
                 await ctx.store.set_hold_status(conn, hold_id, "confirmed", booking_id=booking.id)
             return booking
 
-        async def first_transaction() -> Answer | Booking:
+        async def first_transaction() -> Answer | Booking | Unverified:
             if key is not None and not 1 <= len(key) <= 255:
                 raise Problem(400, "validation_error", "Idempotency-Key must be 1 to 255 characters.")
             async with conn.transaction():
@@ -766,7 +795,7 @@ async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key
                     await ctx.store.store_idempotent_response(conn, scope, key, result.status, result.body)
                 return result
 
-        result: Answer | Booking | None = None
+        result: Answer | Booking | Unverified | None = None
         for attempt in range(3):
             try:
                 result = await first_transaction()
@@ -781,6 +810,8 @@ async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key
             raise Problem(503, "busy", "Too many bookings at once; try again.", headers={"Retry-After": "1"})
         if isinstance(result, Answer):
             return result
+        if isinstance(result, Unverified):
+            return await _await_verification(ctx, conn, calendar, page, result, scope=scope, key=key)
         booking = result
         try:
             await _reserve(ctx, calendar, booking, replaces=[hold_id] if hold_id else None)
@@ -800,6 +831,159 @@ async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key
                 raise unavailable(RuntimeError("the booking was released meanwhile"))
             confirmed = current
         return answer(201, _confirmation(ctx, confirmed))
+
+
+# --- visitor e-mail verification -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Unverified:
+    """A booking stored as pending_verification, and the hold keeping its slot (`fresh`: made for it)."""
+
+    booking: Booking
+    hold_id: str
+    fresh: bool
+
+
+def verify_url(ctx: BookingContext, b: Booking) -> str:
+    """The signed link the verification mail carries: the verify endpoint with `exp` (when the
+    slot's hold ends) and `sig`, an HMAC of its own purpose (no cancel or reschedule link works here)."""
+    assert b.verify_until is not None
+    exp = int(b.verify_until.timestamp())
+    sig = domain.cancel_signature(ctx.link_secret, b.id, exp, "verify")
+    return ctx.public_url("api", "v1", "bookings", b.id, "verify") + f"?exp={exp}&sig={sig}"
+
+
+def _pending_answer(b: Booking) -> dict[str, Any]:
+    assert b.verify_until is not None
+    return {"id": b.id, "status": "pending_verification", "start": utc_text(b.start), "end": utc_text(b.end),
+            "expires_at": utc_text(b.verify_until)}
+
+
+async def _await_verification(ctx: BookingContext, conn: asyncpg.Connection, calendar: CalendarInfo,
+                              page: asyncpg.Record, pending: Unverified, *, scope: str, key: str | None) -> Answer:
+    """Second half of a booking on a page that requires verification: the hold's time enters the
+    projection through sync (busy everywhere before the answer), then booking.verification_requested
+    (the verification mail) is appended with the 201 `pending_verification` answer."""
+    b = pending.booking
+    target = calendar.write_target()
+    try:
+        if pending.fresh and target is not None:
+            await ctx.sync.reserve(pending.hold_id, user_id=b.user_id, connection_id=target.connection_id,
+                                   calendar_id=target.calendar_id, title=f"Held: {page['title']}", start=b.start,
+                                   end=b.end)
+    except (DependencyUnavailable, PermanentFailure) as exc:
+        try:
+            await ctx.sync.release(pending.hold_id, user_id=b.user_id)
+        except (DependencyUnavailable, PermanentFailure):
+            pass  # the hold expires anyway; the timer releases it again
+        async with conn.transaction():
+            row = await ctx.store.forget_unverified(conn, b.id)
+            if pending.fresh:
+                await ctx.store.set_hold_status(conn, pending.hold_id, "released", only_from="active")
+            else:
+                await ctx.store.keep_hold_for(conn, pending.hold_id, None, b.verify_until)  # type: ignore[arg-type]
+            if row is not None and row["request_key"] is not None:
+                await ctx.store.forget_idempotency_key(conn, row["request_scope"], row["request_key"])
+        raise unavailable(exc) from None
+    result = answer(201, _pending_answer(b))
+    async with conn.transaction():
+        assert b.verify_until is not None
+        await ctx.events.append(conn, b.id, 0, [BookingVerificationRequested(
+            booking_id=b.id, page_id=b.page_id, user_id=b.user_id, start=b.start, end=b.end,
+            expires_at=b.verify_until)], user_id=b.user_id)
+        if key is not None:
+            await ctx.store.store_idempotent_response(conn, scope, key, result.status, result.body)
+    ctx.hold_timer.poke()
+    return result
+
+
+async def _drop_unverified(ctx: BookingContext, conn: asyncpg.Connection, b: Booking) -> None:
+    """An unverified booking that can no longer be verified: `expired`, its slot free at once."""
+    hold = await ctx.store.hold_of_booking(conn, b.id)
+    if hold is not None and hold["status"] == "active":
+        try:
+            await ctx.sync.release(hold["id"], user_id=b.user_id)
+        except (DependencyUnavailable, PermanentFailure) as exc:
+            log.warning("hold_release_failed", hold_id=hold["id"], error=str(exc))  # the hold timer retries
+        else:
+            await ctx.store.set_hold_status(conn, hold["id"], "expired", only_from="active")
+    await ctx.store.expire_unverified(conn, b.id)
+
+
+async def verify_booking(ctx: BookingContext, booking_id: str, *, sig: str | None, exp: str | None) -> dict[str, Any]:
+    """The visitor opened the verification link: the held booking is confirmed as any booking is
+    (its time moves from the hold to the booking in the projection, then booking.created: the
+    provider event, the confirmation mails, the webhook). A second call answers the same; a wrong
+    signature is 403; an expired link or hold is 409 `verification_expired` (and the slot is free)."""
+    if sig is None and exp is None:
+        raise Problem(401, "unauthorized", "Use the verification link from the mail.")
+    why = domain.verify_cancel_signature(ctx.link_secret, booking_id, exp or "", sig or "", ctx.clock(), "verify")
+    if why is not None and why != "expired":
+        raise Problem(403, "invalid_signature", "This verification link is not valid.")
+    async with ctx.pool.acquire() as conn:
+        b = await ctx.store.get_booking(conn, booking_id)
+        if b is None or b.verify_until is None:
+            raise not_found("booking")
+        if b.status == "confirmed":
+            return _confirmation(ctx, b)  # a second click on the link
+        if b.status == "cancelled":
+            raise Problem(409, "booking_cancelled", "This booking is cancelled.")
+        if b.status == "pending":
+            raise _in_flight()
+        if b.status == "expired" or why == "expired":
+            await _drop_unverified(ctx, conn, b)
+            raise VERIFICATION_EXPIRED
+        page = await ctx.store.page_by_id(conn, b.page_id)
+        if page is None:
+            await _drop_unverified(ctx, conn, b)
+            raise Problem(409, "slot_unavailable", "The booking's page no longer exists.")
+        rules = ctx.rules(page)
+        calendar = await calendar_of_page(ctx, page)
+        q_lo, q_hi = domain.busy_query_range(rules, b.start, b.start + timedelta(seconds=1))
+        outcome, hold_id = "verified", ""
+        async with conn.transaction():
+            await ctx.store.lock_owner_time(conn, b.user_id, b.start - rules.buffer_before, b.end + rules.buffer_after)
+            current = await ctx.store.get_booking(conn, b.id, lock=True)
+            hold = await ctx.store.hold_of_booking(conn, b.id, lock=True)
+            now = ctx.clock()
+            if current is None or current.status != "pending_verification":
+                outcome = "raced"
+            elif hold is None or hold["status"] != "active" or hold["expires_at"] <= now:
+                outcome = "expired"
+            else:
+                hold_id = hold["id"]
+                spans = await ctx.store.busy_spans(
+                    conn, user_id=b.user_id, sources=calendar.source_keys, calendar_tz=calendar.tz, start=q_lo,
+                    end=q_hi, now=now, excluding=[hold_id],
+                )
+                if not domain.is_offered(rules, b.start, now, BusyTime(spans=spans)):
+                    outcome = "unavailable"
+                else:
+                    await ctx.store.start_verified(conn, b.id)
+                    await ctx.store.set_hold_status(conn, hold_id, "confirmed", only_from="active")
+        if outcome == "raced":
+            return await verify_booking(ctx, booking_id, sig=sig, exp=exp)  # answers what the other one did
+        if outcome != "verified":
+            await _drop_unverified(ctx, conn, b)
+            raise VERIFICATION_EXPIRED if outcome == "expired" else SLOT_UNAVAILABLE
+        try:
+            await _reserve(ctx, calendar, b, replaces=[hold_id])
+        except (DependencyUnavailable, PermanentFailure) as exc:
+            try:
+                await ctx.sync.release(b.id, user_id=b.user_id)
+            except (DependencyUnavailable, PermanentFailure):
+                log.warning("booking_left_pending", booking_id=b.id)  # the reaper settles it
+                raise unavailable(exc) from None
+            await release_booking(ctx, conn, b.id, hold_id)  # waiting for verification again
+            raise unavailable(exc) from None
+        confirmed = await confirm_booking(ctx, conn, b.id)
+        if confirmed is None:
+            confirmed = await ctx.store.get_booking(conn, b.id)
+            if confirmed is None or confirmed.status != "confirmed":
+                raise unavailable(RuntimeError("the booking was settled meanwhile"))
+        log.info("booking_verified", booking_id=b.id)
+        return _confirmation(ctx, confirmed)
 
 
 async def settle_pending_bookings(ctx: BookingContext) -> int:
@@ -829,7 +1013,7 @@ async def get_booking(ctx: BookingContext, caller: Caller, booking_id: str) -> d
     require_scope(caller, READ_SCOPES, "read")
     async with ctx.pool.acquire() as conn:
         b = await ctx.store.get_booking(conn, booking_id)
-    if b is None or b.user_id != caller.user_id or b.status == "pending":
+    if b is None or b.user_id != caller.user_id or b.status in UNANSWERED:
         raise not_found("booking")
     return booking_resource(b, ctx)
 
@@ -899,7 +1083,7 @@ async def cancel_booking(
     async with ctx.pool.acquire() as conn:
         async with conn.transaction():
             b = await ctx.store.get_booking(conn, booking_id, lock=True)
-            if b is None or b.status == "pending" or (by == "owner" and caller is not None and b.user_id != caller.user_id):
+            if b is None or b.status in UNANSWERED or (by == "owner" and caller is not None and b.user_id != caller.user_id):
                 raise not_found("booking")
             if b.status != "cancelled":
                 now = ctx.clock().replace(microsecond=0)
@@ -931,7 +1115,7 @@ async def cancel_link_booking(ctx: BookingContext, booking_id: str, sig: str, ex
         raise Problem(403, "invalid_signature", "This cancel link is expired or not valid.")
     async with ctx.pool.acquire() as conn:
         b = await ctx.store.get_booking(conn, booking_id)
-    if b is None or b.status == "pending":
+    if b is None or b.status in UNANSWERED:
         raise not_found("booking")
     return b
 
@@ -953,7 +1137,7 @@ async def reschedule_booking(
     async with ctx.pool.acquire() as conn:
         async with conn.transaction():
             b = await ctx.store.get_booking(conn, booking_id, lock=True)
-            if b is None or b.status == "pending" or (by == "owner" and caller is not None and b.user_id != caller.user_id):
+            if b is None or b.status in UNANSWERED or (by == "owner" and caller is not None and b.user_id != caller.user_id):
                 raise not_found("booking")
             if b.status == "cancelled":
                 raise Problem(409, "booking_cancelled", "This booking is cancelled; it cannot be rescheduled.")
@@ -1105,6 +1289,8 @@ async def expire_due_holds(ctx: BookingContext) -> int:
                 continue
             if await ctx.store.set_hold_status(conn, hold["id"], "expired", only_from="active"):
                 expired += 1
+            if hold["booking_id"] is not None and await ctx.store.expire_unverified(conn, hold["booking_id"]):
+                log.info("unverified_booking_expired", booking_id=hold["booking_id"])
     return expired
 
 

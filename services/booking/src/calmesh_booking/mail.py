@@ -119,7 +119,7 @@ def _zone(tz_name: str) -> tuple[Any, str]:
         return UTC, "UTC"
 
 
-def _when(booking: Booking, tz_name: str) -> str:
+def when_text(booking: Booking, tz_name: str) -> str:
     """The booking's time in `tz_name`: "Monday 07 December 2026, 09:00–09:30 (Europe/Amsterdam)"."""
     tz, label = _zone(tz_name)
     start, end = booking.start.astimezone(tz), booking.end.astimezone(tz)
@@ -189,7 +189,7 @@ def booking_mails(
     sender = settings.mail_from
     ics = invitation_ics(booking, _organizer(owner, sender), method, now=now)
     visitor = Person(booking.name, booking.email, booking.timezone)
-    visitor_when, owner_when = _when(booking, visitor.timezone), _when(booking, owner.timezone)
+    visitor_when, owner_when = when_text(booking, visitor.timezone), when_text(booking, owner.timezone)
     what = f"What: {booking.title}\n"
     if confirmed and previous is None:
         visitor_text = (f"Hello {booking.name},\n\nYour booking is confirmed.\n\n{what}With: {owner.name}\n"
@@ -205,11 +205,11 @@ def booking_mails(
         assert previous is not None
         was = replace(booking, start=previous[0], end=previous[1])
         visitor_text = (f"Hello {booking.name},\n\nYour booking has moved.\n\n{what}With: {owner.name}\n"
-                        f"When: {visitor_when}\nWas: {_when(was, visitor.timezone)}\n")
+                        f"When: {visitor_when}\nWas: {when_text(was, visitor.timezone)}\n")
         if cancel_url:
             visitor_text += f"\nNeed to cancel? {cancel_url}\n"
         owner_text = (f"Booking rescheduled.\n\n{what}With: {booking.name} <{booking.email}>\n"
-                      f"When: {owner_when}\nWas: {_when(was, owner.timezone)}\n")
+                      f"When: {owner_when}\nWas: {when_text(was, owner.timezone)}\n")
         visitor_subject, owner_subject = f"Booking rescheduled: {visitor_when}", f"Booking rescheduled: {owner_when}"
         kind = f"rescheduled-{booking.sequence}"
     else:
@@ -250,14 +250,14 @@ def verification_mail(
     text = (
         f"Hello {booking.name},\n\n"
         "Someone, hopefully you, asked to book this time with this address:\n\n"
-        f"What: {booking.title}\nWith: {owner_name}\nWhen: {_when(booking, visitor.timezone)}\n\n"
+        f"What: {booking.title}\nWith: {owner_name}\nWhen: {when_text(booking, visitor.timezone)}\n\n"
         f"To confirm the booking, open this link and press its button before {_at(expires_at, visitor.timezone)}:\n"
         f"{verify_url}\n\n"
         "If it was not you, ignore this mail: nothing is booked, and the time is released on its own.\n"
     )
     return Mail(
         stem=f"{booking.id}-verify-visitor", to=visitor.email, visitor=True, kind="verify",
-        data=_message(sender=settings.mail_from, to=visitor, subject=f"Confirm your booking: {_when(booking, visitor.timezone)}",
+        data=_message(sender=settings.mail_from, to=visitor, subject=f"Confirm your booking: {when_text(booking, visitor.timezone)}",
                       text=text, ics=None, method="", message_id=f"<{cause_id}.verify@calmesh>", now=now),
     )
 

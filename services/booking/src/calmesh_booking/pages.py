@@ -479,3 +479,21 @@ EMBED_JS = r"""/* CalMesh embed: <div data-calmesh-handle="you" data-calmesh-slu
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init); else init();
 })();
 """
+
+
+def verify_page_html(*, title: str, owner_name: str, when: str, action: str) -> str:
+    """The page a verification mail links to: it asks before confirming (mail scanners follow links
+    with GET, so only the button's POST confirms). A plain form: no script at all."""
+    esc = html.escape
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Confirm your booking · CalMesh</title><style>{_CSS % {"color": DEFAULT_COLOR}}</style></head>
+<body><main id="main" aria-labelledby="h"><h1 id="h">Confirm your booking</h1>
+<p>{esc(title)} with {esc(owner_name)}</p>
+<p>{esc(when)}</p>
+<form method="post" action="{esc(action)}">
+<div class="actions"><button type="submit" class="primary">Confirm booking</button></div>
+</form>
+<p class="muted">If you did not ask for this booking, close this page: the time is released on its own.</p>
+</main></body></html>
+"""

@@ -25,11 +25,12 @@ _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}(\.[a-z_][a-z0-9_]{0,62})?$")
 PAGE_COLUMNS = (
     "id, user_id, handle, slug, calendar_slug, title, description, duration_minutes, slot_interval_minutes,"
     " timezone, weekly_hours, date_overrides, buffer_before_minutes, buffer_after_minutes,"
-    " min_notice_minutes, max_days_ahead, calendar_snapshot, created_at, updated_at, hold_minutes"
+    " min_notice_minutes, max_days_ahead, calendar_snapshot, created_at, updated_at, hold_minutes,"
+    " require_email_verification"
 )
 BOOKING_COLUMNS = (
     "id, page_id, page_slug, user_id, calendar_slug, title, start_at, end_at, status, name, email, notes,"
-    " timezone, event_id, created_at, cancelled_at, cancelled_by, cancel_reason, sequence"
+    " timezone, event_id, created_at, cancelled_at, cancelled_by, cancel_reason, sequence, verify_until"
 )
 HOLD_COLUMNS = "id, page_id, user_id, start_at, end_at, expires_at, status, booking_id, created_at"
 
@@ -97,6 +98,7 @@ def _booking(row: asyncpg.Record) -> Booking:
         cancelled_by=row["cancelled_by"],
         cancel_reason=row["cancel_reason"],
         sequence=row["sequence"],
+        verify_until=row["verify_until"],
     )
 
 
@@ -175,15 +177,16 @@ class BookingStore:
             f"INSERT INTO {self.schema}.pages (id, user_id, handle, slug, calendar_slug, title, description,"
             " duration_minutes, slot_interval_minutes, timezone, weekly_hours, date_overrides,"
             " buffer_before_minutes, buffer_after_minutes, min_notice_minutes, max_days_ahead, calendar_snapshot,"
-            " hold_minutes)"
+            " hold_minutes, require_email_verification)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12::jsonb, $13, $14, $15, $16, $17::jsonb,"
-            " $18)"
+            " $18, $19)"
             f" ON CONFLICT (user_id, slug) DO NOTHING RETURNING {PAGE_COLUMNS}",
             page["id"], page["user_id"], page["handle"], page["slug"], page["calendar_slug"], page["title"],
             page["description"], page["duration_minutes"], page["slot_interval_minutes"], page["timezone"],
             _json(page["weekly_hours"]), _json(page["date_overrides"]), page["buffer_before_minutes"],
             page["buffer_after_minutes"], page["min_notice_minutes"], page["max_days_ahead"],
             _json(page.get("calendar_snapshot")), page.get("hold_minutes") or 10,
+            bool(page.get("require_email_verification")),
         )
 
     async def update_page(self, conn: asyncpg.Connection, page_id: str, changes: dict[str, Any]) -> asyncpg.Record:
@@ -333,10 +336,10 @@ class BookingStore:
                              request_key: str | None = None) -> None:
         await conn.execute(
             f"INSERT INTO {self.schema}.bookings (id, page_id, page_slug, user_id, calendar_slug, title, start_at,"
-            " end_at, status, name, email, notes, timezone, created_at, request_scope, request_key)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+            " end_at, status, name, email, notes, timezone, created_at, request_scope, request_key, verify_until)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
             b.id, b.page_id, b.page_slug, b.user_id, b.calendar_slug, b.title, b.start, b.end, b.status, b.name,
-            b.email, b.notes, b.timezone, b.created_at, request_scope, request_key,
+            b.email, b.notes, b.timezone, b.created_at, request_scope, request_key, b.verify_until,
         )
 
     async def confirm_pending(self, conn: asyncpg.Connection, booking_id: str) -> asyncpg.Record | None:
@@ -348,12 +351,90 @@ class BookingStore:
         )
 
     async def release_pending(self, conn: asyncpg.Connection, booking_id: str) -> asyncpg.Record | None:
-        """Forget a pending booking whose time never reached the projection (it was never answered)."""
+        """Forget a pending booking whose time never reached the projection (it was never answered).
+        A verified booking (`verify_until` set) goes back to waiting for its verification instead:
+        its visitor was answered, and holds the link."""
+        row = await conn.fetchrow(
+            f"UPDATE {self.schema}.bookings SET status = 'pending_verification'"
+            " WHERE id = $1 AND status = 'pending' AND verify_until IS NOT NULL"
+            " RETURNING id, request_scope, request_key, true AS verified",
+            booking_id,
+        )
+        if row is not None:
+            return row
         return await conn.fetchrow(
             f"DELETE FROM {self.schema}.bookings WHERE id = $1 AND status = 'pending'"
+            " RETURNING id, request_scope, request_key, false AS verified",
+            booking_id,
+        )
+
+    # --- visitor e-mail verification -----------------------------------------------------------
+
+    async def start_verified(self, conn: asyncpg.Connection, booking_id: str) -> bool:
+        """pending_verification -> pending (then confirmed as any booking); False: not waiting."""
+        result = await conn.execute(
+            f"UPDATE {self.schema}.bookings SET status = 'pending' WHERE id = $1 AND status = 'pending_verification'",
+            booking_id,
+        )
+        return result.split()[-1] != "0"
+
+    async def forget_unverified(self, conn: asyncpg.Connection, booking_id: str) -> asyncpg.Record | None:
+        """Drop an unverified booking that was never answered (its hold could not be entered)."""
+        return await conn.fetchrow(
+            f"DELETE FROM {self.schema}.bookings WHERE id = $1 AND status = 'pending_verification'"
             " RETURNING id, request_scope, request_key",
             booking_id,
         )
+
+    async def expire_unverified(self, conn: asyncpg.Connection, booking_id: str) -> bool:
+        result = await conn.execute(
+            f"UPDATE {self.schema}.bookings SET status = 'expired' WHERE id = $1 AND status = 'pending_verification'",
+            booking_id,
+        )
+        return result.split()[-1] != "0"
+
+    async def hold_of_booking(self, conn: asyncpg.Connection, booking_id: str, *,
+                              lock: bool = False) -> asyncpg.Record | None:
+        return await conn.fetchrow(
+            f"SELECT {HOLD_COLUMNS} FROM {self.schema}.holds WHERE booking_id = $1 ORDER BY created_at DESC LIMIT 1"
+            + (" FOR UPDATE" if lock else ""), booking_id,
+        )
+
+    async def keep_hold_for(self, conn: asyncpg.Connection, hold_id: str, booking_id: str | None,
+                            expires_at: datetime) -> None:
+        """An active hold now keeps its slot for an unverified booking, until `expires_at`."""
+        await conn.execute(
+            f"UPDATE {self.schema}.holds SET booking_id = $2, expires_at = $3 WHERE id = $1 AND status = 'active'",
+            hold_id, booking_id, expires_at,
+        )
+
+    # --- mail limits ---------------------------------------------------------------------------
+
+    async def mail_sent(self, conn: asyncpg.Connection, mail_id: str) -> bool:
+        return bool(await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {self.schema}.mail_sends WHERE id = $1)",
+                                        mail_id))
+
+    async def mail_counts(self, conn: asyncpg.Connection, *, page_id: str, recipient: str, page_since: datetime,
+                          recipient_since: datetime) -> tuple[int, int]:
+        """Mails sent to visitors of `page_id` since `page_since`, and to `recipient` since
+        `recipient_since` (any page, any owner)."""
+        row = await conn.fetchrow(
+            f"SELECT (SELECT count(*) FROM {self.schema}.mail_sends WHERE page_id = $1 AND sent_at > $2) AS page,"
+            f" (SELECT count(*) FROM {self.schema}.mail_sends WHERE recipient = $3 AND sent_at > $4) AS recipient",
+            page_id, page_since, recipient, recipient_since,
+        )
+        return int(row["page"]), int(row["recipient"])
+
+    async def record_mail(self, conn: asyncpg.Connection, *, mail_id: str, page_id: str, recipient: str, kind: str,
+                          at: datetime) -> None:
+        await conn.execute(
+            f"INSERT INTO {self.schema}.mail_sends (id, page_id, recipient, kind, sent_at) VALUES ($1, $2, $3, $4, $5)"
+            " ON CONFLICT (id) DO NOTHING",
+            mail_id, page_id, recipient, kind, at,
+        )
+
+    async def forget_mail_sends(self, conn: asyncpg.Connection, older_than: datetime) -> None:
+        await conn.execute(f"DELETE FROM {self.schema}.mail_sends WHERE sent_at < $1", older_than)
 
     async def stale_pending(self, conn: asyncpg.Connection, older_than: datetime, limit: int = 100) -> list[Booking]:
         rows = await conn.fetch(
@@ -439,8 +520,9 @@ class BookingStore:
         after: tuple[datetime, str] | None,
         limit: int,
     ) -> list[Booking]:
-        # A pending booking was never answered yet: it is nobody's booking until confirmed.
-        where, args = ["user_id = $1", "status <> 'pending'"], [user_id]
+        # A pending booking was never answered yet, and an unverified one never verified: neither
+        # is anybody's booking until confirmed.
+        where, args = ["user_id = $1", "status IN ('confirmed', 'cancelled')"], [user_id]
         if status:
             args.append(status)
             where.append(f"status = ${len(args)}")

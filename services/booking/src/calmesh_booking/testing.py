@@ -306,6 +306,12 @@ class BookingHarness:
     hold_seconds_override: int = 0
     #: A booking pending longer than this is the reaper's to settle.
     booking_pending_timeout_seconds: int = 30
+    #: The mail limits (0: off). Off unless a test sets them: the tests of a module share one
+    #: harness and book for the same few addresses, and only the tests of the limits count mails.
+    mail_per_page_per_hour: int = 0
+    mail_per_recipient_per_day: int = 0
+    #: How long an unverified booking holds its slot.
+    booking_verification_seconds: int = 900
 
     def __post_init__(self) -> None:
         self.projection = f"{self.schema}_sync.event_instances"
@@ -342,6 +348,9 @@ class BookingHarness:
             service_urls={"connections": self.neighbours.url, "sync": self.neighbours.url},
             db_pool_max=20, log_level="warning", hold_seconds_override=self.hold_seconds_override,
             booking_pending_timeout_seconds=self.booking_pending_timeout_seconds,
+            mail_per_page_per_hour=self.mail_per_page_per_hour,
+            mail_per_recipient_per_day=self.mail_per_recipient_per_day,
+            booking_verification_seconds=self.booking_verification_seconds,
         )
         self.app = create_app(self.settings, schema=self.schema, projection=self.projection, clock=self.clock)
         self.service = Served(self.app)

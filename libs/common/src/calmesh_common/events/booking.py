@@ -62,6 +62,20 @@ class BookingCreated(Event, tag="booking.created.v1"):
     created_at: datetime | None = None
 
 
+class BookingVerificationRequested(Event, tag="booking.verification_requested.v1"):
+    """A visitor asked to book on a page that requires e-mail verification: the slot is held until
+    `expires_at` and the visitor is mailed a signed link (nothing is booked, written or webhooked
+    until they open it; then booking.created follows). Not a webhook event."""
+
+    context: ClassVar[str] = "booking"
+    booking_id: str
+    page_id: str
+    user_id: str
+    start: datetime
+    end: datetime
+    expires_at: datetime
+
+
 class BookingCancelled(Event, tag="booking.cancelled.v1"):
     """The owner or the visitor cancelled a booking; its time is free again."""
 
