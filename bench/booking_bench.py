@@ -1,7 +1,8 @@
 """Booking benchmark: public slots over 30 days on a page whose calendar holds 15,000 events, and
-booking throughput for distinct slots, both end to end through the gateway.
+booking, hold and reschedule throughput for distinct slots, all end to end through the gateway.
 
-    .venv/bin/python bench/booking_bench.py [--events 15000] [--count 600] [--bookings 1500] [--concurrency 32]
+    .venv/bin/python bench/booking_bench.py [--events 15000] [--count 600] [--bookings 1500] [--holds 500]
+                                            [--reschedules 500] [--concurrency 32]
 
 Starts what it needs itself: embedded PostgreSQL and NATS and every service as a process (the
 devstack `Stack`, with the public rate limit raised for the run), and a Radicale CalDAV server whose
@@ -15,9 +16,15 @@ Then it measures, through the gateway (no credentials, as a visitor's browser wo
   on a keep-alive connection: p50 and p99 latency;
 - ``POST /api/v1/booking-pages/{slug}/book`` for distinct free slots with --concurrency clients:
   bookings a second (every answer must be 201). Each booking is also written to Radicale through
-  sync and mailed, by the booking service's consumers, while the run goes on.
+  sync and mailed, by the booking service's consumers, while the run goes on;
+- ``POST /api/v1/booking-pages/{slug}/holds?handle`` for other distinct free slots, same clients:
+  holds a second (every answer must be 201);
+- ``POST`` of the bookings' own ``reschedule_url`` (the visitor's signed link) to yet other free
+  slots, same clients: reschedules a second (every answer must be 200). Each one also moves the
+  CalDAV event in place and sends the updated invitation, by consumers, while the run goes on.
 
-Targets: slots p50 <= 15 ms and p99 <= 40 ms; >= 200 bookings/s.
+Targets: slots p50 <= 15 ms and p99 <= 40 ms; >= 200 bookings/s. Holds and reschedules per second
+are printed beside bookings per second (same stack, same run), with no target of their own.
 """
 
 from __future__ import annotations
@@ -229,26 +236,50 @@ async def free_slots(gateway: str, handle: str, wanted: int) -> list[str]:
     return out[:wanted]
 
 
-async def booking_throughput(gateway: str, handle: str, starts: list[str], concurrency: int) -> tuple[float, dict[int, int]]:
+async def throughput(gateway: str, requests: list[tuple[str, bytes]], concurrency: int
+                     ) -> tuple[float, dict[int, int], list[bytes]]:
+    """POST each (target, body) once, with `concurrency` keep-alive clients: requests a second, the
+    answers' statuses counted, and the bodies of the successful answers."""
     parts = urlsplit(gateway)
     conns = [await Connection(parts.hostname or "127.0.0.1", parts.port or 80).open() for _ in range(concurrency)]
-    queue = list(reversed(starts))
+    queue = list(reversed(requests))
     statuses: dict[int, int] = {}
-    target = f"/api/v1/booking-pages/{SLUG}/book?handle={handle}"
+    answers: list[bytes] = []
 
-    async def worker(conn: Connection, n: int) -> None:
+    async def worker(conn: Connection) -> None:
         while queue:
-            start = queue.pop()
-            body = json.dumps({"start": start, "name": f"Visitor {n}", "email": f"visitor{n}@example.org"}).encode()
-            status, _ = await conn.request("POST", target, body)
+            target, body = queue.pop()
+            status, data = await conn.request("POST", target, body)
             statuses[status] = statuses.get(status, 0) + 1
+            if status < 300:
+                answers.append(data)
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker(c, i) for i, c in enumerate(conns)))
+    await asyncio.gather(*(worker(c) for c in conns))
     elapsed = time.perf_counter() - t0
     for c in conns:
         await c.close()
-    return len(starts) / elapsed, statuses
+    return len(requests) / elapsed, statuses, answers
+
+
+def book_requests(handle: str, starts: list[str]) -> list[tuple[str, bytes]]:
+    target = f"/api/v1/booking-pages/{SLUG}/book?handle={handle}"
+    return [(target, json.dumps({"start": s, "name": f"Visitor {n}", "email": f"visitor{n}@example.org"}).encode())
+            for n, s in enumerate(starts)]
+
+
+def hold_requests(handle: str, starts: list[str]) -> list[tuple[str, bytes]]:
+    target = f"/api/v1/booking-pages/{SLUG}/holds?handle={handle}"
+    return [(target, json.dumps({"start": s}).encode()) for s in starts]
+
+
+def reschedule_requests(bookings: list[dict], starts: list[str]) -> list[tuple[str, bytes]]:
+    """Each booking moved to its own new slot through its signed reschedule_url (path and query)."""
+    out = []
+    for booking, start in zip(bookings, starts):
+        url = urlsplit(booking["reschedule_url"])
+        out.append((f"{url.path}?{url.query}", json.dumps({"start": start}).encode()))
+    return out
 
 
 def main() -> None:
@@ -256,6 +287,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=15_000)
     parser.add_argument("--count", type=int, default=600, help="slot requests to time")
     parser.add_argument("--bookings", type=int, default=1500)
+    parser.add_argument("--holds", type=int, default=500)
+    parser.add_argument("--reschedules", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=32)
     args = parser.parse_args()
     os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
@@ -288,17 +321,40 @@ def main() -> None:
             p50, p99 = statistics.median(samples), pct(samples, 0.99)
             print(f"slots, 30 days, calendar of {args.events:,} events ({offered} slots offered), "
                   f"{args.count} requests: p50 {p50:.1f} ms, p99 {p99:.1f} ms  (targets 15 / 40 ms)", flush=True)
-            starts = asyncio.run(free_slots(stack.gateway_url, handle, args.bookings))
+            wanted = args.bookings + args.holds + args.reschedules
+            free = asyncio.run(free_slots(stack.gateway_url, handle, wanted))
+            if len(free) < wanted:
+                raise SystemExit(f"only {len(free)} free slots for {wanted} bookings, holds and reschedules")
+            starts = free[:args.bookings]
+            hold_starts = free[args.bookings:args.bookings + args.holds]
+            moves = free[args.bookings + args.holds:]
             before = meter.read()
-            rate, statuses = asyncio.run(booking_throughput(stack.gateway_url, handle, starts, args.concurrency))
+            rate, statuses, answers = asyncio.run(throughput(
+                stack.gateway_url, book_requests(handle, starts), args.concurrency))
             meter.report(before, meter.read(), len(starts), "booking (while the run lasted; writes and mails go on after)")
             print(f"bookings of {len(starts)} distinct slots with {args.concurrency} clients: {rate:.0f} bookings/s, "
                   f"answers {dict(sorted(statuses.items()))}  (target 200/s)", flush=True)
+            before = meter.read()
+            hold_rate, hold_statuses, _ = asyncio.run(throughput(
+                stack.gateway_url, hold_requests(handle, hold_starts), args.concurrency))
+            meter.report(before, meter.read(), len(hold_starts), "hold")
+            print(f"holds of {len(hold_starts)} other distinct slots with {args.concurrency} clients: "
+                  f"{hold_rate:.0f} holds/s, answers {dict(sorted(hold_statuses.items()))}", flush=True)
+            booked = [json.loads(a) for a in answers][:len(moves)]
+            before = meter.read()
+            move_rate, move_statuses, _ = asyncio.run(throughput(
+                stack.gateway_url, reschedule_requests(booked, moves), args.concurrency))
+            meter.report(before, meter.read(), len(booked), "reschedule (while the run lasted; moves and mails go on after)")
+            print(f"reschedules of {len(booked)} bookings to other distinct slots with {args.concurrency} clients: "
+                  f"{move_rate:.0f} reschedules/s, answers {dict(sorted(move_statuses.items()))}", flush=True)
+            print(f"per second, same stack, same run: {rate:.0f} bookings, {hold_rate:.0f} holds, "
+                  f"{move_rate:.0f} reschedules", flush=True)
         finally:
             stack.stop()
             radicale.stop()
         print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
-    ok = p50 <= 15 and p99 <= 40 and rate >= 200 and set(statuses) == {201}
+    ok = (p50 <= 15 and p99 <= 40 and rate >= 200 and set(statuses) == {201} and set(hold_statuses) == {201}
+          and set(move_statuses) == {200})
     sys.exit(0 if ok else 1)
 
 

@@ -9,6 +9,12 @@
 - instances of a recurring event carry ``recurringEventId`` and ``originalStartTime``, their ids
   are ``<series id>_<UTC start>`` and they share the series' ``iCalUID``;
 - ``events.insert``, ``events.delete``, ``events.watch``, ``channels.stop``;
+- ``events.patch`` (``PATCH /calendars/{calendarId}/events/{eventId}``), with Google's patch
+  semantics: the fields given replace the stored ones (objects merge field by field, arrays are
+  replaced whole, ``null`` clears a field), every other field stays; the id and ``iCalUID`` never
+  change; ``etag`` and ``updated`` change on each write, and ``sequence`` goes up by one when the
+  time (``start``/``end``/``recurrence``) moves; an unknown event is 404, a deleted one 410;
+- every write gives a new ``etag``;
 - bearer tokens checked against the fake OAuth server; canned failures (429 with Retry-After, 5xx).
 """
 
@@ -25,13 +31,31 @@ from typing import Any
 from urllib.parse import unquote
 
 import httpx
-from litestar import Litestar, Request, Response, delete, get, post
+from litestar import Litestar, Request, Response, delete, get, patch, post
 
 from .oauth import OAuthFake
 
 
 def _rfc3339(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+#: Fields of an event resource a client cannot change (Google ignores them in a patch body).
+_READ_ONLY_FIELDS = frozenset({"kind", "id", "iCalUID", "etag", "updated", "created", "htmlLink", "sequence",
+                               "recurringEventId", "originalStartTime", "creator", "organizer"})
+
+
+def _merge(stored: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """Patch semantics: objects merge field by field, anything else (arrays too) replaces, null clears."""
+    out = dict(stored)
+    for key, value in changes.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 @dataclass
@@ -69,6 +93,7 @@ class GoogleFake:
     def _touch(self, cal: GCalendar, event: dict[str, Any]) -> None:
         self.sequence += 1
         event["updated"] = _rfc3339(datetime.now(UTC))
+        event["etag"] = f'"{3180000000000000 + self.sequence}"'
         cal.events[event["id"]] = event
         cal.seq[event["id"]] = self.sequence
 
@@ -77,10 +102,24 @@ class GoogleFake:
         event = {
             "kind": "calendar#event", "id": event_id, "status": "confirmed", "summary": summary,
             "start": {"dateTime": _rfc3339(start)}, "end": {"dateTime": _rfc3339(end)},
-            "iCalUID": f"{event_id}@google.com", **extra,
+            "iCalUID": f"{event_id}@google.com", "sequence": 0, **extra,
         }
         self._touch(self.calendars[cal_id], event)
         return event
+
+    def events_of(self, cal_id: str, *, include_cancelled: bool = False) -> list[dict[str, Any]]:
+        """The calendar's events as stored (for assertions)."""
+        return [e for e in self.calendars[cal_id].events.values() if include_cancelled or e["status"] != "cancelled"]
+
+    def patch(self, cal_id: str, event_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """events.patch's semantics on a stored event; returns the event as it is now."""
+        cal = self.calendars[cal_id]
+        before = cal.events[event_id]
+        after = _merge(before, {k: v for k, v in changes.items() if k not in _READ_ONLY_FIELDS})
+        if any(after.get(k) != before.get(k) for k in ("start", "end", "recurrence")):
+            after["sequence"] = int(before.get("sequence") or 0) + 1
+        self._touch(cal, after)
+        return after
 
     def add_all_day(self, cal_id: str, summary: str, day: str, end_day: str) -> dict[str, Any]:
         event = self.add(cal_id, summary, datetime.now(UTC), datetime.now(UTC))
@@ -226,9 +265,30 @@ class GoogleFake:
                 return Response({"error": {"code": 403, "message": "Forbidden", "errors": [{"reason": "forbidden"}]}}, status_code=403)
             body = await request.json()
             event_id = uuid.uuid4().hex[:20]
-            event = {"kind": "calendar#event", "id": event_id, "status": "confirmed", "iCalUID": f"{event_id}@google.com", **body}
+            event = {"kind": "calendar#event", "id": event_id, "status": "confirmed", "iCalUID": f"{event_id}@google.com",
+                     "sequence": 0, **body}
             fake._touch(cal, event)
             return Response(event, status_code=200)
+
+        @patch("/calendars/{calendar_id:str}/events/{event_id:str}")
+        async def patch_event(request: Request[Any, Any, Any], calendar_id: str, event_id: str) -> Response[Any]:
+            if (refused := guard(request)) is not None:
+                return refused
+            cal = fake.calendars.get(unquote(calendar_id))
+            event = cal.events.get(unquote(event_id)) if cal else None
+            if cal is None or event is None:
+                return Response({"error": {"code": 404, "message": "Not Found", "errors": [{"reason": "notFound"}]}},
+                                status_code=404)
+            if cal.access_role not in ("owner", "writer"):
+                return Response({"error": {"code": 403, "message": "Forbidden", "errors": [{"reason": "forbidden"}]}}, status_code=403)
+            if event["status"] == "cancelled":
+                return Response({"error": {"code": 410, "message": "Resource has been deleted",
+                                           "errors": [{"reason": "deleted"}]}}, status_code=410)
+            changes = await request.json()
+            if not isinstance(changes, dict):
+                return Response({"error": {"code": 400, "message": "Bad Request", "errors": [{"reason": "badRequest"}]}},
+                                status_code=400)
+            return Response(fake.patch(cal.id, event["id"], changes), status_code=200)
 
         @delete("/calendars/{calendar_id:str}/events/{event_id:str}", status_code=200)
         async def remove(request: Request[Any, Any, Any], calendar_id: str, event_id: str) -> Response[Any]:
@@ -263,5 +323,5 @@ class GoogleFake:
             fake.channels.pop(body.get("id"), None)
             return Response(b"", status_code=204)
 
-        return Litestar([calendar_list, list_events, insert, remove, watch, stop], debug=False)
+        return Litestar([calendar_list, list_events, insert, patch_event, remove, watch, stop], debug=False)
 

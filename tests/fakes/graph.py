@@ -11,6 +11,12 @@
   a series master's ``iCalUId``;
 - event create/delete; ``/subscriptions`` with the ``validationToken`` handshake and
   ``clientState``; notices sent on demand;
+- event update, ``PATCH /me/events/{id}`` or ``PATCH /me/calendars/{calendarId}/events/{id}``: the
+  properties given replace the stored ones (a complex property such as ``start`` as a whole),
+  the others keep their values; the answer is 200 with the event; ``id`` and ``iCalUId`` stay,
+  ``changeKey`` and ``lastModifiedDateTime`` change on each write; times given in ``UTC`` are
+  stored as Graph answers them (``…T09:00:00.0000000``); an updated occurrence becomes an
+  ``exception``; an unknown id is 404 ``ErrorItemNotFound``;
 - bearer tokens checked against the fake OAuth server; canned failures.
 """
 
@@ -33,6 +39,19 @@ from .oauth import OAuthFake
 
 def _graph_time(value: datetime) -> dict[str, str]:
     return {"dateTime": value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.0000000"), "timeZone": "UTC"}
+
+
+#: Properties of an event a client cannot change.
+_READ_ONLY_FIELDS = frozenset({"id", "iCalUId", "changeKey", "createdDateTime", "lastModifiedDateTime", "type",
+                               "seriesMasterId", "originalStart", "@odata.etag", "@odata.context"})
+
+
+def _stored_time(value: dict[str, Any]) -> dict[str, Any]:
+    """A dateTimeTimeZone as Graph keeps it: a UTC time with seven decimal places."""
+    if value.get("timeZone") != "UTC" or not isinstance(value.get("dateTime"), str):
+        return dict(value)
+    moment = datetime.fromisoformat(value["dateTime"].rstrip("Z")[:26]).replace(tzinfo=UTC)
+    return _graph_time(moment)
 
 
 @dataclass
@@ -69,6 +88,7 @@ class GraphFake:
     def _touch(self, cal: GCal, event: dict[str, Any]) -> None:
         self.sequence += 1
         event["lastModifiedDateTime"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event["changeKey"] = base64.b64encode(secrets.token_bytes(12)).decode()
         cal.events[event["id"]] = event
         cal.seq[event["id"]] = self.sequence
         cal.removed.discard(event["id"])
@@ -103,6 +123,25 @@ class GraphFake:
         if event.get("type") == "occurrence":
             event["type"] = "exception"
         self._touch(cal, event)
+
+    def find(self, event_id: str) -> tuple[GCal, dict[str, Any]] | None:
+        for cal in self.calendars.values():
+            if event_id in cal.events:
+                return cal, cal.events[event_id]
+        return None
+
+    def events_of(self, cal_id: str) -> list[dict[str, Any]]:
+        """The calendar's events as stored (for assertions)."""
+        return list(self.calendars[cal_id].events.values())
+
+    def patch(self, cal_id: str, event_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Graph's update semantics on a stored event; returns the event as it is now."""
+        changes = {k: v for k, v in changes.items() if k not in _READ_ONLY_FIELDS}
+        for key in ("start", "end"):
+            if isinstance(changes.get(key), dict):
+                changes[key] = _stored_time(changes[key])
+        self.update(cal_id, event_id, **changes)
+        return self.calendars[cal_id].events[event_id]
 
     def remove(self, cal_id: str, event_id: str) -> None:
         cal = self.calendars[cal_id]
@@ -238,6 +277,30 @@ class GraphFake:
             event = fake.add(calendar_id, body.get("subject", ""), start, end, **extra)
             return Response(event, status_code=201)
 
+        async def _update(request: Request[Any, Any, Any], event_id: str, calendar_id: str | None) -> Response[Any]:
+            if (refused := guard(request)) is not None:
+                return refused
+            found = fake.find(event_id)
+            if found is None or (calendar_id is not None and found[0].id != calendar_id):
+                return Response({"error": {"code": "ErrorItemNotFound", "message": "The specified object was not found in the store."}},
+                                status_code=404)
+            cal, _ = found
+            if not cal.can_edit:
+                return Response({"error": {"code": "ErrorAccessDenied", "message": "Access is denied."}}, status_code=403)
+            changes = await request.json()
+            if not isinstance(changes, dict):
+                return Response({"error": {"code": "BadRequest", "message": "Empty Payload. JSON content expected."}},
+                                status_code=400)
+            return Response(fake.patch(cal.id, event_id, changes), status_code=200)
+
+        @patch("/me/events/{event_id:str}")
+        async def update_event(request: Request[Any, Any, Any], event_id: str) -> Response[Any]:
+            return await _update(request, event_id, None)
+
+        @patch("/me/calendars/{calendar_id:str}/events/{event_id:str}")
+        async def update_calendar_event(request: Request[Any, Any, Any], calendar_id: str, event_id: str) -> Response[Any]:
+            return await _update(request, event_id, calendar_id)
+
         @delete("/me/events/{event_id:str}", status_code=200)
         async def remove(request: Request[Any, Any, Any], event_id: str) -> Response[Any]:
             if (refused := guard(request)) is not None:
@@ -281,4 +344,5 @@ class GraphFake:
             fake.subscriptions.pop(sub_id, None)
             return Response(b"", status_code=204)
 
-        return Litestar([me, calendars, delta, get_event, create, remove, subscribe, renew, unsubscribe], debug=False)
+        return Litestar([me, calendars, delta, get_event, create, update_event, update_calendar_event, remove, subscribe, renew,
+                        unsubscribe], debug=False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -44,11 +44,16 @@ class ArgumentError(Exception):
 
 
 class Context(Protocol):
-    """What `render` may ask for: the timezone of a calendar (fetched once per executor)."""
+    """What `render` may ask for: the timezone of a calendar (fetched once per executor), and for an
+    incomplete answer the calendar and connection documents that say which source failed and why."""
 
     async def calendar_timezone(self, slug: str) -> str | None: ...
 
     def remember_timezone(self, slug: str, tz: str | None) -> None: ...
+
+    async def calendar(self, slug: str) -> dict[str, Any] | None: ...
+
+    async def connection(self, connection_id: str) -> dict[str, Any] | None: ...
 
 
 Render = Callable[[Context, dict[str, Any], Any], Awaitable[tuple[str, Any]]]
@@ -129,6 +134,81 @@ def _drop_none(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
+# --- freshness ------------------------------------------------------------------------------------
+# api.md, Freshness: an answer over a source whose connection is not active, or never synced, says
+# `complete: false`. A model must not read such an answer as "free", so the text opens with a line
+# that says so and names each source that could not be checked, with its status and last error
+# (looked up only then: the answer carries ids, the calendar and connection documents the words).
+
+
+def _not_known(status: str | None, last_synced_at: str | None) -> bool:
+    return status != "active" or not last_synced_at
+
+
+def _source_words(slug: str, source: Mapping[str, Any] | None, source_id: str | None, connection_id: str | None,
+                  connection: Mapping[str, Any] | None, status: str | None, last_synced_at: str | None) -> str:
+    name = (source or {}).get("name")
+    label = f"'{name}'" if name else f"source {source_id or '?'}"
+    conn = connection or {}
+    kind = f"{conn['provider']} connection" if conn.get("provider") else "connection"
+    facts = [f"status {status or 'unknown'}"]
+    if conn.get("last_error"):
+        facts.append(f"last error: {conn['last_error']}")
+    facts.append(f"last synced {last_synced_at or 'never'}")
+    return f"{label} of calendar {slug} ({kind} {connection_id or '?'}: {'; '.join(facts)})"
+
+
+def _headline(failed: list[str], consequence: str) -> str:
+    if not failed:
+        return ("INCOMPLETE ANSWER: some sources were not synced when this was answered — "
+                f"{consequence.format(its='their')}.")
+    return (f"INCOMPLETE ANSWER: could not check {'; '.join(failed)} — "
+            f"{consequence.format(its='its' if len(failed) == 1 else 'their')}.")
+
+
+FREE_CONSEQUENCE = "do not treat {its} time as free"
+EVENTS_CONSEQUENCE = "{its} events may be missing; do not treat {its} time as free"
+
+
+async def _incomplete(ctx: Context, slug: str, data: Any, consequence: str = FREE_CONSEQUENCE) -> list[str]:
+    """The opening line of a one-calendar answer with `complete: false` (else nothing), naming the
+    sources the answer lists as not known."""
+    if not isinstance(data, dict) or data.get("complete") is not False:
+        return []
+    cal = await ctx.calendar(slug)
+    by_id = {src.get("id"): src for src in (cal or {}).get("sources", []) or []}
+    failed = []
+    for src in data.get("sources") or []:
+        if not _not_known(src.get("status"), src.get("last_synced_at")):
+            continue
+        conn_id = src.get("connection_id")
+        conn = await ctx.connection(conn_id) if conn_id else None
+        failed.append(_source_words(slug, by_id.get(src.get("id")), src.get("id"), conn_id, conn,
+                                    src.get("status"), src.get("last_synced_at")))
+    return [_headline(failed, consequence)]
+
+
+async def _incomplete_calendars(ctx: Context, slugs: list[str], data: Any) -> list[str]:
+    """The opening line of a find-a-time answer with `complete: false`: that answer names no
+    sources, so each calendar's sources are looked up with their connections' state."""
+    if not isinstance(data, dict) or data.get("complete") is not False:
+        return []
+    failed = []
+    for slug in slugs:
+        cal = await ctx.calendar(slug)
+        if cal is None:
+            failed.append(f"calendar {slug} (it could not be looked up)")
+            continue
+        for src in cal.get("sources", []) or []:
+            conn_id = src.get("connection_id")
+            conn = await ctx.connection(conn_id) if conn_id else None
+            status = (conn or {}).get("status")
+            synced = (conn or {}).get("last_synced_at")
+            if conn is None or _not_known(status, synced):
+                failed.append(_source_words(slug, src, src.get("id"), conn_id, conn, status, synced))
+    return [_headline(failed, FREE_CONSEQUENCE)]
+
+
 # --- calendars and events -------------------------------------------------------------------------
 
 
@@ -146,7 +226,8 @@ async def _get_events(ctx: Context, args: dict[str, Any], data: Any) -> tuple[st
     slug = args["calendar_slug"]
     tz = await ctx.calendar_timezone(slug)
     items = _items(data)
-    lines = [f"{len(items)} event(s) in {slug} ({tz}):"]
+    lines = await _incomplete(ctx, slug, data, EVENTS_CONSEQUENCE)
+    lines.append(f"{len(items)} event(s) in {slug} ({tz}):")
     for ev in items:
         flag = "" if ev.get("transparency", "busy") == "busy" else " [free]"
         status = "" if ev.get("status") == "confirmed" else f" [{ev.get('status')}]"
@@ -155,11 +236,95 @@ async def _get_events(ctx: Context, args: dict[str, Any], data: Any) -> tuple[st
     return "\n".join(lines + _more(data)), data
 
 
+def _find_calendars(args: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """The required and the optional calendars of a check_availability call across calendars."""
+    required: list[str] = []
+    for slug in [args.get("calendar_slug"), *(args.get("calendar_slugs") or [])]:
+        if slug and slug not in required:
+            required.append(slug)
+    optional: list[str] = []
+    for slug in args.get("optional_calendar_slugs") or []:
+        if slug not in required and slug not in optional:
+            optional.append(slug)
+    return required, optional
+
+
+def _finds(args: Mapping[str, Any]) -> bool:
+    """check_availability finds a time (POST /availability/find) when given several calendars or a
+    meeting length; with one calendar_slug alone it answers that calendar's busy and free time."""
+    return bool(args.get("calendar_slugs") or args.get("optional_calendar_slugs")
+                or args.get("duration_minutes") is not None)
+
+
+def _day_window(day: str, tz: str) -> tuple[str, str]:
+    """A whole day in `tz` as UTC instants (23 or 25 hours on a DST change)."""
+    zone = _zone(tz)
+    if zone is None:
+        raise ArgumentError("tz", f"{tz!r} is not an IANA timezone (e.g. Europe/Amsterdam)")
+    first = datetime.combine(date.fromisoformat(day), time(0), zone)
+    after = datetime.combine(date.fromisoformat(day) + timedelta(days=1), time(0), zone)
+    return tuple(v.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") for v in (first, after))  # type: ignore[return-value]
+
+
+def _availability_request(args: dict[str, Any]) -> ApiCall:
+    if not _finds(args):
+        if not args.get("calendar_slug"):
+            raise ArgumentError("calendar_slug", "is required (or calendar_slugs, to find a time across calendars)")
+        return ApiCall("GET", ("calendars", args["calendar_slug"], "availability"), {
+            "date": args.get("date"), "start": args.get("start"), "end": args.get("end"), "tz": args.get("tz"),
+            "min_duration": args.get("min_duration"), "explain": args.get("explain") or None})
+    required, optional = _find_calendars(args)
+    if not required:
+        raise ArgumentError("calendar_slugs", "name at least one calendar that must be free (calendar_slug or "
+                                              "calendar_slugs); optional_calendar_slugs only rank the times")
+    if args.get("duration_minutes") is None:
+        raise ArgumentError("duration_minutes", "is required to find a time across calendars")
+    for name in ("min_duration", "explain"):
+        if args.get(name):
+            raise ArgumentError(name, "applies to one calendar_slug only, not to finding a time across calendars")
+    if args.get("start") and args.get("end"):
+        start, end = args["start"], args["end"]
+    elif args.get("date"):
+        if not args.get("tz"):
+            raise ArgumentError("tz", "is required with date when finding a time across calendars (or give start and end)")
+        start, end = _day_window(args["date"], args["tz"])
+    else:
+        raise ArgumentError("start", "give start and end, or date and tz")
+    body = {"calendars": [{"slug": s, "required": True} for s in required]
+            + [{"slug": s, "required": False} for s in optional],
+            "duration_minutes": args["duration_minutes"], "start": start, "end": end}
+    if args.get("tz"):
+        body["tz"] = args["tz"]
+    return ApiCall("POST", ("availability", "find"), json=body)
+
+
+async def _find_a_time(ctx: Context, args: dict[str, Any], data: Any) -> tuple[str, Any]:
+    required, optional = _find_calendars(args)
+    zone = data.get("timezone") or args.get("tz")
+    lines = await _incomplete_calendars(ctx, required + optional, data)
+    slots = data.get("slots", [])
+    who = ", ".join(required)
+    head = f"{len(slots)} time(s) of {args['duration_minutes']} min when {who} {'is' if len(required) == 1 else 'are'} free"
+    if optional:
+        head += f" (optional: {', '.join(optional)})"
+    lines.append(f"{head}, in {zone}:")
+    for slot in slots:
+        line = f"- {span(slot['start'], slot['end'], zone)}  start={slot['start']}"
+        extra = [f"optional free: {', '.join(x for x in slot.get('free', []) if x in optional)}"] if optional else []
+        if slot.get("busy"):
+            extra.append(f"busy: {', '.join(slot['busy'])}")
+        if slot.get("unknown"):
+            extra.append(f"not checked: {', '.join(slot['unknown'])}")
+        lines.append(line + (f" ({'; '.join(extra)})" if extra else ""))
+    return "\n".join(lines), data
+
+
 async def _check_availability(ctx: Context, args: dict[str, Any], data: Any) -> tuple[str, Any]:
+    if _finds(args):
+        return await _find_a_time(ctx, args, data)
     zone = args.get("tz") or data.get("timezone")
-    lines = [f"Availability of {args['calendar_slug']} {span(data.get('start'), data.get('end'), zone)}:"]
-    if data.get("complete") is False:
-        lines.append("Incomplete: some sources are not synced, so no time is reported free.")
+    lines = await _incomplete(ctx, args["calendar_slug"], data)
+    lines.append(f"Availability of {args['calendar_slug']} {span(data.get('start'), data.get('end'), zone)}:")
     lines.append(f"Busy ({len(data.get('busy', []))}):")
     for b in data.get("busy", []):
         lines.append(f"- {span(b['start'], b['end'], zone)}")
@@ -174,7 +339,8 @@ async def _find_conflicts(ctx: Context, args: dict[str, Any], data: Any) -> tupl
     slug = args["calendar_slug"]
     tz = await ctx.calendar_timezone(slug)
     items = _items(data)
-    lines = [f"{len(items)} conflict(s) in {slug}:"]
+    lines = await _incomplete(ctx, slug, data)
+    lines.append(f"{len(items)} conflict(s) in {slug}:")
     for c in items:
         a, b = c["events"][0], c["events"][1]
         lines.append(f"- {a.get('title') or '(no title)'} × {b.get('title') or '(no title)'}: overlap "
@@ -357,21 +523,30 @@ TOOLS: tuple[Tool, ...] = (
     ),
     Tool(
         "calmesh_check_availability", "Check availability",
-        "Check available time: busy and free intervals of a unified calendar for a day or a window; "
-        "explain=true says which events make each busy interval.",
+        "Check available time: busy and free intervals of a unified calendar (calendar_slug) for a day or a "
+        "window; explain=true says which events make each busy interval. To find a meeting time across "
+        "several calendars, give calendar_slugs (all must be free), optionally optional_calendar_slugs "
+        "(ranked by how many are free), and duration_minutes: the answer is the candidate start times. "
+        "An answer that starts with INCOMPLETE ANSWER could not check some source: never present its "
+        "time as free.",
         ANY_SCOPE,
         s.obj({
-            "calendar_slug": s.CALENDAR_SLUG,
+            "calendar_slug": s.slug("Slug of a unified calendar, as calmesh_list_calendars shows it (e.g. work). "
+                                    "Required unless calendar_slugs is given."),
+            "calendar_slugs": s.slugs("Find a time: calendars that must all be free (with calendar_slug, if given)."),
+            "optional_calendar_slugs": s.slugs("Find a time: calendars that should be free if possible; times "
+                                               "come ranked by how many of them are free."),
+            "duration_minutes": s.integer("Find a time: the meeting's length in minutes. Required with calendar_slugs.",
+                                          1, 1440),
             "date": s.day("A whole day (YYYY-MM-DD) read in tz. Or give start and end."),
             "start": s.instant("Window start (RFC 3339), with end, instead of date."),
-            "end": s.instant("Window end (RFC 3339), with start."),
-            "tz": s.timezone("IANA timezone to read date in (e.g. Europe/Amsterdam); default the calendar's."),
-            "min_duration": s.integer("Drop free gaps shorter than this many minutes.", 1, 1440),
-            "explain": s.boolean("List the events behind each busy interval."),
-        }, ("calendar_slug",)),
-        lambda a: ApiCall("GET", ("calendars", a["calendar_slug"], "availability"), {
-            "date": a.get("date"), "start": a.get("start"), "end": a.get("end"), "tz": a.get("tz"),
-            "min_duration": a.get("min_duration"), "explain": a.get("explain") or None}),
+            "end": s.instant("Window end (RFC 3339), with start; to find a time, at most 62 days after start."),
+            "tz": s.timezone("IANA timezone to read date in (e.g. Europe/Amsterdam); default the calendar's "
+                             "(the user's when finding a time, and then required with date)."),
+            "min_duration": s.integer("One calendar: drop free gaps shorter than this many minutes.", 1, 1440),
+            "explain": s.boolean("One calendar: list the events behind each busy interval."),
+        }),
+        _availability_request,
         _check_availability, read_only=True, idempotent=True,
     ),
     Tool(

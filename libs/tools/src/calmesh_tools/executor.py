@@ -179,6 +179,8 @@ class Executor:
     key_scope: str | None = None
     api_url: str = ""
     _timezones: dict[str, str | None] = field(default_factory=dict)
+    _calendars: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    _connections: dict[str, dict[str, Any] | None] = field(default_factory=dict)
 
     async def request(self, method: str, path: Sequence[str], *, params: Mapping[str, Any] | None = None,
                       json: Any = None, headers: Mapping[str, str] | None = None) -> Any:
@@ -211,17 +213,38 @@ class Executor:
 
     # Context for render -------------------------------------------------------------------------
 
-    async def calendar_timezone(self, slug: str) -> str | None:
-        if self._timezones.get(slug) is None:
+    async def calendar(self, slug: str) -> dict[str, Any] | None:
+        """The calendar document (`GET /calendars/{slug}`), once per executor; None if it cannot be read."""
+        if slug not in self._calendars:
             try:
                 cal = await self.request("GET", ("calendars", slug))
-            except ApiProblem:
+            except (ApiProblem, ArgumentError):
                 return None
-            self._timezones[slug] = (cal or {}).get("timezone") or "UTC"
+            self._calendars[slug] = cal if isinstance(cal, dict) else None
+        return self._calendars[slug]
+
+    async def connection(self, connection_id: str) -> dict[str, Any] | None:
+        """The connection document (`GET /connections/{id}`: status, last error), once per executor."""
+        if connection_id not in self._connections:
+            try:
+                conn = await self.request("GET", ("connections", connection_id))
+            except (ApiProblem, ArgumentError):
+                return None
+            self._connections[connection_id] = conn if isinstance(conn, dict) else None
+        return self._connections[connection_id]
+
+    async def calendar_timezone(self, slug: str) -> str | None:
+        if self._timezones.get(slug) is None:
+            cal = await self.calendar(slug)
+            if cal is None:
+                return None
+            self._timezones[slug] = cal.get("timezone") or "UTC"
         return self._timezones[slug]
 
     def remember_timezone(self, slug: str, tz: str | None) -> None:
         self._timezones[slug] = tz
+        if tz is None:
+            self._calendars.pop(slug, None)
 
     # Running tools ------------------------------------------------------------------------------
 

@@ -43,6 +43,12 @@ def slug(description: str) -> dict[str, Any]:
     return {"type": "string", "description": description, "pattern": SLUG_PATTERN}
 
 
+def slugs(description: str, max_items: int = 20) -> dict[str, Any]:
+    """A list of calendar slugs, each checked like one."""
+    return {"type": "array", "description": description, "items": {"type": "string", "pattern": SLUG_PATTERN},
+            "minItems": 1, "maxItems": max_items}
+
+
 def handle(description: str) -> dict[str, Any]:
     return {"type": "string", "description": description, "pattern": HANDLE_PATTERN}
 
