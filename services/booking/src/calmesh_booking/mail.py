@@ -223,6 +223,8 @@ def booking_mails(
         )
         if booking.notes:
             owner_text += f"\nNotes:\n{booking.notes}\n"
+        if booking.answers:
+            owner_text += "\n" + "".join(f"{a.label}: {a.text()}\n" for a in booking.answers)
         visitor_subject = f"Confirmed: {booking.title} with {owner.name}"
         owner_subject = f"New booking: {booking.title} with {booking.name}"
         if previous is not None:
