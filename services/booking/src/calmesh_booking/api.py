@@ -112,7 +112,8 @@ class BookRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     #: question id -> answer, checked against the page's questions (422 naming ``answers.<id>``:
     #: a missing required answer, an unknown id, a wrong type, a value outside a select's options,
     #: a bad email or phone number, text over 1000 or textarea over 5000 characters).
-    answers: dict[str, AnswerValue] = {}
+    answers: Annotated[dict[str, AnswerValue], msgspec.Meta(
+        description="question id -> a string, or a boolean for a checkbox question (null or absent: no answer)")] = {}
 
 
 class HoldRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
