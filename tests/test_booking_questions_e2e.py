@@ -303,3 +303,29 @@ async def test_a_booking_that_confirms_a_hold_answers_the_same_questions(stack: 
 
 async def _async(value: Any) -> Any:
     return value
+
+
+async def test_the_booking_tool_passes_answers_and_names_a_missing_one(stack: Stack, owner: PlatformOwner) -> None:
+    """An agent books through calmesh_create_booking: its answer items become the booking's answers,
+    and a missing required answer comes back as an error naming answers.<id>."""
+    day = future_day(12)
+    s = z(on(day, 9, 30))
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as gw:
+        if (await gw.get("/api/v1/booking-pages/discovery", headers=owner.auth)).status_code == 404:
+            r = await gw.post("/api/v1/booking-pages", headers=owner.auth,
+                              json=page_body("discovery", questions=QUESTIONS))
+            assert r.status_code == 201, r.text
+        args = {"booking_page_slug": "discovery", "handle": owner.handle, "start": s, "name": "Ada Agent",
+                "email": "ada@example.org"}
+        r = await gw.post("/api/v1/tools/calmesh_create_booking/call", headers=owner.book_auth, json={"arguments": {
+            **args, "answers": [{"question_id": "company", "value": "Agents Ltd"}]}})
+        assert r.status_code == 200, r.text
+        assert r.json()["is_error"] is True and "answers.team_size" in r.json()["content"][0]["text"]
+        r = await gw.post("/api/v1/tools/calmesh_create_booking/call", headers=owner.book_auth, json={"arguments": {
+            **args, "answers": [{"question_id": "company", "value": "Agents Ltd"},
+                                {"question_id": "team_size", "value": "1-10"},
+                                {"question_id": "consent", "checked": True}]}})
+        assert r.status_code == 200 and r.json()["is_error"] is False, r.text
+        booking_id = r.json()["structured"]["id"]
+        got = (await gw.get(f"/api/v1/bookings/{booking_id}", headers=owner.auth)).json()
+        assert got["answers"] == {"company": "Agents Ltd", "team_size": "1-10", "consent": True}
