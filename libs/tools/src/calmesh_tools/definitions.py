@@ -130,6 +130,13 @@ def _more(data: Any) -> list[str]:
     return [f"More: call again with cursor={cursor}"] if cursor else []
 
 
+def _answers(items: Any) -> dict[str, Any] | None:
+    """The tool's answer items ({question_id, value | checked}) as the book body's `answers`."""
+    if not items:
+        return None
+    return {i["question_id"]: i["checked"] if "checked" in i else i.get("value") for i in items}
+
+
 def _drop_none(values: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
@@ -574,7 +581,9 @@ TOOLS: tuple[Tool, ...] = (
     ),
     Tool(
         "calmesh_create_booking", "Create booking",
-        "Create a new booking on a booking page for a slot from calmesh_get_slots; the visitor and host get a confirmation email.",
+        "Create a new booking on a booking page for a slot from calmesh_get_slots; the visitor and host get a confirmation "
+        "email. If the page asks questions, give the visitor's answers; a missing or wrong one is refused naming "
+        "answers.<question id>.",
         BOOKING,
         s.obj({
             "booking_page_slug": s.PAGE_SLUG,
@@ -585,10 +594,27 @@ TOOLS: tuple[Tool, ...] = (
                               minLength=3, maxLength=254),
             "notes": s.string("Anything the visitor wants the host to know.", maxLength=5000),
             "timezone": s.timezone("The visitor's IANA timezone, for the confirmation."),
+            "answers": {
+                "type": "array", "maxItems": 20,
+                "description": "The visitor's answers to the page's questions (GET /booking-pages/{slug}?handle lists "
+                               "them): one item per question, `checked` for a checkbox question, `value` otherwise.",
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "question_id": s.string("The question's id (e.g. company).", pattern=r"^[a-z0-9_]{1,40}$"),
+                        "value": s.string("The answer (text, email, phone, or one of a select's options).",
+                                          maxLength=5000),
+                        "checked": {"type": "boolean", "description": "The answer to a checkbox question."},
+                    },
+                    "required": ["question_id"],
+                    "additionalProperties": False,
+                },
+            },
         }, ("booking_page_slug", "handle", "start", "name", "email")),
         lambda a: ApiCall("POST", ("booking-pages", a["booking_page_slug"], "book"), {"handle": a["handle"]},
                           _drop_none({"start": a["start"], "name": a["name"], "email": a["email"],
-                                      "notes": a.get("notes"), "timezone": a.get("timezone")})),
+                                      "notes": a.get("notes"), "timezone": a.get("timezone"),
+                                      "answers": _answers(a.get("answers"))})),
         _create_booking, read_only=False,
     ),
     Tool(

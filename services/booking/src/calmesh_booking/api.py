@@ -42,6 +42,24 @@ class DateOverride(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     hours: Hours = []
 
 
+class QuestionIn(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A field the page asks the visitor for. Its rules (checked by the service, 422 naming the
+    field, e.g. ``questions[2].id``): `id` 1 to 40 of ``[a-z0-9_]``, unique on the page; `label` 1
+    to 200 characters; `options` 1 to 50 strings, for `select` only; at most 20 questions."""
+
+    id: Annotated[str, msgspec.Meta(description="[a-z0-9_]{1,40}, unique on the page; the key of its answer")]
+    label: Annotated[str, msgspec.Meta(description="What the visitor is asked (1 to 200 characters)")]
+    type: Annotated[str, msgspec.Meta(description="text | textarea | email | phone | select | checkbox")]
+    required: bool = False
+    #: The choices of a select question (only there).
+    options: list[str] | None = None
+
+
+#: A string, or a boolean for a checkbox question (null: no answer).
+AnswerValue = Annotated[str | bool | int | float | None,
+                        msgspec.Meta(description="a string, or a boolean for a checkbox question")]
+
+
 class BookingPageCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     slug: Slug
     calendar_slug: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
@@ -62,6 +80,8 @@ class BookingPageCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     #: Bookings wait (status pending_verification, slot held) until the visitor opens the signed
     #: link mailed to the address they gave (POST /bookings/{id}/verify).
     require_email_verification: bool = False
+    #: What the booking form asks besides name, email and notes.
+    questions: list[QuestionIn] = []
 
 
 class BookingPageUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -80,6 +100,8 @@ class BookingPageUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True
     description: Annotated[str, msgspec.Meta(max_length=5000)] | msgspec.UnsetType = msgspec.UNSET
     hold_minutes: Annotated[int, msgspec.Meta(ge=1, le=60)] | msgspec.UnsetType = msgspec.UNSET
     require_email_verification: bool | msgspec.UnsetType = msgspec.UNSET
+    #: Replaces the page's questions (bookings keep the answers and labels they were made with).
+    questions: list[QuestionIn] | msgspec.UnsetType = msgspec.UNSET
 
 
 class BookRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -92,6 +114,11 @@ class BookRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     timezone: str | None = None
     #: The hold this booking confirms (POST /booking-pages/{slug}/holds): only that hold's id works.
     hold_id: str | None = None
+    #: question id -> answer, checked against the page's questions (422 naming ``answers.<id>``:
+    #: a missing required answer, an unknown id, a wrong type, a value outside a select's options,
+    #: a bad email or phone number, text over 1000 or textarea over 5000 characters).
+    answers: Annotated[dict[str, AnswerValue], msgspec.Meta(
+        description="question id -> a string, or a boolean for a checkbox question (null or absent: no answer)")] = {}
 
 
 class HoldRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -153,9 +180,20 @@ class BookingPage(msgspec.Struct):
     max_days_ahead: int
     hold_minutes: int
     require_email_verification: bool
+    questions: list[QuestionIn]
     public_url: str
     created_at: str
     updated_at: str
+
+
+class PublicBookingPage(msgspec.Struct):
+    """What anyone may read of a page (GET with `handle`): enough to show its booking form."""
+
+    title: str
+    description: str
+    duration_minutes: int
+    timezone: str
+    questions: list[QuestionIn]
 
 
 class BookingPageList(msgspec.Struct):
@@ -210,6 +248,8 @@ class Booking(msgspec.Struct):
     cancelled_at: str | None
     cancelled_by: str | None
     cancel_reason: str | None
+    #: question id -> the visitor's answer (a string, or a boolean for a checkbox).
+    answers: dict[str, str | bool]
     cancel_url: str
     reschedule_url: str
 
@@ -366,9 +406,12 @@ class BookingPageController(Controller):
                    cursor: str | None = None) -> Response[BookingPageList]:
         return json_response(await h.list_pages(ctx, caller, limit, cursor))  # type: ignore[return-value]
 
-    @get("/{slug:str}", summary="Get a booking page")
-    async def get_one(self, ctx: BookingContext, caller: Caller, slug: str) -> Response[BookingPage]:
-        return json_response(await h.get_page(ctx, caller, slug))  # type: ignore[return-value]
+    @get("/{slug:str}", summary="Get a booking page (the owner's), or with handle its public part (anyone)")
+    async def get_one(self, ctx: BookingContext, optional_caller: Caller | None, slug: str,
+                      handle: str | None = None) -> Response[BookingPage | PublicBookingPage]:
+        """Without `handle`: the owner's page (read scope). With `handle` (no credentials needed):
+        `{title, description, duration_minutes, timezone, questions}` of that user's page."""
+        return json_response(await h.get_page(ctx, optional_caller, slug, handle))  # type: ignore[return-value]
 
     @patch("/{slug:str}", summary="Update a booking page")
     async def update(self, request: Request[Any, Any, Any], ctx: BookingContext, caller: Caller, slug: str,
@@ -400,7 +443,7 @@ class BookingPageController(Controller):
         raw = await request.body()
         body = decode(raw, BookRequest)
         cmd = h.BookSlot(handle=handle, slug=slug, start=body.start, name=body.name, email=body.email,
-                         notes=body.notes, timezone=body.timezone, hold_id=body.hold_id)
+                         notes=body.notes, timezone=body.timezone, hold_id=body.hold_id, answers=body.answers)
         return respond(await h.book(ctx, cmd, caller_from_headers(request.headers), key=_key(request),  # type: ignore[return-value]
                                     request_hash=request_hash(handle or "", slug, raw)))
 

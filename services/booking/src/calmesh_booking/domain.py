@@ -376,6 +376,8 @@ class Booking:
     sequence: int = 0
     #: Made on a page that requires e-mail verification: until when its verification link works.
     verify_until: datetime | None = None
+    #: The visitor's answers to the page's questions, in the page's order.
+    answers: tuple[AnswerLine, ...] = ()
 
 
 _EMAIL = re.compile(r"^[^@\s<>\"',;]+@[^@\s<>\"',;]+\.[^@\s<>\"',;]+$")
@@ -480,3 +482,171 @@ def best_option(tallies: Sequence[OptionTally]) -> str | None:
         return None
     best = min(tallies, key=lambda t: (-t.yes, -t.maybe, t.calendar_busy, t.start, t.option_id))
     return best.option_id
+
+
+# --- questions and answers ---------------------------------------------------------------------
+
+QUESTION_TYPES: tuple[str, ...] = ("text", "textarea", "email", "phone", "select", "checkbox")
+MAX_QUESTIONS = 20
+MAX_LABEL_CHARS = 200
+MAX_OPTIONS = 50
+MAX_OPTION_CHARS = 200
+#: The longest answer of each kind that takes a string (a select's is its longest option).
+ANSWER_LIMITS: Mapping[str, int] = {"text": 1000, "textarea": 5000, "email": 254, "phone": 40}
+
+_QUESTION_ID = re.compile(r"^[a-z0-9_]{1,40}$")
+_PHONE = re.compile(r"^\+?[0-9 ().\-/]+$")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    """One field a booking page asks the visitor for, besides name, email and notes."""
+
+    id: str
+    label: str
+    type: str
+    required: bool = False
+    #: The choices of a `select` (None for every other type).
+    options: tuple[str, ...] | None = None
+
+    def to_json(self) -> dict[str, object]:
+        doc: dict[str, object] = {"id": self.id, "label": self.label, "type": self.type, "required": self.required}
+        if self.options is not None:
+            doc["options"] = list(self.options)
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerLine:
+    """A visitor's answer to one question, with the label it was asked under (kept on the booking,
+    so the description and mails read the same after the page's questions change)."""
+
+    id: str
+    label: str
+    type: str
+    value: str | bool
+
+    def text(self) -> str:
+        """The value as a person reads it."""
+        if isinstance(self.value, bool):
+            return "Yes" if self.value else "No"
+        return self.value
+
+
+FieldProblems = list[tuple[str, str]]
+
+
+def parse_questions(raw: Sequence[Mapping[str, object]]) -> tuple[tuple[Question, ...], FieldProblems]:
+    """A page's `questions` setting as Questions, and every rule it breaks as (field, message)
+    pairs (``questions[2].id``): ids `[a-z0-9_]{1,40}` and unique, a known type, a label of 1 to
+    200 characters, options (1 to 50 distinct non-empty strings) for `select` and only for it, at
+    most 20 questions."""
+    problems: FieldProblems = []
+    if len(raw) > MAX_QUESTIONS:
+        problems.append(("questions", f"a page asks at most {MAX_QUESTIONS} questions, got {len(raw)}"))
+        return (), problems
+    out: list[Question] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        where = f"questions[{i}]"
+        qid, label, qtype = item.get("id"), item.get("label"), item.get("type")
+        options = item.get("options")
+        if not isinstance(qid, str) or not _QUESTION_ID.match(qid):
+            problems.append((f"{where}.id", "must be 1 to 40 lowercase letters, digits or underscores"))
+        elif qid in seen:
+            problems.append((f"{where}.id", f"{qid!r} is the id of an earlier question"))
+        else:
+            seen.add(qid)
+        label_text = " ".join(label.split()) if isinstance(label, str) else ""
+        if not 1 <= len(label_text) <= MAX_LABEL_CHARS:
+            problems.append((f"{where}.label", f"must be 1 to {MAX_LABEL_CHARS} characters"))
+        if qtype not in QUESTION_TYPES:
+            problems.append((f"{where}.type", f"must be one of {', '.join(QUESTION_TYPES)}"))
+        choices: tuple[str, ...] | None = None
+        if qtype == "select":
+            if not isinstance(options, list | tuple) or not options:
+                problems.append((f"{where}.options", "a select question needs a non-empty list of options"))
+            elif len(options) > MAX_OPTIONS:
+                problems.append((f"{where}.options", f"a select question has at most {MAX_OPTIONS} options"))
+            else:
+                cleaned = [" ".join(o.split()) if isinstance(o, str) else "" for o in options]
+                bad = next((n for n, o in enumerate(cleaned) if not 1 <= len(o) <= MAX_OPTION_CHARS), None)
+                if bad is not None:
+                    problems.append((f"{where}.options[{bad}]", f"must be a string of 1 to {MAX_OPTION_CHARS} characters"))
+                elif len(set(cleaned)) != len(cleaned):
+                    problems.append((f"{where}.options", "holds the same option twice"))
+                else:
+                    choices = tuple(cleaned)
+        elif options is not None and qtype in QUESTION_TYPES:
+            problems.append((f"{where}.options", "only a select question has options"))
+        out.append(Question(id=str(qid), label=label_text, type=str(qtype), required=item.get("required") is True,
+                            options=choices))
+    return (tuple(out) if not problems else ()), problems
+
+
+def questions_of(stored: Sequence[Mapping[str, object]] | None) -> tuple[Question, ...]:
+    """The questions of a stored page (validated when written)."""
+    return tuple(
+        Question(id=str(q["id"]), label=str(q["label"]), type=str(q["type"]), required=bool(q.get("required")),
+                 options=tuple(q["options"]) if q.get("options") is not None else None)  # type: ignore[arg-type]
+        for q in stored or ()
+    )
+
+
+def _phone_ok(value: str) -> bool:
+    if not _PHONE.match(value) or "+" in value[1:]:
+        return False
+    return 5 <= sum(ch.isdigit() for ch in value) <= 15
+
+
+def check_answers(questions: Sequence[Question], answers: Mapping[str, object]) -> tuple[tuple[AnswerLine, ...], FieldProblems]:
+    """The visitor's answers as AnswerLines in the page's order, and what is wrong with them as
+    (``answers.<id>``, message) pairs: a missing required answer (an empty string, or an unchecked
+    required checkbox), an id the page does not ask, a wrong type (a string, or a boolean for a
+    checkbox), a value outside a select's options, a bad email or phone number, or a text over its
+    limit. A null or empty answer to an optional question is no answer."""
+    problems: FieldProblems = []
+    asked = {q.id for q in questions}
+    lines: list[AnswerLine] = []
+    for q in questions:
+        where = f"answers.{q.id}"
+        value = answers.get(q.id)
+        if q.type == "checkbox":
+            if value is None:
+                if q.required:
+                    problems.append((where, "is required"))
+                continue
+            if not isinstance(value, bool):
+                problems.append((where, "must be true or false"))
+                continue
+            if q.required and not value:
+                problems.append((where, "must be checked"))
+                continue
+            lines.append(AnswerLine(q.id, q.label, q.type, value))
+            continue
+        if value is not None and not isinstance(value, str):
+            problems.append((where, "must be a string"))
+            continue
+        text = _CONTROL.sub("", value or "")
+        # One line for everything but a textarea (the description holds one "label: value" line each).
+        text = text.strip() if q.type == "textarea" else " ".join(text.split())
+        if not text:
+            if q.required:
+                problems.append((where, "is required"))
+            continue
+        limit = ANSWER_LIMITS.get(q.type)
+        if limit is not None and len(text) > limit:
+            problems.append((where, f"must be at most {limit} characters"))
+        elif q.type == "email" and not valid_email(text):
+            problems.append((where, "is not an email address"))
+        elif q.type == "phone" and not _phone_ok(text):
+            problems.append((where, "is not a phone number"))
+        elif q.type == "select" and text not in (q.options or ()):
+            problems.append((where, "must be one of the question's options"))
+        else:
+            lines.append(AnswerLine(q.id, q.label, q.type, text))
+    for key in answers:
+        if key not in asked:
+            problems.append((f"answers.{key}", "is not a question of this page"))
+    return tuple(lines), problems

@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -213,6 +213,7 @@ PAGE_DEFAULTS: dict[str, Any] = {
     "slot_interval_minutes": None,
     "hold_minutes": 10,
     "require_email_verification": False,
+    "questions": [],
 }
 
 
@@ -256,6 +257,19 @@ def _normalise_rules(fields: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _problems(found: list[tuple[str, str]]) -> Problem:
+    errors = [FieldError(f, m) for f, m in found]
+    return Problem(422, "validation_error", "; ".join(f"{e.field} {e.message}" for e in errors), errors=errors)
+
+
+def _normalise_questions(raw: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Validate a page's `questions` (422 naming each broken rule's field) in canonical form."""
+    questions, found = domain.parse_questions(raw)
+    if found:
+        raise _problems(found)
+    return [q.to_json() for q in questions]
+
+
 def page_resource(ctx: BookingContext, page: asyncpg.Record) -> dict[str, Any]:
     return {
         "id": page["id"],
@@ -274,6 +288,7 @@ def page_resource(ctx: BookingContext, page: asyncpg.Record) -> dict[str, Any]:
         "max_days_ahead": page["max_days_ahead"],
         "hold_minutes": page["hold_minutes"],
         "require_email_verification": page["require_email_verification"],
+        "questions": parse_json(page["questions"]),
         "public_url": ctx.public_url(page["handle"], page["slug"]),
         "created_at": utc_text(page["created_at"]),
         "updated_at": utc_text(page["updated_at"]),
@@ -307,6 +322,7 @@ async def create_page(
 ) -> Answer:
     require_scope(caller, FULL_SCOPES, "full")
     fields = _normalise_rules({**PAGE_DEFAULTS, **fields})
+    fields["questions"] = _normalise_questions(fields["questions"])
     calendar = await _check_calendar(ctx, caller.user_id, fields["calendar_slug"])
 
     async def work(conn: asyncpg.Connection) -> Answer:
@@ -333,7 +349,27 @@ async def create_page(
     return await idempotent(ctx, scope=f"page:{caller.user_id}", key=key, request_hash=request_hash, work=work)
 
 
-async def get_page(ctx: BookingContext, caller: Caller, slug: str) -> dict[str, Any]:
+def public_page_resource(page: asyncpg.Record) -> dict[str, Any]:
+    """What a visitor may read of a page: enough to show its booking form."""
+    return {
+        "title": page["title"],
+        "description": page["description"],
+        "duration_minutes": page["duration_minutes"],
+        "timezone": page["timezone"],
+        "questions": parse_json(page["questions"]),
+    }
+
+
+async def get_page(ctx: BookingContext, caller: Caller | None, slug: str, handle: str | None = None) -> dict[str, Any]:
+    """The owner's page; with `handle`, anyone's public part of the page named by handle and slug."""
+    if handle is not None:
+        async with ctx.pool.acquire() as conn:
+            row = await ctx.store.public_page(conn, handle.lower(), slug)
+        if row is None:
+            raise not_found("booking page")
+        return public_page_resource(row)
+    if caller is None:
+        raise Problem(401, "unauthorized", "Authentication is required; a visitor names the page with `handle`.")
     require_scope(caller, READ_SCOPES, "read")
     async with ctx.pool.acquire() as conn:
         row = await ctx.store.page_by_slug(conn, caller.user_id, slug)
@@ -377,6 +413,8 @@ async def list_pages(ctx: BookingContext, caller: Caller, limit: int | None, cur
 async def update_page(ctx: BookingContext, caller: Caller, slug: str, changes: dict[str, Any]) -> dict[str, Any]:
     require_scope(caller, FULL_SCOPES, "full")
     calendar: CalendarInfo | None = None
+    if "questions" in changes:
+        changes = {**changes, "questions": _normalise_questions(changes["questions"])}
     if "calendar_slug" in changes:
         calendar = await _check_calendar(ctx, caller.user_id, changes["calendar_slug"])
     async with ctx.pool.acquire() as conn, conn.transaction():
@@ -396,6 +434,8 @@ async def update_page(ctx: BookingContext, caller: Caller, slug: str, changes: d
         for k in ("slug", "calendar_slug", "title", "description", "hold_minutes", "require_email_verification"):
             if k in changes and changes[k] != row[k]:
                 columns[k] = changes[k]
+        if "questions" in changes and changes["questions"] != parse_json(row["questions"]):
+            columns["questions"] = changes["questions"]
         if "slug" in columns and await ctx.store.page_by_slug(conn, caller.user_id, columns["slug"]) is not None:
             raise Problem(409, "slug_taken", f"You have a booking page {columns['slug']!r} already.",
                           errors=[FieldError("slug", "is taken")])
@@ -545,6 +585,7 @@ def booking_resource(b: Booking, ctx: BookingContext | None = None) -> dict[str,
         "cancelled_at": utc_text(b.cancelled_at) if b.cancelled_at else None,
         "cancelled_by": b.cancelled_by,
         "cancel_reason": b.cancel_reason,
+        "answers": {a.id: a.value for a in b.answers},
     }
     if ctx is not None:
         doc["cancel_url"] = cancel_url(ctx, b)
@@ -589,6 +630,8 @@ class BookSlot:
     timezone: str | None = None
     #: The hold this booking confirms (its slot stays taken throughout).
     hold_id: str | None = None
+    #: question id -> a string, or a boolean for a checkbox (checked against the page's questions).
+    answers: Mapping[str, Any] = field(default_factory=dict)
 
 
 SLOT_UNAVAILABLE = Problem(409, "slot_unavailable", "This time is no longer available; pick another slot.")
@@ -609,9 +652,13 @@ def _refusal(problem: Problem) -> Answer:
 
 
 def booking_description(b: Booking) -> str:
+    """The calendar event's description: who booked, their notes, and one "label: value" line per
+    answered question."""
     description = f"Booked by {b.name} <{b.email}> via CalMesh."
     if b.notes:
         description += f"\n\n{b.notes}"
+    if b.answers:
+        description += "\n\n" + "\n".join(f"{a.label}: {a.text()}" for a in b.answers)
     return description
 
 
@@ -628,7 +675,7 @@ def _booking_created(b: Booking) -> BookingCreated:
     return BookingCreated(
         booking_id=b.id, page_id=b.page_id, page_slug=b.page_slug, user_id=b.user_id, calendar_slug=b.calendar_slug,
         title=b.title, start=b.start, end=b.end, name=b.name, email=b.email, notes=b.notes, timezone=b.timezone,
-        created_at=b.created_at,
+        created_at=b.created_at, answers={a.id: a.value for a in b.answers},
     )
 
 
@@ -699,12 +746,6 @@ async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key
         errors.append(FieldError("email", "is not an email address"))
     if len(notes) > 5000:
         errors.append(FieldError("notes", "must be at most 5000 characters"))
-    if errors:
-        raise Problem(422, "validation_error", "; ".join(f"{e.field} {e.message}" for e in errors), errors=errors)
-    if start.second or start.microsecond:
-        if cmd.hold_id:
-            raise _invalid_hold()
-        return _refusal(SLOT_UNAVAILABLE)
     hold_id = cmd.hold_id
     # One pooled connection for the whole request (each release costs a round trip to reset it).
     async with ctx.pool.acquire() as conn:
@@ -716,6 +757,15 @@ async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key
         else:
             page = await _public_page(ctx, conn, cmd.handle, cmd.slug, caller)
             taken = False
+        # The answers are checked against the page's questions (with name and email, in one 422).
+        answers, found = domain.check_answers(domain.questions_of(parse_json(page["questions"])), cmd.answers)
+        errors.extend(FieldError(f, m) for f, m in found)
+        if errors:
+            raise Problem(422, "validation_error", "; ".join(f"{e.field} {e.message}" for e in errors), errors=errors)
+        if start.second or start.microsecond:
+            if hold_id:
+                raise _invalid_hold()
+            return _refusal(SLOT_UNAVAILABLE)
         visitor_tz = _zone_param(cmd.timezone, page["timezone"], "timezone")
         rules = ctx.rules(page)
         end = start + rules.duration
@@ -759,7 +809,7 @@ async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key
                 calendar_slug=page["calendar_slug"], title=page["title"], start=start, end=end, name=name,
                 email=email, notes=notes, timezone=visitor_tz.key,
                 status="pending" if verify_until is None else "pending_verification",
-                created_at=now.replace(microsecond=0), verify_until=verify_until,
+                created_at=now.replace(microsecond=0), verify_until=verify_until, answers=answers,
             )
             await ctx.store.insert_booking(conn, booking, request_scope=scope if key else None, request_key=key)
             if verify_until is not None:

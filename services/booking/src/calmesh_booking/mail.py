@@ -199,6 +199,8 @@ def booking_mails(
         owner_text = f"New booking.\n\n{what}With: {booking.name} <{booking.email}>\nWhen: {owner_when}\n"
         if booking.notes:
             owner_text += f"\nNotes:\n{booking.notes}\n"
+        if booking.answers:
+            owner_text += "\n" + "".join(f"{a.label}: {a.text()}\n" for a in booking.answers)
         visitor_subject, owner_subject = f"Booking confirmed: {visitor_when}", f"New booking: {owner_when}"
         kind = "confirmed"
     elif confirmed:

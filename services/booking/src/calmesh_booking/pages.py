@@ -192,9 +192,12 @@ $("book-form").addEventListener("submit", function(ev){
   fieldError("email", /^[^@\s]+@[^@\s]+\.[^@\s]+$/.test(email) ? "" : "Please enter a valid email address.");
   if (!name) { $("name").focus(); return; }
   if (!/^[^@\s]+@[^@\s]+\.[^@\s]+$/.test(email)) { $("email").focus(); return; }
+  var asked = window.calmeshQuestions ? window.calmeshQuestions.collect() : null;
+  if (asked && asked.invalid) { asked.invalid.focus(); return; }
   state.busy = true; $("book-btn").disabled = true; say("Booking…");
   var body = {start: state.slot.start, name: name, email: email, timezone: state.tz};
   if (notes) body.notes = notes;
+  if (asked) body.answers = asked.answers;
   api("/api/v1/booking-pages/" + encodeURIComponent(cfg.slug) + "/book?handle=" + encodeURIComponent(cfg.handle), {
     method: "POST", headers: {"Content-Type": "application/json", "Idempotency-Key": state.key}, body: JSON.stringify(body)
   }).then(function(res){
@@ -215,6 +218,7 @@ $("book-form").addEventListener("submit", function(ev){
       show("step-form", false); load(state.from);
     } else if (res.status === 422 && res.body && res.body.errors) {
       res.body.errors.forEach(function(e){ if (e.field === "name" || e.field === "email") fieldError(e.field, e.message); });
+      if (window.calmeshQuestions) window.calmeshQuestions.showErrors(res.body.errors);
       say((res.body && res.body.detail) || "Please check the form.", true);
     } else {
       say((res.body && res.body.detail) || "Something went wrong; please try again.", true);
@@ -248,6 +252,9 @@ def booking_page_html(page: dict[str, Any], *, owner_name: str, embed: bool, col
     cfg = {"handle": page["handle"], "slug": page["slug"], "timezone": page["timezone"]}
     title = esc(page["title"])
     description = f'<p class="muted">{esc(page["description"])}</p>' if page.get("description") else ""
+    questions = page.get("questions") or []
+    if isinstance(questions, str | bytes):
+        questions = json.loads(questions)
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -255,7 +262,7 @@ def booking_page_html(page: dict[str, Any], *, owner_name: str, embed: bool, col
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{title} · {esc(owner_name)} · CalMesh</title>
 <meta name="description" content="Book {title} with {esc(owner_name)}">
-<style>{_CSS % {"color": safe_color(color)}}</style>
+<style>{_CSS % {"color": safe_color(color)}}{_QUESTIONS_CSS}</style>
 </head>
 <body class="{'embed' if embed else ''}">
 <a class="skip" href="#main">Skip to booking</a>
@@ -292,6 +299,7 @@ def booking_page_html(page: dict[str, Any], *, owner_name: str, embed: bool, col
 <label for="email">Email</label>
 <input id="email" name="email" type="email" autocomplete="email" required aria-describedby="email-error">
 <p id="email-error" class="field-error" hidden></p>
+{questions_html(questions)}
 <label for="notes">Notes <span class="muted">(optional)</span></label>
 <textarea id="notes" name="notes" maxlength="5000"></textarea>
 <div class="actions">
@@ -309,9 +317,98 @@ def booking_page_html(page: dict[str, Any], *, owner_name: str, embed: bool, col
 <div id="status" role="status" aria-live="polite" aria-atomic="true"></div>
 </main>
 <script id="calmesh-config" type="application/json">{_script_json(cfg)}</script>
+{f"<script>{_QUESTIONS_JS}</script>" if questions else ""}
 <script>{_PAGE_JS}</script>
 </body>
 </html>
+"""
+
+
+# --- questions: the page's own fields, between the visitor's email and notes -------------------------
+
+_QUESTIONS_CSS = """
+.check{display:flex;gap:.6rem;align-items:flex-start;margin:.75rem 0 .25rem}
+.check input{width:auto;min-width:1.25rem;min-height:1.25rem;margin:.2rem 0 0;accent-color:var(--accent)}
+.check label{margin:0}
+"""
+
+_INPUT_TYPES = {"text": "text", "email": "email", "phone": "tel"}
+_AUTOCOMPLETE = {"email": "email", "phone": "tel"}
+_MAXLENGTH = {"text": 1000, "textarea": 5000, "email": 254, "phone": 40}
+
+
+def questions_html(questions: list[dict[str, Any]]) -> str:
+    """The page's questions as labelled form fields: each with `for`/`id`, `required` when it is,
+    a select's options, a checkbox beside its label, and a place for its error (filled from a 422's
+    ``answers.<id>``). The element ids are ``q-<question id>``."""
+    esc = html.escape
+    out = []
+    for q in questions:
+        qid, qtype, required = str(q["id"]), str(q["type"]), bool(q.get("required"))
+        fid = f"q-{qid}"
+        common = (f'id="{esc(fid)}" name="{esc(qid)}"{" required" if required else ""}'
+                  f' aria-describedby="{esc(fid)}-error" data-question="{esc(qid)}" data-type="{esc(qtype)}"')
+        hint = "" if required else ' <span class="muted">(optional)</span>'
+        label = f'<label for="{esc(fid)}">{esc(str(q["label"]))}{hint}</label>'
+        if qtype == "checkbox":
+            field = f'<div class="check"><input type="checkbox" {common}>{label}</div>'
+        elif qtype == "select":
+            options = "".join(f'<option value="{esc(o)}">{esc(o)}</option>' for o in q.get("options") or [])
+            field = f'{label}\n<select {common}><option value="">Choose…</option>{options}</select>'
+        elif qtype == "textarea":
+            field = f'{label}\n<textarea {common} maxlength="{_MAXLENGTH["textarea"]}"></textarea>'
+        else:
+            auto = f' autocomplete="{_AUTOCOMPLETE[qtype]}"' if qtype in _AUTOCOMPLETE else ""
+            field = (f'{label}\n<input type="{_INPUT_TYPES.get(qtype, "text")}" {common}'
+                     f' maxlength="{_MAXLENGTH.get(qtype, 1000)}"{auto}>')
+        out.append(f'{field}\n<p id="{esc(fid)}-error" class="field-error" hidden></p>')
+    return f'<div id="questions">\n{chr(10).join(out)}\n</div>' if out else ""
+
+
+#: Reads the question fields into `answers` (a checkbox as a boolean, an empty optional field left
+#: out), checks what the browser can (required, email), and shows a 422's ``answers.<id>`` errors
+#: beside their fields. The booking form's script calls it through `window.calmeshQuestions`.
+_QUESTIONS_JS = r"""
+(function(){
+"use strict";
+var fields = Array.prototype.slice.call(document.querySelectorAll("[data-question]"));
+function mark(el, text){
+  var err = document.getElementById(el.id + "-error");
+  if (err) { err.textContent = text || ""; err.hidden = !text; }
+  el.setAttribute("aria-invalid", text ? "true" : "false");
+}
+function collect(){
+  var answers = {}, invalid = null;
+  fields.forEach(function(el){
+    var id = el.getAttribute("data-question"), type = el.getAttribute("data-type"), problem = "";
+    if (type === "checkbox") {
+      if (el.required && !el.checked) problem = "Please tick this box to continue.";
+      answers[id] = el.checked;
+    } else {
+      var v = el.value.trim();
+      if (!v) { if (el.required) problem = type === "select" ? "Please choose an option." : "Please fill this in."; }
+      else if (type === "email" && !/^[^@\s]+@[^@\s]+\.[^@\s]+$/.test(v)) problem = "Please enter a valid email address.";
+      else answers[id] = v;
+    }
+    mark(el, problem);
+    if (problem && !invalid) invalid = el;
+  });
+  return {answers: answers, invalid: invalid};
+}
+function showErrors(errors){
+  var first = null;
+  (errors || []).forEach(function(e){
+    if (!e.field || e.field.indexOf("answers.") !== 0) return;
+    var el = document.getElementById("q-" + e.field.slice(8));
+    if (!el) return;
+    mark(el, e.message.charAt(0).toUpperCase() + e.message.slice(1) + ".");
+    if (!first) first = el;
+  });
+  if (first) first.focus();
+  return !!first;
+}
+window.calmeshQuestions = {collect: collect, showErrors: showErrors};
+})();
 """
 
 

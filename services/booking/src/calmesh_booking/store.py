@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import msgspec
 
-from .domain import Booking, all_day_interval
+from .domain import AnswerLine, Booking, all_day_interval
 
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,62}(\.[a-z_][a-z0-9_]{0,62})?$")
 
@@ -26,11 +26,11 @@ PAGE_COLUMNS = (
     "id, user_id, handle, slug, calendar_slug, title, description, duration_minutes, slot_interval_minutes,"
     " timezone, weekly_hours, date_overrides, buffer_before_minutes, buffer_after_minutes,"
     " min_notice_minutes, max_days_ahead, calendar_snapshot, created_at, updated_at, hold_minutes,"
-    " require_email_verification"
+    " require_email_verification, questions"
 )
 BOOKING_COLUMNS = (
     "id, page_id, page_slug, user_id, calendar_slug, title, start_at, end_at, status, name, email, notes,"
-    " timezone, event_id, created_at, cancelled_at, cancelled_by, cancel_reason, sequence, verify_until"
+    " timezone, event_id, created_at, cancelled_at, cancelled_by, cancel_reason, sequence, verify_until, answers"
 )
 HOLD_COLUMNS = "id, page_id, user_id, start_at, end_at, expires_at, status, booking_id, created_at"
 
@@ -99,7 +99,16 @@ def _booking(row: asyncpg.Record) -> Booking:
         cancel_reason=row["cancel_reason"],
         sequence=row["sequence"],
         verify_until=row["verify_until"],
+        answers=_answers(row["answers"]),
     )
+
+
+def _answers(value: Any) -> tuple[AnswerLine, ...]:
+    return tuple(AnswerLine(a["id"], a["label"], a["type"], a["value"]) for a in parse_json(value) or ())
+
+
+def answers_json(answers: Sequence[AnswerLine]) -> str:
+    return _encoder.encode([{"id": a.id, "label": a.label, "type": a.type, "value": a.value} for a in answers]).decode()
 
 
 class BookingStore:
@@ -177,24 +186,24 @@ class BookingStore:
             f"INSERT INTO {self.schema}.pages (id, user_id, handle, slug, calendar_slug, title, description,"
             " duration_minutes, slot_interval_minutes, timezone, weekly_hours, date_overrides,"
             " buffer_before_minutes, buffer_after_minutes, min_notice_minutes, max_days_ahead, calendar_snapshot,"
-            " hold_minutes, require_email_verification)"
+            " hold_minutes, require_email_verification, questions)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb, $12::jsonb, $13, $14, $15, $16, $17::jsonb,"
-            " $18, $19)"
+            " $18, $19, $20::jsonb)"
             f" ON CONFLICT (user_id, slug) DO NOTHING RETURNING {PAGE_COLUMNS}",
             page["id"], page["user_id"], page["handle"], page["slug"], page["calendar_slug"], page["title"],
             page["description"], page["duration_minutes"], page["slot_interval_minutes"], page["timezone"],
             _json(page["weekly_hours"]), _json(page["date_overrides"]), page["buffer_before_minutes"],
             page["buffer_after_minutes"], page["min_notice_minutes"], page["max_days_ahead"],
             _json(page.get("calendar_snapshot")), page.get("hold_minutes") or 10,
-            bool(page.get("require_email_verification")),
+            bool(page.get("require_email_verification")), _json(page.get("questions") or []),
         )
 
     async def update_page(self, conn: asyncpg.Connection, page_id: str, changes: dict[str, Any]) -> asyncpg.Record:
         """Apply `changes` (column -> value); the caller checked the slug is free."""
         sets, args = [], [page_id]
         for column, value in changes.items():
-            args.append(_json(value) if column in ("weekly_hours", "date_overrides", "calendar_snapshot") else value)
-            cast = "::jsonb" if column in ("weekly_hours", "date_overrides", "calendar_snapshot") else ""
+            args.append(_json(value) if column in _JSON_COLUMNS else value)
+            cast = "::jsonb" if column in _JSON_COLUMNS else ""
             sets.append(f"{column} = ${len(args)}{cast}")
         sets.append("updated_at = now()")
         return await conn.fetchrow(
@@ -336,10 +345,12 @@ class BookingStore:
                              request_key: str | None = None) -> None:
         await conn.execute(
             f"INSERT INTO {self.schema}.bookings (id, page_id, page_slug, user_id, calendar_slug, title, start_at,"
-            " end_at, status, name, email, notes, timezone, created_at, request_scope, request_key, verify_until)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+            " end_at, status, name, email, notes, timezone, created_at, request_scope, request_key, verify_until,"
+            " answers)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18::jsonb)",
             b.id, b.page_id, b.page_slug, b.user_id, b.calendar_slug, b.title, b.start, b.end, b.status, b.name,
             b.email, b.notes, b.timezone, b.created_at, request_scope, request_key, b.verify_until,
+            answers_json(b.answers),
         )
 
     async def confirm_pending(self, conn: asyncpg.Connection, booking_id: str) -> asyncpg.Record | None:
@@ -669,6 +680,7 @@ LOCK_BUCKET_SECONDS = 3600
 _LOCK_NS_POLL = 0x506C  # "Pl"
 
 _encoder = msgspec.json.Encoder()
+_JSON_COLUMNS = frozenset({"weekly_hours", "date_overrides", "calendar_snapshot", "questions"})
 
 
 def _json(value: Any) -> str | None:

@@ -196,7 +196,10 @@ ROUTES: tuple[Route, ...] = (
     _r("POST", f"{V1}/booking-pages", "booking", "Create a booking page attached to a unified calendar", scopes=FULL,
        tag="booking-pages"),
     _r("GET", f"{V1}/booking-pages", "booking", "List all booking pages", tag="booking-pages"),
-    _r("GET", f"{V1}/booking-pages/{{slug}}", "booking", "Get booking page configuration", tag="booking-pages"),
+    # With `handle`, anyone reads the page's public part (title, description, duration, timezone,
+    # questions): what a booking form needs.
+    _r("GET", f"{V1}/booking-pages/{{slug}}", "booking",
+       "Get booking page configuration (with handle: its public part, no auth)", auth=ANYONE, tag="booking-pages"),
     _r("PATCH", f"{V1}/booking-pages/{{slug}}", "booking", "Update a booking page", scopes=FULL, tag="booking-pages"),
     _r("DELETE", f"{V1}/booking-pages/{{slug}}", "booking", "Delete a booking page", scopes=FULL, tag="booking-pages"),
     # The public booking endpoints: a key sent there is held to its scope, and only book and full

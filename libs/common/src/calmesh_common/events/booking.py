@@ -60,6 +60,9 @@ class BookingCreated(Event, tag="booking.created.v1"):
     timezone: str = "UTC"
     status: str = "confirmed"
     created_at: datetime | None = None
+    #: The visitor's answers to the page's questions: question id -> a string, or a boolean for a
+    #: checkbox (empty for a page without questions, and in events written before questions).
+    answers: dict[str, str | bool] = {}
 
 
 class BookingVerificationRequested(Event, tag="booking.verification_requested.v1"):
