@@ -205,3 +205,12 @@ def test_a_retried_mail_is_the_same_bytes() -> None:
     again = booking_mails(BOOKING, owner=OWNER, settings=Settings(), cancel_url=None, cause_id="evt-8", now=NOW)
     assert [m.data for m in first] == [m.data for m in again]
     assert parse(first[0].data)["Message-ID"] == "<evt-8.visitor@calmesh>"
+
+
+def test_an_address_a_mail_cannot_carry_skips_that_mail_only() -> None:
+    # A non-ASCII local part needs SMTPUTF8, which policy SMTP does not speak: no mail to it, but the
+    # owner still hears of the booking.
+    mails = booking_mails(replace(BOOKING, email="zoë@example.org"), owner=OWNER, settings=Settings(),
+                          cancel_url=None, cause_id="evt-9", now=NOW)
+    assert [m.to for m in mails] == ["ann@example.com"]
+    assert "zoë@example.org" in parse(mails[0].data).get_body(("plain",)).get_content()

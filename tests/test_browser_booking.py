@@ -5,7 +5,12 @@ $CALMESH_TEST_ARTIFACTS."""
 
 from __future__ import annotations
 
+import email
+import email.policy
 import os
+import re
+import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,4 +206,48 @@ async def test_embed_popup_opens_a_modal_that_books(browser: Browser, site: Site
     await expect(dialog).to_be_hidden()
     await expect(button).to_be_focused()
     assert [b["status"] for b in await bookings_of(site) if b["email"] == "pat@example.org"] == ["confirmed"]
+    await page.context.close()
+
+
+async def test_a_page_that_requires_verification_holds_the_time_until_the_mailed_link_is_confirmed(
+        browser: Browser, site: Site, stack: Stack) -> None:
+    async with httpx.AsyncClient(base_url=site.base_url, timeout=30) as gw:
+        r = await gw.post("/api/v1/booking-pages", headers=site.owner.auth, json={
+            "slug": "checked", "calendar_slug": "work", "title": "Checked call", "duration_minutes": 30,
+            "timezone": "Europe/Amsterdam", "weekly_hours": ALL_WEEK, "min_notice_minutes": 60,
+            "require_email_verification": True})
+    assert r.status_code == 201, r.text
+    address = f"vera-{uuid.uuid4().hex[:8]}@example.org"
+    page = await new_page(browser, timezone_id="Europe/Amsterdam")
+    await page.goto(f"{site.base_url}/{site.owner.handle}/checked")
+    day = page.locator("#days button:not([disabled])").first
+    await expect(day).to_be_visible(timeout=15_000)
+    await day.click()
+    await page.locator("#slots button").first.click()
+    await page.get_by_label("Name").fill("Vera Visitor")
+    await page.get_by_label("Email").fill(address)
+    await page.get_by_role("button", name="Confirm booking").click()
+    await expect(page.locator("#done-heading")).to_have_text("Check your email", timeout=15_000)
+    await expect(page.locator("#done-verify-email")).to_have_text(address)
+    await expect(page.locator("#done-cancel")).to_be_hidden()
+    await page.screenshot(path=str(artifacts() / "page-verify-pending.png"), full_page=True)
+    assert not [b for b in await bookings_of(site) if b["email"] == address]
+
+    # The mailed link opens a page without a script; its button confirms.
+    mail_dir = stack.data_dir / "mail"
+    deadline = time.monotonic() + 30
+    while not (found := list(mail_dir.glob("*-verify-visitor.eml"))) or not any(
+            address in p.read_text(errors="replace") for p in found):
+        assert time.monotonic() < deadline, "no verification mail"
+        await page.wait_for_timeout(100)
+    mail = next(p for p in found if address in p.read_text(errors="replace"))
+    text = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default).get_content()  # type: ignore[attr-defined]
+    link = re.search(r"https?://\S+(/api/v1/bookings/\S+/verify\?exp=\d+&sig=\S+)", text).group(1)  # type: ignore[union-attr]
+    await page.goto(f"{site.base_url}{link}")
+    await expect(page.get_by_role("heading", name="Confirm your booking")).to_be_visible()
+    await page.get_by_role("button", name="Confirm booking").click()
+    await expect(page.get_by_role("heading", name="Booking confirmed")).to_be_visible(timeout=15_000)
+    await page.screenshot(path=str(artifacts() / "page-verified.png"), full_page=True)
+    mine = [b for b in await bookings_of(site) if b["email"] == address]
+    assert len(mine) == 1 and mine[0]["status"] == "confirmed"
     await page.context.close()

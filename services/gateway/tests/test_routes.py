@@ -160,6 +160,8 @@ def test_every_row_is_matched_by_its_own_path() -> None:
         ("GET", "/api/v1/booking-pages/intro/slots", "book", True),
         ("POST", "/api/v1/bookings/bk_1/cancel", "write", False),
         ("POST", "/api/v1/bookings/bk_1/cancel", "book", True),
+        # A verification link needs no key and takes none: the signed link alone authorizes.
+        ("POST", "/api/v1/bookings/bk_1/verify", "full", False),
         ("POST", "/api/v1/polls", "write", False),
         ("POST", "/api/v1/polls", "book", True),
         ("POST", "/api/v1/polls/poll_1/votes", "read", False),

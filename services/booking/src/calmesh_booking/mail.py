@@ -36,9 +36,12 @@ from typing import Any
 import icalendar
 
 from calmesh_common.ids import booking_uid
+from calmesh_common.logging import get_logger
 from calmesh_common.settings import Settings
 
 from .domain import Booking, RuleError, zone
+
+log = get_logger(__name__)
 
 PRODID = "-//CalMesh//Booking//EN"
 
@@ -222,17 +225,24 @@ def booking_mails(
                       f"Was: {owner_when}\nCancelled by: {booking.cancelled_by or 'unknown'}\n{reason}")
         visitor_subject, owner_subject = f"Booking cancelled: {visitor_when}", f"Booking cancelled: {owner_when}"
         kind = "cancelled"
-    out = [Mail(
-        stem=f"{booking.id}-{kind}-visitor", to=visitor.email, visitor=True, kind=kind.split("-")[0],
-        data=_message(sender=sender, to=visitor, subject=visitor_subject, text=visitor_text, ics=ics, method=method,
-                      message_id=f"<{cause_id}.visitor@calmesh>", now=now),
-    )]
-    if owner.email:
+    out: list[Mail] = []
+    try:
         out.append(Mail(
-            stem=f"{booking.id}-{kind}-owner", to=owner.email, kind=kind.split("-")[0],
-            data=_message(sender=sender, to=owner, subject=owner_subject, text=owner_text, ics=ics, method=method,
-                          message_id=f"<{cause_id}.owner@calmesh>", now=now),
+            stem=f"{booking.id}-{kind}-visitor", to=visitor.email, visitor=True, kind=kind.split("-")[0],
+            data=_message(sender=sender, to=visitor, subject=visitor_subject, text=visitor_text, ics=ics,
+                          method=method, message_id=f"<{cause_id}.visitor@calmesh>", now=now),
         ))
+    except UndeliverableAddress as exc:  # the owner still hears of the booking
+        log.warning("booking_mail_undeliverable", booking_id=booking.id, to="visitor", error=str(exc))
+    if owner.email:
+        try:
+            out.append(Mail(
+                stem=f"{booking.id}-{kind}-owner", to=owner.email, kind=kind.split("-")[0],
+                data=_message(sender=sender, to=owner, subject=owner_subject, text=owner_text, ics=ics,
+                              method=method, message_id=f"<{cause_id}.owner@calmesh>", now=now),
+            ))
+        except UndeliverableAddress as exc:
+            log.warning("booking_mail_undeliverable", booking_id=booking.id, to="owner", error=str(exc))
     return out
 
 

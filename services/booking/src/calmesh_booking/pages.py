@@ -202,7 +202,17 @@ $("book-form").addEventListener("submit", function(ev){
     method: "POST", headers: {"Content-Type": "application/json", "Idempotency-Key": state.key}, body: JSON.stringify(body)
   }).then(function(res){
     state.busy = false; $("book-btn").disabled = false;
-    if (res.status === 201) {
+    if (res.status === 201 && res.body.status === "pending_verification") {
+      // The page requires e-mail verification: nothing is booked until the mailed link is used.
+      $("done-heading").textContent = "Check your email";
+      $("done-when").textContent = longLabel(res.body.start);
+      $("done-verify-email").textContent = email;
+      show("done-sent", false); show("done-cancel", false); show("done-verify", true);
+      show("step-day", false); show("step-slot", false); show("step-form", false); show("tz-section", false);
+      show("step-done", true);
+      say("Held: " + longLabel(res.body.start) + ". Confirm it with the link sent to " + email + ".");
+      $("done-heading").focus();
+    } else if (res.status === 201) {
       $("done-when").textContent = longLabel(res.body.start);
       $("done-email").textContent = email;
       var signed = new URL(res.body.cancel_url, location.href).searchParams;
@@ -311,8 +321,9 @@ def booking_page_html(page: dict[str, Any], *, owner_name: str, embed: bool, col
 <section id="step-done" class="done" aria-labelledby="done-heading" hidden>
 <h2 id="done-heading" tabindex="-1">You are booked</h2>
 <p id="done-when"></p>
-<p>A confirmation with a calendar invitation is on its way to <strong id="done-email"></strong>.</p>
-<p><a id="cancel-link" href="#">Cancel this booking</a></p>
+<p id="done-sent">A confirmation with a calendar invitation is on its way to <strong id="done-email"></strong>.</p>
+<p id="done-verify" hidden>The time is held for you. To book it, open the link we sent to <strong id="done-verify-email"></strong> and confirm; an unused link expires and frees the time.</p>
+<p id="done-cancel"><a id="cancel-link" href="#">Cancel this booking</a></p>
 </section>
 <div id="status" role="status" aria-live="polite" aria-atomic="true"></div>
 </main>

@@ -220,6 +220,14 @@ ROUTES: tuple[Route, ...] = (
     _r("POST", f"{V1}/bookings/{{id}}/reschedule", "booking",
        "Move a booking to another offered slot (HMAC signature of reschedule_url for visitors, auth for owner)",
        auth=ANYONE, scopes=BOOK, tag="bookings"),
+    # The signed link of a verification mail (pages with require_email_verification): the link alone
+    # authorizes, so no credential is looked at (and no session's CSRF check refuses the page's form).
+    _r("POST", f"{V1}/bookings/{{id}}/verify", "booking",
+       "Confirm a booking awaiting the visitor's e-mail verification (HMAC signature of the mailed link)",
+       auth=PUBLIC_ONLY, scopes=NO_KEYS, tag="bookings"),
+    _r("GET", f"{V1}/bookings/{{id}}/verify", "booking",
+       "The page a verification link opens: it asks before confirming (HTML)", auth=PUBLIC_ONLY, scopes=NO_KEYS,
+       tag="bookings", doc={"html": True}),
     _r("POST", f"{V1}/polls", "booking", "Create a scheduling poll", scopes=BOOK, tag="polls"),
     _r("GET", f"{V1}/polls", "booking", "List all polls", tag="polls"),
     _r("GET", f"{V1}/polls/{{id}}", "booking", "Get a poll (public with the poll's token, or authenticated)",
