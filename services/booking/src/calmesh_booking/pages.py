@@ -228,8 +228,8 @@ $("book-form").addEventListener("submit", function(ev){
       show("step-form", false); load(state.from);
     } else if (res.status === 422 && res.body && res.body.errors) {
       res.body.errors.forEach(function(e){ if (e.field === "name" || e.field === "email") fieldError(e.field, e.message); });
-      if (window.calmeshQuestions) window.calmeshQuestions.showErrors(res.body.errors);
-      say((res.body && res.body.detail) || "Please check the form.", true);
+      var marked = window.calmeshQuestions && window.calmeshQuestions.showErrors(res.body.errors);
+      say(marked ? "Please check the answers marked above." : (res.body && res.body.detail) || "Please check the form.", true);
     } else {
       say((res.body && res.body.detail) || "Something went wrong; please try again.", true);
     }
@@ -412,7 +412,7 @@ function showErrors(errors){
     if (!e.field || e.field.indexOf("answers.") !== 0) return;
     var el = document.getElementById("q-" + e.field.slice(8));
     if (!el) return;
-    mark(el, e.message.charAt(0).toUpperCase() + e.message.slice(1) + ".");
+    mark(el, "This answer " + e.message + ".");
     if (!first) first = el;
   });
   if (first) first.focus();
