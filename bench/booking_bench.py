@@ -323,11 +323,14 @@ def main() -> None:
                   f"{args.count} requests: p50 {p50:.1f} ms, p99 {p99:.1f} ms  (targets 15 / 40 ms)", flush=True)
             wanted = args.bookings + args.holds + args.reschedules
             free = asyncio.run(free_slots(stack.gateway_url, handle, wanted))
-            if len(free) < wanted:
-                raise SystemExit(f"only {len(free)} free slots for {wanted} bookings, holds and reschedules")
-            starts = free[:args.bookings]
-            hold_starts = free[args.bookings:args.bookings + args.holds]
-            moves = free[args.bookings + args.holds:]
+            n_book, n_hold = args.bookings, args.holds
+            if len(free) < wanted:  # a dense calendar: each kind gets its share of the free slots
+                n_book, n_hold = len(free) * args.bookings // wanted, len(free) * args.holds // wanted
+                print(f"  {len(free)} free slots for {wanted} requests: {n_book} bookings, {n_hold} holds, "
+                      f"{len(free) - n_book - n_hold} reschedules", flush=True)
+            starts = free[:n_book]
+            hold_starts = free[n_book:n_book + n_hold]
+            moves = free[n_book + n_hold:]
             before = meter.read()
             rate, statuses, answers = asyncio.run(throughput(
                 stack.gateway_url, book_requests(handle, starts), args.concurrency))

@@ -317,7 +317,8 @@ async def _find_a_time(ctx: Context, args: dict[str, Any], data: Any) -> tuple[s
     lines.append(f"{head}, in {zone}:")
     for slot in slots:
         line = f"- {span(slot['start'], slot['end'], zone)}  start={slot['start']}"
-        extra = [f"optional free: {', '.join(x for x in slot.get('free', []) if x in optional)}"] if optional else []
+        free_optional = [x for x in slot.get("free", []) if x in optional]
+        extra = [f"optional free: {', '.join(free_optional) or 'none'}"] if optional else []
         if slot.get("busy"):
             extra.append(f"busy: {', '.join(slot['busy'])}")
         if slot.get("unknown"):

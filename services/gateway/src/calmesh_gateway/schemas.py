@@ -101,7 +101,10 @@ class ToolText(msgspec.Struct, kw_only=True):
 
 class ToolCallResult(msgspec.Struct, kw_only=True):
     """What the MCP tool answers: a text for the model, the API's JSON (or `{error}`), and whether
-    it failed (a scope the key lacks, a problem from the API: the text says what to do next)."""
+    it failed (a scope the key lacks, a problem from the API: the text says what to do next). An
+    availability, events, conflicts or find-a-time answer with `complete: false` has a text that
+    opens with `INCOMPLETE ANSWER: could not check …`, naming each source not checked with its
+    connection's status and last error."""
 
     content: list[ToolText]
     structured: dict[str, Any]
