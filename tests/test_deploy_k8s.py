@@ -410,6 +410,24 @@ def test_nats_asks_every_client_for_the_token_calmesh_reads_from_the_secret(over
     assert re.search(r"(?m)^authorization\s*\{\s*token:\s*\$NATS_TOKEN\s*\}", conf), conf
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_nats_server_accepts_each_overlays_configuration(overlay: str, tmp_path: Path) -> None:
+    """The rendered nats.conf is one nats-server starts with (`-t` checks it as a start would), given
+    the environment the StatefulSet sets; without the Secret's token it refuses to start at all."""
+    from calmesh_common.devstack.embedded import _bin
+
+    objects = rendered(overlay)
+    conf = next(o["data"]["nats.conf"] for o in objects if o["kind"] == "ConfigMap" and "nats.conf" in o["data"])
+    (tmp_path / "nats.conf").write_text(conf)
+    env = {"PATH": "/usr/bin:/bin", "POD_NAME": "nats-0", "NATS_TOKEN": "a-token-from-the-secret"}
+    check = [_bin("nats-server"), "-t", "-c", str(tmp_path / "nats.conf")]
+    ok = subprocess.run(check, env=env, capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr + ok.stdout
+    env.pop("NATS_TOKEN")
+    refused = subprocess.run(check, env=env, capture_output=True, text=True, timeout=30)
+    assert refused.returncode != 0 and "NATS_TOKEN" in refused.stderr + refused.stdout
+
+
 def test_the_gateway_reaches_every_service_at_the_address_the_settings_name() -> None:
     objects = rendered("production")
     data = config(objects)
