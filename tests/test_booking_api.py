@@ -427,7 +427,7 @@ async def test_public_booking_page_and_embed_script(bk: BookingHarness) -> None:
     html = page.text
     assert "<main" in html and 'aria-live="polite"' in html and '<label for="email">' in html
     assert "Let&#x27;s &lt;talk&gt;" in html  # escaped
-    assert "Intl.DateTimeFormat" in html and 'name="viewport"' in html
+    assert '<script src="/assets/booking/booking-page.' in html and 'name="viewport"' in html
     assert "frame-ancestors *" in page.headers["content-security-policy"]
     assert (await bk.client.get(f"/{ann.handle}/nope")).status_code == 404
     js = await bk.client.get("/embed.js")

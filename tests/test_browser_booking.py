@@ -73,9 +73,41 @@ async def browser() -> AsyncIterator[Browser]:
         await b.close()
 
 
+#: Reports each Content-Security-Policy violation of any frame to the console (the page's CSP
+#: allows no inline script; a violation would mean part of the page silently does not run).
+CSP_PROBE = """document.addEventListener("securitypolicyviolation", function (e) {
+  console.error("CSP violation: " + e.violatedDirective + " blocked " + (e.blockedURI || "inline"));
+});"""
+_PROBLEMS: dict[int, list[str]] = {}
+
+
 async def new_page(browser: Browser, **options: Any) -> Page:
+    """A page in a fresh context that records CSP violations and uncaught errors of every frame."""
     context = await browser.new_context(**options)
-    return await context.new_page()
+    await context.add_init_script(CSP_PROBE)
+    page = await context.new_page()
+    problems = _PROBLEMS.setdefault(id(page), [])
+
+    def on_console(message: Any) -> None:
+        if message.type == "error" and ("Content Security Policy" in message.text or "CSP violation" in message.text):
+            problems.append(message.text)
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
+    return page
+
+
+async def assert_no_inline_script_and_no_csp_violation(page: Page, scope: Page | FrameLocator, *,
+                                                       config: bool = True) -> None:
+    """What the visitor's browser ran: only CalMesh's own script files, each allowed by the page's
+    policy (an inline <script> carries data only, as application/json)."""
+    inline = scope.locator("script:not([src]):not([type='application/json'])")
+    assert await inline.count() == 0, "the booking page holds an inline executable script"
+    assert await scope.locator("script[type='application/json']#calmesh-config").count() == (1 if config else 0)
+    sources = await scope.locator("script[src]").evaluate_all(
+        "els => els.map(e => [e.src, location.origin])")
+    assert sources and all(src.startswith(f"{origin}/assets/booking/") for src, origin in sources), sources
+    assert _PROBLEMS.get(id(page)) == [], _PROBLEMS.get(id(page))
 
 
 async def book_in(scope: Page | Frame | FrameLocator, *, name: str, email: str, keyboard_page: Page | None = None) -> str:
@@ -129,6 +161,7 @@ async def test_public_page_books_a_slot_by_keyboard(browser: Browser, site: Site
 
     chosen = await book_in(page, name="Kim Keyboard", email="kim@example.org", keyboard_page=page)
     await expect(page.locator("#done-heading")).to_be_focused()
+    await assert_no_inline_script_and_no_csp_violation(page, page)
     cancel_href = await page.locator("#cancel-link").get_attribute("href")
     assert cancel_href and "?booking=bk_" in cancel_href and "&sig=" in cancel_href
     await page.screenshot(path=str(artifacts() / "page-confirmed.png"), full_page=True)
@@ -139,8 +172,13 @@ async def test_public_page_books_a_slot_by_keyboard(browser: Browser, site: Site
 
     # The cancel link opens a page that asks first, then cancels.
     await page.goto(f"{site.base_url}{cancel_href}")
+    # cancel-page.js ran: the booked time reads in the visitor's words, not as the raw UTC text.
+    when = page.locator("#when")
+    await expect(when).not_to_have_text(re.compile(r"^\d{4}-\d{2}-\d{2}"))
+    assert (await when.get_attribute("datetime") or "").endswith("Z")
     await page.get_by_role("button", name="Cancel booking").click()
     await expect(page.locator("#status")).to_contain_text("cancelled")
+    await assert_no_inline_script_and_no_csp_violation(page, page, config=False)
     await page.screenshot(path=str(artifacts() / "page-cancelled.png"), full_page=True)
     mine = [b for b in await bookings_of(site) if b["email"] == "kim@example.org"]
     assert mine[0]["status"] == "cancelled" and mine[0]["cancelled_by"] == "visitor"
@@ -179,6 +217,10 @@ async def test_embed_inline_books_and_fits_its_content(browser: Browser, site: S
     await expect(iframe).not_to_have_attribute("style", "640px", timeout=1)
     await page.wait_for_function("document.querySelector('iframe').style.height !== '640px'")
     await book_in(frame, name="Ines Inline", email="ines@example.org")
+    await assert_no_inline_script_and_no_csp_violation(page, frame)
+    # The host's data-color reaches the page (booking-page.js sets it; the CSP allows no inline style).
+    accent = await frame.locator("html").evaluate("e => getComputedStyle(e).getPropertyValue('--accent').trim()")
+    assert accent == "#f97316"
     content_height = await frame.locator("html").evaluate("e => Math.ceil(e.getBoundingClientRect().height)")
     await page.wait_for_function(
         "h => Math.abs(parseInt(document.querySelector('iframe').style.height) - h) <= 2", arg=content_height)
@@ -201,6 +243,7 @@ async def test_embed_popup_opens_a_modal_that_books(browser: Browser, site: Site
     frame = page.frame_locator("[role=dialog] iframe")
     await expect(frame.get_by_label("Your time zone")).to_have_value("Asia/Tokyo")
     await book_in(frame, name="Pat Popup", email="pat@example.org")
+    await assert_no_inline_script_and_no_csp_violation(page, frame)
     await page.screenshot(path=str(artifacts() / "embed-popup-confirmed.png"))
     await page.keyboard.press("Escape")
     await expect(dialog).to_be_hidden()

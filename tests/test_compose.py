@@ -69,6 +69,7 @@ OPERATOR_ENV = {
     "CALMESH_INTERNAL_SECRET": "internal",
     "CALMESH_SESSION_SECRET": "session",
     "CALMESH_ENCRYPTION_KEYS": "k1",
+    "NATS_TOKEN": "nats-token",
 }
 
 
@@ -116,7 +117,7 @@ def test_each_services_environment_gives_valid_settings(name: str) -> None:
     assert env["CALMESH_SERVICE"] == name
     assert env["CALMESH_HOST"] == "0.0.0.0"
     assert env["DATABASE_URL"].startswith("postgresql://calmesh:pg-password@postgres:5432/")
-    assert env["NATS_URL"] == "nats://nats:4222"
+    assert env["NATS_URL"] == "nats://nats-token@nats:4222"  # the token NATS's --auth asks for
     settings = Settings.from_env(env)
     settings.require("database_url", "internal_secret", "session_secret", "encryption_keys")
     assert settings.internal_secret == OPERATOR_ENV["CALMESH_INTERNAL_SECRET"]
@@ -129,6 +130,19 @@ def test_secrets_have_no_default_and_fail_fast_when_unset() -> None:
         with pytest.raises(KeyError, match=variable):
             interpolate(raw[variable], {})
     assert ":?" in services()["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    with pytest.raises(KeyError, match="NATS_TOKEN"):
+        interpolate(raw["NATS_URL"], {})
+
+
+def test_nats_refuses_clients_without_the_token_every_service_is_given() -> None:
+    """NATS carries visitors' personal data (booking events): it runs with token authentication,
+    the token has no default, and every CalMesh container presents it in NATS_URL."""
+    command = services()["nats"]["command"]
+    assert "--auth" in command
+    assert re.fullmatch(r"\$\{NATS_TOKEN:\?[^}]*\}", command[command.index("--auth") + 1])
+    assert interpolate(command[command.index("--auth") + 1], OPERATOR_ENV) == "nats-token"
+    for name in [*CALMESH_SERVICES, "migrate"]:
+        assert service_env(name)["NATS_URL"] == "nats://nats-token@nats:4222", name
 
 
 def test_the_gateway_is_the_only_public_entry_and_reaches_every_service() -> None:

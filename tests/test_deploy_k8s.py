@@ -386,6 +386,46 @@ def test_secrets_are_references_never_values(overlay: str) -> None:
         assert not [k for k in cm["data"] if SECRET_LIKE.search(k)], cm["metadata"]["name"]
     text = "\n".join(yaml.safe_dump(o) for o in objects)
     assert not re.search(r"postgres(ql)?://[^\s:]+:[^\s@]+@", text), "no credentials in a URL"
+    assert not re.search(r"nats://[^\s/@]+@", text), "no NATS token in a URL"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_nats_asks_every_client_for_the_token_calmesh_reads_from_the_secret(overlay: str) -> None:
+    """A pod of the cluster that is not CalMesh can neither read booking events (visitors' personal
+    data) nor publish forged ones: every NATS server requires the token of calmesh-secrets, and
+    every CalMesh container connects with the URL of the same Secret (it carries the token)."""
+    objects = rendered(overlay)
+    assert "NATS_URL" not in config(objects), "NATS_URL carries the token: it is no ConfigMap value"
+    calmesh = [(where, c) for where, _, c in containers(objects) if not where.startswith("StatefulSet/nats")]
+    assert len(calmesh) == len(CALMESH) + 1  # the services and the migrate Job
+    for where, container in calmesh:
+        [url] = [e for e in container["env"] if e["name"] == "NATS_URL"]
+        assert url["valueFrom"]["secretKeyRef"] == {"name": "calmesh-secrets", "key": "nats-url"}, where
+    [server] = of_kind(objects, "StatefulSet")["nats"]["spec"]["template"]["spec"]["containers"]
+    [token] = [e for e in server["env"] if e["name"] == "NATS_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "calmesh-secrets", "key": "nats-token"}
+    conf = next(o["data"]["nats.conf"] for o in objects if o["kind"] == "ConfigMap" and "nats.conf" in o["data"])
+    # nats-server resolves $NATS_TOKEN from its environment; an authorization block with a token
+    # refuses every client that does not send it.
+    assert re.search(r"(?m)^authorization\s*\{\s*token:\s*\$NATS_TOKEN\s*\}", conf), conf
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_nats_server_accepts_each_overlays_configuration(overlay: str, tmp_path: Path) -> None:
+    """The rendered nats.conf is one nats-server starts with (`-t` checks it as a start would), given
+    the environment the StatefulSet sets; without the Secret's token it refuses to start at all."""
+    from calmesh_common.devstack.embedded import _bin
+
+    objects = rendered(overlay)
+    conf = next(o["data"]["nats.conf"] for o in objects if o["kind"] == "ConfigMap" and "nats.conf" in o["data"])
+    (tmp_path / "nats.conf").write_text(conf)
+    env = {"PATH": "/usr/bin:/bin", "POD_NAME": "nats-0", "NATS_TOKEN": "a-token-from-the-secret"}
+    check = [_bin("nats-server"), "-t", "-c", str(tmp_path / "nats.conf")]
+    ok = subprocess.run(check, env=env, capture_output=True, text=True, timeout=30)
+    assert ok.returncode == 0, ok.stderr + ok.stdout
+    env.pop("NATS_TOKEN")
+    refused = subprocess.run(check, env=env, capture_output=True, text=True, timeout=30)
+    assert refused.returncode != 0 and "NATS_TOKEN" in refused.stderr + refused.stdout
 
 
 def test_the_gateway_reaches_every_service_at_the_address_the_settings_name() -> None:

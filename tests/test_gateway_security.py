@@ -371,6 +371,30 @@ def test_schema_references_no_foreign_origin_and_sends_a_csp(stack: Stack) -> No
     assert httpx.get(f"{stack.gateway_url}/schema/assets/nothing.js").status_code == 404
 
 
+def test_booking_pages_reference_no_foreign_script_and_their_assets_come_immutable(stack: Stack) -> None:
+    """Through the gateway: booking's pages link only /assets/booking/ files of this origin under a
+    CSP with script-src 'self' that still allows framing (embeds); each asset is routed to booking
+    and answers with a year-long immutable cache; a name that is no fingerprint never leaves the
+    gateway."""
+    from calmesh_booking.assets import ASSETS
+
+    r = httpx.get(f"{stack.gateway_url}/nobody{uuid.uuid4().hex[:8]}/intro")  # booking's "not found" page
+    assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
+    csp = r.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "default-src 'none'" in csp and "frame-ancestors *" in csp
+    assert "http" not in csp and "unsafe-inline" not in csp
+    references = re.findall(r'(?:src|href)="([^"]+)"', r.text)
+    assert references and all(ref.startswith("/assets/booking/") for ref in references), references
+    assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", r.text) and "<style" not in r.text
+    for ref in {*references, *(a.url for a in ASSETS.by_source.values())}:
+        asset = httpx.get(f"{stack.gateway_url}{ref}")
+        assert asset.status_code == 200, ref
+        assert asset.headers["cache-control"] == "public, max-age=31536000, immutable", ref
+        assert asset.headers["content-type"].split(";")[0] in ("text/css", "text/javascript"), ref
+    stray = httpx.get(f"{stack.gateway_url}/assets/booking/booking-page.js")
+    assert stray.status_code == 404 and stray.json()["code"] == "route_not_found"
+
+
 async def test_schema_renders_in_a_browser_from_calmesh_alone(stack: Stack) -> None:
     from playwright.async_api import async_playwright
 

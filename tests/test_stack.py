@@ -43,8 +43,13 @@ class Platform:
         return f"postgresql://postgres:@/postgres?host={self.data_dir / 'postgres'}"
 
     @property
+    def nats_token(self) -> str:
+        return (self.data_dir / "nats.token").read_text().strip()
+
+    @property
     def nats_url(self) -> str:
-        return f"nats://127.0.0.1:{(self.data_dir / 'nats.port').read_text().strip()}"
+        """What calmesh-up gives its services: the port of this run, the data directory's token."""
+        return f"nats://{self.nats_token}@127.0.0.1:{(self.data_dir / 'nats.port').read_text().strip()}"
 
     def start(self, timeout: float = START_TIMEOUT + 10) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CALMESH_", "DATABASE_URL", "NATS_URL"))}
@@ -154,6 +159,14 @@ async def read_probe(platform: Platform) -> tuple[list[str], bytes]:
     return rows, message.data or b""
 
 
+async def assert_nats_refuses_strangers(platform: Platform) -> None:
+    """Every service runs (the gateway is healthy), so each connected with the token; a local client
+    without it is refused."""
+    anonymous = platform.nats_url.replace(f"{platform.nats_token}@", "")
+    with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+        await nats.connect(anonymous, allow_reconnect=False, connect_timeout=3)
+
+
 def assert_stopped_cleanly(platform: Platform, started: list[psutil.Process]) -> None:
     returncode = platform.stop()
     assert returncode == 0, platform.tail()
@@ -178,7 +191,9 @@ def test_calmesh_up_stops_every_process_on_sigterm_and_keeps_its_data(platform: 
     names = {p.name() for p in started}
     assert "nats-server" in names and "postgres" in names
     asyncio.run(write_probe(platform, f"kept-{unique}"))
+    asyncio.run(assert_nats_refuses_strangers(platform))
     secrets = (platform.data_dir / "secrets.env").read_text()
+    token = platform.nats_token
 
     assert_stopped_cleanly(platform, started)
 
@@ -187,4 +202,6 @@ def test_calmesh_up_stops_every_process_on_sigterm_and_keeps_its_data(platform: 
     assert not {p.pid for p in restarted} & {p.pid for p in started}
     assert asyncio.run(read_probe(platform)) == ([f"kept-{unique}"], f"kept-{unique}".encode())
     assert (platform.data_dir / "secrets.env").read_text() == secrets  # sessions and keys stay valid
+    assert platform.nats_token == token
+    assert token not in platform.log.read_text(errors="replace")  # no log line of any service shows it
     assert_stopped_cleanly(platform, restarted)

@@ -90,3 +90,32 @@ def test_httpx_request_lines_never_show_a_url(caplog: pytest.LogCaptureFixture) 
     assert "token=abc" not in caplog.text and "pw@" not in caplog.text
     assert "https://feeds.example/…" in caplog.text
     assert redact_url("http://127.0.0.1:8080") == "http://127.0.0.1:8080"
+
+
+def test_the_nats_clients_own_lines_never_show_the_token_of_nats_url() -> None:
+    """NATS_URL carries the stack's NATS token (``nats://<token>@host:port``); nats-py's logger
+    and an exception naming the server keep only the host and port."""
+    import io
+    import logging
+
+    from calmesh_common.logging import redact_urls, setup_logging
+
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    buffer = io.StringIO()
+    try:
+        setup_logging("booking", "info", json=True, stream=buffer)
+        url = "nats://Zm9vYmFyLXRva2VuLTEyMw@127.0.0.1:4222"
+        logging.getLogger("nats.aio.client").error("nats: could not connect to %s", url)
+        try:
+            raise ConnectionError(f"nats: no servers available for connection ({url})")
+        except ConnectionError:
+            logging.getLogger("calmesh.service").exception("nats_connect_failed")
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
+        structlog.reset_defaults()
+    text = buffer.getvalue()
+    assert "could not connect to nats://127.0.0.1:4222" in text
+    assert "Zm9vYmFyLXRva2VuLTEyMw" not in text
+    assert redact_urls(f"NATS at {url}") == "NATS at nats://127.0.0.1:4222/…", "the token never passes"

@@ -140,8 +140,20 @@ def test_every_row_is_matched_by_its_own_path() -> None:
         concrete = re.sub(r"\{[^}]+\}", "abc-123", route.path)
         if route.path == "/{handle}/{slug}":
             concrete = "/alice/intro-call"
+        if route.path == "/assets/booking/{name}":
+            concrete = "/assets/booking/booking-page.0123456789abcdef.js"
         match = table.match(route.method, concrete)
         assert match.route is route, (route, match)
+
+
+def test_the_booking_pages_assets_are_public_and_only_fingerprinted_names_reach_booking() -> None:
+    table = RouteTable()
+    for name in ("booking-page.0123456789abcdef.js", "booking.fedcba9876543210.css"):
+        match = table.match("GET", f"/assets/booking/{name}")
+        assert match.route is not None and match.route.service == "booking" and match.route.public, name
+        assert not match.route.scopes  # a key sent along is refused, as on the page itself
+    for name in ("booking-page.js", "x.0123456789abcdef.html", "..%2Fsecrets.0123456789abcdef.js", "a" * 41 + ".0123456789abcdef.js"):
+        assert table.match("GET", f"/assets/booking/{name}").route is None, name
 
 
 @pytest.mark.parametrize(

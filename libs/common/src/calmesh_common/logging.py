@@ -134,9 +134,11 @@ def setup_logging(service_name: str, level: str = "info", json: bool = True, *, 
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _add_trace_id,
-        _redact,
         structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,
+        # After the traceback is text: an exception's message names URLs too ("no servers
+        # available for connection (nats://<token>@host:port)").
+        _redact,
     ]
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
@@ -162,6 +164,7 @@ def setup_logging(service_name: str, level: str = "info", json: bool = True, *, 
         lib = logging.getLogger(name)
         lib.handlers.clear()
         lib.propagate = True
+    protect_client_loggers()
 
 
 def _stdlib_message(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -169,7 +172,6 @@ def _stdlib_message(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, An
     its formatted message is the event."""
     event_dict.pop("positional_args", None)
     return event_dict
-    protect_client_loggers()
 
 
 def get_logger(name: str | None = None) -> Any:

@@ -19,10 +19,11 @@ from calmesh_common.problems import FieldError, Problem, problem_handler
 from calmesh_common.service import Caller, caller_from_headers
 
 from . import handlers as h
+from .assets import ASSETS, IMMUTABLE
 from .domain import utc_text, verify_cancel_signature
 from .handlers import Answer, BookingContext
 from .mail import when_text
-from .pages import EMBED_JS, booking_page_html, cancel_page_html, message_page_html, verify_page_html
+from .pages import EMBED_JS, PAGE_CSP, booking_page_html, cancel_page_html, message_page_html, verify_page_html
 from .store import request_hash
 
 T = TypeVar("T")
@@ -600,17 +601,18 @@ class PollController(Controller):
 _HANDLE = re.compile(r"^[a-z0-9-]{3,40}$")
 _PAGE_HEADERS = {
     "Cache-Control": "no-cache",
-    # The page is meant to be embedded anywhere (embed.js); nothing else may frame-restrict it.
-    "Content-Security-Policy": "frame-ancestors *",
+    # Scripts, styles and API calls from this origin only (no inline script: the pages link
+    # /assets/booking/...); the page is meant to be embedded anywhere (embed.js), so any site may frame it.
+    "Content-Security-Policy": PAGE_CSP,
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "strict-origin-when-cross-origin",
 }
 
 
-#: The verification pages: a form and inline CSS, nothing else; never framed.
+#: The verification pages: a form and the pages' stylesheet, no script; never framed.
 _VERIFY_HEADERS = {
     "Cache-Control": "no-store",
-    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; "
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; form-action 'self'; "
                                "frame-ancestors 'none'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -633,6 +635,17 @@ async def embed_js() -> Response[str]:
     return Response(EMBED_JS, media_type="text/javascript; charset=utf-8",
                     headers={"Cache-Control": "public, max-age=300", "Access-Control-Allow-Origin": "*",
                              "X-Content-Type-Options": "nosniff"})
+
+
+@get("/assets/booking/{name:str}", summary="A script or style of the public pages", include_in_schema=False)
+async def page_asset(name: str) -> Response[bytes]:
+    """A file of ``static/`` under its fingerprinted name: the name changes with the content, so
+    browsers keep it for a year."""
+    asset = ASSETS.get(name)
+    if asset is None:
+        raise Problem(404, "not_found", "No such asset.")
+    return Response(asset.body, media_type=asset.content_type,
+                    headers={"Cache-Control": IMMUTABLE, "X-Content-Type-Options": "nosniff"})
 
 
 @get("/{handle:str}/{slug:str}", summary="The public booking page (HTML)", include_in_schema=False)
@@ -660,4 +673,4 @@ async def booking_page(ctx: BookingContext, handle: str, slug: str, embed: str |
     return _html(booking_page_html(dict(page), owner_name=owner, embed=embed == "1", color=color))
 
 
-ROUTES = [BookingPageController, BookingController, PollController, embed_js, booking_page]
+ROUTES = [BookingPageController, BookingController, PollController, embed_js, page_asset, booking_page]

@@ -44,6 +44,8 @@ RESERVED_HANDLES = frozenset({
 })
 _HANDLE = re.compile(r"^[a-z0-9-]{3,40}$")
 _SLUG = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
+#: A fingerprinted script or style of the public booking pages (calmesh_booking.assets).
+_PAGE_ASSET = re.compile(r"^[a-z0-9-]{1,40}\.[0-9a-f]{16}\.(?:js|css)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +240,10 @@ ROUTES: tuple[Route, ...] = (
     _r("POST", f"{V1}/polls/{{id}}/decide", "booking", "Finalize poll with chosen time", scopes=BOOK, tag="polls"),
     _r("GET", "/embed.js", "booking", "The embed script (inline iframe or popup button)", auth=PUBLIC_ONLY,
        scopes=NO_KEYS, tag="embed"),
+    # What the booking pages load (they carry no inline script): static, cached for a year, so not
+    # counted against a visitor's per-address budget; only fingerprinted names reach booking.
+    _r("GET", "/assets/booking/{name}", "booking", "Scripts and styles of the public booking pages",
+       auth=PUBLIC_ONLY, scopes=NO_KEYS, tag="embed", rate_limited=False, constraints={"name": _PAGE_ASSET}),
     _r("GET", "/{handle}/{slug}", "booking", "The public booking page (HTML)", auth=PUBLIC_ONLY, scopes=NO_KEYS,
        tag="embed", constraints={"handle": _HANDLE, "slug": _SLUG}),
 

