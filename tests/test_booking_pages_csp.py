@@ -145,7 +145,7 @@ async def test_the_booking_cancel_and_message_pages_run_no_inline_script(bk: Boo
 
 
 async def test_every_asset_a_page_loads_is_served_immutable_under_its_content_hash(bk: BookingHarness) -> None:
-    assert set(ASSETS.by_source) == {"booking-page.js", "cancel-page.js", "booking.css"}
+    assert set(ASSETS.by_source) == {"booking-page.js", "cancel-page.js", "questions.js", "booking.css"}
     for source, asset in ASSETS.by_source.items():
         r = await bk.client.get(asset.url)
         assert r.status_code == 200, asset.url
