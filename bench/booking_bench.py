@@ -17,8 +17,8 @@ Then it measures, through the gateway (no credentials, as a visitor's browser wo
 - ``POST /api/v1/booking-pages/{slug}/book`` for distinct free slots with --concurrency clients:
   bookings a second (every answer must be 201). Each booking is also written to Radicale through
   sync and mailed, by the booking service's consumers, while the run goes on;
-- ``POST /api/v1/booking-pages/{slug}/holds?handle`` for other distinct free slots, same clients:
-  holds a second (every answer must be 201);
+- ``POST /api/v1/booking-pages/{slug}/holds?handle`` for other distinct free slots, same clients,
+  once sync has written the bookings to Radicale: holds a second (every answer must be 201);
 - ``POST`` of the bookings' own ``reschedule_url`` (the visitor's signed link) to yet other free
   slots, same clients: reschedules a second (every answer must be 200). Each one also moves the
   CalDAV event in place and sends the updated invitation, by consumers, while the run goes on.
@@ -262,6 +262,23 @@ async def throughput(gateway: str, requests: list[tuple[str, bytes]], concurrenc
     return len(requests) / elapsed, statuses, answers
 
 
+async def settle(stack: Stack, written: int, timeout: float = 300.0) -> float:
+    """Wait until sync has written `written` bookings' events to the provider (so the next figure
+    does not pay for the previous one's background work); the seconds it took."""
+    db = await asyncpg.connect(stack.database_url)
+    t0 = time.monotonic()
+    try:
+        while time.monotonic() - t0 < timeout:
+            n = await db.fetchval("SELECT count(*) FROM sync.event_instances"
+                                  " WHERE booking_id IS NOT NULL AND provider_event_id IS NOT NULL")
+            if n >= written:
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        await db.close()
+    return time.monotonic() - t0
+
+
 def book_requests(handle: str, starts: list[str]) -> list[tuple[str, bytes]]:
     target = f"/api/v1/booking-pages/{SLUG}/book?handle={handle}"
     return [(target, json.dumps({"start": s, "name": f"Visitor {n}", "email": f"visitor{n}@example.org"}).encode())
@@ -337,6 +354,8 @@ def main() -> None:
             meter.report(before, meter.read(), len(starts), "booking (while the run lasted; writes and mails go on after)")
             print(f"bookings of {len(starts)} distinct slots with {args.concurrency} clients: {rate:.0f} bookings/s, "
                   f"answers {dict(sorted(statuses.items()))}  (target 200/s)", flush=True)
+            waited = asyncio.run(settle(stack, statuses.get(201, 0)))
+            print(f"  (waited {waited:.0f} s for sync to write the bookings to Radicale before the next figure)", flush=True)
             before = meter.read()
             hold_rate, hold_statuses, _ = asyncio.run(throughput(
                 stack.gateway_url, hold_requests(handle, hold_starts), args.concurrency))
