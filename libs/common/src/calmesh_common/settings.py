@@ -137,6 +137,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     bad_key_failures_burst: int = 30
     health_timeout_seconds: float = 2.0
     forward_timeout_seconds: float = 30.0
+    #: Where the dashboard (/app) calls the public API; empty: this gateway itself on loopback.
+    dashboard_api_url: str = ""
 
     # Secrets at rest (connections credentials, webhook secrets): comma-separated Fernet keys,
     # newest first; every key decrypts, the first encrypts.
@@ -336,6 +338,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             bad_key_failures_burst=_int(env, "CALMESH_BAD_KEY_FAILURES_BURST", 30),
             health_timeout_seconds=_float(env, "CALMESH_HEALTH_TIMEOUT_SECONDS", 2.0),
             forward_timeout_seconds=_float(env, "CALMESH_FORWARD_TIMEOUT_SECONDS", 30.0),
+            dashboard_api_url=env.get("CALMESH_DASHBOARD_API_URL", "").rstrip("/"),
             encryption_keys=_list(env, "CALMESH_ENCRYPTION_KEYS"),
             sync_workers=_int(env, "CALMESH_SYNC_WORKERS", 2),
             allow_private_networks=_bool(env, "CALMESH_ALLOW_PRIVATE_NETWORKS", False),

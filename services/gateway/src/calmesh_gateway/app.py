@@ -31,6 +31,8 @@ from calmesh_common.settings import Settings
 
 from .api import ROUTE_HANDLERS
 from .authcache import AuthCache, periodic
+from .dashboard.client import DashboardApi
+from .dashboard.pages import DASHBOARD_HANDLERS
 from .forward import Forwarder
 from .limits import SharedLimiter
 from .front import GatewayFront
@@ -67,6 +69,8 @@ class GatewayState:
     store: GatewayStore | None = None
     nc: NATS | None = None
     forwarder: Forwarder | None = None
+    #: The dashboard's client of the public API (the pages at /app).
+    dashboard: DashboardApi | None = None
     front: Any = None  # the GatewayFront itself: tool calls send their requests back through it
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     metrics: Metrics = field(default_factory=lambda: Metrics(NAME))
@@ -104,6 +108,8 @@ def create_app(settings: Settings) -> GatewayFront:
             limiter.store = state.store
         state.forwarder = Forwarder(settings.service_urls, timeout=settings.forward_timeout_seconds)
         state.openapi.fetch = state.forwarder.get_json_status
+        state.dashboard = DashboardApi(settings.dashboard_api_url or f"http://127.0.0.1:{settings.port}",
+                                       timeout=settings.forward_timeout_seconds)
 
         def reload_later() -> None:
             state.tasks.append(asyncio.create_task(cache.reload(), name="gateway-cache-reload"))
@@ -159,12 +165,13 @@ def create_app(settings: Settings) -> GatewayFront:
                 except Exception as exc:  # noqa: BLE001 - shutting down: report and go on
                     log.warning("flush_failed", job=flush.__qualname__, error=repr(exc))
             await state.forwarder.close()
+            await state.dashboard.close()
             if state.nc.is_connected:
                 await state.nc.drain()
             await state.pool.close()
 
     inner = Litestar(
-        route_handlers=[*ROUTE_HANDLERS, *TOOL_HANDLERS],
+        route_handlers=[*ROUTE_HANDLERS, *TOOL_HANDLERS, *DASHBOARD_HANDLERS],
         lifespan=[lifespan],
         exception_handlers={Exception: problem_handler},
         request_max_body_size=settings.max_body_bytes,

@@ -111,6 +111,24 @@ OAUTH_BINDING_COOKIES = ("__Host-calmesh_oauth_", "calmesh_oauth_")
 
 V1 = "/api/v1"
 
+#: The dashboard's pages: public (a signed-out visitor is sent to sign in) or a session; no keys.
+DASHBOARD = frozenset({PUBLIC, SESSION})
+DASHBOARD_PAGES = (
+    ("/app", "home (sends to the connections or the sign-in page)"),
+    ("/app/signup", "sign up"),
+    ("/app/login", "sign in"),
+    ("/app/profile", "profile"),
+    ("/app/connections", "connections"),
+    ("/app/calendars", "unified calendars"),
+    ("/app/calendars/{slug}", "a unified calendar's week"),
+    ("/app/booking-pages", "booking pages"),
+    ("/app/bookings", "bookings"),
+    ("/app/polls", "polls"),
+    ("/app/api-keys", "API keys"),
+    ("/app/webhooks", "webhooks"),
+    ("/app/billing", "billing"),
+)
+
 ROUTES: tuple[Route, ...] = (
     # The gateway: accounts, sessions, API keys, health, the OpenAPI document.
     _r("POST", f"{V1}/auth/signup", GATEWAY, "Create an account (sets the session and CSRF cookies)",
@@ -142,6 +160,15 @@ ROUTES: tuple[Route, ...] = (
        tag="docs", rate_limited=False, doc={"status": 200, "html": True}),
     _r("GET", "/schema/assets/{name}", GATEWAY, "Scripts and styles of the interactive documentation (served here)",
        auth=PUBLIC_ONLY, scopes=NO_KEYS, tag="docs", rate_limited=False, doc={"status": 200}),
+
+    # The dashboard (calmesh_gateway.dashboard): HTML pages for a browser, GET only. A page with a
+    # session cookie renders what the public API answers to that user; without one it sends the
+    # visitor to sign in. Changes go from the page's script to the API rows above and below.
+    *(_r("GET", path, GATEWAY, f"Dashboard: {summary} (HTML)", auth=DASHBOARD, scopes=NO_KEYS, tag="dashboard",
+         doc={"status": 200, "html": True})
+      for path, summary in DASHBOARD_PAGES),
+    _r("GET", "/app/assets/{name}", GATEWAY, "Dashboard: scripts and styles (fingerprinted, served here)",
+       auth=PUBLIC_ONLY, scopes=NO_KEYS, tag="dashboard", rate_limited=False, doc={"status": 200}),
 
     # connections: connections and the OAuth / push-notification callbacks of the providers.
     _r("GET", f"{V1}/connections", "connections", "List all calendar connections for the authenticated user"),

@@ -275,7 +275,10 @@ class Stack:
 
 def _banner(url: str) -> str:
     return f"""
-  CalMesh is up: {url}
+  CalMesh is up. Open the dashboard: {url}/app
+    (sign up, connect a calendar, see your week)
+
+  The API: {url}
     health   {url}/api/health
     API docs {url}/schema
 

@@ -1,0 +1,409 @@
+"""The dashboard's pages (GET only): each one asks the public API as the signed-in user and renders
+a template. Changes are made by the page's script, which calls the public API with the CSRF token.
+
+Every page carries a strict Content-Security-Policy (no inline script or style, nothing from
+another origin, no framing) and is never cached; the fingerprinted assets are cached for a year.
+"""
+
+from __future__ import annotations
+
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from litestar import Request, Response, get
+from litestar.response import Redirect
+
+from calmesh_common.problems import Problem
+
+from ..front import RequestContext
+from .assets import asset_url, assets
+from .client import ApiError, DashboardApi, SignedOut
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+PAGE_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+ASSET_HEADERS = {"X-Content-Type-Options": "nosniff", "Cache-Control": "public, max-age=31536000, immutable"}
+
+NAV = (
+    ("/app/connections", "Connections"),
+    ("/app/calendars", "Calendars"),
+    ("/app/booking-pages", "Booking pages"),
+    ("/app/bookings", "Bookings"),
+    ("/app/polls", "Polls"),
+    ("/app/api-keys", "API keys"),
+    ("/app/webhooks", "Webhooks"),
+    ("/app/billing", "Billing"),
+)
+SCOPES = ("read", "write", "book", "full")
+#: How many pages of a list a dashboard page follows (200 rows each) before it stops.
+MAX_PAGES = 5
+SLOTS_PER_DAY = 96  # quarter hours: the week grid's rows
+MAX_LANES = 4
+SOURCE_COLOURS = 8
+
+
+@cache
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True,
+                             trim_blocks=True, lstrip_blocks=True)
+    env.globals.update(asset=asset_url, nav=NAV)
+    env.filters["when"] = _when
+    return env
+
+
+@cache
+def timezones() -> tuple[str, ...]:
+    return ("UTC", *sorted(z for z in zoneinfo.available_timezones() if z != "UTC" and "/" in z))
+
+
+def _ctx(request: Request[Any, Any, Any]) -> RequestContext:
+    return request.scope["calmesh"]  # type: ignore[typeddict-item,no-any-return]
+
+
+def _api(request: Request[Any, Any, Any]) -> DashboardApi:
+    return request.app.state.gw.dashboard  # type: ignore[no-any-return]
+
+
+def _when(value: str | None, tz: str = "UTC") -> str:
+    """An API instant as the user reads it: '2026-03-15 10:00' in `tz`, or '—'."""
+    if not value:
+        return "—"
+    try:
+        instant = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    return instant.astimezone(_zone(tz)).strftime("%Y-%m-%d %H:%M")
+
+
+def _zone(name: str) -> zoneinfo.ZoneInfo:
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return zoneinfo.ZoneInfo("UTC")
+
+
+def render(template: str, status: int = 200, **context: Any) -> Response[str]:
+    html = environment().get_template(template).render(**context)
+    return Response(html, status_code=status, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+
+def _to_login() -> Redirect:
+    return Redirect("/app/login", status_code=303, headers=PAGE_HEADERS)
+
+
+@dataclass
+class Session:
+    """A signed-in visitor: the session token (to call the API as them) and who they are."""
+
+    token: str
+    me: dict[str, Any]
+    api: DashboardApi
+    request_id: str
+
+    async def get(self, path: str, **params: Any) -> Any:
+        return await self.api.get(self.token, path, params or None, self.request_id)
+
+    async def all(self, path: str, **params: Any) -> list[dict[str, Any]]:
+        """Every row of a list endpoint (a few pages of 200 at most)."""
+        rows: list[dict[str, Any]] = []
+        cursor = None
+        for _ in range(MAX_PAGES):
+            query = {"limit": 200, **params, **({"cursor": cursor} if cursor else {})}
+            page = await self.get(path, **query)
+            rows += page.get("data", [])
+            cursor = page.get("next_cursor")
+            if not cursor:
+                break
+        return rows
+
+
+async def _session(request: Request[Any, Any, Any]) -> Session | None:
+    ctx = _ctx(request)
+    if ctx.identity is None or ctx.session_token is None:
+        return None
+    api = _api(request)
+    try:
+        me = await api.get(ctx.session_token, "/me", request_id=ctx.request_id)
+    except SignedOut:
+        return None
+    return Session(ctx.session_token, me, api, ctx.request_id)
+
+
+def _signed_in_page(template: str, title: str, active: str) -> Any:
+    """Decorator body shared by the signed-in pages: sign-in redirect, API errors shown as a page."""
+
+    def wrap(load: Any) -> Any:
+        async def handler(request: Request[Any, Any, Any]) -> Response[Any]:
+            session = await _session(request)
+            if session is None:
+                return _to_login()
+            try:
+                context = await load(request, session)
+            except SignedOut:
+                return _to_login()
+            except ApiError as exc:
+                return render("error.html", status=exc.status if exc.status in (404, 422) else 502,
+                              title=title, me=session.me, active=active, detail=exc.detail)
+            return render(template, title=title, me=session.me, active=active, **context)
+
+        handler.__name__ = load.__name__
+        handler.__qualname__ = load.__qualname__
+        return handler
+
+    return wrap
+
+
+# Signed-out pages ------------------------------------------------------------------------------
+
+@get("/app", include_in_schema=False)
+async def home(request: Request[Any, Any, Any]) -> Response[Any]:
+    session = await _session(request)
+    return Redirect("/app/connections" if session else "/app/login", status_code=303, headers=PAGE_HEADERS)
+
+
+@get("/app/login", include_in_schema=False)
+async def login_page(request: Request[Any, Any, Any]) -> Response[Any]:
+    return render("login.html", title="Sign in", me=None, active="")
+
+
+@get("/app/signup", include_in_schema=False)
+async def signup_page(request: Request[Any, Any, Any]) -> Response[Any]:
+    return render("signup.html", title="Create account", me=None, active="", timezones=timezones())
+
+
+@get("/app/assets/{name:str}", include_in_schema=False)
+async def asset(name: str) -> Response[bytes]:
+    found = assets().get(name)
+    if found is None:
+        raise Problem(404, "not_found", "No such dashboard asset.")
+    return Response(found.body, media_type=found.content_type, headers=ASSET_HEADERS)
+
+
+# Signed-in pages -------------------------------------------------------------------------------
+
+@_signed_in_page("profile.html", "Profile", "/app/profile")
+async def _profile(request: Request[Any, Any, Any], session: Session) -> dict[str, Any]:
+    return {}
+
+
+@_signed_in_page("api_keys.html", "API keys", "/app/api-keys")
+async def _api_keys(request: Request[Any, Any, Any], session: Session) -> dict[str, Any]:
+    return {"keys": await session.all("/api-keys"), "scopes": SCOPES}
+
+
+@_signed_in_page("connections.html", "Connections", "/app/connections")
+async def _connections(request: Request[Any, Any, Any], session: Session) -> dict[str, Any]:
+    return {"connections": await session.all("/connections")}
+
+
+@_signed_in_page("calendars.html", "Calendars", "/app/calendars")
+async def _calendars(request: Request[Any, Any, Any], session: Session) -> dict[str, Any]:
+    connections = await session.all("/connections")
+    choices = [
+        {"value": {"connection_id": c["id"], "calendar_id": cal["id"]},
+         "label": f"{cal.get('name') or cal['id']} ({c.get('display_name') or c['provider']})"}
+        for c in connections for cal in c.get("calendars") or []
+    ]
+    return {"calendars": await session.all("/calendars"), "choices": choices, "timezones": timezones()}
+
+
+def _placeholder(title: str, active: str, api_path: str) -> Any:
+    async def load(request: Request[Any, Any, Any], session: Session) -> dict[str, Any]:
+        return {"api_path": api_path}
+
+    load.__name__ = load.__qualname__ = f"_{active.rsplit('/', 1)[-1].replace('-', '_')}"
+    return get(active, include_in_schema=False)(_signed_in_page("placeholder.html", title, active)(load))
+
+
+profile = get("/app/profile", include_in_schema=False)(_profile)
+api_keys = get("/app/api-keys", include_in_schema=False)(_api_keys)
+connections = get("/app/connections", include_in_schema=False)(_connections)
+calendars = get("/app/calendars", include_in_schema=False)(_calendars)
+
+
+# The week view ---------------------------------------------------------------------------------
+
+@dataclass
+class Placed:
+    """One event as the week grid draws it (a part of it, when it crosses midnight)."""
+
+    event: dict[str, Any]
+    day: int
+    start_slot: int
+    end_slot: int
+    colour: int
+    source: str
+    conflict: bool
+    label: str
+    when: str = ""
+    lane: int = 0
+    lanes: int = 1
+
+
+@dataclass
+class Week:
+    monday: date
+    tz: str
+    days: list[date]
+    timed: list[Placed] = field(default_factory=list)
+    all_day: list[Placed] = field(default_factory=list)
+
+    @property
+    def previous(self) -> str:
+        return (self.monday - timedelta(days=7)).isoformat()
+
+    @property
+    def next(self) -> str:
+        return (self.monday + timedelta(days=7)).isoformat()
+
+
+def _instant(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def build_week(monday: date, tz: str, events: list[dict[str, Any]], conflicted: set[str],
+               sources: Mapping[str, tuple[int, str]]) -> Week:
+    """Place `events` on the week grid of `monday` in `tz`: timed events by quarter hour, split at
+    midnight, side by side where they overlap; all-day events in the row on top."""
+    zone = _zone(tz)
+    days = [monday + timedelta(days=i) for i in range(7)]
+    week = Week(monday, tz, days)
+    for ev in events:
+        colour, source = sources.get(ev.get("source_id") or "", (0, ""))
+        conflict = ev["id"] in conflicted
+        title = ev.get("title") or "(no title)"
+        if ev.get("all_day"):
+            first, last = date.fromisoformat(ev["start"][:10]), date.fromisoformat(ev["end"][:10])
+            for i, day in enumerate(days):
+                if first <= day < last:
+                    label = _label(title, "all day", source, conflict)
+                    when = f"{first.isoformat()} (all day)" if last - first <= timedelta(days=1) else \
+                        f"{first.isoformat()} – {(last - timedelta(days=1)).isoformat()} (all day)"
+                    week.all_day.append(Placed(ev, i, 0, 0, colour, source, conflict, label, when))
+            continue
+        start, end = _instant(ev["start"]).astimezone(zone), _instant(ev["end"]).astimezone(zone)
+        for i, day in enumerate(days):
+            day_start = datetime.combine(day, datetime.min.time(), zone)
+            day_end = datetime.combine(day + timedelta(days=1), datetime.min.time(), zone)
+            lo, hi = max(start, day_start), min(end, day_end)
+            if lo >= hi and not (start == end and day_start <= start < day_end):
+                continue
+            first_slot = int((lo - day_start).total_seconds() // 900)
+            last_slot = max(first_slot + 1, min(SLOTS_PER_DAY, -int(-(hi - day_start).total_seconds() // 900)))
+            span = f"{start.strftime('%a %H:%M')}–{end.strftime('%H:%M' if start.date() == end.date() else '%a %H:%M')}"
+            label = _label(title, span, source, conflict)
+            when = f"{start.strftime('%a %-d %b %H:%M')} – {end.strftime('%H:%M' if start.date() == end.date() else '%a %-d %b %H:%M')} ({tz})"
+            week.timed.append(Placed(ev, i, min(first_slot, SLOTS_PER_DAY - 1), last_slot, colour, source, conflict,
+                                     label, when))
+    _assign_lanes(week.timed)
+    return week
+
+
+def _label(title: str, when: str, source: str, conflict: bool) -> str:
+    parts = [title, when]
+    if source:
+        parts.append(f"from {source}")
+    if conflict:
+        parts.append("conflict")
+    return ", ".join(parts)
+
+
+def _assign_lanes(placed: list[Placed]) -> None:
+    """Overlapping events of a day sit side by side: each cluster of overlaps gets as many lanes
+    as it needs at once (at most MAX_LANES; more share the last)."""
+    for day in range(7):
+        items = sorted((p for p in placed if p.day == day), key=lambda p: (p.start_slot, -p.end_slot))
+        cluster: list[Placed] = []
+        cluster_end = -1
+        lane_ends: list[int] = []
+
+        def close() -> None:
+            width = min(MAX_LANES, max(len(lane_ends), 1))
+            for p in cluster:
+                p.lanes = width
+
+        for p in items:
+            if cluster and p.start_slot >= cluster_end:
+                close()
+                cluster, lane_ends = [], []
+            lane = next((i for i, e in enumerate(lane_ends) if e <= p.start_slot), None)
+            if lane is None:
+                lane_ends.append(p.end_slot)
+                lane = len(lane_ends) - 1
+            else:
+                lane_ends[lane] = p.end_slot
+            p.lane = min(lane, MAX_LANES - 1)
+            cluster.append(p)
+            cluster_end = max(cluster_end, p.end_slot)
+        if cluster:
+            close()
+
+
+def _monday(raw: str | None, tz: str) -> date:
+    try:
+        day = date.fromisoformat(raw) if raw else datetime.now(_zone(tz)).date()
+    except ValueError:
+        raise Problem(422, "invalid_week", "week must be a date, YYYY-MM-DD.") from None
+    return day - timedelta(days=day.weekday())
+
+
+@get("/app/calendars/{slug:str}", include_in_schema=False)
+async def week_view(request: Request[Any, Any, Any], slug: str) -> Response[Any]:
+    session = await _session(request)
+    if session is None:
+        return _to_login()
+    me = session.me
+    wanted = request.query_params.get("tz") or ""
+    tz = wanted if wanted in timezones() else (me.get("timezone") or "UTC")
+    try:
+        monday = _monday(request.query_params.get("week"), tz)
+    except Problem as exc:
+        return render("error.html", status=422, title="Calendar", me=me, active="/app/calendars", detail=exc.detail)
+    zone = _zone(tz)
+    start = datetime.combine(monday, datetime.min.time(), zone).astimezone(UTC)
+    end = datetime.combine(monday + timedelta(days=7), datetime.min.time(), zone).astimezone(UTC)
+    span = {"start": start.strftime("%Y-%m-%dT%H:%M:%SZ"), "end": end.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    try:
+        calendar = await session.get(f"/calendars/{slug}")
+        events = await session.all(f"/calendars/{slug}/events", **span)
+        conflicts = await session.all(f"/calendars/{slug}/conflicts", **span)
+    except SignedOut:
+        return _to_login()
+    except ApiError as exc:
+        return render("error.html", status=exc.status if exc.status in (404, 422) else 502, title="Calendar",
+                      me=me, active="/app/calendars", detail=exc.detail)
+    sources = {s["id"]: (i % SOURCE_COLOURS, s.get("name") or s["id"])
+               for i, s in enumerate(calendar.get("sources") or [])}
+    conflicted = {e["id"] for c in conflicts for e in c.get("events") or []}
+    week = build_week(monday, tz, events, conflicted, sources)
+    today = datetime.now(zone).date()
+    return render("week.html", title=calendar.get("name") or slug, me=me, active="/app/calendars",
+                  calendar=calendar, week=week, today=today, tz=tz, tz_given=bool(wanted),
+                  timezones=timezones(), conflicts=len(conflicts),
+                  legend=[(colour, name) for colour, name in sources.values()])
+
+
+PLACEHOLDERS = [
+    _placeholder("Booking pages", "/app/booking-pages", "/api/v1/booking-pages"),
+    _placeholder("Bookings", "/app/bookings", "/api/v1/bookings"),
+    _placeholder("Polls", "/app/polls", "/api/v1/polls"),
+    _placeholder("Webhooks", "/app/webhooks", "/api/v1/webhooks"),
+    _placeholder("Billing", "/app/billing", "/api/v1/billing"),
+]
+
+DASHBOARD_HANDLERS = [home, login_page, signup_page, asset, profile, api_keys, connections, calendars,
+                      week_view, *PLACEHOLDERS]

@@ -1,0 +1,304 @@
+"""The dashboard at /app in a real browser (Playwright driving Debian's Chromium), against the
+running platform: a newcomer signs up, makes an API key (shown once), connects an iCal feed and a
+CalDAV calendar (Radicale) through the forms, builds a unified calendar of both and sees the week
+with the overlap marked as a conflict. Every request the browser makes stays on CalMesh's origin;
+every page carries the CSP; a cookie-authenticated POST without the CSRF token is refused.
+Screenshots of each page go to $CALMESH_TEST_ARTIFACTS/dashboard."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar import Litestar, Response, get
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from calmesh_booking.testing import Radicale, Served
+from calmesh_common.devstack.supervisor import Stack
+
+pytestmark = pytest.mark.timeout(240)
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+PAGE_BUDGET = 100_000  # bytes of HTML + JS + CSS per page (issue 13)
+
+
+def artifacts() -> Path:
+    path = Path(os.environ.get("CALMESH_TEST_ARTIFACTS", "test-artifacts")) / "dashboard"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def this_week_at(weekday: int, hour: int, minute: int = 0) -> datetime:
+    """An instant of the current week (Monday first) in UTC, the new account's time zone."""
+    now = datetime.now(UTC)
+    monday = (now - timedelta(days=now.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
+    return monday + timedelta(days=weekday, hours=hour, minutes=minute)
+
+
+def ics(*events: tuple[str, str, datetime, datetime]) -> str:
+    fmt = "%Y%m%dT%H%M%SZ"
+    body = "".join(
+        f"BEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:20260101T000000Z\r\nDTSTART:{start.strftime(fmt)}\r\n"
+        f"DTEND:{end.strftime(fmt)}\r\nSUMMARY:{title}\r\nEND:VEVENT\r\n"
+        for uid, title, start, end in events
+    )
+    return f"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//calmesh tests//EN\r\n{body}END:VCALENDAR\r\n"
+
+
+@pytest.fixture(scope="module")
+def radicale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Radicale]:
+    server = Radicale(tmp_path_factory.mktemp("radicale-dashboard")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+async def feed() -> AsyncIterator[str]:
+    """A feed on loopback with a meeting on Wednesday 10:00–11:00 and lunch on Thursday."""
+    body = ics(("team-sync@test", "Team sync", this_week_at(2, 10), this_week_at(2, 11)),
+               ("lunch@test", "Lunch with Ana", this_week_at(3, 12), this_week_at(3, 13)))
+
+    @get("/team.ics", media_type="text/calendar")
+    async def team() -> Response[str]:
+        return Response(body, media_type="text/calendar")
+
+    served = Served(Litestar([team]))
+    await served.start()
+    yield f"{served.url}/team.ics"
+    await served.stop()
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        await b.close()
+
+
+class Recorder:
+    """Every request the page makes, and the bytes of each HTML, script and style answer."""
+
+    def __init__(self, page: Page) -> None:
+        self.urls: list[str] = []
+        self.sizes: dict[str, int] = {}
+        page.on("request", lambda request: self.urls.append(request.url))
+        page.on("response", self._on_response)
+
+    async def _on_response(self, response: Any) -> None:
+        kind = response.headers.get("content-type", "")
+        if any(t in kind for t in ("text/html", "javascript", "text/css")):
+            try:
+                self.sizes[response.url] = len(await response.body())
+            except Exception:  # noqa: BLE001 - a redirect has no body to measure
+                pass
+
+
+async def shot(page: Page, name: str) -> None:
+    await page.screenshot(path=str(artifacts() / f"{name}.png"), full_page=True)
+
+
+async def test_a_newcomer_signs_up_connects_two_calendars_and_sees_the_merged_week(
+        stack: Stack, browser: Browser, radicale: Radicale, feed: str) -> None:
+    base = stack.gateway_url
+    context = await browser.new_context(viewport={"width": 1280, "height": 900}, timezone_id="UTC")
+    page = await context.new_page()
+    seen = Recorder(page)
+    dialogs: list[str] = []
+
+    async def accept(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        await dialog.accept()
+
+    page.on("dialog", accept)
+    suffix = uuid.uuid4().hex[:8]
+
+    # Signed out, /app sends the visitor to sign in; the page carries the CSP.
+    response = await page.goto(f"{base}/app")
+    assert page.url == f"{base}/app/login"
+    csp = response.headers["content-security-policy"]
+    for directive in ("default-src 'none'", "script-src 'self'", "frame-ancestors 'none'", "form-action 'self'"):
+        assert directive in csp, csp
+    await shot(page, "01-login")
+
+    # Sign up: a handle the API refuses is shown beside the Handle field; then the account is made.
+    await page.get_by_role("link", name="Create an account").click()
+    await page.get_by_label("Email").fill(f"dash-{suffix}@example.com")
+    await page.get_by_label("Password").fill("a long enough passphrase")
+    await page.get_by_label("Handle").fill("No Spaces Allowed")
+    await page.get_by_label("Time zone").select_option("UTC")
+    await page.get_by_role("button", name="Create account").click()
+    handle_field = page.get_by_label("Handle")
+    await expect(handle_field).to_have_attribute("aria-invalid", "true")
+    await expect(page.locator('[data-field="handle"] .field-error')).to_be_visible()
+    await shot(page, "02-signup-error")
+    await handle_field.fill(f"dash-{suffix}")
+    await page.get_by_role("button", name="Create account").click()
+    await page.wait_for_url(f"{base}/app/connections")
+    await expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+    for name in ("Connections", "Calendars", "Booking pages", "Bookings", "Polls", "API keys", "Webhooks", "Billing"):
+        await expect(page.get_by_role("navigation", name="Main").get_by_role("link", name=name, exact=True)).to_be_visible()
+
+    # A cookie-authenticated POST without the CSRF token is refused with 403, not a redirect.
+    refused = await context.request.post(f"{base}/api/v1/api-keys", data={"name": "x", "scope": "read"},
+                                         max_redirects=0)
+    assert refused.status == 403 and (await refused.json())["code"] == "csrf_failed"
+
+    # An API key, by keyboard: shown once with a warning, gone after a reload; listed by prefix.
+    await page.get_by_role("link", name="API keys").click()
+    await page.get_by_label("Name").focus()
+    await page.keyboard.type("laptop")
+    await page.keyboard.press("Tab")
+    await expect(page.get_by_label("Scope")).to_be_focused()
+    await page.get_by_label("Scope").select_option("full")
+    await page.keyboard.press("Tab")
+    await expect(page.get_by_role("button", name="Create key")).to_be_focused()
+    await page.keyboard.press("Enter")
+    new_key = page.get_by_label("New API key")
+    await expect(new_key).to_have_text(re.compile(r"^cm_live_\S{20,}$"))
+    key = await new_key.text_content()
+    await expect(page.get_by_text("shown only once")).to_be_visible()
+    row = page.get_by_role("row").filter(has_text="laptop")
+    await expect(row).to_contain_text("full")
+    await expect(row).to_contain_text(key[:12])
+    await shot(page, "03-api-key-shown-once")
+    await page.reload()
+    await expect(page.get_by_label("New API key")).to_be_hidden()
+    assert key not in await page.content()
+
+    # Connections: a bad URL is refused beside the field; then the feed and the CalDAV calendar.
+    await page.get_by_role("link", name="Connections").click()
+    ical = page.locator("#add-ical")
+    await ical.get_by_label("iCal URL").fill("not a url")
+    await ical.get_by_role("button", name="Add iCal feed").click()
+    await expect(ical.get_by_label("iCal URL")).to_have_attribute("aria-invalid", "true")
+    await shot(page, "04-ical-error")
+    await ical.get_by_label("iCal URL").fill(feed)
+    await ical.get_by_role("button", name="Add iCal feed").click()
+    await expect(page.get_by_role("row").filter(has_text="127.0.0.1")).to_have_count(1)
+
+    calendar = f"home-{suffix}"
+    radicale.make_calendar(calendar, "Home")
+    radicale.put_event(calendar, "dentist@test", this_week_at(2, 10, 30), this_week_at(2, 11, 30), "Dentist")
+    caldav = page.locator("#add-caldav")
+    await caldav.get_by_label("CalDAV URL").fill(radicale.calendar_url(calendar))
+    await caldav.get_by_label("Username").fill(radicale.user)
+    await caldav.get_by_label("Password").fill("wrong password")
+    await caldav.get_by_role("button", name="Add CalDAV").click()
+    await expect(caldav.locator(".field-error, .form-alert:not([hidden])").first).to_be_visible()
+    await caldav.get_by_label("Password").fill(radicale.password)
+    await caldav.get_by_role("button", name="Add CalDAV").click()
+    rows = page.get_by_role("row").filter(has=page.get_by_role("button", name="Sync now"))
+    await expect(rows).to_have_count(2)
+    deadline = time.monotonic() + 60
+    while await page.get_by_role("row").filter(has_text="active").count() < 2:
+        assert time.monotonic() < deadline, await page.content()
+        await page.wait_for_timeout(500)
+        await page.reload()
+    await page.get_by_role("row").filter(has_text="ical").get_by_role("button", name="Sync now").click()
+    await expect(page.get_by_role("alert").filter(has_text="Sync started")).to_be_visible()
+    await shot(page, "05-connections")
+
+    # A unified calendar of both sources, then its week: both meetings, the overlap marked.
+    await page.get_by_role("link", name="Calendars").click()
+    await page.get_by_role("button", name="New calendar").click()
+    form = page.locator("#new-calendar")
+    await form.get_by_label("Name").fill("Everything")
+    await form.get_by_label("Slug").fill("everything")
+    await form.get_by_label("Time zone").select_option("UTC")
+    boxes = form.get_by_role("checkbox")
+    await expect(boxes).to_have_count(2)
+    for i in range(2):
+        await boxes.nth(i).check()
+    await shot(page, "06-new-calendar")
+    await form.get_by_role("button", name="Create calendar").click()
+    await page.get_by_role("link", name="Everything").click()
+    await page.wait_for_url(f"{base}/app/calendars/everything")
+    team = page.get_by_role("button", name="Team sync")
+    deadline = time.monotonic() + 60
+    while not (await team.count() and await page.get_by_role("button", name="Dentist").count()):
+        assert time.monotonic() < deadline, await page.content()
+        await page.wait_for_timeout(500)
+        await page.reload()
+    await expect(team).to_have_accessible_name(re.compile("conflict"))
+    await expect(page.get_by_role("button", name="Dentist")).to_have_accessible_name(re.compile("conflict"))
+    lunch = page.get_by_role("button", name="Lunch with Ana")
+    await expect(lunch).to_be_visible()
+    assert "conflict" not in (await lunch.get_attribute("aria-label") or "")
+    await team.click()
+    await expect(page.locator("#event-detail")).to_contain_text("Wed")
+    await expect(page.locator("#detail-conflict")).to_be_visible()
+    await shot(page, "07-week")
+
+    # Previous / next / today change the URL; ?week= opens the week holding that day.
+    await page.get_by_role("link", name="Next week").click()
+    await expect(page).to_have_url(re.compile(r"\?week=\d{4}-\d{2}-\d{2}"))
+    await expect(page.get_by_role("button", name="Team sync")).to_have_count(0)
+    await page.get_by_role("link", name="Today").click()
+    await expect(page.get_by_role("button", name="Team sync")).to_be_visible()
+    await page.goto(f"{base}/app/calendars/everything?week={this_week_at(4, 0).date().isoformat()}&tz=Asia/Tokyo")
+    # Wednesday 10:00 UTC is 19:00 in Tokyo.
+    await expect(page.get_by_role("button", name="Team sync")).to_have_accessible_name(re.compile("19:00"))
+
+    # The other pages render with the navigation; the profile says what cannot be changed yet.
+    for path in ("profile", "booking-pages", "bookings", "polls", "webhooks", "billing"):
+        await page.goto(f"{base}/app/{path}")
+        await expect(page.get_by_role("button", name="Sign out")).to_be_visible()
+    await shot(page, "08-profile-or-last")
+
+    # Revoke the key (after a confirmation), then sign out.
+    await page.goto(f"{base}/app/api-keys")
+    await page.get_by_role("row").filter(has_text="laptop").get_by_role("button", name="Revoke").click()
+    await expect(page.get_by_role("row").filter(has_text="laptop")).to_have_count(0)
+    assert any("Revoke" in d for d in dialogs)
+    await page.get_by_role("button", name="Sign out").click()
+    await page.wait_for_url(f"{base}/app/login")
+    await page.goto(f"{base}/app/api-keys")
+    assert page.url == f"{base}/app/login"
+
+    # A wrong password is an alert on the sign-in page.
+    await page.get_by_label("Email").fill(f"dash-{suffix}@example.com")
+    await page.get_by_label("Password").fill("not the passphrase")
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.locator("#login .form-alert")).to_be_visible()
+    await shot(page, "09-login-error")
+
+    # Nothing but CalMesh's own origin was ever asked; every page stayed under the budget.
+    foreign = [u for u in seen.urls if not (u.startswith(base + "/") or u.startswith("data:"))]
+    assert not foreign, foreign
+    pages = {u: n for u, n in seen.sizes.items() if "/app" in u}
+    assets = sum(n for u, n in pages.items() if "/app/assets/" in u)
+    for url, size in pages.items():
+        if "/app/assets/" not in url:
+            assert size + assets < PAGE_BUDGET, (url, size, assets)
+    await context.close()
+
+
+async def test_the_assets_are_fingerprinted_and_cached_and_unknown_ones_are_404(stack: Stack) -> None:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as http:
+        login = await http.get("/app/login")
+        assert login.status_code == 200
+        names = re.findall(r'(/app/assets/[a-z]+\.[0-9a-f]{12}\.(?:js|css))', login.text)
+        assert len(names) == 2, login.text
+        for name in names:
+            r = await http.get(name)
+            assert r.status_code == 200
+            assert "immutable" in r.headers["cache-control"]
+            assert r.headers["x-content-type-options"] == "nosniff"
+        missing = await http.get("/app/assets/app.000000000000.js")
+        assert missing.status_code == 404
+        assert missing.headers["content-type"].startswith("application/problem+json")
+        # Keys are not for the dashboard's pages: a key is refused there, not rendered.
+        keyed = await http.get("/app/connections", headers={"Authorization": "Bearer cm_live_" + "x" * 40})
+        assert keyed.status_code == 401
