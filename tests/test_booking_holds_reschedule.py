@@ -14,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+import json
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -300,3 +302,48 @@ async def test_reschedule_moves_the_booking_in_place_with_its_own_link(bk: Booki
 
 async def _async(value: bool) -> bool:
     return value
+
+
+def _visitor_text(bk: BookingHarness, stem: str) -> str:
+    message = email.message_from_bytes((bk.mail_dir / f"{stem}-visitor.eml").read_bytes(), policy=email.policy.default)
+    return next(p.get_content() for p in message.walk() if p.get_content_type() == "text/plain")
+
+
+async def test_the_confirmation_mail_links_a_page_that_reschedules_with_its_own_signature(bk: BookingHarness) -> None:
+    ann = await bk.new_user()
+    await make_page(bk, ann, "intro")
+    day = future_day(19)
+    s0, s1 = (await slots(bk, ann, "intro", day))[:2]
+    booking = (await book(bk, ann, "intro", s0)).json()
+    await eventually(lambda: _async((bk.mail_dir / f"{booking['id']}-confirmed-visitor.eml").exists()))
+    text = _visitor_text(bk, f"{booking['id']}-confirmed")
+    link = next(line.split("Need to reschedule? ", 1)[1] for line in text.splitlines()
+                if line.startswith("Need to reschedule? "))
+    parts = urlsplit(link)
+    page_url = f"{parts.path}?{parts.query}"
+    assert page_url.startswith(f"/{ann.handle}/intro?reschedule={booking['id']}&exp=")
+    signed = page_url.split("&", 1)[1]
+    # The page opened from the link moves this booking: its current time and the signed endpoint.
+    page = await bk.client.get(page_url)
+    assert page.status_code == 200
+    assert "Reschedule your booking" in page.text and 'id="step-move"' in page.text
+    config = page.text.split('<script id="calmesh-config" type="application/json">', 1)[1].split("</script>", 1)[0]
+    moving = json.loads(config)["reschedule"]
+    assert (moving["id"], moving["start"]) == (booking["id"], s0)
+    assert moving["api"] == f"/api/v1/bookings/{booking['id']}/reschedule?{signed}"
+    # What the page's script posts moves the booking.
+    moved = await bk.client.post(moving["api"], json={"start": s1})
+    assert moved.status_code == 200 and moved.json()["start"] == s1
+    # The cancel link's signature does not open the reschedule page, nor a tampered one.
+    cancel_signed = booking["cancel_url"].split("?", 1)[1]
+    wrong = await bk.client.get(f"/{ann.handle}/intro?reschedule={booking['id']}&{cancel_signed}")
+    assert wrong.status_code == 403 and "reschedule link is expired or not valid" in wrong.text
+    tampered = await bk.client.get(page_url.replace("sig=", "sig=0"))
+    assert tampered.status_code == 403
+    # The moved booking's mail carries a reschedule link again.
+    await eventually(lambda: _async((bk.mail_dir / f"{booking['id']}-rescheduled-1-visitor.eml").exists()))
+    assert f"/{ann.handle}/intro?reschedule={booking['id']}&exp=" in _visitor_text(bk, f"{booking['id']}-rescheduled-1")
+    # Once cancelled, the link says so instead of offering times.
+    await bk.client.post(f"/api/v1/bookings/{booking['id']}/cancel", headers=ann.headers, json={})
+    gone = await bk.client.get(page_url)
+    assert gone.status_code == 409 and "cancelled" in gone.text

@@ -294,3 +294,42 @@ async def test_a_page_that_requires_verification_holds_the_time_until_the_mailed
     mine = [b for b in await bookings_of(site) if b["email"] == address]
     assert len(mine) == 1 and mine[0]["status"] == "confirmed"
     await page.context.close()
+
+
+async def test_the_mailed_reschedule_link_moves_the_booking_on_the_public_page(
+        browser: Browser, site: Site, stack: Stack) -> None:
+    address = f"rita-{uuid.uuid4().hex[:8]}@example.org"
+    page = await new_page(browser, timezone_id="Europe/Amsterdam")
+    await page.goto(f"{site.base_url}/{site.owner.handle}/intro")
+    await book_in(page, name="Rita Visitor", email=address)
+    booking = next(b for b in await bookings_of(site) if b["email"] == address)
+
+    mail = stack.data_dir / "mail" / f"{booking['id']}-confirmed-visitor.eml"
+    deadline = time.monotonic() + 30
+    while not mail.exists():
+        assert time.monotonic() < deadline, "no confirmation mail"
+        await page.wait_for_timeout(100)
+    text = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default).get_body(  # type: ignore[attr-defined]
+        preferencelist=("plain",)).get_content()
+    link = re.search(r"Need to reschedule\? https?://[^/\s]+(/\S+)", text).group(1)  # type: ignore[union-attr]
+    assert f"?reschedule={booking['id']}&" in link
+
+    await page.goto(f"{site.base_url}{link}")
+    await expect(page.get_by_role("heading", name="Reschedule your booking")).to_be_visible()
+    await expect(page.locator("#move-current")).not_to_be_empty()
+    await page.locator("#next").click()  # a day of next week: not the booking's own time
+    day = page.locator("#days button:not([disabled])").first
+    await expect(day).to_be_visible(timeout=15_000)
+    await day.click()
+    slot = page.locator("#slots button").first
+    new_start = await slot.get_attribute("data-start")
+    await slot.click()
+    await page.get_by_role("button", name="Move booking").click()
+    await expect(page.get_by_role("heading", name="Your booking has moved")).to_be_visible(timeout=15_000)
+    await page.screenshot(path=str(artifacts() / "page-rescheduled.png"), full_page=True)
+    await assert_no_inline_script_and_no_csp_violation(page, page)
+
+    moved = next(b for b in await bookings_of(site) if b["email"] == address)
+    assert (moved["id"], moved["status"]) == (booking["id"], "confirmed")
+    assert moved["start"] == new_start != booking["start"]
+    await page.context.close()

@@ -651,11 +651,27 @@ async def page_asset(name: str) -> Response[bytes]:
 @get("/{handle:str}/{slug:str}", summary="The public booking page (HTML)", include_in_schema=False)
 async def booking_page(ctx: BookingContext, handle: str, slug: str, embed: str | None = None,
                        color: str | None = None, booking: str | None = None, exp: str = "",
-                       sig: str = "") -> Response[str]:
+                       sig: str = "", reschedule: str | None = None) -> Response[str]:
     """The booking page; with ``booking``, ``exp`` and ``sig`` (a visitor's cancel link from the
-    confirmation or the mail) the page that asks before cancelling that booking."""
+    confirmation or the mail) the page that asks before cancelling that booking; with
+    ``reschedule`` instead of ``booking`` (the mail's reschedule link) the page that moves it."""
     if not _HANDLE.match(handle):
         return _html(message_page_html("Not found", "There is no booking page here."), 404)
+    moving = None
+    if reschedule is not None and booking is None:
+        try:
+            b = await h.cancel_link_booking(ctx, reschedule, sig, exp, purpose="reschedule")
+        except Problem as exc:
+            text = ("This reschedule link is expired or not valid." if exc.status == 403
+                    else "There is no such booking.")
+            return _html(message_page_html("Link not valid", text), exc.status)
+        if b.page_slug != slug:
+            return _html(message_page_html("Not found", "There is no such booking."), 404)
+        if b.status != "confirmed":
+            return _html(message_page_html("Booking cancelled", "This booking was cancelled; it cannot be moved."),
+                         409)
+        moving = {"id": b.id, "start": utc_text(b.start), "end": utc_text(b.end),
+                  "api": f"/api/v1/bookings/{b.id}/reschedule?exp={exp}&sig={sig}"}
     if booking is not None:
         try:
             b = await h.cancel_link_booking(ctx, booking, sig, exp)
@@ -670,7 +686,7 @@ async def booking_page(ctx: BookingContext, handle: str, slug: str, embed: str |
     if page is None:
         return _html(message_page_html("Not found", "There is no booking page here."), 404)
     owner = (user["name"] or handle) if user else handle
-    return _html(booking_page_html(dict(page), owner_name=owner, embed=embed == "1", color=color))
+    return _html(booking_page_html(dict(page), owner_name=owner, embed=embed == "1", color=color, reschedule=moving))
 
 
 ROUTES = [BookingPageController, BookingController, PollController, embed_js, page_asset, booking_page]

@@ -46,6 +46,8 @@ from .handlers import (
     booking_event_title,
     cancel_page_url,
     cancel_url,
+    reschedule_page_url,
+    reschedule_url,
     verify_url,
 )
 from .mail import Mail, Mailer, Person, UndeliverableAddress, booking_mails, verification_mail
@@ -200,13 +202,15 @@ def mail_consumer(ref: ContextRef, schema: str, mailer: Mailer, name: str = "boo
             previous = (event.previous_start, event.previous_end)
             page = await ctx.store.page_by_id(conn, b.page_id)
             link = cancel_page_url(ctx, b, page["handle"]) if page else cancel_url(ctx, b)
+            move = reschedule_page_url(ctx, b, page["handle"]) if page else reschedule_url(ctx, b)
         elif isinstance(event, BookingCreated):
             # The mail tells what was booked, even if it was cancelled meanwhile (a cancellation follows).
             b = _as_confirmed(b)
             page = await ctx.store.page_by_id(conn, b.page_id)
             link = cancel_page_url(ctx, b, page["handle"]) if page else cancel_url(ctx, b)
+            move = reschedule_page_url(ctx, b, page["handle"]) if page else reschedule_url(ctx, b)
         else:
-            link = None
+            link = move = None
         user = await ctx.store.get_user(conn, b.user_id)
         owner = Person(
             name=(user["name"] or user["handle"] or "your host") if user else "your host",
@@ -220,7 +224,7 @@ def mail_consumer(ref: ContextRef, schema: str, mailer: Mailer, name: str = "boo
             log.warning("booking_owner_email_unknown", booking_id=b.id, user_id=b.user_id)
         try:
             mails = booking_mails(b, owner=owner, settings=ctx.settings, cancel_url=link,
-                                  cause_id=envelope.id, now=envelope.occurred_at or datetime.now(UTC),
+                                  reschedule_url=move, cause_id=envelope.id, now=envelope.occurred_at or datetime.now(UTC),
                                   previous=previous)
         except UndeliverableAddress as exc:
             log.warning("booking_mail_undeliverable", booking_id=b.id, error=str(exc))

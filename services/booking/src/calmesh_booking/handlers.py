@@ -619,6 +619,13 @@ def cancel_page_url(ctx: BookingContext, b: Booking, handle: str) -> str:
     return ctx.public_url(handle, b.page_slug) + f"?booking={b.id}&{signed}"
 
 
+def reschedule_page_url(ctx: BookingContext, b: Booking, handle: str) -> str:
+    """The booking page opened to move this booking (the reschedule link's signed parameters): what
+    the visitor's mails link to; picking a time there POSTs to the reschedule endpoint."""
+    signed = reschedule_url(ctx, b).split("?", 1)[1]
+    return ctx.public_url(handle, b.page_slug) + f"?reschedule={b.id}&{signed}"
+
+
 @dataclass(frozen=True)
 class BookSlot:
     handle: str | None
@@ -1158,11 +1165,12 @@ async def cancel_booking(
     return booking_resource(b, ctx)
 
 
-async def cancel_link_booking(ctx: BookingContext, booking_id: str, sig: str, exp: str) -> Booking:
-    """The booking a (valid) cancel link names, for the confirmation page a mail link opens."""
-    why = domain.verify_cancel_signature(ctx.link_secret, booking_id, exp, sig, ctx.clock())
+async def cancel_link_booking(ctx: BookingContext, booking_id: str, sig: str, exp: str,
+                              purpose: str = "cancel") -> Booking:
+    """The booking a (valid) cancel or reschedule link names, for the page a mail link opens."""
+    why = domain.verify_cancel_signature(ctx.link_secret, booking_id, exp, sig, ctx.clock(), purpose)
     if why is not None:
-        raise Problem(403, "invalid_signature", "This cancel link is expired or not valid.")
+        raise Problem(403, "invalid_signature", f"This {purpose} link is expired or not valid.")
     async with ctx.pool.acquire() as conn:
         b = await ctx.store.get_booking(conn, booking_id)
     if b is None or b.status in UNANSWERED:

@@ -181,6 +181,7 @@ def booking_mails(
     settings: Settings,
     cancel_url: str | None,
     cause_id: str,
+    reschedule_url: str | None = None,
     now: datetime,
     previous: tuple[datetime, datetime] | None = None,
 ) -> list[Mail]:
@@ -197,6 +198,8 @@ def booking_mails(
     if confirmed and previous is None:
         visitor_text = (f"Hello {booking.name},\n\nYour booking is confirmed.\n\n{what}With: {owner.name}\n"
                         f"When: {visitor_when}\n")
+        if reschedule_url:
+            visitor_text += f"\nNeed to reschedule? {reschedule_url}\n"
         if cancel_url:
             visitor_text += f"\nNeed to cancel? {cancel_url}\n"
         owner_text = f"New booking.\n\n{what}With: {booking.name} <{booking.email}>\nWhen: {owner_when}\n"
@@ -211,6 +214,8 @@ def booking_mails(
         was = replace(booking, start=previous[0], end=previous[1])
         visitor_text = (f"Hello {booking.name},\n\nYour booking has moved.\n\n{what}With: {owner.name}\n"
                         f"When: {visitor_when}\nWas: {when_text(was, visitor.timezone)}\n")
+        if reschedule_url:
+            visitor_text += f"\nNeed to reschedule? {reschedule_url}\n"
         if cancel_url:
             visitor_text += f"\nNeed to cancel? {cancel_url}\n"
         owner_text = (f"Booking rescheduled.\n\n{what}With: {booking.name} <{booking.email}>\n"

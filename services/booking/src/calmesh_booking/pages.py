@@ -39,10 +39,15 @@ def _script_json(data: Any) -> str:
     return json.dumps(data).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def booking_page_html(page: dict[str, Any], *, owner_name: str, embed: bool, color: str | None) -> str:
-    """The booking page of `page` (a stored page row as a dict)."""
+def booking_page_html(page: dict[str, Any], *, owner_name: str, embed: bool, color: str | None,
+                      reschedule: dict[str, str] | None = None) -> str:
+    """The booking page of `page` (a stored page row as a dict); with `reschedule` (``id``, ``start``,
+    ``end``, ``api``: a booking whose reschedule link was checked) the page that moves that booking."""
     esc = html.escape
-    cfg = {"handle": page["handle"], "slug": page["slug"], "timezone": page["timezone"], "color": safe_color(color)}
+    cfg: dict[str, Any] = {"handle": page["handle"], "slug": page["slug"], "timezone": page["timezone"],
+                           "color": safe_color(color)}
+    if reschedule is not None:
+        cfg["reschedule"] = reschedule
     title = esc(page["title"])
     description = f'<p class="muted">{esc(page["description"])}</p>' if page.get("description") else ""
     questions = page.get("questions") or []
@@ -65,6 +70,10 @@ def booking_page_html(page: dict[str, Any], *, owner_name: str, embed: bool, col
 <p class="muted">{int(page["duration_minutes"])} minutes · with {esc(owner_name)}</p>
 {description}
 </header>
+<section id="step-move" aria-labelledby="move-heading"{"" if reschedule else " hidden"}>
+<h2 id="move-heading">Reschedule your booking</h2>
+<p>Booked now: <strong id="move-current"></strong>. Pick a new time below.</p>
+</section>
 <section id="tz-section" aria-label="Time zone">
 <label for="tz">Your time zone</label>
 <select id="tz" name="tz"></select>
@@ -100,6 +109,14 @@ def booking_page_html(page: dict[str, Any], *, owner_name: str, embed: bool, col
 <button type="button" id="back">Back</button>
 </div>
 </form>
+</section>
+<section id="step-confirm-move" aria-labelledby="confirm-move-heading" hidden>
+<h2 id="confirm-move-heading" tabindex="-1">Move your booking</h2>
+<p>New time: <strong id="move-chosen"></strong></p>
+<div class="actions">
+<button type="button" id="move-btn" class="primary">Move booking</button>
+<button type="button" id="move-back">Back</button>
+</div>
 </section>
 <section id="step-done" class="done" aria-labelledby="done-heading" hidden>
 <h2 id="done-heading" tabindex="-1">You are booked</h2>

@@ -107,9 +107,52 @@ function renderSlots(day){
 
 function pickSlot(s){
   state.slot = s; state.key = (window.crypto && crypto.randomUUID) ? crypto.randomUUID() : String(Date.now()) + Math.random();
+  if (moving) {
+    $("move-chosen").textContent = longLabel(s.start);
+    show("step-confirm-move", true);
+    $("confirm-move-heading").focus();
+    return;
+  }
   $("chosen").textContent = longLabel(s.start);
   show("step-form", true);
   $("name").focus();
+}
+
+// Opened from the mail's reschedule link: pick a time, then move the booking (same booking, same
+// calendar event) with the link's signature instead of booking a new one.
+var moving = cfg.reschedule || null;
+function showCurrent(){ if (moving) $("move-current").textContent = longLabel(moving.start); }
+if (moving) {
+  showCurrent();
+  tzSelect.addEventListener("change", showCurrent);
+  $("move-back").addEventListener("click", function(){ show("step-confirm-move", false); $("slot-heading").focus(); });
+  $("move-btn").addEventListener("click", function(){
+    if (state.busy || !state.slot) return;
+    state.busy = true; $("move-btn").disabled = true; say("Moving your booking…");
+    api(moving.api, {method: "POST", headers: {"Content-Type": "application/json"},
+                     body: JSON.stringify({start: state.slot.start})}).then(function(res){
+      state.busy = false; $("move-btn").disabled = false;
+      if (res.status === 200) {
+        moving.start = res.body.start;
+        $("done-heading").textContent = "Your booking has moved";
+        $("done-when").textContent = longLabel(res.body.start);
+        show("done-sent", false); show("done-cancel", false); show("done-verify", false);
+        show("step-move", false); show("step-day", false); show("step-slot", false); show("step-confirm-move", false);
+        show("tz-section", false); show("step-done", true);
+        say("Moved to " + longLabel(res.body.start) + ". An updated invitation is on its way.");
+        $("done-heading").focus();
+      } else if (res.status === 409 && res.body && res.body.code === "booking_cancelled") {
+        say("This booking was cancelled; it cannot be moved.", true);
+      } else if (res.status === 409) {
+        say("Sorry, that time was just taken. Please pick another.", true);
+        show("step-confirm-move", false); load(state.from);
+      } else if (res.status === 403 || res.status === 401) {
+        say("This reschedule link is not valid or has expired.", true);
+      } else {
+        say((res.body && res.body.detail) || "Something went wrong; please try again.", true);
+      }
+    }, function(){ state.busy = false; $("move-btn").disabled = false; say("Could not reach the server; please try again.", true); });
+  });
 }
 
 function fieldError(id, text){
