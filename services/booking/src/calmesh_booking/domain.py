@@ -372,6 +372,15 @@ class Booking:
     cancel_reason: str | None = None
     #: Reschedules so far: the SEQUENCE of its invitation.
     sequence: int = 0
+    #: Why the provider write failed for good (None: written, or still pending).
+    calendar_write_error: str | None = None
+
+    @property
+    def calendar_write(self) -> str:
+        """Where the booking's provider event stands: written | pending | failed."""
+        if self.event_id:
+            return "written"
+        return "failed" if self.calendar_write_error else "pending"
 
 
 _EMAIL = re.compile(r"^[^@\s<>\"',;]+@[^@\s<>\"',;]+\.[^@\s<>\"',;]+$")
