@@ -188,3 +188,67 @@ def test_calmesh_up_stops_every_process_on_sigterm_and_keeps_its_data(platform: 
     assert asyncio.run(read_probe(platform)) == ([f"kept-{unique}"], f"kept-{unique}".encode())
     assert (platform.data_dir / "secrets.env").read_text() == secrets  # sessions and keys stay valid
     assert_stopped_cleanly(platform, restarted)
+
+
+def health(platform: Platform) -> tuple[int, dict[str, object]]:
+    try:
+        r = httpx.get(f"http://127.0.0.1:{platform.port}/api/health", timeout=5)
+        return r.status_code, r.json()
+    except (httpx.HTTPError, ValueError):
+        return 0, {}
+
+
+def wait_healthy(platform: Platform, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if health(platform)[0] == 200:
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"not healthy again within {timeout} s: {health(platform)}\n{platform.tail()}")
+
+
+def named(platform: Platform, name: str) -> psutil.Process:
+    """The running nats-server or postmaster of this platform."""
+    [found] = [p for p in platform.processes() if p.name() == name and alive(p)
+               and (name != "postgres" or p.ppid() == platform.process.pid)]  # type: ignore[union-attr]
+    return found
+
+
+def test_calmesh_up_restarts_a_dead_nats_server_and_postgres(platform: Platform) -> None:
+    platform.start()
+    for name in ("nats-server", "postgres"):
+        victim = named(platform, name)
+        victim.kill()
+        victim.wait(10)
+        # Health says what is down meanwhile (or the gateway is already back on its feet).
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            status, body = health(platform)
+            if status == 503:
+                assert body["down"], body
+                break
+            time.sleep(0.1)
+        wait_healthy(platform)
+        again = named(platform, name)
+        assert again.pid != victim.pid
+    assert "restarting" in platform.tail()
+
+
+def test_a_killed_calmesh_up_strands_nothing(platform: Platform) -> None:
+    platform.start()
+    started = platform.processes()
+    assert {p.name() for p in started} >= {"nats-server", "postgres"}
+    # Every process the supervisor starts, nats-server and the postmaster included, is in its
+    # process group (the postmaster's own children make sessions of their own, as PostgreSQL
+    # does, and end with the postmaster).
+    group = os.getpgid(platform.process.pid)  # type: ignore[union-attr]
+    direct = psutil.Process(platform.process.pid).children()  # type: ignore[union-attr]
+    assert {p.name() for p in direct} >= {"nats-server", "postgres"}
+    assert [(p.name(), os.getpgid(p.pid)) for p in direct if os.getpgid(p.pid) != group] == []
+    platform.process.kill()  # type: ignore[union-attr]
+    platform.process.wait()  # type: ignore[union-attr]
+    deadline = time.monotonic() + 30
+    while any(alive(p) for p in started) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [(p.pid, p.name()) for p in started if alive(p)] == []
+    assert using(platform.data_dir) == []

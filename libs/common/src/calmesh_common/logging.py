@@ -174,3 +174,110 @@ def _stdlib_message(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, An
 
 def get_logger(name: str | None = None) -> Any:
     return structlog.get_logger(name)
+
+
+class Outage:
+    """One log line when a dependency goes away, then one a minute while it stays away, and one
+    when it is back: never a line (or a traceback) per retry.
+
+    ``failed(error)`` on every failed attempt, ``recovered()`` on the first success after; both are
+    cheap when nothing changed. `what` names the dependency in the lines (``nats``, ``database``)."""
+
+    def __init__(self, what: str, *, logger: Any = None, every: float = 60.0, **fields: Any) -> None:
+        self.what = what
+        self.every = every
+        self.fields = fields
+        self.log = logger or get_logger("calmesh.outage")
+        self.since: float | None = None
+        self.failures = 0
+        self._last_line = 0.0
+
+    @property
+    def down(self) -> bool:
+        return self.since is not None
+
+    def failed(self, error: object = None) -> None:
+        import time
+
+        now = time.monotonic()
+        self.failures += 1
+        text = _short_error(error)
+        if self.since is None:
+            self.since = now
+            self._last_line = now
+            self.log.warning(f"{self.what}_unavailable", error=text, **self.fields)
+        elif now - self._last_line >= self.every:
+            self._last_line = now
+            self.log.warning(f"{self.what}_still_unavailable", error=text, down_seconds=round(now - self.since),
+                             failures=self.failures, **self.fields)
+
+    def recovered(self) -> None:
+        import time
+
+        if self.since is None:
+            return
+        self.log.info(f"{self.what}_recovered", down_seconds=round(time.monotonic() - self.since, 1),
+                      failures=self.failures, **self.fields)
+        self.since = None
+        self.failures = 0
+
+
+def _short_error(error: object) -> str | None:
+    if error is None:
+        return None
+    if isinstance(error, BaseException):
+        text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    else:
+        text = str(error)
+    return redact_urls(text)[:300]
+
+
+_OUTAGES: dict[str, Outage] = {}
+
+
+def outage(what: str) -> Outage:
+    """This process's one `Outage` for `what` (``nats``, ``database``): every loop of a service
+    that sees the dependency fail reports to the same one, so the service logs one line, not one
+    per consumer."""
+    found = _OUTAGES.get(what)
+    if found is None:
+        found = _OUTAGES[what] = Outage(what)
+    return found
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """The database is away (refused, restarting, the connection lost), as opposed to a query error.
+
+    An OSError counts only when asyncpg raised it (a refused connect): the same ConnectionError out
+    of a handler's HTTP call to a provider is that call's failure, retried and dead-lettered."""
+    import asyncpg
+
+    if isinstance(exc, asyncpg.PostgresConnectionError | asyncpg.CannotConnectNowError
+                  | asyncpg.ConnectionDoesNotExistError
+                  | asyncpg.AdminShutdownError | asyncpg.CrashShutdownError
+                  | asyncpg.TooManyConnectionsError):
+        return True
+    if isinstance(exc, asyncpg.InterfaceError):
+        # "connection is closed" is the outage; "another operation is in progress" is a bug.
+        return "closed" in str(exc)
+    return isinstance(exc, OSError) and _raised_in(exc, "asyncpg")
+
+
+def _raised_in(exc: BaseException, package: str) -> bool:
+    """Whether a frame of `package` is on the exception's traceback."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if (tb.tb_frame.f_globals.get("__name__") or "").split(".")[0] == package:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def is_nats_outage(exc: BaseException) -> bool:
+    """NATS is away (disconnected, reconnecting, no stream leader answering)."""
+    import nats.errors
+
+    return isinstance(exc, nats.errors.ConnectionClosedError | nats.errors.ConnectionReconnectingError
+                      | nats.errors.NoServersError | nats.errors.StaleConnectionError | nats.errors.TimeoutError
+                      | nats.errors.NoRespondersError | nats.errors.OutboundBufferLimitError
+                      | nats.errors.ConnectionDrainingError)
