@@ -90,3 +90,36 @@ def test_httpx_request_lines_never_show_a_url(caplog: pytest.LogCaptureFixture) 
     assert "token=abc" not in caplog.text and "pw@" not in caplog.text
     assert "https://feeds.example/…" in caplog.text
     assert redact_url("http://127.0.0.1:8080") == "http://127.0.0.1:8080"
+
+
+def test_a_dependency_that_stays_away_logs_one_line_then_one_a_minute_then_one_when_back(json_logs, monkeypatch) -> None:
+    import time
+
+    from calmesh_common.logging import Outage
+
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    away = Outage("nats", logger=get_logger("t"))
+    for _ in range(120):  # a minute of reconnect attempts, twice a second
+        away.failed(ConnectionRefusedError("connect refused nats://calmesh:pw@127.0.0.1:4222"))
+        now[0] += 0.5
+    away.failed("still refused")
+    away.recovered()
+    away.recovered()  # nothing left to say
+    lines = json_logs()
+    assert [line["event"] for line in lines] == ["nats_unavailable", "nats_still_unavailable", "nats_recovered"]
+    assert "pw" not in lines[0]["error"]  # a URL in the error keeps only its origin
+    assert lines[1]["down_seconds"] == 60 and lines[2]["failures"] == 121
+
+
+async def test_only_a_database_error_counts_as_the_database_being_away() -> None:
+    import asyncpg
+
+    from calmesh_common.logging import is_database_outage
+
+    with pytest.raises(OSError) as refused:
+        await asyncpg.connect("postgresql://nobody@127.0.0.1:1/none", timeout=5)
+    assert is_database_outage(refused.value)
+    assert not is_database_outage(ConnectionError("provider unreachable"))  # a handler's own call
+    assert is_database_outage(asyncpg.ConnectionDoesNotExistError("connection was closed"))
+    assert not is_database_outage(asyncpg.InterfaceError("another operation is in progress"))

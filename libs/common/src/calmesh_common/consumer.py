@@ -90,12 +90,29 @@ class DurableConsumer:
             filter_subjects=list(spec.filter_subjects) if len(spec.filter_subjects) > 1 else None,
             filter_subject=spec.filter_subjects[0] if len(spec.filter_subjects) == 1 else None,
         )
+        await self._update_ack_wait(config)
         self._sub = await self.js.pull_subscribe(
             spec.filter_subjects[0] if len(spec.filter_subjects) == 1 else "",
             durable=spec.name,
             stream=spec.stream,
             config=config,
         )
+
+    async def _update_ack_wait(self, config: ConsumerConfig) -> None:
+        """A durable consumer made by an older release keeps its config: bring its ack_wait to
+        the spec's (an editable field), so a shorter one takes effect on upgrade."""
+        try:
+            info = await self.js.consumer_info(self.spec.stream, self.spec.name)
+        except nats.js.errors.NotFoundError:
+            return
+        except nats.errors.Error:
+            return
+        if info.config.ack_wait is not None and abs(info.config.ack_wait - self.spec.ack_wait) < 0.001:
+            return
+        try:
+            await self.js.add_consumer(self.spec.stream, config)
+        except nats.errors.Error as exc:
+            log.warning("consumer_config_not_updated", consumer=self.spec.name, error=repr(exc))
 
     async def run(self) -> None:
         """Fetch and handle until cancelled."""
@@ -143,7 +160,7 @@ class DurableConsumer:
                 span.set_attribute("calmesh.event_type", envelope.type)
                 while True:
                     try:
-                        outcome = await self._apply(msg, envelope)
+                        outcome = await self._apply_alive(msg, envelope)
                     except _DatabaseAway as away:
                         outage("database").failed(away.__cause__)
                         with contextlib.suppress(nats.errors.Error):
@@ -154,6 +171,27 @@ class DurableConsumer:
                     return outcome
         finally:
             otel_context.detach(token)
+
+    async def _apply_alive(self, msg: Msg, envelope: Envelope) -> str:
+        """`_apply`, telling JetStream the message is in progress every third of `ack_wait`
+        while the handler runs: a short ack_wait then only bounds how long a message waits after
+        its consumer died (a crashed process's messages come back after ack_wait, not later),
+        however long a live handler takes."""
+        beat = self.spec.ack_wait / 3
+
+        async def heartbeat() -> None:
+            while True:
+                await asyncio.sleep(beat)
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.in_progress()
+
+        task = asyncio.create_task(heartbeat())
+        try:
+            return await self._apply(msg, envelope)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _apply(self, msg: Msg, envelope: Envelope) -> str:
         spec = self.spec

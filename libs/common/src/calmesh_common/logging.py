@@ -134,6 +134,7 @@ def setup_logging(service_name: str, level: str = "info", json: bool = True, *, 
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _add_trace_id,
+        _fold_outages,
         _redact,
         structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,
@@ -172,6 +173,41 @@ def _stdlib_message(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, An
     protect_client_loggers()
 
 
+#: An error text naming the database or NATS being away (the `error=repr(exc)` of a loop's line).
+_DATABASE_AWAY = re.compile(r"CannotConnectNowError|ConnectionDoesNotExistError|PostgresConnectionError|"
+                            r"AdminShutdownError|CrashShutdownError|TooManyConnectionsError|"
+                            r"connection was closed in the middle of operation")
+_NATS_AWAY = re.compile(r"ConnectionClosedError|NoServersError|ConnectionReconnectingError|StaleConnectionError|"
+                        r"UnexpectedEOF|nats: connection closed|nats: no servers available")
+_OUTAGE_EVENTS = re.compile(r"^\w+_(unavailable|still_unavailable|recovered)$")
+
+
+def _fold_outages(_: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """A warning or error line that only says the database or NATS is away (a loop's retry, asyncpg's
+    "Failed to restore the pool connection floor" with its traceback, nats-py's reconnect errors)
+    is folded into the process's `outage` for it: one line when it goes, one a minute, not one (and
+    a traceback) per retry from every loop."""
+    if method not in ("warning", "error", "exception") or _OUTAGE_EVENTS.match(str(event_dict.get("event", ""))):
+        return event_dict
+    exc: Any = event_dict.get("exc_info")
+    if exc is True:
+        exc = sys.exc_info()[1]
+    elif isinstance(exc, tuple):
+        exc = exc[1]
+    what: str | None = None
+    if isinstance(exc, BaseException):
+        what = "database" if is_database_outage(exc) else "nats" if is_nats_outage(exc) else None
+    if what is None and str(event_dict.get("logger", "")).startswith("nats.aio"):
+        what = "nats"  # nats-py's own "encountered error" lines: it is reconnecting
+    if what is None:
+        text = f"{event_dict.get('error', '')} {event_dict.get('event', '')}"
+        what = "database" if _DATABASE_AWAY.search(text) else "nats" if _NATS_AWAY.search(text) else None
+    if what is None:
+        return event_dict
+    outage(what).failed(exc if isinstance(exc, BaseException) else event_dict.get("error") or event_dict.get("event"))
+    raise structlog.DropEvent
+
+
 def get_logger(name: str | None = None) -> Any:
     return structlog.get_logger(name)
 
@@ -191,6 +227,9 @@ class Outage:
         self.since: float | None = None
         self.failures = 0
         self._last_line = 0.0
+        self._last_failure = 0.0
+        #: Seconds without a failure after which the next failure starts a new outage.
+        self.quiet = 30.0
 
     @property
     def down(self) -> bool:
@@ -200,6 +239,11 @@ class Outage:
         import time
 
         now = time.monotonic()
+        if self.since is not None and now - self._last_failure > self.quiet:
+            # Nothing failed for a while (and nothing said it recovered): this is a new outage.
+            self.since = None
+            self.failures = 0
+        self._last_failure = now
         self.failures += 1
         text = _short_error(error)
         if self.since is None:

@@ -69,8 +69,11 @@ def calendar_consumer(ref: ContextRef, schema: str, name: str = "booking-calenda
     # Not transactional: a handler waits on sync and the provider, and holds no transaction or row
     # lock meanwhile; every sync call it makes is idempotent (Idempotency-Key, derived UID), so a
     # redelivery after a crash finds the existing event instead of writing a second one.
+    # A short ack_wait: a booking service that crashed mid-write leaves its messages to another
+    # replica (or its restart) after 6 s, not 60; a live handler keeps its message with in-progress
+    # acks however long sync takes.
     spec = ConsumerSpec(name=name, stream=stream_name("booking"), filter_subjects=BOOKING_SUBJECTS,
-                        schema=schema, batch=16, ack_wait=60.0, max_deliver=10,
+                        schema=schema, batch=4, ack_wait=6.0, max_deliver=10,
                         backoff=(1.0, 2.0, 5.0, 15.0, 60.0, 300.0), transactional=False)
 
     async def handle(conn: asyncpg.Connection, envelope: Envelope) -> None:
