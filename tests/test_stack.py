@@ -232,7 +232,6 @@ def test_calmesh_up_restarts_a_dead_nats_server_and_postgres(platform: Platform)
         again = named(platform, name)
         assert again.pid != victim.pid
     log = platform.log.read_text(errors="replace")
-    import shutil; shutil.copy(platform.log, "/tmp/sf-restart.log")
     assert "nats exited" in log and "postgres exited" in log and "restarting" in log
 
 

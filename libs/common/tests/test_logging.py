@@ -123,3 +123,30 @@ async def test_only_a_database_error_counts_as_the_database_being_away() -> None
     assert not is_database_outage(ConnectionError("provider unreachable"))  # a handler's own call
     assert is_database_outage(asyncpg.ConnectionDoesNotExistError("connection was closed"))
     assert not is_database_outage(asyncpg.InterfaceError("another operation is in progress"))
+
+
+def test_loops_retrying_while_the_database_is_away_log_one_line_not_one_per_retry(json_logs, monkeypatch) -> None:
+    import logging
+
+    import asyncpg
+
+    from calmesh_common import logging as calmesh_logging
+
+    monkeypatch.setattr(calmesh_logging, "_OUTAGES", {})
+    for _ in range(20):  # two loops of a service, retrying every second
+        get_logger("t").warning("webhooks_claim_failed", error=repr(asyncpg.CannotConnectNowError("starting up")))
+        get_logger("t").warning("hold_timer_failed", error=repr(asyncpg.CannotConnectNowError("starting up")))
+    get_logger("t").warning("webhooks_claim_failed", error="ValueError('a bug')")  # not an outage: kept
+    assert [line["event"] for line in json_logs()] == ["database_unavailable", "webhooks_claim_failed"]
+    # asyncpg's own "Failed to restore the pool connection floor" (with its traceback) is folded too.
+    try:
+        raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+    except asyncpg.ConnectionDoesNotExistError:
+        import sys
+
+        record = logging.LogRecord("asyncpg.pool", logging.WARNING, __file__, 1,
+                                   "Failed to restore the pool connection floor; retrying", None, sys.exc_info())
+    assert calmesh_logging.FoldOutages().filter(record) is False
+    other = logging.LogRecord("uvicorn.error", logging.WARNING, __file__, 1, "something else", None, None)
+    assert calmesh_logging.FoldOutages().filter(other) is True
+    assert calmesh_logging.outage("database").failures == 41

@@ -134,14 +134,13 @@ def setup_logging(service_name: str, level: str = "info", json: bool = True, *, 
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _add_trace_id,
-        _fold_outages,
         _redact,
         structlog.processors.StackInfoRenderer(),
         structlog.processors.format_exc_info,
     ]
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
-        processors=[*shared, renderer],
+        processors=[_fold_outages, *shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(file=out),
         cache_logger_on_first_use=True,
@@ -155,6 +154,7 @@ def setup_logging(service_name: str, level: str = "info", json: bool = True, *, 
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+    handler.addFilter(FoldOutages())
     root.addHandler(handler)
     root.setLevel(max(_LEVELS[level], logging.WARNING))
     # uvicorn configures its own loggers unless told not to (run_service passes log_config=None);
@@ -183,12 +183,32 @@ _OUTAGE_EVENTS = re.compile(r"^\w+_(unavailable|still_unavailable|recovered)$")
 
 
 def _fold_outages(_: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """A warning or error line that only says the database or NATS is away (a loop's retry, asyncpg's
-    "Failed to restore the pool connection floor" with its traceback, nats-py's reconnect errors)
-    is folded into the process's `outage` for it: one line when it goes, one a minute, not one (and
+    """A warning or error line that only says the database or NATS is away (a loop's retry) is
+    folded into the process's `outage` for it: one line when it goes, one a minute, not one (and
     a traceback) per retry from every loop."""
-    if method not in ("warning", "error", "exception") or _OUTAGE_EVENTS.match(str(event_dict.get("event", ""))):
-        return event_dict
+    if _folded(method, event_dict):
+        raise structlog.DropEvent
+    return event_dict
+
+
+class FoldOutages(logging.Filter):
+    """`_fold_outages` for the standard library's records: asyncpg's "Failed to restore the pool
+    connection floor" with its traceback, nats-py's "encountered error" on every reconnect."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record: leave it to the handler
+            return True
+        return not _folded(record.levelname.lower(),
+                           {"event": message, "exc_info": record.exc_info, "logger": record.name})
+
+
+def _folded(method: str, event_dict: Mapping[str, Any]) -> bool:
+    """Whether the line says only that the database or NATS is away; if so it was counted."""
+    if method not in ("warning", "error", "exception", "critical") or _OUTAGE_EVENTS.match(
+            str(event_dict.get("event", ""))):
+        return False
     exc: Any = event_dict.get("exc_info")
     if exc is True:
         exc = sys.exc_info()[1]
@@ -203,9 +223,9 @@ def _fold_outages(_: Any, method: str, event_dict: dict[str, Any]) -> dict[str, 
         text = f"{event_dict.get('error', '')} {event_dict.get('event', '')}"
         what = "database" if _DATABASE_AWAY.search(text) else "nats" if _NATS_AWAY.search(text) else None
     if what is None:
-        return event_dict
+        return False
     outage(what).failed(exc if isinstance(exc, BaseException) else event_dict.get("error") or event_dict.get("event"))
-    raise structlog.DropEvent
+    return True
 
 
 def get_logger(name: str | None = None) -> Any:
