@@ -37,6 +37,8 @@ class Platform:
         self.port = port
         self.log = data_dir.parent / "calmesh-up.log"
         self.process: subprocess.Popen[bytes] | None = None
+        #: More environment for calmesh-up and its children.
+        self.extra_env: dict[str, str] = {}
 
     @property
     def database_url(self) -> str:
@@ -56,6 +58,7 @@ class Platform:
             CALMESH_LOG_LEVEL="warning",
             CALMESH_DB_POOL_MAX="3",
         )
+        env.update(self.extra_env)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen([str(CALMESH_UP)], env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
