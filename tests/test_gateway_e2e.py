@@ -104,7 +104,8 @@ class Echo:
                 if "slow" in self.path:
                     time.sleep(3)
                 payload = json.dumps(seen).encode()
-                self.send_response(200 if self.command != "POST" else 201)
+                # `/unavailable` paths: a service that is up but whose database is away.
+                self.send_response(503 if "unavailable" in self.path else 200 if self.command != "POST" else 201)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(payload)))
                 self.send_header("x-echo", "yes")
@@ -576,11 +577,16 @@ def test_a_service_that_is_down_is_a_503_naming_it_and_a_slow_one_a_504(stack: S
     down = client.get("/api/v1/billing")
     assert down.status_code == 503 and down.json()["code"] == "service_unavailable"
     assert down.json()["service"] == "billing" and "billing" in down.json()["detail"]
+    assert int(down.headers["retry-after"]) > 0  # the client knows when to try again
     key = account.key("full")["key"]
     started = time.monotonic()
     slow = httpx.get(f"{odd_gateway}/api/v1/webhooks/slow", headers=bearer(key), timeout=15)
     assert slow.status_code == 504 and slow.json()["code"] == "gateway_timeout"
     assert time.monotonic() - started < 2.5
+    assert int(slow.headers["retry-after"]) > 0
+    # A service's own 503 (its database away) reaches the client with a Retry-After too.
+    unavailable = httpx.get(f"{odd_gateway}/api/v1/webhooks/unavailable", headers=bearer(key), timeout=15)
+    assert unavailable.status_code == 503 and int(unavailable.headers["retry-after"]) > 0
 
 
 def test_health_is_503_naming_what_is_down(odd_gateway: str) -> None:

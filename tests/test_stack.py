@@ -37,6 +37,8 @@ class Platform:
         self.port = port
         self.log = data_dir.parent / "calmesh-up.log"
         self.process: subprocess.Popen[bytes] | None = None
+        #: More environment for calmesh-up and its children.
+        self.extra_env: dict[str, str] = {}
 
     @property
     def database_url(self) -> str:
@@ -61,6 +63,7 @@ class Platform:
             CALMESH_LOG_LEVEL="warning",
             CALMESH_DB_POOL_MAX="3",
         )
+        env.update(self.extra_env)
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen([str(CALMESH_UP)], env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
@@ -205,3 +208,68 @@ def test_calmesh_up_stops_every_process_on_sigterm_and_keeps_its_data(platform: 
     assert platform.nats_token == token
     assert token not in platform.log.read_text(errors="replace")  # no log line of any service shows it
     assert_stopped_cleanly(platform, restarted)
+
+
+def health(platform: Platform) -> tuple[int, dict[str, object]]:
+    try:
+        r = httpx.get(f"http://127.0.0.1:{platform.port}/api/health", timeout=5)
+        return r.status_code, r.json()
+    except (httpx.HTTPError, ValueError):
+        return 0, {}
+
+
+def wait_healthy(platform: Platform, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if health(platform)[0] == 200:
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"not healthy again within {timeout} s: {health(platform)}\n{platform.tail()}")
+
+
+def named(platform: Platform, name: str) -> psutil.Process:
+    """The running nats-server or postmaster of this platform."""
+    [found] = [p for p in platform.processes() if p.name() == name and alive(p)
+               and (name != "postgres" or p.ppid() == platform.process.pid)]  # type: ignore[union-attr]
+    return found
+
+
+def test_calmesh_up_restarts_a_dead_nats_server_and_postgres(platform: Platform) -> None:
+    platform.start()
+    for name in ("nats-server", "postgres"):
+        victim = named(platform, name)
+        victim.kill()
+        victim.wait(10)
+        # Health says what is down meanwhile (or the gateway is already back on its feet).
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            status, body = health(platform)
+            if status == 503:
+                assert body["down"], body
+                break
+            time.sleep(0.1)
+        wait_healthy(platform)
+        again = named(platform, name)
+        assert again.pid != victim.pid
+    log = platform.log.read_text(errors="replace")
+    assert "nats exited" in log and "postgres exited" in log and "restarting" in log
+
+
+def test_a_killed_calmesh_up_strands_nothing(platform: Platform) -> None:
+    platform.start()
+    started = platform.processes()
+    assert {p.name() for p in started} >= {"nats-server", "postgres"}
+    # Every process the supervisor starts, nats-server and the postmaster included, is in its
+    # process group (the postmaster's own children make sessions of their own, as PostgreSQL
+    # does, and end with the postmaster).
+    group = os.getpgid(platform.process.pid)  # type: ignore[union-attr]
+    direct = psutil.Process(platform.process.pid).children()  # type: ignore[union-attr]
+    assert {p.name() for p in direct} >= {"nats-server", "postgres"}
+    assert [(p.name(), os.getpgid(p.pid)) for p in direct if os.getpgid(p.pid) != group] == []
+    platform.process.kill()  # type: ignore[union-attr]
+    platform.process.wait()  # type: ignore[union-attr]
+    deadline = time.monotonic() + 30
+    while any(alive(p) for p in started) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [(p.pid, p.name()) for p in started if alive(p)] == []
+    assert using(platform.data_dir) == []

@@ -119,3 +119,63 @@ def test_the_nats_clients_own_lines_never_show_the_token_of_nats_url() -> None:
     assert "could not connect to nats://127.0.0.1:4222" in text
     assert "Zm9vYmFyLXRva2VuLTEyMw" not in text
     assert redact_urls(f"NATS at {url}") == "NATS at nats://127.0.0.1:4222/…", "the token never passes"
+
+
+def test_a_dependency_that_stays_away_logs_one_line_then_one_a_minute_then_one_when_back(json_logs, monkeypatch) -> None:
+    import time
+
+    from calmesh_common.logging import Outage
+
+    now = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    away = Outage("nats", logger=get_logger("t"))
+    for _ in range(120):  # a minute of reconnect attempts, twice a second
+        away.failed(ConnectionRefusedError("connect refused nats://calmesh:pw@127.0.0.1:4222"))
+        now[0] += 0.5
+    away.failed("still refused")
+    away.recovered()
+    away.recovered()  # nothing left to say
+    lines = json_logs()
+    assert [line["event"] for line in lines] == ["nats_unavailable", "nats_still_unavailable", "nats_recovered"]
+    assert "pw" not in lines[0]["error"]  # a URL in the error keeps only its origin
+    assert lines[1]["down_seconds"] == 60 and lines[2]["failures"] == 121
+
+
+async def test_only_a_database_error_counts_as_the_database_being_away() -> None:
+    import asyncpg
+
+    from calmesh_common.logging import is_database_outage
+
+    with pytest.raises(OSError) as refused:
+        await asyncpg.connect("postgresql://nobody@127.0.0.1:1/none", timeout=5)
+    assert is_database_outage(refused.value)
+    assert not is_database_outage(ConnectionError("provider unreachable"))  # a handler's own call
+    assert is_database_outage(asyncpg.ConnectionDoesNotExistError("connection was closed"))
+    assert not is_database_outage(asyncpg.InterfaceError("another operation is in progress"))
+
+
+def test_loops_retrying_while_the_database_is_away_log_one_line_not_one_per_retry(json_logs, monkeypatch) -> None:
+    import logging
+
+    import asyncpg
+
+    from calmesh_common import logging as calmesh_logging
+
+    monkeypatch.setattr(calmesh_logging, "_OUTAGES", {})
+    for _ in range(20):  # two loops of a service, retrying every second
+        get_logger("t").warning("webhooks_claim_failed", error=repr(asyncpg.CannotConnectNowError("starting up")))
+        get_logger("t").warning("hold_timer_failed", error=repr(asyncpg.CannotConnectNowError("starting up")))
+    get_logger("t").warning("webhooks_claim_failed", error="ValueError('a bug')")  # not an outage: kept
+    assert [line["event"] for line in json_logs()] == ["database_unavailable", "webhooks_claim_failed"]
+    # asyncpg's own "Failed to restore the pool connection floor" (with its traceback) is folded too.
+    try:
+        raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+    except asyncpg.ConnectionDoesNotExistError:
+        import sys
+
+        record = logging.LogRecord("asyncpg.pool", logging.WARNING, __file__, 1,
+                                   "Failed to restore the pool connection floor; retrying", None, sys.exc_info())
+    assert calmesh_logging.FoldOutages().filter(record) is False
+    other = logging.LogRecord("uvicorn.error", logging.WARNING, __file__, 1, "something else", None, None)
+    assert calmesh_logging.FoldOutages().filter(other) is True
+    assert calmesh_logging.outage("database").failures == 41

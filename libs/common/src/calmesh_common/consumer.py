@@ -28,7 +28,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from opentelemetry import context as otel_context
 
 from .events import Envelope, decode_envelope
-from .logging import get_logger
+from .logging import get_logger, is_database_outage, outage
 from .relay import _stop_if_cancelled
 from .streams import DEAD_LETTER_PREFIX
 from .tracing import extract_context, tracer
@@ -36,6 +36,10 @@ from .tracing import extract_context, tracer
 log = get_logger(__name__)
 
 Handler = Callable[[asyncpg.Connection, Envelope], Awaitable[None]]
+
+
+class _DatabaseAway(Exception):
+    """The handler failed because the database is away (raised from the database's error)."""
 
 
 class PoisonMessage(Exception):
@@ -86,12 +90,29 @@ class DurableConsumer:
             filter_subjects=list(spec.filter_subjects) if len(spec.filter_subjects) > 1 else None,
             filter_subject=spec.filter_subjects[0] if len(spec.filter_subjects) == 1 else None,
         )
+        await self._update_ack_wait(config)
         self._sub = await self.js.pull_subscribe(
             spec.filter_subjects[0] if len(spec.filter_subjects) == 1 else "",
             durable=spec.name,
             stream=spec.stream,
             config=config,
         )
+
+    async def _update_ack_wait(self, config: ConsumerConfig) -> None:
+        """A durable consumer made by an older release keeps its config: bring its ack_wait to
+        the spec's (an editable field), so a shorter one takes effect on upgrade."""
+        try:
+            info = await self.js.consumer_info(self.spec.stream, self.spec.name)
+        except nats.js.errors.NotFoundError:
+            return
+        except nats.errors.Error:
+            return
+        if info.config.ack_wait is not None and abs(info.config.ack_wait - self.spec.ack_wait) < 0.001:
+            return
+        try:
+            await self.js.add_consumer(self.spec.stream, config)
+        except nats.errors.Error as exc:
+            log.warning("consumer_config_not_updated", consumer=self.spec.name, error=repr(exc))
 
     async def run(self) -> None:
         """Fetch and handle until cancelled."""
@@ -106,14 +127,17 @@ class DurableConsumer:
                 except (nats.errors.TimeoutError, asyncio.TimeoutError):
                     continue
                 except nats.js.errors.FetchTimeoutError:
+                    outage("nats").recovered()
                     continue
                 except nats.errors.Error as exc:
                     # A cluster electing a new stream leader, or the connection moving to another
-                    # server: the consumer outlives it and fetches again shortly.
+                    # server: the consumer outlives it and fetches again shortly (one log line
+                    # for the outage, not one per attempt).
                     _stop_if_cancelled()
-                    log.warning("consumer_fetch_failed", consumer=self.spec.name, error=repr(exc))
+                    outage("nats").failed(exc)
                     await asyncio.sleep(0.5)
                     continue
+                outage("nats").recovered()
                 for msg in msgs:
                     await self.handle(msg)
         finally:
@@ -134,9 +158,40 @@ class DurableConsumer:
         try:
             with tracer().start_as_current_span(f"consume {self.spec.name}") as span:
                 span.set_attribute("calmesh.event_type", envelope.type)
-                return await self._apply(msg, envelope)
+                while True:
+                    try:
+                        outcome = await self._apply_alive(msg, envelope)
+                    except _DatabaseAway as away:
+                        outage("database").failed(away.__cause__)
+                        with contextlib.suppress(nats.errors.Error):
+                            await msg.in_progress()  # keep it: no redelivery elsewhere meanwhile
+                        await asyncio.sleep(1.0)
+                        continue
+                    outage("database").recovered()
+                    return outcome
         finally:
             otel_context.detach(token)
+
+    async def _apply_alive(self, msg: Msg, envelope: Envelope) -> str:
+        """`_apply`, telling JetStream the message is in progress every third of `ack_wait`
+        while the handler runs: a short ack_wait then only bounds how long a message waits after
+        its consumer died (a crashed process's messages come back after ack_wait, not later),
+        however long a live handler takes."""
+        beat = self.spec.ack_wait / 3
+
+        async def heartbeat() -> None:
+            while True:
+                await asyncio.sleep(beat)
+                with contextlib.suppress(nats.errors.Error):
+                    await msg.in_progress()
+
+        task = asyncio.create_task(heartbeat())
+        try:
+            return await self._apply(msg, envelope)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _apply(self, msg: Msg, envelope: Envelope) -> str:
         spec = self.spec
@@ -159,6 +214,10 @@ class DurableConsumer:
             await self._dead_letter(msg, str(exc))
             return "dead-lettered"
         except Exception as exc:  # noqa: BLE001 - a handler failure is retried, then dead-lettered
+            if is_database_outage(exc):
+                # The database is away: not the message's fault. The caller holds the message
+                # (in progress) and tries again, so an outage burns no deliveries.
+                raise _DatabaseAway(exc) from exc
             delivered = msg.metadata.num_delivered
             if delivered >= spec.max_deliver:
                 await self._dead_letter(msg, f"failed {delivered} times, last: {exc!r}")

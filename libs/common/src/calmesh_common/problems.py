@@ -18,7 +18,7 @@ from litestar.exceptions import (
 )
 from litestar.exceptions.http_exceptions import ClientException
 
-from .logging import get_logger
+from .logging import get_logger, is_database_outage, is_nats_outage, outage
 
 log = get_logger(__name__)
 
@@ -148,6 +148,14 @@ def to_problem(exc: Exception) -> Problem:
 
 def problem_handler(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
     """The litestar exception handler for every exception type."""
+    if is_database_outage(exc) or is_nats_outage(exc):
+        # A dependency is away (a restart): 503 with Retry-After, and one log line per outage.
+        what = "database" if is_database_outage(exc) else "nats"
+        outage(what).failed(exc)
+        problem = Problem(503, f"{what}_unavailable", "A dependency of this service is restarting; try again shortly.",
+                          headers={"Retry-After": "2"})
+        return Response(content=problem_bytes(problem), status_code=503, media_type=PROBLEM_JSON,
+                        headers=problem.headers)
     problem = to_problem(exc)
     if problem.status >= 500:
         log.error("unhandled_error", path=request.url.path, error=repr(exc), exc_info=exc)

@@ -9,6 +9,7 @@ per-schema advisory lock, so several replicas of a service never publish out of 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,7 +18,7 @@ import asyncpg
 import msgspec
 from nats.js import JetStreamContext
 
-from .logging import get_logger
+from .logging import get_logger, is_database_outage, is_nats_outage, outage
 
 log = get_logger(__name__)
 
@@ -88,22 +89,50 @@ class OutboxRelay:
             )
             return len(rows)
 
+    async def _listen(self, listener: Any, channel: str) -> Any:
+        """The LISTEN connection, (re)opened when it is gone (a database restart closes it);
+        None while the database is away (the relay polls meanwhile)."""
+        if listener is not None and not listener.is_closed():
+            return listener
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                await self.pool.release(listener)
+        try:
+            listener = await self.pool.acquire()
+            await listener.add_listener(channel, self._on_notify)
+        except Exception as exc:  # noqa: BLE001 - the database is away: poll until it is back
+            self._report(exc)
+            return None
+        return listener
+
+    def _report(self, exc: BaseException) -> None:
+        """One line per outage (the database, NATS), not one per try."""
+        if is_database_outage(exc):
+            outage("database").failed(exc)
+        elif is_nats_outage(exc) or isinstance(exc, TimeoutError | asyncio.TimeoutError):
+            outage("nats").failed(exc)
+        else:
+            outage(f"outbox_relay_{self.schema}").failed(exc)
+
     async def run(self) -> None:
-        """Publish whenever the outbox is notified, and every `poll_interval` as a safety net."""
-        listener = await self.pool.acquire()
+        """Publish whenever the outbox is notified, and every `poll_interval` as a safety net.
+        It rides out database and NATS restarts: it resumes with the first row not yet marked."""
         channel = f"{self.schema}_outbox"
-        await listener.add_listener(channel, self._on_notify)
+        listener: Any = None
         try:
             while True:
                 _stop_if_cancelled()
+                listener = await self._listen(listener, channel)
                 # Cleared before publishing, so a notice that comes in meanwhile is not lost.
                 self._wake.clear()
                 try:
                     while await self.publish_pending() == self.batch_size:
                         pass
+                    if listener is not None:
+                        outage("database").recovered()
                 except Exception as exc:  # noqa: BLE001 - any failure is retried after a pause
-                    # A passing failure (NATS down, database restart): log it and try again.
-                    log.warning("outbox_relay_failed", schema=self.schema, error=repr(exc))
+                    # A passing failure (NATS down, database restart): reported once, tried again.
+                    self._report(exc)
                     await asyncio.sleep(self.poll_interval)
                 try:
                     async with asyncio.timeout(self.poll_interval):
@@ -111,7 +140,9 @@ class OutboxRelay:
                 except TimeoutError:
                     pass
         finally:
-            try:
-                await listener.remove_listener(channel, self._on_notify)
-            finally:
-                await self.pool.release(listener)
+            if listener is not None:
+                try:
+                    if not listener.is_closed():
+                        await listener.remove_listener(channel, self._on_notify)
+                finally:
+                    await self.pool.release(listener)

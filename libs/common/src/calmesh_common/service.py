@@ -46,7 +46,7 @@ from opentelemetry import trace
 
 from .consumer import ConsumerSpec, DurableConsumer, Handler
 from .eventstore import EventStore
-from .logging import get_logger, protect_client_loggers, setup_logging
+from .logging import get_logger, outage, protect_client_loggers, setup_logging
 from .metrics import METRICS_MEDIA_TYPE, ConsumerRef, Metrics, MetricsSampler
 from .problems import PROBLEM_JSON, Problem, problem_bytes, problem_handler
 from .relay import OutboxRelay
@@ -290,9 +290,23 @@ def internal_http_client(timeout: float = 15.0) -> httpx.AsyncClient:
 
 
 async def connect_nats(url: str, name: str) -> NATS:
-    """Connect with reconnects forever: a NATS restart must not kill a service."""
+    """Connect with reconnects forever: a NATS restart must not kill a service. While NATS is away
+    the service logs one line, then one a minute, and one when it is back (nats-py's default error
+    callback logs a traceback on every reconnect attempt, twice a second)."""
+    away = outage("nats")
+
+    async def on_error(exc: Exception) -> None:
+        away.failed(exc)
+
+    async def on_disconnected() -> None:
+        away.failed("disconnected")
+
+    async def on_reconnected() -> None:
+        away.recovered()
+
     return await nats.connect(
         url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=5,
+        error_cb=on_error, disconnected_cb=on_disconnected, reconnected_cb=on_reconnected,
     )
 
 

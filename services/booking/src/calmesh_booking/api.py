@@ -245,6 +245,10 @@ class Booking(msgspec.Struct):
     notes: str
     timezone: str
     event_id: str | None
+    #: The provider event: "written", "pending" (not yet; retried), or "failed" for good (see
+    #: calendar_write_error; the booking stands, its time stays busy in CalMesh).
+    calendar_write: Literal["written", "pending", "failed"]
+    calendar_write_error: str | None
     created_at: str
     cancelled_at: str | None
     cancelled_by: str | None
@@ -396,6 +400,10 @@ class BookingPageController(Controller):
     @post("/", summary="Create a booking page", status_code=201)
     async def create(self, request: Request[Any, Any, Any], ctx: BookingContext, caller: Caller,
                      data: BookingPageCreate) -> Response[BookingPage]:
+        """`calendar_slug` must name a unified calendar with a writable source: one with only iCal
+        subscriptions or read-only calendars is 422 `no_writable_source` (a booking's event could
+        never be written), as is 422 `calendar_not_found` for no such calendar. While a page uses
+        a calendar, its last writable source cannot be removed (409 `last_writable_source`)."""
         raw = await request.body()
         body = decode(raw, BookingPageCreate)
         fields = msgspec.to_builtins(body)
@@ -417,6 +425,8 @@ class BookingPageController(Controller):
     @patch("/{slug:str}", summary="Update a booking page")
     async def update(self, request: Request[Any, Any, Any], ctx: BookingContext, caller: Caller, slug: str,
                      data: BookingPageUpdate) -> Response[BookingPage]:
+        """A new `calendar_slug` is held to what creation asks: 422 `no_writable_source` for a
+        calendar with no writable source."""
         body = decode(await request.body(), BookingPageUpdate)
         changes = msgspec.to_builtins(body)
         return json_response(await h.update_page(ctx, caller, slug, changes))  # type: ignore[return-value]
@@ -483,6 +493,11 @@ class BookingController(Controller):
 
     @get("/{booking_id:str}", summary="Get a booking")
     async def get_one(self, ctx: BookingContext, caller: Caller, booking_id: str) -> Response[Booking]:
+        """`calendar_write` tells where the booking's provider event stands: `written` (event_id
+        set), `pending` (being written; passing failures are retried), or `failed` when the provider
+        refused for good (credentials refused, the calendar gone at the provider, no writable source
+        left), with the reason in `calendar_write_error`; a `connection.error` webhook is sent and
+        the write is not retried. The booking stands and its time stays busy in CalMesh."""
         return json_response(await h.get_booking(ctx, caller, booking_id))  # type: ignore[return-value]
 
     @post("/{booking_id:str}/cancel", summary="Cancel a booking (owner, or visitor with sig and exp)", status_code=200)
@@ -689,4 +704,10 @@ async def booking_page(ctx: BookingContext, handle: str, slug: str, embed: str |
     return _html(booking_page_html(dict(page), owner_name=owner, embed=embed == "1", color=color, reschedule=moving))
 
 
-ROUTES = [BookingPageController, BookingController, PollController, embed_js, page_asset, booking_page]
+@get("/internal/pages", include_in_schema=False)
+async def internal_pages(ctx: BookingContext, user_id: str, calendar_slug: str) -> Response[bytes]:
+    """Internal (docs/contracts.md): the user's booking pages on a unified calendar."""
+    return json_response(await h.pages_on_calendar(ctx, user_id, calendar_slug))
+
+
+ROUTES = [BookingPageController, BookingController, PollController, embed_js, internal_pages, page_asset, booking_page]

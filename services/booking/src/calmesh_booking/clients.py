@@ -32,12 +32,20 @@ class DependencyUnavailable(Exception):
 
 
 class PermanentFailure(Exception):
-    """Another service refused for good (4xx): retrying will not help."""
+    """Another service refused for good (4xx): retrying will not help. `code` is the problem's code."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, code: str = "") -> None:
         super().__init__(f"{status}: {detail}")
         self.status = status
         self.detail = detail
+        self.code = code
+
+
+#: Sync's refusals of an event write that no retry can change (docs/contracts.md): the provider
+#: refused the connection's credentials (401/403), the calendar is gone at the provider (404), the
+#: connection is gone, or the source cannot be written.
+FOR_GOOD = {"connection_unavailable": "credentials_refused", "calendar_gone": "calendar_gone",
+            "not_found": "calendar_gone", "read_only_source": "no_writable_source"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +126,24 @@ def _detail(response: httpx.Response) -> str:
         return str(doc.get("detail") or doc.get("code") or response.text[:200])
     except ValueError:
         return response.text[:200]
+
+
+def _code(response: httpx.Response) -> str:
+    try:
+        doc = response.json()
+        return str(doc.get("code") or "") if isinstance(doc, dict) else ""
+    except ValueError:
+        return ""
+
+
+def _refusal(response: httpx.Response) -> Exception:
+    """A 4xx that a retry cannot change is a PermanentFailure (so is sync's 409
+    `connection_unavailable`: the provider refused the credentials); anything else is worth retrying."""
+    code = _code(response)
+    status = response.status_code
+    if code in FOR_GOOD or (400 <= status < 500 and status not in (408, 409, 425, 429)):
+        return PermanentFailure(status, _detail(response), code)
+    return DependencyUnavailable(f"sync answered {status}: {_detail(response)}")
 
 
 #: Where the connections context publishes; every replica listens (no queue group).
@@ -257,9 +283,7 @@ class SyncEvents:
             raise DependencyUnavailable(f"sync: {exc!r}") from exc
         if response.status_code in (200, 201):
             return dict(response.json())
-        if 400 <= response.status_code < 500 and response.status_code not in (408, 409, 425, 429):
-            raise PermanentFailure(response.status_code, _detail(response))
-        raise DependencyUnavailable(f"sync answered {response.status_code}: {_detail(response)}")
+        raise _refusal(response)
 
     async def delete(self, *, user_id: str, event_id: str) -> None:
         """Delete the event on the provider and from the projection; one already gone is fine."""
@@ -272,9 +296,7 @@ class SyncEvents:
             raise DependencyUnavailable(f"sync: {exc!r}") from exc
         if response.status_code in (200, 204, 404, 410):
             return
-        if 400 <= response.status_code < 500 and response.status_code not in (408, 409, 425, 429):
-            raise PermanentFailure(response.status_code, _detail(response))
-        raise DependencyUnavailable(f"sync answered {response.status_code}: {_detail(response)}")
+        raise _refusal(response)
 
 
     # --- reservations: a booking's or hold's time in the projection (docs/contracts.md) ------------
@@ -334,9 +356,7 @@ class SyncEvents:
 
     @staticmethod
     def _failure(response: httpx.Response) -> Exception:
-        if 400 <= response.status_code < 500 and response.status_code not in (408, 409, 425, 429):
-            return PermanentFailure(response.status_code, _detail(response))
-        return DependencyUnavailable(f"sync answered {response.status_code}: {_detail(response)}")
+        return _refusal(response)
 
 
 def _rfc3339(dt: datetime) -> str:

@@ -29,6 +29,7 @@ from calmesh_common.consumer import ConsumerSpec, Handler, PoisonMessage
 from calmesh_common.events import Envelope, decode_event, subject_for
 from calmesh_common.events.booking import (
     BookingCalendarEventWritten,
+    BookingCalendarWriteFailed,
     BookingCancelled,
     BookingCreated,
     BookingRescheduled,
@@ -38,7 +39,7 @@ from calmesh_common.events.gateway import UserSignedUp
 from calmesh_common.logging import get_logger
 from calmesh_common.streams import stream_name
 
-from .clients import CalendarNotFound, PermanentFailure
+from .clients import FOR_GOOD, CalendarNotFound, PermanentFailure
 from .domain import Booking
 from .handlers import (
     BookingContext,
@@ -84,8 +85,11 @@ def calendar_consumer(ref: ContextRef, schema: str, name: str = "booking-calenda
     # Not transactional: a handler waits on sync and the provider, and holds no transaction or row
     # lock meanwhile; every sync call it makes is idempotent (Idempotency-Key, derived UID), so a
     # redelivery after a crash finds the existing event instead of writing a second one.
+    # A short ack_wait: a booking service that crashed mid-write leaves its messages to another
+    # replica (or its restart) after 6 s, not 60; a live handler keeps its message with in-progress
+    # acks however long sync takes.
     spec = ConsumerSpec(name=name, stream=stream_name("booking"), filter_subjects=BOOKING_SUBJECTS,
-                        schema=schema, batch=16, ack_wait=60.0, max_deliver=10,
+                        schema=schema, batch=4, ack_wait=6.0, max_deliver=10,
                         backoff=(1.0, 2.0, 5.0, 15.0, 60.0, 300.0), transactional=False)
 
     async def handle(conn: asyncpg.Connection, envelope: Envelope) -> None:
@@ -113,13 +117,23 @@ async def write_booking_event(ctx: BookingContext, conn: asyncpg.Connection, boo
         raise PoisonMessage(f"booking {booking_id} does not exist here")
     if b.status != "confirmed" or b.event_id:
         return
+    if b.calendar_write_error:
+        return  # failed for good already: not retried
     try:
         calendar = await ctx.calendars.get(b.user_id, b.calendar_slug)
     except CalendarNotFound:
-        raise PoisonMessage(f"calendar {b.calendar_slug!r} of booking {b.id} no longer exists") from None
+        await record_write_failure(ctx, conn, b, "calendar_gone",
+                                   f"The unified calendar {b.calendar_slug!r} no longer exists.")
+        return
     target = calendar.write_target()
     if target is None:
-        raise PoisonMessage(f"calendar {b.calendar_slug!r} has no writable source for booking {b.id}")
+        # Read fresh before giving up: a source added a moment ago counts.
+        calendar = await ctx.calendars.get(b.user_id, b.calendar_slug, fresh=True)
+        target = calendar.write_target()
+    if target is None:
+        await record_write_failure(ctx, conn, b, "no_writable_source",
+                                   f"The unified calendar {b.calendar_slug!r} has no writable source.")
+        return
     try:
         # The UID derives from the booking, and the key makes a repeat (a redelivery, a crash after
         # the provider answered) get the first answer: one provider event.
@@ -130,7 +144,10 @@ async def write_booking_event(ctx: BookingContext, conn: asyncpg.Connection, boo
             idempotency_key=f"booking-event:{b.id}:{b.sequence}",
         )
     except PermanentFailure as exc:
-        raise PoisonMessage(f"sync refused the event of booking {b.id}: {exc}") from None
+        kind = FOR_GOOD.get(exc.code, "refused")
+        await record_write_failure(ctx, conn, b, kind, exc.detail, connection_id=target.connection_id,
+                                   calendar_id=target.calendar_id)
+        return
     event_id = str(event["id"])
     async with conn.transaction():
         current = await ctx.store.get_booking(conn, b.id, lock=True)
@@ -147,6 +164,24 @@ async def write_booking_event(ctx: BookingContext, conn: asyncpg.Connection, boo
         log.info("booking_event_removed_after_cancel", booking_id=b.id, event_id=event_id)
         return
     log.info("booking_event_written", booking_id=b.id, event_id=event_id)
+
+
+async def record_write_failure(ctx: BookingContext, conn: asyncpg.Connection, b: Booking, kind: str, reason: str,
+                               *, connection_id: str = "", calendar_id: str = "") -> None:
+    """The provider write can never succeed: `calendar_write: failed` with the reason, and
+    booking.calendar_write_failed (webhook connection.error when a connection refused). The message
+    is then acknowledged: no retries. The booking stands; its reservation keeps its time busy."""
+    async with conn.transaction():
+        current = await ctx.store.get_booking(conn, b.id, lock=True)
+        if current is None or current.event_id or current.calendar_write_error:
+            return
+        at = datetime.now(UTC)
+        await ctx.store.set_calendar_write_failed(conn, b.id, reason, at)
+        await ctx.events.append(conn, b.id, None, [BookingCalendarWriteFailed(
+            booking_id=b.id, user_id=b.user_id, calendar_slug=b.calendar_slug, kind=kind, reason=reason[:500],
+            connection_id=connection_id, calendar_id=calendar_id, at=at)], user_id=b.user_id)
+    log.warning("booking_event_write_failed", booking_id=b.id, kind=kind, reason=reason[:200],
+                connection_id=connection_id or None)
 
 
 async def remove_booking_event(ctx: BookingContext, conn: asyncpg.Connection, booking_id: str) -> None:

@@ -378,6 +378,15 @@ class Booking:
     verify_until: datetime | None = None
     #: The visitor's answers to the page's questions, in the page's order.
     answers: tuple[AnswerLine, ...] = ()
+    #: Why the provider write failed for good (None: written, or still pending).
+    calendar_write_error: str | None = None
+
+    @property
+    def calendar_write(self) -> str:
+        """Where the booking's provider event stands: written | pending | failed."""
+        if self.event_id:
+            return "written"
+        return "failed" if self.calendar_write_error else "pending"
 
 
 _EMAIL = re.compile(r"^[^@\s<>\"',;]+@[^@\s<>\"',;]+\.[^@\s<>\"',;]+$")

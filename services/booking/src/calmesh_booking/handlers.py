@@ -296,8 +296,11 @@ def page_resource(ctx: BookingContext, page: asyncpg.Record) -> dict[str, Any]:
 
 
 async def _check_calendar(ctx: BookingContext, user_id: str, slug: str) -> CalendarInfo:
+    """The page's calendar, read fresh from connections. A calendar with no writable source (only
+    iCal feeds or read-only calendars) is 422 `no_writable_source`: its bookings could never reach
+    the provider."""
     try:
-        return await ctx.calendars.get(user_id, slug, fresh=True)
+        calendar = await ctx.calendars.get(user_id, slug, fresh=True)
     except CalendarNotFound:
         raise Problem(
             422, "calendar_not_found", f"You have no unified calendar {slug!r}.",
@@ -305,6 +308,14 @@ async def _check_calendar(ctx: BookingContext, user_id: str, slug: str) -> Calen
         ) from None
     except DependencyUnavailable as exc:
         raise unavailable(exc) from None
+    if calendar.write_target() is None:
+        raise Problem(
+            422, "no_writable_source",
+            f"The unified calendar {slug!r} has no writable source (iCal subscriptions and read-only calendars "
+            "cannot take a booking's event); add a writable calendar to it first.",
+            errors=[FieldError("calendar_slug", "has no writable source")],
+        )
+    return calendar
 
 
 async def _handle_of(ctx: BookingContext, conn: asyncpg.Connection, caller: Caller) -> str:
@@ -456,6 +467,14 @@ async def update_page(ctx: BookingContext, caller: Caller, slug: str, changes: d
     return page_resource(ctx, updated)
 
 
+async def pages_on_calendar(ctx: BookingContext, user_id: str, calendar_slug: str) -> dict[str, Any]:
+    """Internal (connections asks before a calendar's last writable source goes): the user's pages
+    on that calendar."""
+    async with ctx.pool.acquire() as conn:
+        slugs = await ctx.store.pages_on_calendar(conn, user_id, calendar_slug)
+    return {"data": [{"slug": slug} for slug in slugs]}
+
+
 async def delete_page(ctx: BookingContext, caller: Caller, slug: str) -> None:
     require_scope(caller, FULL_SCOPES, "full")
     async with ctx.pool.acquire() as conn, conn.transaction():
@@ -581,6 +600,8 @@ def booking_resource(b: Booking, ctx: BookingContext | None = None) -> dict[str,
         "notes": b.notes,
         "timezone": b.timezone,
         "event_id": b.event_id,
+        "calendar_write": b.calendar_write,
+        "calendar_write_error": b.calendar_write_error,
         "created_at": utc_text(b.created_at),
         "cancelled_at": utc_text(b.cancelled_at) if b.cancelled_at else None,
         "cancelled_by": b.cancelled_by,

@@ -30,7 +30,8 @@ PAGE_COLUMNS = (
 )
 BOOKING_COLUMNS = (
     "id, page_id, page_slug, user_id, calendar_slug, title, start_at, end_at, status, name, email, notes,"
-    " timezone, event_id, created_at, cancelled_at, cancelled_by, cancel_reason, sequence, verify_until, answers"
+    " timezone, event_id, created_at, cancelled_at, cancelled_by, cancel_reason, sequence, verify_until, answers,"
+    " calendar_write_error"
 )
 HOLD_COLUMNS = "id, page_id, user_id, start_at, end_at, expires_at, status, booking_id, created_at"
 
@@ -100,6 +101,7 @@ def _booking(row: asyncpg.Record) -> Booking:
         sequence=row["sequence"],
         verify_until=row["verify_until"],
         answers=_answers(row["answers"]),
+        calendar_write_error=row["calendar_write_error"],
     )
 
 
@@ -518,7 +520,20 @@ class BookingStore:
         return _booking(row)
 
     async def set_event_id(self, conn: asyncpg.Connection, booking_id: str, event_id: str | None) -> None:
-        await conn.execute(f"UPDATE {self.schema}.bookings SET event_id = $2 WHERE id = $1", booking_id, event_id)
+        await conn.execute(f"UPDATE {self.schema}.bookings SET event_id = $2, calendar_write_error = NULL,"
+                           " calendar_write_failed_at = NULL WHERE id = $1", booking_id, event_id)
+
+    async def set_calendar_write_failed(self, conn: asyncpg.Connection, booking_id: str, reason: str,
+                                        at: datetime) -> None:
+        """The provider write failed for good: `calendar_write: failed` with `reason`."""
+        await conn.execute(f"UPDATE {self.schema}.bookings SET calendar_write_error = $2,"
+                           " calendar_write_failed_at = $3 WHERE id = $1", booking_id, reason[:500], at)
+
+    async def pages_on_calendar(self, conn: asyncpg.Connection, user_id: str, calendar_slug: str) -> list[str]:
+        """The slugs of the user's booking pages on the unified calendar `calendar_slug`."""
+        rows = await conn.fetch(f"SELECT slug FROM {self.schema}.pages WHERE user_id = $1 AND calendar_slug = $2"
+                                " ORDER BY slug", user_id, calendar_slug)
+        return [r["slug"] for r in rows]
 
     async def list_bookings(
         self,

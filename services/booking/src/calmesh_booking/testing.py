@@ -90,8 +90,11 @@ class FakeCalendarServices:
     calendars: dict[tuple[str, str], FakeCalendar] = field(default_factory=dict)
     created: list[dict[str, Any]] = field(default_factory=list)
     deleted: list[str] = field(default_factory=list)
-    #: Set to make the next event writes fail with this status (a flaky provider).
-    fail_writes: list[int] = field(default_factory=list)
+    #: Set to make the next event writes fail with this status (a flaky provider), or with
+    #: (status, problem code), e.g. (409, "connection_unavailable") as sync answers refused credentials.
+    fail_writes: list[int | tuple[int, str]] = field(default_factory=list)
+    #: Every POST /internal/events seen (failed ones too).
+    write_attempts: int = 0
     #: Set to make the next reservation entries fail with this status (sync away).
     fail_reservations: list[int] = field(default_factory=list)
     moved: list[dict[str, Any]] = field(default_factory=list)
@@ -111,6 +114,7 @@ class FakeCalendarServices:
         await self.nc.flush()
 
     def add_calendar(self, user_id: str, slug: str, timezone: str = "UTC", *, read_only: bool = False) -> FakeCalendar:
+        """A unified calendar with one source (`read_only`: an iCal feed, say)."""
         conn_id = new_id("conn")
         cal = FakeCalendar(user_id, slug, timezone, [
             {"id": new_id("src"), "connection_id": conn_id, "calendar_id": "personal", "name": "Personal",
@@ -158,8 +162,11 @@ class FakeCalendarServices:
         async def create_event(request: Request[Any, Any, Any]) -> Response[Any]:
             if (refused := check(request)) is not None:
                 return refused
+            fake.write_attempts += 1
             if fake.fail_writes:
-                return Response({"code": "provider_error"}, status_code=fake.fail_writes.pop(0))
+                failure = fake.fail_writes.pop(0)
+                status, code = failure if isinstance(failure, tuple) else (failure, "provider_error")
+                return Response({"code": code, "detail": f"fake sync: {code}"}, status_code=status)
             body = msgspec.json.decode(await request.body())
             booking_id = body.get("booking_id")
             uid = booking_uid(booking_id) if booking_id else uuid.uuid4().hex

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit
 
+import httpx
 import msgspec
 from litestar import Controller, Request, Response, delete, get, patch, post, put
 from litestar.params import Parameter
@@ -32,7 +33,9 @@ from calmesh_common.events.connections import (
 from calmesh_common.ids import new_id
 from calmesh_common.logging import get_logger
 from calmesh_common.problems import PROBLEM_JSON, FieldError, Problem, problem_bytes
-from calmesh_common.service import Caller, ServiceDeps, json_response
+from calmesh_common.service import SECRET_HEADER, Caller, ServiceDeps, json_response
+from calmesh_common.settings import SettingsError
+from calmesh_common.tracing import inject_headers
 from calmesh_sync.providers import ProviderError
 from calmesh_sync.providers.google import GoogleClient
 from calmesh_sync.providers.graph import GraphClient
@@ -630,22 +633,85 @@ class CalendarsController(Controller):
 
     @delete("/{slug:str}/sources/{source_id:str}", summary="Remove a source from a unified calendar", status_code=204)
     async def remove_source(self, slug: str, source_id: str, caller: Caller, deps: ServiceDeps) -> None:
+        """The last writable source of a calendar that a booking page uses cannot be removed: 409
+        `last_writable_source`, naming the pages (their bookings could never reach a provider). Add
+        another writable source, or move or delete the pages, first."""
         ctx = ctx_of(deps)
-        async with ctx.pool.acquire() as conn, conn.transaction():
-            row = await store.get_calendar(conn, caller.user_id, slug, for_update=True)
-            if row is None:
-                raise Problem(404, "not_found", "No such calendar.")
-            sources = (await store.sources_of(conn, [row["id"]]))[row["id"]]
-            target = next((s for s in sources if s["id"] == source_id), None)
-            if target is None:
-                raise Problem(404, "not_found", "No such source in this calendar.")
-            conns = await store.connections_of(conn, caller.user_id, [target["connection_id"]])
-            view = source_views([target], conns)[0]
-            await store.delete_source(conn, source_id)
-            await store.set_sort_orders(conn, [s["id"] for s in sources if s["id"] != source_id])
-            row = await store.touch_calendar(conn, row["id"])
-            _, full = await calendar_view(conn, row)
-            await append(ctx, conn, f"calendar:{row['id']}", [CalendarSourceRemoved(calendar=full, source=_source_event(view))], caller.user_id)
+        checked = False
+        for _ in range(3):
+            if not checked and await _leaves_no_writable(ctx, caller.user_id, slug, source_id):
+                # Asked with no transaction open (booking's answer may take a moment).
+                pages = await _pages_on(ctx, caller.user_id, slug)
+                if pages:
+                    raise _last_writable(slug, pages)
+                checked = True
+            async with ctx.pool.acquire() as conn, conn.transaction():
+                row = await store.get_calendar(conn, caller.user_id, slug, for_update=True)
+                if row is None:
+                    raise Problem(404, "not_found", "No such calendar.")
+                sources = (await store.sources_of(conn, [row["id"]]))[row["id"]]
+                target = next((s for s in sources if s["id"] == source_id), None)
+                if target is None:
+                    raise Problem(404, "not_found", "No such source in this calendar.")
+                everyone = await store.connections_of(conn, caller.user_id, list({s["connection_id"] for s in sources}))
+                views = source_views(sources, everyone)
+                if not checked and _no_writable_left(views, source_id):
+                    continue  # it became the last writable one meanwhile: ask booking first
+                view = next(v for v in views if v.id == source_id)
+                await _remove_source(ctx, conn, caller, row, sources, source_id, view)
+                return
+        raise Problem(409, "conflict", "The calendar's sources keep changing; try again.", headers={"Retry-After": "1"})
+
+
+async def _remove_source(ctx: Context, conn: Any, caller: Caller, row: Any, sources: list[Any], source_id: str,
+                     view: SourceOut) -> None:
+    await store.delete_source(conn, source_id)
+    await store.set_sort_orders(conn, [s["id"] for s in sources if s["id"] != source_id])
+    row = await store.touch_calendar(conn, row["id"])
+    _, full = await calendar_view(conn, row)
+    await append(ctx, conn, f"calendar:{row['id']}", [CalendarSourceRemoved(calendar=full, source=_source_event(view))], caller.user_id)
+
+
+def _no_writable_left(views: list[SourceOut], removed: str) -> bool:
+    """Removing `removed` takes the calendar's last writable source away."""
+    writable = [v.id for v in views if not v.read_only]
+    return writable == [removed]
+
+
+async def _leaves_no_writable(ctx: Context, user_id: str, slug: str, source_id: str) -> bool:
+    async with ctx.pool.acquire() as conn:
+        row = await store.get_calendar(conn, user_id, slug)
+        if row is None:
+            return False
+        sources = (await store.sources_of(conn, [row["id"]]))[row["id"]]
+        everyone = await store.connections_of(conn, user_id, list({s["connection_id"] for s in sources}))
+        return _no_writable_left(source_views(sources, everyone), source_id)
+
+
+async def _pages_on(ctx: Context, user_id: str, slug: str) -> list[str]:
+    """The slugs of the user's booking pages on calendar `slug`, from booking's internal API
+    (`GET /internal/pages`); 503 when booking cannot be asked (nothing is removed then)."""
+    try:
+        base = ctx.settings.service_url("booking")
+    except SettingsError:
+        return []  # no booking service in this deployment: no pages
+    try:
+        response = await ctx.http.get(f"{base}/internal/pages", params={"user_id": user_id, "calendar_slug": slug},
+                                      headers=inject_headers({SECRET_HEADER: ctx.settings.internal_secret}), timeout=5.0)
+    except httpx.HTTPError:
+        response = None
+    if response is None or response.status_code != 200:
+        raise Problem(503, "service_unavailable", "Cannot tell whether a booking page uses this calendar; try again.",
+                      headers={"Retry-After": "5"})
+    return [str(p["slug"]) for p in response.json().get("data", [])]
+
+
+def _last_writable(slug: str, pages: list[str]) -> Problem:
+    names = ", ".join(pages[:10]) + (" …" if len(pages) > 10 else "")
+    return Problem(409, "last_writable_source",
+                   f"This is the last writable source of calendar {slug!r}, and booking pages use it ({names}); "
+                   "their bookings could not be written anywhere. Add another writable source, or move or delete "
+                   "those pages, first.")
 
 
 def _calendar_from(row: Any, views: list[SourceOut]) -> CalendarOut:

@@ -322,13 +322,24 @@ async def _check_database(state: Any, timeout: float) -> str:
 
 async def _check_service(state: Any, url: str, timeout: float) -> str:
     try:
-        status, _ = await state.forwarder.get_json_status(f"{url.rstrip('/')}/health", {}, timeout)
-        return "ok" if status == 200 else f"down: HTTP {status}"
+        status, body = await state.forwarder.get_json_status(f"{url.rstrip('/')}/health", {}, timeout)
+        if status == 200:
+            return "ok"
+        return f"down: {_what_is_down(body) or f'HTTP {status}'}"
     except TimeoutError:
         return "down: timeout"
     except Exception as exc:  # noqa: BLE001 - reported, not raised: this is a health check
         log.warning("health_check_failed", check=url, error=repr(exc))
         return "down: unreachable"
+
+
+def _what_is_down(body: bytes) -> str:
+    """From a service's /health answer, the checks that failed: ``database, nats``."""
+    try:
+        checks = msgspec.json.decode(body).get("checks") or {}
+        return ", ".join(sorted(name for name, value in checks.items() if value != "ok"))
+    except (msgspec.DecodeError, AttributeError, TypeError):
+        return ""
 
 
 @get("/api/health")
@@ -347,7 +358,7 @@ async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
     if not down:
         return _json({"status": "ok", "checks": checks})
     problem = Problem(503, "service_unavailable", f"Down: {', '.join(down)}.", checks=checks, down=down)
-    return Response(problem_bytes(problem), status_code=503, media_type=PROBLEM_JSON)
+    return Response(problem_bytes(problem), status_code=503, media_type=PROBLEM_JSON, headers={"Retry-After": "5"})
 
 
 @get("/schema/openapi.json")

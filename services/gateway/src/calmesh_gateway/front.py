@@ -20,7 +20,7 @@ import structlog
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from calmesh_common.logging import get_logger
+from calmesh_common.logging import get_logger, is_database_outage, outage
 from calmesh_common.metrics import METRICS_CONTENT_TYPE, Metrics
 from calmesh_common.plans import daily_quota_exceeded
 from calmesh_common.problems import PROBLEM_JSON, Problem, problem_bytes
@@ -29,7 +29,7 @@ from calmesh_common.settings import Settings
 from calmesh_common.tracing import extract_context, spans_exported, tracer
 
 from .authcache import AuthCache, Identity
-from .forward import Forwarder
+from .forward import RETRY_AFTER, Forwarder
 from .keys import MalformedKey, check_key_format, hash_key
 from .limits import SharedLimiter, client_address
 from .quota import DailyQuota
@@ -255,9 +255,16 @@ class GatewayFront:
             status = problem.status
             await _send_problem(send, problem, ids)
         except Exception as exc:  # noqa: BLE001 - the one place that turns a bug into an opaque 500
-            log.error("gateway_error", path=scope.get("path"), error=repr(exc), exc_info=exc)
-            status = 500
-            await _send_problem(send, Problem(500, "internal_error", "Something went wrong on our side; it has been logged."), ids)
+            if is_database_outage(exc):
+                # The gateway's database is restarting: a 503 the client may retry, one log line.
+                outage("database").failed(exc)
+                status = 503
+                await _send_problem(send, Problem(503, "service_unavailable", "CalMesh is restarting a component; "
+                                                  "try again shortly.", headers={"Retry-After": RETRY_AFTER}), ids)
+            else:
+                log.error("gateway_error", path=scope.get("path"), error=repr(exc), exc_info=exc)
+                status = 500
+                await _send_problem(send, Problem(500, "internal_error", "Something went wrong on our side; it has been logged."), ids)
         finally:
             span.set_attribute("http.response.status_code", status)
             if status >= 500:

@@ -147,6 +147,8 @@ def _provider_problem(exc: Exception) -> Problem:
         return Problem(503, "provider_unavailable", f"The provider is not answering: {exc}", headers={"Retry-After": str(retry)})
     if isinstance(exc, PreconditionFailed):
         return Problem(409, "conflict", "The event changed at the provider meanwhile; try again.")
+    if isinstance(exc, NotFoundError):
+        return Problem(422, "calendar_gone", f"The calendar is gone at the provider: {exc}")
     return Problem(502, "provider_error", f"The provider refused the change: {exc}")
 
 

@@ -169,6 +169,20 @@ def _source_events_deleted(event: Event, envelope: Envelope) -> list[PublicEvent
     ]
 
 
+def _calendar_write_failed(event: Event, envelope: Envelope) -> list[PublicEvent]:
+    """A booking's provider write refused for good by a connection (credentials, calendar gone):
+    ``connection.error`` naming the connection and the booking. A calendar with no writable source
+    left names no connection: nothing to deliver."""
+    ev: Any = event
+    if not ev.connection_id:
+        return []
+    return [PublicEvent(envelope.id, "connection.error", {
+        "id": ev.connection_id, "connection_id": ev.connection_id, "calendar_id": ev.calendar_id or None,
+        "user_id": ev.user_id, "kind": ev.kind, "error": ev.reason, "booking_id": ev.booking_id,
+        "calendar_slug": ev.calendar_slug, "at": instant(ev.at),
+    })]
+
+
 #: domain event tag -> how it becomes public events. Add a row when a producer lands.
 EVENT_MAP: dict[str, Mapping] = {
     # billing
@@ -177,6 +191,7 @@ EVENT_MAP: dict[str, Mapping] = {
     "booking.created.v1": one("booking.created", "booking", resource("booking_id")),
     "booking.cancelled.v1": one("booking.cancelled", "booking", resource("booking_id")),
     "booking.rescheduled.v1": one("booking.rescheduled", "booking", resource("booking_id")),
+    "booking.calendar_write_failed.v1": Mapping("booking", ("connection.error",), _calendar_write_failed),
     "poll.voted.v1": one("poll.voted", "booking", resource("poll_id")),
     "poll.decided.v1": one("poll.decided", "booking", resource("poll_id")),
     # connections

@@ -8,23 +8,43 @@ in its data directory; NATS on a loopback port, with token authentication when g
 from __future__ import annotations
 
 import json
+import ctypes
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 MIN_MAX_CONNECTIONS = 400
+_PR_SET_PDEATHSIG = 1
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def free_port(avoid: Collection[int] = ()) -> int:
+    """A free loopback port, none of `avoid` (ports a stack is about to bind itself)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in avoid:
+            return port
+    raise RuntimeError("no free port outside the reserved ones")
+
+
+def die_with_parent() -> None:
+    """In a child, before exec: receive SIGTERM when the process (thread) that started it dies, so
+    a supervisor killed outright strands nothing. Linux only; elsewhere a no-op."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
 
 
 def _bin(name: str) -> str:
@@ -39,10 +59,16 @@ def _bin(name: str) -> str:
 
 @dataclass
 class EmbeddedPostgres:
-    """A pgserver instance in `data_dir`; `url` is an asyncpg/libpq URL over its Unix socket."""
+    """A pgserver instance in `data_dir`; `url` is an asyncpg/libpq URL over its Unix socket.
+
+    `supervised`: pgserver only prepares the data directory; the postmaster then runs as this
+    process's child (in its process group, dying with it), so a supervisor can see it die and
+    `restart()` it. Otherwise pg_ctl runs it detached, as pgserver does."""
 
     data_dir: Path
     url: str = ""
+    supervised: bool = False
+    process: subprocess.Popen[bytes] | None = None
     _server: object | None = None
 
     def start(self) -> str:
@@ -61,7 +87,53 @@ class EmbeddedPostgres:
             server = pgserver.get_server(str(self.data_dir), cleanup_mode=None)
         self._server = server
         self.url = server.get_uri()
+        if self.supervised:
+            server.cleanup()  # type: ignore[attr-defined]
+            self._pg_ctl("-m", "fast", "stop")
+            self._spawn_postmaster()
         return self.url
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def _socket_dir(self) -> str:
+        return parse_qs(urlsplit(self.url).query).get("host", [str(self.data_dir)])[0]
+
+    def _spawn_postmaster(self, timeout: float = 60.0) -> None:
+        from pgserver._commands import POSTGRES_BIN_PATH
+
+        (self.data_dir / "postmaster.pid").unlink(missing_ok=True)  # a killed postmaster's: stale
+        user = "pgserver" if os.geteuid() == 0 else None
+        log = open(self.data_dir / "log", "ab")  # noqa: SIM115 - the child keeps it
+        try:
+            self.process = subprocess.Popen(
+                [str(POSTGRES_BIN_PATH / "postgres"), "-D", str(self.data_dir.resolve()), "-h", "",
+                 "-k", self._socket_dir()],
+                stdout=log, stderr=subprocess.STDOUT, user=user,
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - only sets the death signal
+            )
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        pid_file = self.data_dir / "postmaster.pid"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"postgres exited with {self.process.returncode}; see {self.data_dir / 'log'}")
+            try:
+                lines = pid_file.read_text().splitlines()
+            except OSError:
+                lines = []
+            if len(lines) >= 8 and lines[7].strip() == "ready":
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"postgres was not ready within {timeout:.0f} s")
+
+    def restart(self) -> None:
+        """Start the postmaster again (supervised), after it died."""
+        if self.process is not None and self.process.poll() is None:
+            return
+        self._spawn_postmaster()
 
     def _pg_ctl(self, *args: str) -> None:
         from pgserver._commands import pg_ctl
@@ -75,6 +147,15 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         if self._server is not None:
             self._server.cleanup()  # type: ignore[attr-defined]  # drops pgserver's handle only
+        if self.supervised:
+            if self.process is not None and self.process.poll() is None:
+                self.process.send_signal(signal.SIGINT)  # fast shutdown
+                try:
+                    self.process.wait(30)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+            return
         if not (self.data_dir / "postmaster.pid").exists():
             return
         try:
@@ -115,12 +196,28 @@ class EmbeddedNats:
 
     With a `token`, the server refuses every client that does not present it, and `url` carries it
     (``nats://<token>@127.0.0.1:<port>``, which nats-py sends as its auth token). The token goes in
-    a 0600 config file, not on the command line, where every local user could read it."""
+    a 0600 config file, not on the command line, where every local user could read it.
+
+    `supervised`: it stays in this process's group and dies with it (else it gets a session of its
+    own); `restart()` starts it again on the same port after it died."""
 
     data_dir: Path
     port: int = 0
     token: str = ""
     process: subprocess.Popen[bytes] | None = None
+    supervised: bool = False
+    #: Ports a free port must not be (when `port` is 0).
+    avoid: Collection[int] = ()
+    _log_file: Path | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def restart(self) -> str:
+        if self.alive:
+            return self.url
+        return self.start(log_file=self._log_file)
 
     @property
     def url(self) -> str:
@@ -133,8 +230,9 @@ class EmbeddedNats:
 
     def start(self, *, log_file: Path | None = None) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._log_file = log_file
         if not self.port:
-            self.port = free_port()
+            self.port = free_port(self.avoid)
         argv = [_bin("nats-server"), "-js", "-sd", str(self.data_dir), "-a", "127.0.0.1", "-p", str(self.port)]
         if self.token:
             # A JSON string is a valid NATS config string (the token is URL-safe base64 anyway).
@@ -145,7 +243,8 @@ class EmbeddedNats:
             argv,
             stdout=out,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
+            start_new_session=not self.supervised,
+            preexec_fn=die_with_parent if self.supervised else None,  # noqa: PLW1509
         )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:

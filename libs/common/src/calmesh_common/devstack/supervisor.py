@@ -2,9 +2,13 @@
 
 Starts embedded PostgreSQL and NATS (or uses ``DATABASE_URL`` / ``NATS_URL``), applies the
 migrations, then runs every service as its own process with prefixed, coloured logs, restarting one
-that dies. Ctrl-C or SIGTERM stops every child, then the embedded servers: no orphan is left, and
-each child also dies with the supervisor should it be killed outright (``PR_SET_PDEATHSIG``).
-Data lives in ``CALMESH_DATA_DIR`` (default ``.calmesh``) and survives a restart.
+that dies — the embedded nats-server and postmaster too (on the same port and data, with the same
+back-off). Every child, the embedded servers included, runs in the supervisor's process group and
+dies with the supervisor should it be killed outright (``PR_SET_PDEATHSIG``); Ctrl-C or SIGTERM
+stops every child, then the embedded servers: no orphan is left. Ports it picks for NATS and the
+services avoid the ones the stack itself is about to bind (the gateway's ``CALMESH_HTTP_PORT``, the
+services' fixed ports). Data lives in ``CALMESH_DATA_DIR`` (default ``.calmesh``) and survives a
+restart.
 
 The embedded NATS accepts only clients with the data directory's token (``nats.token``, 0600, made
 once and reused); every service gets it inside ``NATS_URL`` (``nats://<token>@127.0.0.1:<port>``),
@@ -16,7 +20,6 @@ The same `Stack` runs the platform for the end-to-end tests.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import os
 import secrets
 import signal
@@ -25,26 +28,19 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from .embedded import EmbeddedNats, EmbeddedPostgres, free_port, load_or_create_nats_token
+from .embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent, free_port, load_or_create_nats_token
 from .migrate import migrate_all
 
 COLOURS = ("36", "32", "35", "33", "34", "96", "92", "95", "93", "94")
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: receive SIGTERM when the supervisor dies."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:
-        pass  # not Linux: Ctrl-C still stops every child through the normal path
+#: The services with a port of their own besides the gateway (sync workers are added per worker).
+SERVICE_PORTS = ("connections", "availability", "booking", "billing", "webhooks")
+_die_with_parent = die_with_parent
 
 
 def load_or_create_secrets(data_dir: Path, env: Mapping[str, str]) -> dict[str, str]:
@@ -76,15 +72,16 @@ def load_or_create_secrets(data_dir: Path, env: Mapping[str, str]) -> dict[str, 
     return {k: env.get(k) or v for k, v in stored.items()}
 
 
-def start_embedded_nats(data_dir: Path) -> EmbeddedNats:
-    """The stack's NATS: JetStream in data_dir/nats, on the port of the last run when it is free,
-    accepting only clients that present the token of data_dir/nats.token (made on first use)."""
+def start_embedded_nats(data_dir: Path, *, supervised: bool = False, avoid: Collection[int] = ()) -> EmbeddedNats:
+    """The stack's NATS: JetStream in data_dir/nats, on the port of the last run when it is free
+    (and not one of `avoid`, the ports the stack is about to bind), accepting only clients that
+    present the token of data_dir/nats.token (made on first use). `supervised`: see EmbeddedNats."""
     port_file = data_dir / "nats.port"
     port = int(port_file.read_text()) if port_file.exists() else 0
-    if port and not port_is_free(port):
+    if port and (port in avoid or not port_is_free(port)):
         port = 0
     token = load_or_create_nats_token(data_dir / "nats.token")
-    server = EmbeddedNats(data_dir / "nats", port=port, token=token)
+    server = EmbeddedNats(data_dir / "nats", port=port, token=token, supervised=supervised, avoid=avoid)
     server.start(log_file=data_dir / "nats.log")
     port_file.write_text(str(server.port))
     return server
@@ -131,6 +128,8 @@ class Stack:
     service_urls: dict[str, str] = field(default_factory=dict)
     _stopping: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Restarts and last start of the embedded servers ("nats", "postgres"), for the back-off.
+    _infra: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def gateway_url(self) -> str:
@@ -143,27 +142,47 @@ class Stack:
     def start_infrastructure(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.database_url:
-            self.postgres = EmbeddedPostgres(self.data_dir / "postgres")
+            self.postgres = EmbeddedPostgres(self.data_dir / "postgres", supervised=self.restart)
             self.database_url = self.postgres.start()
+            self._infra["postgres"] = [0, time.monotonic()]
             self._say(f"PostgreSQL (embedded) at {self.data_dir / 'postgres'}")
         if not self.nats_url:
-            self.nats = start_embedded_nats(self.data_dir)
+            self.nats = start_embedded_nats(self.data_dir, supervised=self.restart, avoid=self._reserved_ports())
             self.nats_url = self.nats.url
+            self._infra["nats"] = [0, time.monotonic()]
             self._say(f"NATS JetStream (embedded) at nats://127.0.0.1:{self.nats.port}, "
                       f"token in {self.data_dir / 'nats.token'}")
         applied = asyncio.run(migrate_all(self.database_url, self.nats_url))
         count = sum(len(v) for v in applied.values())
         self._say(f"migrations applied: {count}; streams declared")
 
+    def _port_names(self) -> list[str]:
+        return [*SERVICE_PORTS, *(f"sync-{i}" for i in range(self.sync_workers))]
+
+    def _wanted_port(self, offset: int, name: str) -> int:
+        env_name = f"CALMESH_{name.upper().replace('-', '_')}_PORT"
+        return int(os.environ.get(env_name, 0) or 0) or (self.http_port + offset if self.fixed_ports else 0)
+
+    def _reserved_ports(self) -> set[int]:
+        """The ports this stack binds itself: a free port picked for something else avoids them
+        (the embedded NATS once took the gateway's CALMESH_HTTP_PORT before the gateway bound it)."""
+        reserved = {self.http_port}
+        reserved.update(p for offset, name in enumerate(self._port_names(), start=1)
+                        if (p := self._wanted_port(offset, name)))
+        if self.nats is not None and self.nats.port:
+            reserved.add(self.nats.port)
+        metrics = os.environ.get("CALMESH_METRICS_PORT") or self.extra_env.get("CALMESH_METRICS_PORT")
+        if metrics and metrics.isdigit():
+            reserved.add(int(metrics))
+        return reserved
+
     def _ports(self) -> dict[str, int]:
-        names = ["connections", "availability", "booking", "billing", "webhooks"]
-        names += [f"sync-{i}" for i in range(self.sync_workers)]
+        reserved = self._reserved_ports()
         ports: dict[str, int] = {}
-        for offset, name in enumerate(names, start=1):
-            env_name = f"CALMESH_{name.upper().replace('-', '_')}_PORT"
-            wanted = int(os.environ.get(env_name, 0) or 0) or (self.http_port + offset if self.fixed_ports else 0)
-            if not wanted or not port_is_free(wanted):
-                wanted = free_port()
+        for offset, name in enumerate(self._port_names(), start=1):
+            wanted = self._wanted_port(offset, name)
+            if not wanted or wanted in ports.values() or not port_is_free(wanted):
+                wanted = free_port(reserved | set(ports.values()))
             ports[name] = wanted
         return ports
 
@@ -172,9 +191,7 @@ class Stack:
         assert self.database_url and self.nats_url
         secrets_env = load_or_create_secrets(self.data_dir, {**os.environ, **self.extra_env})
         ports = self._ports()
-        self.service_urls = {
-            name: f"http://127.0.0.1:{ports[name]}" for name in ("connections", "availability", "booking", "billing", "webhooks")
-        }
+        self.service_urls = {name: f"http://127.0.0.1:{ports[name]}" for name in SERVICE_PORTS}
         self.service_urls["sync"] = f"http://127.0.0.1:{ports['sync-0']}" if self.sync_workers else ""
         base_env = {
             **os.environ,
@@ -191,7 +208,7 @@ class Stack:
             base_env.setdefault("CALMESH_LOG_JSON", "1")
         bindir = Path(sys.executable).parent
         plan: list[tuple[str, str, int]] = [("gateway", "gateway", self.http_port)]
-        plan += [(s, s, ports[s]) for s in ("connections", "availability", "booking", "billing", "webhooks")]
+        plan += [(s, s, ports[s]) for s in SERVICE_PORTS]
         plan += [(f"sync-{i}", "sync", ports[f"sync-{i}"]) for i in range(self.sync_workers)]
         for index, (label, service, port) in enumerate(plan):
             env = {**base_env, "CALMESH_SERVICE": service, "CALMESH_PORT": str(port), "CALMESH_WORKER_ID": label}
@@ -236,11 +253,30 @@ class Stack:
             time.sleep(0.2)
         raise RuntimeError(f"the platform was not healthy within {timeout:.0f} s: {last}")
 
+    def _restart_infrastructure(self) -> None:
+        """Start a nats-server or postmaster that died again, on the same port and data, with the
+        services' back-off (the services ride out the gap with their reconnects)."""
+        for name, server in (("nats", self.nats), ("postgres", self.postgres)):
+            if server is None or name not in self._infra or server.alive:
+                continue
+            restarts, started_at = self._infra[name]
+            wait = min(10.0, 0.5 * 2 ** min(int(restarts), 5))
+            if time.monotonic() - started_at < wait:
+                continue
+            self._infra[name] = [restarts + 1, time.monotonic()]
+            code = server.process.returncode if server.process is not None else None
+            self._say(f"{name} exited with {code}; restarting (#{int(restarts) + 1})")
+            try:
+                server.restart()
+            except (RuntimeError, OSError) as exc:
+                self._say(f"{name} did not start again: {exc}")
+
     def supervise_once(self) -> None:
         """Restart any child that died (with a back-off), unless we are stopping."""
         with self._lock:
             if self._stopping:
                 return
+            self._restart_infrastructure()
             for child in self.children:
                 proc = child.process
                 if proc is None or proc.poll() is None:
@@ -316,6 +352,7 @@ def main() -> None:
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
+        stack._stopping = True  # Ctrl-C reaches the whole group: restart nothing that stops now
         stop.set()
 
     signal.signal(signal.SIGINT, on_signal)

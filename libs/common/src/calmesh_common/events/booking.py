@@ -134,6 +134,24 @@ class BookingCalendarEventWritten(Event, tag="booking.calendar_event_written.v1"
     event_id: str
 
 
+class BookingCalendarWriteFailed(Event, tag="booking.calendar_write_failed.v1"):
+    """The booking's provider event can never be written: the provider refused the credentials
+    (401/403), the calendar is gone (404), or the calendar has no writable source left. The booking
+    stands (its time stays busy in CalMesh) with ``calendar_write: "failed"`` and `reason`; webhook
+    ``connection.error`` when a connection is to blame (`connection_id` set)."""
+
+    context: ClassVar[str] = "booking"
+    booking_id: str
+    user_id: str
+    calendar_slug: str
+    #: ``credentials_refused`` | ``calendar_gone`` | ``no_writable_source`` | ``refused``
+    kind: str
+    reason: str
+    connection_id: str = ""
+    calendar_id: str = ""
+    at: datetime | None = None
+
+
 class PollCreated(Event, tag="poll.created.v1"):
     context: ClassVar[str] = "booking"
     poll_id: str

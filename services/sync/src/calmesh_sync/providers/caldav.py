@@ -322,6 +322,9 @@ class CalDAVClient:
         else:
             headers["If-None-Match"] = "*"
         response = await self._call(self.client.put(href, data, headers), "PUT")
+        if response.status == 409 and not etag:
+            # RFC 4918 9.7.1: a PUT whose parent collection does not exist is a 409.
+            raise NotFoundError("the calendar is gone from the CalDAV server (PUT answered 409)")
         self._check(response, "PUT")
         return response.headers.get("ETag") if response.headers else None
 
