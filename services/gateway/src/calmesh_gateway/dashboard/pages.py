@@ -207,7 +207,12 @@ async def _api_keys(request: Request[Any, Any, Any], session: Session) -> dict[s
 
 @_signed_in_page("connections.html", "Connections", "/app/connections")
 async def _connections(request: Request[Any, Any, Any], session: Session) -> dict[str, Any]:
-    return {"connections": await session.all("/connections")}
+    # Back from Google's or Microsoft's consent screen: the callback says how it went.
+    outcome, error = request.query_params.get("status"), request.query_params.get("error") or ""
+    notice = {"connected": ("ok", "Calendar connected. Its events are syncing now."),
+              "error": ("error", f"The calendar could not be connected: {error or 'the provider refused'}."),
+              }.get(outcome or "")
+    return {"connections": await session.all("/connections"), "notice": notice}
 
 
 @_signed_in_page("calendars.html", "Calendars", "/app/calendars")
