@@ -223,7 +223,25 @@ async def _calendars(request: Request[Any, Any, Any], session: Session) -> dict[
          "label": f"{cal.get('name') or cal['id']} ({c.get('display_name') or c['provider']})"}
         for c in connections for cal in c.get("calendars") or []
     ]
-    return {"calendars": await session.all("/calendars"), "choices": choices, "timezones": timezones()}
+    calendars = await session.all("/calendars")
+    for cal in calendars:
+        cal["ordered"] = _source_moves(cal.get("sources") or [])
+    return {"calendars": calendars, "choices": choices, "timezones": timezones()}
+
+
+def _source_moves(sources: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """A calendar's sources in their order, each with the reorder body that moves it one place up
+    (None for the first): `PUT /calendars/:slug/sources/reorder` takes the whole new order."""
+    ordered = sorted(sources, key=lambda s: s.get("sort_order") or 0)
+    ids = [s["id"] for s in ordered]
+    moves: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
+    for i, source in enumerate(ordered):
+        if i == 0:
+            moves.append((source, None))
+            continue
+        order = ids[:i - 1] + [ids[i], ids[i - 1]] + ids[i + 1:]
+        moves.append((source, {"source_ids": order}))
+    return moves
 
 
 profile = get("/app/profile", include_in_schema=False)(_profile)
