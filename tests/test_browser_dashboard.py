@@ -24,7 +24,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from calmesh_booking.testing import Radicale, Served
 from calmesh_common.devstack.supervisor import Stack
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(480)  # the first test starts the session stack too
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -76,8 +76,8 @@ async def world(database_url: str) -> AsyncIterator[World]:
                     "CALMESH_MOLLIE_API_BASE": urls["mollie"], "CALMESH_MOLLIE_API_KEY": mollie.api_key,
                 },
             )
-            await asyncio.to_thread(stack.start, 240)  # a shared, busy machine starts slowly
             try:
+                await asyncio.to_thread(stack.start, 240)  # a shared, busy machine starts slowly
                 yield World(stack, oauth, google, mollie, urls)
             finally:
                 await asyncio.to_thread(stack.stop)
