@@ -81,7 +81,8 @@ def stack(migrated: str, nats_server_url: str) -> Iterator[Stack]:
             },
         )
         try:
-            s.start(timeout=120)
+            # A busy shared machine may need longer: CALMESH_TEST_STACK_START_TIMEOUT (seconds).
+            s.start(timeout=float(os.environ.get("CALMESH_TEST_STACK_START_TIMEOUT", "120")))
             yield s
         finally:
             s.stop()

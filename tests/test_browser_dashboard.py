@@ -16,14 +16,15 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
-from litestar import Litestar, Response, get
+from litestar import Litestar, Response, get, post
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from calmesh_booking.testing import Radicale, Served
 from calmesh_common.devstack.supervisor import Stack
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(480)  # the first test starts the session stack too
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -71,7 +72,11 @@ async def feed() -> AsyncIterator[str]:
     async def team() -> Response[str]:
         return Response(body, media_type="text/calendar")
 
-    served = Served(Litestar([team]))
+    @post("/hook", status_code=204)
+    async def hook() -> None:
+        return None
+
+    served = Served(Litestar([team, hook]))
     await served.start()
     yield f"{served.url}/team.ics"
     await served.stop()
@@ -221,6 +226,19 @@ async def test_a_newcomer_signs_up_connects_two_calendars_and_sees_the_merged_we
         await boxes.nth(i).check()
     await shot(page, "06-new-calendar")
     await form.get_by_role("button", name="Create calendar").click()
+    # Its sources in order (the first writable takes new events): move the second up; rename it.
+    cal_row = page.get_by_role("row").filter(has_text="everything")
+    sources = cal_row.locator("ol.sources li")
+    await expect(sources).to_have_count(2)
+    names = [t.replace("Move up", "").strip() for t in await sources.all_text_contents()]
+    await cal_row.get_by_role("button", name=f"Move {names[1]} up").click()
+    await expect(sources.first).to_contain_text(names[1])
+    await expect(sources.nth(1)).to_contain_text(names[0])
+    await cal_row.get_by_label("New name for").fill("Everything merged")
+    await cal_row.get_by_role("button", name="Rename").click()
+    await expect(page.get_by_role("link", name="Everything merged")).to_be_visible()
+    await page.reload()
+    await expect(sources.first).to_contain_text(names[1])
     await page.get_by_role("link", name="Everything").click()
     await page.wait_for_url(f"{base}/app/calendars/everything")
     team = page.get_by_role("button", name="Team sync")
@@ -249,11 +267,117 @@ async def test_a_newcomer_signs_up_connects_two_calendars_and_sees_the_merged_we
     # Wednesday 10:00 UTC is 19:00 in Tokyo.
     await expect(page.get_by_role("button", name="Team sync")).to_have_accessible_name(re.compile("19:00"))
 
+    # A booking page on the unified calendar: its public link and embed snippet are listed.
+    await page.get_by_role("link", name="Booking pages").click()
+    await page.get_by_role("button", name="New booking page").click()
+    form = page.locator("#new-page")
+    await form.get_by_label("Title").fill("Intro call")
+    await form.get_by_label("Slug").fill("intro")
+    await form.get_by_label("Calendar").select_option("everything")
+    await form.get_by_label("Duration").fill("30")
+    for day in ("Saturday", "Sunday"):
+        await form.get_by_label(day, exact=True).check()
+    await form.get_by_label("Days ahead").fill("0")
+    await form.get_by_role("button", name="Create booking page").click()
+    await expect(form.locator('[data-field="max_days_ahead"] .field-error')).to_be_visible()
+    await form.get_by_label("Days ahead").fill("30")
+    await form.get_by_label("Minimum notice").fill("0")
+    await form.get_by_role("button", name="Create booking page").click()
+    public_url = f"{base}/dash-{suffix}/intro"
+    page_row = page.get_by_role("row").filter(has_text="Intro call")
+    await expect(page_row.get_by_role("link", name=public_url)).to_be_visible()
+    await expect(page_row.locator("code")).to_contain_text('data-calmesh-slug="intro"')
+    await shot(page, "08-booking-pages")
+
+    # A visitor (another browser, not signed in) books it on the public page; the owner sees the
+    # booking and cancels it.
+    visitor_context = await browser.new_context(timezone_id="UTC")
+    visitor = await visitor_context.new_page()
+    await visitor.goto(public_url)
+    day = visitor.locator("#days button:not([disabled])").first
+    await expect(day).to_be_visible(timeout=15_000)
+    await day.click()
+    await visitor.locator("#slots button").first.click()
+    await visitor.get_by_label("Name").fill("Vera Visitor")
+    await visitor.get_by_label("Email").fill("vera@example.com")
+    await visitor.get_by_role("button", name="Confirm booking").click()
+    await expect(visitor.locator("#step-done")).to_be_visible(timeout=15_000)
+    await visitor_context.close()
+    await page.get_by_role("link", name="Bookings").click()
+    booking = page.get_by_role("row").filter(has_text="Vera Visitor")
+    await expect(booking).to_contain_text("confirmed")
+    await shot(page, "09-bookings")
+    await booking.get_by_role("button", name="Cancel").click()
+    await expect(page.get_by_role("row").filter(has_text="Vera Visitor")).to_contain_text("cancelled")
+    await page.get_by_label("Status").select_option("confirmed")
+    await page.get_by_role("button", name="Filter").click()
+    await expect(page).to_have_url(re.compile(r"status=confirmed"))
+    await expect(page.get_by_role("row").filter(has_text="Vera Visitor")).to_have_count(0)
+
+    # A poll with two options on the unified calendar: a bad one is shown beside the options; two
+    # people vote through the share link; the overlap names the best option; deciding closes it.
+    await page.get_by_role("link", name="Polls", exact=True).click()
+    await page.get_by_role("button", name="New poll").click()
+    form = page.locator("#new-poll")
+    await form.get_by_label("Title").fill("Team offsite")
+    await form.get_by_label("Duration").fill("60")
+    await form.get_by_label("Calendar").select_option("everything")
+    await form.get_by_role("button", name="Create poll").click()
+    await expect(form.locator('[data-field="options"] .field-error')).to_be_visible()
+    first, second = this_week_at(7, 9), this_week_at(8, 14)
+    await form.get_by_label("Option 1").fill(first.strftime("%Y-%m-%dT%H:%M"))
+    await form.get_by_label("Option 2").fill(second.strftime("%Y-%m-%dT%H:%M"))
+    await form.get_by_role("button", name="Create poll").click()
+    await page.get_by_role("row").filter(has_text="Team offsite").get_by_role("link").click()
+    vote_url = await page.get_by_label("Voting link").text_content()
+    assert vote_url and vote_url.startswith(f"{base}/api/v1/polls/")
+    options = page.get_by_role("row").filter(has=page.get_by_role("button", name="Decide"))
+    await expect(options).to_have_count(2)
+    poll_id = vote_url.split("/polls/")[1].split("/")[0]
+    async with httpx.AsyncClient(timeout=10) as voter:
+        got = (await voter.get(f"{base}/api/v1/polls/{poll_id}", params={"token": vote_url.split("token=")[1]})).json()
+        a, b = (o["id"] for o in got["options"])
+        for name, choices in (("Ann", {a: "no", b: "yes"}), ("Bo", {a: "yes", b: "yes"})):
+            r = await voter.post(vote_url, json={"name": name, "choices": choices})
+            assert r.status_code == 201, r.text
+    await page.reload()
+    best = page.get_by_role("row").filter(has_text="best")
+    await expect(best).to_contain_text("Ann, Bo")
+    await expect(best).to_contain_text(second.strftime("%Y-%m-%d %H:%M"))
+    await shot(page, "10-poll")
+    await best.get_by_role("button", name="Decide").click()
+    await expect(page.locator(".facts")).to_contain_text("decided")
+    await expect(page.get_by_role("button", name="Decide")).to_have_count(0)
+
+    # A webhook: the secret shown once; a test delivery is listed with its response code.
+    hook_url = feed.replace("/team.ics", "/hook")
+    await page.get_by_role("link", name="Webhooks").click()
+    await page.get_by_label("URL").fill(hook_url)
+    await page.get_by_label("booking.created").check()
+    await page.get_by_role("button", name="Create webhook").click()
+    secret = page.get_by_label("Signing secret")
+    await expect(secret).to_have_text(re.compile(r"^whsec_"))
+    await page.get_by_role("row").filter(has_text=hook_url).get_by_role("link").click()
+    await page.get_by_role("button", name="Send test").click()
+    deadline = time.monotonic() + 30
+    while not await page.get_by_role("row").filter(has_text="webhook.test").filter(has_text="204").count():
+        assert time.monotonic() < deadline, await page.content()
+        await page.wait_for_timeout(500)
+        await page.reload()
+    await shot(page, "11-webhook")
+
+    # Billing: the plan and each limit's usage as "N of M".
+    await page.get_by_role("link", name="Billing").click()
+    await expect(page.locator(".plan")).to_have_text("free")
+    await expect(page.locator(".usage")).to_contain_text("2 of 3")
+    await expect(page.locator(".usage")).to_contain_text("1 of 2")
+    await shot(page, "12-billing")
+
     # The other pages render with the navigation; the profile says what cannot be changed yet.
     for path in ("profile", "booking-pages", "bookings", "polls", "webhooks", "billing"):
         await page.goto(f"{base}/app/{path}")
         await expect(page.get_by_role("button", name="Sign out")).to_be_visible()
-    await shot(page, "08-profile-or-last")
+    await shot(page, "13-last-page")
 
     # Revoke the key (after a confirmation), then sign out.
     await page.goto(f"{base}/app/api-keys")
@@ -270,7 +394,7 @@ async def test_a_newcomer_signs_up_connects_two_calendars_and_sees_the_merged_we
     await page.get_by_label("Password").fill("not the passphrase")
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.locator("#login .form-alert")).to_be_visible()
-    await shot(page, "09-login-error")
+    await shot(page, "14-login-error")
 
     # Nothing but CalMesh's own origin was ever asked; every page stayed under the budget.
     foreign = [u for u in seen.urls if not (u.startswith(base + "/") or u.startswith("data:"))]

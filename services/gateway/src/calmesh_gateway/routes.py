@@ -124,8 +124,10 @@ DASHBOARD_PAGES = (
     ("/app/booking-pages", "booking pages"),
     ("/app/bookings", "bookings"),
     ("/app/polls", "polls"),
+    ("/app/polls/{id}", "a poll: its share link, the overlap and decide"),
     ("/app/api-keys", "API keys"),
     ("/app/webhooks", "webhooks"),
+    ("/app/webhooks/{id}", "a webhook and its deliveries"),
     ("/app/billing", "billing"),
 )
 

@@ -7,6 +7,7 @@ curl. Only safe methods are sent from here; changes go from the browser to the A
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,8 @@ class DashboardApi:
 
     def __init__(self, base_url: str, timeout: float = 15.0) -> None:
         self.base_url = base_url.rstrip("/")
+        # httpx logs every request at INFO; a page's API calls are not news (the gateway logs them).
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         self.http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, follow_redirects=False,
                                       trust_env=False)
 

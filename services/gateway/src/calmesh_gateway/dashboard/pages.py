@@ -96,9 +96,9 @@ def _zone(name: str) -> zoneinfo.ZoneInfo:
         return zoneinfo.ZoneInfo("UTC")
 
 
-def render(template: str, status: int = 200, **context: Any) -> Response[str]:
+def render(template: str, http_status: int = 200, **context: Any) -> Response[str]:
     html = environment().get_template(template).render(**context)
-    return Response(html, status_code=status, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+    return Response(html, status_code=http_status, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
 
 def _to_login() -> Redirect:
@@ -156,7 +156,7 @@ def _signed_in_page(template: str, title: str, active: str) -> Any:
             except SignedOut:
                 return _to_login()
             except ApiError as exc:
-                return render("error.html", status=exc.status if exc.status in (404, 422) else 502,
+                return render("error.html", http_status=exc.status if exc.status in (404, 422) else 502,
                               title=title, me=session.me, active=active, detail=exc.detail)
             return render(template, title=title, me=session.me, active=active, **context)
 
@@ -207,7 +207,12 @@ async def _api_keys(request: Request[Any, Any, Any], session: Session) -> dict[s
 
 @_signed_in_page("connections.html", "Connections", "/app/connections")
 async def _connections(request: Request[Any, Any, Any], session: Session) -> dict[str, Any]:
-    return {"connections": await session.all("/connections")}
+    # Back from Google's or Microsoft's consent screen: the callback says how it went.
+    outcome, error = request.query_params.get("status"), request.query_params.get("error") or ""
+    notice = {"connected": ("ok", "Calendar connected. Its events are syncing now."),
+              "error": ("error", f"The calendar could not be connected: {error or 'the provider refused'}."),
+              }.get(outcome or "")
+    return {"connections": await session.all("/connections"), "notice": notice}
 
 
 @_signed_in_page("calendars.html", "Calendars", "/app/calendars")
@@ -218,15 +223,25 @@ async def _calendars(request: Request[Any, Any, Any], session: Session) -> dict[
          "label": f"{cal.get('name') or cal['id']} ({c.get('display_name') or c['provider']})"}
         for c in connections for cal in c.get("calendars") or []
     ]
-    return {"calendars": await session.all("/calendars"), "choices": choices, "timezones": timezones()}
+    calendars = await session.all("/calendars")
+    for cal in calendars:
+        cal["ordered"] = _source_moves(cal.get("sources") or [])
+    return {"calendars": calendars, "choices": choices, "timezones": timezones()}
 
 
-def _placeholder(title: str, active: str, api_path: str) -> Any:
-    async def load(request: Request[Any, Any, Any], session: Session) -> dict[str, Any]:
-        return {"api_path": api_path}
-
-    load.__name__ = load.__qualname__ = f"_{active.rsplit('/', 1)[-1].replace('-', '_')}"
-    return get(active, include_in_schema=False)(_signed_in_page("placeholder.html", title, active)(load))
+def _source_moves(sources: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+    """A calendar's sources in their order, each with the reorder body that moves it one place up
+    (None for the first): `PUT /calendars/:slug/sources/reorder` takes the whole new order."""
+    ordered = sorted(sources, key=lambda s: s.get("sort_order") or 0)
+    ids = [s["id"] for s in ordered]
+    moves: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
+    for i, source in enumerate(ordered):
+        if i == 0:
+            moves.append((source, None))
+            continue
+        order = ids[:i - 1] + [ids[i], ids[i - 1]] + ids[i + 1:]
+        moves.append((source, {"source_ids": order}))
+    return moves
 
 
 profile = get("/app/profile", include_in_schema=False)(_profile)
@@ -372,7 +387,7 @@ async def week_view(request: Request[Any, Any, Any], slug: str) -> Response[Any]
     try:
         monday = _monday(request.query_params.get("week"), tz)
     except Problem as exc:
-        return render("error.html", status=422, title="Calendar", me=me, active="/app/calendars", detail=exc.detail)
+        return render("error.html", http_status=422, title="Calendar", me=me, active="/app/calendars", detail=exc.detail)
     zone = _zone(tz)
     start = datetime.combine(monday, datetime.min.time(), zone).astimezone(UTC)
     end = datetime.combine(monday + timedelta(days=7), datetime.min.time(), zone).astimezone(UTC)
@@ -384,7 +399,7 @@ async def week_view(request: Request[Any, Any, Any], slug: str) -> Response[Any]
     except SignedOut:
         return _to_login()
     except ApiError as exc:
-        return render("error.html", status=exc.status if exc.status in (404, 422) else 502, title="Calendar",
+        return render("error.html", http_status=exc.status if exc.status in (404, 422) else 502, title="Calendar",
                       me=me, active="/app/calendars", detail=exc.detail)
     sources = {s["id"]: (i % SOURCE_COLOURS, s.get("name") or s["id"])
                for i, s in enumerate(calendar.get("sources") or [])}
@@ -397,13 +412,103 @@ async def week_view(request: Request[Any, Any, Any], slug: str) -> Response[Any]
                   legend=[(colour, name) for colour, name in sources.values()])
 
 
-PLACEHOLDERS = [
-    _placeholder("Booking pages", "/app/booking-pages", "/api/v1/booking-pages"),
-    _placeholder("Bookings", "/app/bookings", "/api/v1/bookings"),
-    _placeholder("Polls", "/app/polls", "/api/v1/polls"),
-    _placeholder("Webhooks", "/app/webhooks", "/api/v1/webhooks"),
-    _placeholder("Billing", "/app/billing", "/api/v1/billing"),
-]
+# Booking pages, bookings, webhooks, billing ----------------------------------------------------
+
+WEEKDAYS = (("mon", "Monday"), ("tue", "Tuesday"), ("wed", "Wednesday"), ("thu", "Thursday"),
+            ("fri", "Friday"), ("sat", "Saturday"), ("sun", "Sunday"))
+WEBHOOK_EVENT_TYPES = (
+    "booking.created", "booking.cancelled", "booking.rescheduled", "calendar.event.created",
+    "calendar.event.updated", "calendar.event.deleted", "calendar.conflict.detected", "connection.synced",
+    "connection.error", "connection.revoked", "poll.voted", "poll.decided", "subscription.updated",
+)
+BOOKING_STATUSES = ("confirmed", "cancelled")
+LIMIT_NAMES = (("connections", "Connections", "connections"), ("booking_pages", "Booking pages", "booking_pages"),
+               ("api_requests_per_day", "API requests today", "api_requests_today"))
+
+
+def _embed_snippet(page: dict[str, Any], handle: str) -> str:
+    public = page.get("public_url") or ""
+    origin = public[: -len(f"/{handle}/{page['slug']}")] if public.endswith(f"/{handle}/{page['slug']}") else ""
+    return (f'<div data-calmesh-handle="{handle}" data-calmesh-slug="{page["slug"]}" data-mode="inline"></div>\n'
+            f'<script src="{origin}/embed.js" defer></script>')
+
+
+@_signed_in_page("booking_pages.html", "Booking pages", "/app/booking-pages")
+async def _booking_pages(request: Request[Any, Any, Any], session: Session) -> dict[str, Any]:
+    pages = await session.all("/booking-pages")
+    handle = session.me.get("handle") or ""
+    return {"pages": [{**p, "embed": _embed_snippet(p, handle)} for p in pages],
+            "calendars": await session.all("/calendars"), "weekdays": WEEKDAYS, "timezones": timezones()}
+
+
+@_signed_in_page("bookings.html", "Bookings", "/app/bookings")
+async def _bookings(request: Request[Any, Any, Any], session: Session) -> dict[str, Any]:
+    status = request.query_params.get("status") or ""
+    page = request.query_params.get("page_slug") or ""
+    filters = {"status": status} if status in BOOKING_STATUSES else {}
+    rows = await session.all("/bookings", **filters)
+    if page:
+        rows = [b for b in rows if b.get("page_slug") == page]
+    rows.sort(key=lambda b: b.get("start") or "", reverse=True)
+    return {"bookings": rows, "status_filter": status if status in BOOKING_STATUSES else "", "page_slug": page,
+            "statuses": BOOKING_STATUSES, "pages": sorted({b.get("page_slug") or "" for b in rows} - {""})}
+
+
+@_signed_in_page("webhooks.html", "Webhooks", "/app/webhooks")
+async def _webhooks(request: Request[Any, Any, Any], session: Session) -> dict[str, Any]:
+    return {"webhooks": await session.all("/webhooks"), "event_types": WEBHOOK_EVENT_TYPES}
+
+
+@get("/app/webhooks/{webhook_id:str}", include_in_schema=False)
+async def webhook_detail(request: Request[Any, Any, Any], webhook_id: str) -> Response[Any]:
+    async def load(request: Request[Any, Any, Any], session: Session) -> dict[str, Any]:
+        hook = await session.get(f"/webhooks/{webhook_id}")
+        deliveries = await session.get(f"/webhooks/{webhook_id}/deliveries", limit=100)
+        return {"hook": hook, "deliveries": deliveries.get("data", [])}
+
+    return await _signed_in_page("webhook.html", "Webhook", "/app/webhooks")(load)(request)
+
+
+@_signed_in_page("billing.html", "Billing", "/app/billing")
+async def _billing(request: Request[Any, Any, Any], session: Session) -> dict[str, Any]:
+    billing = await session.get("/billing")
+    limits, usage = billing.get("limits") or {}, billing.get("usage") or {}
+    bars = []
+    for key, label, used_key in LIMIT_NAMES:
+        limit = limits.get(key)
+        used = usage.get(used_key)
+        percent = min(100, round(100 * used / limit)) if isinstance(used, int) and limit else 0
+        bars.append({"key": key, "label": label, "used": used, "limit": limit, "step": min(10, -(-percent // 10))})
+    return {"billing": billing, "bars": bars}
+
+
+POLL_OPTION_ROWS = 5
+
+
+@_signed_in_page("polls.html", "Polls", "/app/polls")
+async def _polls(request: Request[Any, Any, Any], session: Session) -> dict[str, Any]:
+    polls = await session.all("/polls")
+    polls.sort(key=lambda p: p.get("created_at") or "", reverse=True)
+    return {"polls": polls, "calendars": await session.all("/calendars"), "option_rows": POLL_OPTION_ROWS}
+
+
+@get("/app/polls/{poll_id:str}", include_in_schema=False)
+async def poll_detail(request: Request[Any, Any, Any], poll_id: str) -> Response[Any]:
+    async def load(request: Request[Any, Any, Any], session: Session) -> dict[str, Any]:
+        poll = await session.get(f"/polls/{poll_id}")
+        overlap = await session.get(f"/polls/{poll_id}/overlap")
+        return {"poll": poll, "overlap": overlap.get("options") or [], "best": overlap.get("best_option_id")}
+
+    return await _signed_in_page("poll.html", "Poll", "/app/polls")(load)(request)
+
+
+booking_pages = get("/app/booking-pages", include_in_schema=False)(_booking_pages)
+bookings = get("/app/bookings", include_in_schema=False)(_bookings)
+webhooks = get("/app/webhooks", include_in_schema=False)(_webhooks)
+billing = get("/app/billing", include_in_schema=False)(_billing)
+
+polls = get("/app/polls", include_in_schema=False)(_polls)
+
 
 DASHBOARD_HANDLERS = [home, login_page, signup_page, asset, profile, api_keys, connections, calendars,
-                      week_view, *PLACEHOLDERS]
+                      week_view, booking_pages, bookings, polls, poll_detail, webhooks, webhook_detail, billing]

@@ -54,10 +54,47 @@ function formBody(form) {
     }
     const value = el.value;
     if (value === "" && !el.required) continue;
-    body[el.name] = kind === "int" ? Number(value) : value;
+    if (kind === "int") body[el.name] = Number(value);
+    else if (kind === "instant") body[el.name] = value ? toInstant(value) : value;
+    else body[el.name] = value;
   }
+  for (const box of form.querySelectorAll("[data-build]")) body[box.dataset.build] = BUILDERS[box.dataset.build](box);
   return body;
 }
+
+// A datetime-local value (the browser's zone) as an RFC 3339 instant in UTC.
+function toInstant(value) {
+  const date = new Date(value);
+  return Number.isNaN(date.getTime()) ? value : date.toISOString().replace(/\.\d{3}Z$/, "Z");
+}
+
+// Fields whose JSON is not one value per input: the weekly hours, the date overrides, a poll's options.
+const BUILDERS = {
+  weekly_hours(box) {
+    const hours = {};
+    for (const row of box.querySelectorAll("[data-day]")) {
+      const [on, from, until] = row.querySelectorAll("input");
+      hours[row.dataset.day] = on.checked && from.value && until.value ? [[from.value, until.value]] : [];
+    }
+    return hours;
+  },
+  date_overrides(box) {
+    const overrides = [];
+    for (const row of box.querySelectorAll("[data-override]")) {
+      const [day, from, until] = row.querySelectorAll("input");
+      if (!day.value) continue;
+      overrides.push({ date: day.value, hours: from.value && until.value ? [[from.value, until.value]] : [] });
+    }
+    return overrides;
+  },
+  options(box) {
+    const options = [];
+    for (const input of box.querySelectorAll("[data-option] input")) {
+      if (input.value) options.push({ start: toInstant(input.value) });
+    }
+    return options;
+  },
+};
 
 function clearErrors(form) {
   for (const el of form.querySelectorAll(".field-error")) el.remove();
@@ -175,7 +212,7 @@ document.addEventListener("click", async (event) => {
   if (el.dataset.confirm && !window.confirm(el.dataset.confirm)) return;
   el.disabled = true;
   try {
-    const body = el.dataset.body ? JSON.parse(el.dataset.body) : undefined;
+    const body = el.dataset.body ? JSON.parse(el.dataset.body.replaceAll("{origin}", location.origin)) : undefined;
     const result = await callApi(el.dataset.method || "POST", el.dataset.api, body);
     if (result.ok) await afterSuccess(el, result);
     else if (result.status === 401) location.assign("/app/login");
