@@ -365,6 +365,16 @@ async def test_a_newcomer_signs_up_connects_two_calendars_and_sees_the_merged_we
         await page.wait_for_timeout(500)
         await page.reload()
     await shot(page, "11-webhook")
+    # Retry a delivery; rotate the secret (after a confirmation): the new one is shown once.
+    await page.get_by_role("row").filter(has_text="webhook.test").first.get_by_role("button", name="Retry").click()
+    await expect(page.get_by_role("alert").filter(has_text="Retry sent")).to_be_visible()
+    old_secret = await secret.text_content() if await secret.count() else ""
+    await page.get_by_role("button", name="Rotate secret").click()
+    rotated = page.get_by_label("Signing secret")
+    await expect(rotated).to_have_text(re.compile(r"^whsec_"))
+    assert await rotated.text_content() != old_secret
+    await page.reload()
+    await expect(page.get_by_label("Signing secret")).to_be_hidden()
 
     # Billing: the plan and each limit's usage as "N of M".
     await page.get_by_role("link", name="Billing").click()

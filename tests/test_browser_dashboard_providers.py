@@ -1,6 +1,6 @@
 """The dashboard's flows that leave CalMesh and come back, in a real browser (Debian's Chromium):
-"Connect Google" goes to the provider's consent screen (the project's OAuth and Google Calendar
-fakes) and returns to /app/connections with the connection syncing, then active; "Upgrade to Pro"
+"Connect Google" and "Connect Microsoft" go to the provider's consent screen (the project's OAuth,
+Google Calendar and Microsoft Graph fakes) and returns to /app/connections with the connection syncing, then active; "Upgrade to Pro"
 goes to Mollie's checkout (the Mollie fake) and, once Mollie reports the payment paid, the billing
 page shows the Pro plan; "Cancel subscription" ends it at the period's end.
 
@@ -33,6 +33,7 @@ from calmesh_common.devstack.supervisor import Stack
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fakes.google import GoogleFake  # noqa: E402
+from fakes.graph import GraphFake  # noqa: E402
 from fakes.mollie import FakeMollie  # noqa: E402
 from fakes.oauth import OAuthFake  # noqa: E402
 from fakes.platform import create_database, private_nats  # noqa: E402
@@ -46,6 +47,7 @@ class World:
     stack: Stack
     oauth: OAuthFake
     google: GoogleFake
+    graph: GraphFake
     mollie: FakeMollie
     urls: dict[str, str]
 
@@ -53,12 +55,13 @@ class World:
 @pytest.fixture(scope="module")
 async def world(database_url: str) -> AsyncIterator[World]:
     oauth, mollie = OAuthFake(), FakeMollie()
-    google = GoogleFake(oauth)
-    servers = {"oauth": Served(oauth.app()), "google": Served(google.app()), "mollie": Served(mollie)}
+    google, graph = GoogleFake(oauth), GraphFake(oauth)
+    servers = {"oauth": Served(oauth.app()), "google": Served(google.app()), "graph": Served(graph.app()),
+               "mollie": Served(mollie)}
     for server in servers.values():
         await server.start()
     urls = {name: server.url for name, server in servers.items()}
-    mollie.base_url = urls["mollie"]
+    mollie.base_url, graph.base_url = urls["mollie"], urls["graph"]
     database = await create_database(database_url, f"dash_{uuid.uuid4().hex[:10]}")
     try:
         with private_nats() as nats_url, tempfile.TemporaryDirectory(prefix="calmesh-test-dash-") as tmp:
@@ -72,13 +75,17 @@ async def world(database_url: str) -> AsyncIterator[World]:
                     "CALMESH_GOOGLE_AUTH_URL": f"{urls['oauth']}/authorize",
                     "CALMESH_GOOGLE_TOKEN_URL": f"{urls['oauth']}/token",
                     "CALMESH_GOOGLE_REVOKE_URL": f"{urls['oauth']}/revoke", "CALMESH_GOOGLE_API_URL": urls["google"],
+                    "CALMESH_MICROSOFT_CLIENT_ID": oauth.client_id,
+                    "CALMESH_MICROSOFT_CLIENT_SECRET": oauth.client_secret,
+                    "CALMESH_MICROSOFT_AUTH_URL": f"{urls['oauth']}/authorize",
+                    "CALMESH_MICROSOFT_TOKEN_URL": f"{urls['oauth']}/token", "CALMESH_MICROSOFT_GRAPH_URL": urls["graph"],
                     "CALMESH_PUSH_NOTIFICATIONS": "off",
                     "CALMESH_MOLLIE_API_BASE": urls["mollie"], "CALMESH_MOLLIE_API_KEY": mollie.api_key,
                 },
             )
             try:
                 await asyncio.to_thread(stack.start, 240)  # a shared, busy machine starts slowly
-                yield World(stack, oauth, google, mollie, urls)
+                yield World(stack, oauth, google, graph, mollie, urls)
             finally:
                 await asyncio.to_thread(stack.stop)
     finally:
@@ -146,6 +153,28 @@ async def test_connect_google_goes_to_the_consent_screen_and_back_to_a_syncing_c
     await expect(page.get_by_role("status")).to_contain_text("could not be connected")
     await shot(page, "p1b-google-refused")
     await expect(page.get_by_role("row").filter(has_text="grace@example.com").filter(has_text="active")).to_have_count(1)
+    await context.close()
+
+
+async def test_connect_microsoft_goes_to_the_consent_screen_and_back(world: World, browser: Browser) -> None:
+    base = world.stack.gateway_url
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    world.graph.calendar("cal-main", "Calendar")
+    world.graph.add("cal-main", "Quarterly review", now + timedelta(days=2), now + timedelta(days=2, hours=1))
+    context = await browser.new_context(viewport={"width": 1280, "height": 900}, timezone_id="UTC")
+    page = await context.new_page()
+    await sign_up(page, base)
+    await page.get_by_role("button", name="Connect Microsoft").click()
+    await page.wait_for_url(re.compile(r"/app/connections\?.*status=connected"))
+    row = page.get_by_role("row").filter(has_text="microsoft")
+    await expect(row).to_have_count(1)
+    deadline = time.monotonic() + 60
+    while not await row.filter(has_text="active").count():
+        assert time.monotonic() < deadline, await page.content()
+        await page.wait_for_timeout(500)
+        await page.reload()
+    await expect(row).to_contain_text(world.graph.mail)
+    await shot(page, "p1c-microsoft-connected")
     await context.close()
 
 
