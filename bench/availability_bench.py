@@ -14,6 +14,13 @@ Three parts, printed with their targets:
    three as sources. Then ``GET /api/v1/calendars/{slug}/availability`` for the next 30 days, with a
    `read` key, through the gateway: p50/p99 at one connection (warm), and queries per second at
    `--concurrency` connections. Targets: p50 <= 10 ms, p99 <= 30 ms, >= 300 queries/s.
+   **The dense workload**, in the same run (another user): three iCal feeds served from a local HTTP
+   server, each of --dense-events events (5,000) over the next 60 days — 100 weekly series of 9
+   instances and single 30-minute meetings at scattered times (any 5-minute step of the day), built
+   deterministically — synced by the real workers into one unified calendar; the same 30 days asked
+   (≈ 8,800 busy rows in the window). Targets: p50 <= 4 ms, p99 <= 10 ms, >= 500 queries/s.
+   ``--no-timelines`` starts availability without its in-memory timelines (the uncached read: the
+   baseline); ``--only sparse|dense`` measures one workload. Exits non-zero when a target is missed.
 3. **Radicale**, holding the same events, answers a CalDAV ``free-busy-query`` REPORT for the same
    window on each of the three calendars (what a client would otherwise have to ask): p50 of the
    three requests together, and the ratio to CalMesh's one answer.
@@ -22,7 +29,7 @@ The per-key rate limit and the daily request quota are raised for the run (still
 request). The load generator is a small keep-alive HTTP/1.1 client on asyncio streams.
 
 Usage: ``python bench/availability_bench.py [--events 5000] [--seconds 10] [--concurrency 16]
-[--engine-only]``. Takes a few minutes: Radicale parses every event once and the sync imports them.
+[--dense-events 5000] [--only sparse|dense] [--no-timelines] [--engine-only]``. Takes a few minutes: Radicale parses every event once and the sync imports them.
 """
 
 from __future__ import annotations
