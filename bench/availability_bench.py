@@ -320,7 +320,7 @@ def set_up_dense(gateway: str, feed_url: str, expected: int, timeout: float) -> 
     now = datetime.now(UTC).replace(microsecond=0)
     seen = 0
     while time.monotonic() < deadline:
-        seen = count_events(client, now - timedelta(days=2), now + timedelta(days=DENSE_DAYS + 2), DENSE_SLUG)
+        seen = count_events(client, now - timedelta(days=2), now + timedelta(days=DENSE_DAYS + 7 * DENSE_WEEKS), DENSE_SLUG)
         if seen >= expected:
             break
         time.sleep(1)

@@ -15,12 +15,14 @@ older than the projection at the moment of the read: a booking's rows show on th
 
 A window is answered by bisecting the merged blocks; the blocks cut by the window's edges get their
 sources from the items that overlap the window, so the answer is the one a query of the window alone
-gives (proved by a property test). Calendars with more rows than `max_rows` are not kept; at most
+gives (proved by a property test). Reads that find the same calendar changed at once share one
+load when its versions are the ones they saw. Calendars with more rows than `max_rows` are not kept; at most
 `max_entries` calendars are kept (least recently used dropped first).
 """
 
 from __future__ import annotations
 
+import asyncio
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -77,6 +79,7 @@ class Timelines:
         self.max_rows = max_rows
         self._entries: OrderedDict[Key, Entry] = OrderedDict()
         self._too_big: OrderedDict[Key, None] = OrderedDict()
+        self._pending: dict[Key, asyncio.Future[Entry | None]] = {}
         self.loads = 0  # for tests and the README's figures: how often a calendar was (re)loaded
 
     async def blocks(self, pool: Any, user_id: str, slug: str, tz_name: str, connection_ids: list[str],
@@ -87,16 +90,31 @@ class Timelines:
         if key in self._too_big:
             return None
         entry = self._entries.get(key)
-        if entry is not None:
-            if await store.source_versions(pool, connection_ids, calendar_ids) == entry.versions:
+        pending = self._pending.get(key)
+        if entry is not None or pending is not None:
+            versions = await store.source_versions(pool, connection_ids, calendar_ids)
+            if entry is not None and versions == entry.versions:
                 self._entries.move_to_end(key)
                 return entry.window(start, end)
-            del self._entries[key]
-        versions, starts, ends, ords = await store.busy_columns_versioned(
-            pool, user_id, connection_ids, calendar_ids, _ALL_FROM, _ALL_TO, tz_name)
-        self.loads += 1
-        entry = Entry(versions, starts, ends, ords, merge_busy(items_from_columns(starts, ends, ords)))
-        if len(starts) > self.max_rows:
+            pending = self._pending.get(key)  # (again: one may have begun while we asked)
+            if pending is not None:
+                # Another read is loading this calendar: its rows serve this read too if they are
+                # of the versions this read saw (then they are exactly the projection's now).
+                loaded = await asyncio.shield(pending)
+                if loaded is not None and loaded.versions == versions:
+                    return loaded.window(start, end)
+        future: asyncio.Future[Entry | None] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        try:
+            entry = await self._load(pool, user_id, tz_name, connection_ids, calendar_ids)
+        except BaseException:
+            future.set_result(None)
+            raise
+        finally:
+            if self._pending.get(key) is future:
+                del self._pending[key]
+        future.set_result(entry)
+        if len(entry.starts) > self.max_rows:
             self._too_big[key] = None
             while len(self._too_big) > self.max_entries:
                 self._too_big.popitem(last=False)
@@ -105,6 +123,13 @@ class Timelines:
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
         return entry.window(start, end)
+
+    async def _load(self, pool: Any, user_id: str, tz_name: str, connection_ids: list[str],
+                    calendar_ids: list[str]) -> Entry:
+        versions, starts, ends, ords = await store.busy_columns_versioned(
+            pool, user_id, connection_ids, calendar_ids, _ALL_FROM, _ALL_TO, tz_name)
+        self.loads += 1
+        return Entry(versions, starts, ends, ords, merge_busy(items_from_columns(starts, ends, ords)))
 
     def clear(self) -> None:
         self._entries.clear()
