@@ -209,6 +209,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     conflicts_max_checks: int = 2_000_000
     #: Threads that run the CPU-bound part of conflicts queries off the event loop (per process).
     availability_cpu_workers: int = 2
+    #: Keep each calendar's busy timeline in memory, checked against the projection's versions on
+    #: every read (services/availability/timeline.py); off: every read queries its window.
+    availability_timelines: bool = True
 
     # Booking (services/booking): mails and visitors' cancel links.
     #: SMTP server for booking mails; empty: mails are written as .eml files to `mail_dir`.
@@ -375,6 +378,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             conflicts_max_rows=_int(env, "CALMESH_CONFLICTS_MAX_ROWS", 20_000),
             conflicts_max_checks=_int(env, "CALMESH_CONFLICTS_MAX_CHECKS", 2_000_000),
             availability_cpu_workers=_int(env, "CALMESH_AVAILABILITY_CPU_WORKERS", 2),
+            availability_timelines=_bool(env, "CALMESH_AVAILABILITY_TIMELINES", True),
             smtp_host=env.get("CALMESH_SMTP_HOST", ""),
             smtp_port=_int(env, "CALMESH_SMTP_PORT", 587),
             smtp_username=env.get("CALMESH_SMTP_USERNAME", ""),

@@ -29,6 +29,7 @@ from calmesh_common.tracing import inject_headers
 
 from . import domain, store
 from .calendars import CalendarDirectory
+from .timeline import Timelines
 from .domain import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -205,11 +206,22 @@ class CalendarRoutes(Controller):
             rows = await store.busy_rows(_reads(deps), caller.user_id, conn_ids, cal_ids, win_start, win_end)
             return domain.availability(domain.busy_items(rows, cal), cal, zone_name, win_start, win_end,
                                        min_duration=min_seconds, explain=True, fresh=directory.freshness(cal))
-        # The hot path: the query returns the engine's items as three columns.
+        # The hot path: the calendar's busy timeline in memory, checked against the projection's
+        # versions of its sources on this very read (timeline.py); a calendar too big to keep is
+        # read for the window alone, the engine's items as three columns.
+        source_ids = cal.source_ids_for(conn_ids, cal_ids)
+        timelines: Timelines | None = deps.extras.get("timelines")
+        blocks = None
+        if timelines is not None:
+            blocks = await timelines.blocks(_reads(deps), caller.user_id, slug, cal.tz_name, conn_ids, cal_ids,
+                                            win_start, win_end)
+        if blocks is not None:
+            return domain.shape_availability(blocks, cal, zone_name, win_start, win_end, min_duration=min_seconds,
+                                             source_ids=source_ids, fresh=directory.freshness(cal))
         starts, ends, sources = await store.busy_columns(_reads(deps), caller.user_id, conn_ids, cal_ids,
                                                          win_start, win_end, cal.tz_name)
         return domain.availability(domain.items_from_columns(starts, ends, sources), cal, zone_name, win_start,
-                                   win_end, min_duration=min_seconds, source_ids=cal.source_ids_for(conn_ids, cal_ids),
+                                   win_end, min_duration=min_seconds, source_ids=source_ids,
                                    fresh=directory.freshness(cal))
 
     @get("/conflicts", summary="Detect overlapping events across different sources", tags=["availability"],

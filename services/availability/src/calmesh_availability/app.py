@@ -22,6 +22,7 @@ from calmesh_common.tracing import setup_tracing
 from .api import CalendarRoutes
 from .calendars import CalendarDirectory, http_fetcher
 from .find_api import FindRoutes
+from .timeline import Timelines
 
 NAME = "availability"
 SCHEMA = "availability"
@@ -68,6 +69,13 @@ async def _stop_cpu_pool(deps: ServiceDeps) -> None:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+async def _start_timelines(deps: ServiceDeps) -> None:
+    """Busy timelines of calendars in memory, checked against the projection on every read
+    (timeline.py); off with CALMESH_AVAILABILITY_TIMELINES=0."""
+    if deps.settings.availability_timelines:
+        deps.extras["timelines"] = Timelines()
+
+
 async def _start_directory(deps: ServiceDeps) -> None:
     assert deps.http is not None and deps.nc is not None
     settings = deps.settings
@@ -89,7 +97,7 @@ def create_app(settings: Settings) -> Litestar:
         name=NAME,
         schema=SCHEMA,
         route_handlers=[CalendarRoutes, FindRoutes],
-        on_startup=[_start_read_pool, _start_cpu_pool, _start_directory],
+        on_startup=[_start_read_pool, _start_cpu_pool, _start_timelines, _start_directory],
         on_shutdown=[_stop_directory, _stop_cpu_pool, _stop_read_pool],
         title="CalMesh availability",
         description=DESCRIPTION,

@@ -26,6 +26,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 
 from calmesh_common.intervals import (
+    BusyBlock,
     BusyItem,
     Conflict,
     TooDenseError,
@@ -506,19 +507,35 @@ def availability(
     time nobody could check is never reported free; ``busy`` is what is known."""
     if explain and not isinstance(items, Sequence):
         raise ValueError("explain needs the items as a sequence (their rows are looked up by position)")
+    # Only what overlaps the window counts: an all-day row read by its widest UTC span may lie, once
+    # placed on its dates in the calendar's zone, just outside (and would otherwise lend its source
+    # to a block it only touches).
+    items = [it for it in items if it[1] > start and it[0] < end]
     blocks = merge_busy(items)
+    clipped = clip_blocks(blocks, start, end)
+    return shape_availability(clipped, cal, tz_name, start, end, min_duration=min_duration,
+                              source_ids=source_ids, fresh=fresh, explained=items if explain else None)
+
+
+def shape_availability(
+    clipped: Sequence[BusyBlock], cal: Calendar, tz_name: str, start: int, end: int, *, min_duration: int = 0,
+    source_ids: Sequence[str] | None = None, fresh: Freshness | None = None,
+    explained: Sequence[BusyItem] | None = None,
+) -> Availability:
+    """The answer from the merged busy blocks cut to ``[start, end)`` (sources as ids, or as
+    1-based positions in `source_ids`); `explained`: the items the blocks index, to explain them."""
     rank = cal.rank
     busy: list[BusyInterval] = []
-    for b in clip_blocks(blocks, start, end):
+    for b in clipped:
         ids = [source_ids[o - 1] for o in b.sources] if source_ids is not None else list(b.sources)
         if len(ids) > 1:
             ids.sort(key=rank.__getitem__)
         interval = BusyInterval(start=format_utc(b.start), end=format_utc(b.end), source_ids=ids)
-        if explain:
-            interval.events = _explain(block_items(items, b))  # type: ignore[arg-type]
+        if explained is not None:
+            interval.events = _explain(block_items(explained, b))
         busy.append(interval)
     complete = fresh.complete if fresh is not None else True
-    free = [FreeInterval(start=format_utc(s), end=format_utc(e)) for s, e in free_spans(blocks, start, end, min_duration)] \
+    free = [FreeInterval(start=format_utc(s), end=format_utc(e)) for s, e in free_spans(clipped, start, end, min_duration)] \
         if complete else []
     return Availability(slug=cal.slug, timezone=tz_name, start=format_utc(start), end=format_utc(end),
                         busy=busy, free=free, complete=complete, sources=fresh.sources if fresh is not None else [])

@@ -134,6 +134,34 @@ async def busy_columns(
     return row[0], row[1], row[2]
 
 
+# The projection's version of each source (sync's triggers bump it with every change of its rows),
+# as an array in the order of the sources passed in; 0 for a source never written.
+_VERSIONS = """
+    SELECT coalesce(array_agg(coalesce(v.version, 0) ORDER BY src.ord), '{}')
+    FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS src(connection_id, calendar_id, ord)
+    LEFT JOIN sync.projection_versions v ON v.connection_id = src.connection_id AND v.calendar_id = src.calendar_id"""
+VERSIONS_SQL = _VERSIONS.replace("$2", "$1").replace("$3", "$2")
+BUSY_COLUMNS_VERSIONED_SQL = f"""
+    SELECT ({_VERSIONS}) AS versions, b.starts, b.ends, b.sources FROM ({BUSY_COLUMNS_SQL}) b"""
+
+
+async def source_versions(pool: asyncpg.Pool, connection_ids: list[str], calendar_ids: list[str]) -> list[int]:
+    """The projection's version of each source, in order (0: never written)."""
+    return list(await pool.fetchval(VERSIONS_SQL, connection_ids, calendar_ids))
+
+
+async def busy_columns_versioned(
+    pool: asyncpg.Pool, user_id: str, connection_ids: list[str], calendar_ids: list[str],
+    start: int, end: int, tz_name: str,
+) -> tuple[list[int], list[int], list[int], list[int]]:
+    """:func:`busy_columns` and the sources' versions (:func:`source_versions`), read in one
+    statement, so the rows are exactly those of the versions."""
+    row = await pool.fetchrow(BUSY_COLUMNS_VERSIONED_SQL, user_id, connection_ids, calendar_ids,
+                              to_epoch_datetime(start), to_epoch_datetime(end), tz_name)
+    assert row is not None
+    return list(row[0]), row[1], row[2], row[3]
+
+
 # Find a time reads several calendars at once: one statement over every (connection, calendar,
 # zone) the calendars' sources name, each entry a LATERAL range scan like the others, the busy rows
 # grouped per entry as two arrays sorted by start. An all-day row is placed in the zone of its
