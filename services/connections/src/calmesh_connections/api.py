@@ -33,9 +33,9 @@ from calmesh_common.ids import new_id
 from calmesh_common.logging import get_logger
 from calmesh_common.problems import PROBLEM_JSON, FieldError, Problem, problem_bytes
 from calmesh_common.service import Caller, ServiceDeps, json_response
-from calmesh_sync.providers import ProviderError
-from calmesh_sync.providers.google import GoogleClient
-from calmesh_sync.providers.graph import GraphClient
+from calmesh_providers import ProviderError
+from calmesh_providers.google import GoogleClient
+from calmesh_providers.graph import GraphClient
 
 from . import discovery, oauth, push, store
 from .core import (
