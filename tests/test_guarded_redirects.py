@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from calmesh_common.guarded import FetchError, GuardedClient
-from calmesh_sync.providers import ProviderError, SourceError
-from calmesh_sync.providers.caldav import CalDAVClient
+from calmesh_providers import ProviderError, SourceError
+from calmesh_providers.caldav import CalDAVClient
 
 BASIC = "Basic YWRhOmNhbGRhdi1wYXNzd29yZA=="  # ada:caldav-password
 MULTISTATUS = b'<?xml version="1.0"?><d:multistatus xmlns:d="DAV:"/>'

@@ -30,7 +30,7 @@ import asyncpg
 import icalendar
 import pytest
 
-from calmesh_sync import ical
+from calmesh_providers import ical
 from calmesh_sync.engine import build_rows, expand_ical_body
 
 sys.path.insert(0, str(Path(__file__).parent))

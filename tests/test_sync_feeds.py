@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from calmesh_sync import ical
+from calmesh_providers import ical
 from calmesh_sync.engine import build_rows, expand_ical_body
 
 FEEDS = Path(__file__).parent / "feeds"

@@ -29,9 +29,9 @@ import pytest
 
 from calmesh_common.eventstore import EventStore
 from calmesh_common.guarded import GuardedClient
+from calmesh_providers import ICAL_CALENDAR_REF, SourceError, calendar_id_for
 from calmesh_sync.connections_api import ConnectionDetails, ProviderCalendar
-from calmesh_sync.engine import ICAL_CALENDAR_REF, SyncDeps, sync_connection
-from calmesh_sync.providers import SourceError, calendar_id_for
+from calmesh_sync.engine import SyncDeps, sync_connection
 from calmesh_sync.worker import _classify
 
 sys.path.insert(0, str(Path(__file__).parent))

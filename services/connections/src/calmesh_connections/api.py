@@ -36,9 +36,9 @@ from calmesh_common.problems import PROBLEM_JSON, FieldError, Problem, problem_b
 from calmesh_common.service import SECRET_HEADER, Caller, ServiceDeps, json_response
 from calmesh_common.settings import SettingsError
 from calmesh_common.tracing import inject_headers
-from calmesh_sync.providers import ProviderError
-from calmesh_sync.providers.google import GoogleClient
-from calmesh_sync.providers.graph import GraphClient
+from calmesh_providers import ProviderError
+from calmesh_providers.google import GoogleClient
+from calmesh_providers.graph import GraphClient
 
 from . import discovery, oauth, push, store
 from .core import (

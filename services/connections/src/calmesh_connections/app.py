@@ -37,7 +37,7 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> IdempotentA
 
     async def start(deps: ServiceDeps) -> None:
         assert deps.pool is not None and deps.js is not None and deps.http is not None
-        from calmesh_sync.providers.http import guarded_client
+        from calmesh_providers.http import guarded_client
 
         ctx = Context(settings=settings, vault=vault, pool=deps.pool, store=deps.store, js=deps.js, http=deps.http)
         deps.extras["ctx"] = ctx

@@ -7,11 +7,10 @@ from urllib.parse import urlsplit
 
 from calmesh_common.guarded import FetchError, GuardedClient, normalise_url
 from calmesh_common.problems import FieldError, Problem
-from calmesh_sync.engine import ICAL_CALENDAR_REF
-from calmesh_sync.providers import AuthError, ProviderError, SourceError, TransientError, calendar_id_for
-from calmesh_sync.providers.caldav import CalDAVClient
-from calmesh_sync.providers.google import GoogleClient, google_calendar_info
-from calmesh_sync.providers.graph import GraphClient
+from calmesh_providers import ICAL_CALENDAR_REF, AuthError, ProviderError, SourceError, TransientError, calendar_id_for
+from calmesh_providers.caldav import CalDAVClient
+from calmesh_providers.google import GoogleClient, google_calendar_info
+from calmesh_providers.graph import GraphClient
 
 
 def check_url(url: str, field: str = "url") -> str:

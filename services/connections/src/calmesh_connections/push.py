@@ -23,9 +23,9 @@ from calmesh_common.ids import new_id
 from calmesh_common.logging import get_logger
 from calmesh_common.problems import Problem
 from calmesh_common.service import ServiceDeps
-from calmesh_sync.providers import ProviderError
-from calmesh_sync.providers.google import GoogleClient
-from calmesh_sync.providers.graph import GraphClient
+from calmesh_providers import ProviderError
+from calmesh_providers.google import GoogleClient
+from calmesh_providers.graph import GraphClient
 
 from . import store
 from .core import Context, calendars_of, publish_job, token_provider

@@ -25,11 +25,11 @@ from calmesh_common.logging import get_logger
 from calmesh_common.service import ServiceDeps, create_service_app, run_service
 from calmesh_common.settings import Settings
 from calmesh_common.streams import stream_name
+from calmesh_providers.http import guarded_client
 
 from .connections_api import ConnectionsAPI
 from .engine import SyncDeps
 from .projection import purge_connection
-from .providers.http import guarded_client
 from .worker import CONSUMER_NAME, SyncWorker
 from .reservations import ROUTES as RESERVATION_ROUTES
 from .writes import ROUTES

@@ -11,8 +11,7 @@ import httpx
 import msgspec
 
 from calmesh_common.service import SECRET_HEADER
-
-from .providers import AuthError, NotFoundError, RevokedError, TransientError
+from calmesh_providers import AuthError, NotFoundError, RevokedError, TransientError
 
 
 class ProviderCalendar(msgspec.Struct, frozen=True, kw_only=True):

@@ -27,8 +27,12 @@ from calmesh_common.guarded import GuardedClient
 from calmesh_common.logging import get_logger
 from calmesh_common.metrics import Metrics
 from calmesh_common.settings import Settings
+from calmesh_providers import ICAL_CALENDAR_REF, NotFoundError, SourceError, SyncTokenExpired, calendar_id_for, ical
+from calmesh_providers.caldav import CalDAVClient
+from calmesh_providers.feed import fetch_feed
+from calmesh_providers.google import GoogleClient, google_calendar_info, google_instance
+from calmesh_providers.graph import GraphClient, graph_instance
 
-from . import ical
 from .connections_api import ConnectionDetails, ConnectionsAPI, ProviderCalendar
 from .projection import (
     ChangeSet,
@@ -41,15 +45,8 @@ from .projection import (
     stream_id_for,
     write_changes,
 )
-from .providers import NotFoundError, SourceError, SyncTokenExpired, calendar_id_for
-from .providers.caldav import CalDAVClient
-from .providers.feed import fetch_feed
-from .providers.google import GoogleClient, google_calendar_info, google_instance
-from .providers.graph import GraphClient, graph_instance
 
 log = get_logger(__name__)
-
-ICAL_CALENDAR_REF = "feed"
 
 
 class ConnectionGone(Exception):

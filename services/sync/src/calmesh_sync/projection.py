@@ -28,8 +28,7 @@ from calmesh_common.events.sync import (
 )
 from calmesh_common.eventstore import EventStore
 from calmesh_common.ids import event_id_for
-
-from .ical import Instance
+from calmesh_providers.ical import Instance
 
 Key = tuple[str, str]  # (uid, recurrence_id)
 

@@ -33,9 +33,9 @@ from calmesh_common.events.sync import InstanceRow
 from calmesh_common.ids import booking_uid, event_id_for
 from calmesh_common.problems import FieldError, Problem
 from calmesh_common.service import ServiceDeps, json_response
+from calmesh_providers.ical import Instance
 
 from .engine import SyncDeps
-from .ical import Instance
 from .projection import ChangeSet, InstanceKey, fingerprint, lock_connection, row_for, write_changes
 
 _ROW_COLUMNS = (

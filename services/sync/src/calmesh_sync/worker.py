@@ -35,7 +35,7 @@ from calmesh_common.logging import get_logger
 from calmesh_common.tracing import extract_context, tracer
 
 from .engine import ConnectionGone, SyncDeps, sync_connection
-from .providers import AuthError, ExpansionLimitError, NotFoundError, ProviderError, RevokedError, SourceError, TransientError
+from calmesh_providers import AuthError, ExpansionLimitError, NotFoundError, ProviderError, RevokedError, SourceError, TransientError
 
 log = get_logger(__name__)
 

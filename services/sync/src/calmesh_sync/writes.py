@@ -35,14 +35,14 @@ from calmesh_common.ids import booking_uid
 from calmesh_common.problems import FieldError, Problem
 from calmesh_common.service import ServiceDeps, json_response
 
-from . import ical
+from calmesh_providers import ical
 from .connections_api import ConnectionDetails, ProviderCalendar
 from .engine import SyncDeps
 from .projection import ChangeSet, InstanceKey, load_existing, lock_connection, row_for, write_changes
-from .providers import AuthError, NotFoundError, PreconditionFailed, ProviderError, SourceError, TransientError
-from .providers.caldav import CalDAVClient
-from .providers.google import GoogleClient, google_instance
-from .providers.graph import GraphClient, graph_instance
+from calmesh_providers import AuthError, NotFoundError, PreconditionFailed, ProviderError, SourceError, TransientError
+from calmesh_providers.caldav import CalDAVClient
+from calmesh_providers.google import GoogleClient, google_instance
+from calmesh_providers.graph import GraphClient, graph_instance
 
 
 class Attendee(msgspec.Struct, forbid_unknown_fields=True):

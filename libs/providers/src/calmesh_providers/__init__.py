@@ -1,6 +1,7 @@
 """Provider clients of the connections context: CalDAV (iCloud and any server), iCal feeds, Google
-Calendar API v3 and Microsoft Graph. The sync workers use them to read and write events; the
-connections service uses them to discover a new connection's calendars.
+Calendar API v3 and Microsoft Graph, with the iCalendar reading code (`calmesh_providers.ical`).
+A library, not a service: the sync workers use it to read and write events, the connections service
+to discover a new connection's calendars; neither imports the other.
 
 Every provider failure is one of the exceptions below, each carrying a message fit for a user's
 ``last_error`` (never a secret, never a stack trace).
@@ -8,7 +9,11 @@ Every provider failure is one of the exceptions below, each carrying a message f
 
 from __future__ import annotations
 
-from ..ical import ExpansionLimitError, SourceError
+from .ical import ExpansionLimitError, SourceError
+
+
+#: The provider reference of an iCal subscription's one calendar (its id is ``calendar_id_for(connection, "feed")``).
+ICAL_CALENDAR_REF = "feed"
 
 
 class ProviderError(Exception):
@@ -51,6 +56,7 @@ class SyncTokenExpired(ProviderError):
 __all__ = [
     "AuthError",
     "ExpansionLimitError",
+    "ICAL_CALENDAR_REF",
     "NotFoundError",
     "PreconditionFailed",
     "ProviderError",

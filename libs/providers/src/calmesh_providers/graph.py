@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ..ical import Instance, all_day_span, format_recurrence_id
+from .ical import Instance, all_day_span, format_recurrence_id
 from . import ProviderError
 from .api import ApiClient
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from calmesh_common.guarded import FetchError, GuardedClient
 from calmesh_common.settings import Settings
 
-from ..ical import SourceError
+from .ical import SourceError
 from . import TransientError
 
 #: FetchError messages that no retry will change: the address or scheme is refused, the answer is
