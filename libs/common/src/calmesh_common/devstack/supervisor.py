@@ -152,9 +152,26 @@ class Stack:
             self._infra["nats"] = [0, time.monotonic()]
             self._say(f"NATS JetStream (embedded) at nats://127.0.0.1:{self.nats.port}, "
                       f"token in {self.data_dir / 'nats.token'}")
-        applied = asyncio.run(migrate_all(self.database_url, self.nats_url))
+        applied = self._migrate()
         count = sum(len(v) for v in applied.values())
         self._say(f"migrations applied: {count}; streams declared")
+
+    def _migrate(self, timeout: float = 60.0) -> dict[str, list[str]]:
+        """Migrations and streams; an embedded server that dies meanwhile is started again and the
+        (idempotent) migrations are run again, as they are on every start."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return asyncio.run(migrate_all(self.database_url, self.nats_url))
+            except Exception as exc:  # noqa: BLE001 - any failure to reach a server that died
+                dead = [name for name, server in (("nats", self.nats), ("postgres", self.postgres))
+                        if server is not None and not server.alive]
+                if not self.restart or not dead or time.monotonic() > deadline:
+                    raise
+                self._say(f"{' and '.join(dead)} exited during the migrations ({type(exc).__name__}); restarting")
+                for name in dead:
+                    self._infra[name][1] = 0.0  # no back-off: nothing runs yet that could ride it out
+                self._restart_infrastructure()
 
     def _port_names(self) -> list[str]:
         return [*SERVICE_PORTS, *(f"sync-{i}" for i in range(self.sync_workers))]
@@ -240,6 +257,10 @@ class Stack:
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
+            if self.restart:
+                # Supervised from the first moment: a nats-server, postmaster or service that dies
+                # while the others are still starting is started again, as it would be later.
+                self.supervise_once()
             for child in self.children:
                 if child.process and child.process.poll() is not None and not self.restart:
                     raise RuntimeError(f"{child.name} exited with {child.process.returncode} during start-up")
