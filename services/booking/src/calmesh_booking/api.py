@@ -15,7 +15,8 @@ from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.exceptions import ValidationException
 
-from calmesh_common.problems import FieldError, Problem, problem_handler
+from calmesh_common.problem_handler import problem_handler
+from calmesh_common.problems import FieldError, Problem
 from calmesh_common.service import Caller, caller_from_headers
 
 from . import handlers as h
