@@ -27,11 +27,12 @@ from calmesh_common.logging import get_logger
 from calmesh_common.problems import Problem
 from calmesh_common.service import ServiceDeps
 from calmesh_common.settings import Settings
+from calmesh_common.timefmt import rfc3339, rfc3339_or_none
 from calmesh_common.tracing import inject_headers
 
 from . import oauth, store
 from .crypto import Vault
-from .schemas import CalendarOut, ConnectionCalendarOut, ConnectionOut, SourceOut, SyncProgress, instant
+from .schemas import CalendarOut, ConnectionCalendarOut, ConnectionOut, SourceOut, SyncProgress
 
 log = get_logger(__name__)
 
@@ -80,14 +81,14 @@ def connection_out(row: Any, *, authorization_url: str | None = None) -> Connect
         provider=row["provider"],
         display_name=row["display_name"],
         status=row["status"],
-        last_synced_at=instant(row["last_synced_at"]),
+        last_synced_at=rfc3339_or_none(row["last_synced_at"]),
         last_error=row["last_error"],
         calendars=[
             ConnectionCalendarOut(id=c["id"], name=c.get("name") or "", color=c.get("color"), read_only=bool(c.get("read_only")))
             for c in calendars_of(row)
         ],
         progress=progress,
-        created_at=instant(row["created_at"]) or "",
+        created_at=rfc3339(row["created_at"]),
         authorization_url=authorization_url,
     )
 
@@ -124,8 +125,8 @@ def calendar_out(row: Any, sources: list[SourceOut]) -> CalendarOut:
         timezone=row["timezone"],
         sources=sources,
         default_source_id=default,
-        created_at=instant(row["created_at"]) or "",
-        updated_at=instant(row["updated_at"]) or "",
+        created_at=rfc3339(row["created_at"]),
+        updated_at=rfc3339(row["updated_at"]),
     )
 
 

@@ -21,6 +21,7 @@ from litestar.datastructures import Cookie
 from calmesh_common.logging import get_logger
 from calmesh_common.problems import PROBLEM_JSON, FieldError, Problem, problem_bytes
 from calmesh_common.requestguard import check_body
+from calmesh_common.timefmt import rfc3339, rfc3339_or_none
 
 from . import schemas
 from .authcache import Identity
@@ -53,13 +54,6 @@ def _identity(request: Request[Any, Any, Any]) -> Identity:
     if identity is None:  # the route table makes this unreachable; refuse rather than guess
         raise Problem(401, "unauthorized", "Authentication is required.")
     return identity
-
-
-def rfc3339(value: datetime | None) -> str | None:
-    """Instants in responses: UTC, whole seconds (api.md)."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @cache
@@ -106,7 +100,7 @@ def _json(data: Any, status: int = 200, cookies: list[Cookie] | None = None) -> 
 
 def _user_body(user: UserRow) -> schemas.User:
     return schemas.User(id=user.id, email=user.email, handle=user.handle, name=user.name, timezone=user.timezone,
-                        plan=user.plan, created_at=rfc3339(user.created_at) or "")  # type: ignore[arg-type]
+                        plan=user.plan, created_at=rfc3339(user.created_at))  # type: ignore[arg-type]
 
 
 def _session_cookies(settings: Any, token: str) -> list[Cookie]:
@@ -269,7 +263,7 @@ async def create_api_key(request: Request[Any, Any, Any]) -> Response[bytes]:
                                timezone=identity.timezone, plan=identity.plan))
     return _json(schemas.ApiKeyCreated(
         id=key_id, name=row["name"], scope=row["scope"], prefix=row["prefix"], key=new.key,
-        created_at=rfc3339(row["created_at"]) or "", expires_at=rfc3339(row["expires_at"]),
+        created_at=rfc3339(row["created_at"]), expires_at=rfc3339_or_none(row["expires_at"]),
     ), 201)
 
 
@@ -289,8 +283,8 @@ async def list_api_keys(request: Request[Any, Any, Any]) -> Response[bytes]:
         if pending is not None and (last_used is None or pending > last_used):
             last_used = pending
         data.append(schemas.ApiKey(id=r["id"], name=r["name"], scope=r["scope"], prefix=r["prefix"],
-                                   created_at=rfc3339(r["created_at"]) or "", last_used_at=rfc3339(last_used),
-                                   expires_at=rfc3339(r["expires_at"])))
+                                   created_at=rfc3339(r["created_at"]), last_used_at=rfc3339_or_none(last_used),
+                                   expires_at=rfc3339_or_none(r["expires_at"])))
     next_cursor = _encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more and page else None
     return _json(schemas.ApiKeyList(data=data, next_cursor=next_cursor))
 

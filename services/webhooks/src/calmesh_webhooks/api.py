@@ -22,9 +22,10 @@ from calmesh_common.events.webhooks import (
 )
 from calmesh_common.problems import FieldError, Problem, not_found
 from calmesh_common.service import Caller, ServiceDeps
+from calmesh_common.timefmt import rfc3339, rfc3339_or_none
 
 from . import store
-from .mapping import PUBLIC_EVENT_TYPES, TEST_EVENT_TYPE, instant, message_body
+from .mapping import PUBLIC_EVENT_TYPES, TEST_EVENT_TYPE, message_body
 from .policy import url_problem
 from .signing import new_secret
 
@@ -124,8 +125,8 @@ def _webhook(row: Any) -> Webhook:
         description=row["description"],
         status=row["status"],
         disabled_reason=row["disabled_reason"],
-        created_at=instant(row["created_at"]) or "",
-        updated_at=instant(row["updated_at"]) or "",
+        created_at=rfc3339(row["created_at"]),
+        updated_at=rfc3339(row["updated_at"]),
     )
 
 
@@ -138,8 +139,8 @@ def _delivery(row: Any) -> Delivery:
         status=row["status"],
         response_status=row["response_status"],
         duration_ms=row["duration_ms"],
-        next_attempt_at=instant(row["next_attempt_at"]),
-        created_at=instant(row["created_at"]) or "",
+        next_attempt_at=rfc3339_or_none(row["next_attempt_at"]),
+        created_at=rfc3339(row["created_at"]),
         error=row["error"],
     )
 
@@ -246,7 +247,7 @@ class WebhooksController(Controller):
             )
             created = WebhookWithSecret(
                 id=row["id"], url=url, event_types=event_types, description=row["description"], status="active",
-                secret=secret, created_at=instant(row["created_at"]) or "",
+                secret=secret, created_at=rfc3339(row["created_at"]),
             )
             if idempotency_key is not None:
                 await store.store_idempotent_answer(
@@ -419,4 +420,4 @@ class WebhooksController(Controller):
                 [WebhookReplayRequested(webhook_id=webhook_id, user_id=caller.user_id, replay_id=row["id"], since=since)],
                 user_id=caller.user_id,
             )
-        return ReplayAccepted(id=row["id"], webhook_id=webhook_id, since=instant(since) or "", status="pending")
+        return ReplayAccepted(id=row["id"], webhook_id=webhook_id, since=rfc3339(since), status="pending")
