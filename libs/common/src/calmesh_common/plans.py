@@ -69,6 +69,7 @@ from .consumer import ConsumerSpec, Handler, PoisonMessage
 from .events import Envelope, decode_event, subject_for
 from .events.billing import PlanChanged
 from .problems import Problem
+from .retryafter import retry_after
 from .settings import Settings
 from .streams import stream_name
 
@@ -189,7 +190,7 @@ def daily_quota_exceeded(plan: str, allowed: int, retry_after_seconds: int) -> P
         429,
         "daily_quota_exceeded",
         f"The {plan} plan allows {allowed:,} API requests a day; try again after midnight UTC.",
-        headers={"Retry-After": str(max(1, int(retry_after_seconds)))},
+        headers=retry_after(retry_after_seconds),
         limit="api_requests_per_day",
         plan=plan,
         allowed=allowed,

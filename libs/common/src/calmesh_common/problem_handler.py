@@ -22,6 +22,7 @@ from litestar.exceptions.http_exceptions import ClientException
 
 from .logging import get_logger, is_database_outage, is_nats_outage, outage
 from .problems import PROBLEM_JSON, TITLES, FieldError, Problem, problem_bytes
+from .retryafter import retry_after
 
 log = get_logger(__name__)
 
@@ -83,7 +84,7 @@ def problem_handler(request: Request[Any, Any, Any], exc: Exception) -> Response
         what = "database" if is_database_outage(exc) else "nats"
         outage(what).failed(exc)
         problem = Problem(503, f"{what}_unavailable", "A dependency of this service is restarting; try again shortly.",
-                          headers={"Retry-After": "2"})
+                          headers=retry_after(2))
         return Response(content=problem_bytes(problem), status_code=503, media_type=PROBLEM_JSON,
                         headers=problem.headers)
     problem = to_problem(exc)

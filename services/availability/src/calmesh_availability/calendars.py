@@ -37,6 +37,7 @@ from calmesh_common.events.connections import ConnectionErrored, ConnectionRevok
 from calmesh_common.events.sync import SyncCompleted, SyncFailed, SyncStarted
 from calmesh_common.logging import get_logger
 from calmesh_common.problems import Problem
+from calmesh_common.retryafter import retry_after
 from calmesh_common.timefmt import rfc3339_epoch
 
 from .domain import Calendar, CalendarDoc, ConnectionState, Freshness, Source, freshness
@@ -189,7 +190,7 @@ class CalendarDirectory:
                     return entry[0]
                 raise Problem(503, "dependency_unavailable",
                               "Calendars cannot be looked up right now; try again shortly.",
-                              headers={"Retry-After": "2"}) from None
+                              headers=retry_after(2)) from None
             cal = Calendar.from_doc(doc) if doc is not None else None
             if cal is not None and cal.user_id and cal.user_id != user_id:
                 cal = None  # never serve another user's calendar, whatever answered

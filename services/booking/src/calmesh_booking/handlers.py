@@ -35,6 +35,7 @@ from calmesh_common.events.booking import (
 from calmesh_common.ids import new_id
 from calmesh_common.logging import get_logger
 from calmesh_common.problems import FieldError, Problem, not_found
+from calmesh_common.retryafter import retry_after
 from calmesh_common.service import Caller
 from calmesh_common.settings import Settings
 from calmesh_common.timefmt import parse_date_or_instant, parse_instant, rfc3339, rfc3339_epoch, rfc3339_or_none
@@ -146,7 +147,7 @@ def rule_problem(exc: RuleError) -> Problem:
 def unavailable(exc: Exception) -> Problem:
     log.warning("dependency_unavailable", error=str(exc))
     return Problem(503, "dependency_unavailable", "A service this request needs did not answer; try again shortly.",
-                   headers={"Retry-After": "2"})
+                   headers=retry_after(2))
 
 
 def _range_problem(start: date | datetime, end: date | datetime, *, inclusive_days: bool) -> None:
@@ -199,7 +200,7 @@ async def idempotent(
 
 def _in_flight() -> Problem:
     return Problem(409, "request_in_progress", "The first request with this Idempotency-Key is still being answered; "
-                   "retry in a moment.", headers={"Retry-After": "1"})
+                   "retry in a moment.", headers=retry_after(1))
 
 
 # --- pages ---------------------------------------------------------------------------------------
@@ -886,7 +887,7 @@ async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key
                 # Only possible when two owners' lock keys collide by hash; the transaction rolled back.
                 log.warning("booking_deadlock_retry", attempt=attempt, page_id=page["id"])
         if result is None:
-            raise Problem(503, "busy", "Too many bookings at once; try again.", headers={"Retry-After": "1"})
+            raise Problem(503, "busy", "Too many bookings at once; try again.", headers=retry_after(1))
         if isinstance(result, Answer):
             return result
         if isinstance(result, Unverified):

@@ -33,6 +33,7 @@ from calmesh_common.events.connections import (
 from calmesh_common.ids import new_id
 from calmesh_common.logging import get_logger
 from calmesh_common.problems import PROBLEM_JSON, FieldError, Problem, problem_bytes
+from calmesh_common.retryafter import retry_after
 from calmesh_common.service import SECRET_HEADER, Caller, ServiceDeps, json_response
 from calmesh_common.settings import SettingsError
 from calmesh_common.tracing import inject_headers
@@ -660,7 +661,7 @@ class CalendarsController(Controller):
                 view = next(v for v in views if v.id == source_id)
                 await _remove_source(ctx, conn, caller, row, sources, source_id, view)
                 return
-        raise Problem(409, "conflict", "The calendar's sources keep changing; try again.", headers={"Retry-After": "1"})
+        raise Problem(409, "conflict", "The calendar's sources keep changing; try again.", headers=retry_after(1))
 
 
 async def _remove_source(ctx: Context, conn: Any, caller: Caller, row: Any, sources: list[Any], source_id: str,
@@ -702,7 +703,7 @@ async def _pages_on(ctx: Context, user_id: str, slug: str) -> list[str]:
         response = None
     if response is None or response.status_code != 200:
         raise Problem(503, "service_unavailable", "Cannot tell whether a booking page uses this calendar; try again.",
-                      headers={"Retry-After": "5"})
+                      headers=retry_after(5))
     return [str(p["slug"]) for p in response.json().get("data", [])]
 
 

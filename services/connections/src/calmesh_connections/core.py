@@ -25,6 +25,7 @@ from calmesh_common.eventstore import EventStore
 from calmesh_common.ids import new_id
 from calmesh_common.logging import get_logger
 from calmesh_common.problems import Problem
+from calmesh_common.retryafter import retry_after
 from calmesh_common.service import ServiceDeps
 from calmesh_common.settings import Settings
 from calmesh_common.timefmt import rfc3339, rfc3339_or_none
@@ -229,7 +230,7 @@ async def access_token(ctx: Context, connection_id: str, *, force_refresh: bool 
             )
             revoked_now = ("revoked", message)
         except oauth.TokenEndpointError as exc:
-            raise Problem(503, "provider_unavailable", str(exc), headers={"Retry-After": "10"}) from None
+            raise Problem(503, "provider_unavailable", str(exc), headers=retry_after(10)) from None
         else:
             await store.update_connection(
                 conn, connection_id,

@@ -21,6 +21,7 @@ from litestar.datastructures import Cookie
 from calmesh_common.logging import get_logger
 from calmesh_common.problems import PROBLEM_JSON, FieldError, Problem, problem_bytes
 from calmesh_common.requestguard import check_body
+from calmesh_common.retryafter import retry_after
 from calmesh_common.timefmt import rfc3339, rfc3339_or_none
 
 from . import schemas
@@ -29,7 +30,6 @@ from .front import RequestContext
 from .keys import generate_key, random_id
 from .limits import client_address
 from .openapi import DOCS_CSP, docs_asset, docs_page
-from .ratelimit import TokenBucketLimiter
 from .routes import RESERVED_HANDLES
 from .security import CSRF_COOKIE, SESSION_COOKIE, csrf_token, new_session_token, session_hash
 from .store import EmailTaken, HandleTaken, KeyRow, UserRow
@@ -177,7 +177,7 @@ async def login(request: Request[Any, Any, Any]) -> Response[bytes]:
                 await earlier.refund(earlier_name)
             raise Problem(429, "too_many_failed_attempts",
                           "Too many failed sign-ins for this account or from this address; retry later.",
-                          headers={"Retry-After": TokenBucketLimiter.retry_after_header(wait)})
+                          headers=retry_after(wait))
         spent.append((limiter, name))
     user = await state.store.user_by_email(email)
     ok = await state.passwords.verify(user.password_hash if user else None, data.password)
@@ -352,7 +352,7 @@ async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
     if not down:
         return _json({"status": "ok", "checks": checks})
     problem = Problem(503, "service_unavailable", f"Down: {', '.join(down)}.", checks=checks, down=down)
-    return Response(problem_bytes(problem), status_code=503, media_type=PROBLEM_JSON, headers={"Retry-After": "5"})
+    return Response(problem_bytes(problem), status_code=503, media_type=PROBLEM_JSON, headers=retry_after(5))
 
 
 @get("/schema/openapi.json")

@@ -33,6 +33,7 @@ from litestar.params import Parameter
 
 from calmesh_common.ids import booking_uid
 from calmesh_common.problems import FieldError, Problem
+from calmesh_common.retryafter import retry_after
 from calmesh_common.service import ServiceDeps, json_response
 from calmesh_common.timefmt import parse_date, parse_date_or_instant, rfc3339
 
@@ -120,7 +121,7 @@ async def _connection(sync: SyncDeps, connection_id: str, user_id: str) -> Conne
     except NotFoundError:
         raise Problem(404, "not_found", "No such connection.") from None
     except TransientError:
-        raise Problem(503, "service_unavailable", "The connections service cannot be reached; try again.", headers={"Retry-After": "5"}) from None
+        raise Problem(503, "service_unavailable", "The connections service cannot be reached; try again.", headers=retry_after(5)) from None
     if details.user_id != user_id:
         raise Problem(404, "not_found", "No such connection.")
     return details
@@ -137,8 +138,7 @@ def _provider_problem(exc: Exception) -> Problem:
     if isinstance(exc, AuthError):
         return Problem(409, "connection_unavailable", f"The provider refused the connection's credentials: {exc}")
     if isinstance(exc, TransientError):
-        retry = int(exc.retry_after or 5)
-        return Problem(503, "provider_unavailable", f"The provider is not answering: {exc}", headers={"Retry-After": str(retry)})
+        return Problem(503, "provider_unavailable", f"The provider is not answering: {exc}", headers=retry_after(exc.retry_after or 5))
     if isinstance(exc, PreconditionFailed):
         return Problem(409, "conflict", "The event changed at the provider meanwhile; try again.")
     if isinstance(exc, NotFoundError):
