@@ -9,7 +9,6 @@ widest-span ``start_at``/``end_at``.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import math
 import re
@@ -25,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
-from calmesh_common import timefmt
+from calmesh_common import cursors, timefmt
 from calmesh_common.intervals import (
     BusyBlock,
     BusyItem,
@@ -320,21 +319,15 @@ def query_fingerprint(*parts: object) -> str:
 
 def encode_cursor(kind: str, fingerprint: str, position: Sequence[Any]) -> str:
     """An opaque cursor: the position after which the next page starts, bound to its query."""
-    raw = msgspec.json.encode([kind, fingerprint, list(position)])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return cursors.encode_cursor(kind, fingerprint, list(position))
 
 
 def decode_cursor(cursor: str, kind: str, fingerprint: str) -> list[Any]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        got_kind, got_fp, position = msgspec.json.decode(raw)
-    except (ValueError, TypeError, msgspec.DecodeError):
-        raise bad_param("cursor", "not a cursor this endpoint gave out", code="invalid_cursor") from None
-    if got_kind != kind or not isinstance(position, list):
-        raise bad_param("cursor", "not a cursor this endpoint gave out", code="invalid_cursor")
+    got_kind, got_fp, position = cursors.decode_cursor(cursor, tuple[str, str, list[Any]])
+    if got_kind != kind:
+        raise cursors.bad_cursor(detail="not a cursor this endpoint gave out")
     if got_fp != fingerprint:
-        raise bad_param("cursor", "belongs to a query with other parameters; repeat them unchanged",
-                        code="invalid_cursor")
+        raise cursors.bad_cursor(detail="belongs to a query with other parameters; repeat them unchanged")
     return position
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from calmesh_common.cursors import AwareDatetime, decode_cursor, encode_cursor
 from calmesh_common.eventstore import EventStore
 from calmesh_common.events.booking import (
     BookingCancelled,
@@ -46,11 +47,8 @@ from .clients import CalendarInfo, CalendarNotFound, Calendars, DependencyUnavai
 from .domain import Booking, BusyTime, RuleError, SlotRules
 from .store import (
     BookingStore,
-    CursorError,
     IdempotencyInFlight,
     IdempotencyMismatch,
-    decode_cursor,
-    encode_cursor,
     parse_json,
 )
 
@@ -400,19 +398,15 @@ def page_limit(limit: int | None) -> int:
     return limit
 
 
-def _cursor(cursor: str | None, kinds: list[type]) -> Any:
-    if not cursor:
-        return None
-    try:
-        return tuple(decode_cursor(cursor, kinds))
-    except CursorError:
-        raise Problem(400, "validation_error", "cursor is not valid.", errors=[FieldError("cursor", "is not valid")]) from None
+def _cursor(cursor: str | None) -> tuple[datetime, str] | None:
+    """The (instant, id) a list goes on after; a bad cursor is booking's 400 ``validation_error``."""
+    return decode_cursor(cursor, tuple[AwareDatetime, str], code="validation_error") if cursor else None
 
 
 async def list_pages(ctx: BookingContext, caller: Caller, limit: int | None, cursor: str | None) -> dict[str, Any]:
     require_scope(caller, READ_SCOPES, "read")
     n = page_limit(limit)
-    after = _cursor(cursor, [datetime, str])
+    after = _cursor(cursor)
     async with ctx.pool.acquire() as conn:
         rows = await ctx.store.list_pages(conn, caller.user_id, after, n + 1)
     more = len(rows) > n
@@ -1121,7 +1115,7 @@ async def list_bookings(
     if s is not None and e is not None:
         _range_problem(s, e, inclusive_days=False)
     n = page_limit(limit)
-    after = _cursor(cursor, [datetime, str])
+    after = _cursor(cursor)
     async with ctx.pool.acquire() as conn:
         rows = await ctx.store.list_bookings(conn, caller.user_id, status=status, start=s, end=e, after=after, limit=n + 1)
     more = len(rows) > n
@@ -1500,7 +1494,7 @@ async def get_poll(ctx: BookingContext, caller: Caller | None, poll_id: str, tok
 async def list_polls(ctx: BookingContext, caller: Caller, limit: int | None, cursor: str | None) -> dict[str, Any]:
     require_scope(caller, READ_SCOPES, "read")
     n = page_limit(limit)
-    after = _cursor(cursor, [datetime, str])
+    after = _cursor(cursor)
     async with ctx.pool.acquire() as conn:
         rows = await ctx.store.list_polls(conn, caller.user_id, after, n + 1)
         more = len(rows) > n

@@ -15,6 +15,7 @@ from litestar import Controller, Request, Response, delete, get, patch, post, pu
 from litestar.params import Parameter
 from litestar.response import Redirect
 
+from calmesh_common.cursors import AwareDatetime, decode_cursor, encode_cursor
 from calmesh_common.events.connections import (
     CalendarCreated,
     CalendarDeleted,
@@ -107,15 +108,11 @@ class ConnectionsController(Controller):
     @get("", summary="List all calendar connections for the authenticated user")
     async def list_connections(self, caller: Caller, deps: ServiceDeps, limit: Limit = 50, cursor: Cursor = None) -> ConnectionPage:
         ctx = ctx_of(deps)
-        after = None
-        if cursor:
-            after = store.decode_cursor(cursor)
-            if after is None:
-                raise Problem(400, "invalid_cursor", "cursor: not a cursor this API gave out.", errors=[FieldError("cursor", "invalid")])
+        after = decode_cursor(cursor, tuple[AwareDatetime, str]) if cursor else None
         rows = await store.list_connections(ctx.pool, caller.user_id, after, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
-        next_cursor = store.encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
+        next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
         return ConnectionPage(data=[connection_out(r) for r in rows], next_cursor=next_cursor)
 
     @get("/{connection_id:str}", summary="Get connection details and status")
@@ -536,18 +533,14 @@ class CalendarsController(Controller):
     @get("", summary="List all unified calendars")
     async def list_calendars(self, caller: Caller, deps: ServiceDeps, limit: Limit = 50, cursor: Cursor = None) -> CalendarPage:
         ctx = ctx_of(deps)
-        after = None
-        if cursor:
-            after = store.decode_cursor(cursor)
-            if after is None:
-                raise Problem(400, "invalid_cursor", "cursor: not a cursor this API gave out.", errors=[FieldError("cursor", "invalid")])
+        after = decode_cursor(cursor, tuple[AwareDatetime, str]) if cursor else None
         rows = await store.list_calendars(ctx.pool, caller.user_id, after, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         sources = await store.sources_of(ctx.pool, [r["id"] for r in rows])
         conns = await store.connections_of(ctx.pool, caller.user_id, list({s["connection_id"] for ss in sources.values() for s in ss}))
         data = [_calendar_from(r, source_views(sources[r["id"]], conns)) for r in rows]
-        return CalendarPage(data=data, next_cursor=store.encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None)
+        return CalendarPage(data=data, next_cursor=encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None)
 
     @get("/{slug:str}", summary="Get unified calendar details")
     async def get_calendar(self, slug: str, caller: Caller, deps: ServiceDeps) -> CalendarOut:

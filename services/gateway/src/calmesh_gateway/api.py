@@ -7,7 +7,6 @@ it hands over a `RequestContext` in ``scope["calmesh"]``.
 from __future__ import annotations
 
 import asyncio
-import base64
 import re
 import zoneinfo
 from datetime import UTC, datetime, timedelta
@@ -18,6 +17,7 @@ import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.datastructures import Cookie
 
+from calmesh_common.cursors import AwareDatetime, decode_cursor, encode_cursor
 from calmesh_common.logging import get_logger
 from calmesh_common.problems import PROBLEM_JSON, FieldError, Problem, problem_bytes
 from calmesh_common.requestguard import check_body
@@ -216,20 +216,6 @@ async def me(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 # API keys ------------------------------------------------------------------------------------
 
-def _encode_cursor(created_at: datetime, key_id: str) -> str:
-    raw = msgspec.json.encode([created_at.isoformat(), key_id])
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, key_id = msgspec.json.decode(raw, type=tuple[datetime, str])
-        return created, key_id
-    except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
-        raise Problem(400, "invalid_cursor", "The cursor is not one this API gave out.") from None
-
-
 def _limit(raw: str | None) -> int:
     if raw is None:
         return 50
@@ -273,7 +259,7 @@ async def list_api_keys(request: Request[Any, Any, Any]) -> Response[bytes]:
     identity = _identity(request)
     limit = _limit(request.query_params.get("limit"))
     cursor = request.query_params.get("cursor")
-    after = _decode_cursor(cursor) if cursor else None
+    after = decode_cursor(cursor, tuple[AwareDatetime, str]) if cursor else None
     rows = await state.store.list_keys(identity.user_id, limit + 1, after)
     page, more = rows[:limit], len(rows) > limit
     data = []
@@ -285,7 +271,7 @@ async def list_api_keys(request: Request[Any, Any, Any]) -> Response[bytes]:
         data.append(schemas.ApiKey(id=r["id"], name=r["name"], scope=r["scope"], prefix=r["prefix"],
                                    created_at=rfc3339(r["created_at"]), last_used_at=rfc3339_or_none(last_used),
                                    expires_at=rfc3339_or_none(r["expires_at"])))
-    next_cursor = _encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more and page else None
+    next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more and page else None
     return _json(schemas.ApiKeyList(data=data, next_cursor=next_cursor))
 
 
