@@ -73,6 +73,15 @@ def instant_field(value: str, field: str) -> datetime:
         raise Problem(400, "validation_error", f"{field}: {exc}", errors=[FieldError(field, str(exc))]) from None
 
 
+def instant_span(start: str, end: str) -> tuple[datetime, datetime]:
+    """A request's ``start``/``end`` in UTC: 400 for either that is not an instant, 422 when end is
+    not after start."""
+    first, last = instant_field(start, "start"), instant_field(end, "end")
+    if last <= first:
+        raise Problem(422, "end_before_start", "end must be after start.")
+    return first, last
+
+
 def as_row(record: asyncpg.Record) -> InstanceRow:
     """A stored projection row as the event struct that carries it."""
     return InstanceRow(
@@ -115,9 +124,7 @@ async def put_reservation(reservation_id: str, request: Request[Any, Any, Any], 
         body = _put.decode(await request.body())
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise Problem(400, "validation_error", f"The request is not valid: {exc}") from None
-    start, end = instant_field(body.start, "start"), instant_field(body.end, "end")
-    if end <= start:
-        raise Problem(422, "end_before_start", "end must be after start.")
+    start, end = instant_span(body.start, body.end)
     sync = _sync(deps)
     now = sync.now()
     others = [r for r in body.replaces if r != reservation_id]

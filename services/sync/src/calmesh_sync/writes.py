@@ -520,12 +520,10 @@ async def move_event(event_id: str, request: Request[Any, Any, Any], deps: Servi
         move = _move.decode(await request.body())
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise Problem(400, "validation_error", f"The request is not valid: {exc}") from None
-    from .reservations import as_row, instant_field
+    from .reservations import as_row, instant_span
 
     sync = _sync(deps)
-    start, end = instant_field(move.start, "start"), instant_field(move.end, "end")
-    if end <= start:
-        raise Problem(422, "end_before_start", "end must be after start.")
+    start, end = instant_span(move.start, move.end)
 
     record = await sync.pool.fetchrow(
         "SELECT event_id, user_id, connection_id, calendar_id, uid, recurrence_id, recurring_event_id,"
