@@ -52,6 +52,10 @@ class DemoError(RuntimeError):
     """The demo could not be set up; the message says what failed."""
 
 
+class DemoCancelled(DemoError):
+    """calmesh-up was asked to stop while the demo was being set up."""
+
+
 def demo_timezone(env: dict[str, str] | os._Environ[str] = os.environ) -> str:
     """The demo user's time zone: ``CALMESH_DEMO_TIMEZONE``, else this machine's (``TZ``,
     ``/etc/localtime``), else UTC."""
@@ -323,9 +327,10 @@ class Demo:
         except (OSError, ValueError):
             return {}
 
-    def seed(self, base_url: str, timeout: float = 90.0) -> DemoResult:
+    def seed(self, base_url: str, timeout: float = 90.0, stopping: threading.Event | None = None) -> DemoResult:
         """Make the demo user, key, connections, calendar and booking page; returns once the
-        calendar's events come from both sources (or raises DemoError after `timeout` s)."""
+        calendar's events come from both sources (or raises DemoError after `timeout` s, and
+        DemoCancelled as soon as `stopping` is set)."""
         deadline = time.monotonic() + timeout
         email, password = self._account()
         with httpx.Client(base_url=base_url + "/api/v1", timeout=30) as session:
@@ -379,6 +384,8 @@ class Demo:
                     seen = {e["source_id"] for e in body["data"]}
                     if seen >= wanted and body.get("complete"):
                         break
+                if stopping is not None and stopping.is_set():
+                    raise DemoCancelled("stopped while the demo was being set up")
                 if time.monotonic() > deadline:
                     states = [(c["provider"], c["status"], c.get("last_error")) for c in _data(api.get("/connections").json())]
                     raise DemoError(f"the demo calendar did not show events of both sources within {timeout:.0f} s "

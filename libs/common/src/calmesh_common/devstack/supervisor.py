@@ -389,16 +389,17 @@ def main(argv: list[str] | None = None) -> None:
         print(_banner(stack.gateway_url, demo=demo is not None), flush=True)
         if demo is not None:
             stack._say("setting up the demo user and calendars…")
-            print(demo.seed(stack.gateway_url, timeout=start_timeout).banner(), flush=True)
+            print(demo.seed(stack.gateway_url, timeout=start_timeout, stopping=stop).banner(), flush=True)
             print("  Ctrl-C stops everything.\n", flush=True)
         while not stop.wait(0.5):
             stack.supervise_once()
     except RuntimeError as exc:
-        print(f"calmesh-up: {exc}", file=sys.stderr)
-        stack.stop()
-        if demo is not None:
-            demo.stop()
-        raise SystemExit(1) from None
+        if not stop.is_set():  # a Ctrl-C during the demo's set-up is no failure
+            print(f"calmesh-up: {exc}", file=sys.stderr)
+            stack.stop()
+            if demo is not None:
+                demo.stop()
+            raise SystemExit(1) from None
     stack._say("stopping…")
     stack.stop()
     if demo is not None:
