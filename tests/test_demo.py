@@ -241,3 +241,25 @@ def test_the_endpoint_setting_is_checked_and_off_by_default() -> None:
     for bad in ("localhost:5232", "127.0.0.1", "127.0.0.1:0", "10.0.0.0/8:80"):
         with pytest.raises(SettingsError, match="CALMESH_ALLOW_PRIVATE_ENDPOINTS"):
             Settings.from_env({"CALMESH_ALLOW_PRIVATE_ENDPOINTS": bad})
+
+
+# --- the sample calendars ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("today", ["2026-11-30", "2026-12-06", "2027-03-28"])  # a Monday, a Sunday, a DST change
+def test_every_day_of_this_week_has_a_clash_between_the_two_sample_calendars(today: str) -> None:
+    from datetime import date
+
+    import icalendar
+
+    from calmesh_common.devstack.demo import caldav_objects, feed_ics, week_of
+
+    day = date.fromisoformat(today)
+    feed = [e for e in icalendar.Calendar.from_ical(feed_ics("Europe/Amsterdam", day)).walk("VEVENT")]
+    dav = [e for ics in caldav_objects("Europe/Amsterdam", day).values()
+           for e in icalendar.Calendar.from_ical(ics).walk("VEVENT")]
+    for d in week_of(day):
+        ours = [(e["DTSTART"].dt, e["DTEND"].dt) for e in feed if e["DTSTART"].dt.date() == d]
+        theirs = [(e["DTSTART"].dt, e["DTEND"].dt) for e in dav if e["DTSTART"].dt.date() == d]
+        assert any(a < y and b > x for a, b in ours for x, y in theirs), f"no clash on {d}"
+        assert all(str(s.tzinfo) == "Europe/Amsterdam" for s, _ in ours + theirs)
+    assert day in week_of(day)

@@ -99,7 +99,8 @@ def _event(uid: str, summary: str, day: date, start: str, end: str, zone: ZoneIn
     event = Event()
     event.add("uid", uid)
     event.add("summary", summary)
-    event.add("dtstamp", datetime.now(UTC))
+    # A stable stamp: the feed is made per request, and an unchanged week must read unchanged.
+    event.add("dtstamp", datetime.combine(week_of(day)[0], dtime(0), UTC))
     event.add("dtstart", datetime.combine(day, dtime.fromisoformat(start), zone))
     event.add("dtend", datetime.combine(day, dtime.fromisoformat(end), zone))
     if location:
