@@ -3,7 +3,8 @@
 One real `calmesh-up --demo` process on free ports: within a minute of the gateway answering it
 prints a sign-in, an API key and curl lines, and through the public API with that key the demo
 calendar holds events of both its sources (the loopback iCal feed and the Radicale calendar), a
-conflict, busy time, and its booking page offers slots. SIGTERM stops everything it started, its
+conflict, busy time, and its booking page offers slots; a feed pointed at another loopback port is
+still refused. SIGTERM stops everything it started, its
 Radicale too. A second run on the same data directory reuses the demo user, revokes the first key and
 makes the demo calendars again.
 
@@ -157,6 +158,21 @@ def check_the_demo(run: DemoRun, key: str) -> None:
     assert slots.json()["slots"], slots.text
 
 
+def refused_inside_the_demo(run: DemoRun, key: str) -> None:
+    """Even in demo mode a user's URL reaches no other loopback port: a feed pointed at the gateway
+    itself ends in `error`, refused as a loopback address."""
+    auth = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=f"{run.base}/api/v1", timeout=30, headers=auth) as api:
+        made = api.post("/connections/ical", json={"url": f"{run.base}/api/health"})
+        assert made.status_code == 201, made.text
+        deadline = time.monotonic() + 60
+        while (c := api.get(f"/connections/{made.json()['id']}").json())["status"] in ("pending", "syncing"):
+            assert time.monotonic() < deadline, c
+            time.sleep(0.5)
+        assert c["status"] == "error" and "loopback" in (c["last_error"] or ""), c
+        assert api.delete(f"/connections/{made.json()['id']}").status_code == 204
+
+
 @pytest.mark.timeout(2 * (START_TIMEOUT + 150))
 def test_make_demo_gives_merged_events_a_conflict_and_slots_then_stops_cleanly(data_dir: Path) -> None:
     run = DemoRun(data_dir, free_port())
@@ -167,6 +183,7 @@ def test_make_demo_gives_merged_events_a_conflict_and_slots_then_stops_cleanly(d
         assert "(a new demo user)" in run.text()
         assert run.text().index("/app") < run.text().index("API key"), "the dashboard's address comes first"
         check_the_demo(run, key)
+        refused_inside_the_demo(run, key)
         radicale = [p for p in using(data_dir) if "radicale" in " ".join(p.cmdline())]
         assert len(radicale) == 1, "Radicale runs as a child of calmesh-up"
         assert radicale[0].ppid() == run.process.pid

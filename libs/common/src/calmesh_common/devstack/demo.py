@@ -126,7 +126,7 @@ def feed_ics(tz: str, today: date) -> bytes:
     zone = ZoneInfo(tz)
     events = []
     for day in week_of(today):
-        events.append(_event(f"standup-{day}@demo.calmesh", "Team stand-up", day, "09:30", "09:45", zone))
+        events.append(_event(f"standup-{day}@demo.calmesh", "Team stand-up", day, "09:30", "10:00", zone))
         events.append(_event(f"review-{day}@demo.calmesh", "Design review", day, "14:00", "15:00", zone, "Room 2"))
     return _calendar("Team (demo feed)", events).to_ical()
 
