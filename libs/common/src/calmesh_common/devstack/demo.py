@@ -30,12 +30,13 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time as dtime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 
-from .embedded import free_port
+if TYPE_CHECKING:
+    from .supervisor import Stack
 
 DEMO_EMAIL = "demo@example.com"
 DEMO_HANDLE = "demo"
@@ -235,7 +236,7 @@ class Demo:
     def radicale_url(self) -> str:
         return f"http://127.0.0.1:{self.radicale_port}"
 
-    def prepare(self, stack: Any) -> None:
+    def prepare(self, stack: Stack) -> None:
         """Start the feed server and Radicale (a supervised child of `stack`) on free ports that
         the stack will not take, and let exactly these two through the guarded client."""
         try:
@@ -243,13 +244,9 @@ class Demo:
             import radicale  # noqa: F401
         except ImportError as exc:
             raise DemoError(f"the demo needs icalendar and radicale ({exc}); run `make install`") from None
-        from .supervisor import COLOURS, Child
-
         self.dir.mkdir(parents=True, exist_ok=True)
-        reserved = stack._reserved_ports()
-        self.feed_port = free_port(reserved)
-        self.radicale_port = free_port(reserved | {self.feed_port})
-        stack.also_reserved.update({self.feed_port, self.radicale_port})
+        self.feed_port = stack.free_port()
+        self.radicale_port = stack.free_port()
         allowed = ",".join(f"127.0.0.1:{p}" for p in (self.feed_port, self.radicale_port))
         stack.extra_env["CALMESH_ALLOW_PRIVATE_ENDPOINTS"] = allowed
 
@@ -272,9 +269,7 @@ class Demo:
             f"--storage-filesystem-folder={folder / 'collections'}",
             "--logging-level=warning",
         ]
-        child = Child("radicale", argv, dict(os.environ), COLOURS[-1])
-        stack.children.append(child)
-        stack._spawn(child)
+        stack.run_alongside("radicale", argv)
 
     def stop(self) -> None:
         if self.feed is not None:

@@ -220,6 +220,21 @@ class Stack:
             self._spawn(child)
         self.wait_healthy(timeout)
 
+    def free_port(self, *also: int) -> int:
+        """A free loopback port that the stack will not take itself (nor any of `also`); kept out
+        of the ports picked later for NATS and the services."""
+        port = free_port(self._reserved_ports() | set(also))
+        self.also_reserved.add(port)
+        return port
+
+    def run_alongside(self, name: str, argv: list[str]) -> Child:
+        """Start `argv` now as one more supervised child (its log prefixed with `name`, restarted
+        with the same back-off when it dies, stopped with the stack)."""
+        child = Child(name, argv, dict(os.environ), COLOURS[-1 - len(self.children) % len(COLOURS)])
+        self.children.append(child)
+        self._spawn(child)
+        return child
+
     def _spawn(self, child: Child) -> None:
         child.process = subprocess.Popen(
             child.argv,
