@@ -146,7 +146,7 @@ async def test_a_newcomer_signs_up_connects_two_calendars_and_sees_the_merged_we
     sources = cal_row.locator("ol.sources li")
     await expect(sources).to_have_count(2)
     names = [t.replace("Move up", "").strip() for t in await sources.all_text_contents()]
-    await cal_row.get_by_role("button", name=f"Move {names[1]} up").click()
+    await cal_row.get_by_role("button", name=f"Move up {names[1]}").click()
     await expect(sources.first).to_contain_text(names[1])
     await expect(sources.nth(1)).to_contain_text(names[0])
     await cal_row.get_by_label("New name for").fill("Everything merged")
