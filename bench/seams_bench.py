@@ -30,8 +30,9 @@ calendar "work" of it and a booking page on it; the bench waits until sync has p
    share (L - H) / L of the visitors' mean answer time L, and the CPU of all processes but Radicale
    per booking against per hold step alone (which counts the fan-out of the step's projection
    event too), are NOT baselines: on the shared machine, checked against the pre-hold code, both
-   overstated the ratio by far (the step's cost is not all on the request path: it is CPU that
-   every other process waits for, and the booking's second transaction comes with it).
+   were far off, and not even on one side (the step's cost is not all on the request path: it is
+   CPU that every other process waits for, the booking's second transaction comes with it, and the
+   fan-out of one more projection event per booking).
 2. 201 -> busy: right after each 201 (no sleep: the next request on the same connection) the
    owner's key asks ``GET /api/v1/calendars/work/availability?start&end`` for that slot, which was
    free before: the share of slots busy on that first read, for the --one-by-one and the --checks
