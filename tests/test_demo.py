@@ -57,7 +57,9 @@ class DemoRun:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CALMESH_", "DATABASE_URL", "NATS_URL"))}
         env.update(
             CALMESH_DATA_DIR=str(self.data_dir), CALMESH_HTTP_PORT=str(self.port), CALMESH_SYNC_WORKERS="1",
-            # The default pool size: a sync worker's two first jobs and its outbox relay need more than 3.
+            # A small pool, as the stack tests use: the sync worker runs no more jobs than it can carry
+            # (two jobs and the outbox relay once each held a connection of 3 and waited for ever).
+            CALMESH_DB_POOL_MAX="3",
             CALMESH_START_TIMEOUT_SECONDS=str(START_TIMEOUT), CALMESH_LOG_LEVEL="warning",
             CALMESH_DEMO_TIMEZONE="Europe/Amsterdam",
         )

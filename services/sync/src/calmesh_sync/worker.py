@@ -100,6 +100,16 @@ async def run_job(
         await deps.pool.release(lock_conn)
 
 
+def job_slots(concurrency: int, pool_max: int) -> int:
+    """How many jobs may run at once without starving the pool: each job holds one connection for
+    its lock and takes a second for its writes, and the outbox relay keeps one. More jobs than the
+    pool can carry would each hold a connection and wait for another for ever."""
+    fits = max(1, (pool_max - 1) // 2)
+    if concurrency > fits:
+        log.warning("sync.concurrency_limited_by_pool", concurrency=concurrency, pool_max=pool_max, jobs=fits)
+    return min(concurrency, fits)
+
+
 async def _heartbeats(msg: Msg, ack_wait: float) -> None:
     while True:
         await asyncio.sleep(max(0.5, ack_wait / 3))
@@ -239,7 +249,7 @@ class SyncWorker:
         if self._sub is None:
             await self.subscribe()
         assert self._sub is not None
-        slots = asyncio.Semaphore(self.deps.settings.sync_concurrency)
+        slots = asyncio.Semaphore(job_slots(self.deps.settings.sync_concurrency, self.deps.settings.db_pool_max))
         try:
             while not self._closing:
                 await slots.acquire()
