@@ -48,9 +48,9 @@ import asyncpg
 import httpx
 import psutil
 
-from calmesh_booking.testing import Radicale
 from calmesh_common.devstack.embedded import free_port
 from calmesh_common.devstack.supervisor import Stack
+from calmesh_testing.radicale import Radicale
 
 from benchkit import record
 

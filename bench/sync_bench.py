@@ -27,13 +27,12 @@ import icalendar
 import recurring_ical_events
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
-from calmesh_common.testing import nats_url, postgres_url  # noqa: E402
-from fakes.feeds import FeedServer  # noqa: E402
-from fakes.platform import private_platform, running, wait_for  # noqa: E402
-
-from fakes.servers import serve  # noqa: E402
+from calmesh_testing.backends import nats_url, postgres_url
+from calmesh_testing.feeds import FeedServer
+from calmesh_testing.platform import private_platform, running
+from calmesh_testing.servers import serve
+from calmesh_testing.wait import wait_for
 
 from benchkit import record
 
@@ -160,8 +159,8 @@ async def caldav_change(server_url: str, nats: str) -> None:
     import subprocess
     import tempfile
 
-    from fakes.radicale import Radicale
-    from fakes.servers import free_port
+    from calmesh_testing.radicale import Radicale
+    from calmesh_testing.servers import free_port
 
     with tempfile.TemporaryDirectory(prefix="calmesh-bench-radicale-") as tmp:
         folder = Path(tmp)

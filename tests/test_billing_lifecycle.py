@@ -1,4 +1,4 @@
-"""Billing against a local fake of Mollie (tests/fakes/mollie.py): subscribe, the first payment
+"""Billing against a local fake of Mollie (calmesh_testing.mollie): subscribe, the first payment
 paid, recurring payments, a failed one and its grace period, cancel, repeated and forged notices.
 
 The billing service runs in-process (uvicorn on a free port) on a schema of its own; Mollie's
@@ -7,64 +7,28 @@ notices go straight to it, with the internal secret the gateway would add."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-import uvicorn
-
 from litestar import post
 
+from calmesh_billing.app import create_app
 from calmesh_common.devstack.embedded import free_port
 from calmesh_common.migrations import Migration, apply_migrations, common_migrations, package_migrations, shared_sql
 from calmesh_common.plans import enforce_limit, plan_consumer
 from calmesh_common.service import Caller, ServiceDeps, create_service_app
 from calmesh_common.settings import Settings
-from calmesh_billing.app import create_app
-
-_spec = importlib.util.spec_from_file_location("calmesh_test_fake_mollie", Path(__file__).parent / "fakes" / "mollie.py")
-assert _spec and _spec.loader
-fake_mollie = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(fake_mollie)
-FakeMollie = fake_mollie.FakeMollie
+from calmesh_testing.mollie import FakeMollie
+from calmesh_testing.servers import Served
 
 SECRET = "test-internal-secret"
-
-
-@dataclass
-class Served:
-    server: uvicorn.Server
-    task: asyncio.Task[None]
-    url: str
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        await self.task
-
-
-async def serve(app: Any, port: int | None = None) -> Served:
-    port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("the server stopped during start-up")
-        if time.monotonic() > deadline:
-            raise RuntimeError("the server did not start")
-        await asyncio.sleep(0.02)
-    return Served(server, task, f"http://127.0.0.1:{port}")
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
@@ -122,7 +86,7 @@ async def billing(migrated: str, nats_server_url: str, unique: str) -> AsyncIter
     finally:
         await conn.close()
     mollie = FakeMollie(webhook_headers={"x-calmesh-internal-secret": SECRET})
-    mollie_served = await serve(mollie)
+    mollie_served = await Served(mollie).start()
     mollie.base_url = mollie_served.url
     port = free_port()
     settings = Settings(
@@ -137,7 +101,7 @@ async def billing(migrated: str, nats_server_url: str, unique: str) -> AsyncIter
         log_level="warning",
     )
     app = create_app(settings, schema=schema)
-    served = await serve(app, port)
+    served = await Served(app, port).start()
     pool = await asyncpg.create_pool(migrated, min_size=1, max_size=3)
     api = httpx.AsyncClient(base_url=served.url, timeout=30)
     try:
@@ -315,7 +279,7 @@ async def test_plan_limits_refuse_with_402_and_an_upgrade_lifts_them_at_once(
     finally:
         await conn.close()
     settings = Settings(database_url=migrated, nats_url=nats_server_url, internal_secret=SECRET, log_level="warning")
-    served = await serve(widget_app(settings, schema))
+    served = await Served(widget_app(settings, schema)).start()
     try:
         async with httpx.AsyncClient(base_url=served.url, timeout=30) as widgets:
             owner = user()

@@ -21,7 +21,7 @@ import pytest
 
 from calmesh_booking.domain import cancel_signature
 from calmesh_booking.handlers import link_secret
-from calmesh_booking.testing import BookingHarness, User, utc
+from calmesh_testing.booking import BookingHarness, User, utc
 
 pytestmark = pytest.mark.timeout(120)
 

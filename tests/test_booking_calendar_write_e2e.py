@@ -14,11 +14,9 @@ What a user relies on:
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -26,11 +24,10 @@ import httpx
 import msgspec
 import pytest
 
-from calmesh_booking.testing import PlatformOwner, Radicale, sign_up_with_caldav
 from calmesh_common.devstack.supervisor import Stack
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fakes.servers import serve  # noqa: E402
+from calmesh_testing.booking import PlatformOwner, sign_up_with_caldav
+from calmesh_testing.radicale import Radicale
+from calmesh_testing.servers import serve
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -1,5 +1,5 @@
 """Busy at once, holds and rescheduling, against the booking service with fakes of connections and
-sync (calmesh_booking.testing): the projection table is written by the fake exactly where sync's
+sync (calmesh_testing.booking): the projection table is written by the fake exactly where sync's
 reservation routes write the real one.
 
 What a user relies on: a booking's time is in the merged-events projection (what availability,
@@ -25,8 +25,8 @@ import httpx
 import pytest
 
 from calmesh_booking.handlers import settle_pending_bookings
-from calmesh_booking.testing import BookingHarness, User
 from calmesh_common.ids import new_id
+from calmesh_testing.booking import BookingHarness, User
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from calmesh_booking.testing import BookingHarness, User
+from calmesh_testing.booking import BookingHarness, User
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -2,7 +2,7 @@
 Rescheduling: "the provider event is moved in place (same UID, not deleted and created again)").
 
 The whole platform as processes (its own stack, on a private database and NATS, configured for the
-local fakes of Google Calendar v3, Microsoft Graph and their OAuth server in tests/fakes/): a user
+local fakes of Google Calendar v3, Microsoft Graph and their OAuth server in calmesh_testing): a user
 connects Google and Microsoft through the OAuth flow, makes a unified calendar of each with a
 booking page on it; a visitor books, then reschedules with the booking's `reschedule_url`. At the
 provider the event is the same one — same id, same iCalUID — at the new time, and there is no
@@ -12,7 +12,6 @@ second event; Google's `sequence` went up and its etag changed, Graph's `changeK
 from __future__ import annotations
 
 import asyncio
-import sys
 import tempfile
 import time
 import uuid
@@ -30,13 +29,11 @@ import pytest
 
 from calmesh_common.devstack.embedded import free_port
 from calmesh_common.devstack.supervisor import Stack
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fakes.google import GoogleFake  # noqa: E402
-from fakes.graph import GraphFake  # noqa: E402
-from fakes.oauth import OAuthFake  # noqa: E402
-from fakes.platform import private_nats  # noqa: E402
-from fakes.servers import serve  # noqa: E402
+from calmesh_testing.google import GoogleFake
+from calmesh_testing.graph import GraphFake
+from calmesh_testing.oauth import OAuthFake
+from calmesh_testing.platform import private_nats
+from calmesh_testing.servers import serve
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -25,8 +25,9 @@ import asyncpg
 import httpx
 import pytest
 
-from calmesh_booking.testing import PlatformOwner, Radicale, sign_up_with_caldav
 from calmesh_common.devstack.supervisor import Stack
+from calmesh_testing.booking import PlatformOwner, sign_up_with_caldav
+from calmesh_testing.radicale import Radicale
 
 pytestmark = pytest.mark.timeout(240)
 

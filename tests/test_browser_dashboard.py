@@ -8,21 +8,17 @@ Screenshots of each page go to $CALMESH_TEST_ARTIFACTS/dashboard."""
 from __future__ import annotations
 
 import re
-import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from playwright.async_api import Browser, expect
 
-from calmesh_booking.testing import Radicale
 from calmesh_common.devstack.supervisor import Stack
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fakes.dashboard import PAGE_BUDGET, Recorder, shot, this_week_at  # noqa: E402
+from calmesh_testing.dashboard import PAGE_BUDGET, Recorder, shot, this_week_at
+from calmesh_testing.radicale import Radicale
 
 pytestmark = pytest.mark.timeout(480)  # the first test starts the session stack too
 

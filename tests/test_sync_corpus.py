@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 import warnings
 from collections import Counter
@@ -32,12 +31,10 @@ import pytest
 
 from calmesh_providers import ical
 from calmesh_sync.engine import build_rows, expand_ical_body
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fakes.feeds import FeedServer  # noqa: E402
-from fakes.reference import reference  # noqa: E402
-from fakes.servers import serve  # noqa: E402
-from fakes.stackutil import as_user, wait_connection  # noqa: E402
+from calmesh_testing.feeds import FeedServer
+from calmesh_testing.reference import reference
+from calmesh_testing.servers import serve
+from calmesh_testing.stackutil import as_user, wait_connection
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(__file__).parent / "data" / "ical-corpus"

@@ -11,23 +11,19 @@ free time. `calmesh_check_availability` with `calendar_slugs` finds a time acros
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from calmesh_common.devstack.supervisor import Stack
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fakes.feeds import FeedServer  # noqa: E402
-from fakes.servers import serve  # noqa: E402
+from calmesh_testing.feeds import FeedServer
+from calmesh_testing.servers import serve
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -26,7 +26,6 @@ import httpx
 import msgspec
 import nats
 import pytest
-import uvicorn
 from cryptography.fernet import Fernet
 from standardwebhooks import Webhook
 
@@ -37,6 +36,7 @@ from calmesh_common.eventstore import EventStore
 from calmesh_common.migrations import apply_migrations, common_migrations, package_migrations
 from calmesh_common.relay import OutboxRelay
 from calmesh_common.settings import Settings
+from calmesh_testing.servers import Served
 from calmesh_webhooks.app import create_app
 
 SECRET = "test-internal-secret"
@@ -114,34 +114,6 @@ class Receiver:
                 await asyncio.wait_for(self.arrived.wait(), 0.05)
             except TimeoutError:
                 pass
-
-
-@dataclass
-class Served:
-    server: uvicorn.Server
-    task: asyncio.Task[None]
-    url: str
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        await self.task
-
-
-async def serve(app: Any, port: int | None = None) -> Served:
-    port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("the server stopped during start-up")
-        if time.monotonic() > deadline:
-            raise RuntimeError("the server did not start")
-        await asyncio.sleep(0.02)
-    return Served(server, task, f"http://127.0.0.1:{port}")
 
 
 # --- a producer of domain events -------------------------------------------------------------------
@@ -247,9 +219,9 @@ async def harness(migrated: str, nats_server_url: str, unique: str) -> AsyncIter
     await migrate_schema(migrated, schema, "calmesh_webhooks")
     await migrate_schema(migrated, source, None)
     receiver = Receiver()
-    received = await serve(receiver)
+    received = await Served(receiver).start()
     app = create_app(_settings(migrated, nats_server_url), schema=schema)
-    service = await serve(app)
+    service = await Served(app).start()
     pool = await asyncpg.create_pool(migrated, min_size=1, max_size=4)
     nc = await nats.connect(nats_server_url)
     relay = OutboxRelay(pool, nc.jetstream(), source, poll_interval=0.2)
@@ -547,7 +519,7 @@ async def test_a_dispatcher_killed_mid_delivery_loses_nothing_and_repeats_only_w
         return 200
 
     path = receiver.on("/crash", hang, hang, hang, 200)
-    received = await serve(receiver)
+    received = await Served(receiver).start()
     env = {
         **os.environ,
         "DATABASE_URL": migrated,
@@ -661,7 +633,7 @@ async def test_through_the_gateway_a_synced_feed_reaches_the_subscriber_signed(s
     receiver = Receiver()
     feed = receiver.on("/feed.ics", (200, {"content-type": "text/calendar"}, FEED))
     hooks = receiver.on("/hooks", 200)
-    served = await serve(receiver)
+    served = await Served(receiver).start()
     suffix = uuid.uuid4().hex[:10]
     try:
         async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as gw:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -32,12 +31,11 @@ import msgspec
 import psutil
 import pytest
 
-from calmesh_booking.testing import Radicale, sign_up_with_caldav
 from calmesh_common.devstack.embedded import free_port
-
-sys.path.insert(0, str(Path(__file__).parent.parent))
-from fakes.servers import serve  # noqa: E402
-from test_stack import Platform, alive, using  # noqa: E402
+from calmesh_testing.booking import sign_up_with_caldav
+from calmesh_testing.calmesh_up import CalmeshUp, alive, using
+from calmesh_testing.radicale import Radicale
+from calmesh_testing.servers import serve
 
 pytestmark = pytest.mark.timeout(480)
 
@@ -83,9 +81,9 @@ def radicale() -> Iterator[Radicale]:
 
 
 @pytest.fixture
-def platform() -> Iterator[Platform]:
+def platform() -> Iterator[CalmeshUp]:
     with tempfile.TemporaryDirectory(prefix="faults-") as tmp:
-        p = Platform(Path(tmp) / "data", free_port())
+        p = CalmeshUp(Path(tmp) / "data", free_port())
         try:
             yield p
         finally:
@@ -106,7 +104,7 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
         yield r, url
 
 
-def victim(platform: Platform, name: str) -> psutil.Process | None:
+def victim(platform: CalmeshUp, name: str) -> psutil.Process | None:
     """The running process of `name` (a service, nats-server or the postmaster) of this stack."""
     assert platform.process is not None
     for p in psutil.Process(platform.process.pid).children():
@@ -123,7 +121,7 @@ def victim(platform: Platform, name: str) -> psutil.Process | None:
     return None
 
 
-def supervisor_lines(platform: Platform) -> str:
+def supervisor_lines(platform: CalmeshUp) -> str:
     """What calmesh-up itself said (exits and restarts), and each service's last lines."""
     text = platform.log.read_text(errors="replace") if platform.log.exists() else ""
     ours = [line for line in text.splitlines() if "calmesh " in line[:30] or "Traceback" in line or "Error" in line[:200]]
@@ -164,7 +162,7 @@ async def book(gw: httpx.AsyncClient, handle: str, start: str, key: str, stop_at
 
 
 async def test_every_acknowledged_booking_survives_every_process_being_killed(
-        platform: Platform, radicale: Radicale, receiver: tuple[Receiver, str]) -> None:
+        platform: CalmeshUp, radicale: Radicale, receiver: tuple[Receiver, str]) -> None:
     rng = random.Random(SEED)
     rec, url = receiver
     platform.extra_env = {"CALMESH_ALLOW_PRIVATE_NETWORKS": "1"}  # Radicale and the receiver are on loopback

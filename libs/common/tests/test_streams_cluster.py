@@ -3,7 +3,7 @@ CALMESH_STREAM_REPLICAS replicas, and the platform's outbox relay and durable co
 working when one of the three servers dies and when it comes back.
 
 The cluster is three `nats-server` processes on loopback joined by cluster routes
-(`calmesh_common.testing.nats_cluster`), as the StatefulSet of deploy/k8s runs them.
+(`calmesh_testing.nats_cluster`), as the StatefulSet of deploy/k8s runs them.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from calmesh_common.migrations import apply_migrations, common_migrations
 from calmesh_common.relay import OutboxRelay
 from calmesh_common.service import connect_nats
 from calmesh_common.streams import STREAMS, stream_name
-from calmesh_common.testing.nats_cluster import NatsCluster
+from calmesh_testing.nats_cluster import NatsCluster
 
 from .conftest import ThingRecorded, eventually
 

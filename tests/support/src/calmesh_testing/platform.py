@@ -5,7 +5,6 @@ in the test's event loop) with settings the test chooses (fake providers, caps, 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import secrets
 import subprocess
@@ -151,17 +150,3 @@ async def running(platform: Platform, *, sync: bool = True, connections: bool = 
         finally:
             platform.connections_url, platform.sync_url = saved if saved[0] else (platform.connections_url, platform.sync_url)
 
-
-async def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:
-    """Poll `predicate` (sync or async) until it returns something truthy."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last = None
-    while loop.time() < deadline:
-        last = predicate()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")

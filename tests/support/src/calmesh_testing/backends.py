@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..devstack.embedded import EmbeddedNats, EmbeddedPostgres
+from calmesh_common.devstack.embedded import EmbeddedNats, EmbeddedPostgres
 
 
 @contextmanager
