@@ -63,7 +63,7 @@ WEEKDAYS_ALL = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 def fill_radicale(radicale: Radicale, calendar: str, count: int, seed: int = 7) -> None:
     """Write `count` events into Radicale's storage for `calendar` (Radicale must not run yet)."""
-    folder = radicale.root / "collections" / "collection-root" / radicale.user / calendar
+    folder = radicale.collection(calendar)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / ".Radicale.props").write_text(json.dumps({"tag": "VCALENDAR", "D:displayname": calendar}))
     rnd = random.Random(seed)
@@ -171,7 +171,7 @@ async def setup(stack: Stack, radicale: Radicale, calendar: str, events: int) ->
         gw.cookies.clear()
         auth = {"Authorization": f"Bearer {key}"}
         r = await gw.post("/api/v1/connections/caldav", headers=auth, json={
-            "url": radicale.calendar_url(calendar), "username": radicale.user, "password": radicale.password})
+            "url": radicale.calendar_url(calendar), "username": radicale.username, "password": radicale.password})
         if r.status_code != 201:
             raise SystemExit(f"connecting Radicale failed: {r.status_code} {r.text}")
         connection = r.json()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,20 +27,9 @@ from calmesh_common.service import Caller, ServiceDeps, create_service_app
 from calmesh_common.settings import Settings
 from calmesh_testing.mollie import FakeMollie
 from calmesh_testing.servers import Served
+from calmesh_testing.wait import wait_for
 
 SECRET = "test-internal-secret"
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("the condition did not hold in time")
-        await asyncio.sleep(0.05)
-
 
 @dataclass
 class Billing:
@@ -166,7 +155,7 @@ async def test_subscribe_pay_renew_fail_grace_and_back_to_free(billing: Billing)
     assert code == 200
     past_due = await billing.status(owner)
     assert past_due["plan"] == "pro" and past_due["status"] == "past_due"
-    ended = await eventually(lambda: _free(billing, owner), timeout=5)
+    ended = await wait_for(lambda: _free(billing, owner), timeout=5)
     assert ended["status"] == "canceled" and ended["limits"]["connections"] == 3
     assert billing.mollie.subscriptions[subscription["id"]]["status"] == "canceled"
 
@@ -203,7 +192,7 @@ async def test_cancel_keeps_pro_until_the_period_ends(billing: Billing) -> None:
     await asyncio.sleep(0.5)  # sweeps run: the period has not ended
     assert (await billing.status(owner))["plan"] == "pro"
     billing.set_clock(parse(active["current_period_end"]) + timedelta(seconds=1))
-    ended = await eventually(lambda: _free(billing, owner), timeout=5)
+    ended = await wait_for(lambda: _free(billing, owner), timeout=5)
     assert ended["status"] == "canceled" and ended["current_period_end"] is None
 
 
@@ -305,7 +294,7 @@ async def test_plan_limits_refuse_with_402_and_an_upgrade_lifts_them_at_once(
             async def created() -> bool:
                 return (await widgets.post("/api/v1/widgets", headers=h)).status_code == 201
 
-            await eventually(created, timeout=5)
+            await wait_for(created, timeout=5)
             assert time.monotonic() - paid_at < 3
     finally:
         await served.stop()
@@ -373,5 +362,5 @@ async def test_usage_counts_connections_and_booking_pages_from_their_events(bill
         usage = (await billing.status(owner))["usage"]
         return usage if usage["connections"] == 1 and usage["booking_pages"] == 2 else None
 
-    usage = await eventually(counted, timeout=10)
+    usage = await wait_for(counted, timeout=10)
     assert usage == {"connections": 1, "booking_pages": 2, "api_requests_today": None}

@@ -14,7 +14,6 @@ What a user relies on:
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,6 +27,7 @@ from calmesh_common.devstack.supervisor import Stack
 from calmesh_testing.booking import PlatformOwner, sign_up_with_caldav
 from calmesh_testing.radicale import Radicale
 from calmesh_testing.servers import serve
+from calmesh_testing.wait import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -81,18 +81,6 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
     r = Receiver()
     async with serve(r) as url:
         yield r, url
-
-
-async def wait_for(check: Any, timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
 
 def page(slug: str, calendar_slug: str) -> dict[str, Any]:
     return {"slug": slug, "calendar_slug": calendar_slug, "title": "Intro call", "duration_minutes": 30,

@@ -11,8 +11,6 @@ held to the same questions.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -27,6 +25,7 @@ from calmesh_common.devstack.supervisor import Stack
 from calmesh_testing.booking import PlatformOwner, sign_up_with_caldav
 from calmesh_testing.radicale import Radicale
 from calmesh_testing.servers import serve
+from calmesh_testing.wait import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -88,18 +87,6 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
     r = Receiver()
     async with serve(r) as url:
         yield r, url
-
-
-async def wait_for(check: Any, timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
 
 def on(day: date, hour: int, minute: int = 0) -> datetime:
     return datetime(day.year, day.month, day.day, hour, minute, tzinfo=AMS)

@@ -16,7 +16,6 @@ What a user relies on (api.md, "Consistency: at once, exactly once", "Holds", "R
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -31,6 +30,7 @@ from calmesh_common.devstack.supervisor import Stack
 from calmesh_testing.booking import PlatformOwner, sign_up_with_caldav
 from calmesh_testing.radicale import Radicale
 from calmesh_testing.servers import serve
+from calmesh_testing.wait import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -59,18 +59,6 @@ async def racing_owner(stack: Stack, radicale: Radicale) -> PlatformOwner:
 @pytest.fixture(scope="module")
 async def other_owner(stack: Stack, radicale: Radicale) -> PlatformOwner:
     return await sign_up_with_caldav(stack.gateway_url, radicale)
-
-
-async def wait_for(check: Any, timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
 
 def on(day: date, hour: int, minute: int = 0) -> datetime:
     return datetime(day.year, day.month, day.day, hour, minute, tzinfo=AMS)

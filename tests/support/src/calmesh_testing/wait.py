@@ -9,8 +9,8 @@ from collections.abc import Callable
 from typing import Any
 
 
-async def wait_for(check: Callable[[], Any], timeout: float = 60.0, *, what: str = "condition",
-                   interval: float = 0.05) -> Any:
+async def wait_for(check: Callable[[], Any], timeout: float = 60.0, interval: float = 0.1, *,
+                   what: str = "condition") -> Any:
     """Call `check` (plain or async) every `interval` seconds until it returns something truthy,
     and return that; fail after `timeout` seconds, naming `what` and the last answer."""
     deadline = time.monotonic() + timeout
