@@ -20,12 +20,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
-import msgspec
 import pytest
 
 from calmesh_common.devstack.supervisor import Stack
 from calmesh_testing.booking import PlatformOwner, sign_up_with_caldav
 from calmesh_testing.radicale import Radicale
+from calmesh_testing.receiver import Receiver
 from calmesh_testing.servers import serve
 from calmesh_testing.wait import wait_for
 
@@ -38,37 +38,6 @@ FEED = (b"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//tests//EN\r\nBEGIN:VEVENT\
         b"END:VEVENT\r\nEND:VCALENDAR\r\n")
 
 
-class Receiver:
-    """A webhook receiver and an iCal feed in one ASGI app: records every delivery's JSON body."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        if scope["path"].endswith(".ics"):
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"text/calendar")]})
-            await send({"type": "http.response.body", "body": FEED})
-            return
-        self.bodies.append(msgspec.json.decode(body))
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
-
-
 @pytest.fixture(scope="module")
 def radicale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Radicale]:
     server = Radicale(tmp_path_factory.mktemp("radicale-write")).start()
@@ -79,6 +48,7 @@ def radicale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Radicale]:
 @pytest.fixture
 async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
     r = Receiver()
+    r.on("/feed.ics", (200, {"content-type": "text/calendar"}, FEED))
     async with serve(r) as url:
         yield r, url
 

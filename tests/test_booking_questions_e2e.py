@@ -18,12 +18,12 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import icalendar
-import msgspec
 import pytest
 
 from calmesh_common.devstack.supervisor import Stack
 from calmesh_testing.booking import PlatformOwner, sign_up_with_caldav
 from calmesh_testing.radicale import Radicale
+from calmesh_testing.receiver import Receiver
 from calmesh_testing.servers import serve
 from calmesh_testing.wait import wait_for
 
@@ -54,32 +54,6 @@ def radicale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Radicale]:
 @pytest.fixture(scope="module")
 async def owner(stack: Stack, radicale: Radicale) -> PlatformOwner:
     return await sign_up_with_caldav(stack.gateway_url, radicale)
-
-
-class Receiver:
-    """Records every webhook delivery's JSON body."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        self.bodies.append(msgspec.json.decode(body))
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
 
 
 @pytest.fixture

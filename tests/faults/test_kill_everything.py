@@ -27,7 +27,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
-import msgspec
 import psutil
 import pytest
 
@@ -35,6 +34,7 @@ from calmesh_common.devstack.embedded import free_port
 from calmesh_testing.booking import sign_up_with_caldav
 from calmesh_testing.calmesh_up import CalmeshUp, alive, using
 from calmesh_testing.radicale import Radicale
+from calmesh_testing.receiver import Receiver
 from calmesh_testing.servers import serve
 
 pytestmark = pytest.mark.timeout(480)
@@ -43,33 +43,6 @@ SEED = 12
 AMS = ZoneInfo("Europe/Amsterdam")
 ALL_WEEK = {d: [["09:00", "17:00"]] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
 SERVICES = ("gateway", "connections", "availability", "booking", "billing", "webhooks", "sync")
-
-
-class Receiver:
-    """Webhook receiver: every delivery's webhook-id and body."""
-
-    def __init__(self) -> None:
-        self.deliveries: list[tuple[str, dict[str, Any]]] = []
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        self.deliveries.append((headers.get("webhook-id", ""), msgspec.json.decode(body)))
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 paid, recurring payments, a failed one and its grace period, cancel, repeated and forged notices.
 
 The billing service runs in-process (uvicorn on a free port) on a schema of its own; Mollie's
-notices go straight to it, with the internal secret the gateway would add."""
+notices go straight to it, with the internal secret the gateway would add. Through the gateway of the
+platform: tests/test_billing_gateway_e2e.py."""
 
 from __future__ import annotations
 
@@ -298,30 +299,6 @@ async def test_plan_limits_refuse_with_402_and_an_upgrade_lifts_them_at_once(
             assert time.monotonic() - paid_at < 3
     finally:
         await served.stop()
-
-
-async def test_through_the_gateway_billing_is_for_sessions_and_mollie_reaches_it_without_auth(stack: Any) -> None:
-    suffix = uuid.uuid4().hex[:10]
-    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as gw:
-        r = await gw.post("/api/v1/auth/signup", json={"email": f"bill-{suffix}@example.com",
-                                                       "password": "a long enough passphrase", "handle": f"bill-{suffix}"})
-        assert r.status_code == 201, r.text
-        r = await gw.get("/api/v1/billing")
-        assert r.status_code == 200, r.text
-        body = r.json()
-        assert (body["plan"], body["status"], body["current_period_end"]) == ("free", "none", None)
-        assert body["limits"] == {"connections": 3, "booking_pages": 2, "api_requests_per_day": 10_000}
-        k = await gw.post("/api/v1/api-keys", json={"name": "k", "scope": "full"},
-                          headers={"X-CSRF-Token": gw.cookies["calmesh_csrf"]})
-        assert k.status_code == 201, k.text
-        gw.cookies.clear()
-        r = await gw.get("/api/v1/billing", headers={"Authorization": f"Bearer {k.json()['key']}"})
-        assert r.status_code == 403 and r.json()["code"] == "insufficient_scope", r.text  # session only
-
-        # Mollie's notice needs no credentials; the platform under test has no Mollie account, so
-        # billing cannot ask Mollie and answers 503: Mollie calls again later, nothing changed.
-        r = await gw.post("/api/v1/billing/mollie/webhook", data={"id": "tr_e2eforged"})
-        assert r.status_code == 503 and r.json()["code"] == "payment_provider_unavailable", r.text
 
 
 async def test_usage_counts_connections_and_booking_pages_from_their_events(billing: Billing, unique: str) -> None:
