@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -19,13 +18,13 @@ import nats
 import pytest
 from cryptography.fernet import Fernet
 
-from calmesh_testing.feeds import FeedServer
+from calmesh_testing.feeds import ICAL_FEEDS, FeedServer
 from calmesh_testing.platform import Platform, private_nats, private_platform, running
 from calmesh_testing.radicale import Radicale, radicale
 from calmesh_testing.servers import serve
 from calmesh_testing.wait import wait_for
 
-FEED = (Path(__file__).parent / "feeds" / "simple.ics").read_text()
+FEED = (ICAL_FEEDS / "simple.ics").read_text()
 
 
 @dataclass

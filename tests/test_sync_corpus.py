@@ -145,7 +145,7 @@ def test_corpus_file_through_the_sync_path(path: Path) -> None:
         if _has_this_and_future(readable):
             # recurring-ical-events gives every occurrence after a RANGE=THISANDFUTURE override
             # that override's RECURRENCE-ID; the sync keeps each instance's own (see
-            # tests/feeds/thisandfuture.ics). Compare everything but the recurrence id there.
+            # calmesh_testing/ical/thisandfuture.ics). Compare everything but the recurrence id there.
             mine = Counter({k[:4] + ("",): v for k, v in mine.items()})
             expected = Counter({k[:4] + ("",): v for k, v in expected.items()})
         if expansion.skipped and sum(mine.values()) < sum(expected.values()):

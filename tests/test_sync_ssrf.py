@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -32,12 +31,12 @@ from calmesh_providers import ICAL_CALENDAR_REF, SourceError, calendar_id_for
 from calmesh_sync.connections_api import ConnectionDetails, ProviderCalendar
 from calmesh_sync.engine import SyncDeps, sync_connection
 from calmesh_sync.worker import _classify
-from calmesh_testing.feeds import FeedServer
+from calmesh_testing.feeds import ICAL_FEEDS, FeedServer
 from calmesh_testing.platform import Platform, private_nats, private_platform, running
 from calmesh_testing.servers import serve
 from calmesh_testing.wait import wait_for
 
-FEEDS = Path(__file__).parent / "feeds"
+FEEDS = ICAL_FEEDS
 
 
 @dataclass

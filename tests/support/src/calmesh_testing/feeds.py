@@ -1,5 +1,6 @@
 """A small iCal feed server (raw ASGI) with ETag / Last-Modified / If-None-Match, redirects, error
-statuses, slow and endless bodies, and a log of every request, for the sync tests."""
+statuses, slow and endless bodies, and a log of every request, for the sync tests; and the
+hand-written regression feeds (`ICAL_FEEDS`, see its README)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ import asyncio
 import hashlib
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from pathlib import Path
 from typing import Any
+
+#: The hand-written iCalendar feeds (README.md there says what each checks).
+ICAL_FEEDS = Path(__file__).with_name("ical")
 
 
 @dataclass
