@@ -29,10 +29,10 @@ import pytest
 
 from calmesh_common.devstack.embedded import free_port
 from calmesh_common.devstack.supervisor import Stack
+from calmesh_testing.backends import private_nats
 from calmesh_testing.google import GoogleFake
 from calmesh_testing.graph import GraphFake
 from calmesh_testing.oauth import OAuthFake
-from calmesh_testing.platform import private_nats
 from calmesh_testing.servers import serve
 from calmesh_testing.wait import wait_for
 

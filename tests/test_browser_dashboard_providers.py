@@ -28,12 +28,13 @@ from playwright.async_api import Browser, expect
 from calmesh_common.devstack.embedded import free_port
 from calmesh_common.devstack.migrate import migrate_all
 from calmesh_common.devstack.supervisor import Stack
+from calmesh_testing.backends import private_nats
 from calmesh_testing.dashboard import shot, sign_up
 from calmesh_testing.google import GoogleFake
 from calmesh_testing.graph import GraphFake
 from calmesh_testing.mollie import FakeMollie
 from calmesh_testing.oauth import OAuthFake
-from calmesh_testing.platform import create_database, private_nats
+from calmesh_testing.platform import create_database
 from calmesh_testing.servers import Served
 
 pytestmark = pytest.mark.timeout(480)

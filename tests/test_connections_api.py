@@ -18,8 +18,9 @@ import nats
 import pytest
 from cryptography.fernet import Fernet
 
+from calmesh_testing.backends import private_nats
 from calmesh_testing.feeds import ICAL_FEEDS, FeedServer
-from calmesh_testing.platform import Platform, private_nats, private_platform, running
+from calmesh_testing.platform import Platform, private_platform, running
 from calmesh_testing.radicale import Radicale, radicale
 from calmesh_testing.servers import serve
 from calmesh_testing.wait import wait_for

@@ -18,10 +18,11 @@ import asyncpg
 import httpx
 import pytest
 
+from calmesh_testing.backends import private_nats
 from calmesh_testing.google import GoogleFake
 from calmesh_testing.graph import GraphFake
 from calmesh_testing.oauth import OAuthFake
-from calmesh_testing.platform import Platform, private_nats, private_platform, running
+from calmesh_testing.platform import Platform, private_platform, running
 from calmesh_testing.servers import free_port, serve
 from calmesh_testing.wait import wait_for
 

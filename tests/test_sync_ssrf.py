@@ -31,8 +31,9 @@ from calmesh_providers import ICAL_CALENDAR_REF, SourceError, calendar_id_for
 from calmesh_sync.connections_api import ConnectionDetails, ProviderCalendar
 from calmesh_sync.engine import SyncDeps, sync_connection
 from calmesh_sync.worker import _classify
+from calmesh_testing.backends import private_nats
 from calmesh_testing.feeds import ICAL_FEEDS, FeedServer
-from calmesh_testing.platform import Platform, private_nats, private_platform, running
+from calmesh_testing.platform import Platform, private_platform, running
 from calmesh_testing.servers import serve
 from calmesh_testing.wait import wait_for
 

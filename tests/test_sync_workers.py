@@ -18,8 +18,9 @@ import asyncpg
 import httpx
 
 from calmesh_sync.rebuild import rebuild_projection
+from calmesh_testing.backends import private_nats
 from calmesh_testing.feeds import FeedServer
-from calmesh_testing.platform import private_nats, private_platform, running
+from calmesh_testing.platform import private_platform, running
 from calmesh_testing.servers import free_port, serve
 from calmesh_testing.wait import wait_for
 

@@ -9,9 +9,8 @@ import contextlib
 import secrets
 import subprocess
 import sys
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,6 @@ import asyncpg
 import httpx
 from cryptography.fernet import Fernet
 
-from calmesh_common.devstack.embedded import EmbeddedNats
 from calmesh_common.devstack.migrate import migrate_all
 from calmesh_common.settings import Settings
 
@@ -40,16 +38,6 @@ async def create_database(server_url: str, name: str) -> str:
     finally:
         await conn.close()
     return database_in(server_url, name)
-
-
-@contextlib.contextmanager
-def private_nats() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="calmesh-test-nats-priv-") as tmp:
-        server = EmbeddedNats(Path(tmp) / "nats")
-        try:
-            yield server.start()
-        finally:
-            server.stop()
 
 
 @dataclass

@@ -13,6 +13,8 @@ from typing import Any
 import msgspec
 from standardwebhooks import Webhook
 
+from .asgi import lifespan, read_body
+
 
 @dataclass
 class Received:
@@ -41,19 +43,9 @@ class Receiver:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+            await lifespan(receive, send)
+            return
+        body = await read_body(receive)
         path = scope["path"]
         headers = {k.decode(): v.decode() for k, v in scope["headers"]}
         self.received.append(Received(path, headers, body, time.time()))
