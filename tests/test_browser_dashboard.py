@@ -107,7 +107,7 @@ async def test_a_newcomer_signs_up_connects_two_calendars_and_sees_the_merged_we
     radicale.put_event(calendar, "dentist@test", this_week_at(2, 10, 30), this_week_at(2, 11, 30), "Dentist")
     caldav = page.locator("#add-caldav")
     await caldav.get_by_label("CalDAV URL").fill(radicale.calendar_url(calendar))
-    await caldav.get_by_label("Username").fill(radicale.user)
+    await caldav.get_by_label("Username").fill(radicale.username)
     await caldav.get_by_label("Password").fill("wrong password")
     await caldav.get_by_role("button", name="Add CalDAV").click()
     await expect(caldav.locator(".field-error, .form-alert:not([hidden])").first).to_be_visible()

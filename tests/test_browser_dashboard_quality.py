@@ -68,7 +68,7 @@ async def account(stack: Stack, browser: Browser, feed: str, radicale: Radicale)
     radicale.put_event(handle, "dentist@test", this_week_at(2, 10, 30), this_week_at(2, 11, 30), "Dentist")
     connections = [await call("POST", "/connections/ical", {"url": feed}),
                    await call("POST", "/connections/caldav", {"url": radicale.calendar_url(handle),
-                                                              "username": radicale.user, "password": radicale.password})]
+                                                              "username": radicale.username, "password": radicale.password})]
     deadline = time.monotonic() + 60
     for connection in connections:
         while (await call("GET", f"/connections/{connection['id']}"))["status"] != "active":
