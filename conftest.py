@@ -1,4 +1,4 @@
-"""Session-wide servers for every test in the repository (see calmesh_common.testing)."""
+"""Session-wide servers for every test in the repository (see calmesh_testing.backends)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import pytest
 from calmesh_common.devstack.embedded import free_port
 from calmesh_common.devstack.migrate import migrate_all
 from calmesh_common.devstack.supervisor import Stack
-from calmesh_common.testing import nats_url as _nats_url
-from calmesh_common.testing import postgres_url as _postgres_url
+from calmesh_testing.backends import nats_url as _nats_url
+from calmesh_testing.backends import postgres_url as _postgres_url
 
 os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
 

@@ -59,6 +59,7 @@ import httpx
 
 from calmesh_common.devstack.embedded import free_port
 from calmesh_common.devstack.supervisor import Stack
+from calmesh_testing.radicale import Radicale
 from calmesh_common.intervals import (
     clip_blocks,
     dedupe_mirrors,
@@ -174,63 +175,30 @@ def ics(ev: Ev) -> str:
     return "\r\n".join(lines)
 
 
-class Radicale:
-    """A Radicale server on loopback whose storage is written directly (one .ics per event)."""
+BENCH_USER, BENCH_PASSWORD = "bench", "bench-password"
 
-    USER, PASSWORD = "bench", "bench-password"
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
+def write_calendars(radicale: Radicale, calendars: list[list[Ev]]) -> None:
+    """Write the calendars straight into Radicale's storage (one .ics per event), before it starts."""
+    for index, events in enumerate(calendars):
+        folder = radicale.collection(f"cal{index}")
+        folder.mkdir(parents=True)
+        (folder / ".Radicale.props").write_text(json.dumps({
+            "tag": "VCALENDAR", "D:displayname": f"Bench {index}", "C:supported-calendar-component-set": "VEVENT"}))
+        for n, ev in enumerate(events):
+            (folder / f"e{n}.ics").write_text(ics(ev), newline="")
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
-    def write(self, calendars: list[list[Ev]]) -> None:
-        home = self.root / "store" / "collection-root" / self.USER
-        for index, events in enumerate(calendars):
-            folder = home / f"cal{index}"
-            folder.mkdir(parents=True)
-            (folder / ".Radicale.props").write_text(json.dumps({
-                "tag": "VCALENDAR", "D:displayname": f"Bench {index}", "C:supported-calendar-component-set": "VEVENT"}))
-            for n, ev in enumerate(events):
-                (folder / f"e{n}.ics").write_text(ics(ev), newline="")
-        (self.root / "users").write_text(f"{self.USER}:{self.PASSWORD}\n")
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "radicale", "--storage-filesystem-folder", str(self.root / "store"),
-             "--server-hosts", f"127.0.0.1:{self.port}", "--auth-type", "htpasswd",
-             "--auth-htpasswd-filename", str(self.root / "users"), "--auth-htpasswd-encryption", "plain",
-             "--logging-level", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                httpx.get(self.url + "/.web/", timeout=1)
-                return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError("Radicale did not start")
-
-    def warm(self) -> None:
-        """Have Radicale read every item once (it caches them), so that neither CalMesh's first sync
-        nor the measured free-busy answers pay for parsing files Radicale has never seen."""
-        with httpx.Client(auth=(self.USER, self.PASSWORD), timeout=1800) as client:
-            for cal in range(SOURCES):
-                r = client.request("REPORT", f"{self.url}/{self.USER}/cal{cal}/", headers={
-                    "Content-Type": "application/xml", "Depth": "1"}, content=FREE_BUSY.format(
-                        start="19700101T000000Z", end="20991231T000000Z"))
-                r.raise_for_status()
-            client.request("PROPFIND", f"{self.url}/{self.USER}/", headers={"Depth": "1"}).raise_for_status()
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
+def warm_radicale(radicale: Radicale) -> None:
+    """Have Radicale read every item once (it caches them), so that neither CalMesh's first sync
+    nor the measured free-busy answers pay for parsing files Radicale has never seen."""
+    with httpx.Client(auth=radicale.auth, timeout=1800) as client:
+        for cal in range(SOURCES):
+            r = client.request("REPORT", radicale.calendar_url(f"cal{cal}"), headers={
+                "Content-Type": "application/xml", "Depth": "1"}, content=FREE_BUSY.format(
+                    start="19700101T000000Z", end="20991231T000000Z"))
+            r.raise_for_status()
+        client.request("PROPFIND", f"{radicale.url}/{radicale.username}/", headers={"Depth": "1"}).raise_for_status()
 
 
 FREE_BUSY = """<?xml version="1.0" encoding="utf-8"?>
@@ -340,12 +308,12 @@ def radicale_free_busy(radicale: Radicale, start: datetime, end: datetime, round
     body = FREE_BUSY.format(start=start.strftime("%Y%m%dT%H%M%SZ"), end=end.strftime("%Y%m%dT%H%M%SZ"))
     samples = []
     periods = 0
-    with httpx.Client(auth=(Radicale.USER, Radicale.PASSWORD), timeout=600) as client:
+    with httpx.Client(auth=radicale.auth, timeout=600) as client:
         for i in range(rounds + 1):
             t0 = time.perf_counter()
             periods = 0
             for cal in range(SOURCES):
-                r = client.request("REPORT", f"{radicale.url}/{Radicale.USER}/cal{cal}/", content=body,
+                r = client.request("REPORT", radicale.calendar_url(f"cal{cal}"), content=body,
                                    headers={"Content-Type": "application/xml", "Depth": "1"})
                 r.raise_for_status()
                 periods += r.text.count("FREEBUSY;")
@@ -475,7 +443,7 @@ def set_up_calendar(gateway: str, radicale: Radicale, expected: int, timeout: fl
     r.raise_for_status()
     csrf = {"X-CSRF-Token": client.cookies["calmesh_csrf"]}
     r = client.post("/api/v1/connections/caldav", headers=csrf, json={
-        "url": f"{radicale.url}/{Radicale.USER}/", "username": Radicale.USER, "password": Radicale.PASSWORD})
+        "url": f"{radicale.url}/{radicale.username}/", "username": radicale.username, "password": radicale.password})
     if r.status_code != 201:
         raise RuntimeError(f"POST /connections/caldav answered {r.status_code}: {r.text[:300]}")
     connection_id = r.json()["id"]
@@ -582,13 +550,13 @@ def platform_bench(args: argparse.Namespace) -> bool:
     expected = sum(len(cal) for cal in calendars)  # all inside the synced window (90 days back, 400 ahead)
     first = (now + timedelta(days=1)).date()
     with tempfile.TemporaryDirectory(prefix="calmesh-avail-bench-") as tmp:
-        radicale = Radicale(Path(tmp) / "radicale")
+        radicale = Radicale(Path(tmp) / "radicale", BENCH_USER, BENCH_PASSWORD)
         feeds = None
         if sparse:
-            radicale.write(calendars)
+            write_calendars(radicale, calendars)
             radicale.start()
             print(f"Radicale: {SOURCES} calendars x {args.events:,} events written; warming its cache…", flush=True)
-            radicale.warm()
+            warm_radicale(radicale)
         if dense:
             feeds, feed_url, dense_expected = serve_feeds(Path(tmp) / "feeds", args.dense_events, first)
         stack = Stack(

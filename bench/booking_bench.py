@@ -48,9 +48,12 @@ import asyncpg
 import httpx
 import psutil
 
-from calmesh_booking.testing import Radicale
 from calmesh_common.devstack.embedded import free_port
 from calmesh_common.devstack.supervisor import Stack
+try:
+    from calmesh_testing.radicale import Radicale
+except ImportError:  # bench/seams_bench.py --baseline-tree runs these helpers on an older tree's packages
+    from calmesh_booking.testing import Radicale  # type: ignore[no-redef]
 
 from benchkit import record
 
@@ -63,7 +66,8 @@ WEEKDAYS_ALL = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 def fill_radicale(radicale: Radicale, calendar: str, count: int, seed: int = 7) -> None:
     """Write `count` events into Radicale's storage for `calendar` (Radicale must not run yet)."""
-    folder = radicale.root / "collections" / "collection-root" / radicale.user / calendar
+    # root/collections and auth[0] (the user): the same in the older trees' Radicale harness.
+    folder = radicale.root / "collections" / "collection-root" / radicale.auth[0] / calendar
     folder.mkdir(parents=True, exist_ok=True)
     (folder / ".Radicale.props").write_text(json.dumps({"tag": "VCALENDAR", "D:displayname": calendar}))
     rnd = random.Random(seed)
@@ -171,7 +175,7 @@ async def setup(stack: Stack, radicale: Radicale, calendar: str, events: int) ->
         gw.cookies.clear()
         auth = {"Authorization": f"Bearer {key}"}
         r = await gw.post("/api/v1/connections/caldav", headers=auth, json={
-            "url": radicale.calendar_url(calendar), "username": radicale.user, "password": radicale.password})
+            "url": radicale.calendar_url(calendar), "username": radicale.auth[0], "password": radicale.password})
         if r.status_code != 201:
             raise SystemExit(f"connecting Radicale failed: {r.status_code} {r.text}")
         connection = r.json()

@@ -77,10 +77,9 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from booking_bench import (  # noqa: E402  (one set of booking helpers for the benches)
-    Connection, CpuMeter, book_requests, fill_radicale, free_slots, pct, settle, setup, throughput,
+    Connection, CpuMeter, Radicale, book_requests, fill_radicale, free_slots, pct, settle, setup, throughput,
 )
 
-from calmesh_booking.testing import Radicale  # noqa: E402
 from calmesh_common.devstack.embedded import free_port  # noqa: E402
 from calmesh_common.devstack.supervisor import Stack  # noqa: E402
 from calmesh_common.service import SECRET_HEADER  # noqa: E402
@@ -478,7 +477,7 @@ def main() -> None:
     holds_alone, warm_up = 150, WARM_UP
     with tempfile.TemporaryDirectory(prefix="calmesh-seams-bench-") as tmp:
         radicale, stack = start_platform(Path(tmp), args.events)
-        folder = radicale.root / "collections" / "collection-root" / radicale.user / "bench"
+        folder = radicale.collection("bench")
         watch = StorageWatch(folder).start()
         try:
             handle, key = asyncio.run(setup(stack, radicale, "bench", args.events))

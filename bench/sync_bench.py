@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import sys
 import time
 import warnings
 from datetime import UTC, datetime, timedelta
@@ -27,13 +26,12 @@ import icalendar
 import recurring_ical_events
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
 
-from calmesh_common.testing import nats_url, postgres_url  # noqa: E402
-from fakes.feeds import FeedServer  # noqa: E402
-from fakes.platform import private_platform, running, wait_for  # noqa: E402
-
-from fakes.servers import serve  # noqa: E402
+from calmesh_testing.backends import nats_url, postgres_url
+from calmesh_testing.feeds import FeedServer
+from calmesh_testing.platform import private_platform, running
+from calmesh_testing.servers import serve
+from calmesh_testing.wait import wait_for
 
 from benchkit import record
 
@@ -157,29 +155,15 @@ def seed_radicale_files(folder: Path, user: str, calendar: str, events: int) -> 
 
 
 async def caldav_change(server_url: str, nats: str) -> None:
-    import subprocess
     import tempfile
 
-    from fakes.radicale import Radicale
-    from fakes.servers import free_port
+    from calmesh_testing.radicale import Radicale
 
     with tempfile.TemporaryDirectory(prefix="calmesh-bench-radicale-") as tmp:
-        folder = Path(tmp)
-        (folder / "users").write_text("bench:bench\n")
-        seed_radicale_files(folder / "store", "bench", "big", 5000)
-        port = free_port()
-        process = subprocess.Popen([sys.executable, "-m", "radicale", f"--server-hosts=127.0.0.1:{port}", "--auth-type=htpasswd",
-                                    f"--auth-htpasswd-filename={folder / 'users'}", "--auth-htpasswd-encryption=plain",
-                                    f"--storage-filesystem-folder={folder / 'store'}", "--logging-level=warning"],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        dav = Radicale(Path(tmp), "bench", "bench")
+        seed_radicale_files(dav.store, "bench", "big", 5000)
+        dav.start()
         try:
-            dav = Radicale(f"http://127.0.0.1:{port}", "bench", "bench", folder / "store")
-            for _ in range(300):
-                try:
-                    httpx.get(dav.url + "/.web/", timeout=1)
-                    break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
             # Radicale builds its caches on the first listing of a fresh folder: not ours to time.
             warm = httpx.request("PROPFIND", f"{dav.url}/bench/big/", auth=("bench", "bench"), headers={"Depth": "1"}, timeout=600)
             assert warm.status_code == 207, warm.status_code
@@ -224,12 +208,7 @@ async def caldav_change(server_url: str, nats: str) -> None:
                               "objects is most of it): " + ", ".join(f"{a * 1000:.0f}/{b * 1000:.0f} ms" for a, b in parts))
                     await db.close()
         finally:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            dav.stop()
 
 
 async def main() -> None:

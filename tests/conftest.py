@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 from litestar import Litestar, Response, get, post
 from playwright.async_api import Browser, async_playwright
 
-from calmesh_booking.testing import Radicale, Served
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fakes.dashboard import CHROMIUM, CHROMIUM_ARGS, ics, this_week_at  # noqa: E402
+from calmesh_testing.browser import CHROMIUM, CHROMIUM_ARGS
+from calmesh_testing.dashboard import ics, this_week_at
+from calmesh_testing.radicale import Radicale
+from calmesh_testing.servers import Served
 
 
 @pytest.fixture(scope="module")

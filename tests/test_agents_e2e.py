@@ -24,13 +24,12 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from calmesh_booking.testing import PlatformOwner, Radicale, sign_up_with_caldav
 from calmesh_common.devstack.embedded import free_port
 from calmesh_common.devstack.supervisor import Stack
+from calmesh_testing import npm
+from calmesh_testing.booking import PlatformOwner, sign_up_with_caldav
+from calmesh_testing.radicale import Radicale
 from calmesh_tools import TOOLS
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fakes import npm  # noqa: E402
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -215,7 +214,7 @@ def _flow(call: Callable[[str, dict[str, Any]], dict[str, Any]], rest: httpx.Cli
                                            if k in stable}
     second = ok(tool("calmesh_start_credential_connection", {
         "provider": "caldav", "url": owner.radicale.calendar_url(owner.calendar),
-        "username": owner.radicale.user, "password": owner.radicale.password}))["id"]
+        "username": owner.radicale.username, "password": owner.radicale.password}))["id"]
     assert rest.get(f"connections/{second}").json()["provider"] == "caldav"
     r = tool("calmesh_start_oauth_connection", {"provider": "google"})
     direct = rest.post("connections/google", json={})

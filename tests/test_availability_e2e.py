@@ -11,25 +11,20 @@ source removed from the calendar leaves the reads.
 
 from __future__ import annotations
 
-import asyncio
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from calmesh_common.devstack.supervisor import Stack
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fakes.feeds import FeedServer  # noqa: E402
-from fakes.radicale import Radicale, radicale  # noqa: E402
-from fakes.servers import serve  # noqa: E402
+from calmesh_testing.feeds import FeedServer
+from calmesh_testing.radicale import Radicale, radicale
+from calmesh_testing.servers import serve
+from calmesh_testing.wait import wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -81,18 +76,6 @@ class World:
 def dav_server() -> Iterator[Radicale]:
     with radicale() as server:
         yield server
-
-
-async def wait_for(check: Any, what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
-
 
 async def account(gw: httpx.AsyncClient, scopes: tuple[str, ...]) -> dict[str, str]:
     suffix = uuid.uuid4().hex[:10]
@@ -146,7 +129,7 @@ async def world(stack: Stack, dav_server: Radicale) -> AsyncIterator[World]:
             return got["status"] == "active" and got["last_synced_at"] is not None and bool(got["calendars"])
 
         for c in (dav, ical):
-            await wait_for(lambda c=c: active(c["id"]), f"the first sync of {c['provider']}")
+            await wait_for(lambda c=c: active(c["id"]), what=f"the first sync of {c['provider']}", interval=0.2)
         dav_cal = [c for c in (await gw.get(f"/api/v1/connections/{dav['id']}", headers=auth)).json()["calendars"]]
         r = await gw.post("/api/v1/calendars", headers=auth, json={
             "slug": "merged", "name": "Merged", "timezone": ZONE,
@@ -322,7 +305,7 @@ async def test_a_removed_source_leaves_the_reads(world: World) -> None:
 
     # The connections service publishes the change; every availability replica drops its cached
     # calendar on receipt (milliseconds), so the next reads no longer see the source.
-    await wait_for(feed_gone, "the removed source to leave availability", timeout=2.0)
+    await wait_for(feed_gone, what="the removed source to leave availability", interval=0.2, timeout=2.0)
     assert time.monotonic() - removed_at < 2.0
     after = await world.gw.get("/api/v1/calendars/merged/events", headers=world.auth("read"),
                                params={"start": z(at(0)), "end": z(at(23))})

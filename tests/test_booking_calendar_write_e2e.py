@@ -14,23 +14,20 @@ What a user relies on:
 from __future__ import annotations
 
 import asyncio
-import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
-import msgspec
 import pytest
 
-from calmesh_booking.testing import PlatformOwner, Radicale, sign_up_with_caldav
 from calmesh_common.devstack.supervisor import Stack
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fakes.servers import serve  # noqa: E402
+from calmesh_testing.booking import PlatformOwner, sign_up_with_caldav
+from calmesh_testing.radicale import Radicale
+from calmesh_testing.receiver import Receiver
+from calmesh_testing.servers import serve
+from calmesh_testing.wait import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -39,37 +36,6 @@ ALL_WEEK = {d: [["09:00", "17:00"]] for d in ("mon", "tue", "wed", "thu", "fri",
 FEED = (b"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//tests//EN\r\nBEGIN:VEVENT\r\nUID:feed-1\r\n"
         b"DTSTAMP:20260101T000000Z\r\nDTSTART:20300101T090000Z\r\nDTEND:20300101T100000Z\r\nSUMMARY:Feed\r\n"
         b"END:VEVENT\r\nEND:VCALENDAR\r\n")
-
-
-class Receiver:
-    """A webhook receiver and an iCal feed in one ASGI app: records every delivery's JSON body."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        if scope["path"].endswith(".ics"):
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"text/calendar")]})
-            await send({"type": "http.response.body", "body": FEED})
-            return
-        self.bodies.append(msgspec.json.decode(body))
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
 
 
 @pytest.fixture(scope="module")
@@ -82,20 +48,9 @@ def radicale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Radicale]:
 @pytest.fixture
 async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
     r = Receiver()
+    r.on("/feed.ics", (200, {"content-type": "text/calendar"}, FEED))
     async with serve(r) as url:
         yield r, url
-
-
-async def wait_for(check: Any, timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
 
 def page(slug: str, calendar_slug: str) -> dict[str, Any]:
     return {"slug": slug, "calendar_slug": calendar_slug, "title": "Intro call", "duration_minutes": 30,

@@ -21,8 +21,10 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from calmesh_booking.testing import PlatformOwner, Radicale, sign_up_with_caldav
 from calmesh_common.devstack.supervisor import Stack
+from calmesh_testing.booking import PlatformOwner, sign_up_with_caldav
+from calmesh_testing.radicale import Radicale
+from calmesh_testing.wait import wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -35,18 +37,6 @@ def radicale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Radicale]:
     server = Radicale(tmp_path_factory.mktemp("radicale")).start()
     yield server
     server.stop()
-
-
-async def wait_for(check: Any, timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
 
 @pytest.fixture(scope="module")
 async def owner(stack: Stack, radicale: Radicale) -> PlatformOwner:

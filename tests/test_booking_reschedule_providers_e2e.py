@@ -2,7 +2,7 @@
 Rescheduling: "the provider event is moved in place (same UID, not deleted and created again)").
 
 The whole platform as processes (its own stack, on a private database and NATS, configured for the
-local fakes of Google Calendar v3, Microsoft Graph and their OAuth server in tests/fakes/): a user
+local fakes of Google Calendar v3, Microsoft Graph and their OAuth server in calmesh_testing): a user
 connects Google and Microsoft through the OAuth flow, makes a unified calendar of each with a
 booking page on it; a visitor books, then reschedules with the booking's `reschedule_url`. At the
 provider the event is the same one — same id, same iCalUID — at the new time, and there is no
@@ -12,11 +12,10 @@ second event; Google's `sequence` went up and its etag changed, Graph's `changeK
 from __future__ import annotations
 
 import asyncio
-import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -30,13 +29,12 @@ import pytest
 
 from calmesh_common.devstack.embedded import free_port
 from calmesh_common.devstack.supervisor import Stack
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fakes.google import GoogleFake  # noqa: E402
-from fakes.graph import GraphFake  # noqa: E402
-from fakes.oauth import OAuthFake  # noqa: E402
-from fakes.platform import private_nats  # noqa: E402
-from fakes.servers import serve  # noqa: E402
+from calmesh_testing.backends import private_nats
+from calmesh_testing.google import GoogleFake
+from calmesh_testing.graph import GraphFake
+from calmesh_testing.oauth import OAuthFake
+from calmesh_testing.servers import serve
+from calmesh_testing.wait import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -50,16 +48,6 @@ def on(day: date, hour: int, minute: int = 0) -> datetime:
 
 def z(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-async def wait_for(check: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-    return result
-
 
 @pytest.fixture(scope="module")
 def private_database(database_url: str) -> Iterator[str]:
@@ -222,7 +210,7 @@ async def test_a_reschedule_on_google_patches_the_same_event(world: World, owner
         events = world.google.events_of("primary")
         return events[0] if len(events) == 1 and events[0]["start"]["dateTime"] == s0 else None
 
-    before = dict(await wait_for(written, "the booking's event at Google"))
+    before = dict(await wait_for(written, what="the booking's event at Google"))
     assert before["iCalUID"] == f"{booking['id']}@calmesh.xyz"
     await reschedule(world, booking, s1)
 
@@ -230,7 +218,7 @@ async def test_a_reschedule_on_google_patches_the_same_event(world: World, owner
         events = world.google.events_of("primary", include_cancelled=True)
         return events[0] if len(events) == 1 and events[0]["start"]["dateTime"] == s1 else None
 
-    after = await wait_for(moved, "the Google event to move")
+    after = await wait_for(moved, what="the Google event to move")
     assert (after["id"], after["iCalUID"], after["status"]) == (before["id"], before["iCalUID"], "confirmed")
     assert after["end"]["dateTime"] == z(on(day, 14, 30))
     assert after["sequence"] == before["sequence"] + 1 and after["etag"] != before["etag"]
@@ -249,14 +237,14 @@ async def test_a_reschedule_on_microsoft_patches_the_same_event(world: World, ow
         events = world.graph.events_of("AAMkCAL1")
         return events[0] if len(events) == 1 and events[0]["start"]["dateTime"] == graph_s0 else None
 
-    before = dict(await wait_for(written, "the booking's event at Microsoft"))
+    before = dict(await wait_for(written, what="the booking's event at Microsoft"))
     await reschedule(world, booking, s1)
 
     def moved() -> dict[str, Any] | None:
         events = world.graph.events_of("AAMkCAL1")
         return events[0] if len(events) == 1 and events[0]["start"]["dateTime"] == s1.replace("Z", ".0000000") else None
 
-    after = await wait_for(moved, "the Graph event to move")
+    after = await wait_for(moved, what="the Graph event to move")
     assert (after["id"], after["iCalUId"]) == (before["id"], before["iCalUId"])
     assert after["end"] == {"dateTime": z(on(day, 14, 30)).replace("Z", ".0000000"), "timeZone": "UTC"}
     assert after["changeKey"] != before["changeKey"]

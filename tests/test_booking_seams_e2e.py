@@ -16,24 +16,21 @@ What a user relies on (api.md, "Consistency: at once, exactly once", "Holds", "R
 from __future__ import annotations
 
 import asyncio
-import sys
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
-import msgspec
 import pytest
 
-from calmesh_booking.testing import PlatformOwner, Radicale, sign_up_with_caldav
 from calmesh_common.devstack.supervisor import Stack
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fakes.servers import serve  # noqa: E402
+from calmesh_testing.booking import PlatformOwner, sign_up_with_caldav
+from calmesh_testing.radicale import Radicale
+from calmesh_testing.receiver import Receiver
+from calmesh_testing.servers import serve
+from calmesh_testing.wait import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -62,18 +59,6 @@ async def racing_owner(stack: Stack, radicale: Radicale) -> PlatformOwner:
 @pytest.fixture(scope="module")
 async def other_owner(stack: Stack, radicale: Radicale) -> PlatformOwner:
     return await sign_up_with_caldav(stack.gateway_url, radicale)
-
-
-async def wait_for(check: Any, timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
 
 def on(day: date, hour: int, minute: int = 0) -> datetime:
     return datetime(day.year, day.month, day.day, hour, minute, tzinfo=AMS)
@@ -206,32 +191,6 @@ async def test_a_hold_is_busy_in_availability_at_once(stack: Stack, other_owner:
         read_key = await gw.post("/api/v1/booking-pages/holds/holds", params={"handle": owner.handle},
                                  json={"start": s}, headers=owner.auth)
         assert read_key.status_code == 201  # a full key may hold too
-
-
-class Receiver:
-    """Records every webhook delivery's JSON body."""
-
-    def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        self.bodies.append(msgspec.json.decode(body))
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
 
 
 @pytest.fixture

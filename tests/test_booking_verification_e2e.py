@@ -14,19 +14,19 @@ import asyncio
 import email
 import email.policy
 import re
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
 import httpx
 import pytest
 
-from calmesh_booking.testing import PlatformOwner, Radicale, sign_up_with_caldav
 from calmesh_common.devstack.supervisor import Stack
+from calmesh_testing.booking import PlatformOwner, sign_up_with_caldav
+from calmesh_testing.radicale import Radicale
+from calmesh_testing.wait import wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -44,18 +44,6 @@ def radicale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Radicale]:
 @pytest.fixture(scope="module")
 async def owner(stack: Stack, radicale: Radicale) -> PlatformOwner:
     return await sign_up_with_caldav(stack.gateway_url, radicale)
-
-
-async def wait_for(check: Any, timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
 
 def on(day: date, hour: int, minute: int = 0) -> str:
     return datetime(day.year, day.month, day.day, hour, minute, tzinfo=AMS).astimezone(UTC).strftime(

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import email
 import email.policy
-import os
 import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,21 +19,16 @@ import pytest
 from litestar import Litestar, Response, get
 from playwright.async_api import Browser, Frame, FrameLocator, Page, async_playwright, expect
 
-from calmesh_booking.testing import PlatformOwner, Radicale, Served, sign_up_with_caldav
 from calmesh_common.devstack.supervisor import Stack
+from calmesh_testing.booking import PlatformOwner, sign_up_with_caldav
+from calmesh_testing.browser import CHROMIUM, CHROMIUM_ARGS, artifacts
+from calmesh_testing.radicale import Radicale
+from calmesh_testing.servers import Served
 
 pytestmark = pytest.mark.timeout(180)
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 ALL_WEEK = {d: [["08:00", "20:00"]] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
 
-
-def artifacts() -> Path:
-    path = Path(os.environ.get("CALMESH_TEST_ARTIFACTS", "test-artifacts")) / "browser"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @dataclass
@@ -157,14 +150,14 @@ async def test_public_page_books_a_slot_by_keyboard(browser: Browser, site: Site
     await expect(page.get_by_role("main")).to_be_visible()
     # The visitor's timezone is detected, and can be changed.
     await expect(page.get_by_label("Your time zone")).to_have_value("America/New_York")
-    await page.screenshot(path=str(artifacts() / "page-days.png"), full_page=True)
+    await page.screenshot(path=str(artifacts("browser") / "page-days.png"), full_page=True)
 
     chosen = await book_in(page, name="Kim Keyboard", email="kim@example.org", keyboard_page=page)
     await expect(page.locator("#done-heading")).to_be_focused()
     await assert_no_inline_script_and_no_csp_violation(page, page)
     cancel_href = await page.locator("#cancel-link").get_attribute("href")
     assert cancel_href and "?booking=bk_" in cancel_href and "&sig=" in cancel_href
-    await page.screenshot(path=str(artifacts() / "page-confirmed.png"), full_page=True)
+    await page.screenshot(path=str(artifacts("browser") / "page-confirmed.png"), full_page=True)
 
     mine = [b for b in await bookings_of(site) if b["email"] == "kim@example.org"]
     assert len(mine) == 1 and mine[0]["status"] == "confirmed" and mine[0]["timezone"] == "America/New_York"
@@ -179,7 +172,7 @@ async def test_public_page_books_a_slot_by_keyboard(browser: Browser, site: Site
     await page.get_by_role("button", name="Cancel booking").click()
     await expect(page.locator("#status")).to_contain_text("cancelled")
     await assert_no_inline_script_and_no_csp_violation(page, page, config=False)
-    await page.screenshot(path=str(artifacts() / "page-cancelled.png"), full_page=True)
+    await page.screenshot(path=str(artifacts("browser") / "page-cancelled.png"), full_page=True)
     mine = [b for b in await bookings_of(site) if b["email"] == "kim@example.org"]
     assert mine[0]["status"] == "cancelled" and mine[0]["cancelled_by"] == "visitor"
     await page.context.close()
@@ -224,7 +217,7 @@ async def test_embed_inline_books_and_fits_its_content(browser: Browser, site: S
     content_height = await frame.locator("html").evaluate("e => Math.ceil(e.getBoundingClientRect().height)")
     await page.wait_for_function(
         "h => Math.abs(parseInt(document.querySelector('iframe').style.height) - h) <= 2", arg=content_height)
-    await page.screenshot(path=str(artifacts() / "embed-inline-confirmed.png"), full_page=True)
+    await page.screenshot(path=str(artifacts("browser") / "embed-inline-confirmed.png"), full_page=True)
     assert [b["status"] for b in await bookings_of(site) if b["email"] == "ines@example.org"] == ["confirmed"]
     await page.context.close()
 
@@ -239,12 +232,12 @@ async def test_embed_popup_opens_a_modal_that_books(browser: Browser, site: Site
     await button.click()
     dialog = page.get_by_role("dialog", name="Book a time")
     await expect(dialog).to_be_visible()
-    await page.screenshot(path=str(artifacts() / "embed-popup-open.png"))
+    await page.screenshot(path=str(artifacts("browser") / "embed-popup-open.png"))
     frame = page.frame_locator("[role=dialog] iframe")
     await expect(frame.get_by_label("Your time zone")).to_have_value("Asia/Tokyo")
     await book_in(frame, name="Pat Popup", email="pat@example.org")
     await assert_no_inline_script_and_no_csp_violation(page, frame)
-    await page.screenshot(path=str(artifacts() / "embed-popup-confirmed.png"))
+    await page.screenshot(path=str(artifacts("browser") / "embed-popup-confirmed.png"))
     await page.keyboard.press("Escape")
     await expect(dialog).to_be_hidden()
     await expect(button).to_be_focused()
@@ -273,7 +266,7 @@ async def test_a_page_that_requires_verification_holds_the_time_until_the_mailed
     await expect(page.locator("#done-heading")).to_have_text("Check your email", timeout=15_000)
     await expect(page.locator("#done-verify-email")).to_have_text(address)
     await expect(page.locator("#done-cancel")).to_be_hidden()
-    await page.screenshot(path=str(artifacts() / "page-verify-pending.png"), full_page=True)
+    await page.screenshot(path=str(artifacts("browser") / "page-verify-pending.png"), full_page=True)
     assert not [b for b in await bookings_of(site) if b["email"] == address]
 
     # The mailed link opens a page without a script; its button confirms.
@@ -290,7 +283,7 @@ async def test_a_page_that_requires_verification_holds_the_time_until_the_mailed
     await expect(page.get_by_role("heading", name="Confirm your booking")).to_be_visible()
     await page.get_by_role("button", name="Confirm booking").click()
     await expect(page.get_by_role("heading", name="Booking confirmed")).to_be_visible(timeout=15_000)
-    await page.screenshot(path=str(artifacts() / "page-verified.png"), full_page=True)
+    await page.screenshot(path=str(artifacts("browser") / "page-verified.png"), full_page=True)
     mine = [b for b in await bookings_of(site) if b["email"] == address]
     assert len(mine) == 1 and mine[0]["status"] == "confirmed"
     await page.context.close()
@@ -326,7 +319,7 @@ async def test_the_mailed_reschedule_link_moves_the_booking_on_the_public_page(
     await slot.click()
     await page.get_by_role("button", name="Move booking").click()
     await expect(page.get_by_role("heading", name="Your booking has moved")).to_be_visible(timeout=15_000)
-    await page.screenshot(path=str(artifacts() / "page-rescheduled.png"), full_page=True)
+    await page.screenshot(path=str(artifacts("browser") / "page-rescheduled.png"), full_page=True)
     await assert_no_inline_script_and_no_csp_violation(page, page)
 
     moved = next(b for b in await bookings_of(site) if b["email"] == address)

@@ -6,23 +6,20 @@ to $CALMESH_TEST_ARTIFACTS."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from playwright.async_api import Browser, async_playwright, expect
 
-from calmesh_booking.testing import PlatformOwner, Radicale, sign_up_with_caldav
 from calmesh_common.devstack.supervisor import Stack
+from calmesh_testing.booking import PlatformOwner, sign_up_with_caldav
+from calmesh_testing.browser import CHROMIUM, CHROMIUM_ARGS, artifacts
+from calmesh_testing.radicale import Radicale
 
 pytestmark = pytest.mark.timeout(180)
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 ALL_WEEK = {d: [["08:00", "20:00"]] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
 QUESTIONS = [
     {"id": "company", "label": "Company", "type": "text", "required": True},
@@ -32,11 +29,6 @@ QUESTIONS = [
     {"id": "consent", "label": "I agree to be recorded", "type": "checkbox", "required": True},
 ]
 
-
-def artifacts() -> Path:
-    path = Path(os.environ.get("CALMESH_TEST_ARTIFACTS", "test-artifacts")) / "browser"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -112,12 +104,12 @@ async def test_a_visitor_answers_the_questions_and_sees_what_is_wrong_beside_eac
     await expect(page.locator("#status")).to_have_text("Please check the answers marked above.")
     await expect(page.get_by_label("Phone")).to_be_focused()
     await expect(page.locator("#q-company-error")).to_be_hidden()
-    await page.screenshot(path=str(artifacts() / "questions-error.png"), full_page=True)
+    await page.screenshot(path=str(artifacts("browser") / "questions-error.png"), full_page=True)
 
     await page.get_by_label("Phone").fill("+31 20 123 4567")
     await page.get_by_role("button", name="Confirm booking").click()
     await expect(page.locator("#step-done")).to_be_visible(timeout=15_000)
-    await page.screenshot(path=str(artifacts() / "questions-booked.png"), full_page=True)
+    await page.screenshot(path=str(artifacts("browser") / "questions-booked.png"), full_page=True)
 
     mine = [b for b in await bookings_of(stack, owner) if b["email"] == "bea@example.org"]
     assert len(mine) == 1

@@ -8,21 +8,17 @@ Screenshots of each page go to $CALMESH_TEST_ARTIFACTS/dashboard."""
 from __future__ import annotations
 
 import re
-import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from playwright.async_api import Browser, expect
 
-from calmesh_booking.testing import Radicale
 from calmesh_common.devstack.supervisor import Stack
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fakes.dashboard import PAGE_BUDGET, Recorder, shot, this_week_at  # noqa: E402
+from calmesh_testing.dashboard import PAGE_BUDGET, Recorder, shot, this_week_at
+from calmesh_testing.radicale import Radicale
 
 pytestmark = pytest.mark.timeout(480)  # the first test starts the session stack too
 
@@ -111,7 +107,7 @@ async def test_a_newcomer_signs_up_connects_two_calendars_and_sees_the_merged_we
     radicale.put_event(calendar, "dentist@test", this_week_at(2, 10, 30), this_week_at(2, 11, 30), "Dentist")
     caldav = page.locator("#add-caldav")
     await caldav.get_by_label("CalDAV URL").fill(radicale.calendar_url(calendar))
-    await caldav.get_by_label("Username").fill(radicale.user)
+    await caldav.get_by_label("Username").fill(radicale.username)
     await caldav.get_by_label("Password").fill("wrong password")
     await caldav.get_by_role("button", name="Add CalDAV").click()
     await expect(caldav.locator(".field-error, .form-alert:not([hidden])").first).to_be_visible()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import sys
 import tempfile
 import time
 import uuid
@@ -26,18 +25,17 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, expect
 
-from calmesh_booking.testing import Served
 from calmesh_common.devstack.embedded import free_port
 from calmesh_common.devstack.migrate import migrate_all
 from calmesh_common.devstack.supervisor import Stack
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fakes.google import GoogleFake  # noqa: E402
-from fakes.graph import GraphFake  # noqa: E402
-from fakes.mollie import FakeMollie  # noqa: E402
-from fakes.oauth import OAuthFake  # noqa: E402
-from fakes.platform import create_database, private_nats  # noqa: E402
-from fakes.dashboard import shot, sign_up  # noqa: E402
+from calmesh_testing.backends import private_nats
+from calmesh_testing.dashboard import shot, sign_up
+from calmesh_testing.google import GoogleFake
+from calmesh_testing.graph import GraphFake
+from calmesh_testing.mollie import FakeMollie
+from calmesh_testing.oauth import OAuthFake
+from calmesh_testing.platform import create_database
+from calmesh_testing.servers import Served
 
 pytestmark = pytest.mark.timeout(480)
 

@@ -16,24 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
-from calmesh_booking.testing import Radicale
 from calmesh_common.devstack.supervisor import Stack
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fakes import npm  # noqa: E402
-from fakes.dashboard import PAGE_BUDGET, Recorder, artifacts, shot, sign_up, this_week_at  # noqa: E402
+from calmesh_testing import npm
+from calmesh_testing.browser import artifacts
+from calmesh_testing.dashboard import PAGE_BUDGET, Recorder, shot, sign_up, this_week_at
+from calmesh_testing.radicale import Radicale
 
 pytestmark = pytest.mark.timeout(480)
 
@@ -71,7 +68,7 @@ async def account(stack: Stack, browser: Browser, feed: str, radicale: Radicale)
     radicale.put_event(handle, "dentist@test", this_week_at(2, 10, 30), this_week_at(2, 11, 30), "Dentist")
     connections = [await call("POST", "/connections/ical", {"url": feed}),
                    await call("POST", "/connections/caldav", {"url": radicale.calendar_url(handle),
-                                                              "username": radicale.user, "password": radicale.password})]
+                                                              "username": radicale.username, "password": radicale.password})]
     deadline = time.monotonic() + 60
     for connection in connections:
         while (await call("GET", f"/connections/{connection['id']}"))["status"] != "active":
@@ -199,7 +196,7 @@ async def test_at_a_phone_width_no_page_scrolls_sideways_and_the_navigation_is_o
     await page.get_by_role("navigation", name="Main").get_by_role("link", name="Billing").click()
     await page.wait_for_url(account.base + "/app/billing")
     await context.close()
-    print(f"\nphone screenshots: {artifacts()}/quality-phone-*.png")
+    print(f"\nphone screenshots: {artifacts('dashboard')}/quality-phone-*.png")
 
 
 #: A page → how its main form is reached: the button that opens it (None: the form is shown) and
@@ -261,7 +258,7 @@ async def test_every_page_weighs_at_most_100_kb_of_html_js_and_css(browser: Brow
         assert len(seen.sizes) >= 3, (name, seen.sizes)  # the page, its script and its style sheet
         weights[name] = sum(seen.sizes.values())
         await context.close()
-    print(f"\nbytes of HTML + JS + CSS per page: {weights}\ndesktop screenshots: {artifacts()}/quality-desktop-*.png")
+    print(f"\nbytes of HTML + JS + CSS per page: {weights}\ndesktop screenshots: {artifacts('dashboard')}/quality-desktop-*.png")
     assert all(n > 0 for n in weights.values()), weights
     heavy = {name: n for name, n in weights.items() if n > PAGE_BUDGET}
     assert not heavy, heavy

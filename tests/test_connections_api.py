@@ -7,10 +7,8 @@ Radicale (for a writable source) on loopback."""
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -20,13 +18,14 @@ import nats
 import pytest
 from cryptography.fernet import Fernet
 
-sys.path.insert(0, str(Path(__file__).parent))
-from fakes.feeds import FeedServer  # noqa: E402
-from fakes.platform import Platform, private_nats, private_platform, running, wait_for  # noqa: E402
-from fakes.radicale import Radicale, radicale  # noqa: E402
-from fakes.servers import serve  # noqa: E402
+from calmesh_testing.backends import private_nats
+from calmesh_testing.feeds import ICAL_FEEDS, FeedServer
+from calmesh_testing.platform import Platform, private_platform, running
+from calmesh_testing.radicale import Radicale, radicale
+from calmesh_testing.servers import serve
+from calmesh_testing.wait import wait_for
 
-FEED = (Path(__file__).parent / "feeds" / "simple.ics").read_text()
+FEED = (ICAL_FEEDS / "simple.ics").read_text()
 
 
 @dataclass

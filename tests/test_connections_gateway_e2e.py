@@ -5,21 +5,18 @@ events, write one to the CalDAV source and delete it, and remove a connection.""
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from fakes.feeds import FeedServer  # noqa: E402
-from fakes.radicale import Radicale, radicale  # noqa: E402
-from fakes.servers import serve  # noqa: E402
+from calmesh_testing.feeds import FeedServer
+from calmesh_testing.radicale import Radicale, radicale
+from calmesh_testing.servers import serve
 
 
 def stamp(value: datetime) -> str:

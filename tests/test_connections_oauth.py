@@ -1,18 +1,16 @@
-"""Google and Microsoft end to end against local fakes (tests/fakes/: OAuth server, Google Calendar
+"""Google and Microsoft end to end against local fakes (calmesh_testing: OAuth server, Google Calendar
 v3, Microsoft Graph): the OAuth flow with PKCE and a single-use state, token refresh and
 revocation, full then incremental sync (paging, sync tokens, deletions, 410), Retry-After, push
 notifications, and event writes. The connections and sync services run in this process on a
-private database and NATS (tests/fakes/platform.py)."""
+private database and NATS (calmesh_testing.platform)."""
 
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -20,12 +18,13 @@ import asyncpg
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from fakes.google import GoogleFake  # noqa: E402
-from fakes.graph import GraphFake  # noqa: E402
-from fakes.oauth import OAuthFake  # noqa: E402
-from fakes.platform import Platform, private_nats, private_platform, running, wait_for  # noqa: E402
-from fakes.servers import free_port, serve  # noqa: E402
+from calmesh_testing.backends import private_nats
+from calmesh_testing.google import GoogleFake
+from calmesh_testing.graph import GraphFake
+from calmesh_testing.oauth import OAuthFake
+from calmesh_testing.platform import Platform, private_platform, running
+from calmesh_testing.servers import free_port, serve
+from calmesh_testing.wait import wait_for
 
 
 @dataclass

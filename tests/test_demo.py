@@ -26,15 +26,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 
 from calmesh_common.devstack.embedded import free_port
 from calmesh_common.guarded import FetchError, GuardedClient
 from calmesh_common.settings import Settings, SettingsError
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fakes.servers import serve  # noqa: E402
+from calmesh_testing.calmesh_up import using
+from calmesh_testing.servers import serve
 
 CALMESH_UP = Path(sys.executable).parent / "calmesh-up"
 #: The stack's own start on a busy 2-core machine; the demo's part is held to a minute below.
@@ -92,18 +90,6 @@ class DemoRun:
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
         return self.process.wait(60)
-
-
-def using(data_dir: Path) -> list[psutil.Process]:
-    """Running processes whose command line names the data directory (postgres, nats, radicale)."""
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if str(data_dir) in " ".join(p.info["cmdline"] or ()) and p.status() != psutil.STATUS_ZOMBIE:
-                found.append(p)
-        except psutil.NoSuchProcess:
-            pass
-    return found
 
 
 @pytest.fixture

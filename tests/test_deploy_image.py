@@ -121,3 +121,29 @@ def test_one_image_runs_every_process() -> None:
     text = DOCKERFILE.read_text()
     for top in {m.split("/")[0] for m in members}:
         assert re.search(rf"^COPY {top} {top}$", text, re.M), f"{top}/ is copied into the build stage"
+
+
+def test_the_image_carries_no_test_support() -> None:
+    """Test support (the `calmesh_testing` package of tests/support/: fakes, the Radicale harness,
+    in-process servers) is installed for development only: the runtime lock does not name it, the
+    build context leaves tests/ out, and no package the image installs holds a testing module or
+    imports the test support."""
+    runtime = (ROOT / "requirements.runtime.lock").read_text()
+    members = re.findall(r"^-e \./(\S+)$", runtime, re.M)
+    assert members and not [m for m in members if m.split("/")[0] == "tests"], members
+    assert "calmesh-testing" not in locked_names(ROOT / "requirements.runtime.lock")
+    # The development environment installs it editable, the way it installs the services.
+    assert re.search(r"^-e \./tests/support$", (ROOT / "requirements.lock").read_text(), re.M)
+    ignored = (ROOT / "deploy" / "Dockerfile.dockerignore").read_text().split()
+    assert "tests" in ignored and "**/tests" in ignored, "tests/ (and services/*/tests) stay out of the build context"
+    found = []
+    for member in members:
+        config = tomllib.loads((ROOT / member / "pyproject.toml").read_text())
+        assert not [d for d in config["project"].get("dependencies", []) if d.startswith("calmesh-testing")], member
+        for package in config["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]:
+            for path in (ROOT / member / package).rglob("*"):
+                if path.stem in {"testing", "conftest", "fakes"} or path.name.startswith("test_"):
+                    found.append(str(path.relative_to(ROOT)))
+                elif path.suffix == ".py" and re.search(r"^\s*(from|import) calmesh_testing\b", path.read_text(), re.M):
+                    found.append(f"{path.relative_to(ROOT)} imports calmesh_testing")
+    assert not found, f"test support in the image: {found}"

@@ -9,25 +9,20 @@ time — and says why (`complete`, `sources`); a feed that starts failing shows 
 
 from __future__ import annotations
 
-import asyncio
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from calmesh_common.devstack.supervisor import Stack
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fakes.feeds import FeedServer  # noqa: E402
-from fakes.radicale import Radicale, radicale  # noqa: E402
-from fakes.servers import serve  # noqa: E402
+from calmesh_testing.feeds import FeedServer
+from calmesh_testing.radicale import Radicale, radicale
+from calmesh_testing.servers import serve
+from calmesh_testing.wait import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -64,18 +59,6 @@ def vcalendar(*events: tuple[str, datetime, datetime]) -> str:
         lines += ["BEGIN:VEVENT", f"UID:{uid}", "DTSTAMP:20261101T000000Z", f"DTSTART:{start:%Y%m%dT%H%M%SZ}",
                   f"DTEND:{end:%Y%m%dT%H%M%SZ}", f"SUMMARY:{uid}", "END:VEVENT"]
     return "\r\n".join([*lines, "END:VCALENDAR", ""])
-
-
-async def wait_for(check: Any, what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
-
 
 @dataclass
 class World:
@@ -139,7 +122,7 @@ async def world(stack: Stack, dav_server: Radicale) -> AsyncIterator[World]:
             return got["status"] == "active" and len(got["calendars"]) >= (3 if who in busy else 1)
 
         for who in ("alice", "dana", "flaky"):
-            await wait_for(lambda who=who: settled(who), f"the first sync of {who}")
+            await wait_for(lambda who=who: settled(who), what=f"the first sync of {who}", interval=0.2)
         for who, conn_id in connections.items():
             source: dict[str, str] = {"connection_id": conn_id}
             if who in busy:  # the Radicale calendar of that name
@@ -290,7 +273,7 @@ async def test_a_feed_that_starts_failing_makes_the_next_answer_incomplete(world
     async def errored() -> bool:
         return (await world.connection("flaky"))["status"] == "error"
 
-    await wait_for(errored, "the flaky feed's connection to show error")
+    await wait_for(errored, what="the flaky feed's connection to show error", interval=0.2)
     body = await availability(world, "flaky")  # the very next answer
     assert body["complete"] is False and body["free"] == []
     assert body["busy"] == before["busy"]  # what is known stays
@@ -326,7 +309,7 @@ async def test_an_unreachable_feed_makes_availability_incomplete(stack: Stack, w
         async def active() -> bool:
             return (await world.connection("gone"))["status"] == "active"
 
-        await wait_for(active, "the feed's first sync")
+        await wait_for(active, what="the feed's first sync", interval=0.2)
         r = await world.gw.post("/api/v1/calendars", headers=full, json={
             "slug": "gone", "name": "Gone", "timezone": ZONE, "sources": [{"connection_id": conn_id}]})
         assert r.status_code == 201, r.text
@@ -338,7 +321,7 @@ async def test_an_unreachable_feed_makes_availability_incomplete(stack: Stack, w
     async def errored() -> bool:
         return (await world.connection("gone"))["status"] == "error"
 
-    await wait_for(errored, "the unreachable feed's connection to show error")
+    await wait_for(errored, what="the unreachable feed's connection to show error", interval=0.2)
     body = await availability(world, "gone")
     assert (body["complete"], body["free"]) == (False, [])
     assert body["busy"] == [{"start": z(at(MONDAY, 10)), "end": z(at(MONDAY, 11)),

@@ -11,15 +11,17 @@ import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from types import ModuleType, SimpleNamespace as NS
+from types import ModuleType
+from types import SimpleNamespace as NS
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
 
-from calmesh_booking.testing import PlatformOwner, Radicale, sign_up_with_caldav
 from calmesh_common.devstack.supervisor import Stack
+from calmesh_testing.booking import PlatformOwner, sign_up_with_caldav
+from calmesh_testing.radicale import Radicale
 from calmesh_tools import TOOLS
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -21,8 +21,9 @@ import pytest
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from calmesh_booking.testing import PlatformOwner, Radicale, sign_up_with_caldav
 from calmesh_common.devstack.supervisor import Stack
+from calmesh_testing.booking import PlatformOwner, sign_up_with_caldav
+from calmesh_testing.radicale import Radicale
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -122,7 +123,7 @@ async def test_every_tool_over_stdio_answers_what_the_rest_api_says(stack: Stack
 
         r = await call("calmesh_start_credential_connection", {
             "provider": "caldav", "url": owner.radicale.calendar_url(owner.calendar),
-            "username": owner.radicale.user, "password": owner.radicale.password})
+            "username": owner.radicale.username, "password": owner.radicale.password})
         assert not r.is_error, r.content[0].text
         second = r.structured_content["id"]
         assert (await rest.get(f"connections/{second}")).json()["provider"] == "caldav"

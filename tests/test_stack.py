@@ -8,7 +8,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,99 +21,9 @@ import pytest
 from nats.js.api import StorageType, StreamConfig
 
 from calmesh_common.devstack.embedded import free_port
+from calmesh_testing.calmesh_up import CalmeshUp, alive, using
 
-CALMESH_UP = Path(sys.executable).parent / "calmesh-up"
 PROBE_STREAM = "STACK_PROBE"
-#: About 15 s on an idle 2-core machine; several times that while other test runs share it.
-START_TIMEOUT = 240
-
-
-class Platform:
-    """One `calmesh-up` process on a data directory and a port."""
-
-    def __init__(self, data_dir: Path, port: int) -> None:
-        self.data_dir = data_dir
-        self.port = port
-        self.log = data_dir.parent / "calmesh-up.log"
-        self.process: subprocess.Popen[bytes] | None = None
-        #: More environment for calmesh-up and its children.
-        self.extra_env: dict[str, str] = {}
-
-    @property
-    def database_url(self) -> str:
-        return f"postgresql://postgres:@/postgres?host={self.data_dir / 'postgres'}"
-
-    @property
-    def nats_token(self) -> str:
-        return (self.data_dir / "nats.token").read_text().strip()
-
-    @property
-    def nats_url(self) -> str:
-        """What calmesh-up gives its services: the port of this run, the data directory's token."""
-        return f"nats://{self.nats_token}@127.0.0.1:{(self.data_dir / 'nats.port').read_text().strip()}"
-
-    def start(self, timeout: float = START_TIMEOUT + 10) -> None:
-        """Run calmesh-up and wait until it is up."""
-        self.wait_up(self.launch(), timeout)
-
-    def launch(self) -> int:
-        """Run calmesh-up without waiting; returns where its log of this run begins."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CALMESH_", "DATABASE_URL", "NATS_URL"))}
-        env.update(
-            CALMESH_DATA_DIR=str(self.data_dir),
-            CALMESH_HTTP_PORT=str(self.port),
-            CALMESH_SYNC_WORKERS="1",
-            CALMESH_START_TIMEOUT_SECONDS=str(START_TIMEOUT),
-            CALMESH_LOG_LEVEL="warning",
-            CALMESH_DB_POOL_MAX="3",
-        )
-        env.update(self.extra_env)
-        offset = self.log.stat().st_size if self.log.exists() else 0  # a second start appends
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([str(CALMESH_UP)], env=env, stdout=log, stderr=subprocess.STDOUT)
-        return offset
-
-    def wait_up(self, offset: int, timeout: float = START_TIMEOUT + 10) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"calmesh-up exited with {self.process.returncode}:\n{self.tail()}"
-            try:
-                # Up means what calmesh-up says: healthy, and its banner printed (it supervises from then on).
-                if (httpx.get(f"http://127.0.0.1:{self.port}/api/health", timeout=2).status_code == 200
-                        and b"CalMesh is up" in self.log.read_bytes()[offset:]):
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.25)
-        raise AssertionError(f"no healthy gateway within {timeout} s:\n{self.tail()}")
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
-
-    def processes(self) -> list[psutil.Process]:
-        """Everything this platform runs: the supervisor's children (services, nats-server) and
-        the embedded PostgreSQL, which runs detached (its postmaster and that one's children)."""
-        assert self.process is not None
-        supervisor = psutil.Process(self.process.pid)
-        found = {p.pid: p for p in supervisor.children(recursive=True)}
-        postmaster_pid = int((self.data_dir / "postgres" / "postmaster.pid").read_text().split()[0])
-        postmaster = psutil.Process(postmaster_pid)
-        found[postmaster_pid] = postmaster
-        found.update({p.pid: p for p in postmaster.children(recursive=True)})
-        return list(found.values())
-
-    def stop(self) -> int:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(60)
-
-
-def alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def cmdline(p: psutil.Process) -> list[str]:
@@ -124,19 +33,10 @@ def cmdline(p: psutil.Process) -> list[str]:
         return []
 
 
-def using(data_dir: Path) -> list[psutil.Process]:
-    """Running processes whose command line names the data directory (postgres -D, nats-server -sd)."""
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        if str(data_dir) in " ".join(p.info["cmdline"] or ()) and alive(p):
-            found.append(p)
-    return found
-
-
 @pytest.fixture
-def platform() -> Iterator[Platform]:
+def platform() -> Iterator[CalmeshUp]:
     with tempfile.TemporaryDirectory(prefix="stacktest-") as tmp:
-        p = Platform(Path(tmp) / "data", free_port())
+        p = CalmeshUp(Path(tmp) / "data", free_port())
         try:
             yield p
         finally:
@@ -151,7 +51,7 @@ def platform() -> Iterator[Platform]:
                 leftover.kill()
 
 
-async def write_probe(platform: Platform, value: str) -> None:
+async def write_probe(platform: CalmeshUp, value: str) -> None:
     conn = await asyncpg.connect(platform.database_url)
     try:
         await conn.execute("CREATE TABLE public.stack_probe (value text NOT NULL)")
@@ -167,7 +67,7 @@ async def write_probe(platform: Platform, value: str) -> None:
         await nc.close()
 
 
-async def read_probe(platform: Platform) -> tuple[list[str], bytes]:
+async def read_probe(platform: CalmeshUp) -> tuple[list[str], bytes]:
     conn = await asyncpg.connect(platform.database_url)
     try:
         rows = [r["value"] for r in await conn.fetch("SELECT value FROM public.stack_probe")]
@@ -181,7 +81,7 @@ async def read_probe(platform: Platform) -> tuple[list[str], bytes]:
     return rows, message.data or b""
 
 
-async def assert_nats_refuses_strangers(platform: Platform) -> None:
+async def assert_nats_refuses_strangers(platform: CalmeshUp) -> None:
     """Every service runs (the gateway is healthy), so each connected with the token; a local client
     without it is refused."""
     anonymous = platform.nats_url.replace(f"{platform.nats_token}@", "")
@@ -189,7 +89,7 @@ async def assert_nats_refuses_strangers(platform: Platform) -> None:
         await nats.connect(anonymous, allow_reconnect=False, connect_timeout=3)
 
 
-def assert_stopped_cleanly(platform: Platform, started: list[psutil.Process]) -> None:
+def assert_stopped_cleanly(platform: CalmeshUp, started: list[psutil.Process]) -> None:
     returncode = platform.stop()
     assert returncode == 0, platform.tail()
     deadline = time.monotonic() + 5
@@ -201,7 +101,7 @@ def assert_stopped_cleanly(platform: Platform, started: list[psutil.Process]) ->
     assert not (platform.data_dir / "postgres" / "postmaster.pid").exists()
 
 
-def test_calmesh_up_stops_every_process_on_sigterm_and_keeps_its_data(platform: Platform, unique: str) -> None:
+def test_calmesh_up_stops_every_process_on_sigterm_and_keeps_its_data(platform: CalmeshUp, unique: str) -> None:
     platform.start()
     started = platform.processes()
     # The gateway, the five services and a sync worker, nats-server and PostgreSQL.
@@ -229,7 +129,7 @@ def test_calmesh_up_stops_every_process_on_sigterm_and_keeps_its_data(platform: 
     assert_stopped_cleanly(platform, restarted)
 
 
-def health(platform: Platform) -> tuple[int, dict[str, object]]:
+def health(platform: CalmeshUp) -> tuple[int, dict[str, object]]:
     try:
         r = httpx.get(f"http://127.0.0.1:{platform.port}/api/health", timeout=5)
         return r.status_code, r.json()
@@ -237,7 +137,7 @@ def health(platform: Platform) -> tuple[int, dict[str, object]]:
         return 0, {}
 
 
-def wait_healthy(platform: Platform, timeout: float = 120) -> None:
+def wait_healthy(platform: CalmeshUp, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if health(platform)[0] == 200:
@@ -246,14 +146,14 @@ def wait_healthy(platform: Platform, timeout: float = 120) -> None:
     raise AssertionError(f"not healthy again within {timeout} s: {health(platform)}\n{platform.tail()}")
 
 
-def named(platform: Platform, name: str) -> psutil.Process:
+def named(platform: CalmeshUp, name: str) -> psutil.Process:
     """The running nats-server or postmaster of this platform."""
     [found] = [p for p in platform.processes() if p.name() == name and alive(p)
                and (name != "postgres" or p.ppid() == platform.process.pid)]  # type: ignore[union-attr]
     return found
 
 
-def test_calmesh_up_restarts_a_dead_nats_server_and_postgres(platform: Platform) -> None:
+def test_calmesh_up_restarts_a_dead_nats_server_and_postgres(platform: CalmeshUp) -> None:
     platform.start()
     for name in ("nats-server", "postgres"):
         victim = named(platform, name)
@@ -274,7 +174,7 @@ def test_calmesh_up_restarts_a_dead_nats_server_and_postgres(platform: Platform)
     assert "nats exited" in log and "postgres exited" in log and "restarting" in log
 
 
-def test_a_nats_server_that_dies_while_the_services_start_is_started_again(platform: Platform) -> None:
+def test_a_nats_server_that_dies_while_the_services_start_is_started_again(platform: CalmeshUp) -> None:
     offset = platform.launch()
     deadline = time.monotonic() + 60
     victim = None
@@ -295,7 +195,7 @@ def test_a_nats_server_that_dies_while_the_services_start_is_started_again(platf
     assert "nats exited" in platform.log.read_text(errors="replace")
 
 
-def test_a_killed_calmesh_up_strands_nothing(platform: Platform) -> None:
+def test_a_killed_calmesh_up_strands_nothing(platform: CalmeshUp) -> None:
     platform.start()
     started = platform.processes()
     assert {p.name() for p in started} >= {"nats-server", "postgres"}

@@ -6,23 +6,20 @@ delete events through the sync service (PUT If-None-Match, DELETE If-Match, EXDA
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 import uuid
 import zoneinfo
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import icalendar
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from fakes.radicale import Radicale, radicale  # noqa: E402
-from fakes.reference import overlapping, reference, rows_key  # noqa: E402
-from fakes.stackutil import as_user, internal, wait_connection  # noqa: E402
+from calmesh_testing.radicale import Radicale, radicale
+from calmesh_testing.reference import overlapping, reference, rows_key
+from calmesh_testing.stackutil import as_user, internal, wait_connection
 
 NY = zoneinfo.ZoneInfo("America/New_York")
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 import warnings
 from collections import Counter
@@ -32,12 +31,10 @@ import pytest
 
 from calmesh_providers import ical
 from calmesh_sync.engine import build_rows, expand_ical_body
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fakes.feeds import FeedServer  # noqa: E402
-from fakes.reference import reference  # noqa: E402
-from fakes.servers import serve  # noqa: E402
-from fakes.stackutil import as_user, wait_connection  # noqa: E402
+from calmesh_testing.feeds import FeedServer
+from calmesh_testing.reference import reference
+from calmesh_testing.servers import serve
+from calmesh_testing.stackutil import as_user, wait_connection
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(__file__).parent / "data" / "ical-corpus"
@@ -148,7 +145,7 @@ def test_corpus_file_through_the_sync_path(path: Path) -> None:
         if _has_this_and_future(readable):
             # recurring-ical-events gives every occurrence after a RANGE=THISANDFUTURE override
             # that override's RECURRENCE-ID; the sync keeps each instance's own (see
-            # tests/feeds/thisandfuture.ics). Compare everything but the recurrence id there.
+            # calmesh_testing/ical/thisandfuture.ics). Compare everything but the recurrence id there.
             mine = Counter({k[:4] + ("",): v for k, v in mine.items()})
             expected = Counter({k[:4] + ("",): v for k, v in expected.items()})
         if expansion.skipped and sum(mine.values()) < sum(expected.values()):

@@ -7,12 +7,10 @@ projection from the stream that gives identical rows."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -20,11 +18,11 @@ import httpx
 import pytest
 
 from calmesh_sync.rebuild import rebuild_projection
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fakes.feeds import FeedServer  # noqa: E402
-from fakes.platform import Platform, private_nats, private_platform, running, wait_for  # noqa: E402
-from fakes.servers import serve  # noqa: E402
+from calmesh_testing.backends import private_nats
+from calmesh_testing.feeds import FeedServer
+from calmesh_testing.platform import Platform, private_platform, running
+from calmesh_testing.servers import serve
+from calmesh_testing.wait import wait_for
 
 PROJECTION_TYPES = ("source_events.upserted.v1", "source_events.deleted.v1", "source_calendar.purged.v1")
 

@@ -16,11 +16,9 @@ What each part proves:
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -33,13 +31,13 @@ from calmesh_providers import ICAL_CALENDAR_REF, SourceError, calendar_id_for
 from calmesh_sync.connections_api import ConnectionDetails, ProviderCalendar
 from calmesh_sync.engine import SyncDeps, sync_connection
 from calmesh_sync.worker import _classify
+from calmesh_testing.backends import private_nats
+from calmesh_testing.feeds import ICAL_FEEDS, FeedServer
+from calmesh_testing.platform import Platform, private_platform, running
+from calmesh_testing.servers import serve
+from calmesh_testing.wait import wait_for
 
-sys.path.insert(0, str(Path(__file__).parent))
-from fakes.feeds import FeedServer  # noqa: E402
-from fakes.platform import Platform, private_nats, private_platform, running, wait_for  # noqa: E402
-from fakes.servers import serve  # noqa: E402
-
-FEEDS = Path(__file__).parent / "feeds"
+FEEDS = ICAL_FEEDS
 
 
 @dataclass

@@ -9,22 +9,20 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 
 from calmesh_sync.rebuild import rebuild_projection
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fakes.feeds import FeedServer  # noqa: E402
-from fakes.platform import private_nats, private_platform, running, wait_for  # noqa: E402
-from fakes.servers import free_port, serve  # noqa: E402
+from calmesh_testing.backends import private_nats
+from calmesh_testing.feeds import FeedServer
+from calmesh_testing.platform import private_platform, running
+from calmesh_testing.servers import free_port, serve
+from calmesh_testing.wait import wait_for
 
 CONNECTIONS = 12
 

@@ -12,8 +12,9 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator
 
-from calmesh_booking.testing import PlatformOwner, Radicale, sign_up_with_caldav
 from calmesh_common.devstack.supervisor import Stack
+from calmesh_testing.booking import PlatformOwner, sign_up_with_caldav
+from calmesh_testing.radicale import Radicale
 from calmesh_tools import TOOLS
 
 NAMES = [t.name for t in TOOLS]

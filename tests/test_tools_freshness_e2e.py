@@ -10,24 +10,19 @@ free time. `calmesh_check_availability` with `calendar_slugs` finds a time acros
 
 from __future__ import annotations
 
-import asyncio
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from calmesh_common.devstack.supervisor import Stack
-
-sys.path.insert(0, str(Path(__file__).parent))
-from fakes.feeds import FeedServer  # noqa: E402
-from fakes.servers import serve  # noqa: E402
+from calmesh_testing.feeds import FeedServer
+from calmesh_testing.servers import serve
+from calmesh_testing.wait import wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -49,16 +44,6 @@ def vcalendar(name: str, *events: tuple[str, datetime, datetime]) -> str:
         lines += ["BEGIN:VEVENT", f"UID:{uid}", "DTSTAMP:20261101T000000Z", f"DTSTART:{start:%Y%m%dT%H%M%SZ}",
                   f"DTEND:{end:%Y%m%dT%H%M%SZ}", f"SUMMARY:{uid}", "END:VEVENT"]
     return "\r\n".join([*lines, "END:VCALENDAR", ""])
-
-
-async def wait_for(check: Any, what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := await check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
-    return result
-
 
 @dataclass
 class World:
@@ -109,7 +94,7 @@ async def world(stack: Stack) -> AsyncIterator[World]:
             async def active(who: str = who) -> bool:
                 return (await w.connection(who))["status"] == "active"
 
-            await wait_for(active, f"the first sync of {who}'s feed")
+            await wait_for(active, what=f"the first sync of {who}'s feed", interval=0.2)
             r = await gw.post("/api/v1/calendars", headers=w.auth, json={
                 "slug": who, "name": who.title(), "timezone": ZONE,
                 "sources": [{"connection_id": w.connections[who]}]})
@@ -130,7 +115,7 @@ async def test_a_failing_feed_makes_the_tools_say_the_answer_is_incomplete_and_w
         got = await world.connection("bob")
         return got if got["status"] == "error" and got["last_error"] else None
 
-    conn = await wait_for(errored, "bob's feed to show error")
+    conn = await wait_for(errored, what="bob's feed to show error", interval=0.2)
     source_name = (await world.gw.get("/api/v1/calendars/bob", headers=world.auth)).json()["sources"][0]["name"]
 
     for name in ("calmesh_check_availability", "calmesh_get_events", "calmesh_find_conflicts"):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -28,16 +27,15 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
-import msgspec
 import psutil
 import pytest
 
-from calmesh_booking.testing import Radicale, sign_up_with_caldav
 from calmesh_common.devstack.embedded import free_port
-
-sys.path.insert(0, str(Path(__file__).parent.parent))
-from fakes.servers import serve  # noqa: E402
-from test_stack import Platform, alive, using  # noqa: E402
+from calmesh_testing.booking import sign_up_with_caldav
+from calmesh_testing.calmesh_up import CalmeshUp, alive, using
+from calmesh_testing.radicale import Radicale
+from calmesh_testing.receiver import Receiver
+from calmesh_testing.servers import serve
 
 pytestmark = pytest.mark.timeout(480)
 
@@ -45,33 +43,6 @@ SEED = 12
 AMS = ZoneInfo("Europe/Amsterdam")
 ALL_WEEK = {d: [["09:00", "17:00"]] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
 SERVICES = ("gateway", "connections", "availability", "booking", "billing", "webhooks", "sync")
-
-
-class Receiver:
-    """Webhook receiver: every delivery's webhook-id and body."""
-
-    def __init__(self) -> None:
-        self.deliveries: list[tuple[str, dict[str, Any]]] = []
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        self.deliveries.append((headers.get("webhook-id", ""), msgspec.json.decode(body)))
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"ok"})
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +54,9 @@ def radicale() -> Iterator[Radicale]:
 
 
 @pytest.fixture
-def platform() -> Iterator[Platform]:
+def platform() -> Iterator[CalmeshUp]:
     with tempfile.TemporaryDirectory(prefix="faults-") as tmp:
-        p = Platform(Path(tmp) / "data", free_port())
+        p = CalmeshUp(Path(tmp) / "data", free_port())
         try:
             yield p
         finally:
@@ -106,7 +77,7 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
         yield r, url
 
 
-def victim(platform: Platform, name: str) -> psutil.Process | None:
+def victim(platform: CalmeshUp, name: str) -> psutil.Process | None:
     """The running process of `name` (a service, nats-server or the postmaster) of this stack."""
     assert platform.process is not None
     for p in psutil.Process(platform.process.pid).children():
@@ -123,7 +94,7 @@ def victim(platform: Platform, name: str) -> psutil.Process | None:
     return None
 
 
-def supervisor_lines(platform: Platform) -> str:
+def supervisor_lines(platform: CalmeshUp) -> str:
     """What calmesh-up itself said (exits and restarts), and each service's last lines."""
     text = platform.log.read_text(errors="replace") if platform.log.exists() else ""
     ours = [line for line in text.splitlines() if "calmesh " in line[:30] or "Traceback" in line or "Error" in line[:200]]
@@ -164,7 +135,7 @@ async def book(gw: httpx.AsyncClient, handle: str, start: str, key: str, stop_at
 
 
 async def test_every_acknowledged_booking_survives_every_process_being_killed(
-        platform: Platform, radicale: Radicale, receiver: tuple[Receiver, str]) -> None:
+        platform: CalmeshUp, radicale: Radicale, receiver: tuple[Receiver, str]) -> None:
     rng = random.Random(SEED)
     rec, url = receiver
     platform.extra_env = {"CALMESH_ALLOW_PRIVATE_NETWORKS": "1"}  # Radicale and the receiver are on loopback

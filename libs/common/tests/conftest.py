@@ -8,12 +8,11 @@ own, so its subject comes from the store's context.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import nats
@@ -27,6 +26,7 @@ from calmesh_common.eventstore import EventStore
 from calmesh_common.logging import setup_logging
 from calmesh_common.migrations import apply_migrations, common_migrations
 from calmesh_common.streams import DUPLICATE_WINDOW_SECONDS, ensure_streams
+from calmesh_testing.wait import wait_for as _wait_for
 
 
 class ThingRecorded(Event, tag="libtest.thing_recorded.v1"):
@@ -93,20 +93,10 @@ async def lane(pool: asyncpg.Pool, js: JetStreamContext, unique: str) -> AsyncIt
         await conn.execute(f"DROP SCHEMA {lane.schema} CASCADE")
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 5.0, what: str = "condition") -> float:
-    """Poll `check` until it is true; returns the seconds it took. Fails after `timeout`."""
-    start = time.monotonic()
-    while True:
-        if await check():
-            return time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.02)
-
-
 @pytest.fixture
-def wait_for() -> Callable[..., Awaitable[float]]:
-    return eventually
+def wait_for() -> Callable[..., Awaitable[Any]]:
+    """calmesh_testing's `wait_for`, as a fixture for the tests that take it so."""
+    return _wait_for
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ CALMESH_STREAM_REPLICAS replicas, and the platform's outbox relay and durable co
 working when one of the three servers dies and when it comes back.
 
 The cluster is three `nats-server` processes on loopback joined by cluster routes
-(`calmesh_common.testing.nats_cluster`), as the StatefulSet of deploy/k8s runs them.
+(`calmesh_testing.nats_cluster`), as the StatefulSet of deploy/k8s runs them.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ from calmesh_common.migrations import apply_migrations, common_migrations
 from calmesh_common.relay import OutboxRelay
 from calmesh_common.service import connect_nats
 from calmesh_common.streams import STREAMS, stream_name
-from calmesh_common.testing.nats_cluster import NatsCluster
+from calmesh_testing.nats_cluster import NatsCluster
+from calmesh_testing.wait import wait_for
 
-from .conftest import ThingRecorded, eventually
+from .conftest import ThingRecorded
 
 #: The context whose real stream (CALMESH_GATEWAY) carries this test's events.
 CONTEXT = "gateway"
@@ -73,7 +74,7 @@ async def test_migrate_creates_and_updates_every_stream_with_the_replica_count(c
                 replicas, leader, peers = await stream_replicas(js, name)
                 return replicas == 3 and bool(leader) and len(peers) == 2 and all(c for _, c in peers)
 
-            await eventually(three_current, timeout=20, what=f"{spec.name} at R3 with current peers")
+            await wait_for(three_current, timeout=20, what=f"{spec.name} at R3 with current peers")
             _, leader, peers = await stream_replicas(js, spec.name)
             assert len({leader, *(p for p, _ in peers)}) == 3, "one copy on each server"
     finally:
@@ -136,7 +137,7 @@ async def test_relay_and_consumer_survive_a_server_dying_and_coming_back(cluster
             await conn.execute(f"CREATE TABLE {schema}.applied (event_id text NOT NULL)")
         # The service's connection starts on the stream leader: killing it makes the client move
         # to another server and the stream elect a new leader, both at once.
-        await eventually(lambda: _has_leader(js_probe, stream), timeout=20, what="a stream leader")
+        await wait_for(lambda: _has_leader(js_probe, stream), timeout=20, what="a stream leader")
         _, leader, _ = await stream_replicas(js_probe, stream)
         victim = cluster.node(leader)
         nc = await connect_nats(cluster.nodes[victim].url, f"test-service-{unique}")
@@ -169,11 +170,11 @@ async def test_relay_and_consumer_survive_a_server_dying_and_coming_back(cluster
 
         async with running(relay.run(), consumer.run()):
             expected = await append(10)
-            await eventually(lambda: all_applied(expected), timeout=20, what="events applied on the healthy cluster")
+            await wait_for(lambda: all_applied(expected), timeout=20, what="events applied on the healthy cluster")
 
             cluster.kill(victim)
             expected += await append(10)
-            await eventually(lambda: all_applied(expected), timeout=60, what="events applied with a server down")
+            await wait_for(lambda: all_applied(expected), timeout=60, what="events applied with a server down")
             unpublished = await pool.fetchval(f"SELECT count(*) FROM {schema}.outbox WHERE published_at IS NULL")
             assert unpublished == 0
 
@@ -186,9 +187,9 @@ async def test_relay_and_consumer_survive_a_server_dying_and_coming_back(cluster
                     return False
                 return bool(leader_now) and len(peers) == 2 and all(current for _, current in peers)
 
-            await eventually(caught_up, timeout=60, what="the restarted server caught up with the stream")
+            await wait_for(caught_up, timeout=60, what="the restarted server caught up with the stream")
             expected += await append(10)
-            await eventually(lambda: all_applied(expected), timeout=60, what="events applied after the server came back")
+            await wait_for(lambda: all_applied(expected), timeout=60, what="events applied after the server came back")
 
         # Exactly once, end to end: every event once on the stream (Nats-Msg-Id dedup across the
         # failover) and applied once by the consumer.

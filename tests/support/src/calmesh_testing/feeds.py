@@ -1,5 +1,6 @@
 """A small iCal feed server (raw ASGI) with ETag / Last-Modified / If-None-Match, redirects, error
-statuses, slow and endless bodies, and a log of every request, for the sync tests."""
+statuses, slow and endless bodies, and a log of every request, for the sync tests; and the
+hand-written regression feeds (`ICAL_FEEDS`, see its README)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ import asyncio
 import hashlib
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from pathlib import Path
 from typing import Any
+
+from .asgi import lifespan
+
+#: The hand-written iCalendar feeds (README.md there says what each checks).
+ICAL_FEEDS = Path(__file__).with_name("ical")
 
 
 @dataclass
@@ -47,13 +54,8 @@ class FeedServer:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await lifespan(receive, send)
+            return
         path = scope["path"]
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         feed = self.feeds.get(path)

@@ -1,31 +1,22 @@
-"""What the dashboard's browser tests share: Debian's Chromium and how to launch it, where the
-screenshots go, a newcomer signing up through the form, and a loopback iCal feed with this week's
+"""What the dashboard's browser tests share (Chromium and the screenshots folder: `browser`): a
+screenshot of a page, a newcomer signing up through the form, and a loopback iCal feed with this week's
 meetings (the `browser` and `feed` fixtures in tests/conftest.py use these)."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from playwright.async_api import Page
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+from .browser import artifacts
+
 PAGE_BUDGET = 100_000  # bytes of HTML + JS + CSS per page (issue 13)
 
 
-def artifacts() -> Path:
-    path = Path(os.environ.get("CALMESH_TEST_ARTIFACTS", "test-artifacts")) / "dashboard"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 async def shot(page: Page, name: str) -> None:
-    await page.screenshot(path=str(artifacts() / f"{name}.png"), full_page=True)
+    await page.screenshot(path=str(artifacts("dashboard") / f"{name}.png"), full_page=True)
 
 
 def this_week_at(weekday: int, hour: int, minute: int = 0) -> datetime:

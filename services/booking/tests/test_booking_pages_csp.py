@@ -16,7 +16,7 @@ import pytest
 
 from calmesh_booking import assets as booking_assets
 from calmesh_booking.assets import ASSETS, Assets, fingerprinted
-from calmesh_booking.testing import BookingHarness, User
+from calmesh_testing.booking import BookingHarness, User
 
 pytestmark = pytest.mark.timeout(120)
 

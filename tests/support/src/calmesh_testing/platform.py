@@ -5,14 +5,12 @@ in the test's event loop) with settings the test chooses (fake providers, caps, 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import secrets
 import subprocess
 import sys
-import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,6 @@ import asyncpg
 import httpx
 from cryptography.fernet import Fernet
 
-from calmesh_common.devstack.embedded import EmbeddedNats
 from calmesh_common.devstack.migrate import migrate_all
 from calmesh_common.settings import Settings
 
@@ -41,16 +38,6 @@ async def create_database(server_url: str, name: str) -> str:
     finally:
         await conn.close()
     return database_in(server_url, name)
-
-
-@contextlib.contextmanager
-def private_nats() -> Iterator[str]:
-    with tempfile.TemporaryDirectory(prefix="calmesh-test-nats-priv-") as tmp:
-        server = EmbeddedNats(Path(tmp) / "nats")
-        try:
-            yield server.start()
-        finally:
-            server.stop()
 
 
 @dataclass
@@ -151,17 +138,3 @@ async def running(platform: Platform, *, sync: bool = True, connections: bool = 
         finally:
             platform.connections_url, platform.sync_url = saved if saved[0] else (platform.connections_url, platform.sync_url)
 
-
-async def wait_for(predicate: Any, timeout: float = 20.0, interval: float = 0.05, what: str = "condition") -> Any:
-    """Poll `predicate` (sync or async) until it returns something truthy."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last = None
-    while loop.time() < deadline:
-        last = predicate()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")

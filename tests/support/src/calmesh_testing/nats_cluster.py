@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..devstack.embedded import _bin, free_port
+from calmesh_common.devstack.embedded import _bin, free_port
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Busy at once, holds and rescheduling, against the booking service with fakes of connections and
-sync (calmesh_booking.testing): the projection table is written by the fake exactly where sync's
+sync (calmesh_testing.booking): the projection table is written by the fake exactly where sync's
 reservation routes write the real one.
 
 What a user relies on: a booking's time is in the merged-events projection (what availability,
@@ -11,11 +11,9 @@ its own booking takes it; a reschedule moves the booking in place, with its own 
 
 from __future__ import annotations
 
-import asyncio
 import email
 import email.policy
 import json
-import time
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -25,8 +23,9 @@ import httpx
 import pytest
 
 from calmesh_booking.handlers import settle_pending_bookings
-from calmesh_booking.testing import BookingHarness, User
 from calmesh_common.ids import new_id
+from calmesh_testing.booking import BookingHarness, User
+from calmesh_testing.wait import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -73,18 +72,6 @@ async def projection_rows(bk: BookingHarness, reservation_id: str) -> list[dict[
         rows = await conn.fetch(f"SELECT * FROM {bk.projection} WHERE booking_id = $1", reservation_id)
     return [dict(r) for r in rows]
 
-
-async def eventually(check: Any, timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
 def z(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -114,7 +101,7 @@ async def test_a_booking_is_in_the_projection_before_its_201_and_leaves_it_befor
     async def written() -> bool:
         found = await projection_rows(bk, booking["id"])
         return len(found) == 1 and found[0]["provider_event_id"] is not None
-    await eventually(written)
+    await wait_for(written)
     got = (await bk.client.get(f"/api/v1/bookings/{booking['id']}", headers=ann.headers)).json()
     assert got["reschedule_url"] == booking["reschedule_url"] and got["cancel_url"] == booking["cancel_url"]
 
@@ -123,7 +110,7 @@ async def test_a_booking_is_in_the_projection_before_its_201_and_leaves_it_befor
     rows = await projection_rows(bk, booking["id"])
     assert all(row["status"] == "cancelled" for row in rows)  # free at once; the provider delete follows
     assert first in await slots(bk, ann, "other", day)
-    await eventually(lambda: _empty(projection_rows(bk, booking["id"])))
+    await wait_for(lambda: _empty(projection_rows(bk, booking["id"])))
 
 
 async def _empty(rows: Any) -> bool:
@@ -238,7 +225,7 @@ async def test_an_expired_hold_frees_the_slot_and_cannot_be_booked(bk: BookingHa
     async def freed() -> bool:
         return first in await slots(bk, ann, "intro", day) and not await projection_rows(bk, held["id"])
 
-    await eventually(freed, timeout=15)
+    await wait_for(freed, timeout=15)
     late = await book(bk, ann, "intro", first, hold_id=held["id"])
     assert late.status_code == 409 and late.json()["code"] == "hold_expired"
 
@@ -254,7 +241,7 @@ async def test_reschedule_moves_the_booking_in_place_with_its_own_link(bk: Booki
     async def written() -> Any:
         return (await bk.client.get(f"/api/v1/bookings/{booking['id']}", headers=ann.headers)).json()["event_id"]
 
-    event_id = await eventually(written)
+    event_id = await wait_for(written)
     url = path_of(booking["reschedule_url"])
     cancel_query = booking["cancel_url"].split("?", 1)[1]
     base = url.split("?", 1)[0]
@@ -277,14 +264,14 @@ async def test_reschedule_moves_the_booking_in_place_with_its_own_link(bk: Booki
     rows = await projection_rows(bk, booking["id"])
     assert len(rows) == 1 and z(rows[0]["start_at"]) == s1 and rows[0]["event_id"] == event_id
     # The provider event is moved in place (the same event id, not deleted and created again).
-    await eventually(lambda: _async(any(m["id"] == event_id and m["start"] == s1 for m in bk.fake.moved)))
+    await wait_for(lambda: _async(any(m["id"] == event_id and m["start"] == s1 for m in bk.fake.moved)))
     assert event_id not in bk.fake.deleted
     # The owner may reschedule too, and the booking's own old time counts as free for it.
     back = await bk.client.post(f"/api/v1/bookings/{booking['id']}/reschedule", headers=ann.headers,
                                 json={"start": s2})
     assert back.status_code == 200 and back.json()["start"] == s2
     # An updated invitation: same UID, SEQUENCE 1 then 2.
-    await eventually(lambda: _async((bk.mail_dir / f"{booking['id']}-rescheduled-2-visitor.eml").exists()))
+    await wait_for(lambda: _async((bk.mail_dir / f"{booking['id']}-rescheduled-2-visitor.eml").exists()))
     message = email.message_from_bytes((bk.mail_dir / f"{booking['id']}-rescheduled-1-visitor.eml").read_bytes(),
                                        policy=email.policy.default)
     ics = next(p.get_payload(decode=True).decode() for p in message.walk() if p.get_content_type() == "text/calendar")
@@ -315,7 +302,7 @@ async def test_the_confirmation_mail_links_a_page_that_reschedules_with_its_own_
     day = future_day(19)
     s0, s1 = (await slots(bk, ann, "intro", day))[:2]
     booking = (await book(bk, ann, "intro", s0)).json()
-    await eventually(lambda: _async((bk.mail_dir / f"{booking['id']}-confirmed-visitor.eml").exists()))
+    await wait_for(lambda: _async((bk.mail_dir / f"{booking['id']}-confirmed-visitor.eml").exists()))
     text = _visitor_text(bk, f"{booking['id']}-confirmed")
     link = next(line.split("Need to reschedule? ", 1)[1] for line in text.splitlines()
                 if line.startswith("Need to reschedule? "))
@@ -341,7 +328,7 @@ async def test_the_confirmation_mail_links_a_page_that_reschedules_with_its_own_
     tampered = await bk.client.get(page_url.replace("sig=", "sig=0"))
     assert tampered.status_code == 403
     # The moved booking's mail carries a reschedule link again.
-    await eventually(lambda: _async((bk.mail_dir / f"{booking['id']}-rescheduled-1-visitor.eml").exists()))
+    await wait_for(lambda: _async((bk.mail_dir / f"{booking['id']}-rescheduled-1-visitor.eml").exists()))
     assert f"/{ann.handle}/intro?reschedule={booking['id']}&exp=" in _visitor_text(bk, f"{booking['id']}-rescheduled-1")
     # Once cancelled, the link says so instead of offering times.
     await bk.client.post(f"/api/v1/bookings/{booking['id']}/cancel", headers=ann.headers, json={})

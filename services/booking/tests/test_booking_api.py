@@ -21,7 +21,8 @@ import pytest
 
 from calmesh_booking.domain import cancel_signature
 from calmesh_booking.handlers import link_secret
-from calmesh_booking.testing import BookingHarness, User, utc
+from calmesh_testing.booking import BookingHarness, User, utc
+from calmesh_testing.wait import wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -62,18 +63,6 @@ async def book(bk: BookingHarness, user: User, start: str, slug: str = "intro", 
     return await bk.client.post(f"/api/v1/booking-pages/{slug}/book", params={"handle": user.handle},
                                 json={"start": start, "name": name, "email": mail, "timezone": "America/New_York"},
                                 headers=headers)
-
-
-async def eventually(check: Any, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
 
 def local_slots(day: date, hours: range, minutes: tuple[int, ...] = (0, 30), tz: str = "Europe/Amsterdam") -> list[str]:
     from zoneinfo import ZoneInfo
@@ -236,13 +225,13 @@ async def test_book_blocks_the_slot_writes_the_event_mails_and_cancels(bk: Booki
         got = await bk.client.get(f"/api/v1/bookings/{created['id']}", headers=ann.headers)
         return got.json()["event_id"]
 
-    event_id = await eventually(written)
+    event_id = await wait_for(written)
     assert [e["id"] for e in bk.fake.created if e["start"] == first] == [event_id]
     event = next(e for e in bk.fake.created if e["id"] == event_id)
     assert event["attendees"] == ["vera@example.org"] and event["calendar_id"] == "personal"
 
     # Both sides get a confirmation with an iCalendar REQUEST.
-    await eventually(lambda: _ready(bk, f"{created['id']}-confirmed-owner"))
+    await wait_for(lambda: _ready(bk, f"{created['id']}-confirmed-owner"))
     visitor = _mail(bk, f"{created['id']}-confirmed-visitor")
     owner = _mail(bk, f"{created['id']}-confirmed-owner")
     assert visitor["To"] == "Vera Visitor <vera@example.org>"
@@ -258,8 +247,8 @@ async def test_book_blocks_the_slot_writes_the_event_mails_and_cancels(bk: Booki
     c2 = await bk.client.post(f"/api/v1/bookings/{created['id']}/cancel", headers=ann.headers)
     assert c2.status_code == 200 and c2.json() == c1.json()
     assert first in await slots(bk, ann, day)
-    await eventually(lambda: _async(event_id in bk.fake.deleted))
-    await eventually(lambda: _ready(bk, f"{created['id']}-cancelled-visitor"))
+    await wait_for(lambda: _async(event_id in bk.fake.deleted))
+    await wait_for(lambda: _ready(bk, f"{created['id']}-cancelled-visitor"))
     assert "METHOD:CANCEL" in _ics(_mail(bk, f"{created['id']}-cancelled-visitor"))
 
     # Someone else's booking is a 404.
@@ -367,7 +356,7 @@ async def test_two_hundred_concurrent_bookings_of_one_slot(bk: BookingHarness, r
     async def one_event() -> bool:
         return sum(1 for e in bk.fake.created if e["user_id"] == ann.user_id and e["start"] == target) == 1
 
-    await eventually(one_event)
+    await wait_for(one_event)
 
 
 async def test_list_bookings_filters_and_pages(bk: BookingHarness) -> None:
@@ -415,7 +404,7 @@ async def test_calendar_write_is_retried_and_never_blocks_the_booking(bk: Bookin
     async def written() -> Any:
         return (await bk.client.get(f"/api/v1/bookings/{booking_id}", headers=ann.headers)).json()["event_id"]
 
-    await eventually(written, timeout=20)
+    await wait_for(written, timeout=20)
     assert not bk.fake.fail_writes
 
 
@@ -509,7 +498,7 @@ async def test_a_change_announced_by_connections_reaches_slots_at_once(bk: Booki
     async def gone() -> bool:
         return await slots(bk, ann, day) == []
 
-    await eventually(gone, timeout=5)
+    await wait_for(gone, timeout=5)
 
 
 async def test_idempotency_keys_are_forgotten_after_a_day(bk: BookingHarness) -> None:

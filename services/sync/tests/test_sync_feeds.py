@@ -1,17 +1,17 @@
-"""Hand-written feeds (tests/feeds/, see its README) through the sync path's own functions: parse,
+"""Hand-written feeds (`calmesh_testing.feeds.ICAL_FEEDS`, see its README) through the sync path's own functions: parse,
 expand in the window, build the projection rows. Expectations are worked out by hand."""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from pathlib import Path
 
 import pytest
 
 from calmesh_providers import ical
 from calmesh_sync.engine import build_rows, expand_ical_body
+from calmesh_testing.feeds import ICAL_FEEDS
 
-FEEDS = Path(__file__).parent / "feeds"
+FEEDS = ICAL_FEEDS
 WINDOW = ical.Window.around(date(2026, 11, 25), 90, 400)
 
 

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[4]  # tests/support/src/calmesh_testing/npm.py
 TEST_TOOLS = REPO / "tests" / "npm" / "package.json"
 NODE_PACKAGE = REPO / "clients" / "mcp-node"
 

@@ -1,82 +1,36 @@
-"""Billing against a local fake of Mollie (tests/fakes/mollie.py): subscribe, the first payment
+"""Billing against a local fake of Mollie (calmesh_testing.mollie): subscribe, the first payment
 paid, recurring payments, a failed one and its grace period, cancel, repeated and forged notices.
 
 The billing service runs in-process (uvicorn on a free port) on a schema of its own; Mollie's
-notices go straight to it, with the internal secret the gateway would add."""
+notices go straight to it, with the internal secret the gateway would add. Through the gateway of the
+platform: tests/test_billing_gateway_e2e.py."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-import uvicorn
-
 from litestar import post
 
+from calmesh_billing.app import create_app
 from calmesh_common.devstack.embedded import free_port
 from calmesh_common.migrations import Migration, apply_migrations, common_migrations, package_migrations, shared_sql
 from calmesh_common.plans import enforce_limit, plan_consumer
 from calmesh_common.service import Caller, ServiceDeps, create_service_app
 from calmesh_common.settings import Settings
-from calmesh_billing.app import create_app
-
-_spec = importlib.util.spec_from_file_location("calmesh_test_fake_mollie", Path(__file__).parent / "fakes" / "mollie.py")
-assert _spec and _spec.loader
-fake_mollie = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
-_spec.loader.exec_module(fake_mollie)
-FakeMollie = fake_mollie.FakeMollie
+from calmesh_testing.mollie import FakeMollie
+from calmesh_testing.servers import Served
+from calmesh_testing.wait import wait_for
 
 SECRET = "test-internal-secret"
-
-
-@dataclass
-class Served:
-    server: uvicorn.Server
-    task: asyncio.Task[None]
-    url: str
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        await self.task
-
-
-async def serve(app: Any, port: int | None = None) -> Served:
-    port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("the server stopped during start-up")
-        if time.monotonic() > deadline:
-            raise RuntimeError("the server did not start")
-        await asyncio.sleep(0.02)
-    return Served(server, task, f"http://127.0.0.1:{port}")
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("the condition did not hold in time")
-        await asyncio.sleep(0.05)
-
 
 @dataclass
 class Billing:
@@ -122,7 +76,7 @@ async def billing(migrated: str, nats_server_url: str, unique: str) -> AsyncIter
     finally:
         await conn.close()
     mollie = FakeMollie(webhook_headers={"x-calmesh-internal-secret": SECRET})
-    mollie_served = await serve(mollie)
+    mollie_served = await Served(mollie).start()
     mollie.base_url = mollie_served.url
     port = free_port()
     settings = Settings(
@@ -137,7 +91,7 @@ async def billing(migrated: str, nats_server_url: str, unique: str) -> AsyncIter
         log_level="warning",
     )
     app = create_app(settings, schema=schema)
-    served = await serve(app, port)
+    served = await Served(app, port).start()
     pool = await asyncpg.create_pool(migrated, min_size=1, max_size=3)
     api = httpx.AsyncClient(base_url=served.url, timeout=30)
     try:
@@ -202,7 +156,7 @@ async def test_subscribe_pay_renew_fail_grace_and_back_to_free(billing: Billing)
     assert code == 200
     past_due = await billing.status(owner)
     assert past_due["plan"] == "pro" and past_due["status"] == "past_due"
-    ended = await eventually(lambda: _free(billing, owner), timeout=5)
+    ended = await wait_for(lambda: _free(billing, owner), timeout=5)
     assert ended["status"] == "canceled" and ended["limits"]["connections"] == 3
     assert billing.mollie.subscriptions[subscription["id"]]["status"] == "canceled"
 
@@ -239,7 +193,7 @@ async def test_cancel_keeps_pro_until_the_period_ends(billing: Billing) -> None:
     await asyncio.sleep(0.5)  # sweeps run: the period has not ended
     assert (await billing.status(owner))["plan"] == "pro"
     billing.set_clock(parse(active["current_period_end"]) + timedelta(seconds=1))
-    ended = await eventually(lambda: _free(billing, owner), timeout=5)
+    ended = await wait_for(lambda: _free(billing, owner), timeout=5)
     assert ended["status"] == "canceled" and ended["current_period_end"] is None
 
 
@@ -315,7 +269,7 @@ async def test_plan_limits_refuse_with_402_and_an_upgrade_lifts_them_at_once(
     finally:
         await conn.close()
     settings = Settings(database_url=migrated, nats_url=nats_server_url, internal_secret=SECRET, log_level="warning")
-    served = await serve(widget_app(settings, schema))
+    served = await Served(widget_app(settings, schema)).start()
     try:
         async with httpx.AsyncClient(base_url=served.url, timeout=30) as widgets:
             owner = user()
@@ -341,34 +295,10 @@ async def test_plan_limits_refuse_with_402_and_an_upgrade_lifts_them_at_once(
             async def created() -> bool:
                 return (await widgets.post("/api/v1/widgets", headers=h)).status_code == 201
 
-            await eventually(created, timeout=5)
+            await wait_for(created, timeout=5)
             assert time.monotonic() - paid_at < 3
     finally:
         await served.stop()
-
-
-async def test_through_the_gateway_billing_is_for_sessions_and_mollie_reaches_it_without_auth(stack: Any) -> None:
-    suffix = uuid.uuid4().hex[:10]
-    async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as gw:
-        r = await gw.post("/api/v1/auth/signup", json={"email": f"bill-{suffix}@example.com",
-                                                       "password": "a long enough passphrase", "handle": f"bill-{suffix}"})
-        assert r.status_code == 201, r.text
-        r = await gw.get("/api/v1/billing")
-        assert r.status_code == 200, r.text
-        body = r.json()
-        assert (body["plan"], body["status"], body["current_period_end"]) == ("free", "none", None)
-        assert body["limits"] == {"connections": 3, "booking_pages": 2, "api_requests_per_day": 10_000}
-        k = await gw.post("/api/v1/api-keys", json={"name": "k", "scope": "full"},
-                          headers={"X-CSRF-Token": gw.cookies["calmesh_csrf"]})
-        assert k.status_code == 201, k.text
-        gw.cookies.clear()
-        r = await gw.get("/api/v1/billing", headers={"Authorization": f"Bearer {k.json()['key']}"})
-        assert r.status_code == 403 and r.json()["code"] == "insufficient_scope", r.text  # session only
-
-        # Mollie's notice needs no credentials; the platform under test has no Mollie account, so
-        # billing cannot ask Mollie and answers 503: Mollie calls again later, nothing changed.
-        r = await gw.post("/api/v1/billing/mollie/webhook", data={"id": "tr_e2eforged"})
-        assert r.status_code == 503 and r.json()["code"] == "payment_provider_unavailable", r.text
 
 
 async def test_usage_counts_connections_and_booking_pages_from_their_events(billing: Billing, unique: str) -> None:
@@ -409,5 +339,5 @@ async def test_usage_counts_connections_and_booking_pages_from_their_events(bill
         usage = (await billing.status(owner))["usage"]
         return usage if usage["connections"] == 1 and usage["booking_pages"] == 2 else None
 
-    usage = await eventually(counted, timeout=10)
+    usage = await wait_for(counted, timeout=10)
     assert usage == {"connections": 1, "booking_pages": 2, "api_requests_today": None}

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..devstack.embedded import EmbeddedNats, EmbeddedPostgres
+from calmesh_common.devstack.embedded import EmbeddedNats, EmbeddedPostgres
 
 
 @contextmanager
@@ -46,6 +46,13 @@ def nats_url() -> Iterator[str]:
         with NatsContainer("nats:2.10-alpine").with_command("-js") as container:
             yield container.nats_uri()
         return
+    with private_nats() as url:
+        yield url
+
+
+@contextmanager
+def private_nats() -> Iterator[str]:
+    """A NATS server (JetStream) of the caller's own, on a free port, removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="calmesh-test-nats-") as tmp:
         server = EmbeddedNats(Path(tmp) / "nats")
         try:

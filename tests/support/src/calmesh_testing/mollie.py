@@ -28,6 +28,8 @@ from typing import Any
 
 import httpx
 
+from .asgi import lifespan, read_body
+
 FINAL = {"paid", "failed", "canceled", "expired"}
 MOVES = {
     "open": {"pending", "authorized", "paid", "failed", "canceled", "expired"},
@@ -68,19 +70,9 @@ class FakeMollie:
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+            await lifespan(receive, send)
+            return
+        body = await read_body(receive)
         headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
         method, path = scope["method"], scope["path"]
         self.calls.append((method, path))

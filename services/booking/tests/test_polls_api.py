@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from calmesh_booking.testing import BookingHarness, User
+from calmesh_testing.booking import BookingHarness, User
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from calmesh_booking.testing import BookingHarness, User
 from calmesh_common.events import decode_envelope
+from calmesh_testing.booking import BookingHarness, User
 
 pytestmark = pytest.mark.timeout(120)
 

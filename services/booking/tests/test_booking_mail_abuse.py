@@ -13,7 +13,6 @@ import asyncio
 import email
 import email.policy
 import re
-import time
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from email.message import EmailMessage
@@ -23,7 +22,8 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from calmesh_booking.testing import BookingHarness, User
+from calmesh_testing.booking import BookingHarness, User
+from calmesh_testing.wait import wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -37,18 +37,6 @@ async def bk(database_url: str) -> AsyncIterator[BookingHarness]:
                                    mail_per_recipient_per_day=PER_RECIPIENT).start()
     yield harness
     await harness.stop()
-
-
-async def eventually(check: Any, timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
 
 def day_ahead(days: int) -> date:
     return (datetime.now(UTC) + timedelta(days=days)).date()
@@ -98,7 +86,7 @@ async def test_a_recipient_gets_five_mails_a_day_and_the_sixth_booking_still_suc
         ids.append(r.json()["id"])
     # The owner hears of every booking (their own address, not a visitor's).
     for booking_id in ids:
-        await eventually(lambda b=booking_id: _true(mailed(bk, f"{b}-confirmed-owner")), what="the owner's mails")
+        await wait_for(lambda b=booking_id: _true(mailed(bk, f"{b}-confirmed-owner")), what="the owner's mails")
     assert [mailed(bk, f"{b}-confirmed-visitor") for b in ids] == [True] * PER_RECIPIENT + [False]
     # The booking that was not mailed is booked all the same.
     sixth = await bk.client.get(f"/api/v1/bookings/{ids[-1]}", headers=ann.headers)
@@ -106,14 +94,14 @@ async def test_a_recipient_gets_five_mails_a_day_and_the_sixth_booking_still_suc
     # Another address is mailed as usual; the suppressed mail is counted where operators look.
     other = await book(bk, ann, "prize", slot(day, 16), "someone.else@example.org")
     assert other.status_code == 201
-    await eventually(lambda: _true(mailed(bk, f"{other.json()['id']}-confirmed-visitor")), what="another address")
+    await wait_for(lambda: _true(mailed(bk, f"{other.json()['id']}-confirmed-visitor")), what="another address")
     metrics = (await bk.client.get("/metrics")).text
     assert 'calmesh_booking_mails_total{kind="confirmed",outcome="suppressed"} 1.0' in metrics
     # Cancelling and rescheduling mails count too: a sixth mail to the address in a day is not sent.
     first = (await bk.client.get(f"/api/v1/bookings/{ids[0]}", headers=ann.headers)).json()
     cancelled = await bk.client.post(f"/api/v1/bookings/{ids[0]}/cancel", headers=ann.headers, json={})
     assert cancelled.status_code == 200 and first["status"] == "confirmed"
-    await eventually(lambda: _true(mailed(bk, f"{ids[0]}-cancelled-owner")), what="the cancellation")
+    await wait_for(lambda: _true(mailed(bk, f"{ids[0]}-cancelled-owner")), what="the cancellation")
     assert not mailed(bk, f"{ids[0]}-cancelled-visitor")
 
 
@@ -128,13 +116,13 @@ async def test_a_page_sends_at_most_so_many_mails_an_hour(bk: BookingHarness) ->
         assert r.status_code == 201, r.text
         ids.append(r.json()["id"])
     for booking_id in ids:
-        await eventually(lambda b=booking_id: _true(mailed(bk, f"{b}-confirmed-owner")), what="the owner's mails")
+        await wait_for(lambda b=booking_id: _true(mailed(bk, f"{b}-confirmed-owner")), what="the owner's mails")
     assert sum(mailed(bk, f"{b}-confirmed-visitor") for b in ids) == PER_PAGE
     assert not mailed(bk, f"{ids[-1]}-confirmed-visitor")
     # Another page of the same owner has its own count.
     r = await book(bk, ann, "quiet", slot(day, 17), "visitor-quiet@example.org")
     assert r.status_code == 201
-    await eventually(lambda: _true(mailed(bk, f"{r.json()['id']}-confirmed-visitor")), what="the other page's mail")
+    await wait_for(lambda: _true(mailed(bk, f"{r.json()['id']}-confirmed-visitor")), what="the other page's mail")
 
 
 def verify_link(bk: BookingHarness, booking_id: str) -> str:
@@ -166,7 +154,7 @@ async def test_a_page_that_requires_verification_books_nothing_until_the_link_is
     clash = await book(bk, ann, "checked", start, "else@example.org")
     assert clash.status_code == 409 and clash.json()["code"] == "slot_unavailable"
     # One mail, with the link and no invitation; no calendar event, no confirmation, no booking to read.
-    await eventually(lambda: _true(mailed(bk, f"{pending['id']}-verify-visitor")), what="the verification mail")
+    await wait_for(lambda: _true(mailed(bk, f"{pending['id']}-verify-visitor")), what="the verification mail")
     link = verify_link(bk, pending["id"])
     verify_mail = read_mail(bk, f"{pending['id']}-verify-visitor")
     assert not any(p.get_content_type() == "text/calendar" for p in verify_mail.walk())
@@ -194,8 +182,8 @@ async def test_a_page_that_requires_verification_books_nothing_until_the_link_is
     done = verified.json()
     assert done["id"] == pending["id"] and done["status"] == "confirmed" and done["cancel_url"]
     # Now it is a booking like any other: the event is written and both sides are mailed.
-    await eventually(lambda: _true(any(e["start"] == start for e in bk.fake.created)), what="the calendar event")
-    await eventually(lambda: _true(mailed(bk, f"{pending['id']}-confirmed-visitor")
+    await wait_for(lambda: _true(any(e["start"] == start for e in bk.fake.created)), what="the calendar event")
+    await wait_for(lambda: _true(mailed(bk, f"{pending['id']}-confirmed-visitor")
                                    and mailed(bk, f"{pending['id']}-confirmed-owner")), what="the confirmations")
     got = await bk.client.get(f"/api/v1/bookings/{pending['id']}", headers=ann.headers)
     assert got.status_code == 200 and got.json()["status"] == "confirmed"
@@ -228,7 +216,7 @@ async def test_an_unused_verification_link_expires_and_frees_the_slot(database_u
         r = await book(bk, ann, "checked", start, "vera@example.org")
         assert r.status_code == 201 and r.json()["status"] == "pending_verification"
         booking_id = r.json()["id"]
-        await eventually(lambda: _true(mailed(bk, f"{booking_id}-verify-visitor")), what="the verification mail")
+        await wait_for(lambda: _true(mailed(bk, f"{booking_id}-verify-visitor")), what="the verification mail")
         link = verify_link(bk, booking_id)
 
         async def free_again() -> bool:
@@ -237,7 +225,7 @@ async def test_an_unused_verification_link_expires_and_frees_the_slot(database_u
             return start in [s["start"] for s in got.json()["slots"]]
 
         assert not await free_again()
-        await eventually(free_again, what="the slot to be free again")
+        await wait_for(free_again, what="the slot to be free again")
         late = await bk.client.post(link)
         assert late.status_code == 409 and late.json()["code"] == "verification_expired"
         assert not [e for e in bk.fake.created if e["start"] == start]

@@ -1,10 +1,11 @@
-"""Webhook deliveries end to end: a domain event committed by a producer (event store + outbox +
+"""Webhook deliveries: a domain event committed by a producer (event store + outbox +
 relay + JetStream) reaches a local receiver, signed per Standard Webhooks v1 and verified with the
 reference `standardwebhooks` library; retries, 410, rotation, replay, test sends, manual retry, no
 head-of-line blocking, and a dispatcher killed with SIGKILL mid-delivery.
 
 The webhooks service runs in-process (uvicorn on a free port) on a schema of its own, so these tests
-do not disturb the platform's `webhooks` schema; the kill test runs it as a real process."""
+do not disturb the platform's `webhooks` schema; the kill test runs it as a real process. Through the
+gateway with the platform's own producers: tests/test_webhooks_gateway_e2e.py."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,7 @@ import httpx
 import msgspec
 import nats
 import pytest
-import uvicorn
 from cryptography.fernet import Fernet
-from standardwebhooks import Webhook
 
 from calmesh_common.devstack.embedded import free_port
 from calmesh_common.events import decode_envelope
@@ -37,111 +36,12 @@ from calmesh_common.eventstore import EventStore
 from calmesh_common.migrations import apply_migrations, common_migrations, package_migrations
 from calmesh_common.relay import OutboxRelay
 from calmesh_common.settings import Settings
+from calmesh_testing.receiver import Received, Receiver, verify
+from calmesh_testing.servers import Served
 from calmesh_webhooks.app import create_app
 
 SECRET = "test-internal-secret"
 FERNET_KEY = Fernet.generate_key().decode()
-
-
-# --- a local receiver --------------------------------------------------------------------------
-
-
-@dataclass
-class Received:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-    at: float
-
-
-@dataclass
-class Receiver:
-    """An ASGI app recording every POST; `plans[path]` says what to answer, in turn."""
-
-    received: list[Received] = field(default_factory=list)
-    plans: dict[str, list[Any]] = field(default_factory=dict)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def on(self, path: str, *answers: Any) -> str:
-        """Answers for `path`, in turn (the last repeats): a status, (status, headers),
-        (status, headers, body), or an awaitable-returning callable for answers that wait."""
-        self.plans[path] = list(answers)
-        return path
-
-    def at(self, path: str) -> list[Received]:
-        return [r for r in self.received if r.path == path]
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
-        path = scope["path"]
-        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
-        self.received.append(Received(path, headers, body, time.time()))
-        self.arrived.set()
-        plan = self.plans.get(path, [200])
-        answer = plan.pop(0) if len(plan) > 1 else plan[0]
-        if callable(answer):
-            answer = await answer()
-        if isinstance(answer, int):
-            answer = (answer, {})
-        status, extra, content = answer if len(answer) == 3 else (*answer, b"ok")
-        await send({
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(k.encode(), v.encode()) for k, v in extra.items()],
-        })
-        await send({"type": "http.response.body", "body": content})
-
-    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out; received so far: {[(r.path, r.headers.get('webhook-id')) for r in self.received]}")
-            self.arrived.clear()
-            try:
-                await asyncio.wait_for(self.arrived.wait(), 0.05)
-            except TimeoutError:
-                pass
-
-
-@dataclass
-class Served:
-    server: uvicorn.Server
-    task: asyncio.Task[None]
-    url: str
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        await self.task
-
-
-async def serve(app: Any, port: int | None = None) -> Served:
-    port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve())
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("the server stopped during start-up")
-        if time.monotonic() > deadline:
-            raise RuntimeError("the server did not start")
-        await asyncio.sleep(0.02)
-    return Served(server, task, f"http://127.0.0.1:{port}")
 
 
 # --- a producer of domain events -------------------------------------------------------------------
@@ -247,9 +147,9 @@ async def harness(migrated: str, nats_server_url: str, unique: str) -> AsyncIter
     await migrate_schema(migrated, schema, "calmesh_webhooks")
     await migrate_schema(migrated, source, None)
     receiver = Receiver()
-    received = await serve(receiver)
+    received = await Served(receiver).start()
     app = create_app(_settings(migrated, nats_server_url), schema=schema)
-    service = await serve(app)
+    service = await Served(app).start()
     pool = await asyncpg.create_pool(migrated, min_size=1, max_size=4)
     nc = await nats.connect(nats_server_url)
     relay = OutboxRelay(pool, nc.jetstream(), source, poll_interval=0.2)
@@ -265,11 +165,6 @@ async def harness(migrated: str, nats_server_url: str, unique: str) -> AsyncIter
         await received.stop()
         await nc.close()
         await pool.close()
-
-
-def verify(secret: str, r: Received) -> dict[str, Any]:
-    """Verify a delivery with the reference library; returns the parsed body."""
-    return Webhook(secret).verify(r.body, r.headers)  # type: ignore[no-any-return]
 
 
 def user() -> str:
@@ -547,7 +442,7 @@ async def test_a_dispatcher_killed_mid_delivery_loses_nothing_and_repeats_only_w
         return 200
 
     path = receiver.on("/crash", hang, hang, hang, 200)
-    received = await serve(receiver)
+    received = await Served(receiver).start()
     env = {
         **os.environ,
         "DATABASE_URL": migrated,
@@ -637,81 +532,3 @@ async def test_a_dispatcher_killed_mid_delivery_loses_nothing_and_repeats_only_w
         await received.stop()
         await nc.close()
         await pool.close()
-
-
-# --- through the gateway, with real producers -------------------------------------------------------------
-
-FEED = b"""BEGIN:VCALENDAR\r
-VERSION:2.0\r
-PRODID:-//CalMesh tests//EN\r
-BEGIN:VEVENT\r
-UID:standup-webhook-e2e@example.com\r
-DTSTAMP:20261120T080000Z\r
-DTSTART:20261201T090000Z\r
-DTEND:20261201T091500Z\r
-SUMMARY:Standup\r
-END:VEVENT\r
-END:VCALENDAR\r
-"""
-
-
-async def test_through_the_gateway_a_synced_feed_reaches_the_subscriber_signed(stack: Any) -> None:
-    """Webhooks managed with a full key through the gateway; the stack's own dispatcher delivers
-    what connections and sync publish when an iCal feed is connected."""
-    receiver = Receiver()
-    feed = receiver.on("/feed.ics", (200, {"content-type": "text/calendar"}, FEED))
-    hooks = receiver.on("/hooks", 200)
-    served = await serve(receiver)
-    suffix = uuid.uuid4().hex[:10]
-    try:
-        async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as gw:
-            r = await gw.post("/api/v1/auth/signup", json={"email": f"wh-{suffix}@example.com",
-                                                           "password": "a long enough passphrase",
-                                                           "handle": f"wh-{suffix}", "timezone": "Europe/Amsterdam"})
-            assert r.status_code == 201, r.text
-            csrf = {"X-CSRF-Token": gw.cookies["calmesh_csrf"]}
-            keys = {}
-            for scope in ("full", "read"):
-                k = await gw.post("/api/v1/api-keys", json={"name": scope, "scope": scope}, headers=csrf)
-                assert k.status_code == 201, k.text
-                keys[scope] = {"Authorization": f"Bearer {k.json()['key']}"}
-            gw.cookies.clear()
-            body = {"url": served.url + hooks, "event_types": ["connection.synced", "calendar.event.created"]}
-            refused = await gw.post("/api/v1/webhooks", json=body, headers=keys["read"])
-            assert refused.status_code == 403 and refused.json()["code"] == "insufficient_scope"
-            r = await gw.post("/api/v1/webhooks", json=body, headers=keys["full"])
-            assert r.status_code == 201, r.text
-            hook = r.json()
-
-            # webhook.test, sent at once
-            r = await gw.post(f"/api/v1/webhooks/{hook['id']}/test", headers=keys["full"])
-            assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text
-            assert verify(hook["secret"], receiver.at(hooks)[0])["type"] == "webhook.test"
-
-            # Real producers: connecting the feed makes connections and sync publish events.
-            c = await gw.post("/api/v1/connections/ical", json={"url": served.url + feed}, headers=keys["full"])
-            assert c.status_code == 201, c.text
-            connection_id = c.json()["id"]
-
-            def types() -> list[str]:
-                return [msgspec.json.decode(x.body)["type"] for x in receiver.at(hooks)]
-
-            await receiver.wait_for(
-                lambda: {"connection.synced", "calendar.event.created"} <= set(types()), timeout=60
-            )
-            got = {}
-            for x in receiver.at(hooks)[1:]:
-                parsed = verify(hook["secret"], x)
-                got[parsed["type"]] = (x.headers["webhook-id"], parsed["data"])
-            assert got["connection.synced"][1]["id"] == connection_id
-            created = got["calendar.event.created"][1]
-            assert created["title"] == "Standup" and created["start"] == "2026-12-01T09:00:00Z"
-            assert created["connection_id"] == connection_id and created["id"].startswith("evt_")
-
-            r = await gw.get(f"/api/v1/webhooks/{hook['id']}/deliveries", headers=keys["full"])
-            assert r.status_code == 200
-            listed = {(d["event_type"], d["event_id"]) for d in r.json()["data"]}
-            assert {("connection.synced", got["connection.synced"][0]),
-                    ("calendar.event.created", got["calendar.event.created"][0])} <= listed
-    finally:
-        await served.stop()

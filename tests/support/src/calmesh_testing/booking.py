@@ -1,4 +1,5 @@
-"""Test support for the booking service: run it in-process against fakes of connections and sync.
+"""The booking service in-process against fakes of connections and sync, and a platform owner
+whose calendar is a Radicale calendar (`sign_up_with_caldav`).
 
 `BookingHarness` starts, in the test's event loop:
 - a NATS server of its own (so its durable consumers share nothing with a platform stack that runs
@@ -16,9 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -32,10 +30,10 @@ import asyncpg
 import httpx
 import msgspec
 import nats
-import uvicorn
 from litestar import Litestar, Request, Response, delete, get, patch, post, put
 
-from calmesh_common.devstack.embedded import EmbeddedNats, free_port
+from calmesh_booking.app import create_app
+from calmesh_common.devstack.embedded import EmbeddedNats
 from calmesh_common.events import Envelope, encode_envelope, new_event_id
 from calmesh_common.ids import booking_uid, event_id_for, new_id
 from calmesh_common.migrations import apply_migrations, package_migrations
@@ -43,7 +41,8 @@ from calmesh_common.service import SECRET_HEADER
 from calmesh_common.settings import Settings
 from calmesh_common.streams import ensure_streams
 
-from .app import create_app
+from .radicale import Radicale
+from .servers import Served
 
 PROJECTION_SQL = """
 CREATE TABLE {table} (
@@ -270,35 +269,6 @@ class FakeCalendarServices:
                          move_event], debug=False)
 
 
-class Served:
-    """An ASGI app under uvicorn in the running event loop."""
-
-    def __init__(self, app: Any, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="on", access_log=False))
-        self.task: asyncio.Task[None] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self.task = asyncio.create_task(self.server.serve())
-        for _ in range(400):
-            if self.server.started:
-                return
-            if self.task.done():
-                self.task.result()
-            await asyncio.sleep(0.025)
-        raise RuntimeError("server did not start")
-
-    async def stop(self) -> None:
-        self.server.should_exit = True
-        if self.task is not None:
-            await asyncio.wait_for(self.task, 15)
-
-
 @dataclass
 class BookingHarness:
     """The booking service with fake neighbours; see the module docstring."""
@@ -419,93 +389,6 @@ def utc(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
 
 
-class Radicale:
-    """A real CalDAV server (Radicale) on loopback with one user, storing files in `root`."""
-
-    def __init__(self, root: Path, user: str = "owner", password: str = "s3cret-pass") -> None:
-        self.root = root
-        self.user = user
-        self.password = password
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> Radicale:
-        self.root.mkdir(parents=True, exist_ok=True)
-        (self.root / "users").write_text(f"{self.user}:{self.password}\n")
-        config = self.root / "config"
-        config.write_text(
-            "[server]\n"
-            f"hosts = 127.0.0.1:{self.port}\n"
-            "[auth]\ntype = htpasswd\n"
-            f"htpasswd_filename = {self.root / 'users'}\nhtpasswd_encryption = plain\n"
-            "[rights]\ntype = owner_only\n"
-            f"[storage]\nfilesystem_folder = {self.root / 'collections'}\n"
-            "[logging]\nlevel = warning\n"
-        )
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "radicale", "--config", str(config)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("Radicale did not start")
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    @property
-    def auth(self) -> tuple[str, str]:
-        return (self.user, self.password)
-
-    def calendar_url(self, name: str) -> str:
-        return f"{self.url}/{self.user}/{name}/"
-
-    def make_calendar(self, name: str, display_name: str | None = None) -> str:
-        body = (
-            '<?xml version="1.0" encoding="utf-8"?>'
-            '<C:mkcalendar xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav"><D:set><D:prop>'
-            f"<D:displayname>{display_name or name}</D:displayname>"
-            "</D:prop></D:set></C:mkcalendar>"
-        )
-        r = httpx.request("MKCALENDAR", self.calendar_url(name), content=body, auth=self.auth,
-                          headers={"Content-Type": "application/xml"})
-        if r.status_code not in (201, 405):
-            raise RuntimeError(f"MKCALENDAR answered {r.status_code}: {r.text[:200]}")
-        return self.calendar_url(name)
-
-    def put_event(self, calendar: str, uid: str, start: datetime, end: datetime, summary: str = "Busy") -> None:
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        ics = (
-            "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//CalMesh tests//EN\r\nBEGIN:VEVENT\r\n"
-            f"UID:{uid}\r\nDTSTAMP:{stamp}\r\nDTSTART:{start.astimezone(UTC):%Y%m%dT%H%M%SZ}\r\n"
-            f"DTEND:{end.astimezone(UTC):%Y%m%dT%H%M%SZ}\r\nSUMMARY:{summary}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
-        )
-        r = httpx.put(f"{self.calendar_url(calendar)}{uid}.ics", content=ics, auth=self.auth,
-                      headers={"Content-Type": "text/calendar; charset=utf-8"})
-        if r.status_code not in (201, 204):
-            raise RuntimeError(f"PUT answered {r.status_code}: {r.text[:200]}")
-
-    def event_files(self, calendar: str) -> list[str]:
-        """The iCalendar objects stored in `calendar`, as text (read from Radicale's storage)."""
-        folder = self.root / "collections" / "collection-root" / self.user / calendar
-        return [p.read_text() for p in sorted(folder.glob("*.ics"))] if folder.is_dir() else []
-
-
 @dataclass
 class PlatformOwner:
     """A user of a running platform with keys, a CalDAV connection to a Radicale calendar and a
@@ -562,7 +445,7 @@ async def sign_up_with_caldav(gateway_url: str, radicale: Radicale, *, timezone:
         gw.cookies.clear()
         auth = {"Authorization": f"Bearer {keys['full']}"}
         c = await gw.post("/api/v1/connections/caldav", headers=auth, json={
-            "url": radicale.calendar_url(calendar), "username": radicale.user, "password": radicale.password})
+            "url": radicale.calendar_url(calendar), "username": radicale.username, "password": radicale.password})
         assert c.status_code == 201, c.text
         connection = c.json()
         chosen = [cal for cal in connection["calendars"] if cal["name"] == calendar]
