@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from playwright.async_api import Page
+from playwright.async_api import Page, expect
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -70,3 +70,20 @@ async def reload_until(page: Page, done: Callable[[], Awaitable[bool]], seconds:
         assert time.monotonic() < deadline, await page.content()
         await page.wait_for_timeout(500)
         await page.reload()
+
+
+async def book_first_slot(page: Page, public_url: str, name: str, email: str,
+                          choices: dict[str, str] | None = None) -> None:
+    """Book the first offered time on a public booking page, as a visitor: the first open day, its
+    first slot, name and email (and the `choices`, select questions by label), then confirm."""
+    await page.goto(public_url)
+    day = page.locator("#days button:not([disabled])").first
+    await expect(day).to_be_visible(timeout=15_000)
+    await day.click()
+    await page.locator("#slots button").first.click()
+    await page.get_by_label("Name").fill(name)
+    await page.get_by_label("Email").fill(email)
+    for label, option in (choices or {}).items():
+        await page.get_by_label(label).select_option(option)
+    await page.get_by_role("button", name="Confirm booking").click()
+    await expect(page.locator("#step-done")).to_be_visible(timeout=15_000)

@@ -19,16 +19,13 @@ from typing import Any
 import httpx
 import pytest
 from litestar import Litestar, Response, get
-from playwright.async_api import Browser, Frame, FrameLocator, Page, async_playwright, expect
+from playwright.async_api import Browser, Frame, FrameLocator, Page, expect
 
 from calmesh_booking.testing import PlatformOwner, Radicale, Served, sign_up_with_caldav
 from calmesh_common.devstack.supervisor import Stack
 
 pytestmark = pytest.mark.timeout(180)
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 ALL_WEEK = {d: [["08:00", "20:00"]] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
 
 
@@ -63,14 +60,6 @@ async def site(stack: Stack, radicale: Radicale) -> Site:
             "description": "Thirty minutes to get to know each other."})
     assert r.status_code == 201, r.text
     return Site(stack.gateway_url, owner)
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        await b.close()
 
 
 #: Reports each Content-Security-Policy violation of any frame to the console (the page's CSP

@@ -21,7 +21,7 @@ from playwright.async_api import Browser, Page, expect
 from calmesh_booking.testing import Radicale, Served
 from calmesh_common.devstack.supervisor import Stack
 
-from browser_support import ics, shot, this_week_at
+from browser_support import book_first_slot, ics, shot, this_week_at
 
 pytestmark = pytest.mark.timeout(480)  # the first test starts the session stack too
 
@@ -254,15 +254,7 @@ async def test_a_newcomer_signs_up_connects_two_calendars_and_sees_the_merged_we
     # booking and cancels it.
     visitor_context = await browser.new_context(timezone_id="UTC")
     visitor = await visitor_context.new_page()
-    await visitor.goto(public_url)
-    day = visitor.locator("#days button:not([disabled])").first
-    await expect(day).to_be_visible(timeout=15_000)
-    await day.click()
-    await visitor.locator("#slots button").first.click()
-    await visitor.get_by_label("Name").fill("Vera Visitor")
-    await visitor.get_by_label("Email").fill("vera@example.com")
-    await visitor.get_by_role("button", name="Confirm booking").click()
-    await expect(visitor.locator("#step-done")).to_be_visible(timeout=15_000)
+    await book_first_slot(visitor, public_url, "Vera Visitor", "vera@example.com")
     await visitor_context.close()
     await page.get_by_role("link", name="Bookings").click()
     booking = page.get_by_role("row").filter(has_text="Vera Visitor")

@@ -29,7 +29,7 @@ from playwright.async_api import Browser, BrowserContext, Page, expect
 from calmesh_booking.testing import Radicale, Served
 from calmesh_common.devstack.supervisor import Stack
 
-from browser_support import ics, reload_until, shot, this_week_at
+from browser_support import book_first_slot, ics, reload_until, shot, this_week_at
 
 pytestmark = pytest.mark.timeout(480)  # the first test starts the session stack too
 
@@ -218,16 +218,7 @@ async def test_a_booking_page_is_edited_with_questions_and_its_owner_books_it_in
     await shot(page, "f4-booking-page-saved")
 
     # Its owner books it on the public page, in this same signed-in browser (no CSRF refusal).
-    await page.goto(public_url)
-    day = page.locator("#days button:not([disabled])").first
-    await expect(day).to_be_visible(timeout=15_000)
-    await day.click()
-    await page.locator("#slots button").first.click()
-    await page.get_by_label("Name").fill("Olga Owner")
-    await page.get_by_label("Email").fill("olga@example.com")
-    await page.get_by_label("Topic").select_option("Support")
-    await page.get_by_role("button", name="Confirm booking").click()
-    await expect(page.locator("#step-done")).to_be_visible(timeout=15_000)
+    await book_first_slot(page, public_url, "Olga Owner", "olga@example.com", {"Topic": "Support"})
     await shot(page, "f5-owner-booked")
 
     # Bookings: the date range and page filters, then the booking's details and cancelling it.
