@@ -243,6 +243,7 @@ async def test_a_booking_page_is_edited_with_questions_and_its_owner_books_it_in
     details = page.get_by_label("Booking details")
     await expect(details).to_contain_text("olga@example.com")
     await expect(details).to_contain_text("Support")
+    await expect(details).to_contain_text("Topic")
     await shot(page, "f6-booking-details")
     await page.get_by_role("button", name="Cancel booking").click()
     await expect(details).to_contain_text("cancelled")

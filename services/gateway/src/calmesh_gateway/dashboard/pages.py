@@ -547,7 +547,15 @@ async def _bookings(request: Request[Any, Any, Any], session: Session) -> dict[s
 @get("/app/bookings/{booking_id:str}", include_in_schema=False)
 async def booking_detail(request: Request[Any, Any, Any], booking_id: str) -> Response[Any]:
     async def load(request: Request[Any, Any, Any], session: Session) -> dict[str, Any]:
-        return {"b": await session.get(f"/bookings/{booking_id}")}
+        booking = await session.get(f"/bookings/{booking_id}")
+        labels: dict[str, str] = {}
+        if booking.get("answers"):
+            try:  # each answer under its question's label, as the page asks it now (else its id)
+                page = await session.get(f"/booking-pages/{booking.get('page_slug')}")
+                labels = {q["id"]: q.get("label") or q["id"] for q in page.get("questions") or []}
+            except ApiError:
+                pass
+        return {"b": booking, "labels": labels}
 
     return await _signed_in_page("booking.html", "Booking", "/app/bookings")(load)(request)
 
