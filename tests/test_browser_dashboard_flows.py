@@ -4,7 +4,9 @@ week's busy and free time with the events behind a busy block (availability's `e
 page edited after creation (hours, overrides, buffers, notice, horizon, duration, questions) with its
 link, embed snippet and preview, then booked by its owner in the very browser they are signed in
 with; bookings filtered by date and page, a booking's details and its cancellation; a webhook's
-event types edited, and the events since an instant delivered again ("replay since").
+event types edited, and the events since an instant delivered again ("replay since"); and, over
+HTTP, that a session cookie on the public booking POST is not looked at while every
+session-authenticated write still needs the CSRF token.
 
 The account, its three connections (a CalDAV calendar on Radicale and two iCal feeds on loopback),
 a calendar and a booking page are made once through the public API (setup, not under test here);
@@ -302,3 +304,31 @@ async def test_a_webhooks_event_types_are_edited_and_past_events_are_replayed(ow
     again = [h for h in owner.hooks if h.get("type") == "booking.created" and h["data"]["id"] == booked]
     assert len(again) >= 2, owner.hooks
     await context.close()
+
+
+async def test_a_session_cookie_on_the_public_booking_post_is_not_looked_at_and_session_writes_keep_csrf(
+        owner: Owner) -> None:
+    """The fix behind the owner booking in their own browser, and what it must not loosen."""
+    today = datetime.now(UTC).date()
+    public = (await owner.http.get("/api/v1/booking-pages/intro", params={"handle": owner.handle})).json()
+    answers = {q["id"]: (q.get("options") or ["yes"])[0] for q in public["questions"] if q["required"]}
+    slots = (await owner.http.get("/api/v1/booking-pages/intro/slots", params={
+        "handle": owner.handle, "start": today.isoformat(), "end": (today + timedelta(days=13)).isoformat()})).json()
+    # The owner's cookies ride along, without the CSRF token: the public booking is made all the same.
+    booked = await owner.http.post("/api/v1/booking-pages/intro/book", params={"handle": owner.handle}, json={
+        "start": slots["slots"][0]["start"], "name": "Sam Self", "email": "sam@example.com", "answers": answers})
+    assert booked.status_code == 201, booked.text
+    # Every write the session authorizes still needs the token: cancelling as the owner, editing the page.
+    for method, path, body in (("POST", f"/api/v1/bookings/{booked.json()['id']}/cancel", {}),
+                               ("PATCH", "/api/v1/booking-pages/intro", {"title": "Taken over"})):
+        refused = await owner.http.request(method, path, json=body)
+        assert refused.status_code == 403 and refused.json()["code"] == "csrf_failed", refused.text
+    # A key sent to the public booking is still held to its scope.
+    key = (await owner.call("POST", "/api-keys", {"name": "reader", "scope": "read"}))["key"]
+    async with httpx.AsyncClient(base_url=owner.base, timeout=30) as keyed:
+        r = await keyed.post("/api/v1/booking-pages/intro/book", params={"handle": owner.handle},
+                             headers={"Authorization": f"Bearer {key}"},
+                             json={"start": slots["slots"][1]["start"], "name": "K", "email": "k@example.com",
+                                   "answers": answers})
+        assert r.status_code == 403 and r.json()["code"] == "insufficient_scope", r.text
+    await owner.call("POST", f"/bookings/{booked.json()['id']}/cancel", {})
