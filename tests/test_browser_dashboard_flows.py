@@ -67,6 +67,7 @@ class Owner:
 async def owner(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Owner]:
     radicale = Radicale(tmp_path_factory.mktemp("radicale-flows")).start()
     radicale.make_calendar("office", "Office")
+    radicale.make_calendar("home", "Home")
     feeds = {
         "a.ics": ics(("standup@a", "Standup", this_week_at(2, 10), this_week_at(2, 11)), name="Team A"),
         "b.ics": ics(("review@b", "Review", this_week_at(2, 10, 30), this_week_at(2, 11, 30)), name="Team B"),
@@ -90,16 +91,19 @@ async def owner(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Async
                                                          "password": "a long enough passphrase", "timezone": "UTC"})
         assert r.status_code == 201, r.text
         who = Owner(base, handle, http, {}, received, f"{served.url}/hook")
+        # The account's URL: one connection with both of its calendars (Office and Home).
         who.connections["office"] = (await who.call("POST", "/connections/caldav", {
-            "url": radicale.calendar_url("office"), "username": radicale.user, "password": radicale.password}))["id"]
+            "url": f"{radicale.url}/{radicale.user}/", "username": radicale.user, "password": radicale.password}))["id"]
         for name in ("a", "b"):
             who.connections[name] = (await who.call("POST", "/connections/ical", {"url": f"{served.url}/{name}.ics"}))["id"]
         deadline = time.monotonic() + 90
         while {c["status"] for c in (await who.call("GET", "/connections"))["data"]} != {"active"}:
             assert time.monotonic() < deadline, await who.call("GET", "/connections")
             await asyncio.sleep(0.5)
-        await who.call("POST", "/calendars", {"slug": "office", "name": "Office", "timezone": "UTC",
-                                              "sources": [{"connection_id": who.connections["office"]}]})
+        office = next(c for c in (await who.call("GET", f"/connections/{who.connections['office']}"))["calendars"]
+                      if c["name"] == "Office")
+        await who.call("POST", "/calendars", {"slug": "office", "name": "Office", "timezone": "UTC", "sources": [
+            {"connection_id": who.connections["office"], "calendar_id": office["id"]}]})
         await who.call("POST", "/booking-pages", {
             "slug": "intro", "calendar_slug": "office", "title": "Intro call", "duration_minutes": 30,
             "timezone": "UTC", "weekly_hours": {d: [["09:00", "17:00"]] for d in ("mon", "tue", "wed", "thu", "fri")},
@@ -132,6 +136,20 @@ async def test_sources_are_added_and_removed_and_the_week_explains_its_busy_time
     office = page.get_by_role("list", name="Sources of Office").get_by_role("listitem")
     await expect(office.first).to_contain_text("new events go here")
     await expect(sources.filter(has_text="new events go here")).to_have_count(0)
+    await expect(page.get_by_role("button", name="Make Team B the default write target")).to_have_count(0)
+    # Another writable calendar added to Office can be made the default write target: it goes first.
+    office_pick = page.get_by_label("Add a source to Office")
+    await office_pick.select_option(label=((await office_pick.locator("option", has_text="Home").text_content()) or "").strip())
+    await page.get_by_role("row").filter(has=page.get_by_role("link", name="Office", exact=True)).get_by_role(
+        "button", name="Add source").click()
+    await expect(office).to_have_count(2)
+    await expect(office.filter(has_text="new events go here")).to_contain_text("Office")
+    await page.get_by_role("button", name="Make Home the default write target of Office").click()
+    await expect(office.first).to_contain_text("Home")
+    await expect(office.first).to_contain_text("new events go here")
+    await expect(office.nth(1)).not_to_contain_text("new events go here")
+    assert [s["name"] for s in sorted((await owner.call("GET", "/calendars/office"))["sources"],
+                                      key=lambda s: s["sort_order"])] == ["Home", "Office"]
     await shot(page, "f1-calendar-sources")
 
     # The week: Wednesday 10:00–11:30 is one busy block made of both meetings; a click says why.

@@ -246,7 +246,10 @@ def _source_moves(sources: list[dict[str, Any]],
     moves: list[dict[str, Any]] = []
     for i, source in enumerate(ordered):
         up = None if i == 0 else {"source_ids": ids[:i - 1] + [ids[i], ids[i - 1]] + ids[i + 1:]}
-        moves.append({"source": source, "up": up, "default": source["id"] == target,
+        writable = not read_only.get((source.get("connection_id") or "", source.get("calendar_id") or ""), False)
+        # A writable source that is not the target yet becomes it by going first.
+        first = {"source_ids": [ids[i], *ids[:i], *ids[i + 1:]]} if writable and source["id"] != target else None
+        moves.append({"source": source, "up": up, "first": first, "default": source["id"] == target,
                       "name": source.get("name") or source.get("calendar_id") or source["id"]})
     return moves
 
