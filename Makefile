@@ -10,10 +10,11 @@ VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.calmesh-installed
 
-.PHONY: up test install lock bench clean-data help chromium
+.PHONY: up demo test install lock bench clean-data help chromium
 
 help:
 	@echo "make up      - run the platform (embedded PostgreSQL and NATS) on 127.0.0.1:$${CALMESH_HTTP_PORT:-8080}"
+	@echo "make demo    - the same, plus a demo user, two sample calendars on loopback, a unified calendar and a booking page"
 	@echo "make test    - run the whole test suite"
 	@echo "make lock    - re-pin requirements.lock (dev) and requirements.runtime.lock (the image) after changing a pyproject.toml"
 	@echo "make bench   - run the benchmarks in bench/"
@@ -32,6 +33,11 @@ install: $(STAMP)
 up: install
 	$(VENV)/bin/calmesh-up
 
+# `make up` with a demo user, two sample calendars served on loopback (an iCal feed and Radicale),
+# a unified calendar and a booking page on them; prints the sign-in, an API key and three curl lines.
+demo: install
+	$(VENV)/bin/calmesh-up --demo
+
 # The browser tests drive Debian's Chromium (Playwright's own browser download cannot work here).
 # Installed only when it is missing; CI runs as root on Debian.
 CHROMIUM := /usr/bin/chromium
@@ -46,10 +52,12 @@ chromium: $(CHROMIUM)
 test: install $(CHROMIUM)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Every benchmark runs, even after one misses its target; the misses are named and make fails at the end.
+# Every benchmark runs, even after one misses its target; a summary table (target, measured, met or
+# missed) comes at the end, and only then does a miss make `make bench` fail.
 bench: install
-	@failed=""; for b in bench/*.py; do echo "== $$b"; $(PY) $$b || failed="$$failed $$b"; done; \
-	if [ -n "$$failed" ]; then echo "== missed a target or failed:$$failed"; exit 1; fi; echo "== every benchmark met its targets"
+	@summary=$$(mktemp); failed=""; for b in bench/*_bench.py; do echo "== $$b"; \
+	CALMESH_BENCH_SUMMARY=$$summary $(PY) $$b || failed="$$failed $$b"; done; \
+	$(PY) bench/benchkit.py summary $$summary $$failed; rc=$$?; rm -f $$summary; exit $$rc
 
 lock: | $(UV)
 	$(UV) lock --exclude-newer $(LOCK_EXCLUDE_NEWER)

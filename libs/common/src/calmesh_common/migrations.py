@@ -4,6 +4,13 @@ Files are named ``NNNN_description.sql`` and applied in order, each in its own t
 The common event-store tables (this package's ``migrations/``) come first, under the name
 ``common/NNNN_…``. The runner holds an advisory lock per schema so two processes starting at once
 do not race. ``{schema}`` in a file is replaced by the schema's name.
+
+What several services keep in their own schema in one shape (the ``user_plans`` table of
+`calmesh_common.plans`) is written once, in this package's ``migrations/shared/NAME.sql``. A service
+takes it with a migration file of its own, numbered in its own order, holding the line
+``\\include NAME``: the runner reads the shared file in its place. A migration is known by its file
+name (``schema_migrations`` records names, not contents), so a database that applied the table from
+a full copy under the same name does not apply it again.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from pathlib import Path
 import asyncpg
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_INCLUDE = re.compile(r"^\\include\s+(\S*)\s*$", re.MULTILINE)
+_SHARED_NAME = re.compile(r"^[a-z0-9_]+$")
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -38,8 +47,24 @@ def _read_dir(path: Path, prefix: str = "") -> list[Migration]:
         # Two files with one number (two branches merged) would apply in an accidental order.
         if (other := numbers.setdefault(match.group(1), file.name)) != file.name:
             raise ValueError(f"migration files {other} and {file.name} in {path} share the number {match.group(1)}")
-        found.append(Migration(prefix + file.stem, file.read_text(encoding="utf-8")))
+        found.append(Migration(prefix + file.stem, _with_shared(file.read_text(encoding="utf-8"), file)))
     return found
+
+
+def shared_sql(name: str) -> str:
+    """The shared migration ``migrations/shared/NAME.sql`` of this package (see the module doc)."""
+    path = Path(str(resources.files("calmesh_common") / "migrations" / "shared")) / f"{name}.sql"
+    if not _SHARED_NAME.match(name) or not path.is_file():
+        raise ValueError(f"no shared migration {name!r} (calmesh_common/migrations/shared/)")
+    return path.read_text(encoding="utf-8")
+
+
+def _with_shared(sql: str, file: Path) -> str:
+    """`sql` with each ``\\include NAME`` line replaced by the shared migration NAME."""
+    try:
+        return _INCLUDE.sub(lambda m: shared_sql(m.group(1)), sql)
+    except ValueError as exc:
+        raise ValueError(f"{file}: {exc}") from None
 
 
 def common_migrations() -> list[Migration]:

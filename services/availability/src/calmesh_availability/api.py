@@ -24,6 +24,7 @@ from litestar.params import Parameter
 
 from calmesh_common.logging import get_logger
 from calmesh_common.problems import FieldError, Problem, ProblemDocument
+from calmesh_common.retryafter import retry_after
 from calmesh_common.service import SECRET_HEADER, Caller, ServiceDeps, caller_from_headers
 from calmesh_common.tracing import inject_headers
 
@@ -310,7 +311,7 @@ class CalendarRoutes(Controller):
                 if held.status_code is None:
                     raise Problem(409, "idempotency_in_progress",
                                   "A request with this Idempotency-Key is still being processed.",
-                                  headers={"Retry-After": "1"})
+                                  headers=retry_after(1))
                 return Response(held.response or b"", status_code=held.status_code,
                                 media_type=_media_type(held.status_code), headers={"Idempotent-Replayed": "true"})
         try:

@@ -6,7 +6,6 @@ tests use a schema of their own). The projection (``sync.event_instances``) is r
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
 from collections.abc import Sequence
@@ -34,26 +33,6 @@ BOOKING_COLUMNS = (
     " calendar_write_error"
 )
 HOLD_COLUMNS = "id, page_id, user_id, start_at, end_at, expires_at, status, booking_id, created_at"
-
-
-class CursorError(ValueError):
-    """A list cursor that this service did not hand out."""
-
-
-def encode_cursor(*values: Any) -> str:
-    raw = msgspec.json.encode([v.isoformat() if isinstance(v, datetime) else v for v in values])
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def decode_cursor(cursor: str, kinds: Sequence[type]) -> list[Any]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        values = msgspec.json.decode(raw)
-        if not isinstance(values, list) or len(values) != len(kinds):
-            raise ValueError("shape")
-        return [datetime.fromisoformat(v) if k is datetime else k(v) for v, k in zip(values, kinds, strict=True)]
-    except (ValueError, TypeError, msgspec.DecodeError) as exc:
-        raise CursorError("cursor is not valid") from exc
 
 
 def request_hash(*parts: bytes | str) -> str:

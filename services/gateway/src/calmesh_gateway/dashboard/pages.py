@@ -20,6 +20,7 @@ from litestar import Request, Response, get
 from litestar.response import Redirect
 
 from calmesh_common.problems import Problem
+from calmesh_common.timefmt import parse_instant, rfc3339
 
 from ..front import RequestContext
 from .assets import asset_url, assets
@@ -83,7 +84,7 @@ def _when(value: str | None, tz: str = "UTC") -> str:
     if not value:
         return "—"
     try:
-        instant = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        instant = parse_instant(value)
     except ValueError:
         return value
     return instant.astimezone(_zone(tz)).strftime("%Y-%m-%d %H:%M")
@@ -296,10 +297,6 @@ class Week:
         return (self.monday + timedelta(days=7)).isoformat()
 
 
-def _instant(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
 def build_week(monday: date, tz: str, events: list[dict[str, Any]], conflicted: set[str],
                sources: Mapping[str, tuple[int, str]]) -> Week:
     """Place `events` on the week grid of `monday` in `tz`: timed events by quarter hour, split at
@@ -320,7 +317,7 @@ def build_week(monday: date, tz: str, events: list[dict[str, Any]], conflicted: 
                         f"{first.isoformat()} – {(last - timedelta(days=1)).isoformat()} (all day)"
                     week.all_day.append(Placed(ev, i, 0, 0, colour, source, conflict, label, when))
             continue
-        start, end = _instant(ev["start"]).astimezone(zone), _instant(ev["end"]).astimezone(zone)
+        start, end = parse_instant(ev["start"]).astimezone(zone), parse_instant(ev["end"]).astimezone(zone)
         span = _span(start, end)
         label = _label(title, span, source, conflict)
         when = f"{start.strftime('%a %-d %b %H:%M')} – {end.strftime('%H:%M' if start.date() == end.date() else '%a %-d %b %H:%M')} ({tz})"
@@ -370,11 +367,12 @@ def build_bands(monday: date, tz: str, availability: dict[str, Any],
     bands: list[Band] = []
     for kind in ("busy", "free"):
         for interval in availability.get(kind) or []:
-            start, end = _instant(interval["start"]).astimezone(zone), _instant(interval["end"]).astimezone(zone)
+            start = parse_instant(interval["start"]).astimezone(zone)
+            end = parse_instant(interval["end"]).astimezone(zone)
             why = []
             for ev in interval.get("events") or []:
                 ev_when = (f"{ev['start'][:10]} (all day)" if ev.get("all_day") else
-                           _span(_instant(ev["start"]).astimezone(zone), _instant(ev["end"]).astimezone(zone)))
+                           _span(parse_instant(ev["start"]).astimezone(zone), parse_instant(ev["end"]).astimezone(zone)))
                 why.append({"title": ev.get("title") or "(no title)", "when": ev_when,
                             "source": sources.get(ev.get("source_id") or "", (0, ""))[1]})
             label = f"{'Busy' if kind == 'busy' else 'Free'} {_span(start, end)}"
@@ -449,7 +447,7 @@ async def week_view(request: Request[Any, Any, Any], slug: str) -> Response[Any]
     zone = _zone(tz)
     start = datetime.combine(monday, datetime.min.time(), zone).astimezone(UTC)
     end = datetime.combine(monday + timedelta(days=7), datetime.min.time(), zone).astimezone(UTC)
-    span = {"start": start.strftime("%Y-%m-%dT%H:%M:%SZ"), "end": end.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    span = {"start": rfc3339(start), "end": rfc3339(end)}
     try:
         calendar = await session.get(f"/calendars/{slug}")
         events = await session.all(f"/calendars/{slug}/events", **span)
@@ -537,7 +535,7 @@ async def _bookings(request: Request[Any, Any, Any], session: Session) -> dict[s
         if day is not None:
             dates[name] = day.isoformat()
             instant = datetime.combine(day + timedelta(days=shift), datetime.min.time(), zone).astimezone(UTC)
-            filters["start" if name == "from" else "end"] = instant.strftime("%Y-%m-%dT%H:%M:%SZ")
+            filters["start" if name == "from" else "end"] = rfc3339(instant)
     rows = await session.all("/bookings", **filters)
     pages = sorted({b.get("page_slug") or "" for b in rows} - {""})
     if page:
