@@ -185,6 +185,13 @@ async def test_sources_are_added_and_removed_and_the_week_explains_its_busy_time
 
 async def test_a_booking_page_is_edited_with_questions_and_its_owner_books_it_in_the_same_browser(
         owner: Owner, browser: Browser) -> None:
+    # A day with three ranges and an override with two (set through the API) come back whole from
+    # the editor.
+    friday = [["08:00", "09:00"], ["10:00", "11:00"], ["13:00", "17:00"]]
+    christmas = {"date": "2030-12-24", "hours": [["09:00", "10:00"], ["15:00", "16:00"]]}
+    hours = (await owner.call("GET", "/booking-pages/intro"))["weekly_hours"]
+    await owner.call("PATCH", "/booking-pages/intro", {"weekly_hours": {**hours, "fri": friday},
+                                                       "date_overrides": [christmas]})
     context, page = await owner.browser_page(browser)
     await context.grant_permissions(["clipboard-read", "clipboard-write"])
     public_url = f"{owner.base}/{owner.handle}/intro"
@@ -209,7 +216,7 @@ async def test_a_booking_page_is_edited_with_questions_and_its_owner_books_it_in
     await form.get_by_label("Saturday", exact=True).check()
     await form.get_by_label("Saturday from", exact=True).fill("10:00")
     await form.get_by_label("Saturday until", exact=True).fill("12:00")
-    await form.get_by_label("Override 1 date").fill(closed.isoformat())
+    await form.get_by_label("Override 2 date").fill(closed.isoformat())
     await form.get_by_label("Question 1 label").fill("Topic")
     await form.get_by_label("Question 1 id").fill("Bad id!")
     await form.get_by_label("Question 1 type").select_option("select")
@@ -231,7 +238,9 @@ async def test_a_booking_page_is_edited_with_questions_and_its_owner_books_it_in
     saved = await owner.call("GET", "/booking-pages/intro")
     assert saved["duration_minutes"] == 45 and saved["buffer_before_minutes"] == 15 and saved["max_days_ahead"] == 14
     assert saved["weekly_hours"]["sat"] == [["10:00", "12:00"]]
-    assert saved["date_overrides"] == [{"date": closed.isoformat(), "hours": []}]
+    assert saved["weekly_hours"]["fri"] == friday
+    assert sorted(saved["date_overrides"], key=lambda o: o["date"]) == [{"date": closed.isoformat(), "hours": []},
+                                                                        christmas]
     assert [(q["id"], q["type"], q["required"]) for q in saved["questions"]] == [
         ("topic", "select", True), ("company", "text", False)]
     assert saved["questions"][0]["options"] == ["Sales", "Support"]

@@ -70,17 +70,22 @@ function toInstant(value) {
   return Number.isNaN(date.getTime()) ? value : date.toISOString().replace(/\.\d{3}Z$/, "Z");
 }
 
+// Time inputs in from/until pairs as [["09:00", "12:00"], …]; a pair with an empty side is left out.
+function ranges(times) {
+  const out = [];
+  for (let i = 0; i + 1 < times.length; i += 2) {
+    if (times[i].value && times[i + 1].value) out.push([times[i].value, times[i + 1].value]);
+  }
+  return out;
+}
+
 // Fields whose JSON is not one value per input: the weekly hours, the date overrides, a poll's options.
 const BUILDERS = {
   weekly_hours(box) {
     const hours = {};
     for (const row of box.querySelectorAll("[data-day]")) {
       const [on, ...times] = row.querySelectorAll("input");
-      const ranges = [];
-      for (let i = 0; i + 1 < times.length; i += 2) {
-        if (times[i].value && times[i + 1].value) ranges.push([times[i].value, times[i + 1].value]);
-      }
-      hours[row.dataset.day] = on.checked ? ranges : [];
+      hours[row.dataset.day] = on.checked ? ranges(times) : [];
     }
     return hours;
   },
@@ -102,9 +107,8 @@ const BUILDERS = {
   date_overrides(box) {
     const overrides = [];
     for (const row of box.querySelectorAll("[data-override]")) {
-      const [day, from, until] = row.querySelectorAll("input");
-      if (!day.value) continue;
-      overrides.push({ date: day.value, hours: from.value && until.value ? [[from.value, until.value]] : [] });
+      const [day, ...times] = row.querySelectorAll("input");
+      if (day.value) overrides.push({ date: day.value, hours: ranges(times) });
     }
     return overrides;
   },
