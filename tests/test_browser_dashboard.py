@@ -8,69 +8,23 @@ Screenshots of each page go to $CALMESH_TEST_ARTIFACTS/dashboard."""
 from __future__ import annotations
 
 import re
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from litestar import Litestar, Response, get, post
-from playwright.async_api import Browser, Page, expect
+from playwright.async_api import Browser, expect
 
-from calmesh_booking.testing import Radicale, Served
+from calmesh_booking.testing import Radicale
 from calmesh_common.devstack.supervisor import Stack
 
-from browser_support import book_first_slot, ics, shot, this_week_at
+sys.path.insert(0, str(Path(__file__).parent))
+from fakes.dashboard import PAGE_BUDGET, Recorder, book_first_slot, shot, this_week_at  # noqa: E402
 
 pytestmark = pytest.mark.timeout(480)  # the first test starts the session stack too
-
-PAGE_BUDGET = 100_000  # bytes of HTML + JS + CSS per page (issue 13)
-
-
-@pytest.fixture(scope="module")
-def radicale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Radicale]:
-    server = Radicale(tmp_path_factory.mktemp("radicale-dashboard")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-async def feed() -> AsyncIterator[str]:
-    """A feed on loopback with a meeting on Wednesday 10:00–11:00 and lunch on Thursday."""
-    body = ics(("team-sync@test", "Team sync", this_week_at(2, 10), this_week_at(2, 11)),
-               ("lunch@test", "Lunch with Ana", this_week_at(3, 12), this_week_at(3, 13)))
-
-    @get("/team.ics", media_type="text/calendar")
-    async def team() -> Response[str]:
-        return Response(body, media_type="text/calendar")
-
-    @post("/hook", status_code=204)
-    async def hook() -> None:
-        return None
-
-    served = Served(Litestar([team, hook]))
-    await served.start()
-    yield f"{served.url}/team.ics"
-    await served.stop()
-
-
-class Recorder:
-    """Every request the page makes, and the bytes of each HTML, script and style answer."""
-
-    def __init__(self, page: Page) -> None:
-        self.urls: list[str] = []
-        self.sizes: dict[str, int] = {}
-        page.on("request", lambda request: self.urls.append(request.url))
-        page.on("response", self._on_response)
-
-    async def _on_response(self, response: Any) -> None:
-        kind = response.headers.get("content-type", "")
-        if any(t in kind for t in ("text/html", "javascript", "text/css")):
-            try:
-                self.sizes[response.url] = len(await response.body())
-            except Exception:  # noqa: BLE001 - a redirect has no body to measure
-                pass
 
 
 async def test_a_newcomer_signs_up_connects_two_calendars_and_sees_the_merged_week(
@@ -192,7 +146,7 @@ async def test_a_newcomer_signs_up_connects_two_calendars_and_sees_the_merged_we
     sources = cal_row.locator("ol.sources li")
     await expect(sources).to_have_count(2)
     names = await sources.locator(".source-name").all_text_contents()
-    await cal_row.get_by_role("button", name=f"Move {names[1]} up").click()
+    await cal_row.get_by_role("button", name=f"Move up {names[1]}").click()
     await expect(sources.first).to_contain_text(names[1])
     await expect(sources.nth(1)).to_contain_text(names[0])
     await cal_row.get_by_label("New name for").fill("Everything merged")

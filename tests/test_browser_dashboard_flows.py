@@ -31,7 +31,7 @@ from playwright.async_api import Browser, BrowserContext, Page, expect
 from calmesh_booking.testing import Radicale, Served
 from calmesh_common.devstack.supervisor import Stack
 
-from browser_support import book_first_slot, ics, reload_until, shot, this_week_at
+from fakes.dashboard import book_first_slot, ics, reload_until, shot, this_week_at
 
 pytestmark = pytest.mark.timeout(480)  # the first test starts the session stack too
 
@@ -136,7 +136,7 @@ async def test_sources_are_added_and_removed_and_the_week_explains_its_busy_time
     office = page.get_by_role("list", name="Sources of Office").get_by_role("listitem")
     await expect(office.first).to_contain_text("new events go here")
     await expect(sources.filter(has_text="new events go here")).to_have_count(0)
-    await expect(page.get_by_role("button", name="Make Team B the default write target")).to_have_count(0)
+    await expect(page.get_by_role("button", name="Use for new events: Team B")).to_have_count(0)
     # Another writable calendar added to Office can be made the default write target: it goes first.
     office_pick = page.get_by_label("Add a source to Office")
     await office_pick.select_option(label=((await office_pick.locator("option", has_text="Home").text_content()) or "").strip())
@@ -144,7 +144,7 @@ async def test_sources_are_added_and_removed_and_the_week_explains_its_busy_time
         "button", name="Add source").click()
     await expect(office).to_have_count(2)
     await expect(office.filter(has_text="new events go here")).to_contain_text("Office")
-    await page.get_by_role("button", name="Make Home the default write target of Office").click()
+    await page.get_by_role("button", name="Use for new events: Home in Office").click()
     await expect(office.first).to_contain_text("Home")
     await expect(office.first).to_contain_text("new events go here")
     await expect(office.nth(1)).not_to_contain_text("new events go here")
@@ -267,7 +267,7 @@ async def test_a_booking_page_is_edited_with_questions_and_its_owner_books_it_in
     await page.get_by_role("button", name="Filter").click()
     await expect(page.get_by_role("row").filter(has_text="Olga Owner")).to_have_count(0)
     await page.goto(f"{owner.base}/app/bookings")
-    await page.get_by_role("link", name="Details of the booking of Olga Owner").click()
+    await page.get_by_role("link", name="booking of Olga Owner").click()
     await page.wait_for_url(f"{owner.base}/app/bookings/{booking['id']}")
     details = page.get_by_label("Booking details")
     await expect(details).to_contain_text("olga@example.com")

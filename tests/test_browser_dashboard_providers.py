@@ -37,7 +37,7 @@ from fakes.graph import GraphFake  # noqa: E402
 from fakes.mollie import FakeMollie  # noqa: E402
 from fakes.oauth import OAuthFake  # noqa: E402
 from fakes.platform import create_database, private_nats  # noqa: E402
-from browser_support import shot, sign_up  # noqa: E402
+from fakes.dashboard import shot, sign_up  # noqa: E402
 
 pytestmark = pytest.mark.timeout(480)
 

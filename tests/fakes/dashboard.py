@@ -1,8 +1,6 @@
-"""What the dashboard's browser tests share: Debian's Chromium under Playwright, screenshots as
-artifacts, a sign-up through the page, and the calendar feeds they serve on loopback.
-
-The `browser` fixture lives in tests/conftest.py (one Chromium per module); the helpers here are
-plain functions the test modules import."""
+"""What the dashboard's browser tests share: Debian's Chromium and how to launch it, where the
+screenshots go, a newcomer signing up through the form, and a loopback iCal feed with this week's
+meetings (the `browser` and `feed` fixtures in tests/conftest.py use these)."""
 
 from __future__ import annotations
 
@@ -12,12 +10,14 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from playwright.async_api import Page, expect
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+PAGE_BUDGET = 100_000  # bytes of HTML + JS + CSS per page (issue 13)
 
 
 def artifacts() -> Path:
@@ -49,21 +49,40 @@ def ics(*events: tuple[str, str, datetime, datetime], name: str | None = None) -
     return f"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//calmesh tests//EN\r\n{header}{body}END:VCALENDAR\r\n"
 
 
-async def sign_up(page: Page, base: str, prefix: str = "dash") -> str:
-    """A new account (time zone UTC) through the sign-up page; its handle."""
-    handle = f"{prefix}-{uuid.uuid4().hex[:8]}"
+async def sign_up(page: Page, base: str, prefix: str = "prov") -> str:
+    """A new account made through /app/signup (time zone UTC); answers the suffix of its handle,
+    `{prefix}-{suffix}`, and of its email, `{prefix}-{suffix}@example.com`."""
+    suffix = uuid.uuid4().hex[:8]
     await page.goto(f"{base}/app/signup")
-    await page.get_by_label("Email").fill(f"{handle}@example.com")
+    await page.get_by_label("Email").fill(f"{prefix}-{suffix}@example.com")
     await page.get_by_label("Password").fill("a long enough passphrase")
-    await page.get_by_label("Handle").fill(handle)
+    await page.get_by_label("Handle").fill(f"{prefix}-{suffix}")
     await page.get_by_label("Time zone").select_option("UTC")
     await page.get_by_role("button", name="Create account").click()
     await page.wait_for_url(f"{base}/app/connections")
-    return handle
+    return suffix
 
 
-async def reload_until(page: Page, done: Callable[[], Awaitable[bool]], seconds: float = 60) -> None:
-    """Reload the page until `done()` holds (what the server shows is filled in asynchronously:
+class Recorder:
+    """Every request the page makes, and the bytes of each HTML, script and style answer."""
+
+    def __init__(self, page: Page) -> None:
+        self.urls: list[str] = []
+        self.sizes: dict[str, int] = {}
+        page.on("request", lambda request: self.urls.append(request.url))
+        page.on("response", self._on_response)
+
+    async def _on_response(self, response: Any) -> None:
+        kind = response.headers.get("content-type", "")
+        if any(t in kind for t in ("text/html", "javascript", "text/css")):
+            try:
+                self.sizes[response.url] = len(await response.body())
+            except Exception:  # noqa: BLE001 - a redirect has no body to measure
+                pass
+
+
+async def reload_until(page: Page, done: Callable[[], Awaitable[Any]], seconds: float = 60) -> None:
+    """Reload the page until `done()` is truthy (what the server shows is filled in asynchronously:
     a sync, a delivery); fails with the page's HTML after `seconds`."""
     deadline = time.monotonic() + seconds
     while not await done():
