@@ -17,11 +17,11 @@ from typing import Any
 import httpx
 import pytest
 from litestar import Litestar, Response, get
-from playwright.async_api import Browser, Frame, FrameLocator, Page, async_playwright, expect
+from playwright.async_api import Browser, Frame, FrameLocator, Page, expect
 
 from calmesh_common.devstack.supervisor import Stack
 from calmesh_testing.booking import PlatformOwner, sign_up_with_caldav
-from calmesh_testing.browser import CHROMIUM, CHROMIUM_ARGS, artifacts
+from calmesh_testing.browser import artifacts
 from calmesh_testing.radicale import Radicale
 from calmesh_testing.servers import Served
 
@@ -56,14 +56,6 @@ async def site(stack: Stack, radicale: Radicale) -> Site:
             "description": "Thirty minutes to get to know each other."})
     assert r.status_code == 201, r.text
     return Site(stack.gateway_url, owner)
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        await b.close()
 
 
 #: Reports each Content-Security-Policy violation of any frame to the console (the page's CSP

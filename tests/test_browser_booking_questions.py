@@ -6,16 +6,16 @@ to $CALMESH_TEST_ARTIFACTS."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import Browser, expect
 
 from calmesh_common.devstack.supervisor import Stack
 from calmesh_testing.booking import PlatformOwner, sign_up_with_caldav
-from calmesh_testing.browser import CHROMIUM, CHROMIUM_ARGS, artifacts
+from calmesh_testing.browser import artifacts
 from calmesh_testing.radicale import Radicale
 
 pytestmark = pytest.mark.timeout(180)
@@ -48,14 +48,6 @@ async def owner(stack: Stack, radicale: Radicale) -> PlatformOwner:
             "questions": QUESTIONS})
     assert r.status_code == 201, r.text
     return owner
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        await b.close()
 
 
 async def bookings_of(stack: Stack, owner: PlatformOwner) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ import pytest
 from playwright.async_api import Browser, expect
 
 from calmesh_common.devstack.supervisor import Stack
-from calmesh_testing.dashboard import PAGE_BUDGET, Recorder, shot, this_week_at
+from calmesh_testing.dashboard import PAGE_BUDGET, Recorder, book_first_slot, shot, this_week_at
 from calmesh_testing.radicale import Radicale
 
 pytestmark = pytest.mark.timeout(480)  # the first test starts the session stack too
@@ -141,7 +141,7 @@ async def test_a_newcomer_signs_up_connects_two_calendars_and_sees_the_merged_we
     cal_row = page.get_by_role("row").filter(has_text="everything")
     sources = cal_row.locator("ol.sources li")
     await expect(sources).to_have_count(2)
-    names = [t.replace("Move up", "").strip() for t in await sources.all_text_contents()]
+    names = await sources.locator(".source-name").all_text_contents()
     await cal_row.get_by_role("button", name=f"Move up {names[1]}").click()
     await expect(sources.first).to_contain_text(names[1])
     await expect(sources.nth(1)).to_contain_text(names[0])
@@ -204,15 +204,7 @@ async def test_a_newcomer_signs_up_connects_two_calendars_and_sees_the_merged_we
     # booking and cancels it.
     visitor_context = await browser.new_context(timezone_id="UTC")
     visitor = await visitor_context.new_page()
-    await visitor.goto(public_url)
-    day = visitor.locator("#days button:not([disabled])").first
-    await expect(day).to_be_visible(timeout=15_000)
-    await day.click()
-    await visitor.locator("#slots button").first.click()
-    await visitor.get_by_label("Name").fill("Vera Visitor")
-    await visitor.get_by_label("Email").fill("vera@example.com")
-    await visitor.get_by_role("button", name="Confirm booking").click()
-    await expect(visitor.locator("#step-done")).to_be_visible(timeout=15_000)
+    await book_first_slot(visitor, public_url, "Vera Visitor", "vera@example.com")
     await visitor_context.close()
     await page.get_by_role("link", name="Bookings").click()
     booking = page.get_by_role("row").filter(has_text="Vera Visitor")

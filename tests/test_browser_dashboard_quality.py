@@ -111,7 +111,8 @@ async def account(stack: Stack, browser: Browser, feed: str, radicale: Radicale)
              "calendars": "/app/calendars", "week": "/app/calendars/work", "booking-pages": "/app/booking-pages",
              "bookings": "/app/bookings", "polls": "/app/polls", "poll": f"/app/polls/{poll['id']}",
              "api-keys": "/app/api-keys", "webhooks": "/app/webhooks", "webhook": f"/app/webhooks/{hook['id']}",
-             "billing": "/app/billing", "profile": "/app/profile"}
+             "billing": "/app/billing", "profile": "/app/profile", "booking-page": "/app/booking-pages/intro",
+             "booking": f"/app/bookings/{booked.json()['id']}"}
     state = await context.storage_state()
     await context.close()
     yield Account(base, state, pages)

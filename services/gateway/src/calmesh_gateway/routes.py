@@ -31,6 +31,10 @@ SESSION_OR_KEY = frozenset({SESSION, KEY})
 SESSION_ONLY = frozenset({SESSION})
 PUBLIC_ONLY = frozenset({PUBLIC})
 ANYONE = frozenset({PUBLIC, SESSION, KEY})
+#: Public writes a session adds nothing to (booking a slot, holding one): a session cookie there is
+#: not looked at, so it never makes them a CSRF-checked session request (the owner can book their
+#: own page in the browser they are signed in with); a key is still held to its scope.
+PUBLIC_OR_KEY = frozenset({PUBLIC, KEY})
 
 GATEWAY = "gateway"
 SERVICES = ("connections", "availability", "booking", "billing", "webhooks")
@@ -122,7 +126,9 @@ DASHBOARD_PAGES = (
     ("/app/calendars", "unified calendars"),
     ("/app/calendars/{slug}", "a unified calendar's week"),
     ("/app/booking-pages", "booking pages"),
+    ("/app/booking-pages/{slug}", "a booking page: its links, embed and preview, and its settings to edit"),
     ("/app/bookings", "bookings"),
+    ("/app/bookings/{id}", "a booking's details, and cancel"),
     ("/app/polls", "polls"),
     ("/app/polls/{id}", "a poll: its share link, the overlap and decide"),
     ("/app/api-keys", "API keys"),
@@ -238,12 +244,12 @@ ROUTES: tuple[Route, ...] = (
     _r("GET", f"{V1}/booking-pages/{{slug}}/slots", "booking", "Get available booking slots (public)",
        auth=ANYONE, scopes=BOOK, tag="booking-pages"),
     _r("POST", f"{V1}/booking-pages/{{slug}}/book", "booking", "Create a booking (public, visitor submits)",
-       auth=ANYONE, scopes=BOOK, tag="bookings"),
+       auth=PUBLIC_OR_KEY, scopes=BOOK, tag="bookings"),
     _r("POST", f"{V1}/booking-pages/{{slug}}/holds", "booking",
-       "Hold a slot for the page's hold_minutes (public, or a book/full key)", auth=ANYONE, scopes=BOOK,
+       "Hold a slot for the page's hold_minutes (public, or a book/full key)", auth=PUBLIC_OR_KEY, scopes=BOOK,
        tag="bookings"),
     _r("DELETE", f"{V1}/booking-pages/{{slug}}/holds/{{id}}", "booking", "Release a hold (public, or a book/full key)",
-       auth=ANYONE, scopes=BOOK, tag="bookings"),
+       auth=PUBLIC_OR_KEY, scopes=BOOK, tag="bookings"),
     _r("GET", f"{V1}/bookings", "booking", "List bookings for the authenticated user", tag="bookings"),
     _r("GET", f"{V1}/bookings/{{id}}", "booking", "Get booking details", tag="bookings"),
     _r("POST", f"{V1}/bookings/{{id}}/cancel", "booking",

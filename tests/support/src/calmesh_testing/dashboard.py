@@ -4,11 +4,13 @@ meetings (the `browser` and `feed` fixtures in tests/conftest.py use these)."""
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from playwright.async_api import Page
+from playwright.async_api import Page, expect
 
 from .browser import artifacts
 
@@ -26,14 +28,16 @@ def this_week_at(weekday: int, hour: int, minute: int = 0) -> datetime:
     return monday + timedelta(days=weekday, hours=hour, minutes=minute)
 
 
-def ics(*events: tuple[str, str, datetime, datetime]) -> str:
+def ics(*events: tuple[str, str, datetime, datetime], name: str | None = None) -> str:
+    """A feed of `events` (uid, title, start, end), named `name` (X-WR-CALNAME) when given."""
     fmt = "%Y%m%dT%H%M%SZ"
     body = "".join(
         f"BEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:20260101T000000Z\r\nDTSTART:{start.strftime(fmt)}\r\n"
         f"DTEND:{end.strftime(fmt)}\r\nSUMMARY:{title}\r\nEND:VEVENT\r\n"
         for uid, title, start, end in events
     )
-    return f"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//calmesh tests//EN\r\n{body}END:VCALENDAR\r\n"
+    header = f"X-WR-CALNAME:{name}\r\n" if name else ""
+    return f"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//calmesh tests//EN\r\n{header}{body}END:VCALENDAR\r\n"
 
 
 async def sign_up(page: Page, base: str, prefix: str = "prov") -> str:
@@ -66,3 +70,30 @@ class Recorder:
                 self.sizes[response.url] = len(await response.body())
             except Exception:  # noqa: BLE001 - a redirect has no body to measure
                 pass
+
+
+async def reload_until(page: Page, done: Callable[[], Awaitable[Any]], seconds: float = 60) -> None:
+    """Reload the page until `done()` is truthy (what the server shows is filled in asynchronously:
+    a sync, a delivery); fails with the page's HTML after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not await done():
+        assert time.monotonic() < deadline, await page.content()
+        await page.wait_for_timeout(500)
+        await page.reload()
+
+
+async def book_first_slot(page: Page, public_url: str, name: str, email: str,
+                          choices: dict[str, str] | None = None) -> None:
+    """Book the first offered time on a public booking page, as a visitor: the first open day, its
+    first slot, name and email (and the `choices`, select questions by label), then confirm."""
+    await page.goto(public_url)
+    day = page.locator("#days button:not([disabled])").first
+    await expect(day).to_be_visible(timeout=15_000)
+    await day.click()
+    await page.locator("#slots button").first.click()
+    await page.get_by_label("Name").fill(name)
+    await page.get_by_label("Email").fill(email)
+    for label, option in (choices or {}).items():
+        await page.get_by_label(label).select_option(option)
+    await page.get_by_role("button", name="Confirm booking").click()
+    await expect(page.locator("#step-done")).to_be_visible(timeout=15_000)

@@ -44,8 +44,10 @@ zones.forEach(function(z){ var o = document.createElement("option"); o.value = z
 tzSelect.value = detected;
 tzSelect.addEventListener("change", function(){ state.tz = tzSelect.value; state.day = null; load(state.from); });
 
+// The page's own links authorize it (a public page, a signed reschedule link): it never sends the
+// visitor's cookies, so a CalMesh owner signed in in this browser books and moves like any visitor.
 function api(path, options){
-  return fetch(path, options).then(function(r){
+  return fetch(path, Object.assign({credentials: "omit"}, options)).then(function(r){
     return r.text().then(function(t){ var body = null; try { body = t ? JSON.parse(t) : null; } catch (e) {} return {status: r.status, body: body}; });
   });
 }

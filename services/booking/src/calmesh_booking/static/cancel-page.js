@@ -13,7 +13,8 @@ form.addEventListener("submit", function(ev){
   ev.preventDefault();
   var btn = document.getElementById("cancel-btn"); btn.disabled = true; status.textContent = "Cancelling…";
   var reason = document.getElementById("reason").value.trim();
-  fetch(form.getAttribute("data-action"), {method: "POST", headers: {"Content-Type": "application/json"},
+  // The signed link authorizes the cancellation: no cookies, so the owner's session plays no part.
+  fetch(form.getAttribute("data-action"), {method: "POST", credentials: "omit", headers: {"Content-Type": "application/json"},
     body: JSON.stringify(reason ? {reason: reason} : {})}).then(function(r){
     return r.json().then(function(b){
       if (r.status === 200) { form.hidden = true; status.textContent = "Your booking is cancelled. Both of you will get an email."; }

@@ -8,7 +8,7 @@ another origin, no framing) and is never cached; the fingerprinted assets are ca
 from __future__ import annotations
 
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
@@ -224,24 +224,34 @@ async def _calendars(request: Request[Any, Any, Any], session: Session) -> dict[
          "label": f"{cal.get('name') or cal['id']} ({c.get('display_name') or c['provider']})"}
         for c in connections for cal in c.get("calendars") or []
     ]
+    read_only = {(c["id"], cal["id"]): bool(cal.get("read_only")) for c in connections for cal in c.get("calendars") or []}
     calendars = await session.all("/calendars")
     for cal in calendars:
-        cal["ordered"] = _source_moves(cal.get("sources") or [])
+        sources = cal.get("sources") or []
+        cal["ordered"] = _source_moves(sources, read_only)
+        present = {(s.get("connection_id"), s.get("calendar_id")) for s in sources}
+        cal["addable"] = [c for c in choices
+                          if (c["value"]["connection_id"], c["value"]["calendar_id"]) not in present]
     return {"calendars": calendars, "choices": choices, "timezones": timezones()}
 
 
-def _source_moves(sources: list[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any] | None]]:
+def _source_moves(sources: list[dict[str, Any]],
+                  read_only: Mapping[tuple[str, str], bool]) -> list[dict[str, Any]]:
     """A calendar's sources in their order, each with the reorder body that moves it one place up
-    (None for the first): `PUT /calendars/:slug/sources/reorder` takes the whole new order."""
+    (None for the first: `PUT /calendars/:slug/sources/reorder` takes the whole new order) and
+    whether it is the default write target (the first writable source takes new events)."""
     ordered = sorted(sources, key=lambda s: s.get("sort_order") or 0)
     ids = [s["id"] for s in ordered]
-    moves: list[tuple[dict[str, Any], dict[str, Any] | None]] = []
+    target = next((s["id"] for s in ordered
+                   if not read_only.get((s.get("connection_id") or "", s.get("calendar_id") or ""), False)), None)
+    moves: list[dict[str, Any]] = []
     for i, source in enumerate(ordered):
-        if i == 0:
-            moves.append((source, None))
-            continue
-        order = ids[:i - 1] + [ids[i], ids[i - 1]] + ids[i + 1:]
-        moves.append((source, {"source_ids": order}))
+        up = None if i == 0 else {"source_ids": ids[:i - 1] + [ids[i], ids[i - 1]] + ids[i + 1:]}
+        writable = not read_only.get((source.get("connection_id") or "", source.get("calendar_id") or ""), False)
+        # A writable source that is not the target yet becomes it by going first.
+        first = {"source_ids": [ids[i], *ids[:i], *ids[i + 1:]]} if writable and source["id"] != target else None
+        moves.append({"source": source, "up": up, "first": first, "default": source["id"] == target,
+                      "name": source.get("name") or source.get("calendar_id") or source["id"]})
     return moves
 
 
@@ -308,21 +318,70 @@ def build_week(monday: date, tz: str, events: list[dict[str, Any]], conflicted: 
                     week.all_day.append(Placed(ev, i, 0, 0, colour, source, conflict, label, when))
             continue
         start, end = parse_instant(ev["start"]).astimezone(zone), parse_instant(ev["end"]).astimezone(zone)
-        for i, day in enumerate(days):
-            day_start = datetime.combine(day, datetime.min.time(), zone)
-            day_end = datetime.combine(day + timedelta(days=1), datetime.min.time(), zone)
-            lo, hi = max(start, day_start), min(end, day_end)
-            if lo >= hi and not (start == end and day_start <= start < day_end):
-                continue
-            first_slot = int((lo - day_start).total_seconds() // 900)
-            last_slot = max(first_slot + 1, min(SLOTS_PER_DAY, -int(-(hi - day_start).total_seconds() // 900)))
-            span = f"{start.strftime('%a %H:%M')}–{end.strftime('%H:%M' if start.date() == end.date() else '%a %H:%M')}"
-            label = _label(title, span, source, conflict)
-            when = f"{start.strftime('%a %-d %b %H:%M')} – {end.strftime('%H:%M' if start.date() == end.date() else '%a %-d %b %H:%M')} ({tz})"
-            week.timed.append(Placed(ev, i, min(first_slot, SLOTS_PER_DAY - 1), last_slot, colour, source, conflict,
-                                     label, when))
+        span = _span(start, end)
+        label = _label(title, span, source, conflict)
+        when = f"{start.strftime('%a %-d %b %H:%M')} – {end.strftime('%H:%M' if start.date() == end.date() else '%a %-d %b %H:%M')} ({tz})"
+        for i, first_slot, last_slot in _day_slots(start, end, days, zone):
+            week.timed.append(Placed(ev, i, first_slot, last_slot, colour, source, conflict, label, when))
     _assign_lanes(week.timed)
     return week
+
+
+def _span(start: datetime, end: datetime) -> str:
+    return f"{start.strftime('%a %H:%M')}–{end.strftime('%H:%M' if start.date() == end.date() else '%a %H:%M')}"
+
+
+def _day_slots(start: datetime, end: datetime, days: list[date],
+               zone: zoneinfo.ZoneInfo) -> Iterator[tuple[int, int, int]]:
+    """The part of [start, end) on each day of the grid: (day index, first quarter hour, end quarter
+    hour), split at midnight; an instant of no length still takes one quarter hour."""
+    for i, day in enumerate(days):
+        day_start = datetime.combine(day, datetime.min.time(), zone)
+        day_end = datetime.combine(day + timedelta(days=1), datetime.min.time(), zone)
+        lo, hi = max(start, day_start), min(end, day_end)
+        if lo >= hi and not (start == end and day_start <= start < day_end):
+            continue
+        first_slot = int((lo - day_start).total_seconds() // 900)
+        last_slot = max(first_slot + 1, min(SLOTS_PER_DAY, -int(-(hi - day_start).total_seconds() // 900)))
+        yield i, min(first_slot, SLOTS_PER_DAY - 1), last_slot
+
+
+@dataclass
+class Band:
+    """A busy or free interval of the calendar's availability, in the strip beside each day; a busy
+    one carries the events behind it (`explain=true`) with their sources' names."""
+
+    kind: str  # "busy" | "free"
+    day: int
+    start_slot: int
+    end_slot: int
+    label: str
+    index: int
+    why: list[dict[str, str]] = field(default_factory=list)
+
+
+def build_bands(monday: date, tz: str, availability: dict[str, Any],
+                sources: Mapping[str, tuple[int, str]]) -> list[Band]:
+    zone = _zone(tz)
+    days = [monday + timedelta(days=i) for i in range(7)]
+    bands: list[Band] = []
+    for kind in ("busy", "free"):
+        for interval in availability.get(kind) or []:
+            start = parse_instant(interval["start"]).astimezone(zone)
+            end = parse_instant(interval["end"]).astimezone(zone)
+            why = []
+            for ev in interval.get("events") or []:
+                ev_when = (f"{ev['start'][:10]} (all day)" if ev.get("all_day") else
+                           _span(parse_instant(ev["start"]).astimezone(zone), parse_instant(ev["end"]).astimezone(zone)))
+                why.append({"title": ev.get("title") or "(no title)", "when": ev_when,
+                            "source": sources.get(ev.get("source_id") or "", (0, ""))[1]})
+            label = f"{'Busy' if kind == 'busy' else 'Free'} {_span(start, end)}"
+            if kind == "busy":
+                label += f", {len(why)} event{'s' if len(why) != 1 else ''}" if why else ""
+            index = len(bands)
+            for i, first_slot, last_slot in _day_slots(start, end, days, zone):
+                bands.append(Band(kind, i, first_slot, last_slot, label, index, why))
+    return bands
 
 
 def _label(title: str, when: str, source: str, conflict: bool) -> str:
@@ -393,6 +452,7 @@ async def week_view(request: Request[Any, Any, Any], slug: str) -> Response[Any]
         calendar = await session.get(f"/calendars/{slug}")
         events = await session.all(f"/calendars/{slug}/events", **span)
         conflicts = await session.all(f"/calendars/{slug}/conflicts", **span)
+        availability = await session.get(f"/calendars/{slug}/availability", explain="true", **span)
     except SignedOut:
         return _to_login()
     except ApiError as exc:
@@ -402,9 +462,11 @@ async def week_view(request: Request[Any, Any, Any], slug: str) -> Response[Any]
                for i, s in enumerate(calendar.get("sources") or [])}
     conflicted = {e["id"] for c in conflicts for e in c.get("events") or []}
     week = build_week(monday, tz, events, conflicted, sources)
+    bands = build_bands(monday, tz, availability, sources)
     today = datetime.now(zone).date()
     return render("week.html", title=calendar.get("name") or slug, me=me, active="/app/calendars",
                   calendar=calendar, week=week, today=today, tz=tz, tz_given=bool(wanted),
+                  bands=bands, complete=availability.get("complete", True),
                   timezones=timezones(), conflicts=len(conflicts),
                   legend=[(colour, name) for colour, name in sources.values()])
 
@@ -434,21 +496,69 @@ def _embed_snippet(page: dict[str, Any], handle: str) -> str:
 async def _booking_pages(request: Request[Any, Any, Any], session: Session) -> dict[str, Any]:
     pages = await session.all("/booking-pages")
     handle = session.me.get("handle") or ""
-    return {"pages": [{**p, "embed": _embed_snippet(p, handle)} for p in pages],
+    defaults = {"handle": handle, "duration_minutes": 30, "timezone": session.me.get("timezone") or "UTC",
+                "weekly_hours": {day: [["09:00", "17:00"]] for day in ("mon", "tue", "wed", "thu", "fri")},
+                "buffer_before_minutes": 0, "buffer_after_minutes": 0, "min_notice_minutes": 60, "max_days_ahead": 60}
+    return {"pages": [{**p, "embed": _embed_snippet(p, handle)} for p in pages], "defaults": defaults,
             "calendars": await session.all("/calendars"), "weekdays": WEEKDAYS, "timezones": timezones()}
+
+
+@get("/app/booking-pages/{slug:str}", include_in_schema=False)
+async def booking_page_detail(request: Request[Any, Any, Any], slug: str) -> Response[Any]:
+    """One booking page: its public link, embed snippet and preview, and every setting to edit
+    (PATCH /booking-pages/:slug) — hours, overrides, buffers, notice, horizon, duration, questions."""
+
+    async def load(request: Request[Any, Any, Any], session: Session) -> dict[str, Any]:
+        page = await session.get(f"/booking-pages/{slug}")
+        return {"page": page, "embed": _embed_snippet(page, session.me.get("handle") or ""),
+                "calendars": await session.all("/calendars"), "weekdays": WEEKDAYS, "timezones": timezones(),
+                "saved": request.query_params.get("saved") == "1"}
+
+    return await _signed_in_page("booking_page.html", "Booking page", "/app/booking-pages")(load)(request)
 
 
 @_signed_in_page("bookings.html", "Bookings", "/app/bookings")
 async def _bookings(request: Request[Any, Any, Any], session: Session) -> dict[str, Any]:
+    """Bookings, filtered by status and date range (the API's filters, the dates read in the user's
+    time zone) and by booking page (here: the API has no page filter)."""
     status = request.query_params.get("status") or ""
     page = request.query_params.get("page_slug") or ""
-    filters = {"status": status} if status in BOOKING_STATUSES else {}
+    zone = _zone(session.me.get("timezone") or "UTC")
+    filters: dict[str, str] = {"status": status} if status in BOOKING_STATUSES else {}
+    dates: dict[str, str] = {}
+    for name, shift in (("from", 0), ("until", 1)):
+        raw = request.query_params.get(name) or ""
+        try:
+            day = date.fromisoformat(raw) if raw else None
+        except ValueError:
+            day = None
+        if day is not None:
+            dates[name] = day.isoformat()
+            instant = datetime.combine(day + timedelta(days=shift), datetime.min.time(), zone).astimezone(UTC)
+            filters["start" if name == "from" else "end"] = rfc3339(instant)
     rows = await session.all("/bookings", **filters)
+    pages = sorted({b.get("page_slug") or "" for b in rows} - {""})
     if page:
         rows = [b for b in rows if b.get("page_slug") == page]
     rows.sort(key=lambda b: b.get("start") or "", reverse=True)
     return {"bookings": rows, "status_filter": status if status in BOOKING_STATUSES else "", "page_slug": page,
-            "statuses": BOOKING_STATUSES, "pages": sorted({b.get("page_slug") or "" for b in rows} - {""})}
+            "statuses": BOOKING_STATUSES, "pages": pages, "dates": dates}
+
+
+@get("/app/bookings/{booking_id:str}", include_in_schema=False)
+async def booking_detail(request: Request[Any, Any, Any], booking_id: str) -> Response[Any]:
+    async def load(request: Request[Any, Any, Any], session: Session) -> dict[str, Any]:
+        booking = await session.get(f"/bookings/{booking_id}")
+        labels: dict[str, str] = {}
+        if booking.get("answers"):
+            try:  # each answer under its question's label, as the page asks it now (else its id)
+                page = await session.get(f"/booking-pages/{booking.get('page_slug')}")
+                labels = {q["id"]: q.get("label") or q["id"] for q in page.get("questions") or []}
+            except ApiError:
+                pass
+        return {"b": booking, "labels": labels}
+
+    return await _signed_in_page("booking.html", "Booking", "/app/bookings")(load)(request)
 
 
 @_signed_in_page("webhooks.html", "Webhooks", "/app/webhooks")
@@ -461,7 +571,8 @@ async def webhook_detail(request: Request[Any, Any, Any], webhook_id: str) -> Re
     async def load(request: Request[Any, Any, Any], session: Session) -> dict[str, Any]:
         hook = await session.get(f"/webhooks/{webhook_id}")
         deliveries = await session.get(f"/webhooks/{webhook_id}/deliveries", limit=100)
-        return {"hook": hook, "deliveries": deliveries.get("data", [])}
+        return {"hook": hook, "deliveries": deliveries.get("data", []), "event_types": WEBHOOK_EVENT_TYPES,
+                "saved": request.query_params.get("saved") == "1"}
 
     return await _signed_in_page("webhook.html", "Webhook", "/app/webhooks")(load)(request)
 
@@ -508,4 +619,5 @@ polls = get("/app/polls", include_in_schema=False)(_polls)
 
 
 DASHBOARD_HANDLERS = [home, login_page, signup_page, asset, profile, api_keys, connections, calendars,
-                      week_view, booking_pages, bookings, polls, poll_detail, webhooks, webhook_detail, billing]
+                      week_view, booking_pages, booking_page_detail, bookings, booking_detail, polls, poll_detail,
+                      webhooks, webhook_detail, billing]

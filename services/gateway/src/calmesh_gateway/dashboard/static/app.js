@@ -37,7 +37,8 @@ async function callApi(method, url, body) {
 }
 
 // A form's fields as the API's JSON body: data-kind="list" checkboxes collect into an array
-// (data-json values are parsed), data-kind="int" becomes a number, empty optional fields are left out.
+// (data-json values are parsed), data-kind="int" becomes a number, data-kind="fields" (a JSON object)
+// adds its keys to the body, empty optional fields are left out.
 function formBody(form) {
   const body = {};
   for (const el of form.elements) {
@@ -54,7 +55,8 @@ function formBody(form) {
     }
     const value = el.value;
     if (value === "" && !el.required) continue;
-    if (kind === "int") body[el.name] = Number(value);
+    if (kind === "fields") Object.assign(body, JSON.parse(value));  // a choice that is several fields
+    else if (kind === "int") body[el.name] = Number(value);
     else if (kind === "instant") body[el.name] = value ? toInstant(value) : value;
     else body[el.name] = value;
   }
@@ -68,22 +70,45 @@ function toInstant(value) {
   return Number.isNaN(date.getTime()) ? value : date.toISOString().replace(/\.\d{3}Z$/, "Z");
 }
 
+// Time inputs in from/until pairs as [["09:00", "12:00"], …]; a pair with an empty side is left out.
+function ranges(times) {
+  const out = [];
+  for (let i = 0; i + 1 < times.length; i += 2) {
+    if (times[i].value && times[i + 1].value) out.push([times[i].value, times[i + 1].value]);
+  }
+  return out;
+}
+
 // Fields whose JSON is not one value per input: the weekly hours, the date overrides, a poll's options.
 const BUILDERS = {
   weekly_hours(box) {
     const hours = {};
     for (const row of box.querySelectorAll("[data-day]")) {
-      const [on, from, until] = row.querySelectorAll("input");
-      hours[row.dataset.day] = on.checked && from.value && until.value ? [[from.value, until.value]] : [];
+      const [on, ...times] = row.querySelectorAll("input");
+      hours[row.dataset.day] = on.checked ? ranges(times) : [];
     }
     return hours;
+  },
+  // A booking page's questions: a row with a label is a question; its id is made from the label
+  // when left empty; a choice's options are one per line.
+  questions(box) {
+    const questions = [];
+    for (const row of box.querySelectorAll("[data-question]")) {
+      const part = (name) => row.querySelector(`[data-q="${name}"]`);
+      const label = part("label").value.trim();
+      if (!label) continue;
+      const id = part("id").value.trim() || label.toLowerCase().replace(/[^a-z0-9]+/g, "_").replace(/^_+|_+$/g, "").slice(0, 40);
+      const question = { id, label, type: part("type").value, required: part("required").checked };
+      if (question.type === "select") question.options = part("options").value.split("\n").map((o) => o.trim()).filter(Boolean);
+      questions.push(question);
+    }
+    return questions;
   },
   date_overrides(box) {
     const overrides = [];
     for (const row of box.querySelectorAll("[data-override]")) {
-      const [day, from, until] = row.querySelectorAll("input");
-      if (!day.value) continue;
-      overrides.push({ date: day.value, hours: from.value && until.value ? [[from.value, until.value]] : [] });
+      const [day, ...times] = row.querySelectorAll("input");
+      if (day.value) overrides.push({ date: day.value, hours: ranges(times) });
     }
     return overrides;
   },
@@ -110,6 +135,7 @@ function clearErrors(form) {
 
 // The problem's `errors` beside the fields they name ("sources[0].calendar_id" names "sources");
 // what names no field of this form goes to the form's alert.
+let errorCount = 0;
 function showProblem(form, result) {
   const problem = result.data || {};
   const unplaced = [];
@@ -117,14 +143,18 @@ function showProblem(form, result) {
   for (const error of problem.errors || []) {
     const field = String(error.field || "").replace(/^(body|\$)\.?/, "");
     const name = field.split(/[.[]/)[0];
-    const box = name && (form.querySelector(`[data-field="${CSS.escape(field)}"]`) || form.querySelector(`[data-field="${CSS.escape(name)}"]`));
+    // The closest marked place: "questions[1].id", else "questions[1]", else "questions".
+    let box = null;
+    for (let at = field.length; name && !box && at > 0; at = Math.max(field.lastIndexOf(".", at - 1), field.lastIndexOf("[", at - 1))) {
+      box = form.querySelector(`[data-field="${CSS.escape(field.slice(0, at))}"]`);
+    }
     if (!box) { unplaced.push(field ? `${field}: ${error.message}` : error.message); continue; }
     const control = box.matches("input, select, textarea") ? box : box.querySelector("input, select, textarea");
     const message = document.createElement("p");
     message.className = "field-error";
-    message.id = `err-${form.id}-${name}-${box.querySelectorAll(".field-error").length}`;
+    message.id = `err-${form.id}-${++errorCount}`;
     message.textContent = error.message;
-    box.append(message);
+    if (box === control) box.after(message); else box.append(message);
     if (control) {
       control.setAttribute("aria-invalid", "true");
       const described = control.getAttribute("aria-describedby");
@@ -220,6 +250,7 @@ document.addEventListener("click", async (event) => {
   }
   if (el.dataset.close) { document.getElementById(el.dataset.close).hidden = true; return; }
   if ("event" in el.dataset) { showEvent(el); return; }
+  if (el.dataset.why) { showWhy(el); return; }
   if (!el.dataset.api || el.form) return;
   if (el.dataset.confirm && !window.confirm(el.dataset.confirm)) return;
   el.disabled = true;
@@ -236,10 +267,19 @@ document.addEventListener("click", async (event) => {
 
 function showEvent(button) {
   const panel = document.getElementById("event-detail");
-  for (const key of ["title", "when", "source", "location", "status", "description"]) {
+  for (const key of ["title", "when", "source", "location", "status", "shows", "description"]) {
     document.getElementById(`detail-${key}`).textContent = button.dataset[key] || "—";
   }
   document.getElementById("detail-conflict").hidden = !("conflict" in button.dataset);
+  panel.hidden = false;
+  panel.querySelector("button").focus();
+}
+
+// A busy or free block of the week: why it is busy (the events behind it, from availability's explain).
+function showWhy(button) {
+  const panel = document.getElementById("busy-detail");
+  document.getElementById("busy-title").textContent = button.getAttribute("aria-label");
+  for (const list of panel.querySelectorAll("[data-why-list]")) list.hidden = list.id !== button.dataset.why;
   panel.hidden = false;
   panel.querySelector("button").focus();
 }
