@@ -25,8 +25,10 @@ Each service holds the table in its own schema, created by one of its own migrat
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -115,6 +117,15 @@ def in_progress() -> Problem:
                    headers={"Retry-After": "1"})
 
 
+def in_progress_answer(body: bytes) -> bool:
+    """Whether a 409's body is the kit's `in_progress` (a caller's cue to ask again in a moment)."""
+    try:
+        doc = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return False
+    return isinstance(doc, dict) and doc.get("code") == "idempotency_in_progress"
+
+
 def problem_answer(problem: Problem) -> Answer:
     return Answer(problem.status, problem_bytes(problem), PROBLEM_JSON)
 
@@ -132,13 +143,17 @@ def response(answer: Answer) -> Response[bytes]:
 
 class Keys:
     """The Idempotency-Keys of one schema. `seal`/`unseal` encrypt a kept body (an answer holding a
-    secret: a webhook's signing secret, an access token)."""
+    secret: a webhook's signing secret, an access token). With `wait`, `run` lets a repeat that
+    finds the first request in flight wait that many seconds for its answer before the 409 (a
+    double-clicked checkout gets the one checkout)."""
 
     def __init__(self, schema: str, *, ttl: timedelta = TTL, stale_after: timedelta = STALE_AFTER,
-                 seal: Callable[[bytes], bytes] | None = None, unseal: Callable[[bytes], bytes] | None = None) -> None:
+                 seal: Callable[[bytes], bytes] | None = None, unseal: Callable[[bytes], bytes] | None = None,
+                 wait: float = 0.0) -> None:
         self.table = f"{schema}.idempotency_keys"
         self.ttl = ttl
         self.stale_after = stale_after
+        self.wait = wait
         self._seal = seal or (lambda body: body)
         self._unseal = unseal or (lambda body: body)
 
@@ -208,8 +223,16 @@ class Keys:
         Problem raised by `work` is answered like any other answer."""
         if check_key(key) is None:
             return await work()
-        async with pool.acquire() as conn:
-            first = await self.claim(conn, scope, key, req_hash)
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                async with pool.acquire() as conn:
+                    first = await self.claim(conn, scope, key, req_hash)
+                break
+            except Problem as problem:
+                if problem.status != 409 or time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.05)
         if first is not None:
             return first
         try:
@@ -302,8 +325,8 @@ class IdempotentApp:
             return Answer(status, b"".join(chunks), content_type)
 
         try:
-            answer = await self.keys.run(self._pool(), user_id, key,
-                                         request_hash(scope["path"], canonical_json(bytes(body))), work)
+            fingerprint = hashlib.sha256(scope["path"].encode() + b"\x00" + canonical_json(bytes(body))).hexdigest()
+            answer = await self.keys.run(self._pool(), user_id, key, fingerprint, work)
         except Problem as problem:  # refused by the kit itself (400, 409, 422): nothing was sent
             answer = problem_answer(problem)
             extra += [(k.lower().encode(), v.encode()) for k, v in problem.headers.items()]

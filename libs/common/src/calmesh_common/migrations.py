@@ -3,7 +3,9 @@
 Files are named ``NNNN_description.sql`` and applied in order, each in its own transaction, once.
 The common event-store tables (this package's ``migrations/``) come first, under the name
 ``common/NNNN_…``. The runner holds an advisory lock per schema so two processes starting at once
-do not race. ``{schema}`` in a file is replaced by the schema's name.
+do not race. ``{schema}`` in a file is replaced by the schema's name, and ``{idempotency_keys_table}``
+(a line of its own) by the Idempotency-Key kit's table (`calmesh_common.idempotency.TABLE_SQL`), so that every service
+creates that one shape without a copy of it.
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ from pathlib import Path
 
 import asyncpg
 
+from .idempotency import TABLE_SQL as IDEMPOTENCY_KEYS_TABLE_SQL
+
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+#: The placeholder of the Idempotency-Key kit's table: a line of its own.
+_KIT_TABLE = re.compile(r"^\{idempotency_keys_table\}$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,8 @@ async def apply_migrations(conn: asyncpg.Connection, schema: str, migrations: li
                 continue
             async with conn.transaction():
                 await conn.execute(f"SET LOCAL search_path TO {schema}, public")
-                await conn.execute(migration.sql.replace("{schema}", schema))
+                sql = _KIT_TABLE.sub(lambda _: IDEMPOTENCY_KEYS_TABLE_SQL, migration.sql)
+                await conn.execute(sql.replace("{schema}", schema))
                 await conn.execute(
                     f"INSERT INTO {schema}.schema_migrations (name) VALUES ($1)", migration.name
                 )
