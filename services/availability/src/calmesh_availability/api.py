@@ -377,7 +377,9 @@ class CalendarRoutes(Controller):
             raise Problem(422, "read_only_source",
                           f"The event belongs to a read-only source ({source.name or source.calendar_id}).")
         response = await _sync_call(request, deps, "DELETE", f"/internal/events/{quote(event_id, safe='')}",
-                                    params={"user_id": caller.user_id}, key=f"availability-delete:{event_id}")
+                                    params={"user_id": caller.user_id},
+                                    # this row's deletion: an event of the same id written again later is another
+                                    key=f"availability-delete:{event_id}:{found['updated_at'].isoformat()}")
         if response.status_code not in (200, 204):
             raise _problem_from(response, "The event could not be deleted")
 

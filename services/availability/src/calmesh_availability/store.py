@@ -101,7 +101,7 @@ def _events_sql(include_cancelled: bool, keyset: bool) -> str:
 EVENTS_SQL = {(c, k): _events_sql(c, k) for c in (False, True) for k in (False, True)}
 
 FIND_EVENT_SQL = f"""
-    SELECT ei.event_id, ei.connection_id, ei.calendar_id
+    SELECT ei.event_id, ei.connection_id, ei.calendar_id, ei.updated_at
     FROM unnest($2::text[], $3::text[]) AS src(connection_id, calendar_id)
     JOIN {PROJECTION} ei ON ei.connection_id = src.connection_id AND ei.calendar_id = src.calendar_id
     WHERE ei.user_id = $1 AND ei.event_id = $4
