@@ -46,10 +46,12 @@ chromium: $(CHROMIUM)
 test: install $(CHROMIUM)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Every benchmark runs, even after one misses its target; the misses are named and make fails at the end.
+# Every benchmark runs, even after one misses its target; a summary table (target, measured, met or
+# missed) comes at the end, and only then does a miss make `make bench` fail.
 bench: install
-	@failed=""; for b in bench/*.py; do echo "== $$b"; $(PY) $$b || failed="$$failed $$b"; done; \
-	if [ -n "$$failed" ]; then echo "== missed a target or failed:$$failed"; exit 1; fi; echo "== every benchmark met its targets"
+	@summary=$$(mktemp); failed=""; for b in bench/*_bench.py; do echo "== $$b"; \
+	CALMESH_BENCH_SUMMARY=$$summary $(PY) $$b || failed="$$failed $$b"; done; \
+	$(PY) bench/benchkit.py summary $$summary $$failed; rc=$$?; rm -f $$summary; exit $$rc
 
 lock: | $(UV)
 	$(UV) lock --exclude-newer $(LOCK_EXCLUDE_NEWER)

@@ -35,6 +35,11 @@ from fakes.platform import private_platform, running, wait_for  # noqa: E402
 
 from fakes.servers import serve  # noqa: E402
 
+from benchkit import record
+
+BENCH = "sync"
+OK = [True]  # every target met so far
+
 PROJECTION_TYPES = ["source_events.upserted.v1", "source_events.deleted.v1", "source_calendar.purged.v1"]
 
 
@@ -108,6 +113,8 @@ async def ingest(server_url: str, nats: str) -> None:
                 print(f"   end to end into the projection: {end_to_end:.2f} s ({rows:,} rows; the sync run itself "
                       f"{(run['finished_at'] - run['started_at']).total_seconds():.2f} s)")
                 print(f"   ratio: {end_to_end / bare:.2f}x (target <= 1.5x)")
+                OK[0] &= record(BENCH, "10,000-event feed, end to end / bare parse", "<= 1.5x",
+                                f"{end_to_end / bare:.2f}x", end_to_end / bare <= 1.5)
 
                 # 2. Unchanged: one conditional request, no writes.
                 before_requests = len(feeds.requests_to("/bench.ics"))
@@ -211,6 +218,8 @@ async def caldav_change(server_url: str, nats: str) -> None:
                         print(f"   first sync of the 5,000 objects: {first:.2f} s ({rows:,} rows)")
                         print(f"   sync request -> changed row in the projection: {', '.join(f'{t * 1000:.0f} ms' for t in timings)} "
                               f"(target < 1 s; median {sorted(timings)[len(timings) // 2] * 1000:.0f} ms)")
+                        OK[0] &= record(BENCH, "CalDAV one-event change -> projection, slowest", "< 1 s",
+                                        f"{max(timings) * 1000:.0f} ms", max(timings) < 1)
                         print("   of which request -> worker starts / the sync itself (Radicale's sync-collection REPORT on 5,000 "
                               "objects is most of it): " + ", ".join(f"{a * 1000:.0f}/{b * 1000:.0f} ms" for a, b in parts))
                     await db.close()
@@ -232,4 +241,4 @@ async def main() -> None:
 if __name__ == "__main__":
     warnings.simplefilter("ignore")
     asyncio.run(main())
-
+    raise SystemExit(0 if OK[0] else 1)
