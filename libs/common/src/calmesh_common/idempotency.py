@@ -51,14 +51,14 @@ MAX_KEY_LENGTH = 255
 #: The table every service creates in its own schema (its migration holds exactly this).
 TABLE_SQL = """\
 CREATE TABLE {schema}.idempotency_keys (
-    scope         text        NOT NULL,
+    scope         text        NOT NULL,               -- whose key: a user, a page, internal:<user>
     key           text        NOT NULL,
-    request_hash  text        NOT NULL,
-    status_code   integer,
+    request_hash  text        NOT NULL,               -- the first request's fingerprint
+    status_code   integer,                            -- NULL while the first request is in flight
     content_type  text,
-    body          bytea,
-    created_at    timestamptz NOT NULL DEFAULT now(),
-    completed_at  timestamptz,
+    body          bytea,                              -- the first answer (sealed when it holds a secret)
+    created_at    timestamptz NOT NULL DEFAULT now(), -- claimed (the TTL counts from here)
+    completed_at  timestamptz,                        -- answered
     PRIMARY KEY (scope, key)
 );
 CREATE INDEX idempotency_keys_created_idx ON {schema}.idempotency_keys (created_at);

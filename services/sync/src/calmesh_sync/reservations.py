@@ -50,7 +50,9 @@ _ROW_COLUMNS = (
 )
 
 
-class ReservationPut(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class TimeOnCalendar(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A user's time on a calendar of a connection: what a reservation and an event write name."""
+
     user_id: str
     connection_id: str
     calendar_id: str
@@ -58,6 +60,9 @@ class ReservationPut(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     start: str
     end: str
     description: str | None = None
+
+
+class ReservationPut(TimeOnCalendar, kw_only=True):
     #: Reservations (holds) whose rows go in the same transaction.
     replaces: list[str] = []
 

@@ -40,6 +40,7 @@ from calmesh_providers import ical
 from .connections_api import ConnectionDetails, ProviderCalendar
 from .engine import SyncDeps
 from .internal_keys import keyed_delete, keyed_write
+from .reservations import TimeOnCalendar
 from .projection import ChangeSet, InstanceKey, load_existing, lock_connection, row_for, write_changes
 from calmesh_providers import AuthError, NotFoundError, PreconditionFailed, ProviderError, SourceError, TransientError
 from calmesh_providers.caldav import CalDAVClient
@@ -52,15 +53,8 @@ class Attendee(msgspec.Struct, forbid_unknown_fields=True):
     name: str | None = None
 
 
-class EventCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    user_id: str
-    connection_id: str
-    calendar_id: str
-    title: str
-    start: str
-    end: str
+class EventCreate(TimeOnCalendar, kw_only=True):
     all_day: bool = False
-    description: str | None = None
     location: str | None = None
     attendees: list[Attendee | str] | None = None
     timezone: str | None = None
