@@ -12,8 +12,9 @@ with one semantics (docs/contracts.md, "Idempotency-Key").
 - Which answers a key keeps: successes and refusals about the request itself. A 5xx, 404, 409 or
   429 may turn out otherwise on a retry, so such an answer releases the key (`keeps`).
 
-Each service holds the table in its own schema, created by one of its own migrations with exactly
-`TABLE_SQL`. Two ways to use it, one table:
+Each service holds the table in its own schema, created by one of its own migrations: a line
+``{idempotency_keys_table}`` in it, which the migration runner replaces with `TABLE_SQL`. Two ways to
+use it, one table:
 
 - `Keys.run`: claim in a short transaction of its own, do the work with **no** transaction open (a
   provider or service call), then keep or release. For writes that call out.
@@ -48,7 +49,7 @@ TTL = timedelta(hours=24)
 STALE_AFTER = timedelta(minutes=2)
 MAX_KEY_LENGTH = 255
 
-#: The table every service creates in its own schema (its migration holds exactly this).
+#: The table every service creates in its own schema (``{idempotency_keys_table}`` in a migration).
 TABLE_SQL = """\
 CREATE TABLE {schema}.idempotency_keys (
     scope         text        NOT NULL,               -- whose key: a user, a page, internal:<user>
