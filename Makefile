@@ -10,10 +10,11 @@ VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.calmesh-installed
 
-.PHONY: up test install lock bench clean-data help chromium
+.PHONY: up demo test install lock bench clean-data help chromium
 
 help:
 	@echo "make up      - run the platform (embedded PostgreSQL and NATS) on 127.0.0.1:$${CALMESH_HTTP_PORT:-8080}"
+	@echo "make demo    - the same, plus a demo user, two sample calendars on loopback, a unified calendar and a booking page"
 	@echo "make test    - run the whole test suite"
 	@echo "make lock    - re-pin requirements.lock (dev) and requirements.runtime.lock (the image) after changing a pyproject.toml"
 	@echo "make bench   - run the benchmarks in bench/"
@@ -31,6 +32,11 @@ install: $(STAMP)
 
 up: install
 	$(VENV)/bin/calmesh-up
+
+# `make up` with a demo user, two sample calendars served on loopback (an iCal feed and Radicale),
+# a unified calendar and a booking page on them; prints the sign-in, an API key and three curl lines.
+demo: install
+	$(VENV)/bin/calmesh-up --demo
 
 # The browser tests drive Debian's Chromium (Playwright's own browser download cannot work here).
 # Installed only when it is missing; CI runs as root on Debian.

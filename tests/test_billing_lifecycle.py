@@ -25,8 +25,8 @@ import uvicorn
 from litestar import post
 
 from calmesh_common.devstack.embedded import free_port
-from calmesh_common.migrations import Migration, apply_migrations, common_migrations, package_migrations
-from calmesh_common.plans import USER_PLANS_SQL, enforce_limit, plan_consumer
+from calmesh_common.migrations import Migration, apply_migrations, common_migrations, package_migrations, shared_sql
+from calmesh_common.plans import enforce_limit, plan_consumer
 from calmesh_common.service import Caller, ServiceDeps, create_service_app
 from calmesh_common.settings import Settings
 from calmesh_billing.app import create_app
@@ -309,7 +309,7 @@ async def test_plan_limits_refuse_with_402_and_an_upgrade_lifts_them_at_once(
     conn = await asyncpg.connect(migrated)
     try:
         await apply_migrations(conn, schema, common_migrations() + [
-            Migration("widgets/0001_user_plans", USER_PLANS_SQL),
+            Migration("widgets/0001_user_plans", shared_sql("user_plans")),
             Migration("widgets/0002_widgets", "CREATE TABLE {schema}.widgets (id text PRIMARY KEY, user_id text NOT NULL);"),
         ])
     finally:

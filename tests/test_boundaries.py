@@ -1,15 +1,24 @@
-"""The house rule between packages: services meet only through events and HTTP.
+"""The house rules between packages: services meet only through events and HTTP, and a domain is pure.
 
 No service imports another service's package (``calmesh_<service>``), no library under ``libs/`` and
 no client under ``clients/`` imports a service package, and no ``pyproject.toml`` of a service or a
 library names a service as a dependency. What two services share lives in a library
 (``calmesh_common``, ``calmesh_providers``, ``calmesh_tools``). Every import is read with ``ast``,
 including the ones inside functions, so a lazy import cannot hide a crossing.
+
+A service's ``domain`` module knows nothing of the web, the database or the bus: importing it in a
+fresh interpreter loads none of litestar, asyncpg, httpx or nats, directly or through an import.
+The same holds for the kits of ``calmesh_common`` that domains use (problems, time formats,
+Retry-After, cursors).
 """
 
 from __future__ import annotations
 
 import ast
+import json
+import os
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -115,3 +124,53 @@ def test_the_walk_names_file_and_line_of_a_crossing(tmp_path: Path) -> None:
         "services/beta/src/calmesh_beta/__init__.py:1: service beta imports calmesh_alpha.app (service alpha)",
     ]
     assert dependency_crossings(tmp_path) == ["services/alpha/pyproject.toml: depends on the service calmesh-beta"]
+
+
+#: What a pure module must not load, directly or through what it imports.
+IMPURE = ("litestar", "asyncpg", "httpx", "nats")
+#: The calmesh_common modules a domain may import.
+PURE_KITS = ("calmesh_common.problems", "calmesh_common.timefmt", "calmesh_common.retryafter", "calmesh_common.cursors")
+
+
+def domain_modules(root: Path) -> list[str]:
+    """Each service's ``domain`` module (a ``domain.py`` or a ``domain/`` package), by import name."""
+    found = []
+    for src in sorted(root.glob("services/*/src")):
+        for package in sorted(p for p in src.iterdir() if (p / "__init__.py").exists()):
+            if (package / "domain.py").exists() or (package / "domain" / "__init__.py").exists():
+                found.append(f"{package.name}.domain")
+    return found
+
+
+def impure_imports(module: str, extra_path: Path | None = None) -> list[str]:
+    """The packages of `IMPURE` that importing `module` in a fresh interpreter loads."""
+    probe = (
+        "import importlib, json, sys\n"
+        f"importlib.import_module({module!r})\n"
+        f"print(json.dumps(sorted(n for n in {IMPURE!r} if n in sys.modules)))\n"
+    )
+    env = dict(os.environ)
+    if extra_path is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(extra_path), env.get("PYTHONPATH")) if p)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, f"importing {module} failed:\n{done.stderr}"
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def test_every_domain_module_and_the_kits_it_may_use_are_pure() -> None:
+    modules = domain_modules(ROOT)
+    assert {"calmesh_availability.domain", "calmesh_billing.domain", "calmesh_booking.domain"} <= set(modules)
+    loaded = {m: impure_imports(m) for m in (*modules, *PURE_KITS)}
+    assert all(not v for v in loaded.values()), "modules that are not pure: " + ", ".join(
+        f"{m} loads {', '.join(v)}" for m, v in loaded.items() if v)
+
+
+def test_the_purity_probe_sees_an_import_of_the_web_layer(tmp_path: Path) -> None:
+    """A domain that raises `Problem` is pure; one that reaches for the litestar handler is not."""
+    package = tmp_path / "calmesh_probe"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "domain.py").write_text("from calmesh_common.problems import Problem\n")
+    (package / "web.py").write_text("from calmesh_common.problem_handler import problem_handler\n")
+    assert impure_imports("calmesh_probe.domain", tmp_path) == []
+    assert "litestar" in impure_imports("calmesh_probe.web", tmp_path)

@@ -54,6 +54,11 @@ class Platform:
         return f"nats://{self.nats_token}@127.0.0.1:{(self.data_dir / 'nats.port').read_text().strip()}"
 
     def start(self, timeout: float = START_TIMEOUT + 10) -> None:
+        """Run calmesh-up and wait until it is up."""
+        self.wait_up(self.launch(), timeout)
+
+    def launch(self) -> int:
+        """Run calmesh-up without waiting; returns where its log of this run begins."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CALMESH_", "DATABASE_URL", "NATS_URL"))}
         env.update(
             CALMESH_DATA_DIR=str(self.data_dir),
@@ -64,13 +69,20 @@ class Platform:
             CALMESH_DB_POOL_MAX="3",
         )
         env.update(self.extra_env)
+        offset = self.log.stat().st_size if self.log.exists() else 0  # a second start appends
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen([str(CALMESH_UP)], env=env, stdout=log, stderr=subprocess.STDOUT)
+        return offset
+
+    def wait_up(self, offset: int, timeout: float = START_TIMEOUT + 10) -> None:
+        assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"calmesh-up exited with {self.process.returncode}:\n{self.tail()}"
             try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/api/health", timeout=2).status_code == 200:
+                # Up means what calmesh-up says: healthy, and its banner printed (it supervises from then on).
+                if (httpx.get(f"http://127.0.0.1:{self.port}/api/health", timeout=2).status_code == 200
+                        and b"CalMesh is up" in self.log.read_bytes()[offset:]):
                     return
             except httpx.HTTPError:
                 pass
@@ -103,6 +115,13 @@ def alive(process: psutil.Process) -> bool:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:  # it ended meanwhile
+        return []
 
 
 def using(data_dir: Path) -> list[psutil.Process]:
@@ -253,6 +272,27 @@ def test_calmesh_up_restarts_a_dead_nats_server_and_postgres(platform: Platform)
         assert again.pid != victim.pid
     log = platform.log.read_text(errors="replace")
     assert "nats exited" in log and "postgres exited" in log and "restarting" in log
+
+
+def test_a_nats_server_that_dies_while_the_services_start_is_started_again(platform: Platform) -> None:
+    offset = platform.launch()
+    deadline = time.monotonic() + 60
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        assert platform.process is not None and platform.process.poll() is None, platform.tail()
+        children = psutil.Process(platform.process.pid).children()
+        found = [p for p in children if p.name() == "nats-server" and alive(p)]
+        # Once a service runs, the migrations are done and the services are starting.
+        starting = any(p.name().startswith("calmesh-gateway") or "calmesh-gateway" in " ".join(cmdline(p))
+                       for p in children if alive(p))
+        victim = found[0] if found and starting else None
+        time.sleep(0.05)
+    assert victim is not None, f"no nats-server within 60 s\n{platform.tail()}"
+    assert health(platform)[0] != 200  # the services are still starting
+    victim.kill()
+    platform.wait_up(offset)  # calmesh-up does not give up: it starts nats again and comes up
+    assert named(platform, "nats-server").pid != victim.pid
+    assert "nats exited" in platform.log.read_text(errors="replace")
 
 
 def test_a_killed_calmesh_up_strands_nothing(platform: Platform) -> None:

@@ -9,8 +9,8 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
-from calmesh_common.idempotency import TABLE_SQL, Answer, Keys, canonical_json, json_answer, request_hash
-from calmesh_common.migrations import apply_migrations, package_migrations
+from calmesh_common.idempotency import Answer, Keys, canonical_json, json_answer, request_hash
+from calmesh_common.migrations import apply_migrations, package_migrations, shared_sql
 from calmesh_common.problems import Problem
 
 SERVICES = {
@@ -23,7 +23,7 @@ SERVICES = {
 async def keys(pool: asyncpg.Pool, unique: str):
     schema = f"idem_{unique}"
     await pool.execute(f"CREATE SCHEMA {schema}")
-    await pool.execute(TABLE_SQL.replace("{schema}", schema))
+    await pool.execute(shared_sql("idempotency_keys").replace("{schema}", schema))
     yield Keys(schema)
     await pool.execute(f"DROP SCHEMA {schema} CASCADE")
 
@@ -172,7 +172,7 @@ async def test_every_service_keeps_its_keys_in_the_one_shape(pool, unique) -> No
     """Each service's migrations end in the kit's table (columns, types, key) in its own schema."""
     async with pool.acquire() as conn:
         await conn.execute(f"CREATE SCHEMA ref_{unique}")
-        await conn.execute(TABLE_SQL.replace("{schema}", f"ref_{unique}"))
+        await conn.execute(shared_sql("idempotency_keys").replace("{schema}", f"ref_{unique}"))
         shape = """SELECT column_name, data_type, is_nullable, ordinal_position FROM information_schema.columns
                    WHERE table_schema = $1 AND table_name = 'idempotency_keys' ORDER BY ordinal_position"""
         expected = [tuple(r) for r in await conn.fetch(shape, f"ref_{unique}")]

@@ -14,13 +14,13 @@ from calmesh_common.intervals import (
     clip_blocks,
     dedupe_mirrors,
     find_conflicts,
-    format_utc,
     free_spans,
     local_date_span,
     local_day_window,
     merge_busy,
     merge_spans,
 )
+from calmesh_common.timefmt import rfc3339_epoch
 
 H = 3600
 
@@ -142,8 +142,8 @@ def test_day_windows_follow_the_calendar_on_dst_days() -> None:
     assert _hours(local_day_window(date(2026, 10, 25), berlin)) == 25
     assert _hours(local_day_window(date(2026, 3, 15), ny)) == 24
     start, _ = local_day_window(date(2026, 3, 8), ny)
-    assert format_utc(start) == "2026-03-08T05:00:00Z"
-    assert format_utc(local_day_window(date(2026, 3, 9), ny)[0]) == "2026-03-09T04:00:00Z"
+    assert rfc3339_epoch(start) == "2026-03-08T05:00:00Z"
+    assert rfc3339_epoch(local_day_window(date(2026, 3, 9), ny)[0]) == "2026-03-09T04:00:00Z"
 
 
 def test_a_midnight_inside_a_dst_gap_starts_the_day_at_the_transition() -> None:
@@ -151,7 +151,7 @@ def test_a_midnight_inside_a_dst_gap_starts_the_day_at_the_transition() -> None:
     # starts at 01:00 -03, which is the instant the clocks jumped.
     santiago = ZoneInfo("America/Santiago")
     start, end = local_day_window(date(2026, 9, 6), santiago)
-    assert format_utc(start) == "2026-09-06T04:00:00Z"
+    assert rfc3339_epoch(start) == "2026-09-06T04:00:00Z"
     assert end - start == 23 * H
     assert local_day_window(date(2026, 9, 5), santiago)[1] == start
 
@@ -160,10 +160,6 @@ def test_all_day_spans_cover_whole_local_days() -> None:
     ny = ZoneInfo("America/New_York")
     s, e = local_date_span(date(2026, 3, 7), date(2026, 3, 10), ny)
     assert (e - s) == (24 + 23 + 24) * H
-
-
-def test_format_utc_gives_whole_seconds_with_a_z() -> None:
-    assert format_utc(1773565200) == "2026-03-15T09:00:00Z"
 
 
 def _hours(span: tuple[int, int]) -> float:

@@ -8,7 +8,14 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from calmesh_common.migrations import Migration, _read_dir, apply_migrations, common_migrations, package_migrations
+from calmesh_common.migrations import (
+    Migration,
+    _read_dir,
+    apply_migrations,
+    common_migrations,
+    package_migrations,
+    shared_sql,
+)
 
 COUNTER = [
     Migration("0001_counter", "CREATE TABLE {schema}.counter (n integer NOT NULL); INSERT INTO counter VALUES (0);"),
@@ -100,3 +107,48 @@ def test_files_are_read_in_number_order_and_other_files_ignored(tmp_path: Path) 
 
 def test_a_package_without_migrations_gets_the_common_ones() -> None:
     assert [m.name for m in package_migrations("calmesh_common.events")] == ["common/0001_eventstore"]
+
+
+# --- shared migrations ------------------------------------------------------------------------------
+
+
+def test_an_include_line_reads_the_shared_migration_in_its_place(tmp_path: Path) -> None:
+    (tmp_path / "0001_init.sql").write_text("CREATE TABLE {schema}.a (id int);\n")
+    (tmp_path / "0002_user_plans.sql").write_text("-- the plans table\n\\include user_plans\n")
+    first, second = _read_dir(tmp_path, prefix="svc/")
+    assert (first.name, second.name) == ("svc/0001_init", "svc/0002_user_plans")
+    assert "CREATE TABLE {schema}.user_plans" in second.sql
+    assert not [line for line in second.sql.splitlines() if line.startswith("\\include")]
+    assert second.sql.startswith("-- the plans table\n")
+
+
+@pytest.mark.parametrize("line", ["\\include no_such_table", "\\include ../0001_eventstore", "\\include"])
+def test_an_include_of_no_shared_migration_is_refused_naming_the_file(tmp_path: Path, line: str) -> None:
+    (tmp_path / "0001_init.sql").write_text(line + "\n")
+    with pytest.raises(ValueError, match="0001_init.sql.*no shared migration"):
+        _read_dir(tmp_path)
+
+
+def test_every_plan_enforcing_service_takes_the_one_user_plans_table() -> None:
+    for package in ("calmesh_booking", "calmesh_connections", "calmesh_gateway"):
+        by_name = {m.name: m.sql for m in package_migrations(package)}
+        assert shared_sql("user_plans") in by_name["0002_user_plans"], package
+
+
+async def test_a_database_that_applied_the_old_copy_does_not_apply_it_again(pool, schema) -> None:
+    """Before the shared file, each service's 0002_user_plans.sql held the whole table: a database
+    migrated then moves on to today's migrations without trying to create it twice."""
+    old_copy = Migration("0002_user_plans", shared_sql("user_plans"))
+    today = package_migrations("calmesh_gateway")
+    async with pool.acquire() as conn:
+        before = [m for m in today if m.name in ("common/0001_eventstore", "0001_init")] + [old_copy]
+        await apply_migrations(conn, schema, before)
+        applied = await apply_migrations(conn, schema, today)
+        assert "0002_user_plans" not in applied and applied  # the later ones, not the table again
+        assert "user_plans" in await tables(conn, schema)
+        fresh = f"{schema}_new"
+        try:
+            assert "0002_user_plans" in await apply_migrations(conn, fresh, today)
+            assert "user_plans" in await tables(conn, fresh)
+        finally:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {fresh} CASCADE")

@@ -7,7 +7,8 @@ import msgspec
 import pytest
 from litestar import Litestar, get, post
 
-from calmesh_common.problems import Problem, problem_handler
+from calmesh_common.problem_handler import problem_handler
+from calmesh_common.problems import Problem
 from calmesh_common.requestguard import MAX_JSON_DEPTH, RequestGuardMiddleware, check_body, check_target, json_depth
 
 

@@ -11,6 +11,7 @@ import pytest
 from calmesh_availability import domain
 from calmesh_availability.domain import Calendar, CalendarDoc, Source
 from calmesh_common.problems import Problem
+from calmesh_common.timefmt import rfc3339_epoch
 
 WORK = Source(id="src_work", connection_id="conn_g", calendar_id="primary", name="Work", sort_order=0)
 HOME = Source(id="src_home", connection_id="conn_c", calendar_id="home", name="Home", sort_order=1)
@@ -97,7 +98,7 @@ def test_unknown_time_zones_are_refused_with_a_clear_message() -> None:
 def test_a_date_is_the_local_day_including_dst_days() -> None:
     ny = domain.zone("America/New_York")
     start, end = domain.availability_window("2026-03-08", None, None, ny)
-    assert (domain.format_utc(start), domain.format_utc(end)) == ("2026-03-08T05:00:00Z", "2026-03-09T04:00:00Z")
+    assert (rfc3339_epoch(start), rfc3339_epoch(end)) == ("2026-03-08T05:00:00Z", "2026-03-09T04:00:00Z")
     with pytest.raises(Problem) as caught:
         domain.availability_window("2026-02-30", None, None, ny)
     assert caught.value.status == 400

@@ -25,9 +25,9 @@ from calmesh_availability.calendars import http_fetcher
 from calmesh_common.events import encode_envelope, make_envelope
 from calmesh_common.events.connections import CalendarSource, CalendarSourceRemoved, UnifiedCalendar
 from calmesh_common.ids import event_id_for
-from calmesh_common.intervals import format_utc
 from calmesh_common.service import SECRET_HEADER
 from calmesh_common.settings import Settings
+from calmesh_common.timefmt import rfc3339_epoch
 
 SECRET = "test-internal-secret"
 CONNECTIONS = "http://connections.internal"
@@ -587,7 +587,7 @@ async def test_malformed_event_bodies_are_400(service: Service, world: World) ->
 
 
 def test_instants_in_responses_are_utc_to_the_second() -> None:
-    assert format_utc(1773651600) == "2026-03-16T09:00:00Z"
+    assert rfc3339_epoch(1773651600) == "2026-03-16T09:00:00Z"
 
 
 async def test_the_openapi_document_names_range_too_dense_for_conflicts(service: Service) -> None:

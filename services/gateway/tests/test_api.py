@@ -6,7 +6,8 @@ import pytest
 
 from calmesh_common.problems import Problem
 from calmesh_common.settings import Settings
-from calmesh_gateway.api import _cleared_cookies, _session_cookies, decode_json, rfc3339, valid_timezone
+from calmesh_common.timefmt import rfc3339, rfc3339_or_none
+from calmesh_gateway.api import _cleared_cookies, _session_cookies, decode_json, valid_timezone
 from calmesh_gateway.schemas import ApiKeyCreate, SignupRequest
 
 
@@ -58,6 +59,6 @@ def test_instants_are_utc_whole_seconds_and_zones_are_iana() -> None:
     from datetime import datetime, timedelta, timezone
 
     assert rfc3339(datetime(2026, 3, 15, 10, 0, 0, 123456, tzinfo=timezone(timedelta(hours=1)))) == "2026-03-15T09:00:00Z"
-    assert rfc3339(None) is None
+    assert rfc3339_or_none(None) is None
     assert valid_timezone("Europe/Amsterdam") and valid_timezone("UTC")
     assert not valid_timezone("Mars/Olympus") and not valid_timezone("../../etc/passwd")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from calmesh_common.retryafter import retry_after_seconds
 from calmesh_gateway.ratelimit import TokenBucketLimiter
 
 
@@ -19,7 +20,7 @@ def test_a_burst_is_allowed_then_requests_wait_for_tokens() -> None:
     assert [limiter.hit("k") for _ in range(5)] == [0.0] * 5
     wait = limiter.hit("k")
     assert 0.9 <= wait <= 1.0
-    assert TokenBucketLimiter.retry_after_header(wait) == "1"
+    assert retry_after_seconds(wait) == "1"
     clock.now += 1.0
     assert limiter.hit("k") == 0.0
     assert limiter.hit("k") > 0
@@ -45,8 +46,8 @@ def test_the_steady_rate_is_per_minute_and_never_exceeds_the_burst() -> None:
 
 
 def test_retry_after_is_never_zero_and_rounds_up() -> None:
-    assert TokenBucketLimiter.retry_after_header(0.01) == "1"
-    assert TokenBucketLimiter.retry_after_header(2.2) == "3"
+    assert retry_after_seconds(0.01) == "1"
+    assert retry_after_seconds(2.2) == "3"
 
 
 def test_full_buckets_are_pruned() -> None:

@@ -10,7 +10,9 @@
   another scheme, host or port, and a redirect from https to http is refused;
 - the body is capped at `max_bytes` and the whole exchange at `timeout` seconds.
 
-``allow_private_networks`` lifts only the address rule (local development and tests).
+``allow_private_networks`` lifts only the address rule (local development and tests);
+``allowed_endpoints`` lifts it for a few exact ``(address, port)`` pairs only (`calmesh-up --demo`
+lets its own loopback calendar servers be fetched this way, and nothing else on loopback).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
@@ -87,6 +89,16 @@ class FetchResult:
     url: str
 
 
+def parse_endpoint(text: str) -> tuple[str, int]:
+    """``"127.0.0.1:5232"`` or ``"[::1]:5232"`` → (address, port); ValueError when it is not an IP
+    literal with a port (a host name would be resolved again, and could answer otherwise)."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not address:port")
+    address = ipaddress.ip_address(host[1:-1] if host.startswith("[") and host.endswith("]") else host)
+    return str(address), int(port)
+
+
 def normalise_url(url: str) -> str:
     """Check the scheme and turn ``webcal://`` into ``https://``; raises FetchError."""
     if not isinstance(url, str) or not url.strip():
@@ -109,6 +121,7 @@ class GuardedClient:
         self,
         *,
         allow_private_networks: bool = False,
+        allowed_endpoints: Collection[tuple[str, int]] = (),
         max_bytes: int = 10 * 1024 * 1024,
         timeout: float = 20.0,
         max_redirects: int = 5,
@@ -116,6 +129,8 @@ class GuardedClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.allow_private_networks = allow_private_networks
+        #: (address, port) pairs that may be fetched although their address is not public.
+        self.allowed_endpoints = frozenset((str(ipaddress.ip_address(a)), int(p)) for a, p in allowed_endpoints)
         self.max_bytes = max_bytes
         self.timeout = timeout
         self.max_redirects = max_redirects
@@ -141,6 +156,8 @@ class GuardedClient:
             raise FetchError(f"the host {host} has no address")
         if not self.allow_private_networks:
             for ip in addresses:
+                if (str(ipaddress.ip_address(ip)), port) in self.allowed_endpoints:
+                    continue
                 reason = address_refusal(ip)
                 if reason:
                     raise FetchError(f"refused to fetch {host}: {reason}")

@@ -12,9 +12,9 @@ with one semantics (docs/contracts.md, "Idempotency-Key").
 - Which answers a key keeps: successes and refusals about the request itself. A 5xx, 404, 409 or
   429 may turn out otherwise on a retry, so such an answer releases the key (`keeps`).
 
-Each service holds the table in its own schema, created by one of its own migrations: a line
-``{idempotency_keys_table}`` in it, which the migration runner replaces with `TABLE_SQL`. Two ways to
-use it, one table:
+Each service holds the table in its own schema, in the one shape of the shared migration
+``calmesh_common/migrations/shared/idempotency_keys.sql``, taken by a migration of its own with the
+line ``\include idempotency_keys`` (`calmesh_common.migrations`). Two ways to use it, one table:
 
 - `Keys.run`: claim in a short transaction of its own, do the work with **no** transaction open (a
   provider or service call), then keep or release. For writes that call out.
@@ -40,6 +40,7 @@ import msgspec
 from litestar import Response
 
 from .problems import PROBLEM_JSON, Problem, problem_bytes
+from .retryafter import retry_after
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
@@ -48,23 +49,6 @@ TTL = timedelta(hours=24)
 #: A claim still in flight after this long belongs to a request that died: a repeat takes it over.
 STALE_AFTER = timedelta(minutes=2)
 MAX_KEY_LENGTH = 255
-
-#: The table every service creates in its own schema (``{idempotency_keys_table}`` in a migration).
-TABLE_SQL = """\
-CREATE TABLE {schema}.idempotency_keys (
-    scope         text        NOT NULL,               -- whose key: a user, a page, internal:<user>
-    key           text        NOT NULL,
-    request_hash  text        NOT NULL,               -- the first request's fingerprint
-    status_code   integer,                            -- NULL while the first request is in flight
-    content_type  text,
-    body          bytea,                              -- the first answer (sealed when it holds a secret)
-    created_at    timestamptz NOT NULL DEFAULT now(), -- claimed (the TTL counts from here)
-    completed_at  timestamptz,                        -- answered
-    PRIMARY KEY (scope, key)
-);
-CREATE INDEX idempotency_keys_created_idx ON {schema}.idempotency_keys (created_at);
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class Answer:
@@ -115,7 +99,7 @@ def reused() -> Problem:
 def in_progress() -> Problem:
     return Problem(409, "idempotency_in_progress",
                    f"The first request with this {HEADER} is still being answered; retry in a moment.",
-                   headers={"Retry-After": "1"})
+                   headers=retry_after(1))
 
 
 def in_progress_answer(body: bytes) -> bool:

@@ -26,11 +26,9 @@ time zone into epoch spans, so day boundaries are right on 23- and 25-hour DST d
 
 from __future__ import annotations
 
-import time
 from bisect import bisect_left, bisect_right
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from datetime import date, datetime, timedelta
-from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -46,7 +44,6 @@ __all__ = [
     "clip_blocks",
     "dedupe_mirrors",
     "find_conflicts",
-    "format_utc",
     "free_spans",
     "iter_conflicts",
     "local_date_span",
@@ -503,9 +500,3 @@ def local_date_span(start: date, end: date, tz: ZoneInfo) -> tuple[int, int]:
     s = datetime(start.year, start.month, start.day, tzinfo=tz)
     e = datetime(end.year, end.month, end.day, tzinfo=tz)
     return int(s.timestamp()), int(e.timestamp())
-
-
-@lru_cache(maxsize=1 << 16)
-def format_utc(ts: int) -> str:
-    """``2026-03-15T09:00:00Z`` for epoch second `ts` (memoised: calendars repeat their instants)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))

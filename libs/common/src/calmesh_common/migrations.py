@@ -3,9 +3,14 @@
 Files are named ``NNNN_description.sql`` and applied in order, each in its own transaction, once.
 The common event-store tables (this package's ``migrations/``) come first, under the name
 ``common/NNNN_…``. The runner holds an advisory lock per schema so two processes starting at once
-do not race. ``{schema}`` in a file is replaced by the schema's name, and ``{idempotency_keys_table}``
-(a line of its own) by the Idempotency-Key kit's table (`calmesh_common.idempotency.TABLE_SQL`), so that every service
-creates that one shape without a copy of it.
+do not race. ``{schema}`` in a file is replaced by the schema's name.
+
+What several services keep in their own schema in one shape (the ``user_plans`` table of
+`calmesh_common.plans`, the ``idempotency_keys`` table of `calmesh_common.idempotency`) is written once, in this package's ``migrations/shared/NAME.sql``. A service
+takes it with a migration file of its own, numbered in its own order, holding the line
+``\\include NAME``: the runner reads the shared file in its place. A migration is known by its file
+name (``schema_migrations`` records names, not contents), so a database that applied the table from
+a full copy under the same name does not apply it again.
 """
 
 from __future__ import annotations
@@ -18,12 +23,11 @@ from pathlib import Path
 
 import asyncpg
 
-from .idempotency import TABLE_SQL as IDEMPOTENCY_KEYS_TABLE_SQL
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+_INCLUDE = re.compile(r"^\\include\s+(\S*)\s*$", re.MULTILINE)
+_SHARED_NAME = re.compile(r"^[a-z0-9_]+$")
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-#: The placeholder of the Idempotency-Key kit's table: a line of its own.
-_KIT_TABLE = re.compile(r"^\{idempotency_keys_table\}$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,24 @@ def _read_dir(path: Path, prefix: str = "") -> list[Migration]:
         # Two files with one number (two branches merged) would apply in an accidental order.
         if (other := numbers.setdefault(match.group(1), file.name)) != file.name:
             raise ValueError(f"migration files {other} and {file.name} in {path} share the number {match.group(1)}")
-        found.append(Migration(prefix + file.stem, file.read_text(encoding="utf-8")))
+        found.append(Migration(prefix + file.stem, _with_shared(file.read_text(encoding="utf-8"), file)))
     return found
+
+
+def shared_sql(name: str) -> str:
+    """The shared migration ``migrations/shared/NAME.sql`` of this package (see the module doc)."""
+    path = Path(str(resources.files("calmesh_common") / "migrations" / "shared")) / f"{name}.sql"
+    if not _SHARED_NAME.match(name) or not path.is_file():
+        raise ValueError(f"no shared migration {name!r} (calmesh_common/migrations/shared/)")
+    return path.read_text(encoding="utf-8")
+
+
+def _with_shared(sql: str, file: Path) -> str:
+    """`sql` with each ``\\include NAME`` line replaced by the shared migration NAME."""
+    try:
+        return _INCLUDE.sub(lambda m: shared_sql(m.group(1)), sql)
+    except ValueError as exc:
+        raise ValueError(f"{file}: {exc}") from None
 
 
 def common_migrations() -> list[Migration]:
@@ -80,8 +100,7 @@ async def apply_migrations(conn: asyncpg.Connection, schema: str, migrations: li
                 continue
             async with conn.transaction():
                 await conn.execute(f"SET LOCAL search_path TO {schema}, public")
-                sql = _KIT_TABLE.sub(lambda _: IDEMPOTENCY_KEYS_TABLE_SQL, migration.sql)
-                await conn.execute(sql.replace("{schema}", schema))
+                await conn.execute(migration.sql.replace("{schema}", schema))
                 await conn.execute(
                     f"INSERT INTO {schema}.schema_migrations (name) VALUES ($1)", migration.name
                 )

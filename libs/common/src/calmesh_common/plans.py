@@ -20,10 +20,10 @@ pro       50           100            1,000,000
 How to wire it into a service (connections, booking, gateway — done by their owners)
 ------------------------------------------------------------------------------------
 1. **Table.** Add a migration to the service's ``migrations/`` folder, e.g.
-   ``0005_user_plans.sql``, whose content is exactly `USER_PLANS_SQL` (``{schema}`` is replaced
-   by the migration runner)::
+   ``0005_user_plans.sql``, that includes the shared table (``migrations/shared/user_plans.sql``
+   of this package; the migration runner reads it in, into the service's schema)::
 
-       CREATE TABLE {schema}.user_plans ( … )   -- copy USER_PLANS_SQL
+       \\include user_plans
 
 2. **Consumer.** Pass the plan consumer to the service kit, named after the service so that every
    service has its own durable consumer::
@@ -69,6 +69,7 @@ from .consumer import ConsumerSpec, Handler, PoisonMessage
 from .events import Envelope, decode_event, subject_for
 from .events.billing import PlanChanged
 from .problems import Problem
+from .retryafter import retry_after
 from .settings import Settings
 from .streams import stream_name
 
@@ -80,20 +81,6 @@ _LIMIT_WORDS = {
     "booking_pages": "booking pages",
     "api_requests_per_day": "API requests a day",
 }
-
-#: The table a consuming service adds to its schema in a migration (see the module docstring).
-USER_PLANS_SQL = """\
--- Each user's current plan, kept from billing's plan.changed events (calmesh_common.plans).
-CREATE TABLE {schema}.user_plans (
-    user_id             text        PRIMARY KEY,
-    plan                text        NOT NULL,
-    status              text        NOT NULL,
-    current_period_end  timestamptz,
-    -- version of the event in billing's per-user stream: an older event never overwrites a newer
-    source_version      integer     NOT NULL,
-    updated_at          timestamptz NOT NULL DEFAULT now()
-);
-"""
 
 #: The subject the plan consumer reads.
 PLAN_CHANGED_SUBJECT = subject_for(PlanChanged.type_name(), PlanChanged.context)
@@ -189,7 +176,7 @@ def daily_quota_exceeded(plan: str, allowed: int, retry_after_seconds: int) -> P
         429,
         "daily_quota_exceeded",
         f"The {plan} plan allows {allowed:,} API requests a day; try again after midnight UTC.",
-        headers={"Retry-After": str(max(1, int(retry_after_seconds)))},
+        headers=retry_after(retry_after_seconds),
         limit="api_requests_per_day",
         plan=plan,
         allowed=allowed,

@@ -48,7 +48,8 @@ from .consumer import ConsumerSpec, DurableConsumer, Handler
 from .eventstore import EventStore
 from .logging import get_logger, outage, protect_client_loggers, setup_logging
 from .metrics import METRICS_MEDIA_TYPE, ConsumerRef, Metrics, MetricsSampler
-from .problems import PROBLEM_JSON, Problem, problem_bytes, problem_handler
+from .problem_handler import problem_handler
+from .problems import PROBLEM_JSON, Problem, problem_bytes
 from .relay import OutboxRelay
 from .requestguard import RequestGuardMiddleware
 from .settings import Settings

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from .guarded import parse_endpoint
+
 #: The services that answer HTTP, with the default port each listens on behind the gateway.
 SERVICE_NAMES: tuple[str, ...] = (
     "connections",
@@ -84,6 +86,17 @@ def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return parts
 
 
+def _endpoints(env: Mapping[str, str], name: str) -> tuple[tuple[str, int], ...]:
+    """Comma-separated ``address:port`` pairs (IP literals, ``[::1]:5232`` for IPv6), each checked."""
+    endpoints = []
+    for part in _list(env, name):
+        try:
+            endpoints.append(parse_endpoint(part))
+        except ValueError:
+            raise SettingsError(f"{name} must list address:port pairs (127.0.0.1:5232, [::1]:5232), got {part!r}") from None
+    return tuple(endpoints)
+
+
 def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     raw = env.get(name, "")
     return tuple(part.strip() for part in raw.split(",") if part.strip())
@@ -147,6 +160,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Sync workers.
     sync_workers: int = 2
     allow_private_networks: bool = False
+    #: Exact (address, port) pairs a user-given URL may reach although they are not public
+    #: (``CALMESH_ALLOW_PRIVATE_ENDPOINTS``; `calmesh-up --demo` names its own loopback servers).
+    allow_private_endpoints: tuple[tuple[str, int], ...] = ()
 
     #: Replicas of every JetStream stream, applied by calmesh-migrate (3 on a 3-node cluster).
     stream_replicas: int = 1
@@ -345,6 +361,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             encryption_keys=_list(env, "CALMESH_ENCRYPTION_KEYS"),
             sync_workers=_int(env, "CALMESH_SYNC_WORKERS", 2),
             allow_private_networks=_bool(env, "CALMESH_ALLOW_PRIVATE_NETWORKS", False),
+            allow_private_endpoints=_endpoints(env, "CALMESH_ALLOW_PRIVATE_ENDPOINTS"),
             stream_replicas=_int(env, "CALMESH_STREAM_REPLICAS", 1),
             otel_console=_bool(env, "CALMESH_OTEL_CONSOLE", False),
             metrics_port=_int(env, "CALMESH_METRICS_PORT", 0),

@@ -68,25 +68,6 @@ __all__ = [
 ]
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    from email.utils import parsedate_to_datetime
-    from datetime import UTC, datetime
-
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - datetime.now(UTC)).total_seconds())
-
-
 def calendar_id_for(connection_id: str, ref: str) -> str:
     """The public id (``cal_…``) of a provider calendar: stable for the connection's lifetime.
     `ref` is the provider's reference (a CalDAV collection URL, whose path is what counts; a Google

@@ -11,7 +11,9 @@ from typing import Any
 
 import httpx
 
-from . import AuthError, NotFoundError, PreconditionFailed, ProviderError, SyncTokenExpired, TransientError, parse_retry_after
+from calmesh_common.retryafter import parse_retry_after
+
+from . import AuthError, NotFoundError, PreconditionFailed, ProviderError, SyncTokenExpired, TransientError
 
 #: Called with force=True after a 401, to get a refreshed token.
 TokenProvider = Callable[[bool], Awaitable[str]]

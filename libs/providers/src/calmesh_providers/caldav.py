@@ -25,8 +25,9 @@ from caldav.aio import AsyncDAVClient
 from caldav.lib import error as dav_error
 
 from calmesh_common.guarded import FetchError, GuardedClient
+from calmesh_common.retryafter import parse_retry_after
 
-from . import AuthError, NotFoundError, PreconditionFailed, SourceError, SyncTokenExpired, TransientError, parse_retry_after
+from . import AuthError, NotFoundError, PreconditionFailed, SourceError, SyncTokenExpired, TransientError
 from .http import fetch_failure
 
 DAV = "{DAV:}"

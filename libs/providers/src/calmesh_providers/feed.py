@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from calmesh_common.guarded import FetchError, GuardedClient
+from calmesh_common.retryafter import parse_retry_after
 
-from . import AuthError, SourceError, TransientError, parse_retry_after
+from . import AuthError, SourceError, TransientError
 from .http import fetch_failure
 
 

@@ -10,6 +10,8 @@ from urllib.parse import quote
 
 import httpx
 
+from calmesh_common.timefmt import parse_instant, rfc3339
+
 from .ical import Instance, all_day_span, format_recurrence_id
 from . import ProviderError
 from .api import ApiClient
@@ -22,15 +24,6 @@ class EventPage:
     items: list[dict[str, Any]]
     next_sync_token: str | None
     pages: int
-
-
-def _rfc3339(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: str) -> datetime:
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 class GoogleClient(ApiClient):
@@ -69,9 +62,9 @@ class GoogleClient(ApiClient):
             base["syncToken"] = sync_token
         else:
             if time_min:
-                base["timeMin"] = _rfc3339(time_min)
+                base["timeMin"] = rfc3339(time_min)
             if time_max:
-                base["timeMax"] = _rfc3339(time_max)
+                base["timeMax"] = rfc3339(time_max)
         items: list[dict[str, Any]] = []
         page_token = None
         pages = 0
@@ -126,7 +119,7 @@ def google_instance(item: dict[str, Any]) -> Instance | None:
     if recurring:
         original = item.get("originalStartTime") or start
         if original.get("dateTime"):
-            rid = format_recurrence_id(parse_time(original["dateTime"]), UTC)
+            rid = format_recurrence_id(parse_instant(original["dateTime"], default_tz=UTC), UTC)
         elif original.get("date"):
             rid = original["date"]
     if start.get("date"):
@@ -135,8 +128,8 @@ def google_instance(item: dict[str, Any]) -> Instance | None:
         start_at, end_at = all_day_span(start_date, max(start_date, end_date))
         all_day = True
     elif start.get("dateTime"):
-        start_at = parse_time(start["dateTime"]).astimezone(UTC)
-        end_at = parse_time(end["dateTime"]).astimezone(UTC) if end.get("dateTime") else start_at
+        start_at = parse_instant(start["dateTime"], default_tz=UTC)
+        end_at = parse_instant(end["dateTime"], default_tz=UTC) if end.get("dateTime") else start_at
         start_date = end_date = None
         all_day = False
     else:

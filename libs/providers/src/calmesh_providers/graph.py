@@ -11,6 +11,8 @@ from urllib.parse import quote
 
 import httpx
 
+from calmesh_common.timefmt import parse_instant, rfc3339
+
 from .ical import Instance, all_day_span, format_recurrence_id
 from . import ProviderError
 from .api import ApiClient
@@ -24,10 +26,6 @@ class DeltaRound:
     items: list[dict[str, Any]]
     delta_link: str | None
     pages: int
-
-
-def _iso(value: datetime) -> str:
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_graph_time(value: dict[str, Any] | None) -> datetime | None:
@@ -51,6 +49,11 @@ def parse_graph_time(value: dict[str, Any] | None) -> datetime | None:
             except (zoneinfo.ZoneInfoNotFoundError, ValueError):
                 parsed = parsed.replace(tzinfo=UTC)
     return parsed
+
+
+def graph_time(value: datetime) -> dict[str, str]:
+    """`value` as a Graph dateTimeTimeZone in UTC (what `parse_graph_time` reads back)."""
+    return {"dateTime": value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"}
 
 
 class GraphClient(ApiClient):
@@ -87,7 +90,7 @@ class GraphClient(ApiClient):
         else:
             assert start is not None and end is not None
             url = f"/me/calendars/{quote(calendar_id, safe='')}/calendarView/delta"
-            params = {"startDateTime": _iso(start), "endDateTime": _iso(end)}
+            params = {"startDateTime": rfc3339(start), "endDateTime": rfc3339(end)}
         items: list[dict[str, Any]] = []
         pages = 0
         while url:
@@ -126,7 +129,7 @@ class GraphClient(ApiClient):
             "changeType": "created,updated,deleted",
             "notificationUrl": notification_url,
             "resource": resource,
-            "expirationDateTime": _iso(expires),
+            "expirationDateTime": rfc3339(expires),
             "clientState": client_state,
         }
         _, answer = await self.request("POST", "/subscriptions", json=body)
@@ -134,7 +137,7 @@ class GraphClient(ApiClient):
 
     async def renew(self, subscription_id: str, expires: datetime) -> dict[str, Any]:
         _, answer = await self.request(
-            "PATCH", f"/subscriptions/{quote(subscription_id, safe='')}", json={"expirationDateTime": _iso(expires)}
+            "PATCH", f"/subscriptions/{quote(subscription_id, safe='')}", json={"expirationDateTime": rfc3339(expires)}
         )
         return answer or {}
 
@@ -159,7 +162,7 @@ def graph_instance(item: dict[str, Any], master_uids: dict[str, str]) -> Instanc
     if recurring:
         uid = master_uids.get(item.get("seriesMasterId") or "", uid)
         original = item.get("originalStart")
-        rid = format_recurrence_id(datetime.fromisoformat(original.replace("Z", "+00:00")), UTC) if original else format_recurrence_id(start, UTC)
+        rid = format_recurrence_id(parse_instant(original, default_tz=UTC), UTC) if original else format_recurrence_id(start, UTC)
     if item.get("isAllDay"):
         start_date = start.date()
         end_date = max(start_date, end.date())

@@ -18,6 +18,7 @@ def guarded_client(settings: Settings, *, max_bytes: int | None = None) -> Guard
     """The one client through which user-given URLs (iCal feeds, CalDAV servers) are fetched."""
     return GuardedClient(
         allow_private_networks=settings.allow_private_networks,
+        allowed_endpoints=settings.allow_private_endpoints,
         max_bytes=max_bytes or settings.caldav_max_bytes,
         timeout=settings.fetch_timeout_seconds,
     )

@@ -29,6 +29,8 @@ import icalendar
 import recurring_ical_events
 import x_wr_timezone
 
+from calmesh_common.timefmt import rfc3339
+
 ALL_DAY_LEAD = timedelta(hours=14)  # the earliest timezone is UTC+14
 ALL_DAY_LAG = timedelta(hours=12)  # the latest is UTC-12
 
@@ -208,7 +210,7 @@ def to_utc(value: datetime, floating: tzinfo) -> datetime:
 def format_recurrence_id(value: date | datetime, floating: tzinfo) -> str:
     """A recurrence id as the projection keeps it: RFC 3339 UTC, or a date."""
     if isinstance(value, datetime):
-        return to_utc(value, floating).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return rfc3339(to_utc(value, floating))
     return value.isoformat()
 
 

@@ -35,9 +35,10 @@ from nats.aio.subscription import Subscription
 from calmesh_common.events import Envelope, decode_envelope, decode_event
 from calmesh_common.events.connections import ConnectionErrored, ConnectionRevoked, ConnectionSynced
 from calmesh_common.events.sync import SyncCompleted, SyncFailed, SyncStarted
-from calmesh_common.intervals import format_utc
 from calmesh_common.logging import get_logger
 from calmesh_common.problems import Problem
+from calmesh_common.retryafter import retry_after
+from calmesh_common.timefmt import rfc3339_epoch
 
 from .domain import Calendar, CalendarDoc, ConnectionState, Freshness, Source, freshness
 
@@ -85,7 +86,7 @@ def next_state(state: ConnectionState, run: str | None, event: object) -> tuple[
             return state, run
         finished = event.finished_at if isinstance(event, SyncCompleted) else event.synced_at
         return ConnectionState(id=state.id, status="revoked" if revoked else "active",
-                               last_synced_at=format_utc(int(finished.timestamp()))), run
+                               last_synced_at=rfc3339_epoch(int(finished.timestamp()))), run
     if isinstance(event, SyncFailed):
         status = "revoked" if revoked or event.kind == "revoked" else "error"
         return ConnectionState(id=state.id, status=status, last_synced_at=state.last_synced_at), run
@@ -189,7 +190,7 @@ class CalendarDirectory:
                     return entry[0]
                 raise Problem(503, "dependency_unavailable",
                               "Calendars cannot be looked up right now; try again shortly.",
-                              headers={"Retry-After": "2"}) from None
+                              headers=retry_after(2)) from None
             cal = Calendar.from_doc(doc) if doc is not None else None
             if cal is not None and cal.user_id and cal.user_id != user_id:
                 cal = None  # never serve another user's calendar, whatever answered

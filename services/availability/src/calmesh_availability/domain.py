@@ -9,7 +9,6 @@ widest-span ``start_at``/``end_at``.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import math
 import re
@@ -25,6 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
+from calmesh_common import cursors, timefmt
 from calmesh_common.intervals import (
     BusyBlock,
     BusyItem,
@@ -33,7 +33,6 @@ from calmesh_common.intervals import (
     block_items,
     clip_blocks,
     dedupe_mirrors,
-    format_utc,
     free_spans,
     iter_conflicts,
     local_date_span,
@@ -209,12 +208,6 @@ def zone(name: str, param: str = "tz") -> ZoneInfo:
                         code="invalid_timezone") from None
 
 
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_INSTANT = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}:?\d{2})?$"
-)
-
-
 #: Dates and instants outside these years are refused (400) rather than carried to overflows.
 MIN_YEAR, MAX_YEAR = 1900, 2199
 _MIN_TS = -2_208_988_800  # 1900-01-01T00:00:00Z
@@ -222,12 +215,13 @@ _MAX_TS = 7_258_118_400  # 2200-01-01T00:00:00Z
 
 
 def parse_date(raw: str, param: str) -> date:
-    if not _DATE.match(raw):
-        raise bad_param(param, f"{raw!r} is not a date (YYYY-MM-DD)")
     try:
-        value = date.fromisoformat(raw)
-    except ValueError:
-        raise bad_param(param, f"{raw!r} is not a valid date") from None
+        return _in_years(timefmt.parse_date(raw), raw, param)
+    except ValueError as exc:
+        raise bad_param(param, str(exc)) from None
+
+
+def _in_years(value: date, raw: str, param: str) -> date:
     if not MIN_YEAR <= value.year <= MAX_YEAR:
         raise bad_param(param, f"{raw!r} is out of range (years {MIN_YEAR} to {MAX_YEAR})")
     return value
@@ -238,27 +232,16 @@ def parse_instant(raw: str, param: str, tz: ZoneInfo) -> int:
 
     Fractions of a second are dropped (responses are to the second anyway).
     """
-    raw = raw.strip()
-    if _DATE.match(raw):
-        d = parse_date(raw, param)
+    try:
+        value = timefmt.parse_date_or_instant(raw, default_tz=tz)
+    except ValueError as exc:
+        raise bad_param(param, str(exc)) from None
+    if not isinstance(value, datetime):
+        d = _in_years(value, raw.strip(), param)
         return local_date_span(d, d, tz)[0]
-    if not _INSTANT.match(raw):
-        raise bad_param(param, f"{raw!r} is not an RFC 3339 date-time (like 2026-03-15T09:00:00Z)")
-    text = raw.replace("z", "Z").replace("t", "T")
-    # Python 3.11 reads at most 6 fraction digits; the rest cannot matter at one-second precision.
-    text = re.sub(r"(\.\d{6})\d+", r"\1", text)
-    try:
-        dt = datetime.fromisoformat(text.replace(" ", "T"))
-    except ValueError:
-        raise bad_param(param, f"{raw!r} is not a valid date-time") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=tz)
-    try:
-        ts = math.floor(dt.timestamp())
-    except (OverflowError, ValueError):
-        raise bad_param(param, f"{raw!r} is out of range") from None
+    ts = math.floor(value.timestamp())
     if not _MIN_TS <= ts < _MAX_TS:
-        raise bad_param(param, f"{raw!r} is out of range (years {MIN_YEAR} to {MAX_YEAR})")
+        raise bad_param(param, f"{raw.strip()!r} is out of range (years {MIN_YEAR} to {MAX_YEAR})")
     return ts
 
 
@@ -336,21 +319,15 @@ def query_fingerprint(*parts: object) -> str:
 
 def encode_cursor(kind: str, fingerprint: str, position: Sequence[Any]) -> str:
     """An opaque cursor: the position after which the next page starts, bound to its query."""
-    raw = msgspec.json.encode([kind, fingerprint, list(position)])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return cursors.encode_cursor(kind, fingerprint, list(position))
 
 
 def decode_cursor(cursor: str, kind: str, fingerprint: str) -> list[Any]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        got_kind, got_fp, position = msgspec.json.decode(raw)
-    except (ValueError, TypeError, msgspec.DecodeError):
-        raise bad_param("cursor", "not a cursor this endpoint gave out", code="invalid_cursor") from None
-    if got_kind != kind or not isinstance(position, list):
-        raise bad_param("cursor", "not a cursor this endpoint gave out", code="invalid_cursor")
+    got_kind, got_fp, position = cursors.decode_cursor(cursor, tuple[str, str, list[Any]])
+    if got_kind != kind:
+        raise cursors.bad_cursor(detail="not a cursor this endpoint gave out")
     if got_fp != fingerprint:
-        raise bad_param("cursor", "belongs to a query with other parameters; repeat them unchanged",
-                        code="invalid_cursor")
+        raise cursors.bad_cursor(detail="belongs to a query with other parameters; repeat them unchanged")
     return position
 
 
@@ -382,7 +359,7 @@ def event_out(row: Row, cal: Calendar) -> EventOut:
     if row["all_day"]:
         start, end = row["start_date"].isoformat(), row["end_date"].isoformat()
     else:
-        start, end = format_utc(row["s"]), format_utc(row["e"])
+        start, end = timefmt.rfc3339_epoch(row["s"]), timefmt.rfc3339_epoch(row["e"])
     return EventOut(
         id=row["event_id"],
         source_id=source.id if source is not None else "",
@@ -397,7 +374,7 @@ def event_out(row: Row, cal: Calendar) -> EventOut:
         transparency=row["transparency"],
         recurring_event_id=row["recurring_event_id"],
         booking_id=row.get("booking_id"),
-        updated_at=format_utc(row["u"]),
+        updated_at=timefmt.rfc3339_epoch(row["u"]),
     )
 
 
@@ -530,14 +507,14 @@ def shape_availability(
         ids = [source_ids[o - 1] for o in b.sources] if source_ids is not None else list(b.sources)
         if len(ids) > 1:
             ids.sort(key=rank.__getitem__)
-        interval = BusyInterval(start=format_utc(b.start), end=format_utc(b.end), source_ids=ids)
+        interval = BusyInterval(start=timefmt.rfc3339_epoch(b.start), end=timefmt.rfc3339_epoch(b.end), source_ids=ids)
         if explained is not None:
             interval.events = _explain(block_items(explained, b))
         busy.append(interval)
     complete = fresh.complete if fresh is not None else True
-    free = [FreeInterval(start=format_utc(s), end=format_utc(e)) for s, e in free_spans(clipped, start, end, min_duration)] \
+    free = [FreeInterval(start=timefmt.rfc3339_epoch(s), end=timefmt.rfc3339_epoch(e)) for s, e in free_spans(clipped, start, end, min_duration)] \
         if complete else []
-    return Availability(slug=cal.slug, timezone=tz_name, start=format_utc(start), end=format_utc(end),
+    return Availability(slug=cal.slug, timezone=tz_name, start=timefmt.rfc3339_epoch(start), end=timefmt.rfc3339_epoch(end),
                         busy=busy, free=free, complete=complete, sources=fresh.sources if fresh is not None else [])
 
 
@@ -558,7 +535,7 @@ def _explain(items: Sequence[BusyItem]) -> list[ExplainedEvent]:
         if row["all_day"]:
             ev_start, ev_end = row["start_date"].isoformat(), row["end_date"].isoformat()
         else:
-            ev_start, ev_end = format_utc(s), format_utc(e)
+            ev_start, ev_end = timefmt.rfc3339_epoch(s), timefmt.rfc3339_epoch(e)
         out.append(ExplainedEvent(id=row["event_id"], title=row["title"] or "", start=ev_start, end=ev_end,
                                   source_id=source_id, all_day=row["all_day"]))
     return out
@@ -628,7 +605,7 @@ def conflicts(
     page = ordered[:limit]
     out = [
         ConflictOut(events=[event_out(c.first, cal), event_out(c.second, cal)],
-                    overlap_start=format_utc(c.overlap_start), overlap_end=format_utc(c.overlap_end))
+                    overlap_start=timefmt.rfc3339_epoch(c.overlap_start), overlap_end=timefmt.rfc3339_epoch(c.overlap_end))
         for _, c in page
     ]
     return out, (page[-1][0] if len(ordered) > limit and page else None)
@@ -688,7 +665,7 @@ def validate_new_event(body: EventCreate, tz: ZoneInfo) -> NewEvent:
         raise bad_param("title", "must not be empty")
     if len(body.title) > 1024:
         raise bad_param("title", "at most 1024 characters")
-    all_day = bool(_DATE.match(body.start.strip())) and bool(_DATE.match(body.end.strip()))
+    all_day = timefmt.is_date(body.start.strip()) and timefmt.is_date(body.end.strip())
     if all_day:
         ds, de = parse_date(body.start.strip(), "start"), parse_date(body.end.strip(), "end")
         if de <= ds:
@@ -701,7 +678,7 @@ def validate_new_event(body: EventCreate, tz: ZoneInfo) -> NewEvent:
     else:
         s, e = parse_instant(body.start, "start", tz), parse_instant(body.end, "end", tz)
         check_range(s, e)
-        start, end = format_utc(s), format_utc(e)
+        start, end = timefmt.rfc3339_epoch(s), timefmt.rfc3339_epoch(e)
     attendees = []
     for i, a in enumerate(body.attendees or []):
         entry = {"email": a} if isinstance(a, str) else {"email": a.email, **({"name": a.name} if a.name else {})}

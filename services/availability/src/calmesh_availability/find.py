@@ -35,8 +35,9 @@ from zoneinfo import ZoneInfo
 import msgspec
 
 from calmesh_common.hours import WEEKDAYS, Hours, HoursError, parse_weekly, working_spans
-from calmesh_common.intervals import format_utc, free_spans
+from calmesh_common.intervals import free_spans
 from calmesh_common.problems import FieldError, Problem
+from calmesh_common.timefmt import rfc3339_epoch
 
 from . import domain
 
@@ -302,7 +303,7 @@ class FindResult(msgspec.Struct, kw_only=True):
 def result(query: FindQuery, calendars: Sequence[CalendarBusy], slots: Sequence[Slot]) -> FindResult:
     return FindResult(
         timezone=query.tz_name,
-        slots=[SlotOut(start=format_utc(s.start), end=format_utc(s.end), free=s.free, busy=s.busy, unknown=s.unknown)
+        slots=[SlotOut(start=rfc3339_epoch(s.start), end=rfc3339_epoch(s.end), free=s.free, busy=s.busy, unknown=s.unknown)
                for s in slots],
         complete=all(c.complete for c in calendars),
     )

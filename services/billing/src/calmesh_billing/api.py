@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
 
 import msgspec
 from litestar import Controller, Response, get, post
@@ -15,6 +14,7 @@ from calmesh_common.logging import get_logger
 from calmesh_common.plans import limits_for
 from calmesh_common.problems import FieldError, Problem
 from calmesh_common.service import Caller, ServiceDeps
+from calmesh_common.timefmt import rfc3339_or_none
 
 from . import store
 from .consumers import COUNTERS
@@ -54,10 +54,6 @@ class MollieNotice(msgspec.Struct):
     id: str = ""
 
 
-def _instant(value: datetime | None) -> str | None:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ") if value is not None else None
-
-
 def _billing(deps: ServiceDeps) -> Billing:
     return deps.extras["billing"]  # type: ignore[no-any-return]
 
@@ -77,7 +73,7 @@ async def _status(deps: ServiceDeps, user_id: str) -> BillingStatus:
     return BillingStatus(
         plan=state.plan,
         status=state.status,
-        current_period_end=_instant(state.current_period_end),
+        current_period_end=rfc3339_or_none(state.current_period_end),
         limits=Limits(limits.connections, limits.booking_pages, limits.api_requests_per_day),
         usage=usage,
     )

@@ -17,12 +17,14 @@ from litestar.exceptions import ValidationException
 
 from calmesh_common.idempotency import HEADER as IDEMPOTENCY_HEADER
 from calmesh_common.idempotency import request_hash, response
-from calmesh_common.problems import FieldError, Problem, problem_handler
+from calmesh_common.problem_handler import problem_handler
+from calmesh_common.problems import FieldError, Problem
 from calmesh_common.service import Caller, caller_from_headers
+from calmesh_common.timefmt import rfc3339
 
 from . import handlers as h
 from .assets import ASSETS, IMMUTABLE
-from .domain import utc_text, verify_cancel_signature
+from .domain import verify_cancel_signature
 from .handlers import Answer, BookingContext
 from .mail import when_text
 from .pages import EMBED_JS, PAGE_CSP, booking_page_html, cancel_page_html, message_page_html, verify_page_html
@@ -684,7 +686,7 @@ async def booking_page(ctx: BookingContext, handle: str, slug: str, embed: str |
         if b.status != "confirmed":
             return _html(message_page_html("Booking cancelled", "This booking was cancelled; it cannot be moved."),
                          409)
-        moving = {"id": b.id, "start": utc_text(b.start), "end": utc_text(b.end),
+        moving = {"id": b.id, "start": rfc3339(b.start), "end": rfc3339(b.end),
                   "api": f"/api/v1/bookings/{b.id}/reschedule?exp={exp}&sig={sig}"}
     if booking is not None:
         try:
@@ -693,7 +695,7 @@ async def booking_page(ctx: BookingContext, handle: str, slug: str, embed: str |
             text = "This cancel link is expired or not valid." if exc.status == 403 else "There is no such booking."
             return _html(message_page_html("Link not valid", text), exc.status)
         api_url = f"/api/v1/bookings/{b.id}/cancel?exp={exp}&sig={sig}"
-        return _html(cancel_page_html(title=b.title, when_utc=utc_text(b.start), status=b.status, api_url=api_url))
+        return _html(cancel_page_html(title=b.title, when_utc=rfc3339(b.start), status=b.status, api_url=api_url))
     async with ctx.pool.acquire() as conn:
         page = await ctx.store.public_page(conn, handle, slug)
         user = await ctx.store.get_user(conn, page["user_id"]) if page else None

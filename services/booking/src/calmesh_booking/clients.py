@@ -19,9 +19,10 @@ from calmesh_common.events import decode_envelope
 from calmesh_common.idempotency import HEADER as IDEMPOTENCY_HEADER
 from calmesh_common.service import SECRET_HEADER
 from calmesh_common.settings import Settings
+from calmesh_common.timefmt import rfc3339
 from calmesh_common.tracing import inject_headers
 
-from .domain import RuleError, utc_text, zone
+from .domain import RuleError, zone
 
 
 class CalendarNotFound(Exception):
@@ -260,8 +261,8 @@ class SyncEvents:
             "connection_id": connection_id,
             "calendar_id": calendar_id,
             "title": title,
-            "start": _rfc3339(start),
-            "end": _rfc3339(end),
+            "start": rfc3339(start),
+            "end": rfc3339(end),
         }
         if description:
             body["description"] = description
@@ -304,7 +305,7 @@ class SyncEvents:
         """Enter (or move) the reservation's row in the projection; a repeat with the same key gets
         the first answer and changes nothing."""
         body: dict[str, Any] = {"user_id": user_id, "connection_id": connection_id, "calendar_id": calendar_id,
-                                "title": title, "start": _rfc3339(start), "end": _rfc3339(end)}
+                                "title": title, "start": rfc3339(start), "end": rfc3339(end)}
         if description:
             body["description"] = description
         if replaces:
@@ -337,7 +338,7 @@ class SyncEvents:
                    title: str | None = None) -> dict[str, Any] | None:
         """Move the provider event in place (same UID); None when the event is gone. A repeat with
         the same key moves nothing again."""
-        body: dict[str, Any] = {"user_id": user_id, "start": _rfc3339(start), "end": _rfc3339(end)}
+        body: dict[str, Any] = {"user_id": user_id, "start": rfc3339(start), "end": rfc3339(end)}
         if title is not None:
             body["title"] = title
         response = await self._call("PATCH", f"/internal/events/{event_id}", json=body, timeout=30.0,
@@ -364,7 +365,3 @@ class SyncEvents:
     @staticmethod
     def _failure(response: httpx.Response) -> Exception:
         return _refusal(response)
-
-
-def _rfc3339(dt: datetime) -> str:
-    return utc_text(dt)

@@ -12,7 +12,6 @@ import base64
 import hashlib
 import hmac
 import re
-import time as _time
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -178,27 +177,6 @@ def local_instant(day: date, minutes: int, tz: ZoneInfo) -> datetime:
         day, minutes = day + timedelta(days=minutes // DAY_MINUTES), minutes % DAY_MINUTES
     local = datetime.combine(day, time(minutes // 60, minutes % 60), tzinfo=tz)
     return local.astimezone(UTC)
-
-
-def utc_text(dt: datetime) -> str:
-    """RFC 3339 in UTC to the whole second: 2026-03-15T09:00:00Z."""
-    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def epoch_text(ts: int) -> str:
-    """Epoch seconds as RFC 3339 in UTC (what `utc_text` gives for the same instant)."""
-    return _time.strftime("%Y-%m-%dT%H:%M:%SZ", _time.gmtime(ts))
-
-
-def parse_instant(value: str) -> datetime:
-    """An RFC 3339 instant with an offset (or Z); ValueError for anything else."""
-    text = value.strip()
-    if len(text) < 20 or text[10] not in "Tt ":
-        raise ValueError(f"{value!r} is not an RFC 3339 date-time")
-    dt = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1] in "Zz" else text)
-    if dt.tzinfo is None:
-        raise ValueError(f"{value!r} has no offset (add Z or +hh:mm)")
-    return dt.astimezone(UTC)
 
 
 def day_window(first: date, last: date, tz: ZoneInfo) -> Interval:

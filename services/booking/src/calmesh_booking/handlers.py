@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from calmesh_common.cursors import AwareDatetime, decode_cursor, encode_cursor
 from calmesh_common.eventstore import EventStore
 from calmesh_common.events.booking import (
     BookingCancelled,
@@ -36,18 +37,17 @@ from calmesh_common.idempotency import Answer, check_key
 from calmesh_common.ids import new_id
 from calmesh_common.logging import get_logger
 from calmesh_common.problems import PROBLEM_JSON, FieldError, Problem, not_found
+from calmesh_common.retryafter import retry_after
 from calmesh_common.service import Caller
 from calmesh_common.settings import Settings
+from calmesh_common.timefmt import parse_date_or_instant, parse_instant, rfc3339, rfc3339_epoch, rfc3339_or_none
 
 from . import domain
 from .busy import ProjectionCache
 from .clients import CalendarInfo, CalendarNotFound, Calendars, DependencyUnavailable, PermanentFailure, SyncEvents
-from .domain import Booking, BusyTime, RuleError, SlotRules, utc_text
+from .domain import Booking, BusyTime, RuleError, SlotRules
 from .store import (
     BookingStore,
-    CursorError,
-    decode_cursor,
-    encode_cursor,
     parse_json,
 )
 
@@ -135,7 +135,7 @@ def rule_problem(exc: RuleError) -> Problem:
 def unavailable(exc: Exception) -> Problem:
     log.warning("dependency_unavailable", error=str(exc))
     return Problem(503, "dependency_unavailable", "A service this request needs did not answer; try again shortly.",
-                   headers={"Retry-After": "2"})
+                   headers=retry_after(2))
 
 
 def _range_problem(start: date | datetime, end: date | datetime, *, inclusive_days: bool) -> None:
@@ -170,7 +170,7 @@ async def idempotent(
 def _in_flight() -> Problem:
     """A verification whose booking is between its two transactions (another click of the link)."""
     return Problem(409, "request_in_progress", "The first request for this booking is still being answered; "
-                   "retry in a moment.", headers={"Retry-After": "1"})
+                   "retry in a moment.", headers=retry_after(1))
 
 
 # --- pages ---------------------------------------------------------------------------------------
@@ -262,8 +262,8 @@ def page_resource(ctx: BookingContext, page: asyncpg.Record) -> dict[str, Any]:
         "require_email_verification": page["require_email_verification"],
         "questions": parse_json(page["questions"]),
         "public_url": ctx.public_url(page["handle"], page["slug"]),
-        "created_at": utc_text(page["created_at"]),
-        "updated_at": utc_text(page["updated_at"]),
+        "created_at": rfc3339(page["created_at"]),
+        "updated_at": rfc3339(page["updated_at"]),
     }
 
 
@@ -370,19 +370,15 @@ def page_limit(limit: int | None) -> int:
     return limit
 
 
-def _cursor(cursor: str | None, kinds: list[type]) -> Any:
-    if not cursor:
-        return None
-    try:
-        return tuple(decode_cursor(cursor, kinds))
-    except CursorError:
-        raise Problem(400, "validation_error", "cursor is not valid.", errors=[FieldError("cursor", "is not valid")]) from None
+def _cursor(cursor: str | None) -> tuple[datetime, str] | None:
+    """The (instant, id) a list goes on after; a bad cursor is booking's 400 ``validation_error``."""
+    return decode_cursor(cursor, tuple[AwareDatetime, str], code="validation_error") if cursor else None
 
 
 async def list_pages(ctx: BookingContext, caller: Caller, limit: int | None, cursor: str | None) -> dict[str, Any]:
     require_scope(caller, READ_SCOPES, "read")
     n = page_limit(limit)
-    after = _cursor(cursor, [datetime, str])
+    after = _cursor(cursor)
     async with ctx.pool.acquire() as conn:
         rows = await ctx.store.list_pages(conn, caller.user_id, after, n + 1)
     more = len(rows) > n
@@ -548,7 +544,7 @@ async def slots(
             )
             spans.extend((s, e) for s, e in page["booked"])
             found = domain.compute_slot_spans(rules, window_start, window_end, now, BusyTime(spans=spans))
-    text = domain.epoch_text
+    text = rfc3339_epoch
     return {
         "timezone": visitor_tz.key,
         "slots": [{"start": text(s), "end": text(e)} for s, e in found],
@@ -565,8 +561,8 @@ def booking_resource(b: Booking, ctx: BookingContext | None = None) -> dict[str,
         "page_slug": b.page_slug,
         "calendar_slug": b.calendar_slug,
         "title": b.title,
-        "start": utc_text(b.start),
-        "end": utc_text(b.end),
+        "start": rfc3339(b.start),
+        "end": rfc3339(b.end),
         "name": b.name,
         "email": b.email,
         "notes": b.notes,
@@ -574,8 +570,8 @@ def booking_resource(b: Booking, ctx: BookingContext | None = None) -> dict[str,
         "event_id": b.event_id,
         "calendar_write": b.calendar_write,
         "calendar_write_error": b.calendar_write_error,
-        "created_at": utc_text(b.created_at),
-        "cancelled_at": utc_text(b.cancelled_at) if b.cancelled_at else None,
+        "created_at": rfc3339(b.created_at),
+        "cancelled_at": rfc3339_or_none(b.cancelled_at),
         "cancelled_by": b.cancelled_by,
         "cancel_reason": b.cancel_reason,
         "answers": {a.id: a.value for a in b.answers},
@@ -667,7 +663,7 @@ def booking_event_title(b: Booking) -> str:
 
 
 def _confirmation(ctx: BookingContext, b: Booking) -> dict[str, Any]:
-    return {"id": b.id, "status": "confirmed", "start": utc_text(b.start), "end": utc_text(b.end),
+    return {"id": b.id, "status": "confirmed", "start": rfc3339(b.start), "end": rfc3339(b.end),
             "cancel_url": cancel_url(ctx, b), "reschedule_url": reschedule_url(ctx, b)}
 
 
@@ -742,7 +738,7 @@ async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key
         require_scope(caller, BOOK_SCOPES, "book")
     errors = []
     try:
-        start = domain.parse_instant(cmd.start)
+        start = parse_instant(cmd.start)
     except ValueError as exc:
         raise Problem(400, "validation_error", str(exc), errors=[FieldError("start", str(exc))]) from None
     # A name is one line (it goes into mail headers and calendar invitations).
@@ -859,7 +855,7 @@ async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key
                 # Only possible when two owners' lock keys collide by hash; the transaction rolled back.
                 log.warning("booking_deadlock_retry", attempt=attempt, page_id=page["id"])
         if result is None:
-            raise Problem(503, "busy", "Too many bookings at once; try again.", headers={"Retry-After": "1"})
+            raise Problem(503, "busy", "Too many bookings at once; try again.", headers=retry_after(1))
         if isinstance(result, Answer):
             return result
         if isinstance(result, Unverified):
@@ -909,8 +905,8 @@ def verify_url(ctx: BookingContext, b: Booking) -> str:
 
 def _pending_answer(b: Booking) -> dict[str, Any]:
     assert b.verify_until is not None
-    return {"id": b.id, "status": "pending_verification", "start": utc_text(b.start), "end": utc_text(b.end),
-            "expires_at": utc_text(b.verify_until)}
+    return {"id": b.id, "status": "pending_verification", "start": rfc3339(b.start), "end": rfc3339(b.end),
+            "expires_at": rfc3339(b.verify_until)}
 
 
 async def _await_verification(ctx: BookingContext, conn: asyncpg.Connection, calendar: CalendarInfo,
@@ -1078,13 +1074,11 @@ def _instant_param(value: str | None, name: str) -> datetime | None:
     if value is None:
         return None
     try:
-        return domain.parse_instant(value)
+        when = parse_date_or_instant(value)
     except ValueError:
-        try:
-            return datetime.combine(date.fromisoformat(value), datetime.min.time(), tzinfo=UTC)
-        except ValueError:
-            raise Problem(400, "validation_error", f"`{name}` must be an RFC 3339 date-time.",
-                          errors=[FieldError(name, "must be an RFC 3339 date-time")]) from None
+        raise Problem(400, "validation_error", f"`{name}` must be an RFC 3339 date-time.",
+                      errors=[FieldError(name, "must be an RFC 3339 date-time")]) from None
+    return when if isinstance(when, datetime) else datetime.combine(when, datetime.min.time(), tzinfo=UTC)
 
 
 async def list_bookings(
@@ -1099,7 +1093,7 @@ async def list_bookings(
     if s is not None and e is not None:
         _range_problem(s, e, inclusive_days=False)
     n = page_limit(limit)
-    after = _cursor(cursor, [datetime, str])
+    after = _cursor(cursor)
     async with ctx.pool.acquire() as conn:
         rows = await ctx.store.list_bookings(conn, caller.user_id, status=status, start=s, end=e, after=after, limit=n + 1)
     more = len(rows) > n
@@ -1188,7 +1182,7 @@ async def reschedule_booking(
     event is moved in place by the calendar consumer, on booking.rescheduled."""
     by = _link_actor(ctx, booking_id, caller, sig, exp, "reschedule")
     try:
-        start = domain.parse_instant(start_text)
+        start = parse_instant(start_text)
     except ValueError as exc:
         raise Problem(400, "validation_error", str(exc), errors=[FieldError("start", str(exc))]) from None
     async with ctx.pool.acquire() as conn:
@@ -1250,8 +1244,8 @@ async def reschedule_booking(
 
 
 def hold_resource(hold: asyncpg.Record) -> dict[str, Any]:
-    return {"id": hold["id"], "start": utc_text(hold["start_at"]), "end": utc_text(hold["end_at"]),
-            "expires_at": utc_text(hold["expires_at"])}
+    return {"id": hold["id"], "start": rfc3339(hold["start_at"]), "end": rfc3339(hold["end_at"]),
+            "expires_at": rfc3339(hold["expires_at"])}
 
 
 def hold_lifetime(ctx: BookingContext, page: asyncpg.Record) -> timedelta:
@@ -1266,7 +1260,7 @@ async def create_hold(ctx: BookingContext, *, handle: str | None, slug: str, sta
     if caller is not None:
         require_scope(caller, BOOK_SCOPES, "book")
     try:
-        start = domain.parse_instant(start_text)
+        start = parse_instant(start_text)
     except ValueError as exc:
         raise Problem(400, "validation_error", str(exc), errors=[FieldError("start", str(exc))]) from None
     async with ctx.pool.acquire() as conn:
@@ -1394,12 +1388,12 @@ def poll_resource(ctx: BookingContext, poll: asyncpg.Record, options: list[Any])
         "status": poll["status"],
         "duration_minutes": poll["duration_minutes"],
         "calendar_slug": poll["calendar_slug"],
-        "deadline": utc_text(poll["deadline"]) if poll["deadline"] else None,
-        "options": [{"id": o["id"], "start": utc_text(o["start_at"]), "end": utc_text(o["end_at"])} for o in options],
+        "deadline": rfc3339_or_none(poll["deadline"]),
+        "options": [{"id": o["id"], "start": rfc3339(o["start_at"]), "end": rfc3339(o["end_at"])} for o in options],
         "vote_url": ctx.public_url("api", "v1", "polls", poll["id"], "votes") + f"?token={poll['token']}",
         "decided_option_id": poll["decided_option_id"],
         "event_id": poll["event_id"],
-        "created_at": utc_text(poll["created_at"]),
+        "created_at": rfc3339(poll["created_at"]),
     }
 
 
@@ -1412,8 +1406,8 @@ async def create_poll(ctx: BookingContext, caller: Caller, fields: dict[str, Any
         errors.append(FieldError("options", "must hold 1 to 100 options"))
     for i, o in enumerate(fields["options"]):
         try:
-            s = domain.parse_instant(o["start"])
-            e = domain.parse_instant(o["end"]) if o.get("end") else s + duration
+            s = parse_instant(o["start"])
+            e = parse_instant(o["end"]) if o.get("end") else s + duration
         except ValueError as exc:
             raise Problem(400, "validation_error", f"options[{i}]: {exc}",
                           errors=[FieldError(f"options[{i}]", str(exc))]) from None
@@ -1425,7 +1419,7 @@ async def create_poll(ctx: BookingContext, caller: Caller, fields: dict[str, Any
     deadline = None
     if fields.get("deadline"):
         try:
-            deadline = domain.parse_instant(fields["deadline"])
+            deadline = parse_instant(fields["deadline"])
         except ValueError as exc:
             raise Problem(400, "validation_error", str(exc), errors=[FieldError("deadline", str(exc))]) from None
     if errors:
@@ -1478,7 +1472,7 @@ async def get_poll(ctx: BookingContext, caller: Caller | None, poll_id: str, tok
 async def list_polls(ctx: BookingContext, caller: Caller, limit: int | None, cursor: str | None) -> dict[str, Any]:
     require_scope(caller, READ_SCOPES, "read")
     n = page_limit(limit)
-    after = _cursor(cursor, [datetime, str])
+    after = _cursor(cursor)
     async with ctx.pool.acquire() as conn:
         rows = await ctx.store.list_polls(conn, caller.user_id, after, n + 1)
         more = len(rows) > n
@@ -1545,8 +1539,8 @@ async def vote(
             user_id=poll["user_id"],
         )
         return answer(201, {"id": row["id"], "poll_id": poll_id, "name": row["name"], "email": row["email"],
-                            "choices": parse_json(row["choices"]), "created_at": utc_text(row["created_at"]),
-                            "updated_at": utc_text(row["updated_at"])})
+                            "choices": parse_json(row["choices"]), "created_at": rfc3339(row["created_at"]),
+                            "updated_at": rfc3339(row["updated_at"])})
 
     return await idempotent(ctx, scope=f"vote:{poll_id}", key=key, request_hash=request_hash, work=work)
 
@@ -1582,7 +1576,7 @@ async def overlap(ctx: BookingContext, caller: Caller, poll_id: str) -> dict[str
         "poll_id": poll_id,
         "status": poll["status"],
         "options": [
-            {"option_id": t.option_id, "start": utc_text(t.start), "end": utc_text(t.end), "yes": t.yes,
+            {"option_id": t.option_id, "start": rfc3339(t.start), "end": rfc3339(t.end), "yes": t.yes,
              "maybe": t.maybe, "no": t.no, "available": t.available, "if_need_be": t.if_need_be,
              "calendar_busy": t.calendar_busy}
             for t in tallies

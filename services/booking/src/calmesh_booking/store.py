@@ -6,7 +6,6 @@ tests use a schema of their own). The projection (``sync.event_instances``) is r
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
@@ -36,24 +35,6 @@ BOOKING_COLUMNS = (
 HOLD_COLUMNS = "id, page_id, user_id, start_at, end_at, expires_at, status, booking_id, created_at"
 
 
-class CursorError(ValueError):
-    """A list cursor that this service did not hand out."""
-
-
-def encode_cursor(*values: Any) -> str:
-    raw = msgspec.json.encode([v.isoformat() if isinstance(v, datetime) else v for v in values])
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def decode_cursor(cursor: str, kinds: Sequence[type]) -> list[Any]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        values = msgspec.json.decode(raw)
-        if not isinstance(values, list) or len(values) != len(kinds):
-            raise ValueError("shape")
-        return [datetime.fromisoformat(v) if k is datetime else k(v) for v, k in zip(values, kinds, strict=True)]
-    except (ValueError, TypeError, msgspec.DecodeError) as exc:
-        raise CursorError("cursor is not valid") from exc
 
 
 def _booking(row: asyncpg.Record) -> Booking:

@@ -15,6 +15,7 @@ from litestar import Controller, Request, Response, delete, get, patch, post, pu
 from litestar.params import Parameter
 from litestar.response import Redirect
 
+from calmesh_common.cursors import AwareDatetime, decode_cursor, encode_cursor
 from calmesh_common.events.connections import (
     CalendarCreated,
     CalendarDeleted,
@@ -33,6 +34,7 @@ from calmesh_common.events.connections import (
 from calmesh_common.ids import new_id
 from calmesh_common.logging import get_logger
 from calmesh_common.problems import PROBLEM_JSON, FieldError, Problem, problem_bytes
+from calmesh_common.retryafter import retry_after
 from calmesh_common.service import SECRET_HEADER, Caller, ServiceDeps, json_response
 from calmesh_common.settings import SettingsError
 from calmesh_common.tracing import inject_headers
@@ -106,15 +108,11 @@ class ConnectionsController(Controller):
     @get("", summary="List all calendar connections for the authenticated user")
     async def list_connections(self, caller: Caller, deps: ServiceDeps, limit: Limit = 50, cursor: Cursor = None) -> ConnectionPage:
         ctx = ctx_of(deps)
-        after = None
-        if cursor:
-            after = store.decode_cursor(cursor)
-            if after is None:
-                raise Problem(400, "invalid_cursor", "cursor: not a cursor this API gave out.", errors=[FieldError("cursor", "invalid")])
+        after = decode_cursor(cursor, tuple[AwareDatetime, str]) if cursor else None
         rows = await store.list_connections(ctx.pool, caller.user_id, after, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
-        next_cursor = store.encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
+        next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
         return ConnectionPage(data=[connection_out(r) for r in rows], next_cursor=next_cursor)
 
     @get("/{connection_id:str}", summary="Get connection details and status")
@@ -535,18 +533,14 @@ class CalendarsController(Controller):
     @get("", summary="List all unified calendars")
     async def list_calendars(self, caller: Caller, deps: ServiceDeps, limit: Limit = 50, cursor: Cursor = None) -> CalendarPage:
         ctx = ctx_of(deps)
-        after = None
-        if cursor:
-            after = store.decode_cursor(cursor)
-            if after is None:
-                raise Problem(400, "invalid_cursor", "cursor: not a cursor this API gave out.", errors=[FieldError("cursor", "invalid")])
+        after = decode_cursor(cursor, tuple[AwareDatetime, str]) if cursor else None
         rows = await store.list_calendars(ctx.pool, caller.user_id, after, limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         sources = await store.sources_of(ctx.pool, [r["id"] for r in rows])
         conns = await store.connections_of(ctx.pool, caller.user_id, list({s["connection_id"] for ss in sources.values() for s in ss}))
         data = [_calendar_from(r, source_views(sources[r["id"]], conns)) for r in rows]
-        return CalendarPage(data=data, next_cursor=store.encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None)
+        return CalendarPage(data=data, next_cursor=encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None)
 
     @get("/{slug:str}", summary="Get unified calendar details")
     async def get_calendar(self, slug: str, caller: Caller, deps: ServiceDeps) -> CalendarOut:
@@ -660,7 +654,7 @@ class CalendarsController(Controller):
                 view = next(v for v in views if v.id == source_id)
                 await _remove_source(ctx, conn, caller, row, sources, source_id, view)
                 return
-        raise Problem(409, "conflict", "The calendar's sources keep changing; try again.", headers={"Retry-After": "1"})
+        raise Problem(409, "conflict", "The calendar's sources keep changing; try again.", headers=retry_after(1))
 
 
 async def _remove_source(ctx: Context, conn: Any, caller: Caller, row: Any, sources: list[Any], source_id: str,
@@ -702,7 +696,7 @@ async def _pages_on(ctx: Context, user_id: str, slug: str) -> list[str]:
         response = None
     if response is None or response.status_code != 200:
         raise Problem(503, "service_unavailable", "Cannot tell whether a booking page uses this calendar; try again.",
-                      headers={"Retry-After": "5"})
+                      headers=retry_after(5))
     return [str(p["slug"]) for p in response.json().get("data", [])]
 
 

@@ -19,10 +19,10 @@ from calmesh_common.events.sync import SyncCompleted, SyncFailed, SyncProgressed
 from calmesh_common.eventstore import EventStore
 from calmesh_common.settings import Settings
 from calmesh_common.streams import stream_name
+from calmesh_common.timefmt import rfc3339_or_none
 
 from . import store
 from .core import calendars_of, next_sync_at
-from .schemas import instant
 
 SPEC = ConsumerSpec(
     name="connections-sync-status",
@@ -50,7 +50,7 @@ def sync_status_handler(settings: Settings, events: EventStore):  # type: ignore
         if isinstance(event, SyncStarted):
             status = row["status"] if row["status"] == "revoked" else "syncing"
             await store.update_connection(conn, row["id"], status=status, sync={
-                "sync_id": event.sync_id, "started_at": instant(event.started_at),
+                "sync_id": event.sync_id, "started_at": rfc3339_or_none(event.started_at),
                 "calendars_done": 0, "calendars_total": event.calendars_total, "events_changed": 0,
             })
         elif isinstance(event, SyncProgressed):

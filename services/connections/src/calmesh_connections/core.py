@@ -25,13 +25,15 @@ from calmesh_common.eventstore import EventStore
 from calmesh_common.ids import new_id
 from calmesh_common.logging import get_logger
 from calmesh_common.problems import Problem
+from calmesh_common.retryafter import retry_after
 from calmesh_common.service import ServiceDeps
 from calmesh_common.settings import Settings
+from calmesh_common.timefmt import rfc3339, rfc3339_or_none
 from calmesh_common.tracing import inject_headers
 
 from . import oauth, store
 from .crypto import Vault
-from .schemas import CalendarOut, ConnectionCalendarOut, ConnectionOut, SourceOut, SyncProgress, instant
+from .schemas import CalendarOut, ConnectionCalendarOut, ConnectionOut, SourceOut, SyncProgress
 
 log = get_logger(__name__)
 
@@ -80,14 +82,14 @@ def connection_out(row: Any, *, authorization_url: str | None = None) -> Connect
         provider=row["provider"],
         display_name=row["display_name"],
         status=row["status"],
-        last_synced_at=instant(row["last_synced_at"]),
+        last_synced_at=rfc3339_or_none(row["last_synced_at"]),
         last_error=row["last_error"],
         calendars=[
             ConnectionCalendarOut(id=c["id"], name=c.get("name") or "", color=c.get("color"), read_only=bool(c.get("read_only")))
             for c in calendars_of(row)
         ],
         progress=progress,
-        created_at=instant(row["created_at"]) or "",
+        created_at=rfc3339(row["created_at"]),
         authorization_url=authorization_url,
     )
 
@@ -124,8 +126,8 @@ def calendar_out(row: Any, sources: list[SourceOut]) -> CalendarOut:
         timezone=row["timezone"],
         sources=sources,
         default_source_id=default,
-        created_at=instant(row["created_at"]) or "",
-        updated_at=instant(row["updated_at"]) or "",
+        created_at=rfc3339(row["created_at"]),
+        updated_at=rfc3339(row["updated_at"]),
     )
 
 
@@ -228,7 +230,7 @@ async def access_token(ctx: Context, connection_id: str, *, force_refresh: bool 
             )
             revoked_now = ("revoked", message)
         except oauth.TokenEndpointError as exc:
-            raise Problem(503, "provider_unavailable", str(exc), headers={"Retry-After": "10"}) from None
+            raise Problem(503, "provider_unavailable", str(exc), headers=retry_after(10)) from None
         else:
             await store.update_connection(
                 conn, connection_id,

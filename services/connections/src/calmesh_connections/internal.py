@@ -11,10 +11,11 @@ from litestar.params import Parameter
 from calmesh_common.idempotency import HEADER, Answer, Keys, json_answer, request_hash, response
 from calmesh_common.problems import Problem
 from calmesh_common.service import ServiceDeps, json_response
+from calmesh_common.timefmt import rfc3339_or_none
 
 from . import store
 from .core import access_token, calendar_view, calendars_of, ctx_of
-from .schemas import AccessTokenRequest, InternalCalendar, InternalConnectionState, instant
+from .schemas import AccessTokenRequest, InternalCalendar, InternalConnectionState
 
 
 class InternalController(Controller):
@@ -29,7 +30,7 @@ class InternalController(Controller):
             raise Problem(404, "not_found", "No such calendar.")
         out, _ = await calendar_view(ctx.pool, row)
         conns = await store.connections_of(ctx.pool, user_id, sorted({s.connection_id for s in out.sources}))
-        states = [InternalConnectionState(id=c["id"], status=c["status"], last_synced_at=instant(c["last_synced_at"]))
+        states = [InternalConnectionState(id=c["id"], status=c["status"], last_synced_at=rfc3339_or_none(c["last_synced_at"]))
                   for c in conns.values()]
         return InternalCalendar(slug=out.slug, name=out.name, timezone=out.timezone, user_id=user_id, sources=out.sources,
                                 connections=states)
@@ -51,7 +52,7 @@ class InternalController(Controller):
             "display_name": row["display_name"],
             "status": row["status"],
             "error_kind": row["error_kind"],
-            "last_synced_at": instant(row["last_synced_at"]),
+            "last_synced_at": rfc3339_or_none(row["last_synced_at"]),
             "user_timezone": row["user_timezone"],
             "settings": store.as_dict(row["settings"]) or {},
             "credentials": credentials,
@@ -69,7 +70,7 @@ class InternalController(Controller):
 
         async def work() -> Answer:
             token, expires = await access_token(ctx, connection_id, force_refresh=force)
-            return json_answer(200, {"access_token": token, "expires_at": instant(expires)})
+            return json_answer(200, {"access_token": token, "expires_at": rfc3339_or_none(expires)})
 
         # The kept answer holds the token: it is sealed like the credentials.
         keys = Keys("connections", seal=lambda body: ctx.vault.seal_text(body.decode()),

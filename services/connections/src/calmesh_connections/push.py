@@ -23,6 +23,7 @@ from calmesh_common.ids import new_id
 from calmesh_common.logging import get_logger
 from calmesh_common.problems import Problem
 from calmesh_common.service import ServiceDeps
+from calmesh_common.timefmt import parse_instant
 from calmesh_providers import ProviderError
 from calmesh_providers.google import GoogleClient
 from calmesh_providers.graph import GraphClient
@@ -100,7 +101,7 @@ async def open_channel(ctx: Context, row: Any, calendar_ref: str) -> None:
         channel_id = answer["id"]
         resource_id = answer.get("resource")
         expires_text = answer.get("expirationDateTime")
-        expires = datetime.fromisoformat(expires_text.replace("Z", "+00:00")) if expires_text else now + GRAPH_TTL
+        expires = parse_instant(expires_text, default_tz=UTC) if expires_text else now + GRAPH_TTL
     await store.insert_channel(
         ctx.pool, channel_row_id=new_id("push"), connection_id=row["id"], provider=row["provider"],
         calendar_ref=calendar_ref, channel_id=channel_id, resource_id=resource_id, secret_hash=_digest(secret), expires_at=expires,
@@ -123,7 +124,7 @@ async def renew_expiring(ctx: Context) -> int:
                 client = GraphClient(ctx.http, ctx.settings.microsoft_graph_url, token_provider(ctx, row["id"]))
                 answer = await client.renew(channel["channel_id"], datetime.now(UTC) + GRAPH_TTL)
                 text = answer.get("expirationDateTime")
-                expires = datetime.fromisoformat(text.replace("Z", "+00:00")) if text else datetime.now(UTC) + GRAPH_TTL
+                expires = parse_instant(text, default_tz=UTC) if text else datetime.now(UTC) + GRAPH_TTL
                 await store.set_channel_expiry(ctx.pool, channel["id"], expires)
             else:
                 # Google channels cannot be extended: open a new one, then stop the old one.

@@ -165,15 +165,6 @@ class InternalCalendar(msgspec.Struct, kw_only=True):
 # --- checks ----------------------------------------------------------------------------------
 
 
-def instant(value: datetime | None) -> str | None:
-    """RFC 3339 UTC to the whole second, as api.md wants every instant."""
-    if value is None:
-        return None
-    from datetime import UTC
-
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def check_slug(slug: str) -> str:
     if not _SLUG.match(slug):
         raise Problem(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -30,22 +29,6 @@ def as_dict(value: Any) -> Any:
     if isinstance(value, str | bytes):
         return msgspec.json.decode(value)
     return value
-
-
-# --- cursors ---------------------------------------------------------------------------------
-
-
-def encode_cursor(created_at: datetime, row_id: str) -> str:
-    return base64.urlsafe_b64encode(f"{created_at.isoformat()}|{row_id}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str] | None:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        when, row_id = raw.split("|", 1)
-        return datetime.fromisoformat(when), row_id
-    except (ValueError, UnicodeDecodeError):
-        return None
 
 
 # --- connections -----------------------------------------------------------------------------

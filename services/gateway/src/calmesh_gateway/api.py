@@ -7,7 +7,6 @@ it hands over a `RequestContext` in ``scope["calmesh"]``.
 from __future__ import annotations
 
 import asyncio
-import base64
 import re
 import zoneinfo
 from datetime import UTC, datetime, timedelta
@@ -18,9 +17,12 @@ import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.datastructures import Cookie
 
+from calmesh_common.cursors import AwareDatetime, decode_cursor, encode_cursor
 from calmesh_common.logging import get_logger
 from calmesh_common.problems import PROBLEM_JSON, FieldError, Problem, problem_bytes
 from calmesh_common.requestguard import check_body
+from calmesh_common.retryafter import retry_after
+from calmesh_common.timefmt import rfc3339, rfc3339_or_none
 
 from . import schemas
 from .authcache import Identity
@@ -28,7 +30,6 @@ from .front import RequestContext
 from .keys import generate_key, random_id
 from .limits import client_address
 from .openapi import DOCS_CSP, docs_asset, docs_page
-from .ratelimit import TokenBucketLimiter
 from .routes import RESERVED_HANDLES
 from .security import CSRF_COOKIE, SESSION_COOKIE, csrf_token, new_session_token, session_hash
 from .store import EmailTaken, HandleTaken, KeyRow, UserRow
@@ -53,13 +54,6 @@ def _identity(request: Request[Any, Any, Any]) -> Identity:
     if identity is None:  # the route table makes this unreachable; refuse rather than guess
         raise Problem(401, "unauthorized", "Authentication is required.")
     return identity
-
-
-def rfc3339(value: datetime | None) -> str | None:
-    """Instants in responses: UTC, whole seconds (api.md)."""
-    if value is None:
-        return None
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @cache
@@ -106,7 +100,7 @@ def _json(data: Any, status: int = 200, cookies: list[Cookie] | None = None) -> 
 
 def _user_body(user: UserRow) -> schemas.User:
     return schemas.User(id=user.id, email=user.email, handle=user.handle, name=user.name, timezone=user.timezone,
-                        plan=user.plan, created_at=rfc3339(user.created_at) or "")  # type: ignore[arg-type]
+                        plan=user.plan, created_at=rfc3339(user.created_at))  # type: ignore[arg-type]
 
 
 def _session_cookies(settings: Any, token: str) -> list[Cookie]:
@@ -183,7 +177,7 @@ async def login(request: Request[Any, Any, Any]) -> Response[bytes]:
                 await earlier.refund(earlier_name)
             raise Problem(429, "too_many_failed_attempts",
                           "Too many failed sign-ins for this account or from this address; retry later.",
-                          headers={"Retry-After": TokenBucketLimiter.retry_after_header(wait)})
+                          headers=retry_after(wait))
         spent.append((limiter, name))
     user = await state.store.user_by_email(email)
     ok = await state.passwords.verify(user.password_hash if user else None, data.password)
@@ -222,20 +216,6 @@ async def me(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 # API keys ------------------------------------------------------------------------------------
 
-def _encode_cursor(created_at: datetime, key_id: str) -> str:
-    raw = msgspec.json.encode([created_at.isoformat(), key_id])
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created, key_id = msgspec.json.decode(raw, type=tuple[datetime, str])
-        return created, key_id
-    except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
-        raise Problem(400, "invalid_cursor", "The cursor is not one this API gave out.") from None
-
-
 def _limit(raw: str | None) -> int:
     if raw is None:
         return 50
@@ -269,7 +249,7 @@ async def create_api_key(request: Request[Any, Any, Any]) -> Response[bytes]:
                                timezone=identity.timezone, plan=identity.plan))
     return _json(schemas.ApiKeyCreated(
         id=key_id, name=row["name"], scope=row["scope"], prefix=row["prefix"], key=new.key,
-        created_at=rfc3339(row["created_at"]) or "", expires_at=rfc3339(row["expires_at"]),
+        created_at=rfc3339(row["created_at"]), expires_at=rfc3339_or_none(row["expires_at"]),
     ), 201)
 
 
@@ -279,7 +259,7 @@ async def list_api_keys(request: Request[Any, Any, Any]) -> Response[bytes]:
     identity = _identity(request)
     limit = _limit(request.query_params.get("limit"))
     cursor = request.query_params.get("cursor")
-    after = _decode_cursor(cursor) if cursor else None
+    after = decode_cursor(cursor, tuple[AwareDatetime, str]) if cursor else None
     rows = await state.store.list_keys(identity.user_id, limit + 1, after)
     page, more = rows[:limit], len(rows) > limit
     data = []
@@ -289,9 +269,9 @@ async def list_api_keys(request: Request[Any, Any, Any]) -> Response[bytes]:
         if pending is not None and (last_used is None or pending > last_used):
             last_used = pending
         data.append(schemas.ApiKey(id=r["id"], name=r["name"], scope=r["scope"], prefix=r["prefix"],
-                                   created_at=rfc3339(r["created_at"]) or "", last_used_at=rfc3339(last_used),
-                                   expires_at=rfc3339(r["expires_at"])))
-    next_cursor = _encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more and page else None
+                                   created_at=rfc3339(r["created_at"]), last_used_at=rfc3339_or_none(last_used),
+                                   expires_at=rfc3339_or_none(r["expires_at"])))
+    next_cursor = encode_cursor(page[-1]["created_at"], page[-1]["id"]) if more and page else None
     return _json(schemas.ApiKeyList(data=data, next_cursor=next_cursor))
 
 
@@ -358,7 +338,7 @@ async def health(request: Request[Any, Any, Any]) -> Response[bytes]:
     if not down:
         return _json({"status": "ok", "checks": checks})
     problem = Problem(503, "service_unavailable", f"Down: {', '.join(down)}.", checks=checks, down=down)
-    return Response(problem_bytes(problem), status_code=503, media_type=PROBLEM_JSON, headers={"Retry-After": "5"})
+    return Response(problem_bytes(problem), status_code=503, media_type=PROBLEM_JSON, headers=retry_after(5))
 
 
 @get("/schema/openapi.json")

@@ -24,7 +24,7 @@ from calmesh_common.consumer import DurableConsumer
 from calmesh_common.logging import get_logger
 from calmesh_common.metrics import ConsumerRef, Metrics, MetricsSampler
 from calmesh_common.plans import PLAN_CHANGED_SUBJECT, plan_consumer
-from calmesh_common.problems import problem_handler
+from calmesh_common.problem_handler import problem_handler
 from calmesh_common.relay import OutboxRelay
 from calmesh_common.service import create_pool, run_service
 from calmesh_common.settings import Settings

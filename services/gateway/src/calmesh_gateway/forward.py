@@ -9,6 +9,7 @@ import aiohttp
 from yarl import URL
 
 from calmesh_common.problems import Problem
+from calmesh_common.retryafter import HEADER, retry_after, retry_after_seconds
 
 #: Response headers never passed back: hop-by-hop ones, those the gateway sets itself.
 _DROP_RESPONSE = frozenset({
@@ -21,17 +22,17 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 class ServiceUnavailable(Problem):
     def __init__(self, service: str) -> None:
         super().__init__(503, "service_unavailable", f"The {service} service is unavailable; try again shortly.",
-                         service=service, headers={"Retry-After": RETRY_AFTER})
+                         service=service, headers=retry_after(RETRY_AFTER_SECONDS))
 
 
 #: Seconds a client should wait before trying again after a 502/503/504 of the gateway.
-RETRY_AFTER = "5"
+RETRY_AFTER_SECONDS = 5
 
 
 class ServiceTimeout(Problem):
     def __init__(self, service: str, seconds: float) -> None:
         super().__init__(504, "gateway_timeout", f"The {service} service did not answer within {seconds:g} s.",
-                         service=service, headers={"Retry-After": RETRY_AFTER})
+                         service=service, headers=retry_after(RETRY_AFTER_SECONDS))
 
 
 class Forwarder:
@@ -73,7 +74,7 @@ class Forwarder:
                     out = [(k, v) for k, v in resp.raw_headers if k.lower() not in _DROP_RESPONSE]
                     if resp.status in (502, 503, 504) and not any(k.lower() == b"retry-after" for k, _ in out):
                         # A service that is up but whose dependency is away: tell the client when.
-                        out.append((b"Retry-After", RETRY_AFTER.encode()))
+                        out.append((HEADER.encode(), retry_after_seconds(RETRY_AFTER_SECONDS).encode()))
                     return resp.status, out, payload
             except aiohttp.ClientConnectorError:
                 raise ServiceUnavailable(service) from None
@@ -86,7 +87,7 @@ class Forwarder:
                 raise ServiceTimeout(service, self.timeout) from None
             except aiohttp.ClientError:
                 raise Problem(502, "bad_gateway", f"The {service} service sent an answer that could not be read.",
-                              service=service, headers={"Retry-After": RETRY_AFTER}) from None
+                              service=service, headers=retry_after(RETRY_AFTER_SECONDS)) from None
         raise ServiceUnavailable(service)
 
     async def get_json_status(self, url: str, headers: Mapping[str, str], timeout: float) -> tuple[int, bytes]:

@@ -25,15 +25,15 @@ from calmesh_common.metrics import METRICS_CONTENT_TYPE, Metrics
 from calmesh_common.plans import daily_quota_exceeded
 from calmesh_common.problems import PROBLEM_JSON, Problem, problem_bytes
 from calmesh_common.requestguard import check_body, check_target
+from calmesh_common.retryafter import retry_after
 from calmesh_common.settings import Settings
 from calmesh_common.tracing import extract_context, spans_exported, tracer
 
 from .authcache import AuthCache, Identity
-from .forward import RETRY_AFTER, Forwarder
+from .forward import RETRY_AFTER_SECONDS, Forwarder
 from .keys import MalformedKey, check_key_format, hash_key
 from .limits import SharedLimiter, client_address
 from .quota import DailyQuota
-from .ratelimit import TokenBucketLimiter
 from .routes import GATEWAY, KEY, SESSION, Route, RouteTable
 from .security import SESSION_COOKIE, csrf_ok, looks_like_session_token, parse_cookies, session_hash
 
@@ -233,7 +233,7 @@ class GatewayFront:
                 ids = ids + limiter.headers(bucket)
                 if wait:
                     raise Problem(429, "rate_limited", "Too many requests; slow down and retry after a moment.",
-                                  headers={"Retry-After": TokenBucketLimiter.retry_after_header(wait)})
+                                  headers=retry_after(wait))
             if identity is not None and identity.key_id is not None:
                 # API requests (those made with a key) count against the plan's daily quota.
                 wait = self.quota.hit(identity.user_id, identity.plan)
@@ -260,7 +260,7 @@ class GatewayFront:
                 outage("database").failed(exc)
                 status = 503
                 await _send_problem(send, Problem(503, "service_unavailable", "CalMesh is restarting a component; "
-                                                  "try again shortly.", headers={"Retry-After": RETRY_AFTER}), ids)
+                                                  "try again shortly.", headers=retry_after(RETRY_AFTER_SECONDS)), ids)
             else:
                 log.error("gateway_error", path=scope.get("path"), error=repr(exc), exc_info=exc)
                 status = 500
@@ -430,7 +430,7 @@ def _too_large(limit: int) -> Problem:
 def _too_many_bad_keys(wait: float) -> Problem:
     return Problem(429, "too_many_failed_attempts",
                    "Too many requests with unknown or invalid API keys from this address; retry later.",
-                   headers={"Retry-After": TokenBucketLimiter.retry_after_header(wait)})
+                   headers=retry_after(wait))
 
 
 def _insufficient(route: Route, identity: Identity) -> Problem:

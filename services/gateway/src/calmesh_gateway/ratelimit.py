@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 
@@ -56,11 +55,6 @@ class TokenBucketLimiter:
         if bucket is not None:
             bucket[0] = min(self.burst, self.tokens(name) + count)
             bucket[1] = self.clock()
-
-    @staticmethod
-    def retry_after_header(wait: float) -> str:
-        """Retry-After in whole seconds, never 0 for a refused request."""
-        return str(max(1, math.ceil(wait)))
 
     def prune(self) -> int:
         """Forget buckets that are full again (they behave exactly like new ones)."""

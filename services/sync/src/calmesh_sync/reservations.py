@@ -24,7 +24,7 @@ writes.py): a repeat with the same request gets the first answer and changes not
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -37,6 +37,7 @@ from calmesh_common.idempotency import Answer, json_answer
 from calmesh_common.ids import booking_uid, event_id_for
 from calmesh_common.problems import FieldError, Problem
 from calmesh_common.service import ServiceDeps, json_response
+from calmesh_common.timefmt import parse_instant
 from calmesh_providers.ical import Instance
 
 from .engine import SyncDeps
@@ -74,16 +75,21 @@ def _sync(deps: ServiceDeps) -> SyncDeps:
     return deps.extras["sync"]  # type: ignore[no-any-return]
 
 
-def _instant(value: str, field: str) -> datetime:
+def instant_field(value: str, field: str) -> datetime:
+    """The RFC 3339 instant (with an offset) of request field `field`, in UTC; 400 otherwise."""
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise Problem(400, "validation_error", f"{field}: not an RFC 3339 instant",
-                      errors=[FieldError(field, "invalid")]) from None
-    if parsed.tzinfo is None:
-        raise Problem(400, "validation_error", f"{field}: an instant needs an offset",
-                      errors=[FieldError(field, "no offset")])
-    return parsed.astimezone(UTC)
+        return parse_instant(value)
+    except ValueError as exc:
+        raise Problem(400, "validation_error", f"{field}: {exc}", errors=[FieldError(field, str(exc))]) from None
+
+
+def instant_span(start: str, end: str) -> tuple[datetime, datetime]:
+    """A request's ``start``/``end`` in UTC: 400 for either that is not an instant, 422 when end is
+    not after start."""
+    first, last = instant_field(start, "start"), instant_field(end, "end")
+    if last <= first:
+        raise Problem(422, "end_before_start", "end must be after start.")
+    return first, last
 
 
 def as_row(record: asyncpg.Record) -> InstanceRow:
@@ -134,9 +140,7 @@ async def put_reservation(reservation_id: str, request: Request[Any, Any, Any], 
 
 
 async def _put_reservation(sync: SyncDeps, reservation_id: str, body: ReservationPut) -> Answer:
-    start, end = _instant(body.start, "start"), _instant(body.end, "end")
-    if end <= start:
-        raise Problem(422, "end_before_start", "end must be after start.")
+    start, end = instant_span(body.start, body.end)
     now = sync.now()
     others = [r for r in body.replaces if r != reservation_id]
     async with sync.pool.acquire() as conn, conn.transaction():

@@ -34,7 +34,9 @@ from litestar.params import Parameter
 from calmesh_common.idempotency import HEADER, Answer, json_answer
 from calmesh_common.ids import booking_uid
 from calmesh_common.problems import FieldError, Problem
+from calmesh_common.retryafter import retry_after
 from calmesh_common.service import ServiceDeps
+from calmesh_common.timefmt import parse_date, parse_date_or_instant, rfc3339
 
 from calmesh_providers import ical
 from .connections_api import ConnectionDetails, ProviderCalendar
@@ -45,7 +47,7 @@ from .projection import ChangeSet, InstanceKey, load_existing, lock_connection, 
 from calmesh_providers import AuthError, NotFoundError, PreconditionFailed, ProviderError, SourceError, TransientError
 from calmesh_providers.caldav import CalDAVClient
 from calmesh_providers.google import GoogleClient, google_instance
-from calmesh_providers.graph import GraphClient, graph_instance
+from calmesh_providers.graph import GraphClient, graph_instance, graph_time
 
 
 class Attendee(msgspec.Struct, forbid_unknown_fields=True):
@@ -76,22 +78,15 @@ _move = msgspec.json.Decoder(EventMove)
 
 
 def _parse_when(value: str, field: str, all_day: bool) -> date | datetime:
+    """A date (all-day) or an RFC 3339 instant with an offset, in UTC; 400 for anything else."""
     try:
-        if all_day or len(value) == 10:
-            return date.fromisoformat(value[:10]) if all_day else date.fromisoformat(value)
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise Problem(400, "validation_error", f"{field}: not an RFC 3339 instant or a date", errors=[FieldError(field, "invalid")]) from None
-    if parsed.tzinfo is None:
-        raise Problem(400, "validation_error", f"{field}: an instant needs an offset (Z or ±hh:mm)", errors=[FieldError(field, "no offset")])
-    return parsed.astimezone(UTC)
+        return parse_date(value[:10]) if all_day else parse_date_or_instant(value)
+    except ValueError as exc:
+        raise Problem(400, "validation_error", f"{field}: {exc}", errors=[FieldError(field, str(exc))]) from None
 
 
 def event_body(row: Any, connection_id: str, calendar_id: str) -> dict[str, Any]:
     """An event in the shape of api.md (source_id is the caller's to fill in)."""
-    def instant(value: datetime) -> str:
-        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
     all_day = row.all_day
     return {
         "id": row.event_id,
@@ -101,14 +96,14 @@ def event_body(row: Any, connection_id: str, calendar_id: str) -> dict[str, Any]
         "title": row.title,
         "description": row.description,
         "location": row.location,
-        "start": row.start_date.isoformat() if all_day else instant(row.start_at),
-        "end": row.end_date.isoformat() if all_day else instant(row.end_at),
+        "start": row.start_date.isoformat() if all_day else rfc3339(row.start_at),
+        "end": row.end_date.isoformat() if all_day else rfc3339(row.end_at),
         "all_day": all_day,
         "status": row.status,
         "transparency": row.transparency,
         "recurring_event_id": row.recurring_event_id,
         "booking_id": row.booking_id,
-        "updated_at": instant(row.updated_at),
+        "updated_at": rfc3339(row.updated_at),
     }
 
 
@@ -118,7 +113,7 @@ async def _connection(sync: SyncDeps, connection_id: str, user_id: str) -> Conne
     except NotFoundError:
         raise Problem(404, "not_found", "No such connection.") from None
     except TransientError:
-        raise Problem(503, "service_unavailable", "The connections service cannot be reached; try again.", headers={"Retry-After": "5"}) from None
+        raise Problem(503, "service_unavailable", "The connections service cannot be reached; try again.", headers=retry_after(5)) from None
     if details.user_id != user_id:
         raise Problem(404, "not_found", "No such connection.")
     return details
@@ -135,8 +130,7 @@ def _provider_problem(exc: Exception) -> Problem:
     if isinstance(exc, AuthError):
         return Problem(409, "connection_unavailable", f"The provider refused the connection's credentials: {exc}")
     if isinstance(exc, TransientError):
-        retry = int(exc.retry_after or 5)
-        return Problem(503, "provider_unavailable", f"The provider is not answering: {exc}", headers={"Retry-After": str(retry)})
+        return Problem(503, "provider_unavailable", f"The provider is not answering: {exc}", headers=retry_after(exc.retry_after or 5))
     if isinstance(exc, PreconditionFailed):
         return Problem(409, "conflict", "The event changed at the provider meanwhile; try again.")
     if isinstance(exc, NotFoundError):
@@ -318,7 +312,7 @@ def _token(sync: SyncDeps, connection_id: str):  # type: ignore[no-untyped-def]
 def _google_body(data: EventCreate, start: date | datetime, end: date | datetime) -> dict[str, Any]:
     def when(value: date | datetime) -> dict[str, str]:
         if isinstance(value, datetime):
-            return {"dateTime": value.strftime("%Y-%m-%dT%H:%M:%SZ"), **({"timeZone": data.timezone} if data.timezone else {})}
+            return {"dateTime": rfc3339(value), **({"timeZone": data.timezone} if data.timezone else {})}
         return {"date": value.isoformat()}
 
     body: dict[str, Any] = {"summary": data.title, "start": when(start), "end": when(end)}
@@ -337,7 +331,7 @@ def _google_body(data: EventCreate, start: date | datetime, end: date | datetime
 def _graph_body(data: EventCreate, start: date | datetime, end: date | datetime) -> dict[str, Any]:
     def when(value: date | datetime) -> dict[str, str]:
         if isinstance(value, datetime):
-            return {"dateTime": value.strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"}
+            return graph_time(value)
         return {"dateTime": f"{value.isoformat()}T00:00:00", "timeZone": "UTC"}
 
     body: dict[str, Any] = {
@@ -455,10 +449,7 @@ async def _caldav_delete(sync: SyncDeps, details: ConnectionDetails, row: Any) -
 def _with_exdate(data: str, uid: str, recurrence_id: str) -> str:
     """The object with one instance of its series excluded (EXDATE) and its override removed."""
     cal = ical.parse_ical(data.encode())
-    if len(recurrence_id) == 10:
-        value: date | datetime = date.fromisoformat(recurrence_id)
-    else:
-        value = datetime.fromisoformat(recurrence_id.replace("Z", "+00:00"))
+    value = parse_date_or_instant(recurrence_id)
     kept = []
     for component in cal.subcomponents:
         if component.name == "VEVENT" and str(component.get("UID", "")) == uid and component.get("RECURRENCE-ID") is not None:
@@ -487,11 +478,9 @@ async def move_event(event_id: str, request: Request[Any, Any, Any], deps: Servi
 
 
 async def _move_event(sync: SyncDeps, event_id: str, move: EventMove) -> Answer:
-    start = _parse_when(move.start, "start", False)
-    end = _parse_when(move.end, "end", False)
-    if end <= start:  # type: ignore[operator]
-        raise Problem(422, "end_before_start", "end must be after start.")
-    from .reservations import as_row, instance_record
+    from .reservations import as_row, instance_record, instant_span
+
+    start, end = instant_span(move.start, move.end)
 
     record = await instance_record(sync.pool, event_id)
     if record is None or record["user_id"] != move.user_id:
@@ -508,19 +497,19 @@ async def _move_event(sync: SyncDeps, event_id: str, move: EventMove) -> Answer:
     pid = record["provider_event_id"]
     try:
         if details.provider in ("caldav", "icloud") and pid:
-            stored_object = await _caldav_move(sync, details, record, start, end, title, description)  # type: ignore[arg-type]
+            stored_object = await _caldav_move(sync, details, record, start, end, title, description)
         elif details.provider == "google" and pid:
             google = GoogleClient(sync.http, sync.settings.google_api_url, _token(sync, details.id))
             await google.patch_event(calendar.ref, pid, {
-                "start": {"dateTime": start.strftime("%Y-%m-%dT%H:%M:%SZ")},  # type: ignore[union-attr]
-                "end": {"dateTime": end.strftime("%Y-%m-%dT%H:%M:%SZ")},  # type: ignore[union-attr]
+                "start": {"dateTime": rfc3339(start)},
+                "end": {"dateTime": rfc3339(end)},
                 "summary": title, **({"description": description} if description else {}),
             })
         elif details.provider == "microsoft" and pid:
             graph = GraphClient(sync.http, sync.settings.microsoft_graph_url, _token(sync, details.id))
             await graph.update_event(pid, {
-                "start": {"dateTime": start.strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"},  # type: ignore[union-attr]
-                "end": {"dateTime": end.strftime("%Y-%m-%dT%H:%M:%S"), "timeZone": "UTC"},  # type: ignore[union-attr]
+                "start": graph_time(start),
+                "end": graph_time(end),
                 "subject": title,
             })
     except (ProviderError, SourceError) as exc:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from litestar import Controller, Response, delete, get, patch, post
 from litestar.params import Parameter
 
+from calmesh_common.cursors import AwareDatetime, decode_cursor, encode_cursor
 from calmesh_common.events import new_event_id
 from calmesh_common.events.webhooks import (
     WebhookCreated,
@@ -23,9 +22,10 @@ from calmesh_common.events.webhooks import (
 from calmesh_common.idempotency import REPLAYED_HEADER, Answer, Keys, json_answer
 from calmesh_common.problems import FieldError, Problem, not_found
 from calmesh_common.service import Caller, ServiceDeps
+from calmesh_common.timefmt import rfc3339, rfc3339_or_none
 
 from . import store
-from .mapping import PUBLIC_EVENT_TYPES, TEST_EVENT_TYPE, instant, message_body
+from .mapping import PUBLIC_EVENT_TYPES, TEST_EVENT_TYPE, message_body
 from .policy import url_problem
 from .signing import new_secret
 
@@ -125,8 +125,8 @@ def _webhook(row: Any) -> Webhook:
         description=row["description"],
         status=row["status"],
         disabled_reason=row["disabled_reason"],
-        created_at=instant(row["created_at"]) or "",
-        updated_at=instant(row["updated_at"]) or "",
+        created_at=rfc3339(row["created_at"]),
+        updated_at=rfc3339(row["updated_at"]),
     )
 
 
@@ -139,8 +139,8 @@ def _delivery(row: Any) -> Delivery:
         status=row["status"],
         response_status=row["response_status"],
         duration_ms=row["duration_ms"],
-        next_attempt_at=instant(row["next_attempt_at"]),
-        created_at=instant(row["created_at"]) or "",
+        next_attempt_at=rfc3339_or_none(row["next_attempt_at"]),
+        created_at=rfc3339(row["created_at"]),
         error=row["error"],
     )
 
@@ -178,19 +178,8 @@ def _limit(limit: int) -> int:
     return limit
 
 
-def _encode_cursor(*parts: str) -> str:
-    return base64.urlsafe_b64encode("\x1f".join(parts).encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str, count: int) -> list[str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raw = ""
-    parts = raw.split("\x1f")
-    if len(parts) != count:
-        raise Problem(400, "invalid_cursor", "The cursor is not valid.", errors=[FieldError("cursor", "not valid")])
-    return parts
+#: A delivery list's cursor: the sequence number of the last attempt shown.
+_Seq = Annotated[int, msgspec.Meta(ge=0)]
 
 
 async def _owned(deps: ServiceDeps, conn: Any, webhook_id: str, caller: Caller, *, for_update: bool = False) -> Any:
@@ -237,7 +226,7 @@ class WebhooksController(Controller):
             )
             return json_answer(201, WebhookWithSecret(
                 id=row["id"], url=url, event_types=event_types, description=row["description"], status="active",
-                secret=secret, created_at=instant(row["created_at"]) or "",
+                secret=secret, created_at=rfc3339(row["created_at"]),
             ))
 
         # The first answer holds the signing secret: it is kept encrypted like the secret itself.
@@ -252,20 +241,14 @@ class WebhooksController(Controller):
         self, deps: ServiceDeps, caller: Caller, limit: int = 50, cursor: str | None = None
     ) -> WebhookList:
         limit = _limit(limit)
-        after = None
-        if cursor:
-            created, webhook_id = _decode_cursor(cursor, 2)
-            try:
-                after = (datetime.fromisoformat(created), webhook_id)
-            except ValueError:
-                raise Problem(400, "invalid_cursor", "The cursor is not valid.") from None
+        after = decode_cursor(cursor, tuple[AwareDatetime, str]) if cursor else None
         async with deps.pool.acquire() as conn:  # type: ignore[union-attr]
             rows = await store.list_subscriptions(conn, _schema(deps), caller.user_id, after=after, limit=limit + 1)
         page = rows[:limit]
         next_cursor = None
         if len(rows) > limit:
             last = page[-1]
-            next_cursor = _encode_cursor(last["created_at"].isoformat(), last["id"])
+            next_cursor = encode_cursor(last["created_at"], last["id"])
         return WebhookList([_webhook(r) for r in page], next_cursor)
 
     @get("/{webhook_id:str}", summary="Get a webhook subscription")
@@ -364,12 +347,7 @@ class WebhooksController(Controller):
         event_id: str | None = None,
     ) -> DeliveryList:
         limit = _limit(limit)
-        before = None
-        if cursor:
-            [raw] = _decode_cursor(cursor, 1)
-            if not raw.isdigit():
-                raise Problem(400, "invalid_cursor", "The cursor is not valid.")
-            before = int(raw)
+        before = decode_cursor(cursor, tuple[_Seq])[0] if cursor else None
         if status is not None and status not in ("pending", "succeeded", "failed"):
             raise Problem(400, "validation_error", "status must be pending, succeeded or failed.")
         async with deps.pool.acquire() as conn:  # type: ignore[union-attr]
@@ -378,7 +356,7 @@ class WebhooksController(Controller):
                 conn, _schema(deps), webhook_id, before_seq=before, limit=limit + 1, status=status, event_id=event_id
             )
         page = rows[:limit]
-        next_cursor = _encode_cursor(str(page[-1]["seq"])) if len(rows) > limit else None
+        next_cursor = encode_cursor(page[-1]["seq"]) if len(rows) > limit else None
         return DeliveryList([_delivery(r) for r in page], next_cursor)
 
     @post("/{webhook_id:str}/deliveries/{delivery_id:str}/retry", status_code=202,
@@ -411,4 +389,4 @@ class WebhooksController(Controller):
                 [WebhookReplayRequested(webhook_id=webhook_id, user_id=caller.user_id, replay_id=row["id"], since=since)],
                 user_id=caller.user_id,
             )
-        return ReplayAccepted(id=row["id"], webhook_id=webhook_id, since=instant(since) or "", status="pending")
+        return ReplayAccepted(id=row["id"], webhook_id=webhook_id, since=rfc3339(since), status="pending")

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from typing import Any
 
 import msgspec
 
 from calmesh_common.events import Envelope, Event, subject_for
+from calmesh_common.timefmt import rfc3339, rfc3339_or_none
 
 #: Every public event type of api.md (webhook.test is sent by POST /webhooks/{id}/test only).
 PUBLIC_EVENT_TYPES: tuple[str, ...] = (
@@ -70,18 +71,9 @@ def one(public_type: str, context: str, build: DataBuilder) -> Mapping:
     return Mapping(context, (public_type,), explode)
 
 
-def instant(value: datetime | None) -> str | None:
-    """RFC 3339 in UTC to the whole second (``2026-03-15T09:00:00Z``), as api.md wants."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _plain(value: Any) -> Any:
     if isinstance(value, datetime):
-        return instant(value)
+        return rfc3339(value)
     if isinstance(value, date):
         return value.isoformat()
     if isinstance(value, dict):
@@ -113,7 +105,7 @@ def _subscription(event: Event, _envelope: Envelope) -> dict[str, Any]:
     return {
         "plan": getattr(event, "plan"),  # noqa: B009 - builders read the decoded struct
         "status": getattr(event, "status"),  # noqa: B009
-        "current_period_end": instant(getattr(event, "current_period_end")),  # noqa: B009
+        "current_period_end": rfc3339_or_none(getattr(event, "current_period_end")),  # noqa: B009
         "previous_plan": getattr(event, "previous_plan"),  # noqa: B009
     }
 
@@ -130,13 +122,13 @@ def _instance(row: Any, connection_id: str, calendar_id: str) -> dict[str, Any]:
         "title": row.title,
         "description": row.description,
         "location": row.location,
-        "start": row.start_date.isoformat() if all_day and row.start_date else instant(row.start_at),
-        "end": row.end_date.isoformat() if all_day and row.end_date else instant(row.end_at),
+        "start": row.start_date.isoformat() if all_day and row.start_date else rfc3339_or_none(row.start_at),
+        "end": row.end_date.isoformat() if all_day and row.end_date else rfc3339_or_none(row.end_at),
         "all_day": all_day,
         "status": row.status,
         "transparency": row.transparency,
         "recurring_event_id": row.recurring_event_id,
-        "updated_at": instant(row.updated_at),
+        "updated_at": rfc3339_or_none(row.updated_at),
     }
 
 
@@ -179,7 +171,7 @@ def _calendar_write_failed(event: Event, envelope: Envelope) -> list[PublicEvent
     return [PublicEvent(envelope.id, "connection.error", {
         "id": ev.connection_id, "connection_id": ev.connection_id, "calendar_id": ev.calendar_id or None,
         "user_id": ev.user_id, "kind": ev.kind, "error": ev.reason, "booking_id": ev.booking_id,
-        "calendar_slug": ev.calendar_slug, "at": instant(ev.at),
+        "calendar_slug": ev.calendar_slug, "at": rfc3339_or_none(ev.at),
     })]
 
 
@@ -224,4 +216,4 @@ _body_encoder = msgspec.json.Encoder()
 
 def message_body(public_type: str, occurred_at: datetime, data: dict[str, Any]) -> bytes:
     """The delivery body ``{type, timestamp, data}``, encoded once (these bytes are signed)."""
-    return _body_encoder.encode({"type": public_type, "timestamp": instant(occurred_at), "data": data})
+    return _body_encoder.encode({"type": public_type, "timestamp": rfc3339(occurred_at), "data": data})

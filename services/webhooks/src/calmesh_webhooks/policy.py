@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from datetime import datetime
 from ipaddress import ip_address
 from urllib.parse import urlsplit
 
 from calmesh_common.guarded import address_refusal
+from calmesh_common.retryafter import parse_retry_after
 
 #: Answers after which the receiver tells us when to come back.
 RETRY_AFTER_STATUSES = frozenset({429, 503})
@@ -32,22 +33,9 @@ def classify(status: int | None, retry_after_header: str | None = None, *, now: 
     if status == 410:
         return Outcome(False, gone=True)
     if status in RETRY_AFTER_STATUSES and retry_after_header:
-        return Outcome(False, retry_after=parse_retry_after(retry_after_header, now=now))
+        # Not capped here: `retry_delay` caps it at CALMESH_WEBHOOK_MAX_RETRY_AFTER_SECONDS.
+        return Outcome(False, retry_after=parse_retry_after(retry_after_header, now=now, cap=math.inf))
     return Outcome(False)
-
-
-def parse_retry_after(value: str, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date), else None."""
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
 
 
 def retry_delay(

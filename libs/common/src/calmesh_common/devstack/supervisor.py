@@ -19,6 +19,7 @@ The same `Stack` runs the platform for the end-to-end tests.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import secrets
@@ -122,6 +123,8 @@ class Stack:
     log_prefix: bool = True
     quiet: bool = False
     restart: bool = True
+    #: More ports the stack must not pick for NATS or a service (the demo's calendar servers).
+    also_reserved: set[int] = field(default_factory=set)
     children: list[Child] = field(default_factory=list)
     postgres: EmbeddedPostgres | None = None
     nats: EmbeddedNats | None = None
@@ -152,9 +155,26 @@ class Stack:
             self._infra["nats"] = [0, time.monotonic()]
             self._say(f"NATS JetStream (embedded) at nats://127.0.0.1:{self.nats.port}, "
                       f"token in {self.data_dir / 'nats.token'}")
-        applied = asyncio.run(migrate_all(self.database_url, self.nats_url))
+        applied = self._migrate()
         count = sum(len(v) for v in applied.values())
         self._say(f"migrations applied: {count}; streams declared")
+
+    def _migrate(self, timeout: float = 60.0) -> dict[str, list[str]]:
+        """Migrations and streams; an embedded server that dies meanwhile is started again and the
+        (idempotent) migrations are run again, as they are on every start."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return asyncio.run(migrate_all(self.database_url, self.nats_url))
+            except Exception as exc:  # noqa: BLE001 - any failure to reach a server that died
+                dead = [name for name, server in (("nats", self.nats), ("postgres", self.postgres))
+                        if server is not None and not server.alive]
+                if not self.restart or not dead or time.monotonic() > deadline:
+                    raise
+                self._say(f"{' and '.join(dead)} exited during the migrations ({type(exc).__name__}); restarting")
+                for name in dead:
+                    self._infra[name][1] = 0.0  # no back-off: nothing runs yet that could ride it out
+                self._restart_infrastructure()
 
     def _port_names(self) -> list[str]:
         return [*SERVICE_PORTS, *(f"sync-{i}" for i in range(self.sync_workers))]
@@ -166,7 +186,7 @@ class Stack:
     def _reserved_ports(self) -> set[int]:
         """The ports this stack binds itself: a free port picked for something else avoids them
         (the embedded NATS once took the gateway's CALMESH_HTTP_PORT before the gateway bound it)."""
-        reserved = {self.http_port}
+        reserved = {self.http_port, *self.also_reserved}
         reserved.update(p for offset, name in enumerate(self._port_names(), start=1)
                         if (p := self._wanted_port(offset, name)))
         if self.nats is not None and self.nats.port:
@@ -217,6 +237,21 @@ class Stack:
             self._spawn(child)
         self.wait_healthy(timeout)
 
+    def free_port(self, *also: int) -> int:
+        """A free loopback port that the stack will not take itself (nor any of `also`); kept out
+        of the ports picked later for NATS and the services."""
+        port = free_port(self._reserved_ports() | set(also))
+        self.also_reserved.add(port)
+        return port
+
+    def run_alongside(self, name: str, argv: list[str]) -> Child:
+        """Start `argv` now as one more supervised child (its log prefixed with `name`, restarted
+        with the same back-off when it dies, stopped with the stack)."""
+        child = Child(name, argv, dict(os.environ), COLOURS[-1 - len(self.children) % len(COLOURS)])
+        self.children.append(child)
+        self._spawn(child)
+        return child
+
     def _spawn(self, child: Child) -> None:
         child.process = subprocess.Popen(
             child.argv,
@@ -240,6 +275,10 @@ class Stack:
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
+            if self.restart:
+                # Supervised from the first moment: a nats-server, postmaster or service that dies
+                # while the others are still starting is started again, as it would be later.
+                self.supervise_once()
             for child in self.children:
                 if child.process and child.process.poll() is not None and not self.restart:
                     raise RuntimeError(f"{child.name} exited with {child.process.returncode} during start-up")
@@ -309,10 +348,17 @@ class Stack:
             self.postgres.stop()
 
 
-def _banner(url: str) -> str:
-    return f"""
+def _banner(url: str, *, demo: bool = False) -> str:
+    head = f"""
   CalMesh is up. Open the dashboard: {url}/app
-    (sign up, connect a calendar, see your week)
+"""
+    if demo:
+        return head + f"""    (sign in as the demo user below)
+
+  The API: {url}   health {url}/api/health   API docs {url}/schema
+"""
+    return head + f"""    (sign up, connect a calendar, see your week)
+    `make demo` (calmesh-up --demo) starts it with a demo user and two sample calendars instead.
 
   The API: {url}
     health   {url}/api/health
@@ -329,7 +375,16 @@ def _banner(url: str) -> str:
 """
 
 
-def main() -> None:
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="calmesh-up", description="Run the whole CalMesh platform on this machine.")
+    parser.add_argument("--demo", action="store_true",
+                        help="also start two sample calendars on loopback and set up a demo user, an API key, "
+                             "a unified calendar and a booking page on them (calmesh_common.devstack.demo)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _arguments(argv)
     data_dir = Path(os.environ.get("CALMESH_DATA_DIR", ".calmesh")).resolve()
     http_port = int(os.environ.get("CALMESH_HTTP_PORT", "8080"))
     # A busy 2-core machine needs more than the default to import and start every service.
@@ -357,17 +412,34 @@ def main() -> None:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    demo = None
     try:
+        stack._say(f"starting; the dashboard will be at {stack.gateway_url}/app")
+        if args.demo:
+            from .demo import Demo
+
+            demo = Demo(data_dir)
+            demo.prepare(stack)
+            stack._say(f"demo calendars: iCal feed {demo.feed_url}, CalDAV (Radicale) {demo.radicale_url}")
         stack.start(timeout=start_timeout)
-        print(_banner(stack.gateway_url), flush=True)
+        print(_banner(stack.gateway_url, demo=demo is not None), flush=True)
+        if demo is not None:
+            stack._say("setting up the demo user and calendars…")
+            print(demo.seed(stack.gateway_url, timeout=start_timeout, stopping=stop).banner(), flush=True)
+            print("  Ctrl-C stops everything.\n", flush=True)
         while not stop.wait(0.5):
             stack.supervise_once()
     except RuntimeError as exc:
-        print(f"calmesh-up: {exc}", file=sys.stderr)
-        stack.stop()
-        raise SystemExit(1) from None
+        if not stop.is_set():  # a Ctrl-C during the demo's set-up is no failure
+            print(f"calmesh-up: {exc}", file=sys.stderr)
+            stack.stop()
+            if demo is not None:
+                demo.stop()
+            raise SystemExit(1) from None
     stack._say("stopping…")
     stack.stop()
+    if demo is not None:
+        demo.stop()
     stack._say("stopped")
 
 

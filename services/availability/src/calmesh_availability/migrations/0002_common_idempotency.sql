@@ -1,5 +1,5 @@
--- availability's Idempotency-Keys move to the one shape of calmesh_common.idempotency: the runner puts
--- the kit's TABLE_SQL in place of the placeholder below. The keys kept so far (a user's, of
+-- availability's Idempotency-Keys move to the one shape of calmesh_common.idempotency: the shared
+-- migration idempotency_keys is included below. The keys kept so far (a user's, of
 -- POST /calendars/{slug}/events) move over with their answers; a kept refusal is problem+json.
 CREATE TEMPORARY TABLE kept ON COMMIT DROP AS
     SELECT user_id AS scope, key, request_hash, status_code,
@@ -7,5 +7,5 @@ CREATE TEMPORARY TABLE kept ON COMMIT DROP AS
            response AS body, created_at, completed_at
     FROM {schema}.idempotency_keys;
 DROP TABLE {schema}.idempotency_keys;
-{idempotency_keys_table}
+\include idempotency_keys
 INSERT INTO {schema}.idempotency_keys SELECT * FROM kept;

@@ -20,6 +20,7 @@ from litestar import Request, Response, get
 from litestar.response import Redirect
 
 from calmesh_common.problems import Problem
+from calmesh_common.timefmt import parse_instant, rfc3339
 
 from ..front import RequestContext
 from .assets import asset_url, assets
@@ -83,7 +84,7 @@ def _when(value: str | None, tz: str = "UTC") -> str:
     if not value:
         return "—"
     try:
-        instant = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        instant = parse_instant(value)
     except ValueError:
         return value
     return instant.astimezone(_zone(tz)).strftime("%Y-%m-%d %H:%M")
@@ -286,10 +287,6 @@ class Week:
         return (self.monday + timedelta(days=7)).isoformat()
 
 
-def _instant(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
-
-
 def build_week(monday: date, tz: str, events: list[dict[str, Any]], conflicted: set[str],
                sources: Mapping[str, tuple[int, str]]) -> Week:
     """Place `events` on the week grid of `monday` in `tz`: timed events by quarter hour, split at
@@ -310,7 +307,7 @@ def build_week(monday: date, tz: str, events: list[dict[str, Any]], conflicted: 
                         f"{first.isoformat()} – {(last - timedelta(days=1)).isoformat()} (all day)"
                     week.all_day.append(Placed(ev, i, 0, 0, colour, source, conflict, label, when))
             continue
-        start, end = _instant(ev["start"]).astimezone(zone), _instant(ev["end"]).astimezone(zone)
+        start, end = parse_instant(ev["start"]).astimezone(zone), parse_instant(ev["end"]).astimezone(zone)
         for i, day in enumerate(days):
             day_start = datetime.combine(day, datetime.min.time(), zone)
             day_end = datetime.combine(day + timedelta(days=1), datetime.min.time(), zone)
@@ -391,7 +388,7 @@ async def week_view(request: Request[Any, Any, Any], slug: str) -> Response[Any]
     zone = _zone(tz)
     start = datetime.combine(monday, datetime.min.time(), zone).astimezone(UTC)
     end = datetime.combine(monday + timedelta(days=7), datetime.min.time(), zone).astimezone(UTC)
-    span = {"start": start.strftime("%Y-%m-%dT%H:%M:%SZ"), "end": end.strftime("%Y-%m-%dT%H:%M:%SZ")}
+    span = {"start": rfc3339(start), "end": rfc3339(end)}
     try:
         calendar = await session.get(f"/calendars/{slug}")
         events = await session.all(f"/calendars/{slug}/events", **span)
