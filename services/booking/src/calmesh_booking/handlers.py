@@ -678,7 +678,7 @@ def _booking_created(b: Booking) -> BookingCreated:
 def reserve_key(b: Booking) -> str:
     """The Idempotency-Key of entering `b` at its current time: the same for a repeat of that step,
     another for a reschedule (a new sequence, or a new time under a sequence given back)."""
-    return f"booking-reserve:{b.id}:{b.sequence}:{utc_text(b.start)}"
+    return f"booking-reserve:{b.id}:{b.sequence}:{rfc3339(b.start)}"
 
 
 async def _reserve(ctx: BookingContext, calendar: CalendarInfo, b: Booking, *, key: str,
