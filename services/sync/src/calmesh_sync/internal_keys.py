@@ -5,6 +5,7 @@ scoped ``internal:<user id>`` in this service's own schema."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any, Protocol, TypeVar
 
 import msgspec
@@ -23,7 +24,11 @@ class ForUser(Protocol):
 
 Body = TypeVar("Body", bound=ForUser)
 
-KEYS = Keys("sync")
+#: A write's callers give up after 30 s (booking, availability): a claim still in flight after that
+#: belongs to a sync process that died mid-write, and the caller's redelivery takes it over (a
+#: booking's event is found again by its UID) instead of meeting 409 for the kit's two minutes.
+STALE_AFTER = timedelta(seconds=30)
+KEYS = Keys("sync", stale_after=STALE_AFTER)
 
 
 def keyed(request: Request[Any, Any, Any], user_id: str, body: bytes,
