@@ -7,109 +7,24 @@ Screenshots of each page go to $CALMESH_TEST_ARTIFACTS/dashboard."""
 
 from __future__ import annotations
 
-import os
 import re
+import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from litestar import Litestar, Response, get, post
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, expect
 
-from calmesh_booking.testing import Radicale, Served
+from calmesh_booking.testing import Radicale
 from calmesh_common.devstack.supervisor import Stack
 
+sys.path.insert(0, str(Path(__file__).parent))
+from fakes.dashboard import PAGE_BUDGET, Recorder, shot, this_week_at  # noqa: E402
+
 pytestmark = pytest.mark.timeout(480)  # the first test starts the session stack too
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-PAGE_BUDGET = 100_000  # bytes of HTML + JS + CSS per page (issue 13)
-
-
-def artifacts() -> Path:
-    path = Path(os.environ.get("CALMESH_TEST_ARTIFACTS", "test-artifacts")) / "dashboard"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def this_week_at(weekday: int, hour: int, minute: int = 0) -> datetime:
-    """An instant of the current week (Monday first) in UTC, the new account's time zone."""
-    now = datetime.now(UTC)
-    monday = (now - timedelta(days=now.weekday())).replace(hour=0, minute=0, second=0, microsecond=0)
-    return monday + timedelta(days=weekday, hours=hour, minutes=minute)
-
-
-def ics(*events: tuple[str, str, datetime, datetime]) -> str:
-    fmt = "%Y%m%dT%H%M%SZ"
-    body = "".join(
-        f"BEGIN:VEVENT\r\nUID:{uid}\r\nDTSTAMP:20260101T000000Z\r\nDTSTART:{start.strftime(fmt)}\r\n"
-        f"DTEND:{end.strftime(fmt)}\r\nSUMMARY:{title}\r\nEND:VEVENT\r\n"
-        for uid, title, start, end in events
-    )
-    return f"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//calmesh tests//EN\r\n{body}END:VCALENDAR\r\n"
-
-
-@pytest.fixture(scope="module")
-def radicale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Radicale]:
-    server = Radicale(tmp_path_factory.mktemp("radicale-dashboard")).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-async def feed() -> AsyncIterator[str]:
-    """A feed on loopback with a meeting on Wednesday 10:00–11:00 and lunch on Thursday."""
-    body = ics(("team-sync@test", "Team sync", this_week_at(2, 10), this_week_at(2, 11)),
-               ("lunch@test", "Lunch with Ana", this_week_at(3, 12), this_week_at(3, 13)))
-
-    @get("/team.ics", media_type="text/calendar")
-    async def team() -> Response[str]:
-        return Response(body, media_type="text/calendar")
-
-    @post("/hook", status_code=204)
-    async def hook() -> None:
-        return None
-
-    served = Served(Litestar([team, hook]))
-    await served.start()
-    yield f"{served.url}/team.ics"
-    await served.stop()
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        await b.close()
-
-
-class Recorder:
-    """Every request the page makes, and the bytes of each HTML, script and style answer."""
-
-    def __init__(self, page: Page) -> None:
-        self.urls: list[str] = []
-        self.sizes: dict[str, int] = {}
-        page.on("request", lambda request: self.urls.append(request.url))
-        page.on("response", self._on_response)
-
-    async def _on_response(self, response: Any) -> None:
-        kind = response.headers.get("content-type", "")
-        if any(t in kind for t in ("text/html", "javascript", "text/css")):
-            try:
-                self.sizes[response.url] = len(await response.body())
-            except Exception:  # noqa: BLE001 - a redirect has no body to measure
-                pass
-
-
-async def shot(page: Page, name: str) -> None:
-    await page.screenshot(path=str(artifacts() / f"{name}.png"), full_page=True)
 
 
 async def test_a_newcomer_signs_up_connects_two_calendars_and_sees_the_merged_week(
@@ -231,7 +146,7 @@ async def test_a_newcomer_signs_up_connects_two_calendars_and_sees_the_merged_we
     sources = cal_row.locator("ol.sources li")
     await expect(sources).to_have_count(2)
     names = [t.replace("Move up", "").strip() for t in await sources.all_text_contents()]
-    await cal_row.get_by_role("button", name=f"Move {names[1]} up").click()
+    await cal_row.get_by_role("button", name=f"Move up {names[1]}").click()
     await expect(sources.first).to_contain_text(names[1])
     await expect(sources.nth(1)).to_contain_text(names[0])
     await cal_row.get_by_label("New name for").fill("Everything merged")

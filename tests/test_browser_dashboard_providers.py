@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, expect
 
 from calmesh_booking.testing import Served
 from calmesh_common.devstack.embedded import free_port
@@ -37,7 +37,7 @@ from fakes.graph import GraphFake  # noqa: E402
 from fakes.mollie import FakeMollie  # noqa: E402
 from fakes.oauth import OAuthFake  # noqa: E402
 from fakes.platform import create_database, private_nats  # noqa: E402
-from test_browser_dashboard import CHROMIUM, CHROMIUM_ARGS, artifacts  # noqa: E402
+from fakes.dashboard import shot, sign_up  # noqa: E402
 
 pytestmark = pytest.mark.timeout(480)
 
@@ -91,30 +91,6 @@ async def world(database_url: str) -> AsyncIterator[World]:
     finally:
         for server in servers.values():
             await server.stop()
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        await b.close()
-
-
-async def shot(page: Page, name: str) -> None:
-    await page.screenshot(path=str(artifacts() / f"{name}.png"), full_page=True)
-
-
-async def sign_up(page: Page, base: str) -> str:
-    suffix = uuid.uuid4().hex[:8]
-    await page.goto(f"{base}/app/signup")
-    await page.get_by_label("Email").fill(f"prov-{suffix}@example.com")
-    await page.get_by_label("Password").fill("a long enough passphrase")
-    await page.get_by_label("Handle").fill(f"prov-{suffix}")
-    await page.get_by_label("Time zone").select_option("UTC")
-    await page.get_by_role("button", name="Create account").click()
-    await page.wait_for_url(f"{base}/app/connections")
-    return suffix
 
 
 async def test_connect_google_goes_to_the_consent_screen_and_back_to_a_syncing_connection(

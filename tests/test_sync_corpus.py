@@ -1,4 +1,4 @@
-"""The real-world iCalendar corpus (../shared/data/ical-corpus, see its README) through the sync
+"""The real-world iCalendar corpus (tests/data/ical-corpus, see its README for sources and licences) through the sync
 path.
 
 Every file goes through the functions the sync workers use (parse, expand in a window, build the
@@ -40,7 +40,7 @@ from fakes.servers import serve  # noqa: E402
 from fakes.stackutil import as_user, wait_connection  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-CORPUS = REPO.parent / "shared" / "data" / "ical-corpus"
+CORPUS = Path(__file__).parent / "data" / "ical-corpus"
 FILES = sorted(CORPUS.rglob("*.ics")) if CORPUS.is_dir() else []
 TZ = "Europe/Berlin"
 TODAY = datetime.now(UTC).date()

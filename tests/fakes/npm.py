@@ -1,4 +1,4 @@
-"""npm for the tests: the MCP Inspector CLI (from tests/npm/package.json) and `@calmesh/mcp-server`
+"""npm for the tests: the MCP Inspector CLI and axe-core (from tests/npm/package.json) and `@calmesh/mcp-server`
 packed with `npm pack` and installed from its tarball, both installed by the test itself into a
 cache directory keyed by what was installed, so a second run reuses them (the suite stays fast).
 
@@ -70,12 +70,21 @@ def _install(name: str, key: str, package_json: dict[str, object], extra: list[s
         return target
 
 
-def inspector() -> list[str]:
-    """The command that runs the MCP Inspector CLI: `[node, cli, "--cli"]`."""
+def test_tools() -> Path:
+    """tests/npm/package.json installed, once for each version of that file."""
     spec = json.loads(TEST_TOOLS.read_text())
     spec.pop("description", None)
-    home = _install("inspector", _digest(TEST_TOOLS.read_bytes()), spec)
-    return [str(home / "node_modules" / ".bin" / "mcp-inspector"), "--cli"]
+    return _install("test-tools", _digest(TEST_TOOLS.read_bytes()), spec)
+
+
+def inspector() -> list[str]:
+    """The command that runs the MCP Inspector CLI: `[node, cli, "--cli"]`."""
+    return [str(test_tools() / "node_modules" / ".bin" / "mcp-inspector"), "--cli"]
+
+
+def axe_core() -> str:
+    """The source of axe-core (its minified browser build), to inject into a page under test."""
+    return (test_tools() / "node_modules" / "axe-core" / "axe.min.js").read_text()
 
 
 def packed_server() -> Path:

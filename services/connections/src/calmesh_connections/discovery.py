@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 from urllib.parse import urlsplit
 
 from calmesh_common.guarded import FetchError, GuardedClient, normalise_url
 from calmesh_common.problems import FieldError, Problem
-from calmesh_providers import ICAL_CALENDAR_REF, AuthError, ProviderError, SourceError, TransientError, calendar_id_for
+from calmesh_providers import ICAL_CALENDAR_REF, AuthError, ProviderError, SourceError, TransientError, calendar_id_for, listing
 from calmesh_providers.caldav import CalDAVClient
-from calmesh_providers.google import GoogleClient, google_calendar_info
+from calmesh_providers.google import GoogleClient
 from calmesh_providers.graph import GraphClient
 
 
@@ -29,7 +30,7 @@ def ical_calendars(connection_id: str, url: str) -> list[dict[str, Any]]:
 async def caldav_calendars(guarded: GuardedClient, connection_id: str, url: str, username: str, password: str) -> list[dict[str, Any]]:
     client = CalDAVClient(guarded, url, username, password)
     try:
-        found = await client.discover()
+        found = await listing.caldav_calendars(client, connection_id)
     except AuthError:
         raise Problem(422, "invalid_credentials", "The CalDAV server refused the username or password.") from None
     except (SourceError, TransientError, ProviderError) as exc:
@@ -38,42 +39,20 @@ async def caldav_calendars(guarded: GuardedClient, connection_id: str, url: str,
         await client.aclose()
     if not found:
         raise Problem(422, "connection_failed", "The CalDAV server lists no event calendar for this account.")
-    return [
-        {"id": calendar_id_for(connection_id, c.url), "name": c.name, "color": c.color, "read_only": c.read_only, "ref": c.url}
-        for c in found
-    ]
+    return [asdict(c) for c in found]
 
 
 async def google_calendars(client: GoogleClient, connection_id: str) -> tuple[list[dict[str, Any]], str | None]:
     """(calendars, the account's address: the primary calendar's id)."""
-    items = await client.calendars()
-    calendars = []
-    account = None
-    for item in items:
-        if item.get("primary"):
-            account = item.get("id")
-        if item.get("accessRole") == "freeBusyReader" or item.get("deleted"):
-            continue
-        ref, name, color, read_only = google_calendar_info(item)
-        calendars.append({"id": calendar_id_for(connection_id, ref), "name": name, "color": color, "read_only": read_only, "ref": ref})
-    return calendars, account
+    found, account = await listing.google_calendars(client, connection_id)
+    return [asdict(c) for c in found], account
 
 
 async def graph_calendars(client: GraphClient, connection_id: str) -> tuple[list[dict[str, Any]], str | None]:
-    items = await client.calendars()
+    found = await listing.graph_calendars(client, connection_id)
     try:
         me = await client.me()
         account = me.get("mail") or me.get("userPrincipalName")
     except ProviderError:
         account = None
-    calendars = [
-        {
-            "id": calendar_id_for(connection_id, item["id"]),
-            "name": item.get("name") or "Calendar",
-            "color": item.get("hexColor") or None,
-            "read_only": not item.get("canEdit", True),
-            "ref": item["id"],
-        }
-        for item in items
-    ]
-    return calendars, account
+    return [asdict(c) for c in found], account

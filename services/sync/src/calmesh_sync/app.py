@@ -29,7 +29,7 @@ from calmesh_providers.http import guarded_client
 
 from .connections_api import ConnectionsAPI
 from .engine import SyncDeps
-from .projection import purge_connection
+from .store import forget_connection, mark_connection_removed, purge_connection
 from .worker import CONSUMER_NAME, SyncWorker
 from .reservations import ROUTES as RESERVATION_ROUTES
 from .writes import ROUTES
@@ -47,16 +47,9 @@ def connection_removed_handler(store: EventStore):  # type: ignore[no-untyped-de
         event = decode_event(envelope)
         if not isinstance(event, ConnectionRemoved):
             return
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('calmesh-sync-write:' || $1, 0))", event.connection_id)
-        inserted = await conn.fetchval(
-            "INSERT INTO sync.removed_connections (connection_id, user_id) VALUES ($1, $2)"
-            " ON CONFLICT DO NOTHING RETURNING 1",
-            event.connection_id,
-            event.user_id,
-        )
+        inserted = await mark_connection_removed(conn, event.connection_id, event.user_id)
         await purge_connection(conn, event.connection_id)
-        await conn.execute("DELETE FROM sync.source_objects WHERE connection_id = $1", event.connection_id)
-        await conn.execute("DELETE FROM sync.calendar_state WHERE connection_id = $1", event.connection_id)
+        await forget_connection(conn, event.connection_id)
         if inserted:
             await store.append(
                 conn,

@@ -1,6 +1,11 @@
 """Syncing one connection: per provider, fetch what changed, expand it, diff it against the
 projection and write the difference with its events, one transaction per calendar.
 
+The loop is written once, in `Syncer.sync_calendar` (state → window → incremental or full listing
+→ rows → apply); each provider is a small adapter that says how to list its calendars, how to list
+what changed since its cursor or the whole window, and how to turn what it listed into rows. The
+SQL is in ``store``.
+
 The functions here know nothing of JetStream: ``worker.py`` feeds them jobs and acks, and tests
 call them directly.
 """
@@ -8,11 +13,10 @@ call them directly.
 from __future__ import annotations
 
 import abc
-
 import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,24 +31,16 @@ from calmesh_common.guarded import GuardedClient
 from calmesh_common.logging import get_logger
 from calmesh_common.metrics import Metrics
 from calmesh_common.settings import Settings
-from calmesh_providers import ICAL_CALENDAR_REF, NotFoundError, SourceError, SyncTokenExpired, calendar_id_for, ical
+from calmesh_providers import ICAL_CALENDAR_REF, NotFoundError, SourceError, SyncTokenExpired, calendar_id_for, ical, listing
 from calmesh_providers.caldav import CalDAVClient
 from calmesh_providers.feed import fetch_feed
-from calmesh_providers.google import GoogleClient, google_calendar_info, google_instance
+from calmesh_providers.google import GoogleClient, google_instance
 from calmesh_providers.graph import GraphClient, graph_instance
 
+from . import store as db
 from .connections_api import ConnectionDetails, ConnectionsAPI, ProviderCalendar
-from .projection import (
-    ChangeSet,
-    Key,
-    diff,
-    load_existing,
-    lock_connection,
-    purge_calendar,
-    row_for,
-    stream_id_for,
-    write_changes,
-)
+from .projection import ChangeSet, diff, row_for, stream_id_for, write_changes
+from .store import CalendarState, Key
 
 log = get_logger(__name__)
 
@@ -94,39 +90,6 @@ class SyncResult:
         self.warning = self.warning or result.warning
 
 
-@dataclass
-class CalendarState:
-    cursor: dict[str, Any]
-    window_start: datetime | None
-    window_end: datetime | None
-
-
-async def load_state(conn: asyncpg.Connection | asyncpg.Pool, connection_id: str, calendar_id: str) -> CalendarState:
-    row = await conn.fetchrow(
-        "SELECT cursor, window_start, window_end FROM sync.calendar_state WHERE connection_id = $1 AND calendar_id = $2",
-        connection_id,
-        calendar_id,
-    )
-    if row is None:
-        return CalendarState({}, None, None)
-    cursor = row["cursor"]
-    return CalendarState(msgspec.json.decode(cursor) if isinstance(cursor, str | bytes) else dict(cursor), row["window_start"], row["window_end"])
-
-
-async def save_state(conn: asyncpg.Connection, connection_id: str, calendar_id: str, cursor: dict[str, Any], window: ical.Window) -> None:
-    await conn.execute(
-        "INSERT INTO sync.calendar_state (connection_id, calendar_id, cursor, window_start, window_end, synced_at)"
-        " VALUES ($1, $2, $3::jsonb, $4, $5, now())"
-        " ON CONFLICT (connection_id, calendar_id) DO UPDATE SET cursor = EXCLUDED.cursor,"
-        " window_start = EXCLUDED.window_start, window_end = EXCLUDED.window_end, synced_at = now()",
-        connection_id,
-        calendar_id,
-        msgspec.json.encode(cursor).decode(),
-        window.start,
-        window.end,
-    )
-
-
 def window_for(settings: Settings, state: CalendarState, now: datetime) -> tuple[ical.Window, bool]:
     """The window to sync and whether it moved (then everything is expanded again). The window
     reaches `sync_window_reanchor_days` beyond what is needed, so it moves only that often."""
@@ -172,8 +135,34 @@ def expand_ical_body(
     return expansion.instances, expansion, name
 
 
+@dataclass
+class Listing:
+    """What a provider listed for one calendar: since the cursor (`full` False: only the rows of
+    `provider_ids` / `provider_prefixes` are in question) or the whole window (`full`: rows not in
+    it go). `unchanged`: nothing to write, only `cursor` to save when it is not None. `rows()` may
+    complete it (prefixes, cursor, warning, the calendar's name)."""
+
+    items: list[Any] = field(default_factory=list)
+    cursor: dict[str, Any] | None = None
+    full: bool = True
+    unchanged: bool = False
+    provider_ids: list[str] = field(default_factory=list)
+    provider_prefixes: list[str] = field(default_factory=list)
+    #: An empty diff counts as "not modified" (the provider itself said something changed otherwise).
+    quiet: bool = False
+    #: Written in the calendar's transaction, after its rows (CalDAV: the source objects).
+    extra: Callable[[asyncpg.Connection], Awaitable[None]] | None = None
+    warning: str | None = None
+    name: str | None = None
+
+    @classmethod
+    def nothing(cls, cursor: dict[str, Any] | None = None) -> Listing:
+        return cls(cursor=cursor, full=False, unchanged=True)
+
+
 class Syncer(abc.ABC):
-    """Syncs the calendars of one connection of one provider."""
+    """Syncs the calendars of one connection of one provider: the loop, once; the adapters below
+    say how their provider lists calendars and changes and how its items become rows."""
 
     def __init__(
         self,
@@ -196,16 +185,60 @@ class Syncer(abc.ABC):
         self.started = deps.now()
         self.instances_budget = deps.settings.sync_max_instances
 
-    @abc.abstractmethod
+    # --- what an adapter says ---------------------------------------------------------------------
+
     async def calendars(self) -> list[ProviderCalendar]:
         """The provider calendars of the connection."""
+        if not self.rediscover:
+            return list(self.details.calendars)
+        return [ProviderCalendar(id=c.id, name=c.name, color=c.color, read_only=c.read_only, ref=c.ref) for c in await self.list_calendars()]
+
+    async def list_calendars(self) -> Sequence[listing.ListedCalendar]:
+        """The calendars as the provider lists them now."""
+        raise NotImplementedError
 
     @abc.abstractmethod
-    async def sync_calendar(self, calendar: ProviderCalendar) -> CalendarResult:
-        """Sync one calendar incrementally and write what changed."""
+    async def list_changes(self, calendar: ProviderCalendar, cursor: dict[str, Any], window: ical.Window) -> Listing | None:
+        """What changed since `cursor` (the window did not move); None: the cursor cannot say
+        (none yet, expired), list the whole window."""
+
+    @abc.abstractmethod
+    async def list_all(self, calendar: ProviderCalendar, cursor: dict[str, Any], window: ical.Window) -> Listing:
+        """Everything of the calendar in `window`."""
+
+    @abc.abstractmethod
+    async def rows(self, calendar: ProviderCalendar, found: Listing, window: ical.Window) -> dict[Key, Any]:
+        """The projection rows of what `found` lists."""
 
     async def close(self) -> None:
         return None
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    async def sync_calendar(self, calendar: ProviderCalendar) -> CalendarResult:
+        """Sync one calendar incrementally (or in full when it must) and write what changed."""
+        state = await db.load_state(self.deps.pool, self.connection_id, calendar.id)
+        window, moved = window_for(self.settings, state, self.deps.now())
+        found = None if moved else await self.list_changes(calendar, state.cursor, window)
+        if found is None:
+            found = await self.list_all(calendar, state.cursor, window)
+        await self.heartbeat()
+        if found.unchanged:
+            if found.cursor is not None:
+                async with self.deps.pool.acquire() as conn, conn.transaction():
+                    await db.save_state(conn, self.connection_id, calendar.id, found.cursor, window)
+            return CalendarResult(not_modified=True)
+        rows = await self.rows(calendar, found, window)
+        await self.heartbeat()
+        changes = await self.apply(calendar.id, rows, window=window, found=found)
+        return CalendarResult(
+            len(changes.created),
+            len(changes.updated),
+            len(changes.deleted),
+            not_modified=found.quiet and changes.empty,
+            warning=found.warning,
+            name=found.name,
+        )
 
     async def expand(self, body: bytes | str, window: ical.Window) -> tuple[list[ical.Instance], ical.Expansion, str | None]:
         return await asyncio.to_thread(
@@ -217,44 +250,32 @@ class Syncer(abc.ABC):
             timeout=self.settings.sync_expand_timeout_seconds,
         )
 
-    async def apply(
-        self,
-        calendar_id: str,
-        rows: dict[Key, Any],
-        *,
-        window: ical.Window,
-        cursor: dict[str, Any],
-        provider_ids: list[str] | None = None,
-        provider_prefixes: list[str] | None = None,
-        full: bool,
-        extra: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
-    ) -> ChangeSet:
+    async def apply(self, calendar_id: str, rows: dict[Key, Any], *, window: ical.Window, found: Listing) -> ChangeSet:
         """One calendar's transaction: lock, diff against the projection, write rows + events +
-        cursor. `full`: `rows` is the whole calendar (rows not in it go); else only rows of
-        `provider_ids` (and `provider_prefixes`) are in question."""
+        cursor. A full listing: `rows` is the whole calendar (rows not in it go); else only rows
+        of its provider ids (and prefixes) are in question."""
         async with self.deps.pool.acquire() as conn, conn.transaction():
-            if not await lock_connection(conn, self.connection_id):
+            if not await db.lock_connection(conn, self.connection_id):
                 raise ConnectionGone(self.connection_id)
-            if full:
-                existing = await load_existing(conn, self.connection_id, calendar_id)
+            if found.full:
+                existing = await db.load_existing(conn, self.connection_id, calendar_id)
                 scope = None
             else:
-                existing = await load_existing(
+                existing = await db.load_existing(
                     conn,
                     self.connection_id,
                     calendar_id,
-                    provider_ids=provider_ids or [],
-                    provider_prefixes=provider_prefixes or [],
+                    provider_ids=found.provider_ids,
+                    provider_prefixes=found.provider_prefixes,
                     uids=sorted({k[0] for k in rows}),
                 )
-                wanted = set(provider_ids or [])
-                prefixes = tuple(f"{p}_" for p in provider_prefixes or [])
+                wanted = set(found.provider_ids)
+                prefixes = tuple(f"{p}_" for p in found.provider_prefixes)
                 scope = [
                     k for k, e in existing.items()
                     if e.provider_event_id in wanted or (prefixes and (e.provider_event_id or "").startswith(prefixes))
                 ]
             changes = diff(rows, existing, in_scope=scope, keep_newer_than=self.started)
-            reason = "deleted"
             await write_changes(
                 conn,
                 self.deps.store,
@@ -263,11 +284,11 @@ class Syncer(abc.ABC):
                 calendar_id=calendar_id,
                 sync_id=self.sync_id,
                 changes=changes,
-                reason=reason,
+                reason="deleted",
             )
-            if extra is not None:
-                await extra(conn)
-            await save_state(conn, self.connection_id, calendar_id, cursor, window)
+            if found.extra is not None:
+                await found.extra(conn)
+            await db.save_state(conn, self.connection_id, calendar_id, found.cursor or {}, window)
         return changes
 
 
@@ -275,6 +296,9 @@ class Syncer(abc.ABC):
 
 
 class ICalSyncer(Syncer):
+    """One calendar, always read whole: the feed's ETag / Last-Modified and the body's digest say
+    whether it changed."""
+
     async def calendars(self) -> list[ProviderCalendar]:
         known = {c.ref: c for c in self.details.calendars}
         existing = known.get(ICAL_CALENDAR_REF)
@@ -288,41 +312,45 @@ class ICalSyncer(Syncer):
             )
         ]
 
-    async def sync_calendar(self, calendar: ProviderCalendar) -> CalendarResult:
+    async def list_changes(self, calendar: ProviderCalendar, cursor: dict[str, Any], window: ical.Window) -> Listing | None:
+        return await self._fetch(cursor, conditional=True)
+
+    async def list_all(self, calendar: ProviderCalendar, cursor: dict[str, Any], window: ical.Window) -> Listing:
+        return await self._fetch(cursor, conditional=False)
+
+    async def _fetch(self, cursor: dict[str, Any], *, conditional: bool) -> Listing:
         url = self.details.credentials.get("url") or self.details.settings.get("url", "")
-        state = await load_state(self.deps.pool, self.connection_id, calendar.id)
-        window, moved = window_for(self.settings, state, self.deps.now())
-        cursor = dict(state.cursor)
         fetched = await fetch_feed(
             self.deps.guarded,
             url,
-            etag=None if moved else cursor.get("etag"),
-            last_modified=None if moved else cursor.get("last_modified"),
+            etag=cursor.get("etag") if conditional else None,
+            last_modified=cursor.get("last_modified") if conditional else None,
             max_bytes=self.settings.ical_max_bytes,
         )
         if fetched.not_modified:
-            return CalendarResult(not_modified=True)
+            return Listing.nothing()
         assert fetched.body is not None
         digest = hashlib.sha256(fetched.body).hexdigest()
         new_cursor = {"etag": fetched.etag, "last_modified": fetched.last_modified, "body_hash": digest}
-        if digest == cursor.get("body_hash") and not moved:
-            if (fetched.etag, fetched.last_modified) != (cursor.get("etag"), cursor.get("last_modified")):
-                async with self.deps.pool.acquire() as conn, conn.transaction():
-                    await save_state(conn, self.connection_id, calendar.id, new_cursor, window)
-            return CalendarResult(not_modified=True)
-        instances, expansion, name = await self.expand(fetched.body, window)
-        await self.heartbeat()
-        rows = build_rows(instances, connection_id=self.connection_id, calendar_id=calendar.id, provider_event_id=None, now=self.deps.now())
-        changes = await self.apply(calendar.id, rows, window=window, cursor=new_cursor, full=True)
-        return CalendarResult(
-            len(changes.created), len(changes.updated), len(changes.deleted), warning=expansion.warning(), name=name
-        )
+        if conditional and digest == cursor.get("body_hash"):
+            same_headers = (fetched.etag, fetched.last_modified) == (cursor.get("etag"), cursor.get("last_modified"))
+            return Listing.nothing(None if same_headers else new_cursor)
+        return Listing(items=[fetched.body], cursor=new_cursor)
+
+    async def rows(self, calendar: ProviderCalendar, found: Listing, window: ical.Window) -> dict[Key, Any]:
+        instances, expansion, found.name = await self.expand(found.items[0], window)
+        found.warning = expansion.warning()
+        return build_rows(instances, connection_id=self.connection_id, calendar_id=calendar.id, provider_event_id=None, now=self.deps.now())
 
 
 # --- CalDAV (iCloud and any server) --------------------------------------------------------------
 
 
 class CalDAVSyncer(Syncer):
+    """RFC 6578 sync-collection where the server has it, else ETags (and the CTag to skip an
+    unchanged calendar). Every object's body is kept, so a full pass expands unchanged objects
+    without fetching them again."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         settings = self.details.settings
@@ -332,118 +360,89 @@ class CalDAVSyncer(Syncer):
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def calendars(self) -> list[ProviderCalendar]:
-        if not self.rediscover:
-            return list(self.details.calendars)
-        found = await self.client.discover()
-        return [
-            ProviderCalendar(id=calendar_id_for(self.connection_id, c.url), name=c.name, color=c.color, read_only=c.read_only, ref=c.url)
-            for c in found
-        ]
+    async def list_calendars(self) -> Sequence[listing.ListedCalendar]:
+        return await listing.caldav_calendars(self.client, self.connection_id)
 
-    async def _stored(self, calendar_id: str, hrefs: list[str] | None = None) -> dict[str, str | None]:
-        """The ETags of the objects last seen (all of them, or those of `hrefs`)."""
-        if hrefs is None:
-            rows = await self.deps.pool.fetch(
-                "SELECT href, etag FROM sync.source_objects WHERE connection_id = $1 AND calendar_id = $2", self.connection_id, calendar_id
-            )
-        else:
-            rows = await self.deps.pool.fetch(
-                "SELECT href, etag FROM sync.source_objects WHERE connection_id = $1 AND calendar_id = $2 AND href = ANY($3::text[])",
-                self.connection_id, calendar_id, hrefs,
-            )
-        return {r["href"]: r["etag"] for r in rows}
-
-    async def sync_calendar(self, calendar: ProviderCalendar) -> CalendarResult:
+    async def list_changes(self, calendar: ProviderCalendar, cursor: dict[str, Any], window: ical.Window) -> Listing | None:
         url = calendar.ref
-        state = await load_state(self.deps.pool, self.connection_id, calendar.id)
-        window, moved = window_for(self.settings, state, self.deps.now())
-        cursor = dict(state.cursor)
         mode = cursor.get("mode")
-        token = cursor.get("sync_token") if mode == "sync" and not moved else None
-        ctag = None
-        full = True
-        changed: dict[str, str | None] = {}
-        deleted: list[str] = []
-        new_token: str | None = None
-        if token:
-            # RFC 6578: the collection says what changed since our token (nothing: one request).
-            try:
-                changed, deleted, new_token = await self.client.changes_since(url, token)
-                full = False
-            except SyncTokenExpired:
-                token = None
-            except SourceError:
-                token = None  # the server stopped doing sync-collection: list ETags below
-        elif mode == "etag" and not moved:
+        token = cursor.get("sync_token") if mode == "sync" else None
+        if mode == "etag":
             # No sync-collection here: the CTag says whether anything changed.
             ctag = (await self.client.state(url)).ctag
             if ctag and ctag == cursor.get("ctag"):
-                return CalendarResult(not_modified=True)
-        stored = await self._stored(calendar.id, None if full else sorted(changed))
-        if not full:
-            # Our own writes come back as changes with the ETag we stored: nothing to fetch.
-            changed = {h: e for h, e in changed.items() if not (e and stored.get(h) == e)}
-            if not changed and not deleted:
-                if new_token != cursor.get("sync_token"):
-                    async with self.deps.pool.acquire() as conn, conn.transaction():
-                        await save_state(conn, self.connection_id, calendar.id, {**cursor, "sync_token": new_token}, window)
-                return CalendarResult(not_modified=True)
-        else:
-            try:
-                listing, _, new_token = await self.client.changes_since(url, None)
-                mode = "sync"
-            except SourceError:
-                listing = await self.client.etags(url)
-                mode, new_token = "etag", None
-                ctag = ctag or (await self.client.state(url)).ctag
-            changed = {h: e for h, e in listing.items() if h not in stored or stored[h] != e or e is None}
-            deleted = [h for h in stored if h not in listing]
-        await self.heartbeat()
-        objects = await self.client.fetch(url, sorted(changed)) if changed else []
-        fetched_hrefs = {o.href for o in objects}
-        deleted = sorted(set(deleted) | (set(changed) - fetched_hrefs))
-        await self.heartbeat()
+                return Listing.nothing()
+            return await self._full(calendar, ctag)
+        if not token:
+            return None
+        # RFC 6578: the collection says what changed since our token (nothing: one request).
+        try:
+            changed, deleted, new_token = await self.client.changes_since(url, token)
+        except SyncTokenExpired:
+            return None
+        except SourceError:
+            return None  # the server stopped doing sync-collection: list ETags
+        stored = await db.object_etags(self.deps.pool, self.connection_id, calendar.id, sorted(changed))
+        # Our own writes come back as changes with the ETag we stored: nothing to fetch.
+        changed = {h: e for h, e in changed.items() if not (e and stored.get(h) == e)}
+        if not changed and not deleted:
+            return Listing.nothing({**cursor, "sync_token": new_token} if new_token != cursor.get("sync_token") else None)
+        return await self._objects(calendar, changed, deleted, {"mode": mode, "sync_token": new_token, "ctag": None})
 
-        # Expand what changed; on a full pass, also what did not (from the stored copies).
-        to_expand: list[tuple[str, str]] = [(o.href, o.data) for o in objects]
-        if full:
-            unchanged = set(stored) - fetched_hrefs - set(deleted)
-            if unchanged:
-                rows_ = await self.deps.pool.fetch(
-                    "SELECT href, data FROM sync.source_objects WHERE connection_id = $1 AND calendar_id = $2 AND href = ANY($3::text[])",
-                    self.connection_id, calendar.id, sorted(unchanged),
-                )
-                to_expand += [(r["href"], r["data"]) for r in rows_]
-        now = self.deps.now()
-        rows, warning = await asyncio.to_thread(self._expand_objects, to_expand, window, calendar.id, now)
+    async def list_all(self, calendar: ProviderCalendar, cursor: dict[str, Any], window: ical.Window) -> Listing:
+        return await self._full(calendar, None)
+
+    async def _full(self, calendar: ProviderCalendar, ctag: str | None) -> Listing:
+        url = calendar.ref
+        stored = await db.object_etags(self.deps.pool, self.connection_id, calendar.id)
+        try:
+            found, _, new_token = await self.client.changes_since(url, None)
+            mode = "sync"
+        except SourceError:
+            found = await self.client.etags(url)
+            mode, new_token = "etag", None
+            ctag = ctag or (await self.client.state(url)).ctag
+        changed = {h: e for h, e in found.items() if h not in stored or stored[h] != e or e is None}
+        deleted = [h for h in stored if h not in found]
+        return await self._objects(calendar, changed, deleted, {"mode": mode, "sync_token": new_token, "ctag": ctag}, stored=stored)
+
+    async def _objects(
+        self,
+        calendar: ProviderCalendar,
+        changed: dict[str, str | None],
+        deleted: list[str],
+        cursor: dict[str, Any],
+        *,
+        stored: dict[str, str | None] | None = None,
+    ) -> Listing:
+        """Fetch what changed; a full pass (`stored`: every object last seen) also takes the
+        unchanged objects' stored copies, so the whole calendar is expanded."""
+        full = stored is not None
         await self.heartbeat()
-        new_cursor = {"mode": mode, "sync_token": new_token, "ctag": ctag}
+        objects = await self.client.fetch(calendar.ref, sorted(changed)) if changed else []
+        fetched_hrefs = {o.href for o in objects}
+        gone = sorted(set(deleted) | (set(changed) - fetched_hrefs))
+        await self.heartbeat()
+        items: list[tuple[str, str]] = [(o.href, o.data) for o in objects]
+        unchanged = set(stored or ()) - fetched_hrefs - set(gone)
+        if unchanged:
+            items += await db.object_bodies(self.deps.pool, self.connection_id, calendar.id, sorted(unchanged))
 
         async def store_objects(conn: asyncpg.Connection) -> None:
-            if objects:
-                await conn.executemany(
-                    "INSERT INTO sync.source_objects (connection_id, calendar_id, href, etag, data) VALUES ($1, $2, $3, $4, $5)"
-                    " ON CONFLICT (connection_id, calendar_id, href) DO UPDATE SET etag = EXCLUDED.etag, data = EXCLUDED.data",
-                    [(self.connection_id, calendar.id, o.href, o.etag, o.data) for o in objects],
-                )
-            if deleted:
-                await conn.execute(
-                    "DELETE FROM sync.source_objects WHERE connection_id = $1 AND calendar_id = $2 AND href = ANY($3::text[])",
-                    self.connection_id, calendar.id, deleted,
-                )
+            await db.save_objects(conn, self.connection_id, calendar.id, objects, gone)
 
-        changes = await self.apply(
-            calendar.id,
-            rows,
-            window=window,
-            cursor=new_cursor,
-            provider_ids=sorted(fetched_hrefs | set(deleted)),
+        return Listing(
+            items=items,
+            cursor=cursor,
             full=full,
+            provider_ids=sorted(fetched_hrefs | set(gone)),
+            quiet=not objects and not gone,
             extra=store_objects,
         )
-        nothing = not objects and not deleted and changes.empty
-        return CalendarResult(len(changes.created), len(changes.updated), len(changes.deleted), not_modified=nothing, warning=warning)
+
+    async def rows(self, calendar: ProviderCalendar, found: Listing, window: ical.Window) -> dict[Key, Any]:
+        rows, found.warning = await asyncio.to_thread(self._expand_objects, found.items, window, calendar.id, self.deps.now())
+        return rows
 
     def _expand_objects(self, objects: list[tuple[str, str]], window: ical.Window, calendar_id: str, now: datetime) -> tuple[dict[Key, Any], str | None]:
         rows: dict[Key, Any] = {}
@@ -472,137 +471,125 @@ class CalDAVSyncer(Syncer):
         return rows, warning
 
 
-# --- Google Calendar ---------------------------------------------------------------------------
+# --- Google Calendar and Microsoft Graph ---------------------------------------------------------
 
 
-class GoogleSyncer(Syncer):
+class OAuthSyncer(Syncer):
+    """A JSON API with an incremental cursor (Google's sync token, Graph's delta link) and one
+    item per event instance: the adapters say how to call it and read an item."""
+
+    #: The cursor's key of the provider's incremental token.
+    token_key: str
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.client = GoogleClient(
-            self.deps.http,
-            self.settings.google_api_url,
-            self._token,
-            max_inline_wait=self.settings.sync_retry_after_max_seconds,
-        )
+        self.client = self.make_client()
+
+    @abc.abstractmethod
+    def make_client(self) -> Any: ...
+
+    @abc.abstractmethod
+    async def since(self, ref: str, token: str) -> tuple[list[dict[str, Any]], str | None]:
+        """(items changed since `token`, the next token); raises SyncTokenExpired."""
+
+    @abc.abstractmethod
+    async def within(self, ref: str, window: ical.Window) -> tuple[list[dict[str, Any]], str | None]:
+        """(every item in `window`, the token to go on from)."""
+
+    @abc.abstractmethod
+    async def instance(self, item: dict[str, Any], found: Listing) -> ical.Instance | None:
+        """The instance an item is (None: a deletion or nothing to show)."""
+
+    def cursor_for(self, token: str | None, cursor: dict[str, Any]) -> dict[str, Any]:
+        return {self.token_key: token}
 
     async def _token(self, force: bool) -> str:
         return await self.deps.connections.access_token(self.connection_id, force_refresh=force)
 
-    async def calendars(self) -> list[ProviderCalendar]:
-        if not self.rediscover:
-            return list(self.details.calendars)
-        found = []
-        for item in await self.client.calendars():
-            if item.get("accessRole") == "freeBusyReader" or item.get("deleted"):
-                continue
-            ref, name, color, read_only = google_calendar_info(item)
-            found.append(ProviderCalendar(id=calendar_id_for(self.connection_id, ref), name=name, color=color, read_only=read_only, ref=ref))
-        return found
+    async def list_changes(self, calendar: ProviderCalendar, cursor: dict[str, Any], window: ical.Window) -> Listing | None:
+        token = cursor.get(self.token_key)
+        if not token:
+            return None
+        try:
+            items, next_token = await self.since(calendar.ref, token)
+        except SyncTokenExpired:
+            # The token is void: the calendar is synced again from scratch and whatever is not in
+            # the new listing is wiped.
+            return None
+        if not items:
+            return Listing.nothing(self.cursor_for(next_token, cursor) if next_token and next_token != token else None)
+        return Listing(
+            items=items, cursor=self.cursor_for(next_token, cursor), full=False, provider_ids=[i["id"] for i in items], quiet=True
+        )
 
-    async def sync_calendar(self, calendar: ProviderCalendar) -> CalendarResult:
-        state = await load_state(self.deps.pool, self.connection_id, calendar.id)
-        window, moved = window_for(self.settings, state, self.deps.now())
-        token = None if moved else state.cursor.get("sync_token")
-        full = token is None
-        page = None
-        if token:
-            try:
-                page = await self.client.list_events(calendar.ref, sync_token=token)
-            except SyncTokenExpired:
-                # 410 Gone: the token is void; the calendar is synced again from scratch and
-                # whatever is not in the new listing is wiped.
-                full = True
-        if page is None:
-            page = await self.client.list_events(calendar.ref, time_min=window.start, time_max=window.end)
-        await self.heartbeat()
-        if not full and not page.items:
-            if page.next_sync_token and page.next_sync_token != token:
-                async with self.deps.pool.acquire() as conn, conn.transaction():
-                    await save_state(conn, self.connection_id, calendar.id, {"sync_token": page.next_sync_token}, window)
-            return CalendarResult(not_modified=True)
+    async def list_all(self, calendar: ProviderCalendar, cursor: dict[str, Any], window: ical.Window) -> Listing:
+        items, next_token = await self.within(calendar.ref, window)
+        return Listing(items=items, cursor=self.cursor_for(next_token, cursor), provider_ids=[i["id"] for i in items])
+
+    async def rows(self, calendar: ProviderCalendar, found: Listing, window: ical.Window) -> dict[Key, Any]:
         now = self.deps.now()
         rows: dict[Key, Any] = {}
-        ids: list[str] = []
-        gone_masters: list[str] = []
-        for item in page.items:
-            ids.append(item["id"])
-            inst = google_instance(item)
-            if inst is None:
-                if not item.get("recurringEventId"):
-                    gone_masters.append(item["id"])  # a whole series: its instances are "<id>_<start>"
-                continue
-            if not (inst.start_at < window.end and inst.end_at > window.start):
+        for item in found.items:
+            inst = await self.instance(item, found)
+            if inst is None or not (inst.start_at < window.end and inst.end_at > window.start):
                 continue
             rows[(inst.uid, inst.recurrence_id)] = row_for(
                 inst, connection_id=self.connection_id, calendar_id=calendar.id, provider_event_id=item["id"], updated_at=now
             )
-        changes = await self.apply(
-            calendar.id,
-            rows,
-            window=window,
-            cursor={"sync_token": page.next_sync_token},
-            provider_ids=ids,
-            provider_prefixes=gone_masters,
-            full=full,
+        return rows
+
+
+class GoogleSyncer(OAuthSyncer):
+    token_key = "sync_token"
+
+    def make_client(self) -> GoogleClient:
+        return GoogleClient(self.deps.http, self.settings.google_api_url, self._token, max_inline_wait=self.settings.sync_retry_after_max_seconds)
+
+    async def list_calendars(self) -> Sequence[listing.ListedCalendar]:
+        return (await listing.google_calendars(self.client, self.connection_id))[0]
+
+    async def since(self, ref: str, token: str) -> tuple[list[dict[str, Any]], str | None]:
+        page = await self.client.list_events(ref, sync_token=token)
+        return page.items, page.next_sync_token
+
+    async def within(self, ref: str, window: ical.Window) -> tuple[list[dict[str, Any]], str | None]:
+        page = await self.client.list_events(ref, time_min=window.start, time_max=window.end)
+        return page.items, page.next_sync_token
+
+    async def instance(self, item: dict[str, Any], found: Listing) -> ical.Instance | None:
+        inst = google_instance(item)
+        if inst is None and not item.get("recurringEventId"):
+            found.provider_prefixes.append(item["id"])  # a whole series: its instances are "<id>_<start>"
+        return inst
+
+
+class GraphSyncer(OAuthSyncer):
+    token_key = "delta_link"
+
+    def make_client(self) -> GraphClient:
+        return GraphClient(
+            self.deps.http, self.settings.microsoft_graph_url, self._token, max_inline_wait=self.settings.sync_retry_after_max_seconds
         )
-        return CalendarResult(len(changes.created), len(changes.updated), len(changes.deleted), not_modified=changes.empty and not full)
 
+    async def list_calendars(self) -> Sequence[listing.ListedCalendar]:
+        return await listing.graph_calendars(self.client, self.connection_id)
 
-# --- Microsoft Graph ---------------------------------------------------------------------------
+    def cursor_for(self, token: str | None, cursor: dict[str, Any]) -> dict[str, Any]:
+        # The series masters' iCalendar UIDs, learnt once each (an occurrence names only its master's id).
+        return {"delta_link": token, "master_uids": dict(cursor.get("master_uids") or {})}
 
+    async def since(self, ref: str, token: str) -> tuple[list[dict[str, Any]], str | None]:
+        round_ = await self.client.delta(ref, delta_link=token)
+        return round_.items, round_.delta_link
 
-class GraphSyncer(Syncer):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.client = GraphClient(
-            self.deps.http,
-            self.settings.microsoft_graph_url,
-            self._token,
-            max_inline_wait=self.settings.sync_retry_after_max_seconds,
-        )
+    async def within(self, ref: str, window: ical.Window) -> tuple[list[dict[str, Any]], str | None]:
+        round_ = await self.client.delta(ref, start=window.start, end=window.end)
+        return round_.items, round_.delta_link
 
-    async def _token(self, force: bool) -> str:
-        return await self.deps.connections.access_token(self.connection_id, force_refresh=force)
-
-    async def calendars(self) -> list[ProviderCalendar]:
-        if not self.rediscover:
-            return list(self.details.calendars)
-        found = []
-        for item in await self.client.calendars():
-            ref = item["id"]
-            color = item.get("hexColor") or None
-            found.append(
-                ProviderCalendar(
-                    id=calendar_id_for(self.connection_id, ref),
-                    name=item.get("name") or "Calendar",
-                    color=color,
-                    read_only=not item.get("canEdit", True),
-                    ref=ref,
-                )
-            )
-        return found
-
-    async def sync_calendar(self, calendar: ProviderCalendar) -> CalendarResult:
-        state = await load_state(self.deps.pool, self.connection_id, calendar.id)
-        window, moved = window_for(self.settings, state, self.deps.now())
-        link = None if moved else state.cursor.get("delta_link")
-        masters: dict[str, str] = dict(state.cursor.get("master_uids") or {})
-        full = link is None
-        round_ = None
-        if link:
-            try:
-                round_ = await self.client.delta(calendar.ref, delta_link=link)
-            except SyncTokenExpired:
-                full = True
-        if round_ is None:
-            round_ = await self.client.delta(calendar.ref, start=window.start, end=window.end)
-        await self.heartbeat()
-        if not full and not round_.items:
-            if round_.delta_link and round_.delta_link != link:
-                async with self.deps.pool.acquire() as conn, conn.transaction():
-                    await save_state(conn, self.connection_id, calendar.id, {"delta_link": round_.delta_link, "master_uids": masters}, window)
-            return CalendarResult(not_modified=True)
-        for item in round_.items:
+    async def rows(self, calendar: ProviderCalendar, found: Listing, window: ical.Window) -> dict[Key, Any]:
+        assert found.cursor is not None
+        masters: dict[str, str] = found.cursor["master_uids"]
+        for item in found.items:
             master = item.get("seriesMasterId")
             if master and master not in masters and "@removed" not in item:
                 try:
@@ -610,26 +597,11 @@ class GraphSyncer(Syncer):
                 except NotFoundError:
                     uid = None
                 masters[master] = uid or item.get("iCalUId") or master
-        now = self.deps.now()
-        rows: dict[Key, Any] = {}
-        ids = []
-        for item in round_.items:
-            ids.append(item["id"])
-            inst = graph_instance(item, masters)
-            if inst is None or not (inst.start_at < window.end and inst.end_at > window.start):
-                continue
-            rows[(inst.uid, inst.recurrence_id)] = row_for(
-                inst, connection_id=self.connection_id, calendar_id=calendar.id, provider_event_id=item["id"], updated_at=now
-            )
-        changes = await self.apply(
-            calendar.id,
-            rows,
-            window=window,
-            cursor={"delta_link": round_.delta_link, "master_uids": masters},
-            provider_ids=ids,
-            full=full,
-        )
-        return CalendarResult(len(changes.created), len(changes.updated), len(changes.deleted), not_modified=changes.empty and not full)
+        return await super().rows(calendar, found, window)
+
+    async def instance(self, item: dict[str, Any], found: Listing) -> ical.Instance | None:
+        assert found.cursor is not None
+        return graph_instance(item, found.cursor["master_uids"])
 
 
 SYNCERS: dict[str, type[Syncer]] = {
@@ -644,17 +616,13 @@ SYNCERS: dict[str, type[Syncer]] = {
 async def purge_vanished_calendars(deps: SyncDeps, details: ConnectionDetails, current: list[ProviderCalendar]) -> int:
     """Calendars the provider no longer lists: their rows go (one event each)."""
     keep = {c.id for c in current}
-    known = await deps.pool.fetch(
-        "SELECT DISTINCT calendar_id FROM sync.calendar_state WHERE connection_id = $1", details.id
-    )
-    gone = [r["calendar_id"] for r in known if r["calendar_id"] not in keep]
+    gone = [c for c in await db.synced_calendar_ids(deps.pool, details.id) if c not in keep]
     for calendar_id in gone:
         async with deps.pool.acquire() as conn, conn.transaction():
-            if not await lock_connection(conn, details.id):
+            if not await db.lock_connection(conn, details.id):
                 raise ConnectionGone(details.id)
-            await purge_calendar(conn, details.id, calendar_id)
-            await conn.execute("DELETE FROM sync.calendar_state WHERE connection_id = $1 AND calendar_id = $2", details.id, calendar_id)
-            await conn.execute("DELETE FROM sync.source_objects WHERE connection_id = $1 AND calendar_id = $2", details.id, calendar_id)
+            await db.purge_calendar(conn, details.id, calendar_id)
+            await db.forget_calendar(conn, details.id, calendar_id)
             await deps.store.append(
                 conn,
                 stream_id_for(details.id, calendar_id),

@@ -24,15 +24,9 @@ from calmesh_common.events.sync import PROJECTION_EVENT_TYPES
 from calmesh_common.settings import Settings
 from calmesh_common.streams import stream_name
 
+from . import store
 from .projection import apply_event, decode_projection_event
-
-SCRATCH = "sync.event_instances_rebuild"
-COLUMNS = (
-    "event_id, user_id, connection_id, calendar_id, uid, recurrence_id, recurring_event_id, provider_event_id, title,"
-    " description, location, start_at, end_at, all_day, start_date, end_date, status, transparency, updated_at, fingerprint,"
-    " booking_id"
-)
-
+from .store import SCRATCH
 
 @dataclass
 class RebuildReport:
@@ -51,7 +45,7 @@ class RebuildReport:
 async def wait_outbox_drained(conn: asyncpg.Connection, timeout: float = 30.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while await conn.fetchval("SELECT count(*) FROM sync.outbox WHERE published_at IS NULL"):
+    while await store.unpublished_outbox(conn):
         if loop.time() > deadline:
             raise RuntimeError("the sync outbox did not drain; is a sync service (its outbox relay) running?")
         await asyncio.sleep(0.1)
@@ -104,24 +98,14 @@ async def rebuild_projection(settings: Settings, *, check: bool) -> RebuildRepor
         js = nc.jetstream()
         async with conn.transaction():
             if not check:
-                # Writers wait until the swap is done; reads go on.
-                await conn.execute("LOCK TABLE sync.event_instances IN EXCLUSIVE MODE")
+                await store.lock_projection(conn)  # writers wait until the swap is done; reads go on
             await wait_outbox_drained(conn)
-            await conn.execute(f"DROP TABLE IF EXISTS {SCRATCH}")
-            await conn.execute(f"CREATE TABLE {SCRATCH} (LIKE sync.event_instances INCLUDING ALL)")
+            await store.create_scratch(conn)
             events = await replay(js, conn)
-            live = await conn.fetchval("SELECT count(*) FROM sync.event_instances")
-            rebuilt = await conn.fetchval(f"SELECT count(*) FROM {SCRATCH}")
-            missing = await conn.fetchval(
-                f"SELECT count(*) FROM (SELECT {COLUMNS} FROM sync.event_instances EXCEPT SELECT {COLUMNS} FROM {SCRATCH}) d"
-            )
-            extra = await conn.fetchval(
-                f"SELECT count(*) FROM (SELECT {COLUMNS} FROM {SCRATCH} EXCEPT SELECT {COLUMNS} FROM sync.event_instances) d"
-            )
+            live, rebuilt, missing, extra = await store.compare_scratch(conn)
             if not check:
-                await conn.execute("DELETE FROM sync.event_instances")
-                await conn.execute(f"INSERT INTO sync.event_instances ({COLUMNS}) SELECT {COLUMNS} FROM {SCRATCH}")
-            await conn.execute(f"DROP TABLE {SCRATCH}")
+                await store.replace_with_scratch(conn)
+            await store.drop_scratch(conn)
         return RebuildReport(events, live, rebuilt, missing, extra, replaced=not check)
     finally:
         await nc.drain()

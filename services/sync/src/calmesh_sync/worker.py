@@ -34,6 +34,7 @@ from calmesh_common.events.sync import SyncCompleted, SyncFailed, SyncProgressed
 from calmesh_common.logging import get_logger
 from calmesh_common.tracing import extract_context, tracer
 
+from . import store
 from .engine import ConnectionGone, SyncDeps, sync_connection
 from calmesh_providers import AuthError, ExpansionLimitError, NotFoundError, ProviderError, RevokedError, SourceError, TransientError
 
@@ -41,10 +42,6 @@ log = get_logger(__name__)
 
 CONSUMER_NAME = "sync-workers"
 _job_decoder = msgspec.json.Decoder(SyncJob)
-
-
-def lock_key_sql() -> str:
-    return "hashtextextended('calmesh-sync:' || $1, 0)"
 
 
 class JobOutcome:
@@ -86,7 +83,7 @@ async def run_job(
     lock_conn: asyncpg.Connection = await deps.pool.acquire()
     heartbeat_task: asyncio.Task[None] | None = None
     try:
-        got = await lock_conn.fetchval(f"SELECT pg_try_advisory_lock({lock_key_sql()})", job.connection_id)
+        got = await store.try_job_lock(lock_conn, job.connection_id)
         if not got:
             return JobOutcome.BUSY, 1.0 + random.random()
         try:
@@ -94,7 +91,7 @@ async def run_job(
                 heartbeat_task = asyncio.create_task(_heartbeats(heartbeat_msg, deps.settings.sync_job_ack_wait_seconds))
             return await _run_locked(deps, job, delivery, lock_conn)
         finally:
-            await lock_conn.execute(f"SELECT pg_advisory_unlock({lock_key_sql()})", job.connection_id)
+            await store.release_job_lock(lock_conn, job.connection_id)
     finally:
         if heartbeat_task is not None:
             heartbeat_task.cancel()
@@ -111,17 +108,9 @@ async def _heartbeats(msg: Msg, ack_wait: float) -> None:
 
 
 async def _run_locked(deps: SyncDeps, job: SyncJob, delivery: int, conn: asyncpg.Connection) -> tuple[str, float | None]:
-    removed = await conn.fetchval("SELECT 1 FROM sync.removed_connections WHERE connection_id = $1", job.connection_id)
-    if removed:
+    if await store.connection_removed(conn, job.connection_id):
         return JobOutcome.SKIPPED, None
-    later = await conn.fetchval(
-        "SELECT 1 FROM sync.sync_runs WHERE connection_id = $1 AND sync_id <> $2 AND started_at > $3"
-        " AND outcome IN ('completed', 'failed') LIMIT 1",
-        job.connection_id,
-        job.sync_id,
-        job.requested_at,
-    )
-    if later:
+    if await store.finished_later(conn, job.connection_id, job.sync_id, job.requested_at):
         return JobOutcome.SKIPPED, None
     try:
         details = await deps.connections.connection(job.connection_id)
@@ -136,10 +125,9 @@ async def _run_locked(deps: SyncDeps, job: SyncJob, delivery: int, conn: asyncpg
         return JobOutcome.SKIPPED, None
 
     started = deps.now()
-    run_id = await conn.fetchval(
-        "INSERT INTO sync.sync_runs (sync_id, connection_id, worker_id, reason, requested_at, started_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-        job.sync_id, job.connection_id, deps.worker_id, job.reason, job.requested_at, started,
+    run_id = await store.start_run(
+        conn, sync_id=job.sync_id, connection_id=job.connection_id, worker_id=deps.worker_id, reason=job.reason,
+        requested_at=job.requested_at, started_at=started,
     )
     stream = f"sync:{job.sync_id}"
     await append_lifecycle(
@@ -175,7 +163,7 @@ async def _run_locked(deps: SyncDeps, job: SyncJob, delivery: int, conn: asyncpg
             rediscover=job.reason != "push",
         )
     except ConnectionGone:
-        await _finish_run(conn, run_id, "removed", None)
+        await store.finish_run(conn, run_id, "removed", None)
         return JobOutcome.SKIPPED, None
     except asyncio.CancelledError:
         raise
@@ -198,7 +186,7 @@ async def _run_locked(deps: SyncDeps, job: SyncJob, delivery: int, conn: asyncpg
                 retry_at=deps.now() + timedelta(seconds=retry) if retry is not None else None,
             ),
         )
-        await _finish_run(conn, run_id, "failed", message)
+        await store.finish_run(conn, run_id, "failed", message)
         return (JobOutcome.RETRY, retry) if retry is not None else (JobOutcome.FAILED, None)
     await append_lifecycle(
         deps, stream, details.user_id,
@@ -208,21 +196,10 @@ async def _run_locked(deps: SyncDeps, job: SyncJob, delivery: int, conn: asyncpg
             calendars=result.calendars, warning=result.warning,
         ),
     )
-    await _finish_run(conn, run_id, "completed", None)
+    await store.finish_run(conn, run_id, "completed", None)
     if deps.metrics is not None:
         deps.metrics.sync_finished(details.provider, "completed", time.monotonic() - clock)
     return JobOutcome.DONE, None
-
-
-async def _finish_run(conn: asyncpg.Connection, run_id: int, outcome: str, error: str | None) -> None:
-    connection_id = await conn.fetchval(
-        "UPDATE sync.sync_runs SET finished_at = now(), outcome = $2, error = $3 WHERE id = $1 RETURNING connection_id",
-        run_id, outcome, error,
-    )
-    # The record of runs is for operations and coalescing: a week of it is plenty.
-    await conn.execute(
-        "DELETE FROM sync.sync_runs WHERE connection_id = $1 AND started_at < now() - interval '7 days'", connection_id
-    )
 
 
 class SyncWorker:

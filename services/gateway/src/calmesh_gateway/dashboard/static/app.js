@@ -154,9 +154,21 @@ async function refreshRegions() {
   const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
   for (const region of document.querySelectorAll("[data-region]")) {
     const replacement = fresh.getElementById(region.id);
-    if (replacement) region.replaceWith(replacement);
+    if (replacement) { region.replaceWith(replacement); labelCells(replacement); }
   }
 }
+
+// At a phone's width a table's rows become cards (app.css) and its header row is hidden: each cell
+// is labelled with its column's header (not the visually hidden "Actions").
+function labelCells(root) {
+  for (const table of root.querySelectorAll("table")) {
+    const heads = [...table.querySelectorAll("thead th")].map((th) => (th.querySelector(".sr") ? "" : th.textContent.trim()));
+    for (const row of table.querySelectorAll("tbody tr")) {
+      [...row.children].forEach((cell, i) => { if (heads[i]) cell.dataset.label = heads[i]; });
+    }
+  }
+}
+labelCells(document);
 
 async function afterSuccess(el, result) {
   if (el.dataset.follow && result.data && result.data[el.dataset.follow]) {
