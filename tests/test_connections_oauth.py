@@ -645,3 +645,32 @@ async def test_provider_not_configured_names_the_settings(database_url: str) -> 
                     problem = r.json()
                     assert problem["code"] == "provider_not_configured"
                     assert f"{prefix}_CLIENT_ID" in problem["detail"] and f"{prefix}_CLIENT_SECRET" in problem["detail"]
+
+
+async def test_a_forced_token_refresh_repeated_with_one_idempotency_key_refreshes_once(env: Env) -> None:
+    """POST /internal/connections/{id}/access-token honours Idempotency-Key: sync's retry of a
+    forced refresh whose answer was lost gets the first token, and the provider sees one refresh.
+    The kept answer holds the token, so it is stored sealed, never in clear."""
+    env.fresh_accounts()
+    env.google.calendar("ivy@example.com", "Ivy", primary=True)
+    async with env.user("g_idem") as api:
+        flow = await authorize(env, api, "google")
+        cid = flow["response"].json()["id"]
+        await wait_synced(env, api, cid)
+    async with env.platform.client() as internal:
+        path = f"/internal/connections/{cid}/access-token"
+        before = env.oauth.refreshes()
+        first = await internal.post(path, json={"force_refresh": True}, headers={"Idempotency-Key": "refresh-1"})
+        again = await internal.post(path, json={"force_refresh": True}, headers={"Idempotency-Key": "refresh-1"})
+        assert first.status_code == again.status_code == 200, (first.text, again.text)
+        assert again.json() == first.json() and again.headers.get("idempotent-replayed") == "true"
+        assert env.oauth.refreshes() == before + 1
+        # Another key is another refresh; the same key for a plain read is another request (422).
+        fresh = await internal.post(path, json={"force_refresh": True}, headers={"Idempotency-Key": "refresh-2"})
+        assert fresh.status_code == 200 and fresh.json()["access_token"] != first.json()["access_token"]
+        assert env.oauth.refreshes() == before + 2
+        reused = await internal.post(path, json={}, headers={"Idempotency-Key": "refresh-1"})
+        assert reused.status_code == 422 and reused.json()["code"] == "idempotency_key_reused"
+        kept = await env.db.fetchval("SELECT body FROM connections.idempotency_keys WHERE scope = $1 AND key = 'refresh-1'",
+                                     f"internal:{cid}")
+        assert kept and first.json()["access_token"].encode() not in bytes(kept)

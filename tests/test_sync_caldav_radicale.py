@@ -285,19 +285,26 @@ async def test_event_writes_put_and_delete_at_radicale(stack: Any, server: Radic
         objects["series.ics"] = data
 
 
+def connect_calendar(stack: Any, server: Radicale, name: str) -> tuple[str, str, str]:
+    """A new user with an active CalDAV connection to a new calendar `name` at the server:
+    (user id, connection id, calendar id)."""
+    server.make_calendar(name, name.capitalize())
+    with as_user(stack) as api:
+        user_id = api.headers["x-calmesh-user-id"]
+        r = api.post("/api/v1/connections/caldav", json={"url": server.url + f"/{server.username}/{name}/",
+                                                         "username": server.username, "password": server.password})
+        assert r.status_code == 201, r.text
+        cid, calendar_id = r.json()["id"], r.json()["calendars"][0]["id"]
+        assert wait_connection(api, cid)["status"] == "active"
+    return user_id, cid, calendar_id
+
+
 async def test_a_bookings_event_is_written_exactly_once_and_moved_in_place(stack: Any, server: Radicale,
                                                                            database_url: str) -> None:
     """The reservation row is filled in by the provider write (one row); a repeat with the same
     Idempotency-Key gets the first answer; a repeat whose answer was lost (no key kept) finds the
     same CalDAV object; a move is a PUT of that object (same UID, SEQUENCE + 1)."""
-    server.make_calendar("exact", "Exact")
-    with as_user(stack) as api:
-        user_id = api.headers["x-calmesh-user-id"]
-        r = api.post("/api/v1/connections/caldav", json={"url": server.url + f"/{server.username}/exact/",
-                                                         "username": server.username, "password": server.password})
-        assert r.status_code == 201, r.text
-        cid, calendar_id = r.json()["id"], r.json()["calendars"][0]["id"]
-        assert wait_connection(api, cid)["status"] == "active"
+    user_id, cid, calendar_id = connect_calendar(stack, server, "exact")
     start = (datetime.now(UTC) + timedelta(days=5)).replace(hour=10, minute=0, second=0, microsecond=0)
     when = {"start": start.strftime("%Y-%m-%dT%H:%M:%SZ"), "end": (start + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ")}
     booking_id = "bk_exactlyonce" + uuid.uuid4().hex[:8]
@@ -340,3 +347,58 @@ async def test_a_bookings_event_is_written_exactly_once_and_moved_in_place(stack
         assert sync.delete(f"/internal/events/{first.json()['id']}", params={"user_id": user_id}).status_code == 204
         assert not [d for d in server.objects("exact").values() if booking_id in d]
         assert sync.delete(f"/internal/events/{first.json()['id']}", params={"user_id": user_id}).status_code == 404
+
+
+async def test_every_internal_write_repeated_with_one_idempotency_key_changes_nothing_twice(
+        stack: Any, server: Radicale, database_url: str) -> None:
+    """Sync's internal writes honour Idempotency-Key (docs/contracts.md): a repeated POST
+    /internal/events is one event on Radicale (no booking_id: its UID is fresh per write, so only the
+    key holds it to one), two PATCHes with one key are one move at the provider (SEQUENCE 1, not 2),
+    a repeated DELETE is a no-op answering the first 204, and a repeated PUT or DELETE of a
+    reservation gets the first answer."""
+    user_id, cid, calendar_id = connect_calendar(stack, server, "keyed")
+    tag = uuid.uuid4().hex[:8]
+    start = (datetime.now(UTC) + timedelta(days=6)).replace(hour=9, minute=0, second=0, microsecond=0)
+    z = "%Y-%m-%dT%H:%M:%SZ"
+
+    def keyed(name: str) -> dict[str, str]:
+        return {"Idempotency-Key": f"{name}-{tag}"}
+
+    with internal(stack, "sync") as sync:
+        body = {"user_id": user_id, "connection_id": cid, "calendar_id": calendar_id, "title": f"Keyed {tag}",
+                "start": start.strftime(z), "end": (start + timedelta(hours=1)).strftime(z)}
+        first = sync.post("/internal/events", json=body, headers=keyed("create"))
+        again = sync.post("/internal/events", json=body, headers=keyed("create"))
+        assert first.status_code == again.status_code == 201, (first.text, again.text)
+        assert again.json() == first.json() and again.headers.get("idempotent-replayed") == "true"
+        assert len([d for d in server.objects("keyed").values() if f"Keyed {tag}" in d]) == 1
+        other = sync.post("/internal/events", json={**body, "title": "else"}, headers=keyed("create"))
+        assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused"
+
+        event_id = first.json()["id"]
+        later = start + timedelta(hours=2)
+        move = {"user_id": user_id, "start": later.strftime(z), "end": (later + timedelta(hours=1)).strftime(z)}
+        moved = [sync.patch(f"/internal/events/{event_id}", json=move, headers=keyed("move")) for _ in range(2)]
+        assert [m.status_code for m in moved] == [200, 200], moved[0].text
+        assert moved[1].json() == moved[0].json() and moved[1].headers.get("idempotent-replayed") == "true"
+        text = next(d for d in server.objects("keyed").values() if f"Keyed {tag}" in d).replace("\r\n ", "")
+        assert "SEQUENCE:1" in text and "SEQUENCE:2" not in text  # one PUT at the provider
+
+        params = {"user_id": user_id}
+        gone = [sync.delete(f"/internal/events/{event_id}", params=params, headers=keyed("delete")) for _ in range(2)]
+        assert [g.status_code for g in gone] == [204, 204]
+        assert gone[1].headers.get("idempotent-replayed") == "true"
+        assert not [d for d in server.objects("keyed").values() if f"Keyed {tag}" in d]
+        assert sync.delete(f"/internal/events/{event_id}", params=params).status_code == 404  # unkeyed: gone
+
+        booking_id = f"bk_keyed{tag}"
+        held = {"user_id": user_id, "connection_id": cid, "calendar_id": calendar_id, "title": "Held",
+                "start": start.strftime(z), "end": (start + timedelta(minutes=30)).strftime(z)}
+        put = [sync.put(f"/internal/reservations/{booking_id}", json=held, headers=keyed("reserve")) for _ in range(2)]
+        assert [p.status_code for p in put] == [201, 201]  # unkeyed, the repeat would answer 200
+        assert put[1].json() == put[0].json() and put[1].headers.get("idempotent-replayed") == "true"
+        assert len([r for r in await projection(database_url, cid) if r["booking_id"] == booking_id]) == 1
+        freed = [sync.delete(f"/internal/reservations/{booking_id}", params=params, headers=keyed("release"))
+                 for _ in range(2)]
+        assert [f.status_code for f in freed] == [204, 204] and freed[1].headers.get("idempotent-replayed") == "true"
+        assert not [r for r in await projection(database_url, cid) if r["booking_id"] == booking_id]

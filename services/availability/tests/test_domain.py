@@ -279,11 +279,6 @@ def test_the_default_write_target_is_the_first_writable_source() -> None:
     assert calendar(sources=reordered[:1]).default_write_target() is None
 
 
-def test_the_idempotency_fingerprint_ignores_key_order_and_spacing() -> None:
-    assert domain.body_fingerprint(b'{"a": 1, "b": 2}') == domain.body_fingerprint(b'{"b":2,"a":1}')
-    assert domain.body_fingerprint(b'{"a": 1}') != domain.body_fingerprint(b'{"a": 2}')
-
-
 # --- conflicts: bounded, and equal to a brute-force oracle ----------------------------------------
 
 from hypothesis import given  # noqa: E402

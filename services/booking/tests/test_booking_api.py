@@ -508,7 +508,7 @@ async def test_idempotency_keys_are_forgotten_after_a_day(bk: BookingHarness) ->
             f"INSERT INTO {bk.schema}.idempotency_keys (scope, key, request_hash, status_code, body, created_at)"
             " VALUES ('t', 'old', 'h', 201, '{}', now() - interval '25 hours'),"
             "        ('t', 'new', 'h', 201, '{}', now() - interval '1 hour')")
-        await ctx.store.forget_idempotency_keys(conn, datetime.now(UTC) - timedelta(hours=24))
+        await ctx.store.keys.expire(conn, datetime.now(UTC))
         left = await conn.fetch(f"SELECT key FROM {bk.schema}.idempotency_keys WHERE scope = 't'")
     assert [r["key"] for r in left] == ["new"]
 

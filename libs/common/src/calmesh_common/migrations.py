@@ -6,7 +6,7 @@ The common event-store tables (this package's ``migrations/``) come first, under
 do not race. ``{schema}`` in a file is replaced by the schema's name.
 
 What several services keep in their own schema in one shape (the ``user_plans`` table of
-`calmesh_common.plans`) is written once, in this package's ``migrations/shared/NAME.sql``. A service
+`calmesh_common.plans`, the ``idempotency_keys`` table of `calmesh_common.idempotency`) is written once, in this package's ``migrations/shared/NAME.sql``. A service
 takes it with a migration file of its own, numbered in its own order, holding the line
 ``\\include NAME``: the runner reads the shared file in its place. A migration is known by its file
 name (``schema_migrations`` records names, not contents), so a database that applied the table from
@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 import asyncpg
+
 
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _INCLUDE = re.compile(r"^\\include\s+(\S*)\s*$", re.MULTILINE)

@@ -11,6 +11,7 @@ Reads are one indexed query on the projection plus a cached calendar lookup; no 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from concurrent.futures import Executor
 from functools import partial
 from typing import Annotated, Any
@@ -22,9 +23,11 @@ from litestar.datastructures import State
 from litestar.openapi import ResponseSpec
 from litestar.params import Parameter
 
+from calmesh_common.idempotency import HEADER as IDEMPOTENCY_HEADER
+from calmesh_common.idempotency import Answer, Keys, canonical_json, check_key
+from calmesh_common.idempotency import response as kit_response
 from calmesh_common.logging import get_logger
 from calmesh_common.problems import FieldError, Problem, ProblemDocument
-from calmesh_common.retryafter import retry_after
 from calmesh_common.service import SECRET_HEADER, Caller, ServiceDeps, caller_from_headers
 from calmesh_common.tracing import inject_headers
 
@@ -46,9 +49,7 @@ log = get_logger(__name__)
 
 #: Event writes reach the provider (CalDAV, Google, Graph): allow them time.
 WRITE_TIMEOUT_SECONDS = 30.0
-IDEMPOTENCY_TTL_SECONDS = 24 * 3600
-#: A claimed key whose request has not finished after this long is taken over by a repeat.
-IDEMPOTENCY_STALE_SECONDS = 120
+IDEMPOTENCY = Keys("availability")
 WRITE_SCOPES = ("write", "full")
 
 Q = Parameter  # keeps the signatures readable
@@ -294,46 +295,20 @@ class CalendarRoutes(Controller):
         on the provider, then answers 201 with it; the next query shows it. ``start``/``end`` as two
         dates make an all-day event."""
         _require_write(caller)
-        if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
-            raise domain.bad_param("Idempotency-Key", "1 to 255 characters")
+        check_key(idempotency_key)
         assert deps.pool is not None
-        request_hash = ""
-        if idempotency_key:
-            request_hash = domain.query_fingerprint(request.url.path) + domain.body_fingerprint(await request.body())
-            held = await store.claim_idempotency_key(
-                deps.pool, caller.user_id, idempotency_key, request_hash,
-                ttl_seconds=IDEMPOTENCY_TTL_SECONDS, stale_seconds=IDEMPOTENCY_STALE_SECONDS,
-            )
-            if held is not None:
-                if held.request_hash != request_hash:
-                    raise Problem(422, "idempotency_key_reused",
-                                  "This Idempotency-Key was used with another request body.")
-                if held.status_code is None:
-                    raise Problem(409, "idempotency_in_progress",
-                                  "A request with this Idempotency-Key is still being processed.",
-                                  headers=retry_after(1))
-                return Response(held.response or b"", status_code=held.status_code,
-                                media_type=_media_type(held.status_code), headers={"Idempotent-Replayed": "true"})
-        try:
-            status, body = await self._create(request, slug, caller, deps, data)
-        except Problem as problem:
-            if idempotency_key and problem.status < 500 and problem.status not in (404, 409, 429):
-                # A refusal about this body is the answer to this key; 404/409/429/5xx may change.
-                await store.complete_idempotency_key(deps.pool, caller.user_id, idempotency_key, problem.status,
-                                                     msgspec.json.encode(problem.body()))
-            elif idempotency_key:
-                await store.release_idempotency_key(deps.pool, caller.user_id, idempotency_key)
-            raise
-        except BaseException:
-            if idempotency_key:
-                await store.release_idempotency_key(deps.pool, caller.user_id, idempotency_key)
-            raise
-        if idempotency_key:
-            await store.complete_idempotency_key(deps.pool, caller.user_id, idempotency_key, status, body)
-        return Response(body, status_code=status, media_type="application/json")
+        body_digest = hashlib.sha256(canonical_json(await request.body())).hexdigest()
+        req_hash = domain.query_fingerprint(request.url.path) + body_digest
+
+        async def create() -> Answer:
+            status, body = await self._create(request, slug, caller, deps, data, idempotency_key)
+            return Answer(status, body)
+
+        return kit_response(await IDEMPOTENCY.run(deps.pool, caller.user_id, idempotency_key, req_hash, create))
 
     async def _create(
         self, request: Request[Any, Any, State], slug: str, caller: Caller, deps: ServiceDeps, data: EventCreate,
+        idempotency_key: str | None,
     ) -> tuple[int, bytes]:
         cal = await _directory(request).get(caller.user_id, slug)
         new = domain.validate_new_event(data, cal.tz)
@@ -366,7 +341,9 @@ class CalendarRoutes(Controller):
                 payload[name] = getattr(new, name)
         if new.attendees:
             payload["attendees"] = new.attendees
-        response = await _sync_call(request, deps, "POST", "/internal/events", json=payload)
+        # The caller's key, passed on: a retry of this request is one write at the provider.
+        response = await _sync_call(request, deps, "POST", "/internal/events", json=payload,
+                                    key=f"availability:{idempotency_key}" if idempotency_key else None)
         if response.status_code != 201:
             raise _problem_from(response, "The event could not be created")
         try:
@@ -400,19 +377,20 @@ class CalendarRoutes(Controller):
             raise Problem(422, "read_only_source",
                           f"The event belongs to a read-only source ({source.name or source.calendar_id}).")
         response = await _sync_call(request, deps, "DELETE", f"/internal/events/{quote(event_id, safe='')}",
-                                    params={"user_id": caller.user_id})
+                                    params={"user_id": caller.user_id},
+                                    # this row's deletion: an event of the same id written again later is another
+                                    key=f"availability-delete:{event_id}:{found['updated_at'].isoformat()}")
         if response.status_code not in (200, 204):
             raise _problem_from(response, "The event could not be deleted")
 
 
-def _media_type(status: int) -> str:
-    return "application/json" if status < 400 else "application/problem+json"
-
-
 async def _sync_call(request: Request[Any, Any, State], deps: ServiceDeps, method: str, path: str,
-                     **kwargs: Any) -> Any:
+                     key: str | None = None, **kwargs: Any) -> Any:
+    """A call of sync's internal write API; `key` (its Idempotency-Key) makes a repeat one write."""
     assert deps.http is not None
     headers = {SECRET_HEADER: deps.settings.internal_secret}
+    if key:
+        headers[IDEMPOTENCY_HEADER] = key[:255]
     request_id = request.headers.get("x-request-id")
     if request_id:
         headers["x-request-id"] = request_id

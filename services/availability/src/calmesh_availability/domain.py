@@ -689,14 +689,5 @@ def validate_new_event(body: EventCreate, tz: ZoneInfo) -> NewEvent:
                     location=body.location, attendees=attendees)
 
 
-def body_fingerprint(body: bytes) -> str:
-    """Digest of a JSON body that ignores key order and white space (for Idempotency-Key)."""
-    try:
-        canonical = msgspec.json.encode(msgspec.json.decode(body), order="sorted")
-    except msgspec.DecodeError:
-        canonical = body
-    return hashlib.sha256(canonical).hexdigest()
-
-
 def to_epoch_datetime(ts: int) -> datetime:
     return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=ts)

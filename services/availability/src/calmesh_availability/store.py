@@ -1,5 +1,5 @@
 """asyncpg: the reads of the merged-events projection ``sync.event_instances`` (owned and written by
-the sync service; this service only reads it) and this service's own ``idempotency_keys``.
+the sync service; this service only reads it); this service's own ``idempotency_keys`` are calmesh_common.idempotency's.
 
 Every read is one statement, so it sees one snapshot: a sync applies one calendar's changes in one
 transaction, so a read never sees half of a sync. Each source is read through the projection's
@@ -101,7 +101,7 @@ def _events_sql(include_cancelled: bool, keyset: bool) -> str:
 EVENTS_SQL = {(c, k): _events_sql(c, k) for c in (False, True) for k in (False, True)}
 
 FIND_EVENT_SQL = f"""
-    SELECT ei.event_id, ei.connection_id, ei.calendar_id
+    SELECT ei.event_id, ei.connection_id, ei.calendar_id, ei.updated_at
     FROM unnest($2::text[], $3::text[]) AS src(connection_id, calendar_id)
     JOIN {PROJECTION} ei ON ei.connection_id = src.connection_id AND ei.calendar_id = src.calendar_id
     WHERE ei.user_id = $1 AND ei.event_id = $4
@@ -220,69 +220,3 @@ async def find_event(
 
 def _from_micros(us: int) -> datetime:
     return to_epoch_datetime(0) + timedelta(microseconds=us)
-
-
-# --- Idempotency-Key ------------------------------------------------------------------------------
-
-
-class IdempotencyRecord:
-    __slots__ = ("request_hash", "response", "status_code")
-
-    def __init__(self, request_hash: str, status_code: int | None, response: bytes | None) -> None:
-        self.request_hash = request_hash
-        self.status_code = status_code
-        self.response = response
-
-
-async def claim_idempotency_key(
-    pool: asyncpg.Pool, user_id: str, key: str, request_hash: str, *, ttl_seconds: int, stale_seconds: int,
-) -> IdempotencyRecord | None:
-    """Claim `key` for a new request (None), or return what holds it: a finished request (with its
-    response) or one still in flight (``status_code`` None). Expired keys are forgotten; a claim
-    left in flight longer than `stale_seconds` (its request died) is taken over."""
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            "DELETE FROM idempotency_keys WHERE user_id = $1 AND created_at < now() - make_interval(secs => $2)",
-            user_id, ttl_seconds,
-        )
-        inserted = await conn.fetchval(
-            "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES ($1, $2, $3)"
-            " ON CONFLICT (user_id, key) DO NOTHING RETURNING 1",
-            user_id, key, request_hash,
-        )
-        if inserted:
-            return None
-        row = await conn.fetchrow(
-            "SELECT request_hash, status_code, response, created_at < now() - make_interval(secs => $3) AS stale"
-            " FROM idempotency_keys WHERE user_id = $1 AND key = $2 FOR UPDATE",
-            user_id, key, stale_seconds,
-        )
-        if row is None:  # deleted between the insert and the select: try once more
-            await conn.execute(
-                "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES ($1, $2, $3)"
-                " ON CONFLICT (user_id, key) DO NOTHING", user_id, key, request_hash,
-            )
-            return None
-        if row["status_code"] is None and row["stale"] and row["request_hash"] == request_hash:
-            await conn.execute(
-                "UPDATE idempotency_keys SET created_at = now() WHERE user_id = $1 AND key = $2", user_id, key
-            )
-            return None
-        return IdempotencyRecord(row["request_hash"], row["status_code"], row["response"])
-
-
-async def complete_idempotency_key(
-    pool: asyncpg.Pool, user_id: str, key: str, status_code: int, response: bytes,
-) -> None:
-    await pool.execute(
-        "UPDATE idempotency_keys SET status_code = $3, response = $4, completed_at = now()"
-        " WHERE user_id = $1 AND key = $2",
-        user_id, key, status_code, response,
-    )
-
-
-async def release_idempotency_key(pool: asyncpg.Pool, user_id: str, key: str) -> None:
-    """Forget an in-flight claim whose request failed in a way worth retrying."""
-    await pool.execute(
-        "DELETE FROM idempotency_keys WHERE user_id = $1 AND key = $2 AND status_code IS NULL", user_id, key
-    )

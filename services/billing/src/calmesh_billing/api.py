@@ -9,6 +9,7 @@ from litestar import Controller, Response, get, post
 from litestar.enums import RequestEncodingType
 from litestar.params import Body, Parameter
 
+from calmesh_common.idempotency import REPLAYED_HEADER, Answer, Keys, json_answer, response
 from calmesh_common.logging import get_logger
 from calmesh_common.plans import limits_for
 from calmesh_common.problems import FieldError, Problem
@@ -78,6 +79,10 @@ async def _status(deps: ServiceDeps, user_id: str) -> BillingStatus:
     )
 
 
+#: How long a repeat of a checkout in flight waits for its answer (Mollie answers within seconds).
+CHECKOUT_WAIT_SECONDS = 10.0
+
+
 class BillingController(Controller):
     path = "/api/v1/billing"
     tags = ["billing"]
@@ -95,41 +100,31 @@ class BillingController(Controller):
         idempotency_key: str | None = Parameter(
             header="Idempotency-Key", default=None, description="A repeat with the same key and body gets the first answer"
         ),
-    ) -> Checkout:
+    ) -> Response[Checkout]:
         if not data.redirect_url.startswith(("https://", "http://")):
             raise Problem(422, "invalid_redirect_url", "redirect_url must be an absolute http or https URL.",
                           errors=[FieldError("redirect_url", "must be an absolute http or https URL")])
-        if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
-            raise Problem(400, "validation_error", "Idempotency-Key must be 1 to 255 characters.")
         billing = _billing(deps)
         request_hash = hashlib.sha256(msgspec.json.encode(data)).hexdigest()
-        if idempotency_key is not None:
-            async with billing.pool.acquire() as conn:
-                try:
-                    stored = await store.stored_answer(conn, billing.schema, caller.user_id, idempotency_key, request_hash)
-                except store.IdempotencyMismatch:
-                    raise Problem(422, "idempotency_key_reused",
-                                  "This Idempotency-Key was used with a different request; use a new key.") from None
-            if stored is not None:
-                return msgspec.json.decode(stored, type=Checkout)
-        try:
-            url = await billing.subscribe(caller.user_id, data.plan, data.redirect_url, caller.handle,
-                                          idempotency_key=idempotency_key)
-        except BillingError as exc:
-            raise _problem(exc) from None
-        except MollieError as exc:
-            raise Problem(502, "payment_provider_unavailable", f"The payment provider failed: {exc}") from None
-        answer = Checkout(url)
-        if idempotency_key is not None:
-            async with billing.pool.acquire() as conn:
-                try:
-                    first = await store.store_answer(conn, billing.schema, caller.user_id, idempotency_key,
-                                                     request_hash, msgspec.json.encode(answer))
-                except store.IdempotencyMismatch:
-                    raise Problem(422, "idempotency_key_reused",
-                                  "This Idempotency-Key was used with a different request; use a new key.") from None
-            return msgspec.json.decode(first, type=Checkout)
-        return answer
+
+        async def checkout() -> Answer:
+            # Mollie is called with no transaction open; its own keys derive from ours.
+            try:
+                url = await billing.subscribe(caller.user_id, data.plan, data.redirect_url, caller.handle,
+                                              idempotency_key=idempotency_key)
+            except BillingError as exc:
+                raise _problem(exc) from None
+            except MollieError as exc:
+                raise Problem(502, "payment_provider_unavailable", f"The payment provider failed: {exc}") from None
+            return json_answer(201, Checkout(url))
+
+        # A double-clicked checkout waits for the first one's answer rather than a 409.
+        keys = Keys(billing.schema, wait=CHECKOUT_WAIT_SECONDS)
+        answer = await keys.run(billing.pool, caller.user_id, idempotency_key, request_hash, checkout)
+        if answer.status != 201:  # a refusal kept for the key, replayed
+            return response(answer)  # type: ignore[return-value]
+        return Response(msgspec.json.decode(answer.body, type=Checkout), status_code=201,
+                        headers={REPLAYED_HEADER: "true"} if answer.replayed else None)
 
     @post("/cancel", status_code=200, summary="Cancel: pro lasts until current_period_end")
     async def cancel(self, deps: ServiceDeps, caller: Caller) -> BillingStatus:

@@ -91,30 +91,3 @@ async def count_item(conn: asyncpg.Connection, schema: str, counter: str, item_i
         f" ON CONFLICT (user_id, counter) DO UPDATE SET value = greatest({schema}.usage.value + $3, 0)",
         user_id, counter, delta,
     )
-
-
-class IdempotencyMismatch(Exception):
-    """The key was used with a different request."""
-
-
-async def stored_answer(conn: asyncpg.Connection, schema: str, user_id: str, key: str, request_hash: str) -> bytes | None:
-    """The answer stored for `key` (None: unused). Raises IdempotencyMismatch for another request."""
-    row = await conn.fetchrow(
-        f"SELECT request_hash, body FROM {schema}.idempotency_keys WHERE user_id = $1 AND key = $2", user_id, key
-    )
-    if row is None:
-        return None
-    if row["request_hash"] != request_hash:
-        raise IdempotencyMismatch(key)
-    return bytes(row["body"])
-
-
-async def store_answer(conn: asyncpg.Connection, schema: str, user_id: str, key: str, request_hash: str, body: bytes) -> bytes:
-    """Store the first answer to `key`; returns the stored one (another request's, if it won)."""
-    await conn.execute(
-        f"INSERT INTO {schema}.idempotency_keys (user_id, key, request_hash, body) VALUES ($1, $2, $3, $4)"
-        " ON CONFLICT DO NOTHING",
-        user_id, key, request_hash, body,
-    )
-    stored = await stored_answer(conn, schema, user_id, key, request_hash)
-    return stored if stored is not None else body

@@ -15,6 +15,8 @@ from litestar import Controller, Request, Response, delete, get, patch, post
 from litestar.datastructures import State
 from litestar.exceptions import ValidationException
 
+from calmesh_common.idempotency import HEADER as IDEMPOTENCY_HEADER
+from calmesh_common.idempotency import request_hash, response
 from calmesh_common.problem_handler import problem_handler
 from calmesh_common.problems import FieldError, Problem
 from calmesh_common.service import Caller, caller_from_headers
@@ -26,7 +28,6 @@ from .domain import verify_cancel_signature
 from .handlers import Answer, BookingContext
 from .mail import when_text
 from .pages import EMBED_JS, PAGE_CSP, booking_page_html, cancel_page_html, message_page_html, verify_page_html
-from .store import request_hash
 
 T = TypeVar("T")
 
@@ -374,9 +375,7 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {ValidationException: validation_problem}
 
 
 def respond(result: Answer) -> Response[bytes]:
-    headers = {"Idempotent-Replayed": "true"} if result.replayed else None
-    media = "application/problem+json" if result.status >= 400 else "application/json"
-    return Response(result.body, status_code=result.status, media_type=media, headers=headers)
+    return response(result)
 
 
 def json_response(doc: Any, status: int = 200) -> Response[bytes]:
@@ -384,7 +383,7 @@ def json_response(doc: Any, status: int = 200) -> Response[bytes]:
 
 
 def _key(request: Request[Any, Any, Any]) -> str | None:
-    return request.headers.get("idempotency-key")
+    return request.headers.get(IDEMPOTENCY_HEADER)
 
 
 def provide_ctx(state: State) -> BookingContext:

@@ -117,17 +117,13 @@ def _mail_counter(deps: ServiceDeps) -> Callable[[str, str], None] | None:
     return count
 
 
-#: How long an Idempotency-Key's first answer is kept (a retry comes within minutes, not days).
-IDEMPOTENCY_KEY_LIFETIME = timedelta(hours=24)
-
-
 async def forget_old_idempotency_keys(ctx: BookingContext, every: float = 3600.0) -> None:
     """Hourly, drop the answers kept for Idempotency-Keys older than a day, and the mail counts
     older than the limits look."""
     while True:
         try:
             async with ctx.pool.acquire() as conn:
-                await ctx.store.forget_idempotency_keys(conn, ctx.clock() - IDEMPOTENCY_KEY_LIFETIME)
+                await ctx.store.keys.expire(conn, ctx.clock())
                 # The mail limits look back a day at most.
                 await ctx.store.forget_mail_sends(conn, ctx.clock() - timedelta(days=2))
         except (asyncpg.PostgresError, OSError) as exc:

@@ -16,6 +16,7 @@ import httpx
 import msgspec
 
 from calmesh_common.events import decode_envelope
+from calmesh_common.idempotency import HEADER as IDEMPOTENCY_HEADER
 from calmesh_common.service import SECRET_HEADER
 from calmesh_common.settings import Settings
 from calmesh_common.timefmt import rfc3339
@@ -275,7 +276,7 @@ class SyncEvents:
             body["booking_id"] = booking_id
         headers = _headers(self.settings)
         if idempotency_key:
-            headers["Idempotency-Key"] = idempotency_key
+            headers[IDEMPOTENCY_HEADER] = idempotency_key[:255]
         try:
             response = await self.http.post(
                 f"{self.settings.service_url('sync')}/internal/events", json=body, headers=headers, timeout=30.0,
@@ -286,15 +287,11 @@ class SyncEvents:
             return dict(response.json())
         raise _refusal(response)
 
-    async def delete(self, *, user_id: str, event_id: str) -> None:
-        """Delete the event on the provider and from the projection; one already gone is fine."""
-        try:
-            response = await self.http.delete(
-                f"{self.settings.service_url('sync')}/internal/events/{event_id}", params={"user_id": user_id},
-                headers=_headers(self.settings), timeout=30.0,
-            )
-        except httpx.HTTPError as exc:
-            raise DependencyUnavailable(f"sync: {exc!r}") from exc
+    async def delete(self, *, user_id: str, event_id: str, idempotency_key: str) -> None:
+        """Delete the event on the provider and from the projection; one already gone is fine. A
+        repeat with the same key is a no-op answering the first result."""
+        response = await self._call("DELETE", f"/internal/events/{event_id}", params={"user_id": user_id},
+                                    timeout=30.0, key=idempotency_key)
         if response.status_code in (200, 204, 404, 410):
             return
         raise _refusal(response)
@@ -303,25 +300,27 @@ class SyncEvents:
     # --- reservations: a booking's or hold's time in the projection (docs/contracts.md) ------------
 
     async def reserve(self, reservation_id: str, *, user_id: str, connection_id: str, calendar_id: str, title: str,
-                      start: datetime, end: datetime, description: str = "",
+                      start: datetime, end: datetime, idempotency_key: str, description: str = "",
                       replaces: list[str] | None = None) -> dict[str, Any]:
-        """Enter (or move) the reservation's row in the projection; idempotent."""
+        """Enter (or move) the reservation's row in the projection; a repeat with the same key gets
+        the first answer and changes nothing."""
         body: dict[str, Any] = {"user_id": user_id, "connection_id": connection_id, "calendar_id": calendar_id,
                                 "title": title, "start": rfc3339(start), "end": rfc3339(end)}
         if description:
             body["description"] = description
         if replaces:
             body["replaces"] = replaces
-        response = await self._call("PUT", f"/internal/reservations/{reservation_id}", json=body)
+        response = await self._call("PUT", f"/internal/reservations/{reservation_id}", json=body, key=idempotency_key)
         if response.status_code in (200, 201):
             return dict(response.json())
         raise self._failure(response)
 
-    async def release(self, reservation_id: str, *, user_id: str) -> None:
+    async def release(self, reservation_id: str, *, user_id: str, idempotency_key: str) -> None:
         """Free the reservation's time at once (a repeat is a no-op): its row goes, or, when a
         provider event filled it in, is marked cancelled until that event is deleted."""
         params = {"user_id": user_id}
-        response = await self._call("DELETE", f"/internal/reservations/{reservation_id}", params=params)
+        response = await self._call("DELETE", f"/internal/reservations/{reservation_id}", params=params,
+                                    key=idempotency_key)
         if response.status_code in (200, 204, 404):
             return
         raise self._failure(response)
@@ -335,23 +334,31 @@ class SyncEvents:
             return None
         raise self._failure(response)
 
-    async def move(self, *, user_id: str, event_id: str, start: datetime, end: datetime,
+    async def move(self, *, user_id: str, event_id: str, start: datetime, end: datetime, idempotency_key: str,
                    title: str | None = None) -> dict[str, Any] | None:
-        """Move the provider event in place (same UID); None when the event is gone."""
+        """Move the provider event in place (same UID); None when the event is gone. A repeat with
+        the same key moves nothing again."""
         body: dict[str, Any] = {"user_id": user_id, "start": rfc3339(start), "end": rfc3339(end)}
         if title is not None:
             body["title"] = title
-        response = await self._call("PATCH", f"/internal/events/{event_id}", json=body, timeout=30.0)
+        response = await self._call("PATCH", f"/internal/events/{event_id}", json=body, timeout=30.0,
+                                    key=idempotency_key)
         if response.status_code == 200:
             return dict(response.json())
         if response.status_code == 404:
             return None
         raise self._failure(response)
 
-    async def _call(self, method: str, path: str, *, timeout: float = 10.0, **kwargs: Any) -> httpx.Response:
+    async def _call(self, method: str, path: str, *, timeout: float = 10.0, key: str | None = None,
+                    **kwargs: Any) -> httpx.Response:
+        """One call of sync's internal API; `key` is its Idempotency-Key (derived from the step the
+        caller takes, so a retry or a redelivery repeats it)."""
+        headers = _headers(self.settings)
+        if key:
+            headers[IDEMPOTENCY_HEADER] = key[:255]
         try:
             return await self.http.request(method, f"{self.settings.service_url('sync')}{path}",
-                                           headers=_headers(self.settings), timeout=timeout, **kwargs)
+                                           headers=headers, timeout=timeout, **kwargs)
         except httpx.HTTPError as exc:
             raise DependencyUnavailable(f"sync: {exc!r}") from exc
 

@@ -158,7 +158,8 @@ async def write_booking_event(ctx: BookingContext, conn: asyncpg.Connection, boo
                 booking_id=b.id, user_id=b.user_id, event_id=event_id)], user_id=b.user_id)
     if cancelled:
         try:
-            await ctx.sync.delete(user_id=b.user_id, event_id=event_id)
+            await ctx.sync.delete(user_id=b.user_id, event_id=event_id,
+                                  idempotency_key=f"booking-event-delete:{b.id}:{event_id}")
         except PermanentFailure as exc:
             raise PoisonMessage(f"sync refused to delete the event of cancelled booking {b.id}: {exc}") from None
         log.info("booking_event_removed_after_cancel", booking_id=b.id, event_id=event_id)
@@ -195,9 +196,10 @@ async def remove_booking_event(ctx: BookingContext, conn: asyncpg.Connection, bo
         if not b.event_id:
             # Never written (or a write in flight, which deletes its own event on seeing the
             # cancellation): the reservation row goes if no provider event fills it.
-            await ctx.sync.release(b.id, user_id=b.user_id)
+            await ctx.sync.release(b.id, user_id=b.user_id, idempotency_key=f"booking-release:{b.id}:cancelled")
             return
-        await ctx.sync.delete(user_id=b.user_id, event_id=b.event_id)
+        await ctx.sync.delete(user_id=b.user_id, event_id=b.event_id,
+                              idempotency_key=f"booking-event-delete:{b.id}:{b.event_id}")
     except PermanentFailure as exc:
         raise PoisonMessage(f"sync refused to delete the event of booking {b.id}: {exc}") from None
     log.info("booking_event_removed", booking_id=b.id, event_id=b.event_id)
@@ -211,7 +213,9 @@ async def move_booking_event(ctx: BookingContext, conn: asyncpg.Connection, book
     if b.status != "confirmed" or not b.event_id:
         return  # not written yet: the write takes the booking's current time
     try:
-        moved = await ctx.sync.move(user_id=b.user_id, event_id=b.event_id, start=b.start, end=b.end)
+        # Keyed by the booking's current sequence and time: a redelivery moves nothing twice.
+        moved = await ctx.sync.move(user_id=b.user_id, event_id=b.event_id, start=b.start, end=b.end,
+                                    idempotency_key=f"booking-event-move:{b.id}:{b.sequence}:{b.start.isoformat()}")
     except PermanentFailure as exc:
         raise PoisonMessage(f"sync refused to move the event of booking {b.id}: {exc}") from None
     log.info("booking_event_moved", booking_id=b.id, event_id=b.event_id, found=moved is not None)

@@ -33,9 +33,10 @@ from calmesh_common.events.booking import (
     PollDecided,
     PollVoted,
 )
+from calmesh_common.idempotency import Answer, check_key
 from calmesh_common.ids import new_id
 from calmesh_common.logging import get_logger
-from calmesh_common.problems import FieldError, Problem, not_found
+from calmesh_common.problems import PROBLEM_JSON, FieldError, Problem, not_found
 from calmesh_common.retryafter import retry_after
 from calmesh_common.service import Caller
 from calmesh_common.settings import Settings
@@ -47,8 +48,6 @@ from .clients import CalendarInfo, CalendarNotFound, Calendars, DependencyUnavai
 from .domain import Booking, BusyTime, RuleError, SlotRules
 from .store import (
     BookingStore,
-    IdempotencyInFlight,
-    IdempotencyMismatch,
     parse_json,
 )
 
@@ -113,15 +112,6 @@ class BookingContext:
         return "/".join([self.settings.public_base_url.rstrip("/"), *parts])
 
 
-@dataclass(frozen=True)
-class Answer:
-    """A response decided by a handler: status and JSON body (kept verbatim for idempotent replays)."""
-
-    status: int
-    body: bytes
-    replayed: bool = False
-
-
 def answer(status: int, doc: Any) -> Answer:
     return Answer(status, _json.encode(doc))
 
@@ -168,36 +158,18 @@ async def idempotent(
     work: Callable[[asyncpg.Connection], Awaitable[Answer]],
     conn: asyncpg.Connection | None = None,
 ) -> Answer:
-    """Run `work` in one transaction (on `conn`, else a pooled connection); with an
-    Idempotency-Key, store its answer with the key, or return the answer stored for the key (422
-    when the key came with a different request). A Problem raised by `work` rolls back and is not
-    stored."""
-    if key is not None and not 1 <= len(key) <= 255:
-        raise Problem(400, "validation_error", "Idempotency-Key must be 1 to 255 characters.")
+    """Run `work` in one transaction (on `conn`, else a pooled connection) under the request's
+    Idempotency-Key (calmesh_common.idempotency): its answer is kept with the key, a repeat gets
+    it back. A Problem raised by `work` rolls back and is not kept."""
     if conn is None:
         async with ctx.pool.acquire() as pooled:
-            return await idempotent(ctx, scope=scope, key=key, request_hash=request_hash, work=work, conn=pooled)
-    async with conn.transaction():
-        if key is not None:
-            try:
-                stored = await ctx.store.claim_idempotency_key(conn, scope, key, request_hash)
-            except IdempotencyMismatch:
-                raise Problem(
-                    422, "idempotency_key_reused",
-                    "This Idempotency-Key was used with a different request; use a new key.",
-                ) from None
-            except IdempotencyInFlight:
-                raise _in_flight() from None
-            if stored is not None:
-                return Answer(stored.status_code, stored.body, replayed=True)
-        result = await work(conn)
-        if key is not None:
-            await ctx.store.store_idempotent_response(conn, scope, key, result.status, result.body)
-        return result
+            return await ctx.store.keys.run_in(pooled, scope, key, request_hash, work)
+    return await ctx.store.keys.run_in(conn, scope, key, request_hash, work)
 
 
 def _in_flight() -> Problem:
-    return Problem(409, "request_in_progress", "The first request with this Idempotency-Key is still being answered; "
+    """A verification whose booking is between its two transactions (another click of the link)."""
+    return Problem(409, "request_in_progress", "The first request for this booking is still being answered; "
                    "retry in a moment.", headers=retry_after(1))
 
 
@@ -672,7 +644,7 @@ def _invalid_hold() -> Problem:
 
 
 def _refusal(problem: Problem) -> Answer:
-    return Answer(problem.status, _json.encode(problem.body()))
+    return Answer(problem.status, _json.encode(problem.body()), PROBLEM_JSON)
 
 
 def booking_description(b: Booking) -> str:
@@ -703,7 +675,14 @@ def _booking_created(b: Booking) -> BookingCreated:
     )
 
 
-async def _reserve(ctx: BookingContext, calendar: CalendarInfo, b: Booking, *, replaces: list[str] | None = None) -> None:
+def reserve_key(b: Booking) -> str:
+    """The Idempotency-Key of entering `b` at its current time: the same for a repeat of that step,
+    another for a reschedule (a new sequence, or a new time under a sequence given back)."""
+    return f"booking-reserve:{b.id}:{b.sequence}:{rfc3339(b.start)}"
+
+
+async def _reserve(ctx: BookingContext, calendar: CalendarInfo, b: Booking, *, key: str,
+                   replaces: list[str] | None = None) -> None:
     """Enter the booking's time into the projection through sync (no transaction is open here)."""
     target = calendar.write_target()
     if target is None:
@@ -711,7 +690,7 @@ async def _reserve(ctx: BookingContext, calendar: CalendarInfo, b: Booking, *, r
         return
     await ctx.sync.reserve(b.id, user_id=b.user_id, connection_id=target.connection_id,
                            calendar_id=target.calendar_id, title=booking_event_title(b), start=b.start, end=b.end,
-                           description=booking_description(b), replaces=replaces)
+                           description=booking_description(b), replaces=replaces, idempotency_key=key)
 
 
 async def confirm_booking(ctx: BookingContext, conn: asyncpg.Connection, booking_id: str) -> Booking | None:
@@ -729,8 +708,8 @@ async def confirm_booking(ctx: BookingContext, conn: asyncpg.Connection, booking
         # A verified booking's request was answered "pending_verification", and that answer stays
         # what its key replays: the cancel links are the mailbox owner's, not the requester's.
         if row["request_key"] is not None and not verified:
-            await ctx.store.store_idempotent_response(conn, row["request_scope"], row["request_key"], 201,
-                                                      _json.encode(_confirmation(ctx, b)))
+            await ctx.store.keys.complete(conn, row["request_scope"], row["request_key"],
+                                          answer(201, _confirmation(ctx, b)))
     return b
 
 
@@ -740,7 +719,7 @@ async def release_booking(ctx: BookingContext, conn: asyncpg.Connection, booking
     async with conn.transaction():
         row = await ctx.store.release_pending(conn, booking_id)
         if row is not None and row["request_key"] is not None and not row["verified"]:
-            await ctx.store.forget_idempotency_key(conn, row["request_scope"], row["request_key"])
+            await ctx.store.keys.release(conn, row["request_scope"], row["request_key"])
         if hold_id is not None:
             await ctx.store.set_hold_status(conn, hold_id, "active", only_from="confirmed")
 
@@ -851,22 +830,17 @@ async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key
             return booking
 
         async def first_transaction() -> Answer | Booking | Unverified:
-            if key is not None and not 1 <= len(key) <= 255:
-                raise Problem(400, "validation_error", "Idempotency-Key must be 1 to 255 characters.")
+            # The key is claimed here and answered in the second transaction (confirm_booking): a
+            # repeat in between is 409 idempotency_in_progress.
+            check_key(key)
             async with conn.transaction():
                 if key is not None:
-                    try:
-                        stored = await ctx.store.claim_idempotency_key(conn, scope, key, request_hash)
-                    except IdempotencyMismatch:
-                        raise Problem(422, "idempotency_key_reused",
-                                      "This Idempotency-Key was used with a different request; use a new key.") from None
-                    except IdempotencyInFlight:
-                        raise _in_flight() from None
+                    stored = await ctx.store.keys.claim(conn, scope, key, request_hash)
                     if stored is not None:
-                        return Answer(stored.status_code, stored.body, replayed=True)
+                        return stored
                 result = await reserve(conn)
                 if isinstance(result, Answer) and key is not None:
-                    await ctx.store.store_idempotent_response(conn, scope, key, result.status, result.body)
+                    await ctx.store.keys.settle(conn, scope, key, result)
                 return result
 
         result: Answer | Booking | Unverified | None = None
@@ -888,11 +862,12 @@ async def book(ctx: BookingContext, cmd: BookSlot, caller: Caller | None, *, key
             return await _await_verification(ctx, conn, calendar, page, result, scope=scope, key=key)
         booking = result
         try:
-            await _reserve(ctx, calendar, booking, replaces=[hold_id] if hold_id else None)
+            await _reserve(ctx, calendar, booking, key=reserve_key(booking), replaces=[hold_id] if hold_id else None)
         except (DependencyUnavailable, PermanentFailure) as exc:
             try:
                 # The entry may have landed with its answer lost: take it back before forgetting.
-                await ctx.sync.release(booking.id, user_id=booking.user_id)
+                await ctx.sync.release(booking.id, user_id=booking.user_id,
+                                       idempotency_key=f"booking-release:{booking.id}:unconfirmed")
             except (DependencyUnavailable, PermanentFailure):
                 log.warning("booking_left_pending", booking_id=booking.id)  # the reaper settles it
                 raise unavailable(exc) from None
@@ -945,10 +920,10 @@ async def _await_verification(ctx: BookingContext, conn: asyncpg.Connection, cal
         if pending.fresh and target is not None:
             await ctx.sync.reserve(pending.hold_id, user_id=b.user_id, connection_id=target.connection_id,
                                    calendar_id=target.calendar_id, title=f"Held: {page['title']}", start=b.start,
-                                   end=b.end)
+                                   end=b.end, idempotency_key=f"hold-reserve:{pending.hold_id}")
     except (DependencyUnavailable, PermanentFailure) as exc:
         try:
-            await ctx.sync.release(pending.hold_id, user_id=b.user_id)
+            await ctx.sync.release(pending.hold_id, user_id=b.user_id, idempotency_key=f"hold-release:{pending.hold_id}")
         except (DependencyUnavailable, PermanentFailure):
             pass  # the hold expires anyway; the timer releases it again
         async with conn.transaction():
@@ -958,7 +933,7 @@ async def _await_verification(ctx: BookingContext, conn: asyncpg.Connection, cal
             else:
                 await ctx.store.keep_hold_for(conn, pending.hold_id, None, b.verify_until)  # type: ignore[arg-type]
             if row is not None and row["request_key"] is not None:
-                await ctx.store.forget_idempotency_key(conn, row["request_scope"], row["request_key"])
+                await ctx.store.keys.release(conn, row["request_scope"], row["request_key"])
         raise unavailable(exc) from None
     result = answer(201, _pending_answer(b))
     async with conn.transaction():
@@ -967,7 +942,7 @@ async def _await_verification(ctx: BookingContext, conn: asyncpg.Connection, cal
             booking_id=b.id, page_id=b.page_id, user_id=b.user_id, start=b.start, end=b.end,
             expires_at=b.verify_until)], user_id=b.user_id)
         if key is not None:
-            await ctx.store.store_idempotent_response(conn, scope, key, result.status, result.body)
+            await ctx.store.keys.complete(conn, scope, key, result)
     ctx.hold_timer.poke()
     return result
 
@@ -977,7 +952,7 @@ async def _drop_unverified(ctx: BookingContext, conn: asyncpg.Connection, b: Boo
     hold = await ctx.store.hold_of_booking(conn, b.id)
     if hold is not None and hold["status"] == "active":
         try:
-            await ctx.sync.release(hold["id"], user_id=b.user_id)
+            await ctx.sync.release(hold["id"], user_id=b.user_id, idempotency_key=f"hold-release:{hold['id']}")
         except (DependencyUnavailable, PermanentFailure) as exc:
             log.warning("hold_release_failed", hold_id=hold["id"], error=str(exc))  # the hold timer retries
         else:
@@ -1041,11 +1016,14 @@ async def verify_booking(ctx: BookingContext, booking_id: str, *, sig: str | Non
         if outcome != "verified":
             await _drop_unverified(ctx, conn, b)
             raise VERIFICATION_EXPIRED if outcome == "expired" else SLOT_UNAVAILABLE
+        # A verification that fails here may be tried again (the booking waits for it again): each
+        # try is its own step, so a later try never gets an earlier try's answer.
+        attempt = new_id("try")
         try:
-            await _reserve(ctx, calendar, b, replaces=[hold_id])
+            await _reserve(ctx, calendar, b, key=f"{reserve_key(b)}:{attempt}", replaces=[hold_id])
         except (DependencyUnavailable, PermanentFailure) as exc:
             try:
-                await ctx.sync.release(b.id, user_id=b.user_id)
+                await ctx.sync.release(b.id, user_id=b.user_id, idempotency_key=f"booking-release:{b.id}:{attempt}")
             except (DependencyUnavailable, PermanentFailure):
                 log.warning("booking_left_pending", booking_id=b.id)  # the reaper settles it
                 raise unavailable(exc) from None
@@ -1174,7 +1152,7 @@ async def cancel_booking(
         # Repeated on a second cancel too: the release is idempotent, and a first answer may have
         # been a 503 that left the row in place.
         try:
-            await ctx.sync.release(b.id, user_id=b.user_id)
+            await ctx.sync.release(b.id, user_id=b.user_id, idempotency_key=f"booking-release:{b.id}:cancelled")
         except (DependencyUnavailable, PermanentFailure) as exc:
             raise unavailable(exc) from None
     return booking_resource(b, ctx)
@@ -1239,7 +1217,7 @@ async def reschedule_booking(
             except asyncpg.UniqueViolationError:
                 raise SLOT_UNAVAILABLE from None
         try:
-            await _reserve(ctx, calendar, b)
+            await _reserve(ctx, calendar, b, key=reserve_key(b))
         except (DependencyUnavailable, PermanentFailure) as exc:
             async with conn.transaction():
                 current = await ctx.store.get_booking(conn, b.id, lock=True)
@@ -1318,10 +1296,10 @@ async def create_hold(ctx: BookingContext, *, handle: str | None, slug: str, sta
             if target is not None:
                 await ctx.sync.reserve(hold_id, user_id=page["user_id"], connection_id=target.connection_id,
                                        calendar_id=target.calendar_id, title=f"Held: {page['title']}", start=start,
-                                       end=end)
+                                       end=end, idempotency_key=f"hold-reserve:{hold_id}")
         except (DependencyUnavailable, PermanentFailure) as exc:
             try:
-                await ctx.sync.release(hold_id, user_id=page["user_id"])
+                await ctx.sync.release(hold_id, user_id=page["user_id"], idempotency_key=f"hold-release:{hold_id}")
             except (DependencyUnavailable, PermanentFailure):
                 pass  # the hold expires anyway; the expiry timer releases it again
             await ctx.store.set_hold_status(conn, hold_id, "released", only_from="active")
@@ -1345,7 +1323,7 @@ async def release_hold(ctx: BookingContext, *, handle: str | None, slug: str, ho
                 return  # confirmed holds are the booking's now; released and expired ones are free
             await ctx.store.set_hold_status(conn, hold_id, "released")
         try:
-            await ctx.sync.release(hold_id, user_id=hold["user_id"])
+            await ctx.sync.release(hold_id, user_id=hold["user_id"], idempotency_key=f"hold-release:{hold_id}")
         except (DependencyUnavailable, PermanentFailure) as exc:
             raise unavailable(exc) from None
 
@@ -1356,7 +1334,7 @@ async def expire_due_holds(ctx: BookingContext) -> int:
     async with ctx.pool.acquire() as conn:
         for hold in await ctx.store.due_holds(conn, ctx.clock()):
             try:
-                await ctx.sync.release(hold["id"], user_id=hold["user_id"])
+                await ctx.sync.release(hold["id"], user_id=hold["user_id"], idempotency_key=f"hold-release:{hold['id']}")
             except (DependencyUnavailable, PermanentFailure) as exc:
                 log.warning("hold_release_failed", hold_id=hold["id"], error=str(exc))
                 continue
@@ -1609,33 +1587,55 @@ async def overlap(ctx: BookingContext, caller: Caller, poll_id: str) -> dict[str
 
 async def decide(ctx: BookingContext, caller: Caller, poll_id: str, option_id: str) -> dict[str, Any]:
     """Choose an option: the event is created on the poll's calendar and the poll closes. Deciding
-    again on the same option answers the same; on another option, 409 `poll_closed`."""
+    again on the same option answers the same; on another option, 409 `poll_closed`.
+
+    No transaction is open while sync writes the event: the poll is read (and checked) in one
+    transaction, the event written under an Idempotency-Key derived from poll and option (a repeat
+    of the decision writes nothing twice), and the decision recorded in a second transaction. A
+    racing decision for another option that recorded first wins; this one's event is deleted."""
     require_scope(caller, BOOK_SCOPES, "book")
-    async with ctx.pool.acquire() as conn, conn.transaction():
-        poll = await _owned_poll(ctx, conn, caller, poll_id, lock=True)
-        if poll["status"] == "decided":
-            if poll["decided_option_id"] == option_id:
-                return {"status": "decided", "option_id": option_id, "event_id": poll["event_id"]}
-            raise _poll_closed()
-        option = next((o for o in await ctx.store.poll_options(conn, poll_id) if o["id"] == option_id), None)
-        if option is None:
-            raise Problem(422, "validation_error", "option_id is not an option of this poll.",
-                          errors=[FieldError("option_id", "is not an option of this poll")])
+    async with ctx.pool.acquire() as conn:
+        async with conn.transaction():
+            poll = await _owned_poll(ctx, conn, caller, poll_id, lock=True)
+            if poll["status"] == "decided":
+                if poll["decided_option_id"] == option_id:
+                    return {"status": "decided", "option_id": option_id, "event_id": poll["event_id"]}
+                raise _poll_closed()
+            option = next((o for o in await ctx.store.poll_options(conn, poll_id) if o["id"] == option_id), None)
+            if option is None:
+                raise Problem(422, "validation_error", "option_id is not an option of this poll.",
+                              errors=[FieldError("option_id", "is not an option of this poll")])
+            votes = await ctx.store.poll_votes(conn, poll_id) if poll["calendar_slug"] else []
         event_id = None
         if poll["calendar_slug"]:
-            votes = await ctx.store.poll_votes(conn, poll_id)
             attendees = sorted({v["email"] for v in votes if v["email"]
                                 and parse_json(v["choices"]).get(option_id) in ("yes", "maybe")}, key=str.lower)
             event_id = await _write_poll_event(ctx, caller, poll, option, attendees)
-        now = ctx.clock()
-        await ctx.store.mark_poll_decided(conn, poll_id, option_id, event_id, now)
-        await ctx.events.append(
-            conn, poll_id, None,
-            [PollDecided(poll_id=poll_id, user_id=caller.user_id, option_id=option_id, start=option["start_at"],
-                         end=option["end_at"], title=poll["title"], calendar_slug=poll["calendar_slug"],
-                         event_id=event_id)],
-            user_id=caller.user_id,
-        )
+        async with conn.transaction():
+            current = await _owned_poll(ctx, conn, caller, poll_id, lock=True)
+            if current["status"] == "decided":
+                if current["decided_option_id"] == option_id:
+                    return {"status": "decided", "option_id": option_id, "event_id": current["event_id"]}
+                lost = True
+            else:
+                lost = False
+                now = ctx.clock()
+                await ctx.store.mark_poll_decided(conn, poll_id, option_id, event_id, now)
+                await ctx.events.append(
+                    conn, poll_id, None,
+                    [PollDecided(poll_id=poll_id, user_id=caller.user_id, option_id=option_id,
+                                 start=option["start_at"], end=option["end_at"], title=poll["title"],
+                                 calendar_slug=poll["calendar_slug"], event_id=event_id)],
+                    user_id=caller.user_id,
+                )
+    if lost:
+        if event_id is not None:
+            try:
+                await ctx.sync.delete(user_id=caller.user_id, event_id=event_id,
+                                      idempotency_key=f"poll-event-delete:{poll_id}:{option_id}")
+            except (DependencyUnavailable, PermanentFailure) as exc:
+                log.warning("poll_event_left_behind", poll_id=poll_id, event_id=event_id, error=str(exc))
+        raise _poll_closed()
     return {"status": "decided", "option_id": option_id, "event_id": event_id}
 
 
@@ -1655,6 +1655,7 @@ async def _write_poll_event(ctx: BookingContext, caller: Caller, poll: asyncpg.R
             user_id=caller.user_id, connection_id=target.connection_id, calendar_id=target.calendar_id,
             title=poll["title"], start=option["start_at"], end=option["end_at"],
             description=f"Decided by poll {poll['id']}.", attendees=attendees or None, timezone=calendar.timezone,
+            idempotency_key=f"poll-event:{poll['id']}:{option['id']}",
         )
     except DependencyUnavailable as exc:
         raise unavailable(exc) from None

@@ -6,16 +6,16 @@ tests use a schema of their own). The projection (``sync.event_instances``) is r
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
 import msgspec
+
+from calmesh_common.idempotency import TTL, Keys
 
 from .domain import AnswerLine, Booking, all_day_interval
 
@@ -35,26 +35,6 @@ BOOKING_COLUMNS = (
 HOLD_COLUMNS = "id, page_id, user_id, start_at, end_at, expires_at, status, booking_id, created_at"
 
 
-def request_hash(*parts: bytes | str) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part.encode() if isinstance(part, str) else part)
-        h.update(b"\x1f")
-    return h.hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class StoredResponse:
-    status_code: int
-    body: bytes
-
-
-class IdempotencyMismatch(Exception):
-    """The key was used before with a different request."""
-
-
-class IdempotencyInFlight(Exception):
-    """The key's first request has not been answered yet (a booking between its two transactions)."""
 
 
 def _booking(row: asyncpg.Record) -> Booking:
@@ -102,6 +82,9 @@ class BookingStore:
                 raise ValueError(f"bad SQL identifier {name!r}")
         self.schema = schema
         self.projection = projection
+        #: This schema's Idempotency-Keys (calmesh_common.idempotency). A booking's key stays in
+        #: flight until its second transaction or the reaper answers it: never taken over meanwhile.
+        self.keys = Keys(schema, stale_after=TTL)
         calendar_rows = (
             "SELECT extract(epoch FROM p.start_at)::bigint AS s, extract(epoch FROM p.end_at)::bigint AS e,"
             " p.all_day, p.start_date, p.end_date"
@@ -445,9 +428,6 @@ class BookingStore:
         )
         return _booking(row)
 
-    async def forget_idempotency_key(self, conn: asyncpg.Connection, scope: str, key: str) -> None:
-        await conn.execute(f"DELETE FROM {self.schema}.idempotency_keys WHERE scope = $1 AND key = $2", scope, key)
-
     # --- holds ---------------------------------------------------------------------------------
 
     async def insert_hold(self, conn: asyncpg.Connection, hold: dict[str, Any]) -> None:
@@ -547,47 +527,6 @@ class BookingStore:
             *args,
         )
         return [_booking(r) for r in rows]
-
-    # --- idempotency ---------------------------------------------------------------------------
-
-    async def claim_idempotency_key(
-        self, conn: asyncpg.Connection, scope: str, key: str, req_hash: str
-    ) -> StoredResponse | None:
-        """Inside a transaction: claim `key`, or return the answer stored for it.
-
-        A concurrent request with the same key waits on the unique index until the first one's
-        transaction ends, then sees its answer. Raises IdempotencyMismatch for a different request."""
-        claimed = await conn.fetchval(
-            f"INSERT INTO {self.schema}.idempotency_keys (scope, key, request_hash) VALUES ($1, $2, $3)"
-            " ON CONFLICT DO NOTHING RETURNING 1",
-            scope, key, req_hash,
-        )
-        if claimed:
-            return None
-        row = await conn.fetchrow(
-            f"SELECT request_hash, status_code, body FROM {self.schema}.idempotency_keys WHERE scope = $1 AND key = $2",
-            scope, key,
-        )
-        if row["request_hash"] != req_hash:
-            raise IdempotencyMismatch(key)
-        if row["status_code"] is None:
-            raise IdempotencyInFlight(key)
-        return StoredResponse(row["status_code"], bytes(row["body"]))
-
-    async def forget_idempotency_keys(self, conn: asyncpg.Connection, older_than: datetime) -> int:
-        """Drop the answers kept for keys older than `older_than`; returns how many."""
-        status = await conn.execute(
-            f"DELETE FROM {self.schema}.idempotency_keys WHERE created_at < $1", older_than
-        )
-        return int(status.split()[-1])
-
-    async def store_idempotent_response(
-        self, conn: asyncpg.Connection, scope: str, key: str, status_code: int, body: bytes
-    ) -> None:
-        await conn.execute(
-            f"UPDATE {self.schema}.idempotency_keys SET status_code = $3, body = $4 WHERE scope = $1 AND key = $2",
-            scope, key, status_code, body,
-        )
 
     # --- polls ---------------------------------------------------------------------------------
 

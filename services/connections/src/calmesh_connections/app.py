@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 
 from calmesh_common.eventstore import EventStore
-from calmesh_common.service import ServiceDeps, create_service_app, run_service
+from calmesh_common.idempotency import IdempotentApp, Keys
+from calmesh_common.service import SECRET_HEADER, USER_HEADER, ServiceDeps, create_service_app, run_service
 from calmesh_common.settings import Settings
 
 from . import scheduler
@@ -15,7 +16,6 @@ from .consumers import SPEC as SYNC_STATUS_SPEC
 from .consumers import sync_status_handler
 from .core import Context
 from .crypto import Vault
-from .idempotency import IdempotentApp
 from .internal import ROUTES as INTERNAL_ROUTES
 
 NAME = "connections"
@@ -61,7 +61,9 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> IdempotentA
         title="CalMesh connections",
         description="Calendar connections (Google, Microsoft, iCloud, CalDAV, iCal) and unified calendars.",
     )
-    return IdempotentApp(app, settings.internal_secret)
+    # Every creating POST of the public API honours Idempotency-Key, scoped by the user.
+    return IdempotentApp(app, Keys(SCHEMA), lambda: app.state.deps.pool, internal_secret=settings.internal_secret,
+                         secret_header=SECRET_HEADER, user_header=USER_HEADER)
 
 
 def main() -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Controller, Response, get, post
+from litestar import Controller, Request, Response, get, post
 from litestar.params import Parameter
 
+from calmesh_common.idempotency import HEADER, Answer, Keys, json_answer, request_hash, response
 from calmesh_common.problems import Problem
 from calmesh_common.service import ServiceDeps, json_response
 from calmesh_common.timefmt import rfc3339_or_none
@@ -60,9 +61,23 @@ class InternalController(Controller):
         return json_response(body)
 
     @post("/connections/{connection_id:str}/access-token", status_code=200)
-    async def token(self, connection_id: str, deps: ServiceDeps, data: AccessTokenRequest | None = None) -> Response[bytes]:
-        token, expires = await access_token(ctx_of(deps), connection_id, force_refresh=bool(data and data.force_refresh))
-        return json_response({"access_token": token, "expires_at": rfc3339_or_none(expires)})
+    async def token(self, connection_id: str, request: Request[Any, Any, Any], deps: ServiceDeps,
+                    data: AccessTokenRequest | None = None) -> Response[bytes]:
+        """A valid access token (refreshed when due or forced). With an Idempotency-Key a repeat (a
+        retry whose answer was lost) gets the first answer: a forced refresh happens once."""
+        ctx = ctx_of(deps)
+        force = bool(data and data.force_refresh)
+
+        async def work() -> Answer:
+            token, expires = await access_token(ctx, connection_id, force_refresh=force)
+            return json_answer(200, {"access_token": token, "expires_at": rfc3339_or_none(expires)})
+
+        # The kept answer holds the token: it is sealed like the credentials.
+        keys = Keys("connections", seal=lambda body: ctx.vault.seal_text(body.decode()),
+                    unseal=lambda sealed: ctx.vault.open_text(sealed).encode())
+        answer = await keys.run(ctx.pool, f"internal:{connection_id}", request.headers.get(HEADER),
+                                request_hash(request.url.path, str(force)), work)
+        return response(answer)
 
 
 ROUTES = [InternalController]

@@ -4,12 +4,15 @@ decrypted credentials, and valid OAuth access tokens (docs/contracts.md)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import datetime
 from typing import Any
 
 import httpx
 import msgspec
 
+from calmesh_common.idempotency import HEADER as IDEMPOTENCY_HEADER
+from calmesh_common.idempotency import in_progress_answer
 from calmesh_common.service import SECRET_HEADER
 from calmesh_providers import AuthError, NotFoundError, RevokedError, TransientError
 
@@ -54,16 +57,19 @@ class ConnectionsAPI:
         self.base_url = base_url.rstrip("/")
         self.headers = {SECRET_HEADER: internal_secret}
 
-    async def _send(self, method: str, path: str, json: Any = None) -> httpx.Response:
+    async def _send(self, method: str, path: str, json: Any = None, key: str | None = None) -> httpx.Response:
+        """The request, tried up to four times (with `key` as its Idempotency-Key each time)."""
         last: Exception | None = None
+        headers = {**self.headers, IDEMPOTENCY_HEADER: key} if key else self.headers
         for attempt in range(4):
             try:
-                response = await self.http.request(method, f"{self.base_url}{path}", json=json, headers=self.headers)
+                response = await self.http.request(method, f"{self.base_url}{path}", json=json, headers=headers)
             except httpx.HTTPError as exc:
                 last = exc
                 await asyncio.sleep(0.3 * 2**attempt)
                 continue
-            if response.status_code >= 500:
+            if response.status_code >= 500 or _in_progress(response):
+                # 409 idempotency_in_progress: the first try is still being answered; ask again.
                 last = TransientError(f"the connections service answered {response.status_code}")
                 await asyncio.sleep(0.3 * 2**attempt)
                 continue
@@ -79,8 +85,10 @@ class ConnectionsAPI:
         return _details.decode(response.content)
 
     async def access_token(self, connection_id: str, *, force_refresh: bool = False) -> str:
+        # One key for this call's tries: a retry whose first answer was lost refreshes nothing twice.
         response = await self._send(
-            "POST", f"/internal/connections/{connection_id}/access-token", json={"force_refresh": force_refresh}
+            "POST", f"/internal/connections/{connection_id}/access-token", json={"force_refresh": force_refresh},
+            key=f"access-token:{connection_id}:{uuid.uuid4().hex}",
         )
         if response.status_code == 200:
             return _token.decode(response.content).access_token
@@ -98,3 +106,7 @@ class ConnectionsAPI:
         if response.status_code in (401, 403, 409):
             raise AuthError(detail or "the provider refused the credentials; reconnect the calendar")
         raise TransientError(f"the access token could not be had ({response.status_code}): {detail}")
+
+
+def _in_progress(response: httpx.Response) -> bool:
+    return response.status_code == 409 and in_progress_answer(response.content)

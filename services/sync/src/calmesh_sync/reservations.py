@@ -7,6 +7,9 @@ projection row marked with ``booking_id`` and carried by the ordinary sync event
 gives it back. Its UID is derived from the booking id (`calmesh_common.ids.booking_uid`), the UID
 the provider event is later written with: that write fills the provider's ids into the same row.
 
+Both writes take an ``Idempotency-Key`` (calmesh_common.idempotency, as the event writes in
+writes.py): a repeat with the same request gets the first answer and changes nothing.
+
 - ``PUT /internal/reservations/{id}`` enters or moves the row (idempotent: a repeat changes nothing);
   ``replaces`` names reservations (a hold) removed in the same transaction, so a held slot stays
   taken while its booking takes it over.
@@ -26,10 +29,11 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from litestar import Request, delete, get, put
+from litestar import Request, Response, delete, get, put
 from litestar.params import Parameter
 
 from calmesh_common.events.sync import InstanceRow
+from calmesh_common.idempotency import Answer, json_answer
 from calmesh_common.ids import booking_uid, event_id_for
 from calmesh_common.problems import FieldError, Problem
 from calmesh_common.service import ServiceDeps, json_response
@@ -37,6 +41,7 @@ from calmesh_common.timefmt import parse_instant
 from calmesh_providers.ical import Instance
 
 from .engine import SyncDeps
+from .internal_keys import keyed_delete, keyed_write
 from .projection import ChangeSet, InstanceKey, fingerprint, lock_connection, row_for, write_changes
 
 _ROW_COLUMNS = (
@@ -46,7 +51,9 @@ _ROW_COLUMNS = (
 )
 
 
-class ReservationPut(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class TimeOnCalendar(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """A user's time on a calendar of a connection: what a reservation and an event write name."""
+
     user_id: str
     connection_id: str
     calendar_id: str
@@ -54,6 +61,9 @@ class ReservationPut(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     start: str
     end: str
     description: str | None = None
+
+
+class ReservationPut(TimeOnCalendar, kw_only=True):
     #: Reservations (holds) whose rows go in the same transaction.
     replaces: list[str] = []
 
@@ -95,6 +105,11 @@ def as_row(record: asyncpg.Record) -> InstanceRow:
     )
 
 
+async def instance_record(conn: asyncpg.Connection | asyncpg.Pool, event_id: str) -> asyncpg.Record | None:
+    """The projection row `event_id`, every column `as_row` needs (None: no such row)."""
+    return await conn.fetchrow(f"SELECT {_ROW_COLUMNS} FROM sync.event_instances WHERE event_id = $1", event_id)
+
+
 async def reservation_rows(conn: asyncpg.Connection, ids: list[str]) -> list[asyncpg.Record]:
     return await conn.fetch(
         f"SELECT {_ROW_COLUMNS} FROM sync.event_instances WHERE booking_id = ANY($1::text[])", ids
@@ -119,13 +134,13 @@ def _refingerprint(row: InstanceRow) -> InstanceRow:
 
 @put("/internal/reservations/{reservation_id:str}", include_in_schema=False)
 async def put_reservation(reservation_id: str, request: Request[Any, Any, Any], deps: ServiceDeps) -> Any:
-    """Enter (or move) a booking's or hold's time in the projection; answer its row as an event."""
-    try:
-        body = _put.decode(await request.body())
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise Problem(400, "validation_error", f"The request is not valid: {exc}") from None
+    """Enter (or move) a booking's or hold's time in the projection; answer its row as an event.
+    With an Idempotency-Key a repeat gets the first answer and changes nothing."""
+    return await keyed_write(request, deps, _put, lambda sync, body: _put_reservation(sync, reservation_id, body))
+
+
+async def _put_reservation(sync: SyncDeps, reservation_id: str, body: ReservationPut) -> Answer:
     start, end = instant_span(body.start, body.end)
-    sync = _sync(deps)
     now = sync.now()
     others = [r for r in body.replaces if r != reservation_id]
     async with sync.pool.acquire() as conn, conn.transaction():
@@ -174,13 +189,17 @@ async def put_reservation(reservation_id: str, request: Request[Any, Any, Any], 
         for (connection_id, calendar_id), change in sorted(changes.items()):
             await write_changes(conn, sync.store, user_id=body.user_id, connection_id=connection_id,
                                 calendar_id=calendar_id, sync_id=None, changes=change, reason="reservation")
-    return json_response(reservation_body(row, *where), status=200 if own is not None else 201)
+    return json_answer(200 if own is not None else 201, reservation_body(row, *where))
 
 
 @delete("/internal/reservations/{reservation_id:str}", status_code=204, include_in_schema=False)
-async def delete_reservation(reservation_id: str, deps: ServiceDeps, user_id: str = Parameter(query="user_id")) -> None:
+async def delete_reservation(reservation_id: str, request: Request[Any, Any, Any], deps: ServiceDeps,
+                             user_id: str = Parameter(query="user_id")) -> Response[None]:
     """Free a reservation's time at once; a repeat (or an unknown id) is a no-op."""
-    sync = _sync(deps)
+    return await keyed_delete(request, deps, user_id, lambda sync: _delete_reservation(sync, reservation_id, user_id))
+
+
+async def _delete_reservation(sync: SyncDeps, reservation_id: str, user_id: str) -> None:
     now = sync.now()
     async with sync.pool.acquire() as conn, conn.transaction():
         found = await reservation_rows(conn, [reservation_id])

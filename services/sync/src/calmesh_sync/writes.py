@@ -9,8 +9,9 @@ the caller reads its own write.
 - Graph: POST /me/calendars/{id}/events, DELETE /me/events/{id}.
 - iCal subscriptions are read-only: 422 ``read_only_source``.
 
-Exactly once: ``POST /internal/events`` takes an ``Idempotency-Key`` (a repeat with the same body
-gets the first answer; another body 422). An event written for a booking (``booking_id``) has the
+Exactly once: every route here takes an ``Idempotency-Key`` (calmesh_common.idempotency, scoped by
+the user: a repeat with the same request gets the first answer and writes nothing again, another
+request 422, one while the first is in flight 409; a repeat DELETE is a no-op answering 204). An event written for a booking (``booking_id``) has the
 UID derived from the booking id, so a repeat whose first answer was lost finds the same object
 (CalDAV: the PUT with ``If-None-Match: *`` answers 412, and the object is read back; Google: the
 same iCalUID; Graph: the key as ``transactionId``), and its row is the booking's reservation row
@@ -20,7 +21,6 @@ in place (same UID: a PUT of the same CalDAV object with SEQUENCE + 1, a PATCH o
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from datetime import UTC, date, datetime
 from typing import Any
@@ -28,18 +28,21 @@ from urllib.parse import quote
 
 import icalendar
 import msgspec
-from litestar import Request, delete, patch, post
+from litestar import Request, Response, delete, patch, post
 from litestar.params import Parameter
 
+from calmesh_common.idempotency import HEADER, Answer, json_answer
 from calmesh_common.ids import booking_uid
 from calmesh_common.problems import FieldError, Problem
 from calmesh_common.retryafter import retry_after
-from calmesh_common.service import ServiceDeps, json_response
+from calmesh_common.service import ServiceDeps
 from calmesh_common.timefmt import parse_date, parse_date_or_instant, rfc3339
 
 from calmesh_providers import ical
 from .connections_api import ConnectionDetails, ProviderCalendar
 from .engine import SyncDeps
+from .internal_keys import keyed_delete, keyed_write
+from .reservations import TimeOnCalendar
 from .projection import ChangeSet, InstanceKey, load_existing, lock_connection, row_for, write_changes
 from calmesh_providers import AuthError, NotFoundError, PreconditionFailed, ProviderError, SourceError, TransientError
 from calmesh_providers.caldav import CalDAVClient
@@ -52,15 +55,8 @@ class Attendee(msgspec.Struct, forbid_unknown_fields=True):
     name: str | None = None
 
 
-class EventCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    user_id: str
-    connection_id: str
-    calendar_id: str
-    title: str
-    start: str
-    end: str
+class EventCreate(TimeOnCalendar, kw_only=True):
     all_day: bool = False
-    description: str | None = None
     location: str | None = None
     attendees: list[Attendee | str] | None = None
     timezone: str | None = None
@@ -79,10 +75,6 @@ class EventMove(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 _create = msgspec.json.Decoder(EventCreate)
 _move = msgspec.json.Decoder(EventMove)
-
-
-def _sync(deps: ServiceDeps) -> SyncDeps:
-    return deps.extras["sync"]  # type: ignore[no-any-return]
 
 
 def _parse_when(value: str, field: str, all_day: bool) -> date | datetime:
@@ -171,50 +163,14 @@ def _ical_event(uid: str, data: EventCreate, start: date | datetime, end: date |
     return cal.to_ical().decode()
 
 
-async def _replayed(sync: SyncDeps, key: str | None, request_hash: str) -> Any:
-    """The first answer to `key`, or None; 422 when the key came with another request."""
-    if key is None:
-        return None
-    if not 1 <= len(key) <= 255:
-        raise Problem(400, "validation_error", "Idempotency-Key must be 1 to 255 characters.")
-    stored = await sync.pool.fetchrow("SELECT request_hash, status_code, body FROM sync.write_keys WHERE key = $1", key)
-    if stored is None:
-        return None
-    if stored["request_hash"] != request_hash:
-        raise Problem(422, "idempotency_key_reused", "This Idempotency-Key was used with a different request.")
-    return json_response(msgspec.json.decode(bytes(stored["body"])), status=stored["status_code"],
-                         headers={"Idempotent-Replayed": "true"})
-
-
-async def _remember(conn: Any, key: str | None, request_hash: str, status: int, body: Any) -> Any:
-    """Keep the answer to `key` (in the write's transaction); a concurrent twin's answer wins."""
-    if key is None:
-        return None
-    inserted = await conn.fetchval(
-        "INSERT INTO sync.write_keys (key, request_hash, status_code, body) VALUES ($1, $2, $3, $4)"
-        " ON CONFLICT (key) DO NOTHING RETURNING 1",
-        key, request_hash, status, msgspec.json.encode(body),
-    )
-    if inserted:
-        return None
-    stored = await conn.fetchrow("SELECT status_code, body FROM sync.write_keys WHERE key = $1", key)
-    return json_response(msgspec.json.decode(bytes(stored["body"])), status=stored["status_code"])
-
-
 @post("/internal/events", include_in_schema=False)
-async def create_event(request: Request[Any, Any, Any], deps: ServiceDeps) -> Any:
+async def create_event(request: Request[Any, Any, Any], deps: ServiceDeps) -> Response[bytes]:
     """Write an event to a source, project it and append it; answer the event."""
-    raw = await request.body()
-    try:
-        event = _create.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise Problem(400, "validation_error", f"The request is not valid: {exc}") from None
-    sync = _sync(deps)
-    key = request.headers.get("idempotency-key")
-    request_hash = hashlib.sha256(raw).hexdigest()
-    replay = await _replayed(sync, key, request_hash)
-    if replay is not None:
-        return replay
+    key = request.headers.get(HEADER)
+    return await keyed_write(request, deps, _create, lambda sync, event: _create_event(sync, event, key))
+
+
+async def _create_event(sync: SyncDeps, event: EventCreate, key: str | None) -> Answer:
     start = _parse_when(event.start, "start", event.all_day)
     end = _parse_when(event.end, "end", event.all_day)
     if type(start) is not type(end):
@@ -291,11 +247,7 @@ async def create_event(request: Request[Any, Any, Any], deps: ServiceDeps) -> An
                 " ON CONFLICT (connection_id, calendar_id, href) DO UPDATE SET etag = EXCLUDED.etag, data = EXCLUDED.data",
                 details.id, calendar.id, href, etag, body_text,
             )
-        answer_body = event_body(row, details.id, calendar.id)
-        twin = await _remember(conn, key, request_hash, 201, answer_body)
-        if twin is not None:
-            return twin
-    return json_response(answer_body, status=201)
+    return json_answer(201, event_body(row, details.id, calendar.id))
 
 
 async def _take_over_reservation(conn: Any, sync: SyncDeps, user_id: str, booking_id: str, row: Any,
@@ -404,9 +356,14 @@ def _graph_body(data: EventCreate, start: date | datetime, end: date | datetime)
 
 
 @delete("/internal/events/{event_id:str}", status_code=204, include_in_schema=False)
-async def delete_event(event_id: str, deps: ServiceDeps, user_id: str = Parameter(query="user_id")) -> None:
-    """Delete an event at its provider, then from the projection (with its event)."""
-    sync = _sync(deps)
+async def delete_event(event_id: str, request: Request[Any, Any, Any], deps: ServiceDeps,
+                       user_id: str = Parameter(query="user_id")) -> Response[None]:
+    """Delete an event at its provider, then from the projection (with its event). With an
+    Idempotency-Key a repeat is a no-op answering the first result."""
+    return await keyed_delete(request, deps, user_id, lambda sync: _delete_event(sync, event_id, user_id))
+
+
+async def _delete_event(sync: SyncDeps, event_id: str, user_id: str) -> None:
     row = await sync.pool.fetchrow(
         "SELECT event_id, user_id, connection_id, calendar_id, uid, recurrence_id, provider_event_id"
         " FROM sync.event_instances WHERE event_id = $1",
@@ -514,23 +471,18 @@ def _with_exdate(data: str, uid: str, recurrence_id: str) -> str:
 
 
 @patch("/internal/events/{event_id:str}", include_in_schema=False)
-async def move_event(event_id: str, request: Request[Any, Any, Any], deps: ServiceDeps) -> Any:
-    """Move a single event in place at its provider (same UID, same object), then its row."""
-    try:
-        move = _move.decode(await request.body())
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise Problem(400, "validation_error", f"The request is not valid: {exc}") from None
-    from .reservations import as_row, instant_span
+async def move_event(event_id: str, request: Request[Any, Any, Any], deps: ServiceDeps) -> Response[bytes]:
+    """Move a single event in place at its provider (same UID, same object), then its row. With an
+    Idempotency-Key a repeat gets the first answer and moves nothing again."""
+    return await keyed_write(request, deps, _move, lambda sync, move: _move_event(sync, event_id, move))
 
-    sync = _sync(deps)
+
+async def _move_event(sync: SyncDeps, event_id: str, move: EventMove) -> Answer:
+    from .reservations import as_row, instance_record, instant_span
+
     start, end = instant_span(move.start, move.end)
 
-    record = await sync.pool.fetchrow(
-        "SELECT event_id, user_id, connection_id, calendar_id, uid, recurrence_id, recurring_event_id,"
-        " provider_event_id, title, description, location, start_at, end_at, all_day, start_date, end_date, status,"
-        " transparency, updated_at, fingerprint, booking_id FROM sync.event_instances WHERE event_id = $1",
-        event_id,
-    )
+    record = await instance_record(sync.pool, event_id)
     if record is None or record["user_id"] != move.user_id:
         raise Problem(404, "not_found", "No such event.")
     if record["recurrence_id"] or record["recurring_event_id"] or record["all_day"]:
@@ -566,12 +518,7 @@ async def move_event(event_id: str, request: Request[Any, Any, Any], deps: Servi
     async with sync.pool.acquire() as conn, conn.transaction():
         if not await lock_connection(conn, details.id):
             raise Problem(404, "not_found", "No such connection.")
-        current = await conn.fetchrow(
-            "SELECT event_id, user_id, connection_id, calendar_id, uid, recurrence_id, recurring_event_id,"
-            " provider_event_id, title, description, location, start_at, end_at, all_day, start_date, end_date, status,"
-            " transparency, updated_at, fingerprint, booking_id FROM sync.event_instances WHERE event_id = $1",
-            event_id,
-        )
+        current = await instance_record(conn, event_id)
         if current is None:
             raise Problem(404, "not_found", "No such event.")
         instance = ical.Instance(
@@ -590,7 +537,7 @@ async def move_event(event_id: str, request: Request[Any, Any, Any], deps: Servi
                 " AND href = $3",
                 details.id, calendar.id, *stored_object,
             )
-    return json_response(event_body(row, details.id, calendar.id))
+    return json_answer(200, event_body(row, details.id, calendar.id))
 
 
 async def _caldav_move(sync: SyncDeps, details: ConnectionDetails, record: Any, start: datetime, end: datetime,

@@ -19,6 +19,7 @@ from calmesh_common.events.webhooks import (
     WebhookSecretRotated,
     WebhookUpdated,
 )
+from calmesh_common.idempotency import REPLAYED_HEADER, Answer, Keys, json_answer
 from calmesh_common.problems import FieldError, Problem, not_found
 from calmesh_common.service import Caller, ServiceDeps
 from calmesh_common.timefmt import rfc3339, rfc3339_or_none
@@ -207,21 +208,11 @@ class WebhooksController(Controller):
     ) -> Response[WebhookWithSecret]:
         url = _check_url(data.url, deps)
         event_types = _check_event_types(data.event_types)
-        if idempotency_key is not None and not 1 <= len(idempotency_key) <= 255:
-            raise Problem(400, "validation_error", "Idempotency-Key must be 1 to 255 characters.")
         box = deps.extras["secrets"]
         schema = _schema(deps)
         request_hash = hashlib.sha256(msgspec.json.encode(data)).hexdigest()
-        async with deps.pool.acquire() as conn, conn.transaction():  # type: ignore[union-attr]
-            if idempotency_key is not None:
-                try:
-                    stored = await store.claim_idempotency_key(conn, schema, caller.user_id, idempotency_key, request_hash)
-                except store.IdempotencyMismatch:
-                    raise Problem(422, "idempotency_key_reused",
-                                  "This Idempotency-Key was used with a different request; use a new key.") from None
-                if stored is not None:
-                    first = msgspec.json.decode(box.decrypt(stored).encode(), type=WebhookWithSecret)
-                    return Response(first, status_code=201)
+
+        async def create(conn: Any) -> Answer:
             secret = new_secret()
             row = await store.insert_subscription(
                 conn, schema, user_id=caller.user_id, url=url, event_types=event_types,
@@ -233,16 +224,17 @@ class WebhooksController(Controller):
                                 description=data.description)],
                 user_id=caller.user_id,
             )
-            created = WebhookWithSecret(
+            return json_answer(201, WebhookWithSecret(
                 id=row["id"], url=url, event_types=event_types, description=row["description"], status="active",
                 secret=secret, created_at=rfc3339(row["created_at"]),
-            )
-            if idempotency_key is not None:
-                await store.store_idempotent_answer(
-                    conn, schema, caller.user_id, idempotency_key,
-                    box.encrypt(msgspec.json.encode(created).decode()),
-                )
-        return Response(created, status_code=201)
+            ))
+
+        # The first answer holds the signing secret: it is kept encrypted like the secret itself.
+        keys = Keys(schema, seal=lambda body: box.encrypt(body.decode()), unseal=lambda sealed: box.decrypt(sealed).encode())
+        async with deps.pool.acquire() as conn:  # type: ignore[union-attr]
+            answer = await keys.run_in(conn, caller.user_id, idempotency_key, request_hash, create)
+        return Response(msgspec.json.decode(answer.body, type=WebhookWithSecret), status_code=201,
+                        headers={REPLAYED_HEADER: "true"} if answer.replayed else None)
 
     @get("/", summary="List webhook subscriptions")
     async def list_webhooks(

@@ -555,36 +555,3 @@ async def subscription_for_replay(conn: asyncpg.Connection, schema: str, subscri
     return await conn.fetchrow(
         f"SELECT id, user_id, event_types FROM {schema}.subscriptions WHERE id = $1", subscription_id
     )
-
-
-# --- Idempotency-Key ---------------------------------------------------------------------------------
-
-
-class IdempotencyMismatch(Exception):
-    """The key was used with a different request."""
-
-
-async def claim_idempotency_key(
-    conn: asyncpg.Connection, schema: str, user_id: str, key: str, request_hash: str
-) -> bytes | None:
-    """Take `key` for this request in the open transaction (a concurrent request with the same
-    key waits here for the first to commit). Returns the stored answer when the key was used."""
-    taken = await conn.fetchval(
-        f"INSERT INTO {schema}.idempotency_keys (user_id, key, request_hash) VALUES ($1, $2, $3)"
-        " ON CONFLICT DO NOTHING RETURNING 1",
-        user_id, key, request_hash,
-    )
-    if taken:
-        return None
-    row = await conn.fetchrow(
-        f"SELECT request_hash, body FROM {schema}.idempotency_keys WHERE user_id = $1 AND key = $2", user_id, key
-    )
-    if row is None or row["request_hash"] != request_hash or row["body"] is None:
-        raise IdempotencyMismatch(key)
-    return bytes(row["body"])
-
-
-async def store_idempotent_answer(conn: asyncpg.Connection, schema: str, user_id: str, key: str, body: bytes) -> None:
-    await conn.execute(
-        f"UPDATE {schema}.idempotency_keys SET body = $3 WHERE user_id = $1 AND key = $2", user_id, key, body
-    )

@@ -1,0 +1,63 @@
+"""The Idempotency-Keys of sync's internal writes (docs/contracts.md, "Idempotency-Key"): the
+event writes (writes.py) and the reservations (reservations.py), on calmesh_common.idempotency,
+scoped ``internal:<user id>`` in this service's own schema."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, Protocol, TypeVar
+
+import msgspec
+from litestar import Request, Response
+
+from calmesh_common.idempotency import HEADER, Answer, Keys, canonical_json, request_hash, response
+from calmesh_common.problems import Problem
+from calmesh_common.service import ServiceDeps
+
+from .engine import SyncDeps
+
+
+class ForUser(Protocol):
+    user_id: str
+
+
+Body = TypeVar("Body", bound=ForUser)
+
+#: A write's callers give up after 30 s (booking, availability): a claim still in flight after that
+#: belongs to a sync process that died mid-write, and the caller's redelivery takes it over (a
+#: booking's event is found again by its UID) instead of meeting 409 for the kit's two minutes.
+STALE_AFTER = timedelta(seconds=30)
+KEYS = Keys("sync", stale_after=STALE_AFTER)
+
+
+def keyed(request: Request[Any, Any, Any], user_id: str, body: bytes,
+          sync: SyncDeps, work: Callable[[], Awaitable[Answer]]) -> Awaitable[Answer]:
+    """Run the write `work` under the request's Idempotency-Key (if any): a repeat with the same
+    request gets the first answer and writes nothing again; no transaction is open during `work`."""
+    fingerprint = request_hash(request.method, request.url.path, request.url.query, canonical_json(body))
+    return KEYS.run(sync.pool, f"internal:{user_id}", request.headers.get(HEADER), fingerprint, work)
+
+
+async def keyed_write(request: Request[Any, Any, Any], deps: ServiceDeps, decoder: msgspec.json.Decoder[Body],
+                      work: Callable[[SyncDeps, Body], Awaitable[Answer]]) -> Response[bytes]:
+    """A write with a JSON body for a user: decoded (400 when it is not valid), then `work` keyed."""
+    raw = await request.body()
+    try:
+        body = decoder.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise Problem(400, "validation_error", f"The request is not valid: {exc}") from None
+    sync: SyncDeps = deps.extras["sync"]
+    return response(await keyed(request, body.user_id, raw, sync, lambda: work(sync, body)))
+
+
+async def keyed_delete(request: Request[Any, Any, Any], deps: ServiceDeps, user_id: str,
+                       effect: Callable[[SyncDeps], Awaitable[None]]) -> Response[None]:
+    """A delete for a user, keyed: a repeat with the key is a no-op answering the first result."""
+    sync: SyncDeps = deps.extras["sync"]
+
+    async def work() -> Answer:
+        await effect(sync)
+        return Answer(204, b"")
+
+    return response(await keyed(request, user_id, b"", sync, work))  # type: ignore[return-value]
