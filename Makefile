@@ -17,6 +17,7 @@ help:
 	@echo "make demo    - the same, plus a demo user, two sample calendars on loopback, a unified calendar and a booking page"
 	@echo "make test    - run the whole test suite"
 	@echo "make lock    - re-pin requirements.lock (dev) and requirements.runtime.lock (the image) after changing a pyproject.toml"
+	@echo "make lint    - ruff check (make test runs it first)"
 	@echo "make bench   - run the benchmarks in bench/"
 
 $(CURDIR)/.tools/bin/uv:
@@ -50,7 +51,11 @@ $(CHROMIUM):
 chromium: $(CHROMIUM)
 
 test: install $(CHROMIUM)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
 
 # Every benchmark runs, even after one misses its target; a summary table (target, measured, met or
 # missed) comes at the end, and only then does a miss make `make bench` fail.

@@ -328,7 +328,7 @@ async def test_tools_call_gives_the_mcp_tool_s_result_for_every_tool(stack: Stac
                             continue
                         # A scheduled sync may move a connection's last_synced_at between the two
                         # calls: ask both again then (the answers must agree on a quiet moment).
-                        for attempt in range(3):
+                        for _attempt in range(3):
                             via_mcp = await session.call_tool(name, args)
                             via_rest = await rest.post(f"tools/{name}/call", json={"arguments": args},
                                                        headers={"Authorization": f"Bearer {key}"})

@@ -196,7 +196,6 @@ async def test_radicale_sync_matches_expansion_then_follows_changes(stack: Any, 
 
         # Change one event, delete another, at the server: the next sync shows exactly that.
         before = {(r["uid"], r["recurrence_id"]): r for r in rows}
-        today = datetime.now(UTC).date()
         objects["free.ics"] = objects["free.ics"].replace("Maybe lunch", "Lunch (confirmed)").replace("TRANSP:TRANSPARENT\r\n", "")
         server.put("work", "free.ics", objects["free.ics"])
         server.delete("work", "allday.ics")

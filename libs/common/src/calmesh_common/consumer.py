@@ -124,7 +124,7 @@ class DurableConsumer:
                 _stop_if_cancelled()
                 try:
                     msgs = await self._sub.fetch(self.spec.batch, timeout=1.0)
-                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                except (TimeoutError, nats.errors.TimeoutError):
                     continue
                 except nats.js.errors.FetchTimeoutError:
                     outage("nats").recovered()

@@ -1,4 +1,4 @@
-"""The one Idempotency-Key kit: every service's keys, public and internal, in one table shape and
+r"""The one Idempotency-Key kit: every service's keys, public and internal, in one table shape and
 with one semantics (docs/contracts.md, "Idempotency-Key").
 
 - The same key with the same request replays the first answer (status, content type and body, with

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 
 import aiohttp
@@ -83,7 +82,7 @@ class Forwarder:
                 if attempt + 1 < attempts:
                     continue
                 raise ServiceUnavailable(service) from None
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 raise ServiceTimeout(service, self.timeout) from None
             except aiohttp.ClientError:
                 raise Problem(502, "bad_gateway", f"The {service} service sent an answer that could not be read.",

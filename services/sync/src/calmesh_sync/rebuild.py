@@ -74,7 +74,7 @@ async def replay(js: JetStreamContext, conn: asyncpg.Connection) -> int:
         while True:
             try:
                 msgs = await sub.fetch(500, timeout=2.0)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.TimeoutError):
                 break
             done = False
             for msg in msgs:

@@ -34,7 +34,7 @@ from litestar.params import Parameter
 
 from calmesh_common.events.sync import InstanceRow
 from calmesh_common.idempotency import Answer, json_answer
-from calmesh_common.ids import booking_uid, event_id_for
+from calmesh_common.ids import booking_uid
 from calmesh_common.problems import FieldError, Problem
 from calmesh_common.service import ServiceDeps, json_response
 from calmesh_common.timefmt import parse_instant

@@ -255,7 +255,7 @@ class SyncWorker:
                 await slots.acquire()
                 try:
                     msgs = await self._sub.fetch(1, timeout=1.0)
-                except (nats.errors.TimeoutError, asyncio.TimeoutError, nats.js.errors.FetchTimeoutError):
+                except (TimeoutError, nats.errors.TimeoutError, nats.js.errors.FetchTimeoutError):
                     slots.release()
                     if _cancelling():
                         raise asyncio.CancelledError from None

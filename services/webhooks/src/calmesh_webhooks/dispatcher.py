@@ -506,7 +506,7 @@ class Dispatcher:
                 while pending:
                     try:
                         msgs = await sub.fetch(256, timeout=2.0)
-                    except (nats.errors.TimeoutError, asyncio.TimeoutError, nats.js.errors.FetchTimeoutError):
+                    except (TimeoutError, nats.errors.TimeoutError, nats.js.errors.FetchTimeoutError):
                         break
                     rows: list[tuple[str, str | None, str, datetime, bytes]] = []
                     for msg in msgs:

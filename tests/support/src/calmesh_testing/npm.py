@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from collections.abc import Iterator
 
 REPO = Path(__file__).resolve().parents[4]  # tests/support/src/calmesh_testing/npm.py
 TEST_TOOLS = REPO / "tests" / "npm" / "package.json"

@@ -402,9 +402,9 @@ def _assign_lanes(placed: list[Placed]) -> None:
         cluster_end = -1
         lane_ends: list[int] = []
 
-        def close() -> None:
-            width = min(MAX_LANES, max(len(lane_ends), 1))
-            for p in cluster:
+        def close() -> None:  # called within this day's iteration only
+            width = min(MAX_LANES, max(len(lane_ends), 1))  # noqa: B023
+            for p in cluster:  # noqa: B023
                 p.lanes = width
 
         for p in items:
