@@ -1,7 +1,7 @@
 """Booking questions end to end: the whole platform as processes (gateway, connections, sync workers,
 availability, booking, webhooks) and a real CalDAV server (Radicale) behind the unified calendar.
 
-What a user relies on (api.md, "Questions"): a page's questions are checked when it is created or
+What a user relies on (docs/api-guide.md, "Questions"): a page's questions are checked when it is created or
 changed (422 naming the broken field); a visitor reads them without credentials from the page's
 public part; a booking's answers are checked against them (422 naming ``answers.<id>``), kept on the
 booking, written into the calendar event's description on the CalDAV server, sent in the

@@ -1,4 +1,4 @@
-"""Rescheduling on Google and Microsoft calendars moves the provider's event in place (api.md,
+"""Rescheduling on Google and Microsoft calendars moves the provider's event in place (docs/api-guide.md,
 Rescheduling: "the provider event is moved in place (same UID, not deleted and created again)").
 
 The whole platform as processes (its own stack, on a private database and NATS, configured for the

@@ -2,7 +2,7 @@
 processes (gateway, connections, sync workers, availability, booking, webhooks) and a real CalDAV
 server (Radicale) behind the unified calendar.
 
-What a user relies on (api.md, "Consistency: at once, exactly once", "Holds", "Rescheduling"):
+What a user relies on (docs/api-guide.md, "Consistency: at once, exactly once", "Holds", "Rescheduling"):
 - the instant a booking answers 201, availability shows the time busy, the events list holds it with
   its `booking_id`, and another page on the same calendar no longer offers it — read immediately, no
   polling; the instant a cancel answers 200, all of them show it free again;

@@ -1,4 +1,4 @@
-"""What a model reads when CalMesh could not check a source: an incomplete answer (api.md, Freshness)
+"""What a model reads when CalMesh could not check a source: an incomplete answer (docs/api-guide.md, Freshness)
 opens with a line that says so, names the source, its connection's status and last error, and says
 not to treat its time as free. And `calmesh_check_availability` across several calendars is one
 `POST /availability/find`, while its one-calendar use is unchanged.

@@ -1,4 +1,4 @@
-"""Opaque list cursors (api.md: ``next_cursor`` / ``?cursor=``), one format for every service.
+"""Opaque list cursors (docs/api-guide.md: ``next_cursor`` / ``?cursor=``), one format for every service.
 
 A cursor is the keyset position after which the next page starts — say ``(created_at, id)`` of the
 last row — as JSON, base64url without padding. Clients must treat it as opaque; it is not signed,

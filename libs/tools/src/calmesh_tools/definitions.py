@@ -142,7 +142,7 @@ def _drop_none(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # --- freshness ------------------------------------------------------------------------------------
-# api.md, Freshness: an answer over a source whose connection is not active, or never synced, says
+# docs/api-guide.md, Freshness: an answer over a source whose connection is not active, or never synced, says
 # `complete: false`. A model must not read such an answer as "free", so the text opens with a line
 # that says so and names each source that could not be checked, with its status and last error
 # (looked up only then: the answer carries ids, the calendar and connection documents the words).

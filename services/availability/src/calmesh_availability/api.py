@@ -58,7 +58,7 @@ Q = Parameter  # keeps the signatures readable
 class EventPage(msgspec.Struct, kw_only=True):
     data: list[EventOut]
     next_cursor: str | None
-    #: False when a source's connection is not active or never synced (api.md, Freshness).
+    #: False when a source's connection is not active or never synced (docs/api-guide.md, Freshness).
     complete: bool = True
     sources: list[SourceFreshness] = msgspec.field(default_factory=list)
 

@@ -8,7 +8,7 @@ the next read that follows the event. What a fetch started before such an event 
 stored. While the subscription is down (NATS away, or reconnected and possibly having missed
 events) the cache is bypassed, and a time-to-live bounds any entry's age in any case.
 
-It also knows where each source's connection stands (api.md, Freshness): the calendar document
+It also knows where each source's connection stands (docs/api-guide.md, Freshness): the calendar document
 brings each connection's status and last successful sync, and from then on the directory follows
 the connection's sync runs itself — ``sync.started``, ``sync.completed`` and ``sync.failed`` on the
 sync context's subjects, the very events from which connections derives the status, so this copy is

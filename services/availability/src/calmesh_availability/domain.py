@@ -41,7 +41,7 @@ from calmesh_common.intervals import (
 )
 from calmesh_common.problems import FieldError, Problem
 
-#: Longest window any query may span (api.md: 366 days, else 422 range_too_long).
+#: Longest window any query may span (docs/api-guide.md: 366 days, else 422 range_too_long).
 MAX_RANGE_SECONDS = 366 * 86400
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -141,7 +141,7 @@ class Calendar:
         return [self.by_key[k].id for k in zip(connection_ids, calendar_ids, strict=True)]
 
     def default_write_target(self) -> Source | None:
-        """The first writable source by sort order (api.md: the default write target)."""
+        """The first writable source by sort order (docs/api-guide.md: the default write target)."""
         return next((s for s in self.sources if not s.read_only), None)
 
 
@@ -149,7 +149,7 @@ class Calendar:
 
 
 class SourceFreshness(msgspec.Struct, frozen=True, kw_only=True):
-    """api.md, Freshness: one source of an answer, its connection's status and last successful sync."""
+    """docs/api-guide.md, Freshness: one source of an answer, its connection's status and last successful sync."""
 
     id: str
     connection_id: str
@@ -335,7 +335,7 @@ def decode_cursor(cursor: str, kind: str, fingerprint: str) -> list[Any]:
 
 
 class EventOut(msgspec.Struct, kw_only=True):
-    """An event of a unified calendar (api.md)."""
+    """An event of a unified calendar (docs/api-guide.md)."""
 
     id: str
     source_id: str
@@ -386,7 +386,7 @@ def event_span(row: Row, tz: ZoneInfo) -> tuple[int, int]:
 
 
 def overlaps(row: Row, cal: Calendar, start: int, end: int) -> bool:
-    """The api.md range rule, with all-day rows placed in the calendar's zone."""
+    """The range rule of docs/api-guide.md (Conventions), with all-day rows placed in the calendar's zone."""
     s, e = event_span(row, cal.tz)
     return s < end and e > start
 

@@ -1,4 +1,4 @@
-"""Find a time (api.md, "Find a time"), without I/O: the request, its rules, and the slot search.
+"""Find a time (docs/api-guide.md, "Find a time"), without I/O: the request, its rules, and the slot search.
 
 ``POST /api/v1/availability/find`` asks for slots of ``duration_minutes`` across several unified
 calendars: every *required* calendar free in each slot, ranked by how many *optional* calendars are
@@ -295,7 +295,7 @@ class SlotOut(msgspec.Struct, kw_only=True):
 class FindResult(msgspec.Struct, kw_only=True):
     timezone: str
     slots: list[SlotOut]
-    #: False when a calendar's sources are not all known (api.md, Freshness): such a calendar never
+    #: False when a calendar's sources are not all known (docs/api-guide.md, Freshness): such a calendar never
     #: counts as free.
     complete: bool
 

@@ -1,4 +1,4 @@
-"""``POST /api/v1/availability/find``: find a time across unified calendars (api.md, "Find a time").
+"""``POST /api/v1/availability/find``: find a time across unified calendars (docs/api-guide.md, "Find a time").
 
 The calendars come from the directory (memory, like every read); their busy time from ONE query on
 the projection for the whole set (``store.busy_spans_by_source``), whatever the number of slots;

@@ -11,7 +11,7 @@ Every read asks PostgreSQL for the versions of the calendar's sources (one small
 round trip) and answers from memory only when they are the ones the timeline was loaded at; else it
 loads the calendar again, rows and versions in one statement (one snapshot). So an answer is never
 older than the projection at the moment of the read: a booking's rows show on the very next read
-(api.md, "Consistency"), whichever replica answers, with no reliance on events arriving in time.
+(docs/api-guide.md, "Consistency"), whichever replica answers, with no reliance on events arriving in time.
 
 A window is answered by bisecting the merged blocks; the blocks cut by the window's edges get their
 sources from the items that overlap the window, so the answer is the one a query of the window alone

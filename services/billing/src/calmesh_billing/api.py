@@ -1,4 +1,4 @@
-"""The billing API of api.md (session; the gateway enforces) and Mollie's webhook (public)."""
+"""The billing API of the API guide (docs/api-guide.md) (session; the gateway enforces) and Mollie's webhook (public)."""
 
 from __future__ import annotations
 

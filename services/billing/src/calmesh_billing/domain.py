@@ -7,7 +7,7 @@ to Mollie happens in the handlers, before `decide`, and its results come in as c
 Plans: ``free`` by default; ``pro`` from a paid first payment until the paid period ends after a
 cancel, or until the grace period after a failed recurring payment runs out.
 
-Statuses (api.md): ``none`` (never subscribed), ``pending`` (a checkout is open), ``active``,
+Statuses (docs/api-guide.md): ``none`` (never subscribed), ``pending`` (a checkout is open), ``active``,
 ``past_due`` (a recurring payment failed; still pro until ``grace_until``), ``canceled`` (pro
 until ``current_period_end`` after a cancel; free afterwards, still ``canceled``).
 

@@ -1,4 +1,4 @@
-"""The public API of the connections service (api.md: Connections, Unified calendars). The
+"""The public API of the connections service (docs/api-guide.md: Connections, Unified calendars). The
 gateway has authenticated the caller and enforced the route's scope; here every resource is held
 to its owner (another user's is a 404)."""
 

@@ -1,4 +1,4 @@
-"""Request and response structs of the connections service (api.md: Connections, Unified
+"""Request and response structs of the connections service (docs/api-guide.md: Connections, Unified
 calendars), and the checks of their values."""
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ class CalendarPage(msgspec.Struct, kw_only=True):
 
 class InternalConnectionState(msgspec.Struct, kw_only=True):
     """Where a source's connection stands (its status and last successful sync), for the readers'
-    freshness (api.md, Freshness)."""
+    freshness (docs/api-guide.md, Freshness)."""
 
     id: str
     status: str

@@ -318,7 +318,7 @@ window.addEventListener("load", function () {
     presets: [SwaggerUIBundle.presets.apis],
     layout: "BaseLayout",
     requestInterceptor: function (request) {
-      // Cookie-authenticated writes carry the CSRF token (api.md).
+      // Cookie-authenticated writes carry the CSRF token (docs/api-guide.md).
       var found = document.cookie.match(/(?:^|; )calmesh_csrf=([^;]+)/);
       if (found) { request.headers["X-CSRF-Token"] = decodeURIComponent(found[1]); }
       return request;

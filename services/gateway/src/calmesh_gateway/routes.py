@@ -2,7 +2,7 @@
 not in it. A row says who owns the path (the gateway or a service, which gets the request at the
 same path), which kinds of authentication it accepts and which API-key scopes may call it.
 
-Scopes are capabilities, not a hierarchy (api.md): `read` reads; `write` also writes calendar
+Scopes are capabilities, not a hierarchy (docs/api-guide.md): `read` reads; `write` also writes calendar
 events; `book` also books, cancels and runs polls; `full` does everything, including connections,
 calendars and their sources, booking pages, webhooks and API keys. A signed-in session may do what
 `full` may, and also the session-only endpoints (billing). Public endpoints need no credentials, but
@@ -240,7 +240,7 @@ ROUTES: tuple[Route, ...] = (
     _r("PATCH", f"{V1}/booking-pages/{{slug}}", "booking", "Update a booking page", scopes=FULL, tag="booking-pages"),
     _r("DELETE", f"{V1}/booking-pages/{{slug}}", "booking", "Delete a booking page", scopes=FULL, tag="booking-pages"),
     # The public booking endpoints: a key sent there is held to its scope, and only book and full
-    # keys book (api.md: read and write keys get 403 there).
+    # keys book (docs/api-guide.md: read and write keys get 403 there).
     _r("GET", f"{V1}/booking-pages/{{slug}}/slots", "booking", "Get available booking slots (public)",
        auth=ANYONE, scopes=BOOK, tag="booking-pages"),
     _r("POST", f"{V1}/booking-pages/{{slug}}/book", "booking", "Create a booking (public, visitor submits)",

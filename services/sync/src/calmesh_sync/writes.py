@@ -86,7 +86,7 @@ def _parse_when(value: str, field: str, all_day: bool) -> date | datetime:
 
 
 def event_body(row: Any, connection_id: str, calendar_id: str) -> dict[str, Any]:
-    """An event in the shape of api.md (source_id is the caller's to fill in)."""
+    """An event in the shape of docs/api-guide.md (source_id is the caller's to fill in)."""
     all_day = row.all_day
     return {
         "id": row.event_id,

@@ -1,4 +1,4 @@
-"""The webhooks API of api.md (full scope; the gateway enforces it, this service ownership)."""
+"""The webhooks API of the API guide (docs/api-guide.md) (full scope; the gateway enforces it, this service ownership)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Which domain events become which public webhook events: one table.
 
-`EVENT_MAP` maps a domain event tag (``"booking.created.v1"``) to the public type of api.md and a
+`EVENT_MAP` maps a domain event tag (``"booking.created.v1"``) to the public type of the API guide (docs/api-guide.md) and a
 function that builds the delivery's ``data`` (the resource) from the decoded event. The dispatcher
 subscribes to exactly the subjects this table names, per context stream, so adding a row is all it
 takes to deliver a new kind of event (the durable consumer's filter is updated at start-up).
@@ -20,7 +20,7 @@ import msgspec
 from calmesh_common.events import Envelope, Event, subject_for
 from calmesh_common.timefmt import rfc3339, rfc3339_or_none
 
-#: Every public event type of api.md (webhook.test is sent by POST /webhooks/{id}/test only).
+#: Every public event type of the API guide (docs/api-guide.md) (webhook.test is sent by POST /webhooks/{id}/test only).
 PUBLIC_EVENT_TYPES: tuple[str, ...] = (
     "booking.created",
     "booking.cancelled",
@@ -87,7 +87,7 @@ def _plain(value: Any) -> Any:
 
 def resource(id_field: str, *, rename: dict[str, str] | None = None, drop: Iterable[str] = ()) -> DataBuilder:
     """A builder giving every field of the event, its `id_field` as ``id`` (first), instants in
-    api.md's form. New fields of an event reach subscribers without touching this table."""
+    the API guide's form. New fields of an event reach subscribers without touching this table."""
     renamed = rename or {}
     dropped = set(drop) | {id_field}
 
@@ -111,7 +111,7 @@ def _subscription(event: Event, _envelope: Envelope) -> dict[str, Any]:
 
 
 def _instance(row: Any, connection_id: str, calendar_id: str) -> dict[str, Any]:
-    """A calendar event as api.md shows it (all-day events with dates, end exclusive)."""
+    """A calendar event as the API guide (docs/api-guide.md) shows it (all-day events with dates, end exclusive)."""
     all_day = bool(row.all_day)
     return {
         "id": row.event_id,

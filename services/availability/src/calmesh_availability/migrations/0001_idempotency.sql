@@ -1,4 +1,4 @@
--- Idempotency-Key of event-creating POSTs (api.md conventions): the first response is kept and a
+-- Idempotency-Key of event-creating POSTs (docs/api-guide.md, Conventions): the first response is kept and a
 -- repeat with the same key and body gets it again; a repeat with another body gets 422.
 -- A row with status_code NULL is a request still in flight. Keys are forgotten after a day.
 CREATE TABLE {schema}.idempotency_keys (

@@ -1,4 +1,4 @@
--- Idempotency-Key of creating POSTs (api.md conventions): the first response is kept and a repeat
+-- Idempotency-Key of creating POSTs (docs/api-guide.md, Conventions): the first response is kept and a repeat
 -- with the same key and body gets it again; with another body, 422. A row with status_code NULL is
 -- a request still in flight. Keys are forgotten after a day.
 CREATE TABLE {schema}.idempotency_keys (
