@@ -165,9 +165,17 @@ def test_an_address_guessing_across_accounts_is_throttled_and_good_sign_ins_do_n
         for _ in range(15):
             assert c.post("/api/v1/auth/login", json={"email": account.email,
                                                        "password": account.password}).status_code == 200
+        started = time.monotonic()
         statuses = [c.post("/api/v1/auth/login", json={"email": f"nobody-{i}@example.com",
                                                         "password": "guess"}).status_code for i in range(90)]
-    assert statuses[:10] == [401] * 10 and 429 in statuses, statuses
+        elapsed = time.monotonic() - started
+    # The address may fail 60 times at once, then 30 a minute (the defaults): on a machine slow
+    # enough to refill the allowance as fast as it is spent, fewer guesses are refused, never none
+    # of those past what the limit allows.
+    allowed = 60 + 30 * elapsed / 60
+    assert statuses[:10] == [401] * 10, statuses
+    assert statuses.count(401) <= allowed + 1, (elapsed, statuses)
+    assert 429 in statuses or allowed >= 89, (elapsed, statuses)
 
 
 def test_random_api_keys_from_one_address_get_429_before_they_are_checked(stack: Stack) -> None:
