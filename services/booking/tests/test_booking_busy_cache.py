@@ -42,3 +42,18 @@ def test_anything_unreadable_forgets_everything() -> None:
     cache = cache_with(("c1", "a", "u1"))
     cache.apply_event(envelope("source_events.deleted.v1", calendar_id="a"))  # no connection named
     assert cache._entries == {}
+
+
+def test_a_booking_or_hold_entering_the_projection_keeps_the_calendar_cached() -> None:
+    # The cache leaves reserved rows out (they are read fresh): every booking's reservation event
+    # would otherwise make the next booking of the page reload the calendar's busy rows.
+    cache = cache_with(("c1", "a", "u1"))
+    reserved = {"event_id": "e1", "uid": "bk_1@calmesh", "booking_id": "bk_1"}
+    cache.apply_event(envelope("source_events.upserted.v1", connection_id="c1", calendar_id="a", created=[reserved]))
+    cache.apply_event(envelope("source_events.upserted.v1", connection_id="c1", calendar_id="a", updated=[reserved]))
+    assert set(cache._entries) == {("c1", "a")}
+    # A provider row among them (or a row that lost its booking) changes what the cache holds.
+    provider = {"event_id": "e2", "uid": "meeting@example.com"}
+    cache.apply_event(envelope("source_events.upserted.v1", connection_id="c1", calendar_id="a",
+                               created=[reserved], updated=[provider]))
+    assert cache._entries == {}

@@ -34,6 +34,16 @@ class EventStore:
         self.schema = schema
         self.context = context or schema
         self.notify_channel = f"{schema}_outbox"
+        self._append_sql = (
+            f"WITH given AS (SELECT * FROM unnest($2::uuid[], $3::int[], $4::text[], $5::text[], $6::timestamptz[],"
+            " $7::bytea[], $8::text[], $9::jsonb[]) WITH ORDINALITY"
+            " AS g(event_id, version, type, user_id, occurred_at, payload, subject, headers, n)),"
+            f" stored AS (INSERT INTO {schema}.events (event_id, stream_id, version, type, user_id, occurred_at, envelope)"
+            " SELECT event_id, $1, version, type, user_id, occurred_at, payload FROM given ORDER BY n),"
+            f" queued AS (INSERT INTO {schema}.outbox (event_id, subject, payload, headers)"
+            " SELECT event_id, subject, payload, headers FROM given ORDER BY n)"
+            " SELECT pg_notify($10, '')"
+        )
 
     async def version(self, conn: asyncpg.Connection, stream_id: str) -> int:
         return await conn.fetchval(
@@ -63,32 +73,24 @@ class EventStore:
             make_envelope(e, stream_id=stream_id, version=current + i + 1, user_id=user_id, trace=trace)
             for i, e in enumerate(events)
         ]
-        event_rows = []
-        outbox_rows = []
+        ids, versions, types, users, occurred, payloads, subjects, headers = [], [], [], [], [], [], [], []
         for env, ev in zip(envelopes, events, strict=True):
             payload = encode_envelope(env)
-            event_rows.append(
-                (env.id, env.stream_id, env.version, env.type, env.user_id, env.occurred_at, payload)
-            )
-            headers = {"Calmesh-Event-Type": env.type, **trace}
-            outbox_rows.append(
-                (env.id, subject_for(env.type, ev.context or self.context), payload, msgspec.json.encode(headers).decode())
-            )
+            ids.append(env.id)
+            versions.append(env.version)
+            types.append(env.type)
+            users.append(env.user_id)
+            occurred.append(env.occurred_at)
+            payloads.append(payload)
+            subjects.append(subject_for(env.type, ev.context or self.context))
+            headers.append(msgspec.json.encode({"Calmesh-Event-Type": env.type, **trace}).decode())
+        # One round trip for the events, their outbox rows and the relay's wake-up (the caller
+        # may hold a write lock until it commits); rows go in the order given.
         try:
-            await conn.executemany(
-                f"INSERT INTO {self.schema}.events"
-                " (event_id, stream_id, version, type, user_id, occurred_at, envelope)"
-                " VALUES ($1::uuid, $2, $3, $4, $5, $6, $7)",
-                event_rows,
-            )
+            await conn.execute(self._append_sql, stream_id, ids, versions, types, users, occurred, payloads,
+                               subjects, headers, self.notify_channel)
         except asyncpg.UniqueViolationError:
             raise ConcurrencyError(stream_id, current, None) from None
-        await conn.executemany(
-            f"INSERT INTO {self.schema}.outbox (event_id, subject, payload, headers)"
-            " VALUES ($1::uuid, $2, $3, $4::jsonb)",
-            outbox_rows,
-        )
-        await conn.execute(f"NOTIFY {self.notify_channel}")
         return envelopes
 
     async def load(self, conn: asyncpg.Connection, stream_id: str) -> list[Envelope]:

@@ -238,6 +238,8 @@ class ProjectionCache:
                 self.forget_user(doc["user_id"])
             else:
                 self.clear()
+        elif kind.startswith("source_events.upserted.") and _reservations_only(doc):
+            pass  # rows of bookings and holds, which this cache never holds (they are read fresh)
         elif kind.startswith(("source_events.", "source_calendar.")):
             if isinstance(doc.get("connection_id"), str) and isinstance(doc.get("calendar_id"), str):
                 self.forget_source((doc["connection_id"], doc["calendar_id"]))
@@ -249,3 +251,13 @@ class ProjectionCache:
             else:
                 self.clear()
         # sync.started / progressed / completed / failed change no rows by themselves.
+
+
+def _reservations_only(doc: dict[str, Any]) -> bool:
+    """Whether an upsert carries only rows of this context's bookings and holds (``booking_id``
+    set): the cache leaves those out, so such an event changes nothing it holds. Every booking
+    and hold makes one; forgetting the source for it would reload the calendar's busy rows on the
+    next booking of the page."""
+    rows = [*(doc.get("created") or ()), *(doc.get("updated") or ())]
+    return bool(rows) and all(isinstance(r, dict) and r.get("booking_id") for r in rows)
+

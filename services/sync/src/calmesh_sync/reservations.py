@@ -141,54 +141,78 @@ async def put_reservation(reservation_id: str, request: Request[Any, Any, Any], 
 
 async def _put_reservation(sync: SyncDeps, reservation_id: str, body: ReservationPut) -> Answer:
     start, end = instant_span(body.start, body.end)
-    now = sync.now()
     others = [r for r in body.replaces if r != reservation_id]
-    async with sync.pool.acquire() as conn, conn.transaction():
-        found = await reservation_rows(conn, [reservation_id, *others])
-        connections = sorted({body.connection_id, *(r["connection_id"] for r in found)})
-        for connection_id in connections:
-            if not await lock_connection(conn, connection_id):
-                raise Problem(404, "not_found", "No such connection.")
-        # Read again under the locks: a provider write may have filled a row in meanwhile.
-        found = await reservation_rows(conn, [reservation_id, *others])
-        if any(r["user_id"] != body.user_id for r in found):
-            raise Problem(404, "not_found", "No such reservation.")
-        own = next((r for r in found if r["booking_id"] == reservation_id), None)
-        if own is not None and own["status"] == "cancelled":
-            raise Problem(409, "reservation_released", "This reservation was released; make a new one.")
-        changes: dict[tuple[str, str], ChangeSet] = {}
+    async with sync.pool.acquire() as conn:
+        # The rows live on the request's connection but for a booking moved across connections:
+        # lock that one, read under the lock, and start over with every connection the rows name
+        # when that was not enough (locks are taken in order, never one more while holding some).
+        locked = [body.connection_id]
+        while True:
+            async with conn.transaction():
+                found = await _locked_rows(conn, locked, [reservation_id, *others])
+                needed = sorted({*locked, *(r["connection_id"] for r in found)})
+                if needed == locked:
+                    return await _enter(conn, sync, body, reservation_id, found, start, end)
+            locked = needed
 
-        def change_set(connection_id: str, calendar_id: str) -> ChangeSet:
-            return changes.setdefault((connection_id, calendar_id), ChangeSet([], [], []))
 
-        if own is None:
-            uid = booking_uid(reservation_id)
-            instance = Instance(
-                uid=uid, recurrence_id="", recurring=False, title=body.title, description=body.description,
-                location=None, start_at=start, end_at=end, all_day=False, start_date=None, end_date=None,
-                status="confirmed", transparency="busy",
-            )
-            row = row_for(instance, connection_id=body.connection_id, calendar_id=body.calendar_id,
-                          provider_event_id=None, updated_at=now)
-            row = msgspec.structs.replace(row, booking_id=reservation_id)
-            change_set(body.connection_id, body.calendar_id).created.append(row)
-            where = (body.connection_id, body.calendar_id)
-        else:
-            row = as_row(own)
-            where = (own["connection_id"], own["calendar_id"])
-            if (row.start_at, row.end_at, row.title) != (start, end, body.title):
-                row = _refingerprint(msgspec.structs.replace(row, start_at=start, end_at=end, title=body.title,
-                                                             updated_at=now))
-                change_set(*where).updated.append(row)
-        for other in found:
-            if other["booking_id"] == reservation_id:
-                continue
-            # A hold taken over by its booking: gone in the same transaction the booking's row comes in.
-            change_set(other["connection_id"], other["calendar_id"]).deleted.append(
-                InstanceKey(other["event_id"], other["uid"], other["recurrence_id"]))
-        for (connection_id, calendar_id), change in sorted(changes.items()):
-            await write_changes(conn, sync.store, user_id=body.user_id, connection_id=connection_id,
-                                calendar_id=calendar_id, sync_id=None, changes=change, reason="reservation")
+async def _locked_rows(conn: asyncpg.Connection, connections: list[str], ids: list[str]) -> list[asyncpg.Record]:
+    """Take the write locks of `connections` (in order), then read the reservations' rows under
+    them (a provider write may have filled one in meanwhile); 404 when a connection was removed."""
+    for connection_id in connections:
+        await lock_connection(conn, connection_id, check_removed=False)
+    found = await conn.fetch(
+        f"SELECT {_ROW_COLUMNS}, false AS removed FROM sync.event_instances WHERE booking_id = ANY($1::text[])"
+        " UNION ALL SELECT " + ", ".join(["NULL"] * len(_ROW_COLUMNS.split(","))) + ", true"
+        " FROM sync.removed_connections WHERE connection_id = ANY($2::text[])",
+        ids, connections,
+    )
+    if any(r["removed"] for r in found):
+        raise Problem(404, "not_found", "No such connection.")
+    return found
+
+
+async def _enter(conn: asyncpg.Connection, sync: SyncDeps, body: ReservationPut, reservation_id: str,
+                 found: list[asyncpg.Record], start: datetime, end: datetime) -> Answer:
+    now = sync.now()
+    if any(r["user_id"] != body.user_id for r in found):
+        raise Problem(404, "not_found", "No such reservation.")
+    own = next((r for r in found if r["booking_id"] == reservation_id), None)
+    if own is not None and own["status"] == "cancelled":
+        raise Problem(409, "reservation_released", "This reservation was released; make a new one.")
+    changes: dict[tuple[str, str], ChangeSet] = {}
+
+    def change_set(connection_id: str, calendar_id: str) -> ChangeSet:
+        return changes.setdefault((connection_id, calendar_id), ChangeSet([], [], []))
+
+    if own is None:
+        uid = booking_uid(reservation_id)
+        instance = Instance(
+            uid=uid, recurrence_id="", recurring=False, title=body.title, description=body.description,
+            location=None, start_at=start, end_at=end, all_day=False, start_date=None, end_date=None,
+            status="confirmed", transparency="busy",
+        )
+        row = row_for(instance, connection_id=body.connection_id, calendar_id=body.calendar_id,
+                      provider_event_id=None, updated_at=now)
+        row = msgspec.structs.replace(row, booking_id=reservation_id)
+        change_set(body.connection_id, body.calendar_id).created.append(row)
+        where = (body.connection_id, body.calendar_id)
+    else:
+        row = as_row(own)
+        where = (own["connection_id"], own["calendar_id"])
+        if (row.start_at, row.end_at, row.title) != (start, end, body.title):
+            row = _refingerprint(msgspec.structs.replace(row, start_at=start, end_at=end, title=body.title,
+                                                         updated_at=now))
+            change_set(*where).updated.append(row)
+    for other in found:
+        if other["booking_id"] == reservation_id:
+            continue
+        # A hold taken over by its booking: gone in the same transaction the booking's row comes in.
+        change_set(other["connection_id"], other["calendar_id"]).deleted.append(
+            InstanceKey(other["event_id"], other["uid"], other["recurrence_id"]))
+    for (connection_id, calendar_id), change in sorted(changes.items()):
+        await write_changes(conn, sync.store, user_id=body.user_id, connection_id=connection_id,
+                            calendar_id=calendar_id, sync_id=None, changes=change, reason="reservation")
     return json_answer(200 if own is not None else 201, reservation_body(row, *where))
 
 

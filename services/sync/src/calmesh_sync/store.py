@@ -195,10 +195,13 @@ async def purge_connection(conn: asyncpg.Connection, connection_id: str, *, tabl
     return int(result.split()[-1])
 
 
-async def lock_connection(conn: asyncpg.Connection, connection_id: str) -> bool:
+async def lock_connection(conn: asyncpg.Connection, connection_id: str, *, check_removed: bool = True) -> bool:
     """Serialise every projection write of one connection (sync, event-write routes, purge) for the
-    rest of the transaction; returns False when the connection was removed meanwhile."""
+    rest of the transaction; returns False when the connection was removed meanwhile (with
+    `check_removed=False` the caller asks ``sync.removed_connections`` itself, in its next statement)."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('calmesh-sync-write:' || $1, 0))", connection_id)
+    if not check_removed:
+        return True
     removed = await conn.fetchval("SELECT 1 FROM sync.removed_connections WHERE connection_id = $1", connection_id)
     return removed is None
 
