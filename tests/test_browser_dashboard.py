@@ -232,16 +232,16 @@ async def test_a_newcomer_signs_up_connects_two_calendars_and_sees_the_merged_we
     await form.get_by_label("Option 2").fill(second.strftime("%Y-%m-%dT%H:%M"))
     await form.get_by_role("button", name="Create poll").click()
     await page.get_by_role("row").filter(has_text="Team offsite").get_by_role("link").click()
-    vote_url = await page.get_by_label("Voting link").text_content()
-    assert vote_url and vote_url.startswith(f"{base}/api/v1/polls/")
+    share = await page.get_by_label("Voting link").text_content()
+    assert share and share.startswith(f"{base}/polls/")  # the voting page (tests/test_browser_poll_page.py)
     options = page.get_by_role("row").filter(has=page.get_by_role("button", name="Decide"))
     await expect(options).to_have_count(2)
-    poll_id = vote_url.split("/polls/")[1].split("/")[0]
+    poll_id = share.split("/polls/")[1].split("/")[0]
     async with httpx.AsyncClient(timeout=10) as voter:
-        got = (await voter.get(f"{base}/api/v1/polls/{poll_id}", params={"token": vote_url.split("token=")[1]})).json()
+        got = (await voter.get(f"{base}/api/v1/polls/{poll_id}", params={"token": share.split("token=")[1]})).json()
         a, b = (o["id"] for o in got["options"])
         for name, choices in (("Ann", {a: "no", b: "yes"}), ("Bo", {a: "yes", b: "yes"})):
-            r = await voter.post(vote_url, json={"name": name, "choices": choices})
+            r = await voter.post(got["vote_url"], json={"name": name, "choices": choices})
             assert r.status_code == 201, r.text
     await page.reload()
     best = page.get_by_role("row").filter(has_text="best")

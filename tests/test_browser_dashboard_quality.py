@@ -1,6 +1,6 @@
 """The dashboard's quality a user feels, page by page, in a real browser (Debian's Chromium), on an
 account with something on every page (a feed and a CalDAV calendar, a unified calendar of both
-with this week's meetings and a conflict, a booking page with a booking, a poll with votes, an API key, a webhook with a delivery):
+with this week's meetings and a conflict, a booking page with a booking, a poll with votes and its public voting page, an API key, a webhook with a delivery):
 
 - axe-core (the npm package of tests/npm/package.json, its source handed to the page by the test,
   nothing fetched from elsewhere) finds no violation of impact "serious" or "critical";
@@ -37,7 +37,9 @@ pytestmark = pytest.mark.timeout(480)
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 375, "height": 740}
 NAV_LINKS = ("Connections", "Calendars", "Booking pages", "Bookings", "Polls", "API keys", "Webhooks", "Billing")
-SIGNED_OUT = ("signup", "login")
+#: Pages opened without a session, and without the dashboard's navigation: the sign-up and sign-in
+#: pages, and the public page a poll's share link opens (booking's, for whoever holds the link).
+SIGNED_OUT = ("signup", "login", "vote")
 
 
 @dataclass
@@ -112,7 +114,7 @@ async def account(stack: Stack, browser: Browser, feed: str, radicale: Radicale)
              "bookings": "/app/bookings", "polls": "/app/polls", "poll": f"/app/polls/{poll['id']}",
              "api-keys": "/app/api-keys", "webhooks": "/app/webhooks", "webhook": f"/app/webhooks/{hook['id']}",
              "billing": "/app/billing", "profile": "/app/profile", "booking-page": "/app/booking-pages/intro",
-             "booking": f"/app/bookings/{booked.json()['id']}"}
+             "booking": f"/app/bookings/{booked.json()['id']}", "vote": poll["vote_page_url"].removeprefix(base)}
     state = await context.storage_state()
     await context.close()
     yield Account(base, state, pages)
@@ -214,6 +216,7 @@ FORMS = {
     "webhooks": (None, "#new-webhook", "Create webhook"),
     "webhook": (None, "#replay", "Replay"),
     "week": (None, "form.tzform", "Show"),
+    "vote": (None, "#vote-form", "Send vote"),
 }
 
 

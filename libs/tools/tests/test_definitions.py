@@ -100,3 +100,11 @@ def test_every_path_segment_is_quoted() -> None:
     assert api_path(("connections", "%2e%2e")) == "connections/%252e%252e"
     with pytest.raises(Exception):
         api_path(("connections", ".."))
+
+
+async def test_a_new_poll_is_shared_by_its_voting_page_not_the_api_endpoint() -> None:
+    data = {"id": "poll_1", "title": "Kick-off", "status": "open", "options": [],
+            "vote_url": "https://cal.example/api/v1/polls/poll_1/votes?token=t",
+            "vote_page_url": "https://cal.example/polls/poll_1/vote?token=t"}
+    text, _ = await BY_NAME["calmesh_create_poll"].render(None, {}, data)  # type: ignore[arg-type]
+    assert text == "Poll poll_1 'Kick-off' is open. Share: https://cal.example/polls/poll_1/vote?token=t"

@@ -144,8 +144,47 @@ async def test_the_booking_cancel_and_message_pages_run_no_inline_script(bk: Boo
         assert assert_self_contained(r) == [ASSETS.url("booking.css")]
 
 
+async def test_a_polls_share_link_opens_its_voting_page_until_it_is_decided(bk: BookingHarness) -> None:
+    ann = await bk.new_user()
+    start = (datetime.now(UTC) + timedelta(days=3)).replace(hour=9, minute=0, second=0, microsecond=0)
+    r = await bk.client.post("/api/v1/polls", headers=ann.headers, json={
+        "title": "Offsite <planning>", "duration_minutes": 60,
+        "options": [{"start": f"{start + timedelta(days=d):%Y-%m-%dT%H:%M:%SZ}"} for d in (0, 1)]})
+    assert r.status_code == 201, r.text
+    poll = r.json()
+    token = poll["vote_url"].split("token=")[1]
+    assert poll["vote_page_url"] == f"{bk.public_base_url}/polls/{poll['id']}/vote?token={token}"
+    path = poll["vote_page_url"].removeprefix(bk.public_base_url)
+
+    page = await bk.client.get(path)
+    assert page.status_code == 200
+    assert sorted(assert_self_contained(page)) == sorted([ASSETS.url("booking.css"), ASSETS.url("poll-page.js")])
+    assert "Offsite &lt;planning&gt;" in page.text  # escaped, never markup
+    tags = parse(page.text).tags
+    radios = [a for t, a in tags if t == "input" and a.get("type") == "radio"]
+    assert sorted((a["data-option"], a["value"]) for a in radios) == sorted(
+        (o["id"], v) for o in poll["options"] for v in ("yes", "maybe", "no"))
+    assert all(any(t == "label" and la.get("for") == a["id"] for t, la in tags) for a in radios)  # each labelled
+    assert f'"api": "/api/v1/polls/{poll["id"]}/votes?token={token}"' in page.text
+    assert 'id="vote-form"' in page.text and "Send vote" in page.text
+
+    for wrong in (f"/polls/{poll['id']}/vote?token=wrong", f"/polls/{poll['id']}/vote", "/polls/poll_nope/vote?token=x"):
+        missing = await bk.client.get(wrong)
+        assert missing.status_code == 404 and "Poll not found" in missing.text, wrong
+        assert assert_self_contained(missing) == [ASSETS.url("booking.css")]
+
+    chosen = poll["options"][1]
+    d = await bk.client.post(f"/api/v1/polls/{poll['id']}/decide", json={"option_id": chosen["id"]}, headers=ann.headers)
+    assert d.status_code == 200, d.text
+    decided = await bk.client.get(path)
+    assert decided.status_code == 200 and "This poll is decided" in decided.text
+    assert 'id="vote-form"' not in decided.text and 'type="radio"' not in decided.text
+    assert f'<time datetime="{chosen["start"]}"' in decided.text
+    assert_self_contained(decided)
+
+
 async def test_every_asset_a_page_loads_is_served_immutable_under_its_content_hash(bk: BookingHarness) -> None:
-    assert set(ASSETS.by_source) == {"booking-page.js", "cancel-page.js", "questions.js", "booking.css"}
+    assert set(ASSETS.by_source) == {"booking-page.js", "cancel-page.js", "questions.js", "poll-page.js", "booking.css"}
     for source, asset in ASSETS.by_source.items():
         r = await bk.client.get(asset.url)
         assert r.status_code == 200, asset.url

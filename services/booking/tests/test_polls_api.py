@@ -164,3 +164,11 @@ async def test_poll_input_and_idempotency(bk: BookingHarness) -> None:
     d = await bk.client.post(f"/api/v1/polls/{late['id']}/decide", json={"option_id": late["options"][0]["id"]},
                              headers=owner.headers)
     assert d.status_code == 200 and d.json()["event_id"] is None
+
+
+async def test_the_openapi_document_names_both_links_of_a_poll(bk: BookingHarness) -> None:
+    r = await bk.client.get("/schema/openapi.json")
+    assert r.status_code == 200, r.text
+    poll = r.json()["components"]["schemas"]["Poll"]
+    assert {"vote_url", "vote_page_url"} <= set(poll["required"])
+    assert poll["properties"]["vote_page_url"]["type"] == "string"

@@ -242,6 +242,16 @@ def test_literal_segments_win_over_parameters() -> None:
     assert table.match("GET", "/Alice/intro").route is None
 
 
+def test_a_polls_voting_page_is_public_and_does_not_take_a_booking_pages_place() -> None:
+    table = RouteTable()
+    vote = table.match("GET", "/polls/poll_abc123/vote")
+    assert vote.route is not None and vote.route.path == "/polls/{id}/vote" and vote.route.service == "booking"
+    assert vote.route.public and not vote.route.scopes and vote.params == {"id": "poll_abc123"}
+    page = table.match("GET", "/polls/intro")  # two segments stay a booking page (handle "polls")
+    assert page.route is not None and page.route.path == "/{handle}/{slug}"
+    assert table.match("POST", "/polls/poll_abc123/vote").route is None
+
+
 def test_the_oauth_start_page_is_a_browser_route_and_only_binding_cookies_reach_the_service() -> None:
     from calmesh_gateway.front import _forwarded_cookies
 

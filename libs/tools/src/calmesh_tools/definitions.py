@@ -392,7 +392,8 @@ async def _list_bookings(ctx: Context, args: dict[str, Any], data: Any) -> tuple
 
 
 async def _create_poll(ctx: Context, args: dict[str, Any], data: Any) -> tuple[str, Any]:
-    lines = [f"Poll {data.get('id')} '{data.get('title')}' is {data.get('status')}. Share: {data.get('vote_url')}"]
+    share = data.get("vote_page_url") or data.get("vote_url")  # the voting page; the API endpoint before it
+    lines = [f"Poll {data.get('id')} '{data.get('title')}' is {data.get('status')}. Share: {share}"]
     lines += [f"- option {o['id']}: {span(o['start'], o['end'], None)}" for o in data.get("options", [])]
     return "\n".join(lines), data
 

@@ -7,7 +7,7 @@ errors are problem details. The handlers module does the work; this one maps HTT
 from __future__ import annotations
 
 import re
-from datetime import date
+from datetime import date, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -27,7 +27,15 @@ from .assets import ASSETS, IMMUTABLE
 from .domain import verify_cancel_signature
 from .handlers import Answer, BookingContext
 from .mail import when_text
-from .pages import EMBED_JS, PAGE_CSP, booking_page_html, cancel_page_html, message_page_html, verify_page_html
+from .pages import (
+    EMBED_JS,
+    PAGE_CSP,
+    booking_page_html,
+    cancel_page_html,
+    message_page_html,
+    poll_page_html,
+    verify_page_html,
+)
 
 T = TypeVar("T")
 
@@ -281,7 +289,10 @@ class Poll(msgspec.Struct):
     calendar_slug: str | None
     deadline: str | None
     options: list[PollOption]
+    #: The API endpoint a vote is POSTed to (with the poll's token).
     vote_url: str
+    #: The public page where a person given the link votes in the browser (the link to share).
+    vote_page_url: str
     decided_option_id: str | None
     event_id: str | None
     created_at: str
@@ -705,10 +716,26 @@ async def booking_page(ctx: BookingContext, handle: str, slug: str, embed: str |
     return _html(booking_page_html(dict(page), owner_name=owner, embed=embed == "1", color=color, reschedule=moving))
 
 
+@get("/polls/{poll_id:str}/vote", summary="A poll's public voting page (HTML)", include_in_schema=False)
+async def poll_page(ctx: BookingContext, poll_id: str, token: str = "") -> Response[str]:
+    """The page a poll's share link (``vote_page_url``) opens: the options in the visitor's time
+    zone and a yes/maybe/no form that posts to the public votes endpoint; a decided (or past its
+    deadline) poll shows the chosen time and no form. Without the poll's token: a 404 page."""
+    try:
+        poll = await h.get_poll(ctx, None, poll_id, token)
+    except Problem:
+        return _html(message_page_html("Poll not found", "This poll link is not valid. Ask its owner for the link again."),
+                     404)
+    deadline = poll["deadline"]
+    closed = poll["status"] != "open" or (deadline is not None and datetime.fromisoformat(deadline) <= ctx.clock())
+    return _html(poll_page_html(poll, closed=closed, api_url=f"/api/v1/polls/{poll_id}/votes?token={token}"))
+
+
 @get("/internal/pages", include_in_schema=False)
 async def internal_pages(ctx: BookingContext, user_id: str, calendar_slug: str) -> Response[bytes]:
     """Internal (docs/contracts.md): the user's booking pages on a unified calendar."""
     return json_response(await h.pages_on_calendar(ctx, user_id, calendar_slug))
 
 
-ROUTES = [BookingPageController, BookingController, PollController, embed_js, internal_pages, page_asset, booking_page]
+ROUTES = [BookingPageController, BookingController, PollController, embed_js, internal_pages, page_asset, poll_page,
+          booking_page]

@@ -1391,6 +1391,7 @@ def poll_resource(ctx: BookingContext, poll: asyncpg.Record, options: list[Any])
         "deadline": rfc3339_or_none(poll["deadline"]),
         "options": [{"id": o["id"], "start": rfc3339(o["start_at"]), "end": rfc3339(o["end_at"])} for o in options],
         "vote_url": ctx.public_url("api", "v1", "polls", poll["id"], "votes") + f"?token={poll['token']}",
+        "vote_page_url": ctx.public_url("polls", poll["id"], "vote") + f"?token={poll['token']}",
         "decided_option_id": poll["decided_option_id"],
         "event_id": poll["event_id"],
         "created_at": rfc3339(poll["created_at"]),

@@ -314,6 +314,73 @@ def questions_html(questions: list[dict[str, Any]]) -> str:
     return f'<div id="questions">\n{chr(10).join(out)}\n</div>' if out else ""
 
 
+_CHOICES = (("yes", "Yes"), ("maybe", "If need be"), ("no", "No"))
+
+
+def poll_page_html(poll: dict[str, Any], *, closed: bool, api_url: str) -> str:
+    """A poll's public voting page (`poll` as the API answers it): each option a group of yes /
+    if need be / no radios whose legend is the option's time (``<time datetime>``, shown in UTC
+    until poll-page.js writes it in the visitor's zone); `closed` (decided or past its deadline)
+    shows the decided time, if any, and no form. The form posts to `api_url`."""
+    esc = html.escape
+    title = esc(poll["title"])
+
+    def when(o: dict[str, Any]) -> str:
+        return (f'<time datetime="{esc(o["start"])}" data-end="{esc(o["end"])}">'
+                f'{esc(o["start"])} – {esc(o["end"])}</time>')
+
+    if closed:
+        chosen = next((o for o in poll["options"] if o["id"] == poll.get("decided_option_id")), None)
+        body = (f'<section id="decided" class="done" aria-labelledby="decided-h"><h2 id="decided-h">This poll is decided</h2>'
+                f'<p>The time is {when(chosen)}.</p><p class="muted">It takes no more votes.</p></section>'
+                if chosen else '<p id="decided">This poll is closed and takes no more votes.</p>')
+    else:
+        groups = []
+        for i, o in enumerate(poll["options"], 1):
+            oid = esc(o["id"])
+            radios = "".join(
+                f'<div class="check"><input type="radio" id="c-{oid}-{value}" name="choice-{oid}" value="{value}"'
+                f' data-option="{oid}"><label for="c-{oid}-{value}">{text}</label></div>'
+                for value, text in _CHOICES)
+            groups.append(f'<fieldset class="option" aria-describedby="choices.{oid}-error">'
+                          f'<legend>Option {i}: {when(o)}</legend>{radios}'
+                          f'<p id="choices.{oid}-error" class="field-error" hidden></p></fieldset>')
+        body = f"""<form id="vote-form" novalidate>
+<label for="name">Name</label>
+<input id="name" name="name" autocomplete="name" required maxlength="200" aria-describedby="name-error">
+<p id="name-error" class="field-error" hidden></p>
+<label for="email">Email <span class="muted">(optional)</span></label>
+<input id="email" name="email" type="email" autocomplete="email" maxlength="254" aria-describedby="email-error">
+<p id="email-error" class="field-error" hidden></p>
+<h2>Which times can you make?</h2>
+{chr(10).join(groups)}
+<p id="choices-error" class="field-error" hidden></p>
+<div class="actions"><button type="submit" id="vote-btn" class="primary">Send vote</button></div>
+</form>"""
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title} · Vote · CalMesh</title>
+<link rel="stylesheet" href="{ASSETS.url("booking.css")}">
+</head>
+<body>
+<main id="main" aria-labelledby="page-title">
+<header>
+<h1 id="page-title">{title}</h1>
+<p class="muted">{int(poll["duration_minutes"])} minutes · times in <span id="tz-name">UTC</span></p>
+</header>
+{body}
+<div id="status" role="status" aria-live="polite" aria-atomic="true"></div>
+</main>
+<script id="calmesh-config" type="application/json">{_script_json({"api": api_url})}</script>
+<script src="{ASSETS.url("poll-page.js")}"></script>
+</body>
+</html>
+"""
+
+
 def verify_page_html(*, title: str, owner_name: str, when: str, action: str) -> str:
     """The page a verification mail links to: it asks before confirming (mail scanners follow links
     with GET, so only the button's POST confirms). A plain form: no script at all."""

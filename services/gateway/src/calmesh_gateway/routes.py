@@ -279,6 +279,9 @@ ROUTES: tuple[Route, ...] = (
     # counted against a visitor's per-address budget; only fingerprinted names reach booking.
     _r("GET", "/assets/booking/{name}", "booking", "Scripts and styles of the public booking pages",
        auth=PUBLIC_ONLY, scopes=NO_KEYS, tag="embed", rate_limited=False, constraints={"name": _PAGE_ASSET}),
+    # A poll's voting page (its share link, vote_page_url): three segments, so never a /{handle}/{slug}.
+    _r("GET", "/polls/{id}/vote", "booking", "A poll's public voting page (HTML, with the poll's token)",
+       auth=PUBLIC_ONLY, scopes=NO_KEYS, tag="polls"),
     _r("GET", "/{handle}/{slug}", "booking", "The public booking page (HTML)", auth=PUBLIC_ONLY, scopes=NO_KEYS,
        tag="embed", constraints={"handle": _HANDLE, "slug": _SLUG}),
 
