@@ -42,11 +42,6 @@ class _BookingFacts(_BookingEvent, tag=False):
     email: str
 
 
-class _BookingRef(_BookingEvent, tag=False):
-    booking_id: str
-    user_id: str
-
-
 class _PollEvent(_BookingEvent, tag=False):
     poll_id: str
     user_id: str
@@ -117,18 +112,22 @@ class BookingRescheduled(_BookingFacts, tag="booking.rescheduled.v1"):
     rescheduled_at: datetime | None = None
 
 
-class BookingCalendarEventWritten(_BookingRef, tag="booking.calendar_event_written.v1"):
+class BookingCalendarEventWritten(_BookingEvent, tag="booking.calendar_event_written.v1"):
     """The booking's event now exists on the calendar's write target (sync's event id)."""
 
+    booking_id: str
+    user_id: str
     event_id: str
 
 
-class BookingCalendarWriteFailed(_BookingRef, tag="booking.calendar_write_failed.v1"):
+class BookingCalendarWriteFailed(_BookingEvent, tag="booking.calendar_write_failed.v1"):
     """The booking's provider event can never be written: the provider refused the credentials
     (401/403), the calendar is gone (404), or the calendar has no writable source left. The booking
     stands (its time stays busy in CalMesh) with ``calendar_write: "failed"`` and `reason`; webhook
     ``connection.error`` when a connection is to blame (`connection_id` set)."""
 
+    booking_id: str
+    user_id: str
     calendar_slug: str
     #: ``credentials_refused`` | ``calendar_gone`` | ``no_writable_source`` | ``refused``
     kind: str

@@ -14,16 +14,6 @@ class _GatewayEvent(Event, tag=False):
     context: ClassVar[str] = "gateway"
 
 
-class _ApiKeyEvent(_GatewayEvent, tag=False):
-    key_id: str
-    user_id: str
-
-
-class _SessionEvent(_GatewayEvent, tag=False):
-    user_id: str
-    session_hash: str
-
-
 class UserSignedUp(_GatewayEvent, tag="user.signed_up.v1"):
     user_id: str
     email: str
@@ -32,7 +22,9 @@ class UserSignedUp(_GatewayEvent, tag="user.signed_up.v1"):
     timezone: str
 
 
-class ApiKeyCreated(_ApiKeyEvent, tag="api_key.created.v1"):
+class ApiKeyCreated(_GatewayEvent, tag="api_key.created.v1"):
+    key_id: str
+    user_id: str
     name: str
     scope: str
     prefix: str
@@ -40,13 +32,18 @@ class ApiKeyCreated(_ApiKeyEvent, tag="api_key.created.v1"):
     expires_at: datetime | None = None
 
 
-class ApiKeyRevoked(_ApiKeyEvent, tag="api_key.revoked.v1"):
+class ApiKeyRevoked(_GatewayEvent, tag="api_key.revoked.v1"):
+    key_id: str
+    user_id: str
     key_hash: str
 
 
-class SessionEnded(_SessionEvent, tag="session.ended.v1"):
-    """A signed-in session ended."""
+class SessionEnded(_GatewayEvent, tag="session.ended.v1"):
+    user_id: str
+    session_hash: str
 
 
-class SessionStarted(_SessionEvent, tag="session.started.v1"):
+class SessionStarted(_GatewayEvent, tag="session.started.v1"):
+    user_id: str
+    session_hash: str
     expires_at: datetime
