@@ -23,6 +23,17 @@ class _BillingEvent(Event, tag=False):
     user_id: str
 
 
+class _PaymentEvent(_BillingEvent, tag=False):
+    """What Mollie said of one of the user's payments."""
+
+    payment_id: str
+
+
+class _PaymentNotPaid(_PaymentEvent, tag=False):
+    #: Mollie's status of the payment (``failed``, ``canceled``, ``expired``).
+    payment_status: str
+
+
 class CheckoutStarted(_BillingEvent, tag="checkout.started.v1"):
     """A Mollie first payment (sequenceType first) was created; the user is sent to its checkout."""
 
@@ -33,11 +44,9 @@ class CheckoutStarted(_BillingEvent, tag="checkout.started.v1"):
     at: datetime
 
 
-class CheckoutFailed(_BillingEvent, tag="checkout.failed.v1"):
+class CheckoutFailed(_PaymentNotPaid, tag="checkout.failed.v1"):
     """The first payment ended without being paid (failed, canceled or expired)."""
 
-    payment_id: str
-    payment_status: str
     at: datetime
 
 
@@ -52,19 +61,16 @@ class SubscriptionActivated(_BillingEvent, tag="paid_subscription.activated.v1")
     at: datetime
 
 
-class RecurringPaymentReceived(_BillingEvent, tag="recurring_payment.received.v1"):
+class RecurringPaymentReceived(_PaymentEvent, tag="recurring_payment.received.v1"):
     """A monthly payment was paid: the period is extended."""
 
-    payment_id: str
     current_period_end: datetime
     at: datetime
 
 
-class RecurringPaymentFailed(_BillingEvent, tag="recurring_payment.failed.v1"):
+class RecurringPaymentFailed(_PaymentNotPaid, tag="recurring_payment.failed.v1"):
     """A monthly payment failed: the account is past due until `grace_until`."""
 
-    payment_id: str
-    payment_status: str
     grace_until: datetime
     at: datetime
 
