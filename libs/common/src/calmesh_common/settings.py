@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
@@ -75,9 +76,9 @@ def _public_is_https(env: Mapping[str, str], http_port: int) -> bool:
     return env.get("CALMESH_PUBLIC_BASE_URL", f"http://127.0.0.1:{http_port}").strip().lower().startswith("https://")
 
 
-def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+def _networks(env: Mapping[str, str], name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
     """Comma-separated addresses or CIDR networks, each checked (a typo must not trust nobody silently)."""
-    parts = _list(env, name)
+    parts = _list(env, name, default)
     for part in parts:
         try:
             ipaddress.ip_network(part, strict=False)
@@ -86,7 +87,9 @@ def _networks(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return parts
 
 
-def _endpoints(env: Mapping[str, str], name: str) -> tuple[tuple[str, int], ...]:
+def _endpoints(
+    env: Mapping[str, str], name: str, default: tuple[tuple[str, int], ...] = ()
+) -> tuple[tuple[str, int], ...]:
     """Comma-separated ``address:port`` pairs (IP literals, ``[::1]:5232`` for IPv6), each checked."""
     endpoints = []
     for part in _list(env, name):
@@ -94,12 +97,37 @@ def _endpoints(env: Mapping[str, str], name: str) -> tuple[tuple[str, int], ...]
             endpoints.append(parse_endpoint(part))
         except ValueError:
             raise SettingsError(f"{name} must list address:port pairs (127.0.0.1:5232, [::1]:5232), got {part!r}") from None
-    return tuple(endpoints)
+    return tuple(endpoints) or default
 
 
-def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+def _list(env: Mapping[str, str], name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
     raw = env.get(name, "")
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return tuple(part.strip() for part in raw.split(",") if part.strip()) or default
+
+
+def _text(env: Mapping[str, str], name: str, default: str) -> str:
+    return env.get(name, default)
+
+
+#: How a variable's text becomes a setting, by the setting's type.
+_READERS: dict[object, Callable[[Mapping[str, str], str, Any], object]] = {
+    str: _text,
+    int: _int,
+    float: _float,
+    bool: _bool,
+    tuple[float, ...]: _floats,
+    tuple[str, ...]: _list,
+}
+#: Settings read by a reader of their own (lists whose every entry is checked).
+_FIELD_READERS: dict[str, Callable[[Mapping[str, str], str, Any], object]] = {
+    "trusted_proxies": _networks,
+    "allow_private_endpoints": _endpoints,
+}
+#: Settings whose variable is not ``CALMESH_<NAME>``.
+_ENV_NAMES = {"database_url": "DATABASE_URL", "nats_url": "NATS_URL", "service_name": "CALMESH_SERVICE"}
+#: Settings read in lower case, and URLs read without a trailing slash.
+_LOWERED = ("log_level", "smtp_security", "push_notifications")
+_NO_TRAILING_SLASH = ("public_base_url", "dashboard_api_url", "mollie_api_base", "google_api_url", "microsoft_graph_url")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -320,140 +348,30 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read settings from `env` (default `os.environ`); keyword overrides win."""
         env = os.environ if env is None else env
-        http_port = _int(env, "CALMESH_HTTP_PORT", 8080)
-        service_urls = {
+        defaults = {f.name: f.default for f in msgspec.structs.fields(cls) if f.default is not msgspec.NODEFAULT}
+        http_port = _int(env, "CALMESH_HTTP_PORT", defaults["http_port"])
+        # The defaults that follow the HTTP port.
+        defaults.update(
+            port=http_port,
+            public_base_url=f"http://127.0.0.1:{http_port}",
+            cookie_secure=_public_is_https(env, http_port),
+        )
+        values: dict[str, object] = {
+            f.name: (_FIELD_READERS.get(f.name) or _READERS[f.type])(
+                env, _ENV_NAMES.get(f.name, f"CALMESH_{f.name.upper()}"), defaults[f.name]
+            )
+            for f in msgspec.structs.fields(cls)
+            if f.name != "service_urls"
+        }
+        for name in _LOWERED:
+            values[name] = str(values[name]).lower()
+        for name in _NO_TRAILING_SLASH:
+            values[name] = str(values[name]).rstrip("/")
+        values["service_urls"] = {
             name: env[f"CALMESH_{name.upper()}_URL"]
             for name in SERVICE_NAMES
             if env.get(f"CALMESH_{name.upper()}_URL")
         }
-        values: dict[str, object] = dict(
-            database_url=env.get("DATABASE_URL", ""),
-            nats_url=env.get("NATS_URL", "nats://127.0.0.1:4222"),
-            data_dir=env.get("CALMESH_DATA_DIR", ".calmesh"),
-            service_name=env.get("CALMESH_SERVICE", "calmesh"),
-            host=env.get("CALMESH_HOST", "127.0.0.1"),
-            port=_int(env, "CALMESH_PORT", http_port),
-            http_port=http_port,
-            public_base_url=env.get("CALMESH_PUBLIC_BASE_URL", f"http://127.0.0.1:{http_port}").rstrip("/"),
-            log_level=env.get("CALMESH_LOG_LEVEL", "info").lower(),
-            log_json=_bool(env, "CALMESH_LOG_JSON", True),
-            db_pool_min=_int(env, "CALMESH_DB_POOL_MIN", 1),
-            db_pool_max=_int(env, "CALMESH_DB_POOL_MAX", 10),
-            internal_secret=env.get("CALMESH_INTERNAL_SECRET", ""),
-            service_urls=service_urls,
-            session_secret=env.get("CALMESH_SESSION_SECRET", ""),
-            session_ttl_seconds=_int(env, "CALMESH_SESSION_TTL_SECONDS", 14 * 24 * 3600),
-            cookie_secure=_bool(env, "CALMESH_COOKIE_SECURE", _public_is_https(env, http_port)),
-            trusted_proxies=_networks(env, "CALMESH_TRUSTED_PROXIES"),
-            max_body_bytes=_int(env, "CALMESH_MAX_BODY_BYTES", 1_048_576),
-            rate_limit_per_minute=_int(env, "CALMESH_RATE_LIMIT_PER_MINUTE", 600),
-            rate_limit_burst=_int(env, "CALMESH_RATE_LIMIT_BURST", 120),
-            public_rate_limit_per_minute=_int(env, "CALMESH_PUBLIC_RATE_LIMIT_PER_MINUTE", 300),
-            login_failures_per_minute=_int(env, "CALMESH_LOGIN_FAILURES_PER_MINUTE", 5),
-            login_failures_burst=_int(env, "CALMESH_LOGIN_FAILURES_BURST", 10),
-            login_address_failures_per_minute=_int(env, "CALMESH_LOGIN_ADDRESS_FAILURES_PER_MINUTE", 30),
-            login_address_failures_burst=_int(env, "CALMESH_LOGIN_ADDRESS_FAILURES_BURST", 60),
-            bad_key_failures_per_minute=_int(env, "CALMESH_BAD_KEY_FAILURES_PER_MINUTE", 30),
-            bad_key_failures_burst=_int(env, "CALMESH_BAD_KEY_FAILURES_BURST", 30),
-            health_timeout_seconds=_float(env, "CALMESH_HEALTH_TIMEOUT_SECONDS", 2.0),
-            forward_timeout_seconds=_float(env, "CALMESH_FORWARD_TIMEOUT_SECONDS", 30.0),
-            dashboard_api_url=env.get("CALMESH_DASHBOARD_API_URL", "").rstrip("/"),
-            encryption_keys=_list(env, "CALMESH_ENCRYPTION_KEYS"),
-            sync_workers=_int(env, "CALMESH_SYNC_WORKERS", 2),
-            allow_private_networks=_bool(env, "CALMESH_ALLOW_PRIVATE_NETWORKS", False),
-            allow_private_endpoints=_endpoints(env, "CALMESH_ALLOW_PRIVATE_ENDPOINTS"),
-            stream_replicas=_int(env, "CALMESH_STREAM_REPLICAS", 1),
-            otel_console=_bool(env, "CALMESH_OTEL_CONSOLE", False),
-            metrics_port=_int(env, "CALMESH_METRICS_PORT", 0),
-            access_log=_bool(env, "CALMESH_ACCESS_LOG", True),
-            webhooks_schema=env.get("CALMESH_WEBHOOKS_SCHEMA", "webhooks"),
-            webhook_retry_schedule=_floats(
-                env, "CALMESH_WEBHOOK_RETRY_SCHEDULE", (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)
-            ),
-            webhook_retry_jitter=_float(env, "CALMESH_WEBHOOK_RETRY_JITTER", 0.1),
-            webhook_max_retry_after_seconds=_float(env, "CALMESH_WEBHOOK_MAX_RETRY_AFTER_SECONDS", 86400.0),
-            webhook_timeout_seconds=_float(env, "CALMESH_WEBHOOK_TIMEOUT_SECONDS", 15.0),
-            webhook_disable_after_seconds=_float(env, "CALMESH_WEBHOOK_DISABLE_AFTER_SECONDS", 5 * 86400.0),
-            webhook_secret_overlap_seconds=_float(env, "CALMESH_WEBHOOK_SECRET_OVERLAP_SECONDS", 86400.0),
-            webhook_concurrency=_int(env, "CALMESH_WEBHOOK_CONCURRENCY", 256),
-            webhook_concurrency_per_subscription=_int(env, "CALMESH_WEBHOOK_CONCURRENCY_PER_SUBSCRIPTION", 4),
-            webhook_poll_interval_seconds=_float(env, "CALMESH_WEBHOOK_POLL_INTERVAL_SECONDS", 1.0),
-            mollie_api_base=env.get("CALMESH_MOLLIE_API_BASE", "https://api.mollie.com/v2").rstrip("/"),
-            mollie_api_key=env.get("CALMESH_MOLLIE_API_KEY", ""),
-            mollie_webhook_url=env.get("CALMESH_MOLLIE_WEBHOOK_URL", ""),
-            billing_pro_price=env.get("CALMESH_BILLING_PRO_PRICE", "9.00"),
-            billing_currency=env.get("CALMESH_BILLING_CURRENCY", "EUR"),
-            billing_grace_period_seconds=_float(env, "CALMESH_BILLING_GRACE_PERIOD_SECONDS", 7 * 86400.0),
-            billing_sweep_interval_seconds=_float(env, "CALMESH_BILLING_SWEEP_INTERVAL_SECONDS", 60.0),
-            plan_free_connections=_int(env, "CALMESH_PLAN_FREE_CONNECTIONS", 3),
-            plan_free_booking_pages=_int(env, "CALMESH_PLAN_FREE_BOOKING_PAGES", 2),
-            plan_free_api_requests_per_day=_int(env, "CALMESH_PLAN_FREE_API_REQUESTS_PER_DAY", 10_000),
-            plan_pro_connections=_int(env, "CALMESH_PLAN_PRO_CONNECTIONS", 50),
-            plan_pro_booking_pages=_int(env, "CALMESH_PLAN_PRO_BOOKING_PAGES", 100),
-            plan_pro_api_requests_per_day=_int(env, "CALMESH_PLAN_PRO_API_REQUESTS_PER_DAY", 1_000_000),
-            calendar_cache_ttl_seconds=_float(env, "CALMESH_CALENDAR_CACHE_TTL_SECONDS", 60.0),
-            conflicts_max_rows=_int(env, "CALMESH_CONFLICTS_MAX_ROWS", 20_000),
-            conflicts_max_checks=_int(env, "CALMESH_CONFLICTS_MAX_CHECKS", 2_000_000),
-            availability_cpu_workers=_int(env, "CALMESH_AVAILABILITY_CPU_WORKERS", 2),
-            availability_timelines=_bool(env, "CALMESH_AVAILABILITY_TIMELINES", True),
-            smtp_host=env.get("CALMESH_SMTP_HOST", ""),
-            smtp_port=_int(env, "CALMESH_SMTP_PORT", 587),
-            smtp_username=env.get("CALMESH_SMTP_USERNAME", ""),
-            smtp_password=env.get("CALMESH_SMTP_PASSWORD", ""),
-            smtp_security=env.get("CALMESH_SMTP_SECURITY", "starttls").lower(),
-            mail_from=env.get("CALMESH_MAIL_FROM", "CalMesh <bookings@calmesh.localhost>"),
-            mail_dir=env.get("CALMESH_MAIL_DIR", ""),
-            booking_link_secret=env.get("CALMESH_BOOKING_LINK_SECRET", ""),
-            cancel_link_ttl_seconds=_int(env, "CALMESH_CANCEL_LINK_TTL_SECONDS", 90 * 86400),
-            hold_seconds_override=_int(env, "CALMESH_HOLD_SECONDS_OVERRIDE", 0),
-            booking_pending_timeout_seconds=_int(env, "CALMESH_BOOKING_PENDING_TIMEOUT_SECONDS", 30),
-            mail_per_page_per_hour=_int(env, "CALMESH_MAIL_PER_PAGE_PER_HOUR", 100),
-            mail_per_recipient_per_day=_int(env, "CALMESH_MAIL_PER_RECIPIENT_PER_DAY", 5),
-            booking_verification_seconds=_int(env, "CALMESH_BOOKING_VERIFICATION_SECONDS", 900),
-            google_client_id=env.get("CALMESH_GOOGLE_CLIENT_ID", ""),
-            google_client_secret=env.get("CALMESH_GOOGLE_CLIENT_SECRET", ""),
-            google_auth_url=env.get("CALMESH_GOOGLE_AUTH_URL", "https://accounts.google.com/o/oauth2/v2/auth"),
-            google_token_url=env.get("CALMESH_GOOGLE_TOKEN_URL", "https://oauth2.googleapis.com/token"),
-            google_revoke_url=env.get("CALMESH_GOOGLE_REVOKE_URL", "https://oauth2.googleapis.com/revoke"),
-            google_api_url=env.get("CALMESH_GOOGLE_API_URL", "https://www.googleapis.com/calendar/v3").rstrip("/"),
-            google_scopes=env.get("CALMESH_GOOGLE_SCOPES", "openid email https://www.googleapis.com/auth/calendar"),
-            microsoft_client_id=env.get("CALMESH_MICROSOFT_CLIENT_ID", ""),
-            microsoft_client_secret=env.get("CALMESH_MICROSOFT_CLIENT_SECRET", ""),
-            microsoft_auth_url=env.get(
-                "CALMESH_MICROSOFT_AUTH_URL", "https://login.microsoftonline.com/common/oauth2/v2.0/authorize"
-            ),
-            microsoft_token_url=env.get(
-                "CALMESH_MICROSOFT_TOKEN_URL", "https://login.microsoftonline.com/common/oauth2/v2.0/token"
-            ),
-            microsoft_graph_url=env.get("CALMESH_MICROSOFT_GRAPH_URL", "https://graph.microsoft.com/v1.0").rstrip("/"),
-            microsoft_scopes=env.get(
-                "CALMESH_MICROSOFT_SCOPES", "offline_access openid email User.Read Calendars.ReadWrite"
-            ),
-            icloud_caldav_url=env.get("CALMESH_ICLOUD_CALDAV_URL", "https://caldav.icloud.com/"),
-            oauth_state_ttl_seconds=_int(env, "CALMESH_OAUTH_STATE_TTL_SECONDS", 900),
-            oauth_redirect_origins=_list(env, "CALMESH_OAUTH_REDIRECT_ORIGINS"),
-            ical_max_bytes=_int(env, "CALMESH_ICAL_MAX_BYTES", 10 * 1024 * 1024),
-            caldav_max_bytes=_int(env, "CALMESH_CALDAV_MAX_BYTES", 50 * 1024 * 1024),
-            fetch_timeout_seconds=_float(env, "CALMESH_FETCH_TIMEOUT_SECONDS", 30.0),
-            sync_window_back_days=_int(env, "CALMESH_SYNC_WINDOW_BACK_DAYS", 90),
-            sync_window_ahead_days=_int(env, "CALMESH_SYNC_WINDOW_AHEAD_DAYS", 400),
-            sync_window_reanchor_days=_int(env, "CALMESH_SYNC_WINDOW_REANCHOR_DAYS", 7),
-            sync_max_instances=_int(env, "CALMESH_SYNC_MAX_INSTANCES", 200_000),
-            sync_expand_timeout_seconds=_float(env, "CALMESH_SYNC_EXPAND_TIMEOUT_SECONDS", 120.0),
-            sync_interval_ical_seconds=_float(env, "CALMESH_SYNC_INTERVAL_ICAL_SECONDS", 1800.0),
-            sync_interval_caldav_seconds=_float(env, "CALMESH_SYNC_INTERVAL_CALDAV_SECONDS", 900.0),
-            sync_interval_google_seconds=_float(env, "CALMESH_SYNC_INTERVAL_GOOGLE_SECONDS", 900.0),
-            sync_interval_microsoft_seconds=_float(env, "CALMESH_SYNC_INTERVAL_MICROSOFT_SECONDS", 900.0),
-            sync_jitter=_float(env, "CALMESH_SYNC_JITTER", 0.1),
-            sync_scheduler_tick_seconds=_float(env, "CALMESH_SYNC_SCHEDULER_TICK_SECONDS", 5.0),
-            sync_concurrency=_int(env, "CALMESH_SYNC_CONCURRENCY", 4),
-            sync_job_ack_wait_seconds=_float(env, "CALMESH_SYNC_JOB_ACK_WAIT_SECONDS", 30.0),
-            sync_job_max_deliver=_int(env, "CALMESH_SYNC_JOB_MAX_DELIVER", 20),
-            sync_retry_after_max_seconds=_float(env, "CALMESH_SYNC_RETRY_AFTER_MAX_SECONDS", 30.0),
-            worker_id=env.get("CALMESH_WORKER_ID", ""),
-            push_notifications=env.get("CALMESH_PUSH_NOTIFICATIONS", "auto").lower(),
-            push_renew_before_seconds=_float(env, "CALMESH_PUSH_RENEW_BEFORE_SECONDS", 6 * 3600.0),
-        )
         values.update(overrides)
         settings = cls(**values)  # type: ignore[arg-type]
         settings.validate()

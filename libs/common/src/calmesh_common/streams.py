@@ -13,15 +13,10 @@ import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
-CONTEXTS: tuple[str, ...] = (
-    "gateway",
-    "connections",
-    "sync",
-    "availability",
-    "booking",
-    "billing",
-    "webhooks",
-)
+from .settings import SERVICE_NAMES
+
+#: The bounded contexts: the gateway's and one a service (each service publishes into its own).
+CONTEXTS: tuple[str, ...] = ("gateway", *SERVICE_NAMES)
 
 #: How long JetStream remembers a Nats-Msg-Id to drop a duplicate publish.
 DUPLICATE_WINDOW_SECONDS = 15 * 60

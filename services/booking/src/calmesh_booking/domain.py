@@ -15,29 +15,20 @@ import re
 from bisect import bisect_right
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from calmesh_common import hours as common_hours
+from calmesh_common.hours import DAY_MINUTES, WEEKDAYS, Hours, HoursError
 from calmesh_common.intervals import merge_spans
 
-WEEKDAYS: tuple[str, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 MAX_RANGE_DAYS = 366
-DAY_MINUTES = 24 * 60
 
 Interval = tuple[datetime, datetime]
-#: A day's hours: sorted, disjoint [from, to) pairs in minutes since local midnight (to ≤ 1440).
-Hours = tuple[tuple[int, int], ...]
-
-_HHMM = re.compile(r"^([01]\d|2[0-4]):([0-5]\d)$")
 
 
-class RuleError(ValueError):
+class RuleError(HoursError):
     """A booking page rule that cannot be used; `field` names where it is."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 # --- parsing and validating rules --------------------------------------------------------------
@@ -53,33 +44,13 @@ def zone(name: str, field: str = "timezone") -> ZoneInfo:
         raise RuleError(field, f"unknown timezone {name!r} (expected an IANA name such as Europe/Amsterdam)") from None
 
 
-def parse_hhmm(value: str, field: str) -> int:
-    """"HH:MM" (00:00..24:00) to minutes since midnight."""
-    m = _HHMM.match(value)
-    if not m or (m.group(1) == "24" and m.group(2) != "00"):
-        raise RuleError(field, f"{value!r} is not a time of day HH:MM between 00:00 and 24:00")
-    return int(m.group(1)) * 60 + int(m.group(2))
-
-
 def parse_hours(raw: Sequence[Sequence[str]], field: str) -> Hours:
-    """[["09:00","12:00"], ...] to sorted, merged minute pairs; each pair must run forwards."""
-    pairs: list[tuple[int, int]] = []
-    for i, pair in enumerate(raw):
-        where = f"{field}[{i}]"
-        if len(pair) != 2:
-            raise RuleError(where, "each range is a pair [from, to]")
-        start, end = parse_hhmm(pair[0], where), parse_hhmm(pair[1], where)
-        if end <= start:
-            raise RuleError(where, f"{pair[1]} is not after {pair[0]}")
-        pairs.append((start, end))
-    pairs.sort()
-    merged: list[tuple[int, int]] = []
-    for start, end in pairs:
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return tuple(merged)
+    """[["09:00","12:00"], ...] to sorted, merged minute pairs (`calmesh_common.hours`); RuleError
+    when a value is not such a range."""
+    try:
+        return common_hours.parse_hours(raw, field)
+    except HoursError as exc:
+        raise RuleError(exc.field, exc.message) from None
 
 
 def format_hours(hours: Hours) -> list[list[str]]:
@@ -173,10 +144,7 @@ def local_instant(day: date, minutes: int, tz: ZoneInfo) -> datetime:
     A wall time that does not exist (the hour skipped in spring) is read with the offset before the
     change, so 02:30 on a skipped 02:00–03:00 becomes 03:30; an ambiguous one (autumn) is the first.
     """
-    if minutes >= DAY_MINUTES:
-        day, minutes = day + timedelta(days=minutes // DAY_MINUTES), minutes % DAY_MINUTES
-    local = datetime.combine(day, time(minutes // 60, minutes % 60), tzinfo=tz)
-    return local.astimezone(UTC)
+    return datetime.fromtimestamp(common_hours.local_instant(day, minutes, tz), UTC)
 
 
 def day_window(first: date, last: date, tz: ZoneInfo) -> Interval:

@@ -16,11 +16,27 @@ from typing import ClassVar
 from . import Event
 
 
-class CheckoutStarted(Event, tag="checkout.started.v1"):
-    """A Mollie first payment (sequenceType first) was created; the user is sent to its checkout."""
+class _BillingEvent(Event, tag=False):
+    """The fields every billing event starts with (no tag of its own: not an event by itself)."""
 
     context: ClassVar[str] = "billing"
     user_id: str
+
+
+class _PaymentEvent(_BillingEvent, tag=False):
+    """What Mollie said of one of the user's payments."""
+
+    payment_id: str
+
+
+class _PaymentNotPaid(_PaymentEvent, tag=False):
+    #: Mollie's status of the payment (``failed``, ``canceled``, ``expired``).
+    payment_status: str
+
+
+class CheckoutStarted(_BillingEvent, tag="checkout.started.v1"):
+    """A Mollie first payment (sequenceType first) was created; the user is sent to its checkout."""
+
     plan: str
     customer_id: str
     payment_id: str
@@ -28,21 +44,15 @@ class CheckoutStarted(Event, tag="checkout.started.v1"):
     at: datetime
 
 
-class CheckoutFailed(Event, tag="checkout.failed.v1"):
+class CheckoutFailed(_PaymentNotPaid, tag="checkout.failed.v1"):
     """The first payment ended without being paid (failed, canceled or expired)."""
 
-    context: ClassVar[str] = "billing"
-    user_id: str
-    payment_id: str
-    payment_status: str
     at: datetime
 
 
-class SubscriptionActivated(Event, tag="paid_subscription.activated.v1"):
+class SubscriptionActivated(_BillingEvent, tag="paid_subscription.activated.v1"):
     """The first payment was paid and the monthly Mollie subscription created: the plan starts."""
 
-    context: ClassVar[str] = "billing"
-    user_id: str
     plan: str
     customer_id: str
     payment_id: str
@@ -51,54 +61,41 @@ class SubscriptionActivated(Event, tag="paid_subscription.activated.v1"):
     at: datetime
 
 
-class RecurringPaymentReceived(Event, tag="recurring_payment.received.v1"):
+class RecurringPaymentReceived(_PaymentEvent, tag="recurring_payment.received.v1"):
     """A monthly payment was paid: the period is extended."""
 
-    context: ClassVar[str] = "billing"
-    user_id: str
-    payment_id: str
     current_period_end: datetime
     at: datetime
 
 
-class RecurringPaymentFailed(Event, tag="recurring_payment.failed.v1"):
+class RecurringPaymentFailed(_PaymentNotPaid, tag="recurring_payment.failed.v1"):
     """A monthly payment failed: the account is past due until `grace_until`."""
 
-    context: ClassVar[str] = "billing"
-    user_id: str
-    payment_id: str
-    payment_status: str
     grace_until: datetime
     at: datetime
 
 
-class SubscriptionCanceled(Event, tag="paid_subscription.canceled.v1"):
+class SubscriptionCanceled(_BillingEvent, tag="paid_subscription.canceled.v1"):
     """The user canceled; the plan lasts until `ends_at` (the end of the paid period)."""
 
-    context: ClassVar[str] = "billing"
-    user_id: str
     mollie_subscription_id: str | None
     ends_at: datetime | None
     at: datetime
 
 
-class SubscriptionEnded(Event, tag="paid_subscription.ended.v1"):
+class SubscriptionEnded(_BillingEvent, tag="paid_subscription.ended.v1"):
     """The paid plan is over: `reason` is ``period_ended`` (after a cancel) or ``grace_expired``."""
 
-    context: ClassVar[str] = "billing"
-    user_id: str
     reason: str
     at: datetime
 
 
-class PlanChanged(Event, tag="plan.changed.v1"):
+class PlanChanged(_BillingEvent, tag="plan.changed.v1"):
     """The user's plan, status or period end changed; the whole new snapshot.
 
     Consumed by `calmesh_common.plans` (every service that enforces limits) and delivered to
     webhooks as ``subscription.updated``."""
 
-    context: ClassVar[str] = "billing"
-    user_id: str
     plan: str  # "free" | "pro"
     status: str  # "none" | "pending" | "active" | "past_due" | "canceled"
     current_period_end: datetime | None

@@ -15,37 +15,21 @@ from typing import ClassVar
 from . import Event
 
 
-class BookingPageCreated(Event, tag="booking_page.created.v1"):
+class _BookingEvent(Event, tag=False):
+    """The base of the booking context's events (no tag of its own: not an event by itself)."""
+
     context: ClassVar[str] = "booking"
-    page_id: str
-    user_id: str
-    slug: str
-    calendar_slug: str
-    title: str
-    duration_minutes: int
-    timezone: str
 
 
-class BookingPageUpdated(Event, tag="booking_page.updated.v1"):
-    context: ClassVar[str] = "booking"
-    page_id: str
-    user_id: str
-    slug: str
-    #: The names of the fields that changed.
-    changed: list[str] = []
-
-
-class BookingPageDeleted(Event, tag="booking_page.deleted.v1"):
-    context: ClassVar[str] = "booking"
+class _PageEvent(_BookingEvent, tag=False):
     page_id: str
     user_id: str
     slug: str
 
 
-class BookingCreated(Event, tag="booking.created.v1"):
-    """A visitor booked a slot; the time is blocked from this moment."""
+class _BookingFacts(_BookingEvent, tag=False):
+    """What a webhook shows of a booking: the booking, its page and calendar, slot and visitor."""
 
-    context: ClassVar[str] = "booking"
     booking_id: str
     page_id: str
     page_slug: str
@@ -56,6 +40,32 @@ class BookingCreated(Event, tag="booking.created.v1"):
     end: datetime
     name: str
     email: str
+
+
+class _PollEvent(_BookingEvent, tag=False):
+    poll_id: str
+    user_id: str
+
+
+class BookingPageCreated(_PageEvent, tag="booking_page.created.v1"):
+    calendar_slug: str
+    title: str
+    duration_minutes: int
+    timezone: str
+
+
+class BookingPageUpdated(_PageEvent, tag="booking_page.updated.v1"):
+    #: The names of the fields that changed.
+    changed: list[str] = []
+
+
+class BookingPageDeleted(_PageEvent, tag="booking_page.deleted.v1"):
+    """The owner deleted the booking page."""
+
+
+class BookingCreated(_BookingFacts, tag="booking.created.v1"):
+    """A visitor booked a slot; the time is blocked from this moment."""
+
     notes: str = ""
     timezone: str = "UTC"
     status: str = "confirmed"
@@ -65,12 +75,11 @@ class BookingCreated(Event, tag="booking.created.v1"):
     answers: dict[str, str | bool] = {}
 
 
-class BookingVerificationRequested(Event, tag="booking.verification_requested.v1"):
+class BookingVerificationRequested(_BookingEvent, tag="booking.verification_requested.v1"):
     """A visitor asked to book on a page that requires e-mail verification: the slot is held until
     `expires_at` and the visitor is mailed a signed link (nothing is booked, written or webhooked
     until they open it; then booking.created follows). Not a webhook event."""
 
-    context: ClassVar[str] = "booking"
     booking_id: str
     page_id: str
     user_id: str
@@ -79,20 +88,9 @@ class BookingVerificationRequested(Event, tag="booking.verification_requested.v1
     expires_at: datetime
 
 
-class BookingCancelled(Event, tag="booking.cancelled.v1"):
+class BookingCancelled(_BookingFacts, tag="booking.cancelled.v1"):
     """The owner or the visitor cancelled a booking; its time is free again."""
 
-    context: ClassVar[str] = "booking"
-    booking_id: str
-    page_id: str
-    page_slug: str
-    user_id: str
-    calendar_slug: str
-    title: str
-    start: datetime
-    end: datetime
-    name: str
-    email: str
     cancelled_by: str  # "owner" | "visitor"
     reason: str = ""
     timezone: str = "UTC"
@@ -100,21 +98,10 @@ class BookingCancelled(Event, tag="booking.cancelled.v1"):
     cancelled_at: datetime | None = None
 
 
-class BookingRescheduled(Event, tag="booking.rescheduled.v1"):
+class BookingRescheduled(_BookingFacts, tag="booking.rescheduled.v1"):
     """A booking moved to another slot (same id); its old time is free, the new one busy. The
     provider event is moved in place (same UID)."""
 
-    context: ClassVar[str] = "booking"
-    booking_id: str
-    page_id: str
-    page_slug: str
-    user_id: str
-    calendar_slug: str
-    title: str
-    start: datetime
-    end: datetime
-    name: str
-    email: str
     previous_start: datetime
     previous_end: datetime
     rescheduled_by: str  # "owner" | "visitor"
@@ -125,22 +112,20 @@ class BookingRescheduled(Event, tag="booking.rescheduled.v1"):
     rescheduled_at: datetime | None = None
 
 
-class BookingCalendarEventWritten(Event, tag="booking.calendar_event_written.v1"):
+class BookingCalendarEventWritten(_BookingEvent, tag="booking.calendar_event_written.v1"):
     """The booking's event now exists on the calendar's write target (sync's event id)."""
 
-    context: ClassVar[str] = "booking"
     booking_id: str
     user_id: str
     event_id: str
 
 
-class BookingCalendarWriteFailed(Event, tag="booking.calendar_write_failed.v1"):
+class BookingCalendarWriteFailed(_BookingEvent, tag="booking.calendar_write_failed.v1"):
     """The booking's provider event can never be written: the provider refused the credentials
     (401/403), the calendar is gone (404), or the calendar has no writable source left. The booking
     stands (its time stays busy in CalMesh) with ``calendar_write: "failed"`` and `reason`; webhook
     ``connection.error`` when a connection is to blame (`connection_id` set)."""
 
-    context: ClassVar[str] = "booking"
     booking_id: str
     user_id: str
     calendar_slug: str
@@ -152,10 +137,7 @@ class BookingCalendarWriteFailed(Event, tag="booking.calendar_write_failed.v1"):
     at: datetime | None = None
 
 
-class PollCreated(Event, tag="poll.created.v1"):
-    context: ClassVar[str] = "booking"
-    poll_id: str
-    user_id: str
+class PollCreated(_PollEvent, tag="poll.created.v1"):
     title: str
     duration_minutes: int
     option_ids: list[str]
@@ -163,10 +145,7 @@ class PollCreated(Event, tag="poll.created.v1"):
     deadline: datetime | None = None
 
 
-class PollVoted(Event, tag="poll.voted.v1"):
-    context: ClassVar[str] = "booking"
-    poll_id: str
-    user_id: str
+class PollVoted(_PollEvent, tag="poll.voted.v1"):
     vote_id: str
     name: str
     email: str | None
@@ -174,10 +153,7 @@ class PollVoted(Event, tag="poll.voted.v1"):
     choices: dict[str, str]
 
 
-class PollDecided(Event, tag="poll.decided.v1"):
-    context: ClassVar[str] = "booking"
-    poll_id: str
-    user_id: str
+class PollDecided(_PollEvent, tag="poll.decided.v1"):
     option_id: str
     start: datetime
     end: datetime

@@ -53,10 +53,27 @@ class UnifiedCalendar(msgspec.Struct, frozen=True, kw_only=True):
 # --- connections -----------------------------------------------------------------------------
 
 
-class ConnectionCreated(Event, tag="connection.created.v1", kw_only=True):
+class _ConnectionsEvent(Event, tag=False):
+    """The base of the connections context's events (no tag of its own: not an event by itself)."""
+
     context: ClassVar[str] = "connections"
+
+
+class _ConnectionEvent(_ConnectionsEvent, tag=False):
+    """An event of one connection."""
+
     connection_id: str
     user_id: str
+
+
+class _ConnectionGone(_ConnectionEvent, tag=False):
+    """The connection is no longer usable: which provider, and since when."""
+
+    provider: str
+    at: datetime
+
+
+class ConnectionCreated(_ConnectionEvent, tag="connection.created.v1", kw_only=True):
     provider: str
     display_name: str
     status: str
@@ -64,50 +81,35 @@ class ConnectionCreated(Event, tag="connection.created.v1", kw_only=True):
     created_at: datetime
 
 
-class ConnectionAuthorized(Event, tag="connection.authorized.v1", kw_only=True):
+class ConnectionAuthorized(_ConnectionEvent, tag="connection.authorized.v1", kw_only=True):
     """An OAuth connection completed its authorization (the callback exchanged the code)."""
 
-    context: ClassVar[str] = "connections"
-    connection_id: str
-    user_id: str
     provider: str
     display_name: str
     calendars: list[ConnectionCalendar] = msgspec.field(default_factory=list)
 
 
-class ConnectionCalendarsChanged(Event, tag="connection.calendars_changed.v1", kw_only=True):
+class ConnectionCalendarsChanged(_ConnectionEvent, tag="connection.calendars_changed.v1", kw_only=True):
     """The provider calendars of a connection changed (found by a sync)."""
 
-    context: ClassVar[str] = "connections"
-    connection_id: str
-    user_id: str
     calendars: list[ConnectionCalendar]
 
 
-class ConnectionCredentialsRefreshed(Event, tag="connection.credentials_refreshed.v1", kw_only=True):
+class ConnectionCredentialsRefreshed(_ConnectionEvent, tag="connection.credentials_refreshed.v1", kw_only=True):
     """An OAuth access token was refreshed (the token itself is never in an event)."""
 
-    context: ClassVar[str] = "connections"
-    connection_id: str
-    user_id: str
     expires_at: datetime | None = None
 
 
-class ConnectionSyncRequested(Event, tag="connection.sync_requested.v1", kw_only=True):
-    context: ClassVar[str] = "connections"
-    connection_id: str
-    user_id: str
+class ConnectionSyncRequested(_ConnectionEvent, tag="connection.sync_requested.v1", kw_only=True):
     sync_id: str
     #: ``manual`` (POST .../sync), ``created``, ``schedule``, ``push``.
     reason: str
 
 
-class ConnectionSynced(Event, tag="connection.synced.v1", kw_only=True):
+class ConnectionSynced(_ConnectionEvent, tag="connection.synced.v1", kw_only=True):
     """A sync finished successfully (webhook ``connection.synced``)."""
 
-    context: ClassVar[str] = "connections"
-    connection_id: str
-    user_id: str
     sync_id: str
     synced_at: datetime
     created: int = 0
@@ -116,74 +118,59 @@ class ConnectionSynced(Event, tag="connection.synced.v1", kw_only=True):
     not_modified: bool = False
 
 
-class ConnectionErrored(Event, tag="connection.errored.v1", kw_only=True):
+class ConnectionErrored(_ConnectionEvent, tag="connection.errored.v1", kw_only=True):
     """A sync failed; the connection shows ``status: error`` (webhook ``connection.error``)."""
 
-    context: ClassVar[str] = "connections"
-    connection_id: str
-    user_id: str
     error: str
     kind: str
     at: datetime
 
 
-class ConnectionRevoked(Event, tag="connection.revoked.v1", kw_only=True):
+class ConnectionRevoked(_ConnectionGone, tag="connection.revoked.v1", kw_only=True):
     """The provider no longer honours the grant (webhook ``connection.revoked``)."""
 
-    context: ClassVar[str] = "connections"
-    connection_id: str
-    user_id: str
-    provider: str
-    at: datetime
 
-
-class ConnectionRemoved(Event, tag="connection.removed.v1", kw_only=True):
+class ConnectionRemoved(_ConnectionGone, tag="connection.removed.v1", kw_only=True):
     """The user deleted the connection: its cached events and sources go with it."""
-
-    context: ClassVar[str] = "connections"
-    connection_id: str
-    user_id: str
-    provider: str
-    at: datetime
 
 
 # --- unified calendars -----------------------------------------------------------------------
 
 
-class CalendarCreated(Event, tag="calendar.created.v1", kw_only=True):
-    context: ClassVar[str] = "connections"
+class _CalendarEvent(_ConnectionsEvent, tag=False):
+    """An event of one unified calendar: the whole calendar after the change."""
+
     calendar: UnifiedCalendar
 
 
-class CalendarUpdated(Event, tag="calendar.updated.v1", kw_only=True):
-    context: ClassVar[str] = "connections"
-    calendar: UnifiedCalendar
+class _CalendarSourceEvent(_CalendarEvent, tag=False):
+    source: CalendarSource
+
+
+class CalendarCreated(_CalendarEvent, tag="calendar.created.v1", kw_only=True):
+    """A unified calendar was made."""
+
+
+class CalendarUpdated(_CalendarEvent, tag="calendar.updated.v1", kw_only=True):
     #: The slug before the change, when the change renamed it.
     previous_slug: str | None = None
 
 
-class CalendarDeleted(Event, tag="calendar.deleted.v1", kw_only=True):
-    context: ClassVar[str] = "connections"
-    calendar: UnifiedCalendar
+class CalendarDeleted(_CalendarEvent, tag="calendar.deleted.v1", kw_only=True):
+    """A unified calendar was deleted (``calendar``: as it was before)."""
 
 
-class CalendarSourceAdded(Event, tag="calendar.source_added.v1", kw_only=True):
-    context: ClassVar[str] = "connections"
-    calendar: UnifiedCalendar
-    source: CalendarSource
+class CalendarSourceAdded(_CalendarSourceEvent, tag="calendar.source_added.v1", kw_only=True):
+    """A source was added to the calendar."""
 
 
-class CalendarSourceRemoved(Event, tag="calendar.source_removed.v1", kw_only=True):
-    context: ClassVar[str] = "connections"
-    calendar: UnifiedCalendar
-    source: CalendarSource
+class CalendarSourceRemoved(_CalendarSourceEvent, tag="calendar.source_removed.v1", kw_only=True):
     #: ``user`` (DELETE .../sources/:id) or ``connection_removed``.
     reason: str = "user"
 
 
-class CalendarSourcesReordered(Event, tag="calendar.sources_reordered.v1", kw_only=True):
-    context: ClassVar[str] = "connections"
-    calendar: UnifiedCalendar
+class CalendarSourcesReordered(_CalendarEvent, tag="calendar.sources_reordered.v1", kw_only=True):
+    """The calendar's sources were put in another order."""
 
 
 # --- sync jobs (not domain events: work items on the CALMESH_SYNC_JOBS work queue) ---------------

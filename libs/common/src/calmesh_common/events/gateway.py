@@ -8,8 +8,13 @@ from typing import ClassVar
 from . import Event
 
 
-class UserSignedUp(Event, tag="user.signed_up.v1"):
+class _GatewayEvent(Event, tag=False):
+    """The base of the gateway's events (no tag of its own: not an event by itself)."""
+
     context: ClassVar[str] = "gateway"
+
+
+class UserSignedUp(_GatewayEvent, tag="user.signed_up.v1"):
     user_id: str
     email: str
     handle: str
@@ -17,8 +22,7 @@ class UserSignedUp(Event, tag="user.signed_up.v1"):
     timezone: str
 
 
-class ApiKeyCreated(Event, tag="api_key.created.v1"):
-    context: ClassVar[str] = "gateway"
+class ApiKeyCreated(_GatewayEvent, tag="api_key.created.v1"):
     key_id: str
     user_id: str
     name: str
@@ -28,21 +32,18 @@ class ApiKeyCreated(Event, tag="api_key.created.v1"):
     expires_at: datetime | None = None
 
 
-class ApiKeyRevoked(Event, tag="api_key.revoked.v1"):
-    context: ClassVar[str] = "gateway"
+class ApiKeyRevoked(_GatewayEvent, tag="api_key.revoked.v1"):
     key_id: str
     user_id: str
     key_hash: str
 
 
-class SessionEnded(Event, tag="session.ended.v1"):
-    context: ClassVar[str] = "gateway"
+class SessionEnded(_GatewayEvent, tag="session.ended.v1"):
     user_id: str
     session_hash: str
 
 
-class SessionStarted(Event, tag="session.started.v1"):
-    context: ClassVar[str] = "gateway"
+class SessionStarted(_GatewayEvent, tag="session.started.v1"):
     user_id: str
     session_hash: str
     expires_at: datetime

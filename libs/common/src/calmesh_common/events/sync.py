@@ -69,32 +69,53 @@ class CalendarInfo(msgspec.Struct, frozen=True, kw_only=True):
     ref: str = ""
 
 
-class SyncStarted(Event, tag="sync.started.v1", kw_only=True):
+class _SyncEvent(Event, tag=False):
+    """The base of the sync context's events (no tag of its own: not an event by itself)."""
+
     context: ClassVar[str] = "sync"
+
+
+class _SyncRunEvent(_SyncEvent, tag=False):
+    """An event in the life of one sync run of a connection."""
+
     sync_id: str
     connection_id: str
     user_id: str
+
+
+class _ConnectionChange(_SyncEvent, tag=False):
+    """A change to the rows of one connection."""
+
+    user_id: str
+    connection_id: str
+
+
+class _CalendarChange(_ConnectionChange, tag=False):
+    """A change to the rows of one calendar of the connection."""
+
+    calendar_id: str
+
+
+class _CalendarChunk(_CalendarChange, tag=False):
+    """A chunk of one calendar's changes, from the sync `sync_id` (None: not from a sync)."""
+
+    sync_id: str | None = None
+
+
+class SyncStarted(_SyncRunEvent, tag="sync.started.v1", kw_only=True):
     reason: str
     worker_id: str = ""
     started_at: datetime
     calendars_total: int = 0
 
 
-class SyncProgressed(Event, tag="sync.progressed.v1", kw_only=True):
-    context: ClassVar[str] = "sync"
-    sync_id: str
-    connection_id: str
-    user_id: str
+class SyncProgressed(_SyncRunEvent, tag="sync.progressed.v1", kw_only=True):
     calendars_done: int
     calendars_total: int
     events_changed: int = 0
 
 
-class SyncCompleted(Event, tag="sync.completed.v1", kw_only=True):
-    context: ClassVar[str] = "sync"
-    sync_id: str
-    connection_id: str
-    user_id: str
+class SyncCompleted(_SyncRunEvent, tag="sync.completed.v1", kw_only=True):
     finished_at: datetime
     created: int = 0
     updated: int = 0
@@ -107,11 +128,7 @@ class SyncCompleted(Event, tag="sync.completed.v1", kw_only=True):
     warning: str | None = None
 
 
-class SyncFailed(Event, tag="sync.failed.v1", kw_only=True):
-    context: ClassVar[str] = "sync"
-    sync_id: str
-    connection_id: str
-    user_id: str
+class SyncFailed(_SyncRunEvent, tag="sync.failed.v1", kw_only=True):
     failed_at: datetime
     #: Fit for a user's ``last_error``: says what went wrong and, where it can, what to do.
     error: str
@@ -122,47 +139,30 @@ class SyncFailed(Event, tag="sync.failed.v1", kw_only=True):
     retry_at: datetime | None = None
 
 
-class SourceEventsUpserted(Event, tag="source_events.upserted.v1", kw_only=True):
+class SourceEventsUpserted(_CalendarChunk, tag="source_events.upserted.v1", kw_only=True):
     """Rows created or changed in one calendar of a connection (a chunk of one sync's changes)."""
 
-    context: ClassVar[str] = "sync"
-    user_id: str
-    connection_id: str
-    calendar_id: str
-    sync_id: str | None = None
     created: list[InstanceRow] = msgspec.field(default_factory=list)
     updated: list[InstanceRow] = msgspec.field(default_factory=list)
 
 
-class SourceEventsDeleted(Event, tag="source_events.deleted.v1", kw_only=True):
+class SourceEventsDeleted(_CalendarChunk, tag="source_events.deleted.v1", kw_only=True):
     """Rows removed from one calendar: deleted or cancelled at the source (``deleted``), or moved
     out of the synced window (``window``)."""
 
-    context: ClassVar[str] = "sync"
-    user_id: str
-    connection_id: str
-    calendar_id: str
-    sync_id: str | None = None
     keys: list[InstanceKey] = msgspec.field(default_factory=list)
     reason: str = "deleted"
 
 
-class SourceCalendarPurged(Event, tag="source_calendar.purged.v1", kw_only=True):
+class SourceCalendarPurged(_CalendarChange, tag="source_calendar.purged.v1", kw_only=True):
     """Every row of one provider calendar removed (the calendar is gone at the provider)."""
 
-    context: ClassVar[str] = "sync"
-    user_id: str
-    connection_id: str
-    calendar_id: str
     reason: str = "calendar_removed"
 
 
-class ConnectionEventsPurged(Event, tag="connection_events.purged.v1", kw_only=True):
+class ConnectionEventsPurged(_ConnectionChange, tag="connection_events.purged.v1", kw_only=True):
     """Every row of a connection removed, after the connection was deleted."""
 
-    context: ClassVar[str] = "sync"
-    user_id: str
-    connection_id: str
 
 
 #: The events that change the projection, in the order a rebuild applies them (stream order).

@@ -13,19 +13,21 @@ from typing import ClassVar
 from . import Event
 
 
-class WebhookCreated(Event, tag="webhook.created.v1"):
+class _WebhookEvent(Event, tag=False):
+    """The fields every webhook event starts with (no tag of its own: not an event by itself)."""
+
     context: ClassVar[str] = "webhooks"
     webhook_id: str
     user_id: str
+
+
+class WebhookCreated(_WebhookEvent, tag="webhook.created.v1"):
     url: str
     event_types: list[str]
     description: str = ""
 
 
-class WebhookUpdated(Event, tag="webhook.updated.v1"):
-    context: ClassVar[str] = "webhooks"
-    webhook_id: str
-    user_id: str
+class WebhookUpdated(_WebhookEvent, tag="webhook.updated.v1"):
     url: str
     event_types: list[str]
     status: str
@@ -34,39 +36,28 @@ class WebhookUpdated(Event, tag="webhook.updated.v1"):
     changed: list[str] = []
 
 
-class WebhookDeleted(Event, tag="webhook.deleted.v1"):
-    context: ClassVar[str] = "webhooks"
-    webhook_id: str
-    user_id: str
+class WebhookDeleted(_WebhookEvent, tag="webhook.deleted.v1"):
+    """The owner deleted the subscription."""
 
 
-class WebhookSecretRotated(Event, tag="webhook.secret_rotated.v1"):
-    context: ClassVar[str] = "webhooks"
-    webhook_id: str
-    user_id: str
+class WebhookSecretRotated(_WebhookEvent, tag="webhook.secret_rotated.v1"):
     #: Until when the previous secret keeps signing beside the new one.
     previous_valid_until: datetime
 
 
-class WebhookDisabled(Event, tag="webhook.disabled.v1"):
+class WebhookDisabled(_WebhookEvent, tag="webhook.disabled.v1"):
     """The dispatcher disabled a subscription: its endpoint answered 410 Gone (`reason` ``gone``)
     or it failed without a success since `failing_since` (``failing``).
 
     This is the owner's notice: a mail or notification service does not exist yet; when it does,
     it consumes this event."""
 
-    context: ClassVar[str] = "webhooks"
-    webhook_id: str
-    user_id: str
     url: str
     reason: str
     detail: str
     failing_since: datetime | None = None
 
 
-class WebhookReplayRequested(Event, tag="webhook.replay_requested.v1"):
-    context: ClassVar[str] = "webhooks"
-    webhook_id: str
-    user_id: str
+class WebhookReplayRequested(_WebhookEvent, tag="webhook.replay_requested.v1"):
     replay_id: str
     since: datetime
