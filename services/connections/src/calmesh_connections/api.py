@@ -191,26 +191,30 @@ class ConnectionsController(Controller):
 
     @post("/icloud", summary="Connect Apple iCloud Calendar via CalDAV", status_code=201)
     async def create_icloud(self, data: ICloudCreate, caller: Caller, deps: ServiceDeps) -> ConnectionOut:
-        ctx = ctx_of(deps)
-        connection_id = new_id("conn")
-        url = ctx.settings.icloud_caldav_url
-        calendars = await discovery.caldav_calendars(deps.extras["guarded"], connection_id, url, data.username, data.app_password)
-        return await self._create_credentialed(
-            ctx, caller, connection_id=connection_id, provider="icloud", display_name=data.username,
-            settings={"url": url, "username": data.username}, secrets={"password": data.app_password}, calendars=calendars,
+        return await self._create_caldav(
+            deps, caller, provider="icloud", url=ctx_of(deps).settings.icloud_caldav_url,
+            username=data.username, password=data.app_password, display_name=data.username,
         )
 
     @post("/caldav", summary="Connect any CalDAV server", status_code=201)
     async def create_caldav(self, data: CalDAVCreate, caller: Caller, deps: ServiceDeps) -> ConnectionOut:
-        ctx = ctx_of(deps)
         url = discovery.check_url(data.url)
-        connection_id = new_id("conn")
-        calendars = await discovery.caldav_calendars(deps.extras["guarded"], connection_id, url, data.username, data.password)
         host = urlsplit(url).hostname or url
-        return await self._create_credentialed(
-            ctx, caller, connection_id=connection_id, provider="caldav",
+        return await self._create_caldav(
+            deps, caller, provider="caldav", url=url, username=data.username, password=data.password,
             display_name=f"{data.username}@{host}" if data.username else host,
-            settings={"url": url, "username": data.username}, secrets={"password": data.password}, calendars=calendars,
+        )
+
+    async def _create_caldav(
+        self, deps: ServiceDeps, caller: Caller, *, provider: str, url: str, username: str, password: str,
+        display_name: str,
+    ) -> ConnectionOut:
+        """A CalDAV connection (iCloud is one): its calendars discovered with the credentials first."""
+        connection_id = new_id("conn")
+        calendars = await discovery.caldav_calendars(deps.extras["guarded"], connection_id, url, username, password)
+        return await self._create_credentialed(
+            ctx_of(deps), caller, connection_id=connection_id, provider=provider, display_name=display_name,
+            settings={"url": url, "username": username}, secrets={"password": password}, calendars=calendars,
         )
 
     @post("/ical", summary="Subscribe to an iCal (.ics / webcal://) URL", status_code=201)
