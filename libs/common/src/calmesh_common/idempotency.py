@@ -33,17 +33,22 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 import msgspec
 from litestar import Response
+from litestar.params import Parameter
 
 from .problems import PROBLEM_JSON, Problem, problem_bytes
 from .retryafter import retry_after
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
+#: A handler's parameter for the header: ``idempotency_key: KeyHeader = None``.
+KeyHeader = Annotated[
+    str | None, Parameter(header=HEADER, description="A repeat with the same key and body gets the first answer"),
+]
 #: How long a key's first answer is kept.
 TTL = timedelta(hours=24)
 #: A claim still in flight after this long belongs to a request that died: a repeat takes it over.

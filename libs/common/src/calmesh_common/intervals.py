@@ -27,6 +27,7 @@ time zone into epoch spans, so day boundaries are right on 23- and 25-hour DST d
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from dataclasses import dataclass
 from collections.abc import Hashable, Iterable, Iterator, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -60,6 +61,7 @@ class NotSortedError(ValueError):
     """The input was not sorted by start; the sweep would give a wrong answer, so it refuses."""
 
 
+@dataclass(slots=True, repr=False)
 class BusyBlock:
     """One merged busy block ``[start, end)``.
 
@@ -67,26 +69,14 @@ class BusyBlock:
     input is sorted by start, every block is made by one contiguous run ``items[lo:hi]`` of it.
     """
 
-    __slots__ = ("end", "hi", "lo", "sources", "start")
-
-    def __init__(self, start: int, end: int, sources: tuple[str, ...], lo: int = 0, hi: int = 0) -> None:
-        self.start = start
-        self.end = end
-        self.sources = sources
-        self.lo = lo
-        self.hi = hi
+    start: int
+    end: int
+    sources: tuple[str, ...]
+    lo: int = 0
+    hi: int = 0
 
     def __repr__(self) -> str:
         return f"BusyBlock({self.start}, {self.end}, {self.sources!r}, items[{self.lo}:{self.hi}])"
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, BusyBlock):
-            return NotImplemented
-        return (self.start, self.end, self.sources, self.lo, self.hi) == (
-            other.start, other.end, other.sources, other.lo, other.hi,
-        )
-
-    __hash__ = None  # type: ignore[assignment]
 
 
 class BusyBlocks:
@@ -163,6 +153,7 @@ class Meeting:
         return f"Meeting({self.start}, {self.end}, {self.sources!r})"
 
 
+@dataclass(slots=True, repr=False, eq=False)
 class Conflict:
     """Two meetings seen through different sources that overlap on ``[overlap_start, overlap_end)``.
 
@@ -170,17 +161,12 @@ class Conflict:
     (primaries preferred); ``first`` belongs to the meeting that started first.
     """
 
-    __slots__ = ("first", "first_source", "overlap_end", "overlap_start", "second", "second_source")
-
-    def __init__(
-        self, first: Any, first_source: str, second: Any, second_source: str, overlap_start: int, overlap_end: int
-    ) -> None:
-        self.first = first
-        self.first_source = first_source
-        self.second = second
-        self.second_source = second_source
-        self.overlap_start = overlap_start
-        self.overlap_end = overlap_end
+    first: Any
+    first_source: str
+    second: Any
+    second_source: str
+    overlap_start: int
+    overlap_end: int
 
     def __repr__(self) -> str:
         return (

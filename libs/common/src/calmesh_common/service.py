@@ -131,6 +131,9 @@ class ServiceDeps:
     metrics: Metrics | None = None
     #: Durable consumers whose backlog /metrics reports (a start-up hook may add its own).
     consumers: list[ConsumerRef] = field(default_factory=list)
+    #: Closed at shutdown after the on_shutdown hooks, the last added first: a start-up hook adds
+    #: the close of what it opens as it opens it.
+    closing: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
 
 
 def _plain_problem(status: int, code: str, detail: str) -> tuple[bytes, list[tuple[bytes, bytes]]]:
@@ -371,6 +374,8 @@ def create_service_app(
                 stop_metrics()
             for hook in on_shutdown:
                 await hook(deps)
+            while deps.closing:
+                await deps.closing.pop()()
             for task in deps.tasks:
                 task.cancel()
             await asyncio.gather(*deps.tasks, return_exceptions=True)

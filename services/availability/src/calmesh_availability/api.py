@@ -102,6 +102,19 @@ def _tz_for(raw: str | None, cal: Calendar | None = None) -> tuple[Any, str]:
     return cal.tz, cal.tz_name
 
 
+async def _calendar_in(
+    request: Request[Any, Any, State], caller: Caller, slug: str, tz: str | None,
+) -> tuple[CalendarDirectory, Calendar, Any, str]:
+    """The caller's calendar `slug` and the zone the query's local times are in: `tz` when given
+    (checked before the calendar is looked up), else the calendar's own."""
+    if tz:
+        domain.zone(tz)
+    directory = _directory(request)
+    cal = await directory.get(caller.user_id, slug)
+    zone, zone_name = _tz_for(tz, cal)
+    return directory, cal, zone, zone_name
+
+
 def _event_filter_source(cal: Calendar, source_id: str | None) -> domain.Source | None:
     if not source_id:
         return None
@@ -144,11 +157,7 @@ class CalendarRoutes(Controller):
         caller, deps = _who(request)
         cancelled = domain.parse_bool(include_cancelled, "include_cancelled")
         page_size = domain.parse_int(limit, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        if tz:
-            domain.zone(tz)
-        directory = _directory(request)
-        cal = await directory.get(caller.user_id, slug)
-        zone, _ = _tz_for(tz, cal)
+        directory, cal, zone, _ = await _calendar_in(request, caller, slug, tz)
         win_start, win_end = domain.parse_window(start, end, zone)
         only = _event_filter_source(cal, source_id)
         fp = domain.query_fingerprint(slug, win_start, win_end, source_id or "", cancelled)
@@ -252,11 +261,7 @@ class CalendarRoutes(Controller):
         `CALMESH_CONFLICTS_MAX_CHECKS`, is answered 422 `range_too_dense`: ask for a shorter range."""
         caller, deps = _who(request)
         page_size = domain.parse_int(limit, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-        if tz:
-            domain.zone(tz)
-        directory = _directory(request)
-        cal = await directory.get(caller.user_id, slug)
-        zone, _ = _tz_for(tz, cal)
+        directory, cal, zone, _ = await _calendar_in(request, caller, slug, tz)
         win_start, win_end = domain.parse_window(start, end, zone)
         fp = domain.query_fingerprint(slug, win_start, win_end)
         after: tuple[int, str, str] | None = None

@@ -7,9 +7,9 @@ import hashlib
 import msgspec
 from litestar import Controller, Response, get, post
 from litestar.enums import RequestEncodingType
-from litestar.params import Body, Parameter
+from litestar.params import Body
 
-from calmesh_common.idempotency import REPLAYED_HEADER, Answer, Keys, json_answer, response
+from calmesh_common.idempotency import REPLAYED_HEADER, Answer, KeyHeader, Keys, json_answer, response
 from calmesh_common.logging import get_logger
 from calmesh_common.plans import limits_for
 from calmesh_common.problems import FieldError, Problem
@@ -97,9 +97,7 @@ class BillingController(Controller):
         data: Subscribe,
         deps: ServiceDeps,
         caller: Caller,
-        idempotency_key: str | None = Parameter(
-            header="Idempotency-Key", default=None, description="A repeat with the same key and body gets the first answer"
-        ),
+        idempotency_key: KeyHeader = None,
     ) -> Response[Checkout]:
         if not data.redirect_url.startswith(("https://", "http://")):
             raise Problem(422, "invalid_redirect_url", "redirect_url must be an absolute http or https URL.",

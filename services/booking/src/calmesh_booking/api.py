@@ -397,6 +397,13 @@ def _key(request: Request[Any, Any, Any]) -> str | None:
     return request.headers.get(IDEMPOTENCY_HEADER)
 
 
+async def _keyed(request: Request[Any, Any, Any], typ: type[T], *scope: str) -> tuple[T, dict[str, Any]]:
+    """The body decoded as `typ`, and the write's idempotency arguments: the request's key, and
+    the hash of the raw body with `scope` (who or where the key counts)."""
+    raw = await request.body()
+    return decode(raw, typ), {"key": _key(request), "request_hash": request_hash(*scope, raw)}
+
+
 def provide_ctx(state: State) -> BookingContext:
     return state.deps.extras["booking"]  # type: ignore[no-any-return]
 
@@ -416,11 +423,8 @@ class BookingPageController(Controller):
         subscriptions or read-only calendars is 422 `no_writable_source` (a booking's event could
         never be written), as is 422 `calendar_not_found` for no such calendar. While a page uses
         a calendar, its last writable source cannot be removed (409 `last_writable_source`)."""
-        raw = await request.body()
-        body = decode(raw, BookingPageCreate)
-        fields = msgspec.to_builtins(body)
-        return respond(await h.create_page(ctx, caller, fields, key=_key(request),
-                                           request_hash=request_hash(caller.user_id, raw)))  # type: ignore[return-value]
+        body, keyed = await _keyed(request, BookingPageCreate, caller.user_id)
+        return respond(await h.create_page(ctx, caller, msgspec.to_builtins(body), **keyed))  # type: ignore[return-value]
 
     @get("/", summary="List booking pages")
     async def list(self, ctx: BookingContext, caller: Caller, limit: int | None = None,
@@ -463,12 +467,10 @@ class BookingPageController(Controller):
     async def book(self, request: Request[Any, Any, Any], slug: str, data: BookRequest,
                    handle: str | None = None) -> Response[BookingConfirmation]:
         ctx = request.app.state.deps.extras["booking"]
-        raw = await request.body()
-        body = decode(raw, BookRequest)
+        body, keyed = await _keyed(request, BookRequest, handle or "", slug)
         cmd = h.BookSlot(handle=handle, slug=slug, start=body.start, name=body.name, email=body.email,
                          notes=body.notes, timezone=body.timezone, hold_id=body.hold_id, answers=body.answers)
-        return respond(await h.book(ctx, cmd, caller_from_headers(request.headers), key=_key(request),  # type: ignore[return-value]
-                                    request_hash=request_hash(handle or "", slug, raw)))
+        return respond(await h.book(ctx, cmd, caller_from_headers(request.headers), **keyed))  # type: ignore[return-value]
 
     @post("/{slug:str}/holds", summary="Hold a slot for the page's hold_minutes (public)", status_code=201)
     async def hold(self, request: Request[Any, Any, Any], slug: str, data: HoldRequest,
@@ -477,11 +479,9 @@ class BookingPageController(Controller):
         expires, is released, or is confirmed by booking with its `hold_id`. A slot that is not
         offered (booked, or held by someone else) is 409 `slot_unavailable`."""
         ctx = request.app.state.deps.extras["booking"]
-        raw = await request.body()
-        body = decode(raw, HoldRequest)
+        body, keyed = await _keyed(request, HoldRequest, handle or "", slug)
         return respond(await h.create_hold(ctx, handle=handle, slug=slug, start_text=body.start,  # type: ignore[return-value]
-                                           caller=caller_from_headers(request.headers), key=_key(request),
-                                           request_hash=request_hash(handle or "", slug, raw)))
+                                           caller=caller_from_headers(request.headers), **keyed))
 
     @delete("/{slug:str}/holds/{hold_id:str}", summary="Release a hold (public)", status_code=204)
     async def release(self, request: Request[Any, Any, Any], slug: str, hold_id: str,
@@ -588,10 +588,8 @@ class PollController(Controller):
     @post("/", summary="Create a scheduling poll", status_code=201)
     async def create(self, request: Request[Any, Any, Any], ctx: BookingContext, caller: Caller,
                      data: PollCreate) -> Response[Poll]:
-        raw = await request.body()
-        body = decode(raw, PollCreate)
-        return respond(await h.create_poll(ctx, caller, msgspec.to_builtins(body), key=_key(request),  # type: ignore[return-value]
-                                           request_hash=request_hash(caller.user_id, raw)))
+        body, keyed = await _keyed(request, PollCreate, caller.user_id)
+        return respond(await h.create_poll(ctx, caller, msgspec.to_builtins(body), **keyed))  # type: ignore[return-value]
 
     @get("/", summary="List polls")
     async def list(self, ctx: BookingContext, caller: Caller, limit: int | None = None,
@@ -606,11 +604,9 @@ class PollController(Controller):
     @post("/{poll_id:str}/votes", summary="Vote (public with the poll's token, or authenticated)", status_code=201)
     async def vote(self, request: Request[Any, Any, Any], ctx: BookingContext, optional_caller: Caller | None,
                    poll_id: str, data: VoteRequest, token: str | None = None) -> Response[VoteOut]:
-        raw = await request.body()
-        body = decode(raw, VoteRequest)
+        body, keyed = await _keyed(request, VoteRequest, poll_id)
         return respond(await h.vote(ctx, poll_id, caller=optional_caller, token=token, name=body.name,  # type: ignore[return-value]
-                                    email=body.email, choices=dict(body.choices), key=_key(request),
-                                    request_hash=request_hash(poll_id, raw)))
+                                    email=body.email, choices=dict(body.choices), **keyed))
 
     @get("/{poll_id:str}/overlap", summary="Who can make each option, and the best one")
     async def overlap(self, ctx: BookingContext, caller: Caller, poll_id: str) -> Response[Overlap]:

@@ -11,7 +11,7 @@ import asyncio
 import hashlib
 import hmac
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -375,18 +375,32 @@ def _cursor(cursor: str | None) -> tuple[datetime, str] | None:
     return decode_cursor(cursor, tuple[AwareDatetime, str], code="validation_error") if cursor else None
 
 
-async def list_pages(ctx: BookingContext, caller: Caller, limit: int | None, cursor: str | None) -> dict[str, Any]:
+def _created_position(row: Any) -> tuple[Any, str]:
+    return row["created_at"], row["id"]
+
+
+async def _list_page(
+    ctx: BookingContext, caller: Caller, limit: int | None, cursor: str | None,
+    fetch: Callable[[asyncpg.Connection, tuple[datetime, str] | None, int], Awaitable[Sequence[Any]]],
+    render: Callable[[Any], Any], position: Callable[[Any], tuple[Any, str]] = _created_position,
+) -> dict[str, Any]:
+    """A page of one of the owner's lists: `fetch` is asked for one row more than the page holds,
+    to know whether a cursor to the rest is due."""
     require_scope(caller, READ_SCOPES, "read")
     n = page_limit(limit)
     after = _cursor(cursor)
     async with ctx.pool.acquire() as conn:
-        rows = await ctx.store.list_pages(conn, caller.user_id, after, n + 1)
-    more = len(rows) > n
-    rows = rows[:n]
+        rows = await fetch(conn, after, n + 1)
+    page = rows[:n]
     return {
-        "data": [page_resource(ctx, r) for r in rows],
-        "next_cursor": encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None,
+        "data": [render(r) for r in page],
+        "next_cursor": encode_cursor(*position(page[-1])) if len(rows) > n and page else None,
     }
+
+
+async def list_pages(ctx: BookingContext, caller: Caller, limit: int | None, cursor: str | None) -> dict[str, Any]:
+    return await _list_page(ctx, caller, limit, cursor, lambda conn, after, n: ctx.store.list_pages(conn, caller.user_id, after, n),
+                            lambda r: page_resource(ctx, r))
 
 
 async def update_page(ctx: BookingContext, caller: Caller, slug: str, changes: dict[str, Any]) -> dict[str, Any]:
@@ -1092,16 +1106,11 @@ async def list_bookings(
     s, e = _instant_param(start, "start"), _instant_param(end, "end")
     if s is not None and e is not None:
         _range_problem(s, e, inclusive_days=False)
-    n = page_limit(limit)
-    after = _cursor(cursor)
-    async with ctx.pool.acquire() as conn:
-        rows = await ctx.store.list_bookings(conn, caller.user_id, status=status, start=s, end=e, after=after, limit=n + 1)
-    more = len(rows) > n
-    rows = rows[:n]
-    return {
-        "data": [booking_resource(b, ctx) for b in rows],
-        "next_cursor": encode_cursor(rows[-1].start, rows[-1].id) if more and rows else None,
-    }
+    return await _list_page(
+        ctx, caller, limit, cursor,
+        lambda conn, after, n: ctx.store.list_bookings(conn, caller.user_id, status=status, start=s, end=e, after=after, limit=n),
+        lambda b: booking_resource(b, ctx), lambda b: (b.start, b.id),
+    )
 
 
 def _link_actor(ctx: BookingContext, booking_id: str, caller: Caller | None, sig: str | None, exp: str | None,
@@ -1471,20 +1480,15 @@ async def get_poll(ctx: BookingContext, caller: Caller | None, poll_id: str, tok
 
 
 async def list_polls(ctx: BookingContext, caller: Caller, limit: int | None, cursor: str | None) -> dict[str, Any]:
-    require_scope(caller, READ_SCOPES, "read")
-    n = page_limit(limit)
-    after = _cursor(cursor)
-    async with ctx.pool.acquire() as conn:
-        rows = await ctx.store.list_polls(conn, caller.user_id, after, n + 1)
-        more = len(rows) > n
-        rows = rows[:n]
-        options: dict[str, list[Any]] = {}
-        for o in await ctx.store.poll_options_many(conn, [r["id"] for r in rows]):
+    options: dict[str, list[Any]] = {}
+
+    async def fetch(conn: asyncpg.Connection, after: tuple[datetime, str] | None, n: int) -> list[Any]:
+        rows = await ctx.store.list_polls(conn, caller.user_id, after, n)
+        for o in await ctx.store.poll_options_many(conn, [r["id"] for r in rows[:n - 1]]):
             options.setdefault(o["poll_id"], []).append(o)
-    return {
-        "data": [poll_resource(ctx, r, options.get(r["id"], [])) for r in rows],
-        "next_cursor": encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more and rows else None,
-    }
+        return rows
+
+    return await _list_page(ctx, caller, limit, cursor, fetch, lambda r: poll_resource(ctx, r, options.get(r["id"], [])))
 
 
 def _poll_closed() -> Problem:

@@ -16,6 +16,8 @@ import asyncpg
 import msgspec
 
 from calmesh_common.idempotency import TTL, Keys
+from calmesh_common.rows import same_named
+from calmesh_common.sqlwhere import Where
 
 from .domain import AnswerLine, Booking, all_day_interval
 
@@ -39,28 +41,14 @@ HOLD_COLUMNS = "id, page_id, user_id, start_at, end_at, expires_at, status, book
 
 def _booking(row: asyncpg.Record) -> Booking:
     return Booking(
-        id=row["id"],
-        page_id=row["page_id"],
-        page_slug=row["page_slug"],
-        user_id=row["user_id"],
-        calendar_slug=row["calendar_slug"],
-        title=row["title"],
+        **same_named(
+            row, "id", "page_id", "page_slug", "user_id", "calendar_slug", "title", "name", "email", "notes", "timezone",
+            "status", "created_at", "event_id", "cancelled_at", "cancelled_by", "cancel_reason", "sequence",
+            "verify_until", "calendar_write_error",
+        ),
         start=row["start_at"],
         end=row["end_at"],
-        name=row["name"],
-        email=row["email"],
-        notes=row["notes"],
-        timezone=row["timezone"],
-        status=row["status"],
-        created_at=row["created_at"],
-        event_id=row["event_id"],
-        cancelled_at=row["cancelled_at"],
-        cancelled_by=row["cancelled_by"],
-        cancel_reason=row["cancel_reason"],
-        sequence=row["sequence"],
-        verify_until=row["verify_until"],
         answers=_answers(row["answers"]),
-        calendar_write_error=row["calendar_write_error"],
     )
 
 
@@ -507,24 +495,14 @@ class BookingStore:
     ) -> list[Booking]:
         # A pending booking was never answered yet, and an unverified one never verified: neither
         # is anybody's booking until confirmed.
-        where, args = ["user_id = $1", "status IN ('confirmed', 'cancelled')"], [user_id]
-        if status:
-            args.append(status)
-            where.append(f"status = ${len(args)}")
-        if end is not None:
-            args.append(end)
-            where.append(f"start_at < ${len(args)}")
-        if start is not None:
-            args.append(start)
-            where.append(f"end_at > ${len(args)}")
-        if after is not None:
-            args.extend(after)
-            where.append(f"(start_at, id) > (${len(args) - 1}, ${len(args)})")
-        args.append(limit)
+        w = Where("user_id = $1", "status IN ('confirmed', 'cancelled')", args=[user_id])
+        w.add_if(status or None, "status = {}")
+        w.add_if(end, "start_at < {}")
+        w.add_if(start, "end_at > {}")
+        w.add_if(after, "(start_at, id) > ({}, {})")
         rows = await conn.fetch(
-            f"SELECT {BOOKING_COLUMNS} FROM {self.schema}.bookings WHERE {' AND '.join(where)}"
-            f" ORDER BY start_at, id LIMIT ${len(args)}",
-            *args,
+            f"SELECT {BOOKING_COLUMNS} FROM {self.schema}.bookings WHERE {w} ORDER BY start_at, id LIMIT {w.param(limit)}",
+            *w.args,
         )
         return [_booking(r) for r in rows]
 

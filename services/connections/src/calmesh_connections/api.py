@@ -5,6 +5,7 @@ to its owner (another user's is a 404)."""
 from __future__ import annotations
 
 import html
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import urlencode, urlsplit
@@ -85,6 +86,26 @@ def _conn_calendars(calendars: list[dict[str, Any]]) -> list[ConnectionCalendar]
     return [ConnectionCalendar(id=c["id"], name=c.get("name") or "", color=c.get("color"), read_only=bool(c.get("read_only"))) for c in calendars]
 
 
+async def _calendar(conn: Any, caller: Caller, slug: str, *, for_update: bool = False) -> Any:
+    """The caller's calendar `slug`; 404 when they have none of that slug."""
+    row = await store.get_calendar(conn, caller.user_id, slug, for_update=for_update)
+    if row is None:
+        raise Problem(404, "not_found", "No such calendar.")
+    return row
+
+
+async def _page_of(
+    list_rows: Callable[[Any, str, tuple[datetime, str] | None, int], Awaitable[list[Any]]],
+    ctx: Context, caller: Caller, cursor: str | None, limit: int,
+) -> tuple[list[Any], str | None]:
+    """A page of the caller's rows from the store's `list_rows`, and the cursor to the next page
+    when there is more (one row more than the page is asked for, to know)."""
+    after = decode_cursor(cursor, tuple[AwareDatetime, str]) if cursor else None
+    rows = await list_rows(ctx.pool, caller.user_id, after, limit + 1)
+    page = rows[:limit]
+    return page, (encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None)
+
+
 async def _enforce_plan(conn: Any, ctx: Context, caller: Caller) -> None:
     """Plan limit on connections (402 plan_limit_reached), when the plans module is present."""
     try:
@@ -107,12 +128,7 @@ class ConnectionsController(Controller):
 
     @get("", summary="List all calendar connections for the authenticated user")
     async def list_connections(self, caller: Caller, deps: ServiceDeps, limit: Limit = 50, cursor: Cursor = None) -> ConnectionPage:
-        ctx = ctx_of(deps)
-        after = decode_cursor(cursor, tuple[AwareDatetime, str]) if cursor else None
-        rows = await store.list_connections(ctx.pool, caller.user_id, after, limit + 1)
-        more = len(rows) > limit
-        rows = rows[:limit]
-        next_cursor = encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None
+        rows, next_cursor = await _page_of(store.list_connections, ctx_of(deps), caller, cursor, limit)
         return ConnectionPage(data=[connection_out(r) for r in rows], next_cursor=next_cursor)
 
     @get("/{connection_id:str}", summary="Get connection details and status")
@@ -191,26 +207,30 @@ class ConnectionsController(Controller):
 
     @post("/icloud", summary="Connect Apple iCloud Calendar via CalDAV", status_code=201)
     async def create_icloud(self, data: ICloudCreate, caller: Caller, deps: ServiceDeps) -> ConnectionOut:
-        ctx = ctx_of(deps)
-        connection_id = new_id("conn")
-        url = ctx.settings.icloud_caldav_url
-        calendars = await discovery.caldav_calendars(deps.extras["guarded"], connection_id, url, data.username, data.app_password)
-        return await self._create_credentialed(
-            ctx, caller, connection_id=connection_id, provider="icloud", display_name=data.username,
-            settings={"url": url, "username": data.username}, secrets={"password": data.app_password}, calendars=calendars,
+        return await self._create_caldav(
+            deps, caller, provider="icloud", url=ctx_of(deps).settings.icloud_caldav_url,
+            username=data.username, password=data.app_password, display_name=data.username,
         )
 
     @post("/caldav", summary="Connect any CalDAV server", status_code=201)
     async def create_caldav(self, data: CalDAVCreate, caller: Caller, deps: ServiceDeps) -> ConnectionOut:
-        ctx = ctx_of(deps)
         url = discovery.check_url(data.url)
-        connection_id = new_id("conn")
-        calendars = await discovery.caldav_calendars(deps.extras["guarded"], connection_id, url, data.username, data.password)
         host = urlsplit(url).hostname or url
-        return await self._create_credentialed(
-            ctx, caller, connection_id=connection_id, provider="caldav",
+        return await self._create_caldav(
+            deps, caller, provider="caldav", url=url, username=data.username, password=data.password,
             display_name=f"{data.username}@{host}" if data.username else host,
-            settings={"url": url, "username": data.username}, secrets={"password": data.password}, calendars=calendars,
+        )
+
+    async def _create_caldav(
+        self, deps: ServiceDeps, caller: Caller, *, provider: str, url: str, username: str, password: str,
+        display_name: str,
+    ) -> ConnectionOut:
+        """A CalDAV connection (iCloud is one): its calendars discovered with the credentials first."""
+        connection_id = new_id("conn")
+        calendars = await discovery.caldav_calendars(deps.extras["guarded"], connection_id, url, username, password)
+        return await self._create_credentialed(
+            ctx_of(deps), caller, connection_id=connection_id, provider=provider, display_name=display_name,
+            settings={"url": url, "username": username}, secrets={"password": password}, calendars=calendars,
         )
 
     @post("/ical", summary="Subscribe to an iCal (.ics / webcal://) URL", status_code=201)
@@ -533,21 +553,16 @@ class CalendarsController(Controller):
     @get("", summary="List all unified calendars")
     async def list_calendars(self, caller: Caller, deps: ServiceDeps, limit: Limit = 50, cursor: Cursor = None) -> CalendarPage:
         ctx = ctx_of(deps)
-        after = decode_cursor(cursor, tuple[AwareDatetime, str]) if cursor else None
-        rows = await store.list_calendars(ctx.pool, caller.user_id, after, limit + 1)
-        more = len(rows) > limit
-        rows = rows[:limit]
+        rows, next_cursor = await _page_of(store.list_calendars, ctx, caller, cursor, limit)
         sources = await store.sources_of(ctx.pool, [r["id"] for r in rows])
         conns = await store.connections_of(ctx.pool, caller.user_id, list({s["connection_id"] for ss in sources.values() for s in ss}))
         data = [_calendar_from(r, source_views(sources[r["id"]], conns)) for r in rows]
-        return CalendarPage(data=data, next_cursor=encode_cursor(rows[-1]["created_at"], rows[-1]["id"]) if more else None)
+        return CalendarPage(data=data, next_cursor=next_cursor)
 
     @get("/{slug:str}", summary="Get unified calendar details")
     async def get_calendar(self, slug: str, caller: Caller, deps: ServiceDeps) -> CalendarOut:
         ctx = ctx_of(deps)
-        row = await store.get_calendar(ctx.pool, caller.user_id, slug)
-        if row is None:
-            raise Problem(404, "not_found", "No such calendar.")
+        row = await _calendar(ctx.pool, caller, slug)
         out, _ = await calendar_view(ctx.pool, row)
         return out
 
@@ -555,9 +570,7 @@ class CalendarsController(Controller):
     async def update(self, slug: str, data: CalendarUpdate, caller: Caller, deps: ServiceDeps) -> CalendarOut:
         ctx = ctx_of(deps)
         async with ctx.pool.acquire() as conn, conn.transaction():
-            row = await store.get_calendar(conn, caller.user_id, slug, for_update=True)
-            if row is None:
-                raise Problem(404, "not_found", "No such calendar.")
+            row = await _calendar(conn, caller, slug, for_update=True)
             new_slug = check_slug(data.slug) if data.slug is not None else row["slug"]
             new_tz = check_timezone(data.timezone) if data.timezone is not None else row["timezone"]
             new_name = data.name if data.name is not None else row["name"]
@@ -574,9 +587,7 @@ class CalendarsController(Controller):
     async def remove(self, slug: str, caller: Caller, deps: ServiceDeps) -> None:
         ctx = ctx_of(deps)
         async with ctx.pool.acquire() as conn, conn.transaction():
-            row = await store.get_calendar(conn, caller.user_id, slug, for_update=True)
-            if row is None:
-                raise Problem(404, "not_found", "No such calendar.")
+            row = await _calendar(conn, caller, slug, for_update=True)
             _, full = await calendar_view(conn, row)
             await store.delete_calendar(conn, row["id"])
             await append(ctx, conn, f"calendar:{row['id']}", [CalendarDeleted(calendar=full)], caller.user_id)
@@ -585,9 +596,7 @@ class CalendarsController(Controller):
     async def add_source(self, slug: str, data: SourceRef, caller: Caller, deps: ServiceDeps) -> Response[bytes]:
         ctx = ctx_of(deps)
         async with ctx.pool.acquire() as conn, conn.transaction():
-            row = await store.get_calendar(conn, caller.user_id, slug, for_update=True)
-            if row is None:
-                raise Problem(404, "not_found", "No such calendar.")
+            row = await _calendar(conn, caller, slug, for_update=True)
             existing = (await store.sources_of(conn, [row["id"]]))[row["id"]]
             added = await _add_sources(conn, caller.user_id, row["id"], [data], start_order=len(existing))
             if not added:
@@ -606,9 +615,7 @@ class CalendarsController(Controller):
     async def reorder(self, slug: str, data: SourcesReorder, caller: Caller, deps: ServiceDeps) -> CalendarOut:
         ctx = ctx_of(deps)
         async with ctx.pool.acquire() as conn, conn.transaction():
-            row = await store.get_calendar(conn, caller.user_id, slug, for_update=True)
-            if row is None:
-                raise Problem(404, "not_found", "No such calendar.")
+            row = await _calendar(conn, caller, slug, for_update=True)
             current = [s["id"] for s in (await store.sources_of(conn, [row["id"]]))[row["id"]]]
             wanted = list(data.source_ids)
             if len(set(wanted)) != len(wanted):
@@ -640,9 +647,7 @@ class CalendarsController(Controller):
                     raise _last_writable(slug, pages)
                 checked = True
             async with ctx.pool.acquire() as conn, conn.transaction():
-                row = await store.get_calendar(conn, caller.user_id, slug, for_update=True)
-                if row is None:
-                    raise Problem(404, "not_found", "No such calendar.")
+                row = await _calendar(conn, caller, slug, for_update=True)
                 sources = (await store.sources_of(conn, [row["id"]]))[row["id"]]
                 target = next((s for s in sources if s["id"] == source_id), None)
                 if target is None:

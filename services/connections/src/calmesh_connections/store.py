@@ -56,18 +56,25 @@ async def get_connection(
     return await conn.fetchrow(sql, *args)
 
 
-async def list_connections(
-    conn: asyncpg.Connection | asyncpg.Pool, user_id: str, after: tuple[datetime, str] | None, limit: int
+async def _user_page(
+    conn: asyncpg.Connection | asyncpg.Pool, table: str, user_id: str, after: tuple[datetime, str] | None, limit: int
 ) -> list[Record]:
+    """One page of the user's rows of `table` (a name of this module's, never input), in creation order."""
     if after is None:
         return await conn.fetch(
-            "SELECT * FROM connections.connections WHERE user_id = $1 ORDER BY created_at, id LIMIT $2", user_id, limit
+            f"SELECT * FROM connections.{table} WHERE user_id = $1 ORDER BY created_at, id LIMIT $2", user_id, limit
         )
     return await conn.fetch(
-        "SELECT * FROM connections.connections WHERE user_id = $1 AND (created_at, id) > ($2, $3)"
+        f"SELECT * FROM connections.{table} WHERE user_id = $1 AND (created_at, id) > ($2, $3)"
         " ORDER BY created_at, id LIMIT $4",
         user_id, after[0], after[1], limit,
     )
+
+
+async def list_connections(
+    conn: asyncpg.Connection | asyncpg.Pool, user_id: str, after: tuple[datetime, str] | None, limit: int
+) -> list[Record]:
+    return await _user_page(conn, "connections", user_id, after, limit)
 
 
 async def connections_of(conn: asyncpg.Connection | asyncpg.Pool, user_id: str, ids: Sequence[str]) -> dict[str, Record]:
@@ -156,15 +163,7 @@ async def get_calendar(
 async def list_calendars(
     conn: asyncpg.Connection | asyncpg.Pool, user_id: str, after: tuple[datetime, str] | None, limit: int
 ) -> list[Record]:
-    if after is None:
-        return await conn.fetch(
-            "SELECT * FROM connections.calendars WHERE user_id = $1 ORDER BY created_at, id LIMIT $2", user_id, limit
-        )
-    return await conn.fetch(
-        "SELECT * FROM connections.calendars WHERE user_id = $1 AND (created_at, id) > ($2, $3)"
-        " ORDER BY created_at, id LIMIT $4",
-        user_id, after[0], after[1], limit,
-    )
+    return await _user_page(conn, "calendars", user_id, after, limit)
 
 
 async def update_calendar(conn: asyncpg.Connection, calendar_id: str, *, slug: str, name: str, timezone: str) -> Record:

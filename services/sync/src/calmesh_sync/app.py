@@ -80,6 +80,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Litestar:
             metrics=deps.metrics,
         )
         deps.extras["sync"] = sync
+        deps.closing.append(guarded.aclose)
         if run_worker:
             import asyncio
 
@@ -87,15 +88,8 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Litestar:
             await worker.subscribe()
             deps.consumers.append(ConsumerRef(SYNC_JOBS_STREAM, CONSUMER_NAME))
             deps.extras["worker"] = worker
+            deps.closing.append(worker.close)
             deps.tasks.append(asyncio.create_task(worker.run(), name="sync-worker"))
-
-    async def stop(deps: ServiceDeps) -> None:
-        worker = deps.extras.get("worker")
-        if worker is not None:
-            await worker.close()
-        sync = deps.extras.get("sync")
-        if sync is not None:
-            await sync.guarded.aclose()
 
     removed = ConsumerSpec(
         name="sync-connection-removed",
@@ -110,7 +104,6 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> Litestar:
         route_handlers=[*ROUTES, *RESERVATION_ROUTES],
         consumers=[(removed, connection_removed_handler(store))],
         on_startup=[start],
-        on_shutdown=[stop],
         title="CalMesh sync (internal)",
     )
 

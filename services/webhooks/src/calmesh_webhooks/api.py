@@ -19,7 +19,8 @@ from calmesh_common.events.webhooks import (
     WebhookSecretRotated,
     WebhookUpdated,
 )
-from calmesh_common.idempotency import REPLAYED_HEADER, Answer, Keys, json_answer
+from calmesh_common.rows import same_named
+from calmesh_common.idempotency import REPLAYED_HEADER, Answer, KeyHeader, Keys, json_answer
 from calmesh_common.problems import FieldError, Problem, not_found
 from calmesh_common.service import Caller, ServiceDeps
 from calmesh_common.timefmt import rfc3339, rfc3339_or_none
@@ -132,16 +133,9 @@ def _webhook(row: Any) -> Webhook:
 
 def _delivery(row: Any) -> Delivery:
     return Delivery(
-        id=row["id"],
-        event_id=row["event_id"],
-        event_type=row["event_type"],
-        attempt=row["attempt"],
-        status=row["status"],
-        response_status=row["response_status"],
-        duration_ms=row["duration_ms"],
+        **same_named(row, "id", "event_id", "event_type", "attempt", "status", "response_status", "duration_ms", "error"),
         next_attempt_at=rfc3339_or_none(row["next_attempt_at"]),
         created_at=rfc3339(row["created_at"]),
-        error=row["error"],
     )
 
 
@@ -202,9 +196,7 @@ class WebhooksController(Controller):
         data: WebhookCreate,
         deps: ServiceDeps,
         caller: Caller,
-        idempotency_key: str | None = Parameter(
-            header="Idempotency-Key", default=None, description="A repeat with the same key and body gets the first answer"
-        ),
+        idempotency_key: KeyHeader = None,
     ) -> Response[WebhookWithSecret]:
         url = _check_url(data.url, deps)
         event_types = _check_event_types(data.event_types)

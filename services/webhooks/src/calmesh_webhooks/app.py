@@ -38,24 +38,18 @@ def create_app(settings: Settings, *, schema: str | None = None) -> Litestar:
             user_agent=USER_AGENT,
             max_connections=settings.webhook_concurrency,
         )
+        deps.closing.append(client.aclose)
         dispatcher = Dispatcher(
             deps.pool, deps.js, settings, schema=schema, secrets=secrets, client=client, event_store=deps.store,
             metrics=deps.metrics,
         )
+        deps.closing.append(dispatcher.stop)
         deps.extras.update(schema=schema, secrets=secrets, guarded=client, dispatcher=dispatcher)
         await dispatcher.start()
         # The dispatcher runs its own consumers and loops: /metrics samples their backlog and
         # /readyz checks that they still run.
         deps.consumers.extend(ConsumerRef(c.spec.stream, c.spec.name) for c in dispatcher.consumers)
         deps.extras.setdefault("loops", []).extend(dispatcher._tasks)
-
-    async def stop_dispatcher(deps: ServiceDeps) -> None:
-        dispatcher = deps.extras.get("dispatcher")
-        if dispatcher is not None:
-            await dispatcher.stop()
-        client = deps.extras.get("guarded")
-        if client is not None:
-            await client.aclose()
 
     mapped = ", ".join(sorted({t for m in EVENT_MAP.values() for t in m.public_types}))
     return create_service_app(
@@ -64,7 +58,6 @@ def create_app(settings: Settings, *, schema: str | None = None) -> Litestar:
         schema=schema,
         route_handlers=[WebhooksController],
         on_startup=[start_dispatcher],
-        on_shutdown=[stop_dispatcher],
         title="CalMesh webhooks",
         description=(
             "Webhook subscriptions and Standard Webhooks v1 deliveries. "

@@ -14,6 +14,7 @@ from typing import Any
 import asyncpg
 
 from calmesh_common.ids import new_id
+from calmesh_common.sqlwhere import Where
 
 SUBSCRIPTION_COLUMNS = (
     "id, user_id, url, event_types, description, status, disabled_reason, created_at, updated_at"
@@ -457,22 +458,13 @@ async def list_attempts(
     status: str | None = None, event_id: str | None = None,
 ) -> list[asyncpg.Record]:
     """Attempt rows of a subscription, newest first."""
-    where = ["subscription_id = $1"]
-    args: list[Any] = [subscription_id]
-    if before_seq is not None:
-        args.append(before_seq)
-        where.append(f"seq < ${len(args)}")
-    if status is not None:
-        args.append(status)
-        where.append(f"status = ${len(args)}")
-    if event_id is not None:
-        args.append(event_id)
-        where.append(f"event_id = ${len(args)}")
-    args.append(limit)
+    w = Where("subscription_id = $1", args=[subscription_id])
+    w.add_if(before_seq, "seq < {}")
+    w.add_if(status, "status = {}")
+    w.add_if(event_id, "event_id = {}")
     return await conn.fetch(
-        f"SELECT {ATTEMPT_COLUMNS} FROM {schema}.attempts WHERE {' AND '.join(where)}"
-        f" ORDER BY seq DESC LIMIT ${len(args)}",
-        *args,
+        f"SELECT {ATTEMPT_COLUMNS} FROM {schema}.attempts WHERE {w} ORDER BY seq DESC LIMIT {w.param(limit)}",
+        *w.args,
     )
 
 
