@@ -191,11 +191,15 @@ class Syncer(abc.ABC):
         """The provider calendars of the connection."""
         if not self.rediscover:
             return list(self.details.calendars)
-        return [ProviderCalendar(id=c.id, name=c.name, color=c.color, read_only=c.read_only, ref=c.ref) for c in await self.list_calendars()]
+        return await self.listed_calendars()
 
+    async def listed_calendars(self) -> list[ProviderCalendar]:
+        return [ProviderCalendar(id=c.id, name=c.name, color=c.color, read_only=c.read_only, ref=c.ref)
+                for c in await self.list_calendars()]
+
+    @abc.abstractmethod
     async def list_calendars(self) -> Sequence[listing.ListedCalendar]:
         """The calendars as the provider lists them now."""
-        raise NotImplementedError
 
     @abc.abstractmethod
     async def list_changes(self, calendar: ProviderCalendar, cursor: dict[str, Any], window: ical.Window) -> Listing | None:
@@ -300,10 +304,13 @@ class ICalSyncer(Syncer):
     whether it changed."""
 
     async def calendars(self) -> list[ProviderCalendar]:
+        return await self.listed_calendars()  # the one feed calendar, known without asking the feed
+
+    async def list_calendars(self) -> Sequence[listing.ListedCalendar]:
         known = {c.ref: c for c in self.details.calendars}
         existing = known.get(ICAL_CALENDAR_REF)
         return [
-            ProviderCalendar(
+            listing.ListedCalendar(
                 id=calendar_id_for(self.connection_id, ICAL_CALENDAR_REF),
                 name=existing.name if existing else (self.details.display_name or "iCal feed"),
                 color=existing.color if existing else None,
