@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from calmesh_common.devstack.embedded import _bin, free_port
+from calmesh_common.devstack.embedded import _bin, free_port, stop_process
 
 
 @dataclass
@@ -105,10 +105,4 @@ class NatsCluster:
     def stop(self) -> None:
         for node in self.nodes:
             if node.running:
-                assert node.process is not None
-                node.process.terminate()
-                try:
-                    node.process.wait(10)
-                except subprocess.TimeoutExpired:
-                    node.process.kill()
-                    node.process.wait()
+                stop_process(node.process)

@@ -23,7 +23,7 @@ from types import TracebackType
 
 import httpx
 
-from calmesh_common.devstack.embedded import free_port
+from calmesh_common.devstack.embedded import free_port, stop_process
 
 
 class Radicale:
@@ -83,13 +83,7 @@ class Radicale:
         raise RuntimeError("Radicale did not start")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def __enter__(self) -> Radicale:
         return self.start()

@@ -26,6 +26,18 @@ MIN_MAX_CONNECTIONS = 400
 _PR_SET_PDEATHSIG = 1
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, timeout: float = 10.0) -> None:
+    """SIGTERM a child that still runs, SIGKILL it if it has not ended within `timeout`, reap it."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def free_port(avoid: Collection[int] = ()) -> int:
     """A free loopback port, none of `avoid` (ports a stack is about to bind itself)."""
     for _ in range(100):
@@ -258,10 +270,4 @@ class EmbeddedNats:
         raise RuntimeError("nats-server did not start within 15 s")
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
