@@ -11,7 +11,6 @@ import email
 import email.policy
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
 from email.message import Message
 from typing import Any
@@ -27,13 +26,6 @@ from calmesh_testing.wait import wait_for
 pytestmark = pytest.mark.timeout(120)
 
 ALL_WEEK = {d: [["09:00", "12:00"]] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
-
-
-@pytest.fixture(scope="module")
-async def bk(database_url: str) -> AsyncIterator[BookingHarness]:
-    harness = await BookingHarness(database_url).start()
-    yield harness
-    await harness.stop()
 
 
 def future_day(days: int = 10) -> date:

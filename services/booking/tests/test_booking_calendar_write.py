@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,13 +25,6 @@ from calmesh_testing.booking import BookingHarness, User
 pytestmark = pytest.mark.timeout(120)
 
 ALL_WEEK = {d: [["09:00", "12:00"]] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
-
-
-@pytest.fixture(scope="module")
-async def bk(database_url: str) -> AsyncIterator[BookingHarness]:
-    harness = await BookingHarness(database_url).start()
-    yield harness
-    await harness.stop()
 
 
 def page_body(slug: str, calendar_slug: str = "work") -> dict[str, Any]:

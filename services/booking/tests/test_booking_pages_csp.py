@@ -6,7 +6,6 @@ item 8)."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
@@ -22,13 +21,6 @@ pytestmark = pytest.mark.timeout(120)
 
 ALL_WEEK = {d: [["09:00", "12:00"]] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
 STATIC = Path(booking_assets.__file__).parent / "static"
-
-
-@pytest.fixture(scope="module")
-async def bk(database_url: str) -> AsyncIterator[BookingHarness]:
-    harness = await BookingHarness(database_url).start()
-    yield harness
-    await harness.stop()
 
 
 class Elements(HTMLParser):

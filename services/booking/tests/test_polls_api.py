@@ -3,7 +3,6 @@ connections and sync: votes, overlap, decide, and a vote after the decision refu
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -13,13 +12,6 @@ import pytest
 from calmesh_testing.booking import BookingHarness, User
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-async def bk(database_url: str) -> AsyncIterator[BookingHarness]:
-    harness = await BookingHarness(database_url).start()
-    yield harness
-    await harness.stop()
 
 
 def at(days: int, hour: int) -> datetime:
