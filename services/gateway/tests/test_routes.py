@@ -1,10 +1,9 @@
 """The route table is the one place that says who may call what. These tests walk it against the
-contract (api.md) and the public reference, so that no endpoint is ever served without a declared
-scope, and check the scope rules users rely on."""
+API guide's endpoint table (docs/api-guide.md, "Endpoints"), so that no endpoint is ever served
+without a declared scope or left out of the guide, and check the scope rules users rely on."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -18,106 +17,72 @@ from calmesh_gateway.routes import (
     ROUTES,
     SERVICES,
     SESSION,
-    Route,
     RouteTable,
 )
 
 REPO = Path(__file__).resolve().parents[3]
+GUIDE = REPO / "docs" / "api-guide.md"
 
 
-def _spec_dir() -> Path:
-    candidates = [Path(os.environ["CALMESH_SPEC_DIR"])] if os.environ.get("CALMESH_SPEC_DIR") else []
-    candidates += [REPO.parent / "shared" / "spec", REPO / "shared" / "spec", Path("/work/shared/spec")]
-    for c in candidates:
-        if (c / "api.md").exists():
-            return c
-    raise AssertionError(f"api.md not found in {candidates}; set CALMESH_SPEC_DIR")
-
-
-def _norm(path: str) -> str:
-    path = re.split(r"[?\[]", path)[0].rstrip(".,;")
-    if not path.startswith("/api/") and path not in ("/embed.js",) and not path.startswith("/{handle}"):
-        path = "/api/v1" + path
-    path = re.sub(r":[A-Za-z_]+", "{}", path)
-    return re.sub(r"\{[^}/]*\}", "{}", path)
-
-
-def _shape(route: Route) -> str:
-    return re.sub(r"\{[^}/]*\}", "{}", route.path)
-
-
-TABLE = {(r.method, _shape(r)): r for r in ROUTES}
-
-
-def api_md_endpoints() -> set[tuple[str, str]]:
-    text = (_spec_dir() / "api.md").read_text()
-    found: set[tuple[str, str]] = set()
-    for methods, path in re.findall(r"`((?:GET|POST|PUT|PATCH|DELETE)(?:\|(?:GET|POST|PUT|PATCH|DELETE))*) (/[^\s`]*)", text):
-        for method in methods.split("|"):
-            found.add((method, _norm(path)))
-    # The public page and the embed script are named without a method: both are GETs.
-    assert "/{handle}/{slug}" in text and "/embed.js" in text
-    found |= {("GET", "/{}/{}"), ("GET", "/embed.js")}
+def guide_endpoints() -> dict[tuple[str, str], tuple[frozenset[str], frozenset[str], str]]:
+    """(method, path) -> (who, scopes, service) of each row of the API guide's endpoint table."""
+    text = GUIDE.read_text()
+    table = text[text.index("## Endpoints") :]
+    table = table[: table.index("\n## ")]
+    found: dict[tuple[str, str], tuple[frozenset[str], frozenset[str], str]] = {}
+    for line in table.splitlines():
+        row = re.match(r"\| (GET|POST|PUT|PATCH|DELETE) \| `([^`]+)` \| ([^|]+) \| ([^|]+) \| ([a-z]+) \|", line)
+        if not row:
+            continue
+        method, path, who, scopes, service = row.groups()
+        key = (method, path)
+        assert key not in found, f"{method} {path} stands twice in the guide"
+        names = frozenset(s.strip() for s in scopes.split(",") if s.strip() != "—")
+        found[key] = (frozenset(w.strip() for w in who.split(",")), names, service)
     return found
 
 
-_VERB = [
-    (r"^(Create|Initiate|Connect|Trigger|Add)", "POST"),
-    (r"^Reorder", "PUT"),
-    (r"^(List|Get|Query|Check|Detect|Health)", "GET"),
-    (r"^Update", "PATCH"),
-    (r"^(Delete|Revoke|Disconnect|Remove)", "DELETE"),
-    (r"^Cancel", "POST"),
-]
+def test_the_guide_lists_every_endpoint_the_product_promises() -> None:
+    """The endpoints of the public product reference and of the contract, each with the
+    credentials it takes, are all in the guide's table (the 97 rows of today; a row may be added,
+    none of these may go)."""
+    guide = guide_endpoints()
+    for method, path, who in [
+        ("POST", "/api/v1/auth/signup", {PUBLIC}),
+        ("GET", "/api/v1/me", {SESSION, KEY}),
+        ("POST", "/api/v1/connections/google", {SESSION, KEY}),
+        ("GET", "/api/v1/calendars/{slug}/availability", {SESSION, KEY}),
+        ("POST", "/api/v1/booking-pages/{slug}/book", {PUBLIC, KEY}),
+        ("POST", "/api/v1/polls/{id}/votes", {PUBLIC, SESSION, KEY}),
+        ("GET", "/api/v1/billing", {SESSION}),
+        ("POST", "/api/v1/billing/mollie/webhook", {PUBLIC}),
+        ("GET", "/{handle}/{slug}", {PUBLIC}),
+        ("GET", "/embed.js", {PUBLIC}),
+    ]:
+        assert (method, path) in guide, f"{method} {path} is missing from the guide"
+        assert guide[(method, path)][0] == who, (method, path, guide[(method, path)])
+    assert len(guide) >= 97
 
 
-_VERBS = "|".join(["Create", "Initiate", "Connect", "Trigger", "Add", "Reorder", "List", "Get", "Query", "Check",
-                   "Detect", "Health", "Update", "Delete", "Revoke", "Disconnect", "Remove", "Cancel"])
+def test_the_route_table_serves_exactly_the_guides_endpoints_with_their_auth_and_scopes() -> None:
+    guide = guide_endpoints()
+    served = {(r.method, r.path): (r.auth, r.scopes, r.service) for r in ROUTES}
+    missing = sorted(set(guide) - set(served))
+    undocumented = sorted(set(served) - set(guide))
+    assert not missing, f"endpoints of the guide without a row in the route table: {missing}"
+    assert not undocumented, f"rows of the route table the guide does not list: {undocumented}"
+    differ = {k: (guide[k], served[k]) for k in guide if guide[k] != served[k]}
+    assert not differ, f"rows whose auth, scopes or service differ from the guide: {differ}"
 
 
-def reference_endpoints() -> list[tuple[str, str, str]]:
-    """(method, path, auth) of each endpoint of the reference's list. The list gives no methods:
-    they follow from the wording ("Create …" is a POST, "Update …" a PATCH, and so on)."""
-    text = (_spec_dir() / "calmesh-reference.txt").read_text()
-    listing = text[text.index("38 endpoints") : text.index("Embed a CalMesh")].splitlines()[1:]
-    entries: list[list[str]] = []
-    for line in listing:
-        auth = re.match(r"auth: (session/key|session)", line)
-        if auth:
-            entries[-1][2] = auth.group(1)
-            line = line[auth.end():]
-        found = re.match(rf"(/api/\S+?)(?=(?:{_VERBS})\b)(.*)$", line)
-        if found:
-            entries.append([found.group(1), found.group(2), ""])
-    out = []
-    for path, desc, auth in entries:
-        method = next(m for pattern, m in _VERB if re.match(pattern, desc))
-        out.append((method, _norm(path), auth))
-    return out
-
-
-def test_the_reference_lists_38_endpoints_and_all_are_parsed() -> None:
-    assert len(reference_endpoints()) == 38
-
-
-def test_every_endpoint_of_api_md_has_a_row() -> None:
-    missing = sorted(e for e in api_md_endpoints() if e not in TABLE)
-    assert not missing, f"endpoints of api.md without a row in the route table: {missing}"
-
-
-def test_every_endpoint_of_the_reference_has_a_row_that_honours_its_auth() -> None:
-    for method, path, auth in reference_endpoints():
-        route = TABLE.get((method, path))
-        assert route is not None, f"{method} {path} of the reference has no row"
-        if auth == "session/key":
-            assert {SESSION, KEY} <= route.auth, route
-        elif auth == "session":
-            assert SESSION in route.auth, route
-            # Session-only in the reference; api.md opens API keys and the full-scope capabilities
-            # (connections, calendars and sources) to full keys, never to narrower ones.
-            assert route.scopes <= {"full"}, route
-        else:
-            assert PUBLIC in route.auth, route
+def test_session_only_endpoints_never_open_to_narrow_keys() -> None:
+    """Billing is for the signed-in owner; where an endpoint is for sessions in the product, keys
+    may reach it only as `full` keys, never as narrower ones."""
+    for route in ROUTES:
+        if KEY in route.auth and route.tag in {"api-keys", "webhooks", "billing"}:
+            assert route.scopes == {"full"}, route
+        if route.tag == "billing" and PUBLIC not in route.auth:
+            assert route.auth == {SESSION}, route
 
 
 def test_no_row_is_served_without_declared_auth_and_scopes() -> None:
