@@ -6,15 +6,19 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
+import aiosmtplib
 import icalendar
+import pytest
+from aiosmtpd.smtp import SMTP, Envelope
 
 from calmesh_booking.domain import Booking
-from calmesh_booking.mail import Mailer, Person, booking_mails, verification_mail
+from calmesh_booking.mail import Mailer, Person, _message, booking_mails, verification_mail
 from calmesh_common.settings import Settings
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
@@ -87,54 +91,173 @@ async def test_mails_go_to_the_folder_without_smtp(tmp_path: Path) -> None:
         "bk_test-confirmed-owner.eml", "bk_test-confirmed-visitor.eml"]
 
 
-async def test_mails_go_over_smtp_when_a_host_is_set() -> None:
-    received: list[tuple[str, list[str], bytes]] = []
+class SmtpServer:
+    """A real SMTP server (aiosmtpd) on this test's event loop, on loopback: it counts the
+    connections made to it and keeps what it received; `restart` ends every session as a server
+    restart does and listens again on the same port."""
 
-    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        sender, rcpts = "", []
-        writer.write(b"220 fake ESMTP\r\n")
-        while line := await reader.readline():
-            command = line.decode().strip()
-            verb = command.upper()
-            if verb.startswith(("EHLO", "HELO")):
-                writer.write(b"250-fake\r\n250 8BITMIME\r\n")
-            elif verb.startswith("MAIL FROM:"):
-                sender = command[10:].strip("<> ")
-                writer.write(b"250 OK\r\n")
-            elif verb.startswith("RCPT TO:"):
-                rcpts.append(command[8:].strip("<> "))
-                writer.write(b"250 OK\r\n")
-            elif verb == "DATA":
-                writer.write(b"354 go on\r\n")
-                await writer.drain()
-                body = b""
-                while (chunk := await reader.readline()) != b".\r\n":
-                    body += chunk
-                received.append((sender, rcpts, body))
-                writer.write(b"250 queued\r\n")
-            elif verb == "QUIT":
-                writer.write(b"221 bye\r\n")
-                await writer.drain()
-                break
-            else:
-                writer.write(b"250 OK\r\n")
-            await writer.drain()
-        writer.close()
+    def __init__(self, refuse: str = "") -> None:
+        self.connections = self.quits = 0
+        self.received: list[tuple[str, list[str], bytes]] = []
+        self.refuse = refuse  # a recipient it answers 550 to
+        self.shutting_down = False  # answer 421 (closing) to the next MAIL, as a server going down does
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._sessions: list[SMTP] = []
 
-    server = await asyncio.start_server(session, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    settings = Settings(smtp_host="127.0.0.1", smtp_port=port, smtp_security="none",
-                        mail_from="CalMesh <bookings@calmesh.test>")
+    async def start(self) -> None:
+        def session() -> SMTP:
+            self.connections += 1
+            protocol = SMTP(self, hostname="smtp.test")
+            self._sessions.append(protocol)
+            return protocol
+
+        self._server = await asyncio.get_running_loop().create_server(session, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for protocol in self._sessions:
+            if protocol.transport is not None:
+                protocol.transport.close()
+        self._sessions.clear()
+        await self._server.wait_closed()
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    async def handle_MAIL(self, server: SMTP, session: object, envelope: Envelope, address: str,  # noqa: N802 (aiosmtpd calls its hooks by these names)
+                          options: list[str]) -> str:
+        if self.shutting_down:
+            self.shutting_down = False
+            return "421 smtp.test closing the channel"
+        envelope.mail_from = address
+        return "250 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: object, envelope: Envelope, address: str,  # noqa: N802 (aiosmtpd calls its hooks by these names)
+                          options: list[str]) -> str:
+        if address == self.refuse:
+            return "550 no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: object, envelope: Envelope) -> str:  # noqa: N802 (aiosmtpd calls its hooks by these names)
+        assert envelope.mail_from is not None and envelope.original_content is not None
+        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
+        return "250 queued"
+
+    async def handle_QUIT(self, server: SMTP, session: object, envelope: Envelope) -> str:  # noqa: N802 (aiosmtpd calls its hooks by these names)
+        self.quits += 1
+        return "221 bye"
+
+
+@pytest.fixture
+async def smtp() -> AsyncIterator[SmtpServer]:
+    server = SmtpServer()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def smtp_settings(server: SmtpServer) -> Settings:
+    return Settings(smtp_host="127.0.0.1", smtp_port=server.port, smtp_security="none",
+                    mail_from="Terminbüro Café Zürich <bookings@calmesh.test>")
+
+
+def wire_checked(data: bytes) -> None:
+    """What a current mail server accepts: every line ends CRLF (no bare LF or CR), and the header
+    block is ASCII (RFC 2047 encoded words) with no line past 78 characters."""
+    assert b"\n" not in data.replace(b"\r\n", b"") and b"\r" not in data.replace(b"\r\n", b"")
+    head = data.split(b"\r\n\r\n", 1)[0]
+    assert head.isascii()
+    assert all(len(line) <= 78 for line in head.split(b"\r\n")), head
+
+
+def test_a_non_ascii_sender_name_and_a_long_subject_are_encoded_for_the_wire() -> None:
+    # A long time-zone name and the en dash make the subject non-ASCII and longer than one line.
+    far = replace(BOOKING, timezone="America/Argentina/ComodRivadavia")
+    settings = Settings(mail_from="Terminbüro Café Zürich <bookings@calmesh.test>")
+    mails = [
+        *booking_mails(far, owner=OWNER, settings=settings, cancel_url=None, cause_id="evt-20", now=NOW,
+                       previous=(far.start - timedelta(days=1), far.end - timedelta(days=1))),
+        verification_mail(far, owner_name="Ann", settings=settings, verify_url="https://c.example/v?sig=1",
+                          expires_at=NOW + timedelta(minutes=15), cause_id="evt-21", now=NOW),
+    ]
+    for mail in mails:
+        wire_checked(mail.data)
+        assert b"=?utf-8?q?Terminb=C3=BCro_Caf=C3=A9_Z=C3=BCrich?= <bookings@calmesh.test>" in mail.data
+        msg = parse(mail.data)
+        sender = msg["From"].addresses[0]
+        assert (sender.display_name, sender.addr_spec) == ("Terminbüro Café Zürich", "bookings@calmesh.test")
+    assert parse(mails[0].data)["Subject"] == (
+        "Booking rescheduled: Monday 07 December 2026, 05:00–05:30 (America/Argentina/ComodRivadavia)")
+
+
+def test_a_long_subject_of_non_ascii_words_folds_with_crlf_and_decodes_whole() -> None:
+    subject = "Bestätigung Ihrer Buchung: " + "Überraschungsfrühstück für Größenwahn " * 6
+    data = _message(sender="Zoë Ünïcode <zoe@example.org>", to=OWNER, subject=subject, text="Grüße\n",
+                    ics=None, method="", message_id="<evt-22@calmesh>", now=NOW)
+    wire_checked(data)
+    assert data.split(b"\r\n\r\n", 1)[0].count(b"\r\n ") >= 3  # folded, each continuation after CRLF
+    msg = parse(data)
+    assert msg["Subject"] == " ".join(subject.split())
+    assert msg["From"].addresses[0].display_name == "Zoë Ünïcode"
+
+
+async def test_mails_go_over_one_smtp_connection(smtp: SmtpServer) -> None:
+    settings = smtp_settings(smtp)
+    mailer = Mailer(settings)
+    mails = [m for i in range(3) for m in booking_mails(BOOKING, owner=OWNER, settings=settings, cancel_url=None,
+                                                        cause_id=f"evt-1{i}", now=NOW)]
     try:
-        mail = booking_mails(BOOKING, owner=OWNER, settings=settings, cancel_url=None, cause_id="evt-5", now=NOW)[0]
-        await Mailer(settings).send(mail)
+        for mail in mails:
+            await mailer.send(mail)
     finally:
-        server.close()
-        await server.wait_closed()
-    assert len(received) == 1
-    sender, rcpts, body = received[0]
-    assert (sender, rcpts) == ("bookings@calmesh.test", ["zoe@example.org"])
-    assert invitation(parse(body))["METHOD"] == "REQUEST"
+        await mailer.close()
+    assert (smtp.connections, smtp.quits) == (1, 1)  # six mails, one session, ended with a QUIT
+    assert [(sender, rcpts) for sender, rcpts, _ in smtp.received] == [
+        ("bookings@calmesh.test", ["zoe@example.org"]), ("bookings@calmesh.test", ["ann@example.com"])] * 3
+    # What the server received is the message as built, byte for byte.
+    assert [body for _, _, body in smtp.received] == [m.data for m in mails]
+    wire_checked(smtp.received[0][2])
+    assert invitation(parse(smtp.received[0][2]))["METHOD"] == "REQUEST"
+
+
+async def test_a_mail_after_the_smtp_server_restarted_is_still_delivered(smtp: SmtpServer) -> None:
+    settings = smtp_settings(smtp)
+    mailer = Mailer(settings)
+    first, second = booking_mails(BOOKING, owner=OWNER, settings=settings, cancel_url=None, cause_id="evt-30",
+                                  now=NOW)
+    try:
+        await mailer.send(first)
+        await smtp.restart()  # the kept connection is gone
+        await mailer.send(second)
+        smtp.shutting_down = True  # the kept connection answers 421 to the next mail
+        await mailer.send(first)
+    finally:
+        await mailer.close()
+    assert smtp.connections == 3
+    assert [body for _, _, body in smtp.received] == [first.data, second.data, first.data]
+
+
+async def test_a_refused_recipient_fails_that_mail_and_keeps_the_connection() -> None:
+    server = SmtpServer(refuse="zoe@example.org")
+    await server.start()
+    settings = smtp_settings(server)
+    mailer = Mailer(settings)
+    visitor, owner = booking_mails(BOOKING, owner=OWNER, settings=settings, cancel_url=None, cause_id="evt-40",
+                                   now=NOW)
+    try:
+        with pytest.raises(aiosmtplib.SMTPRecipientsRefused):
+            await mailer.send(visitor)  # the consumer's retry and dead-letter rules take it from here
+        await mailer.send(owner)
+    finally:
+        await mailer.close()
+        await server.stop()
+    assert server.connections == 1
+    assert [rcpts for _, rcpts, _ in server.received] == [["ann@example.com"]]
 
 
 def test_line_breaks_and_ical_specials_in_visitor_text_round_trip_through_a_parseable_invitation() -> None:

@@ -76,6 +76,7 @@ def create_app(
         await ctx.busy_cache.subscribe(deps.nc)  # type: ignore[union-attr]
         deps.extras["booking"] = ctx
         ref.set(ctx)
+        deps.closing.append(mailer.close)  # QUIT the SMTP connection the mail consumers opened
         deps.tasks.append(asyncio.create_task(forget_old_idempotency_keys(ctx), name="booking-idempotency-sweep"))
         deps.tasks.append(asyncio.create_task(ctx.hold_timer.run(ctx), name="booking-hold-timer"))
 

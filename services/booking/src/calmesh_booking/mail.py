@@ -9,10 +9,11 @@ fixed words and the booking's time only, never text an owner or a visitor chose 
 subject of a mail to any address a visitor types is what a spammer wants); the page title appears
 in the plain-text body only.
 
-Sent over SMTP when ``CALMESH_SMTP_HOST`` is set; otherwise written as ``.eml`` files to the mail
-folder (``CALMESH_MAIL_DIR``, default ``$CALMESH_DATA_DIR/mail``) for a developer to open. File
-names, Message-IDs and MIME boundaries derive from the event that caused the mail, so a retried
-delivery rewrites the same file rather than adding one.
+Sent over SMTP (`aiosmtplib`, one connection reused by the process) when ``CALMESH_SMTP_HOST`` is
+set; otherwise written as ``.eml`` files to the mail folder (``CALMESH_MAIL_DIR``, default
+``$CALMESH_DATA_DIR/mail``) for a developer to open. File names, Message-IDs and MIME boundaries
+derive from the event that caused the mail, so a retried delivery rewrites the same file rather
+than adding one.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import smtplib
 import ssl
 import tempfile
 from dataclasses import dataclass, replace
@@ -33,6 +33,7 @@ from email.utils import format_datetime, parseaddr
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 import icalendar
 
 from calmesh_common.ids import booking_uid
@@ -280,17 +281,35 @@ def verification_mail(
 
 
 class Mailer:
-    """Delivers messages over SMTP, or into the mail folder when no SMTP host is set."""
+    """Delivers messages over SMTP, or into the mail folder when no SMTP host is set.
+
+    Over SMTP it keeps one connection for the process (`aiosmtplib`): opened on the first mail,
+    reused by every later one (one mail at a time: an SMTP session carries one transaction at a
+    time), opened again when the server dropped it (an idle timeout, a restart), and closed with a
+    QUIT by `close` at shutdown."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.folder = Path(settings.mail_dir or os.path.join(settings.data_dir, "mail"))
+        self._client: aiosmtplib.SMTP | None = None
+        self._lock = asyncio.Lock()
 
     async def send(self, mail: Mail) -> None:
         if self.settings.smtp_host:
-            await asyncio.to_thread(self._smtp, mail)
+            async with self._lock:
+                await self._smtp(mail)
         else:
             await asyncio.to_thread(self._write, mail)
+
+    async def close(self) -> None:
+        """QUIT the SMTP connection, if one is open (a later mail opens a new one)."""
+        async with self._lock:
+            client, self._client = self._client, None
+            if client is not None and client.is_connected:
+                try:
+                    await client.quit()
+                except (aiosmtplib.SMTPException, OSError):
+                    client.close()
 
     def _write(self, mail: Mail) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -299,16 +318,38 @@ class Mailer:
             fh.write(mail.data)
         os.replace(tmp, self.folder / f"{mail.stem}.eml")
 
-    def _smtp(self, mail: Mail) -> None:
+    async def _connect(self) -> aiosmtplib.SMTP:
         s = self.settings
-        context = ssl.create_default_context()
-        if s.smtp_security == "ssl":
-            client: smtplib.SMTP = smtplib.SMTP_SSL(s.smtp_host, s.smtp_port, timeout=20, context=context)
-        else:
-            client = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=20)
-        with client:
-            if s.smtp_security == "starttls":
-                client.starttls(context=context)
-            if s.smtp_username:
-                client.login(s.smtp_username, s.smtp_password)
-            client.sendmail(parseaddr(s.mail_from)[1] or s.mail_from, [mail.to], mail.data)
+        client = aiosmtplib.SMTP(
+            hostname=s.smtp_host, port=s.smtp_port, timeout=20,
+            use_tls=s.smtp_security == "ssl", start_tls=s.smtp_security == "starttls",
+            tls_context=ssl.create_default_context() if s.smtp_security != "none" else None,
+            username=s.smtp_username or None, password=s.smtp_password if s.smtp_username else None,
+        )
+        await client.connect()
+        log.debug("smtp_connected", host=s.smtp_host, port=s.smtp_port)
+        return client
+
+    async def _smtp(self, mail: Mail) -> None:
+        sender = parseaddr(self.settings.mail_from)[1] or self.settings.mail_from
+        reused = self._client is not None and self._client.is_connected
+        if not reused:
+            if self._client is not None:
+                self._client.close()
+            self._client = await self._connect()
+        assert self._client is not None
+        try:
+            await self._client.sendmail(sender, [mail.to], mail.data)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPResponseException) as exc:
+            dropped = isinstance(exc, aiosmtplib.SMTPServerDisconnected) or exc.code == 421
+            if not dropped:
+                raise  # the server refused this mail: the connection is still good
+            self._client.close()
+            self._client = None
+            if not reused:
+                raise
+            # A connection that had been idle may have been closed by the server without our
+            # noticing: one more try on a new one.
+            log.info("smtp_reconnecting", error=str(exc))
+            self._client = await self._connect()
+            await self._client.sendmail(sender, [mail.to], mail.data)
