@@ -1,8 +1,9 @@
 """CalDAV (RFC 4791) for iCloud and any server, on caldav's async client (``caldav.aio``).
 
-caldav builds the WebDAV requests and parses the multistatus answers; the bytes travel through
-CalMesh's GuardedClient (the only way to reach a user-given URL): ``GuardedDAVClient`` swaps the
-client's HTTP session for one that calls ``GuardedClient.fetch``, so every request, redirect
+caldav builds the WebDAV requests (the REPORT bodies too, from its element builders, every value
+XML-escaped by lxml: no XML is written by hand) and parses the multistatus answers; the bytes travel
+through CalMesh's GuardedClient (the only way to reach a user-given URL): ``GuardedDAVClient`` swaps
+the client's HTTP session for one that calls ``GuardedClient.fetch``, so every request, redirect
 included, is held to the address rules and the size and time caps. Credentials go as HTTP Basic
 (what iCloud and most servers take).
 
@@ -22,7 +23,10 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 from caldav.aio import AsyncDAVClient
+from caldav.elements import cdav, dav
+from caldav.elements.base import BaseElement
 from caldav.lib import error as dav_error
+from lxml import etree
 
 from calmesh_common.guarded import FetchError, GuardedClient
 from calmesh_common.retryafter import parse_retry_after
@@ -253,13 +257,9 @@ class CalDAVClient:
         deleted: list[str] = []
         token = sync_token
         for _ in range(100):  # a truncated answer (RFC 6578 3.6) is continued from its token
-            body = (
-                '<?xml version="1.0" encoding="utf-8"?><D:sync-collection xmlns:D="DAV:">'
-                f"<D:sync-token>{_xml_escape(token or '')}</D:sync-token><D:sync-level>1</D:sync-level>"
-                "<D:prop><D:getetag/></D:prop></D:sync-collection>"
-            )
             try:
-                response = await self._call(self.client.report(calendar_url, body, depth=None), "sync-collection")
+                response = await self._call(self.client.report(calendar_url, sync_collection_body(token), depth=None),
+                                            "sync-collection")
             except AuthError:
                 # caldav raises on a 403, which is also how servers refuse a stale token
                 # (DAV:valid-sync-token); the PROPFIND just before passed the same credentials.
@@ -300,12 +300,7 @@ class CalDAVClient:
         objects: list[DavObject] = []
         for i in range(0, len(hrefs), MULTIGET_CHUNK):
             chunk = hrefs[i : i + MULTIGET_CHUNK]
-            items = "".join(f"<D:href>{_xml_escape(urlsplit(h).path)}</D:href>" for h in chunk)
-            body = (
-                '<?xml version="1.0" encoding="utf-8"?>'
-                '<C:calendar-multiget xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav">'
-                f"<D:prop><D:getetag/><C:calendar-data/></D:prop>{items}</C:calendar-multiget>"
-            )
+            body = multiget_body([urlsplit(h).path for h in chunk])
             response = await self._call(self.client.report(calendar_url, body, depth=1), "calendar-multiget")
             self._check(response, "calendar-multiget")
             for result in response.parse_calendar_query():
@@ -344,8 +339,21 @@ class CalDAVClient:
         return DavObject(href, response.headers.get("ETag"), raw.decode("utf-8", "replace"))
 
 
-def _xml_escape(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def _xml(element: BaseElement) -> bytes:
+    return etree.tostring(element.xmlelement(), encoding="utf-8", xml_declaration=True)
+
+
+def sync_collection_body(token: str | None) -> bytes:
+    """The RFC 6578 sync-collection REPORT asking what changed since `token` (None: everything),
+    ETags only: built with caldav's elements, so the token is XML-escaped whatever it holds."""
+    return _xml(dav.SyncCollection() + [
+        dav.SyncToken(value=token or ""), dav.SyncLevel(value="1"), dav.Prop() + dav.GetEtag()])
+
+
+def multiget_body(hrefs: list[str]) -> bytes:
+    """The RFC 4791 calendar-multiget REPORT for `hrefs` (their ETags and calendar data)."""
+    return _xml(cdav.CalendarMultiGet() + [
+        dav.Prop() + [dav.GetEtag(), cdav.CalendarData()], *(dav.Href(value=h) for h in hrefs)])
 
 
 def content_tag(data: str) -> str:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -100,13 +101,11 @@ class Radicale:
     def make_calendar(self, name: str, display: str | None = None) -> str:
         """MKCALENDAR /<user>/<name>/ (an existing one is kept); returns the collection URL."""
         body = None
-        if display:
-            body = (
-                '<?xml version="1.0" encoding="utf-8"?>'
-                '<C:mkcalendar xmlns:D="DAV:" xmlns:C="urn:ietf:params:xml:ns:caldav"><D:set><D:prop>'
-                f"<D:displayname>{display}</D:displayname>"
-                "</D:prop></D:set></C:mkcalendar>"
-            )
+        if display:  # built with ElementTree: the name is escaped, whatever it holds
+            root = ET.Element("{urn:ietf:params:xml:ns:caldav}mkcalendar")
+            prop = ET.SubElement(ET.SubElement(root, "{DAV:}set"), "{DAV:}prop")
+            ET.SubElement(prop, "{DAV:}displayname").text = display
+            body = ET.tostring(root, encoding="utf-8", xml_declaration=True)
         with self.client() as c:
             r = c.request("MKCALENDAR", self.calendar_url(name), content=body,
                           headers={"Content-Type": "application/xml"} if body else None)
