@@ -101,6 +101,7 @@ class SmtpServer:
         self.received: list[tuple[str, list[str], bytes]] = []
         self.refuse = refuse  # a recipient it answers 550 to
         self.shutting_down = False  # answer 421 (closing) to the next MAIL, as a server going down does
+        self.stall = False  # hold the next DATA unanswered
         self.port = 0
         self._server: asyncio.Server | None = None
         self._sessions: list[SMTP] = []
@@ -144,6 +145,9 @@ class SmtpServer:
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: object, envelope: Envelope) -> str:  # noqa: N802 (aiosmtpd calls its hooks by these names)
+        if self.stall:
+            self.stall = False
+            await asyncio.sleep(30)
         assert envelope.mail_from is not None and envelope.original_content is not None
         self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
         return "250 queued"
@@ -240,6 +244,22 @@ async def test_a_mail_after_the_smtp_server_restarted_is_still_delivered(smtp: S
         await mailer.close()
     assert smtp.connections == 3
     assert [body for _, _, body in smtp.received] == [first.data, second.data, first.data]
+
+
+async def test_a_mail_cancelled_mid_transaction_leaves_no_half_session_behind(smtp: SmtpServer) -> None:
+    settings = smtp_settings(smtp)
+    mailer = Mailer(settings)
+    first, second = booking_mails(BOOKING, owner=OWNER, settings=settings, cancel_url=None, cause_id="evt-35",
+                                  now=NOW)
+    try:
+        smtp.stall = True
+        with pytest.raises(TimeoutError):  # the consumer is stopped (or times out) during DATA
+            await asyncio.wait_for(mailer.send(first), 0.5)
+        await mailer.send(second)  # not on the session left mid-DATA: on a new one
+    finally:
+        await mailer.close()
+    assert smtp.connections == 2
+    assert [body for _, _, body in smtp.received] == [second.data]
 
 
 async def test_a_refused_recipient_fails_that_mail_and_keeps_the_connection() -> None:

@@ -305,11 +305,15 @@ class Mailer:
         """QUIT the SMTP connection, if one is open (a later mail opens a new one)."""
         async with self._lock:
             client, self._client = self._client, None
-            if client is not None and client.is_connected:
+            if client is None:
+                return
+            if client.is_connected:
                 try:
                     await client.quit()
+                    return
                 except (aiosmtplib.SMTPException, OSError):
-                    client.close()
+                    pass  # gone meanwhile: closed below
+            client.close()
 
     def _write(self, mail: Mail) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -332,24 +336,35 @@ class Mailer:
 
     async def _smtp(self, mail: Mail) -> None:
         sender = parseaddr(self.settings.mail_from)[1] or self.settings.mail_from
+        # A kept connection may have been closed by the server (idle timeout, restart) without our
+        # noticing yet: a mail that finds it dropped gets one more try on a new one.
         reused = self._client is not None and self._client.is_connected
-        if not reused:
-            if self._client is not None:
-                self._client.close()
-            self._client = await self._connect()
-        assert self._client is not None
-        try:
-            await self._client.sendmail(sender, [mail.to], mail.data)
-        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPResponseException) as exc:
-            dropped = isinstance(exc, aiosmtplib.SMTPServerDisconnected) or exc.code == 421
-            if not dropped:
-                raise  # the server refused this mail: the connection is still good
+        while True:
+            if self._client is None or not self._client.is_connected:
+                self._drop()
+                self._client = await self._connect()
+            try:
+                await self._client.sendmail(sender, [mail.to], mail.data)
+                return
+            except aiosmtplib.SMTPRecipientsRefused:
+                raise  # this mail's address is refused (the envelope was reset): the session goes on
+            except aiosmtplib.SMTPResponseException as exc:
+                if exc.code != 421:
+                    raise  # refused likewise; 421: the server is closing the channel
+                self._drop()
+                if not reused:
+                    raise
+            except aiosmtplib.SMTPServerDisconnected:
+                self._drop()
+                if not reused:
+                    raise
+            except BaseException:
+                self._drop()  # a timeout or a cancellation mid-transaction: the session's state is unknown
+                raise
+            reused = False
+            log.info("smtp_reconnecting", host=self.settings.smtp_host)
+
+    def _drop(self) -> None:
+        if self._client is not None:
             self._client.close()
             self._client = None
-            if not reused:
-                raise
-            # A connection that had been idle may have been closed by the server without our
-            # noticing: one more try on a new one.
-            log.info("smtp_reconnecting", error=str(exc))
-            self._client = await self._connect()
-            await self._client.sendmail(sender, [mail.to], mail.data)
