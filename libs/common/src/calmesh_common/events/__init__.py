@@ -20,7 +20,10 @@ import msgspec
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
-    """Base of every domain event. Subclasses set ``tag="<name>.v<N>"`` and a ``context``."""
+    """Base of every domain event. Subclasses set ``tag="<name>.v<N>"`` and a ``context``.
+
+    Subclasses repeat ``frozen=True``: msgspec inherits it, but a type checker reads it per class.
+    """
 
     #: The bounded context that owns the event; it names the stream and the subject.
     context: ClassVar[str] = ""
