@@ -1,5 +1,5 @@
 """deploy/k8s: both overlays render with kustomize, every object is valid for Kubernetes 1.31, and
-the rendered objects have the properties of the operations contract (shared/spec/operations.md).
+the rendered objects have the properties of the operations contract (written out in the tests below).
 
 No cluster runs here: `kubectl kustomize` renders, `kubernetes-validate` checks each built-in object
 against the 1.31 schemas (strict: no unknown field), and the custom resources (CloudNativePG
