@@ -79,7 +79,7 @@ _envelope_decoder = msgspec.json.Decoder(Envelope)
 
 
 @functools.cache
-def _union_decoder() -> msgspec.json.Decoder[Any]:
+def _union_decoder() -> msgspec.json.Decoder[Event]:
     """One decoder for the union of every event type, built once on first use."""
     union = tuple(all_event_types().values())
     return msgspec.json.Decoder(union[0] if len(union) == 1 else _make_union(union))
