@@ -42,11 +42,11 @@ from calmesh_common.service import Caller
 from calmesh_common.settings import Settings
 from calmesh_common.timefmt import parse_date_or_instant, parse_instant, rfc3339, rfc3339_epoch, rfc3339_or_none
 
-from . import domain
-from .busy import ProjectionCache
-from .clients import CalendarInfo, CalendarNotFound, Calendars, DependencyUnavailable, PermanentFailure, SyncEvents
-from .domain import Booking, BusyTime, RuleError, SlotRules
-from .store import (
+from .. import domain
+from ..busy import ProjectionCache
+from ..clients import CalendarInfo, CalendarNotFound, Calendars, DependencyUnavailable, PermanentFailure, SyncEvents
+from ..domain import Booking, BusyTime, RuleError, SlotRules
+from ..store import (
     BookingStore,
     parse_json,
 )
