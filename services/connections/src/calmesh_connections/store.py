@@ -84,6 +84,11 @@ async def connections_of(conn: asyncpg.Connection | asyncpg.Pool, user_id: str, 
     return {r["id"]: r for r in rows}
 
 
+async def count_connections(conn: asyncpg.Connection, user_id: str) -> int:
+    """How many connections the user has (the plan limit counts them)."""
+    return int(await conn.fetchval("SELECT count(*) FROM connections.connections WHERE user_id = $1", user_id))
+
+
 async def update_connection(conn: asyncpg.Connection, connection_id: str, **values: Any) -> Record | None:
     unknown = set(values) - _CONNECTION_COLUMNS
     if unknown:
@@ -126,6 +131,11 @@ async def insert_state(
         " VALUES ($1, $2, $3, $4, $5, $6, $7)",
         state_hash, connection_id, user_id, provider, code_verifier, return_to, expires_at,
     )
+
+
+async def prune_states(conn: asyncpg.Connection) -> None:
+    """Drop authorization requests that were used or ran out a day ago: they are of no more use."""
+    await conn.execute("DELETE FROM connections.oauth_states WHERE expires_at < now() - interval '1 day'")
 
 
 async def take_state(conn: asyncpg.Connection, state_hash: str) -> Record | None:
@@ -250,9 +260,31 @@ async def expiring_channels(conn: asyncpg.Connection | asyncpg.Pool, before: dat
     return await conn.fetch("SELECT * FROM connections.push_channels WHERE expires_at <= $1 ORDER BY expires_at LIMIT 200", before)
 
 
+async def delete_channels_of(conn: asyncpg.Connection, connection_id: str) -> None:
+    await conn.execute("DELETE FROM connections.push_channels WHERE connection_id = $1", connection_id)
+
+
 async def delete_channel(conn: asyncpg.Connection | asyncpg.Pool, row_id: str) -> None:
     await conn.execute("DELETE FROM connections.push_channels WHERE id = $1", row_id)
 
 
 async def set_channel_expiry(conn: asyncpg.Connection | asyncpg.Pool, row_id: str, expires_at: datetime) -> None:
     await conn.execute("UPDATE connections.push_channels SET expires_at = $2 WHERE id = $1", row_id, expires_at)
+
+
+# --- the scheduler's leadership ------------------------------------------------------------
+
+
+async def try_lead(conn: asyncpg.Connection, key: str) -> bool:
+    """Take the session advisory lock `key` on `conn` if no other session holds it."""
+    return bool(await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key))
+
+
+async def still_connected(conn: asyncpg.Connection) -> None:
+    """Answer when `conn` (and so the lock it holds) is still there; raise when it is gone."""
+    await conn.fetchval("SELECT 1")
+
+
+async def step_down(conn: asyncpg.Connection, key: str) -> None:
+    """Give the advisory lock `key` back."""
+    await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
