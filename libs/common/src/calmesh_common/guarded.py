@@ -151,7 +151,7 @@ class GuardedClient:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             raise FetchError(f"the host {host} could not be resolved") from exc
-        addresses = list(dict.fromkeys(info[4][0] for info in infos))
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))  # an IP address (str) here
         if not addresses:
             raise FetchError(f"the host {host} has no address")
         if not self.allow_private_networks:

@@ -72,13 +72,14 @@ STATUS_TYPES = frozenset({
 def next_state(state: ConnectionState, run: str | None, event: object) -> tuple[ConnectionState, str | None]:
     """The connection's state after `event`, by the rules connections applies to its own row
     (services/connections consumers.py), and the sync run last seen starting (`run`): a revoked
-    connection stays revoked; a run that starts makes it ``syncing``, one that completes ``active``
+    connection stays revoked; a run that starts makes it ``syncing`` (an ``active`` one stays active:
+    its projection is current until the run changes it), one that completes ``active``
     with its finish as the last sync, one that fails ``error`` (``revoked`` when the grant is gone).
     connections' echoes of a run (``connection.synced``, ``connection.errored``) change nothing once
     a newer run is seen starting; they set the state when the run's own events were not seen here."""
     revoked = state.status == "revoked"
     if isinstance(event, SyncStarted):
-        if revoked:
+        if revoked or state.status == "active":
             return state, event.sync_id
         return ConnectionState(id=state.id, status="syncing", last_synced_at=state.last_synced_at), event.sync_id
     if isinstance(event, SyncCompleted | ConnectionSynced):

@@ -41,8 +41,7 @@ from calmesh_common.streams import stream_name
 
 from .clients import FOR_GOOD, CalendarNotFound, PermanentFailure
 from .domain import Booking
-from .handlers import (
-    BookingContext,
+from .handlers.bookings import (
     booking_description,
     booking_event_title,
     cancel_page_url,
@@ -51,6 +50,7 @@ from .handlers import (
     reschedule_url,
     verify_url,
 )
+from .handlers.context import BookingContext
 from .mail import Mail, Mailer, Person, UndeliverableAddress, booking_mails, verification_mail
 
 log = get_logger(__name__)

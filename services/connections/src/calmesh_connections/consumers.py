@@ -48,7 +48,10 @@ def sync_status_handler(settings: Settings, events: EventStore):  # type: ignore
         if row is None:
             return  # deleted meanwhile
         if isinstance(event, SyncStarted):
-            status = row["status"] if row["status"] == "revoked" else "syncing"
+            # A connection that synced and is current stays active while a re-sync runs (its
+            # answers stay complete; `progress` shows the run): syncing is the first sync, or the
+            # one after an error.
+            status = row["status"] if row["status"] in ("revoked", "active") else "syncing"
             await store.update_connection(conn, row["id"], status=status, sync={
                 "sync_id": event.sync_id, "started_at": rfc3339_or_none(event.started_at),
                 "calendars_done": 0, "calendars_total": event.calendars_total, "events_changed": 0,

@@ -68,7 +68,7 @@ def calendars_of(row: Any) -> list[dict[str, Any]]:
 def connection_out(row: Any, *, authorization_url: str | None = None) -> ConnectionOut:
     sync = store.as_dict(row["sync"])
     progress = None
-    if sync and row["status"] == "syncing":
+    if sync and row["status"] in ("syncing", "active"):
         started = sync.get("started_at")
         progress = SyncProgress(
             sync_id=sync.get("sync_id", ""),
