@@ -16,7 +16,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 from urllib.parse import urlsplit
 
 import msgspec
@@ -361,7 +361,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
         """Read settings from `env` (default `os.environ`); keyword overrides win."""
         env = os.environ if env is None else env
-        types = {f.name: f.type for f in mi.type_info(cls).fields}  # type: ignore[union-attr]
+        types = {f.name: f.type for f in cast(mi.StructType, mi.type_info(cls)).fields}
         values: dict[str, Any] = {}
         for name, t in types.items():
             text = env.get(env_name(name))
