@@ -39,8 +39,6 @@ POLL_COLUMNS = ("id, user_id, title, duration_minutes, calendar_slug, deadline, 
                 " event_id, created_at, decided_at")
 
 
-
-
 def _booking(row: asyncpg.Record) -> Booking:
     return Booking(
         **same_named(
