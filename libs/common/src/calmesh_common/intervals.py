@@ -292,11 +292,12 @@ def free_spans(
     if isinstance(busy, BusyBlocks):
         pairs = zip(busy.starts, busy.ends, strict=True)
     else:
-        busy = list(busy)  # type: ignore[arg-type]
-        if busy and isinstance(busy[0], BusyBlock):
-            pairs = [(b.start, b.end) for b in busy]  # type: ignore[union-attr]
+        # One kind throughout (the first item tells which), so only the first is looked at.
+        items: list[Any] = list(busy)
+        if items and isinstance(items[0], BusyBlock):
+            pairs = [(b.start, b.end) for b in items]
         else:
-            pairs = busy  # type: ignore[assignment]
+            pairs = items
     need = min_duration if min_duration > 0 else 1
     append = out.append
     cursor = start

@@ -432,6 +432,7 @@ async def _start_credential(ctx: Context, args: dict[str, Any], data: Any) -> tu
 
 def _credential_request(args: dict[str, Any]) -> ApiCall:
     provider = args["provider"]
+    needed: tuple[str, ...]
     if provider == "icloud":
         needed, body = ("username", "password"), {"username": args.get("username"), "app_password": args.get("password")}
     elif provider == "caldav":
