@@ -129,7 +129,8 @@ def test_the_walk_names_file_and_line_of_a_crossing(tmp_path: Path) -> None:
 #: What a pure module must not load, directly or through what it imports.
 IMPURE = ("litestar", "asyncpg", "httpx", "nats")
 #: The calmesh_common modules a domain may import.
-PURE_KITS = ("calmesh_common.problems", "calmesh_common.timefmt", "calmesh_common.retryafter", "calmesh_common.cursors")
+PURE_KITS = ("calmesh_common.problems", "calmesh_common.timefmt", "calmesh_common.retryafter", "calmesh_common.cursors",
+              "calmesh_common.addresses")
 
 
 def domain_modules(root: Path) -> list[str]:

@@ -290,7 +290,7 @@ async def revoke_api_key(request: Request[Any, Any, Any], key_id: str) -> None:
 async def _check_database(state: Any, timeout: float) -> str:
     try:
         async with asyncio.timeout(timeout):
-            await state.pool.fetchval("SELECT 1")
+            await state.store.ping()
         return "ok"
     except TimeoutError:
         return "down: timeout"

@@ -80,6 +80,10 @@ class GatewayStore:
         self.pool = pool
         self.events = events or EventStore(SCHEMA, context="gateway")
 
+    async def ping(self) -> None:
+        """Answer when the database does (health and readiness checks)."""
+        await self.pool.fetchval("SELECT 1")
+
     # Users ---------------------------------------------------------------------------------
 
     async def email_or_handle_taken(self, email: str, handle: str) -> str | None:

@@ -27,7 +27,7 @@ from calmesh_common.timefmt import rfc3339, rfc3339_or_none
 
 from . import store
 from .mapping import PUBLIC_EVENT_TYPES, TEST_EVENT_TYPE, message_body
-from .policy import url_problem
+from .domain import url_problem
 from .signing import new_secret
 
 # --- request and response structs ----------------------------------------------------------------

@@ -126,6 +126,18 @@ async def rotate_secret(
 # --- intake --------------------------------------------------------------------------------------
 
 
+async def track_processed(conn: asyncpg.Connection, schema: str, consumer: str, event_ids: Sequence[str]) -> set[str]:
+    """Record that ``consumer`` processed ``event_ids`` (the tracking rows of `DurableConsumer`);
+    the ids it had not processed before."""
+    rows = await conn.fetch(
+        f"INSERT INTO {schema}.processed_messages (consumer, event_id)"
+        " SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING event_id",
+        consumer,
+        list(event_ids),
+    )
+    return {r["event_id"] for r in rows}
+
+
 async def enqueue_event(
     conn: asyncpg.Connection,
     schema: str,
