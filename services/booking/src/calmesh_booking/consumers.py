@@ -318,9 +318,7 @@ async def send_limited(ctx: BookingContext, conn: asyncpg.Connection, mailer: Ma
         return True
     s = ctx.settings
     recipient = mail.to.strip().lower()
-    # One page's, then one address's mails at a time (always in this order: no lock cycle).
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1)), pg_advisory_xact_lock(hashtext($2))",
-                       f"calmesh-mail-page:{page_id}", f"calmesh-mail-to:{recipient}")
+    await ctx.store.lock_mail_counts(conn, page_id, recipient)
     if not await ctx.store.mail_sent(conn, mail.stem):
         now = ctx.clock()
         per_page, per_recipient = await ctx.store.mail_counts(

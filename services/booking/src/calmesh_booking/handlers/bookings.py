@@ -564,8 +564,8 @@ async def settle_pending_bookings(ctx: BookingContext) -> int:
                 await confirm_booking(ctx, conn, b.id)
                 log.info("pending_booking_confirmed", booking_id=b.id)
             else:
-                hold = await conn.fetchval(f"SELECT id FROM {ctx.store.schema}.holds WHERE booking_id = $1", b.id)
-                await release_booking(ctx, conn, b.id, hold)
+                hold = await ctx.store.hold_of_booking(conn, b.id)
+                await release_booking(ctx, conn, b.id, hold["id"] if hold is not None else None)
                 log.info("pending_booking_released", booking_id=b.id)
             settled += 1
     return settled

@@ -162,9 +162,7 @@ async def vote(
                       errors=[FieldError("choices", "each choice is yes, maybe or no")])
 
     async def work(conn: asyncpg.Connection) -> Answer:
-        poll = await conn.fetchrow(
-            f"SELECT id, user_id, token, status, deadline FROM {ctx.store.schema}.polls WHERE id = $1 FOR SHARE", poll_id
-        )
+        poll = await ctx.store.poll_for_vote(conn, poll_id)
         if poll is None:
             raise not_found("poll")
         if token is not None:
