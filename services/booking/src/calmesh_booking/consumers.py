@@ -235,6 +235,9 @@ def mail_consumer(ref: ContextRef, schema: str, mailer: Mailer, name: str = "boo
         if b is None:
             raise PoisonMessage(f"booking {event.booking_id} does not exist here")
         previous = None
+        # A cancellation's mail carries neither link.
+        link: str | None = None
+        move: str | None = None
         if isinstance(event, BookingRescheduled):
             # The mail tells the move this event made (a later one mails its own).
             b = replace(_as_confirmed(b), start=event.start, end=event.end, sequence=event.sequence)
@@ -248,8 +251,6 @@ def mail_consumer(ref: ContextRef, schema: str, mailer: Mailer, name: str = "boo
             page = await ctx.store.page_by_id(conn, b.page_id)
             link = cancel_page_url(ctx, b, page["handle"]) if page else cancel_url(ctx, b)
             move = reschedule_page_url(ctx, b, page["handle"]) if page else reschedule_url(ctx, b)
-        else:
-            link = move = None
         user = await ctx.store.get_user(conn, b.user_id)
         owner = Person(
             name=(user["name"] or user["handle"] or "your host") if user else "your host",

@@ -166,7 +166,8 @@ class BookingStore:
 
     async def update_page(self, conn: asyncpg.Connection, page_id: str, changes: dict[str, Any]) -> asyncpg.Record:
         """Apply `changes` (column -> value); the caller checked the slug is free."""
-        sets, args = [], [page_id]
+        sets: list[str] = []
+        args: list[Any] = [page_id]
         for column, value in changes.items():
             args.append(_json(value) if column in _JSON_COLUMNS else value)
             cast = "::jsonb" if column in _JSON_COLUMNS else ""
@@ -235,11 +236,13 @@ class BookingStore:
                           after: tuple[datetime, str] | None, limit: int) -> list[asyncpg.Record]:
         """`select` (``SELECT … FROM table``) of the user's rows, in (created_at, id) order after `after`."""
         if after is None:
-            return await conn.fetch(f"{select} WHERE user_id = $1 ORDER BY created_at, id LIMIT $2", user_id, limit)
-        return await conn.fetch(
+            rows: list[asyncpg.Record] = await conn.fetch(f"{select} WHERE user_id = $1 ORDER BY created_at, id LIMIT $2", user_id, limit)
+            return rows
+        rows = await conn.fetch(
             f"{select} WHERE user_id = $1 AND (created_at, id) > ($2, $3) ORDER BY created_at, id LIMIT $4",
             user_id, after[0], after[1], limit,
         )
+        return rows
 
     async def count_pages(self, conn: asyncpg.Connection, user_id: str) -> int:
         return int(await conn.fetchval(f"SELECT count(*) FROM {self.schema}.pages WHERE user_id = $1", user_id))
@@ -260,7 +263,8 @@ class BookingStore:
         """The busy projection rows of one source (connection, calendar) overlapping [start, end),
         sorted by start: `(s, e, all_day, start_date, end_date)`, `s` and `e` in epoch seconds.
         Rows of this context's bookings and holds are left out (read fresh from its own tables)."""
-        return await conn.fetch(self._source_busy_sql, user_id, source[0], source[1], start, end)
+        rows: list[asyncpg.Record] = await conn.fetch(self._source_busy_sql, user_id, source[0], source[1], start, end)
+        return rows
 
     async def busy_spans(
         self,
@@ -374,7 +378,7 @@ class BookingStore:
 
     async def _change_status(self, conn: asyncpg.Connection, booking_id: str, status: str, *, was: str) -> bool:
         """The booking's status `was` -> `status`; False when it was not `was`."""
-        result = await conn.execute(f"UPDATE {self.schema}.bookings SET status = $2 WHERE id = $1 AND status = $3",
+        result: str = await conn.execute(f"UPDATE {self.schema}.bookings SET status = $2 WHERE id = $1 AND status = $3",
                                     booking_id, status, was)
         return result.split()[-1] != "0"
 
@@ -461,7 +465,7 @@ class BookingStore:
 
     async def set_hold_status(self, conn: asyncpg.Connection, hold_id: str, status: str, *,
                               booking_id: str | None = None, only_from: str | None = None) -> bool:
-        result = await conn.execute(
+        result: str = await conn.execute(
             f"UPDATE {self.schema}.holds SET status = $2, booking_id = coalesce($3, booking_id) WHERE id = $1"
             + (" AND status = $4" if only_from else ""),
             hold_id, status, booking_id, *([only_from] if only_from else []),
@@ -470,14 +474,16 @@ class BookingStore:
 
     async def due_holds(self, conn: asyncpg.Connection, now: datetime, limit: int = 200) -> list[asyncpg.Record]:
         """Active holds past their expiry (read from the expiry index)."""
-        return await conn.fetch(
+        rows: list[asyncpg.Record] = await conn.fetch(
             f"SELECT {HOLD_COLUMNS} FROM {self.schema}.holds WHERE status = 'active' AND expires_at <= $1"
             " ORDER BY expires_at LIMIT $2",
             now, limit,
         )
+        return rows
 
     async def next_hold_expiry(self, conn: asyncpg.Connection) -> datetime | None:
-        return await conn.fetchval(f"SELECT min(expires_at) FROM {self.schema}.holds WHERE status = 'active'")
+        expiry: datetime | None = await conn.fetchval(f"SELECT min(expires_at) FROM {self.schema}.holds WHERE status = 'active'")
+        return expiry
 
     async def get_booking(self, conn: asyncpg.Connection, booking_id: str, *, lock: bool = False) -> Booking | None:
         row = await conn.fetchrow(
@@ -555,23 +561,26 @@ class BookingStore:
         )
 
     async def poll_options(self, conn: asyncpg.Connection, poll_id: str) -> list[asyncpg.Record]:
-        return await conn.fetch(
+        rows: list[asyncpg.Record] = await conn.fetch(
             f"SELECT id, start_at, end_at FROM {self.schema}.poll_options WHERE poll_id = $1 ORDER BY position", poll_id
         )
+        return rows
 
     async def poll_options_many(self, conn: asyncpg.Connection, poll_ids: Sequence[str]) -> list[asyncpg.Record]:
-        return await conn.fetch(
+        rows: list[asyncpg.Record] = await conn.fetch(
             f"SELECT poll_id, id, start_at, end_at FROM {self.schema}.poll_options WHERE poll_id = ANY($1::text[])"
             " ORDER BY poll_id, position",
             list(poll_ids),
         )
+        return rows
 
     async def poll_votes(self, conn: asyncpg.Connection, poll_id: str) -> list[asyncpg.Record]:
-        return await conn.fetch(
+        rows: list[asyncpg.Record] = await conn.fetch(
             f"SELECT id, name, email, choices, created_at, updated_at FROM {self.schema}.poll_votes WHERE poll_id = $1"
             " ORDER BY created_at, id",
             poll_id,
         )
+        return rows
 
     async def upsert_vote(
         self, conn: asyncpg.Connection, *, vote_id: str, poll_id: str, voter_key: str, name: str, email: str | None,

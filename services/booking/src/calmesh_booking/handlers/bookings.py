@@ -778,7 +778,7 @@ async def create_hold(ctx: BookingContext, *, handle: str | None, slug: str, sta
                     "end_at": end, "expires_at": (now + hold_lifetime(ctx, page)).replace(microsecond=0),
                     "created_at": now}
             await ctx.store.insert_hold(conn, hold)
-            return answer(201, hold_resource(hold))  # type: ignore[arg-type]
+            return answer(201, hold_resource(hold))
 
         result = await idempotent(ctx, scope=f"hold:{page['id']}", key=key, request_hash=request_hash, work=work,
                                   conn=conn)
