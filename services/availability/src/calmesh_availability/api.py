@@ -309,7 +309,8 @@ class CalendarRoutes(Controller):
             status, body = await self._create(request, slug, caller, deps, data, idempotency_key)
             return Answer(status, body)
 
-        return kit_response(await IDEMPOTENCY.run(deps.pool, caller.user_id, idempotency_key, req_hash, create))
+        # Response[EventOut] names the body for the OpenAPI document; the kit answers it encoded.
+        return kit_response(await IDEMPOTENCY.run(deps.pool, caller.user_id, idempotency_key, req_hash, create))  # type: ignore[return-value]
 
     async def _create(
         self, request: Request[Any, Any, State], slug: str, caller: Caller, deps: ServiceDeps, data: EventCreate,

@@ -241,14 +241,15 @@ class CalendarDirectory:
         connection state: the one followed by events while listening, else the calendar's own."""
         states = cal.connection_states
         user = self._users.get(cal.user_id) if self._listening() else None
+        state_of: Callable[[str], ConnectionState | None] = states.get
         if user is not None and user.conns:
             followed = user.conns
 
-            def state_of(conn_id: str) -> ConnectionState | None:
+            def followed_or_own(conn_id: str) -> ConnectionState | None:
                 held = followed.get(conn_id)
                 return held[0] if held is not None else states.get(conn_id)
-        else:
-            state_of = states.get
+
+            state_of = followed_or_own
         return freshness(cal.sources if sources is None else sources, state_of)
 
     # --- invalidation -----------------------------------------------------------------------------
@@ -354,12 +355,12 @@ def _user_of(raw_event: bytes) -> str | None:
         return None
     if not isinstance(doc, dict):
         return None
-    if isinstance(doc.get("user_id"), str):
-        return doc["user_id"]
+    user_id = doc.get("user_id")
+    if isinstance(user_id, str):
+        return user_id
     calendar = doc.get("calendar")
-    if isinstance(calendar, dict) and isinstance(calendar.get("user_id"), str):
-        return calendar["user_id"]
-    return None
+    user_id = calendar.get("user_id") if isinstance(calendar, dict) else None
+    return user_id if isinstance(user_id, str) else None
 
 
 _calendar_decoder = msgspec.json.Decoder(CalendarDoc)

@@ -22,7 +22,8 @@ from calmesh_common.streams import stream_name
 from calmesh_common.timefmt import rfc3339_or_none
 
 from . import store
-from .core import calendars_of, next_sync_at
+from .core import calendars_of, conn_calendars
+from .domain import next_sync_at
 
 SPEC = ConsumerSpec(
     name="connections-sync-status",
@@ -78,9 +79,7 @@ def sync_status_handler(settings: Settings, events: EventStore):  # type: ignore
                 new = [{"id": c.id, "name": c.name, "color": c.color, "read_only": c.read_only, "ref": c.ref} for c in event.calendars]
                 if _calendars_changed(calendars_of(row), new):
                     values["calendars"] = new
-                    from .api import _conn_calendars
-
-                    emitted.append(ConnectionCalendarsChanged(connection_id=row["id"], user_id=row["user_id"], calendars=_conn_calendars(new)))
+                    emitted.append(ConnectionCalendarsChanged(connection_id=row["id"], user_id=row["user_id"], calendars=conn_calendars(new)))
             await store.update_connection(conn, row["id"], **values)
             await events.append(conn, f"connection:{row['id']}", None, emitted, user_id=row["user_id"])
         else:

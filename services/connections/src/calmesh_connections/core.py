@@ -1,8 +1,8 @@
-"""What the connections handlers share: the context object, rendering, sync jobs, access tokens."""
+"""What the connections handlers share: the context object, paging, rendering, sync jobs, access tokens."""
 
 from __future__ import annotations
 
-import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,9 +12,11 @@ import httpx
 import msgspec
 from nats.js import JetStreamContext
 
+from calmesh_common.cursors import AwareDatetime, decode_cursor, encode_cursor
 from calmesh_common.events import Event
 from calmesh_common.events.connections import (
     CalendarSource,
+    ConnectionCalendar,
     ConnectionCredentialsRefreshed,
     ConnectionRevoked,
     SyncJob,
@@ -33,11 +35,10 @@ from calmesh_common.tracing import inject_headers
 
 from . import oauth, store
 from .crypto import Vault
+from .domain import OAUTH
 from .schemas import CalendarOut, ConnectionCalendarOut, ConnectionOut, SourceOut, SyncProgress
 
 log = get_logger(__name__)
-
-OAUTH = ("google", "microsoft")
 
 
 @dataclass
@@ -58,11 +59,29 @@ async def append(ctx: Context, conn: asyncpg.Connection, stream_id: str, events:
     await ctx.store.append(conn, stream_id, None, events, user_id=user_id)
 
 
+async def page_of(
+    list_rows: Callable[[Any, str, tuple[datetime, str] | None, int], Awaitable[list[Any]]],
+    ctx: Context, user_id: str, cursor: str | None, limit: int,
+) -> tuple[list[Any], str | None]:
+    """A page of the user's rows from the store's `list_rows`, and the cursor to the next page
+    when there is more (one row more than the page is asked for, to know)."""
+    after = decode_cursor(cursor, tuple[AwareDatetime, str]) if cursor else None
+    rows = await list_rows(ctx.pool, user_id, after, limit + 1)
+    page = rows[:limit]
+    return page, (encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None)
+
+
 # --- rendering -------------------------------------------------------------------------------
 
 
 def calendars_of(row: Any) -> list[dict[str, Any]]:
     return list(store.as_dict(row["calendars"]) or [])
+
+
+def conn_calendars(calendars: list[dict[str, Any]]) -> list[ConnectionCalendar]:
+    """A connection's calendars as its events carry them."""
+    return [ConnectionCalendar(id=c["id"], name=c.get("name") or "", color=c.get("color"), read_only=bool(c.get("read_only")))
+            for c in calendars]
 
 
 def connection_out(row: Any, *, authorization_url: str | None = None) -> ConnectionOut:
@@ -153,22 +172,6 @@ async def calendar_view(conn: asyncpg.Connection | asyncpg.Pool, row: Any) -> tu
 
 
 # --- sync jobs -------------------------------------------------------------------------------
-
-
-def interval_for(settings: Settings, provider: str) -> float:
-    return {
-        "ical": settings.sync_interval_ical_seconds,
-        "caldav": settings.sync_interval_caldav_seconds,
-        "icloud": settings.sync_interval_caldav_seconds,
-        "google": settings.sync_interval_google_seconds,
-        "microsoft": settings.sync_interval_microsoft_seconds,
-    }.get(provider, settings.sync_interval_caldav_seconds)
-
-
-def next_sync_at(settings: Settings, provider: str, after: datetime | None = None) -> datetime:
-    base = interval_for(settings, provider)
-    spread = base * settings.sync_jitter
-    return (after or datetime.now(UTC)) + timedelta(seconds=base + random.uniform(-spread, spread))
 
 
 _job_encoder = msgspec.json.Encoder()
