@@ -4,6 +4,7 @@ sources, the sync schedule and push channels; the connection status follows the 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from calmesh_common.eventstore import EventStore
 from calmesh_common.idempotency import IdempotentApp, Keys
@@ -67,7 +68,11 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> IdempotentA
 
 
 def main() -> None:
-    run_service(NAME, lambda s: (s.require("encryption_keys"), create_app(s))[1])
+    def factory(settings: Settings) -> Any:  # an ASGI app: the Litestar app behind the idempotency wrapper
+        settings.require("encryption_keys")
+        return create_app(settings)
+
+    run_service(NAME, factory)
 
 
 if __name__ == "__main__":

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 import msgspec
 
-Record = asyncpg.Record
+#: A row as asyncpg answers it (asyncpg ships no types: to the checker, any value).
+Record: TypeAlias = asyncpg.Record
 
 _CONNECTION_COLUMNS = frozenset({
     "display_name", "status", "error_kind", "last_error", "last_synced_at", "settings", "credentials",
@@ -60,15 +61,18 @@ async def _user_page(
     conn: asyncpg.Connection | asyncpg.Pool, table: str, user_id: str, after: tuple[datetime, str] | None, limit: int
 ) -> list[Record]:
     """One page of the user's rows of `table` (a name of this module's, never input), in creation order."""
+    rows: list[Record]
     if after is None:
-        return await conn.fetch(
+        rows = await conn.fetch(
             f"SELECT * FROM connections.{table} WHERE user_id = $1 ORDER BY created_at, id LIMIT $2", user_id, limit
         )
-    return await conn.fetch(
+        return rows
+    rows = await conn.fetch(
         f"SELECT * FROM connections.{table} WHERE user_id = $1 AND (created_at, id) > ($2, $3)"
         " ORDER BY created_at, id LIMIT $4",
         user_id, after[0], after[1], limit,
     )
+    return rows
 
 
 async def list_connections(
@@ -110,13 +114,14 @@ async def delete_connection(conn: asyncpg.Connection, connection_id: str) -> Non
 
 
 async def due_connections(conn: asyncpg.Connection, limit: int) -> list[Record]:
-    return await conn.fetch(
+    rows: list[Record] = await conn.fetch(
         "SELECT id, user_id, provider FROM connections.connections"
         " WHERE next_sync_at IS NOT NULL AND next_sync_at <= now()"
         " AND status NOT IN ('pending', 'revoked') AND coalesce(error_kind, '') NOT IN ('auth', 'revoked')"
         " ORDER BY next_sync_at LIMIT $1 FOR UPDATE SKIP LOCKED",
         limit,
     )
+    return rows
 
 
 # --- OAuth states ----------------------------------------------------------------------------
@@ -227,11 +232,12 @@ async def set_sort_orders(conn: asyncpg.Connection, ordered_ids: Sequence[str]) 
 
 
 async def calendars_with_connection(conn: asyncpg.Connection, connection_id: str) -> list[Record]:
-    return await conn.fetch(
+    rows: list[Record] = await conn.fetch(
         "SELECT c.* FROM connections.calendars c WHERE c.id IN"
         " (SELECT s.calendar_id FROM connections.calendar_sources s WHERE s.connection_id = $1) ORDER BY c.id FOR UPDATE",
         connection_id,
     )
+    return rows
 
 
 # --- push channels ---------------------------------------------------------------------------
@@ -253,11 +259,13 @@ async def channel_by_channel_id(conn: asyncpg.Connection | asyncpg.Pool, channel
 
 
 async def channels_of(conn: asyncpg.Connection | asyncpg.Pool, connection_id: str) -> list[Record]:
-    return await conn.fetch("SELECT * FROM connections.push_channels WHERE connection_id = $1", connection_id)
+    rows: list[Record] = await conn.fetch("SELECT * FROM connections.push_channels WHERE connection_id = $1", connection_id)
+    return rows
 
 
 async def expiring_channels(conn: asyncpg.Connection | asyncpg.Pool, before: datetime) -> list[Record]:
-    return await conn.fetch("SELECT * FROM connections.push_channels WHERE expires_at <= $1 ORDER BY expires_at LIMIT 200", before)
+    rows: list[Record] = await conn.fetch("SELECT * FROM connections.push_channels WHERE expires_at <= $1 ORDER BY expires_at LIMIT 200", before)
+    return rows
 
 
 async def delete_channels_of(conn: asyncpg.Connection, connection_id: str) -> None:

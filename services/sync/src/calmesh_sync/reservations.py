@@ -33,7 +33,7 @@ from litestar import Request, Response, delete, get, put
 from litestar.params import Parameter
 
 from calmesh_common.events.sync import InstanceRow
-from calmesh_common.idempotency import Answer, json_answer
+from calmesh_common.idempotency import Answer, json_answer, response
 from calmesh_common.ids import booking_uid
 from calmesh_common.problems import FieldError, Problem
 from calmesh_common.service import ServiceDeps, json_response
@@ -41,7 +41,7 @@ from calmesh_common.timefmt import parse_instant
 from calmesh_providers.ical import Instance
 
 from .engine import SyncDeps
-from .internal_keys import keyed_delete, keyed_write
+from .internal_keys import decoded, in_transaction
 from .projection import ChangeSet, InstanceKey, fingerprint, lock_connection, row_for, write_changes
 
 _ROW_COLUMNS = (
@@ -135,25 +135,42 @@ def _refingerprint(row: InstanceRow) -> InstanceRow:
 @put("/internal/reservations/{reservation_id:str}", include_in_schema=False)
 async def put_reservation(reservation_id: str, request: Request[Any, Any, Any], deps: ServiceDeps) -> Any:
     """Enter (or move) a booking's or hold's time in the projection; answer its row as an event.
-    With an Idempotency-Key a repeat gets the first answer and changes nothing."""
-    return await keyed_write(request, deps, _put, lambda sync, body: _put_reservation(sync, reservation_id, body))
-
-
-async def _put_reservation(sync: SyncDeps, reservation_id: str, body: ReservationPut) -> Answer:
+    With an Idempotency-Key a repeat gets the first answer and changes nothing. The key's claim,
+    the rows and the answer are one transaction."""
+    raw = await request.body()
+    body = decoded(raw, _put)
     start, end = instant_span(body.start, body.end)
     others = [r for r in body.replaces if r != reservation_id]
+    sync = _sync(deps)
     async with sync.pool.acquire() as conn:
         # The rows live on the request's connection but for a booking moved across connections:
         # lock that one, read under the lock, and start over with every connection the rows name
         # when that was not enough (locks are taken in order, never one more while holding some).
         locked = [body.connection_id]
         while True:
-            async with conn.transaction():
-                found = await _locked_rows(conn, locked, [reservation_id, *others])
-                needed = sorted({*locked, *(r["connection_id"] for r in found)})
-                if needed == locked:
-                    return await _enter(conn, sync, body, reservation_id, found, start, end)
-            locked = needed
+            try:
+                return response(await in_transaction(
+                    request, body.user_id, raw, conn,
+                    lambda tx, locked=locked: _enter_locked(tx, sync, body, reservation_id, others, locked, start, end)))
+            except _MoreLocks as more:
+                locked = more.needed
+
+
+class _MoreLocks(Exception):
+    """The rows name connections whose locks were not taken: start over with all of them."""
+
+    def __init__(self, needed: list[str]) -> None:
+        super().__init__(needed)
+        self.needed = needed
+
+
+async def _enter_locked(conn: asyncpg.Connection, sync: SyncDeps, body: ReservationPut, reservation_id: str,
+                        others: list[str], locked: list[str], start: datetime, end: datetime) -> Answer:
+    found = await _locked_rows(conn, locked, [reservation_id, *others])
+    needed = sorted({*locked, *(r["connection_id"] for r in found)})
+    if needed != locked:
+        raise _MoreLocks(needed)
+    return await _enter(conn, sync, body, reservation_id, found, start, end)
 
 
 async def _locked_rows(conn: asyncpg.Connection, connections: list[str], ids: list[str]) -> list[asyncpg.Record]:
@@ -219,28 +236,35 @@ async def _enter(conn: asyncpg.Connection, sync: SyncDeps, body: ReservationPut,
 @delete("/internal/reservations/{reservation_id:str}", status_code=204, include_in_schema=False)
 async def delete_reservation(reservation_id: str, request: Request[Any, Any, Any], deps: ServiceDeps,
                              user_id: str = Parameter(query="user_id")) -> Response[None]:
-    """Free a reservation's time at once; a repeat (or an unknown id) is a no-op."""
-    return await keyed_delete(request, deps, user_id, lambda sync: _delete_reservation(sync, reservation_id, user_id))
+    """Free a reservation's time at once; a repeat (or an unknown id) is a no-op. The key's claim,
+    the change and the answer are one transaction."""
+    sync = _sync(deps)
+
+    async def work(conn: asyncpg.Connection) -> Answer:
+        await _delete_reservation(conn, sync, reservation_id, user_id)
+        return Answer(204, b"")
+
+    async with sync.pool.acquire() as conn:
+        return response(await in_transaction(request, user_id, b"", conn, work))  # type: ignore[return-value]
 
 
-async def _delete_reservation(sync: SyncDeps, reservation_id: str, user_id: str) -> None:
+async def _delete_reservation(conn: asyncpg.Connection, sync: SyncDeps, reservation_id: str, user_id: str) -> None:
     now = sync.now()
-    async with sync.pool.acquire() as conn, conn.transaction():
-        found = await reservation_rows(conn, [reservation_id])
-        for connection_id in sorted({r["connection_id"] for r in found}):
-            await lock_connection(conn, connection_id)
-        for record in await reservation_rows(conn, [reservation_id]):
-            if record["user_id"] != user_id:
-                continue
-            row = as_row(record)
-            if row.provider_event_id is None:
-                change = ChangeSet([], [], [InstanceKey(row.event_id, row.uid, row.recurrence_id)])
-            elif row.status != "cancelled":
-                change = ChangeSet([], [_refingerprint(msgspec.structs.replace(row, status="cancelled", updated_at=now))], [])
-            else:
-                continue
-            await write_changes(conn, sync.store, user_id=user_id, connection_id=record["connection_id"],
-                                calendar_id=record["calendar_id"], sync_id=None, changes=change, reason="released")
+    found = await reservation_rows(conn, [reservation_id])
+    for connection_id in sorted({r["connection_id"] for r in found}):
+        await lock_connection(conn, connection_id)
+    for record in await reservation_rows(conn, [reservation_id]):
+        if record["user_id"] != user_id:
+            continue
+        row = as_row(record)
+        if row.provider_event_id is None:
+            change = ChangeSet([], [], [InstanceKey(row.event_id, row.uid, row.recurrence_id)])
+        elif row.status != "cancelled":
+            change = ChangeSet([], [_refingerprint(msgspec.structs.replace(row, status="cancelled", updated_at=now))], [])
+        else:
+            continue
+        await write_changes(conn, sync.store, user_id=user_id, connection_id=record["connection_id"],
+                            calendar_id=record["calendar_id"], sync_id=None, changes=change, reason="released")
 
 
 @get("/internal/reservations/{reservation_id:str}", include_in_schema=False)

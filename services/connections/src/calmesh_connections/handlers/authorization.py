@@ -72,6 +72,7 @@ async def authorize(ctx: Context, provider: str, oauth_state: str | None, caller
         problem = authorize_problem(saved, provider, now, caller.auth if caller else None, caller.user_id if caller else None)
         if problem is not None:
             return Refused(problem)
+        assert saved is not None  # a missing state is a problem above
         value, browser_hash = oauth.new_binding()
         await store.bind_state(conn, digest, browser_hash)
         verifier = ctx.vault.open_text(saved["code_verifier"])
@@ -100,6 +101,7 @@ async def callback(
         problem = state_problem(saved, provider, datetime.now(UTC))
         if problem is not None:
             raise problem
+        assert saved is not None  # a missing state is a problem above
         # Single use, whatever happens next: a refused answer cannot be replayed elsewhere.
         await store.use_state(conn, digest)
         if caller is not None and caller.user_id != saved["user_id"]:

@@ -42,11 +42,8 @@ from ..schemas import (
 
 
 def source_event(view: SourceOut) -> CalendarSource:
-    """A source as the calendar events carry it."""
-    return CalendarSource(
-        id=view.id, connection_id=view.connection_id, calendar_id=view.calendar_id, name=view.name,
-        sort_order=view.sort_order, read_only=view.read_only,
-    )
+    """A source as the calendar events carry it (the answer's fields, the same ones)."""
+    return CalendarSource(**msgspec.structs.asdict(view))
 
 
 async def _calendar(conn: Any, caller: Caller, slug: str, *, for_update: bool = False) -> Any:
