@@ -332,7 +332,8 @@ class BookingStore:
         )
 
     async def confirm_pending(self, conn: asyncpg.Connection, booking_id: str) -> asyncpg.Record | None:
-        """Pending → confirmed; None when it was not pending (confirmed or released already)."""
+        """Pending → confirmed; None when it was not pending (confirmed or released already). The
+        row has every column of a booking (`booking_of`), its request's key and scope beside."""
         return await conn.fetchrow(
             f"UPDATE {self.schema}.bookings SET status = 'confirmed' WHERE id = $1 AND status = 'pending'"
             f" RETURNING {BOOKING_COLUMNS}, request_scope, request_key",
@@ -484,6 +485,11 @@ class BookingStore:
     async def next_hold_expiry(self, conn: asyncpg.Connection) -> datetime | None:
         expiry: datetime | None = await conn.fetchval(f"SELECT min(expires_at) FROM {self.schema}.holds WHERE status = 'active'")
         return expiry
+
+    @staticmethod
+    def booking_of(row: asyncpg.Record) -> Booking:
+        """The booking of a row that has every booking column (confirm_pending's)."""
+        return _booking(row)
 
     async def get_booking(self, conn: asyncpg.Connection, booking_id: str, *, lock: bool = False) -> Booking | None:
         row = await conn.fetchrow(

@@ -216,8 +216,7 @@ async def confirm_booking(ctx: BookingContext, conn: asyncpg.Connection, booking
         row = await ctx.store.confirm_pending(conn, booking_id)
         if row is None:
             return None
-        b = await ctx.store.get_booking(conn, booking_id)
-        assert b is not None
+        b = ctx.store.booking_of(row)
         # A verified booking's stream starts with its booking.verification_requested.
         verified = row["verify_until"] is not None
         await ctx.events.append(conn, b.id, None if verified else 0, [_booking_created(b)], user_id=b.user_id)
