@@ -129,7 +129,8 @@ def test_the_walk_names_file_and_line_of_a_crossing(tmp_path: Path) -> None:
 #: What a pure module must not load, directly or through what it imports.
 IMPURE = ("litestar", "asyncpg", "httpx", "nats")
 #: The calmesh_common modules a domain may import.
-PURE_KITS = ("calmesh_common.problems", "calmesh_common.timefmt", "calmesh_common.retryafter", "calmesh_common.cursors")
+PURE_KITS = ("calmesh_common.problems", "calmesh_common.timefmt", "calmesh_common.retryafter", "calmesh_common.cursors",
+              "calmesh_common.addresses")
 
 
 def domain_modules(root: Path) -> list[str]:
@@ -159,7 +160,7 @@ def impure_imports(module: str, extra_path: Path | None = None) -> list[str]:
 
 def test_every_domain_module_and_the_kits_it_may_use_are_pure() -> None:
     modules = domain_modules(ROOT)
-    assert {"calmesh_availability.domain", "calmesh_billing.domain", "calmesh_booking.domain"} <= set(modules)
+    assert {"calmesh_availability.domain", "calmesh_billing.domain", "calmesh_booking.domain", "calmesh_connections.domain"} <= set(modules)
     loaded = {m: impure_imports(m) for m in (*modules, *PURE_KITS)}
     assert all(not v for v in loaded.values()), "modules that are not pure: " + ", ".join(
         f"{m} loads {', '.join(v)}" for m, v in loaded.items() if v)

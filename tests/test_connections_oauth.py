@@ -134,7 +134,7 @@ async def wait_synced(env: Env, api: httpx.AsyncClient, cid: str, after: int = 0
         if count <= after:
             return None
         body = (await api.get(f"/api/v1/connections/{cid}")).json()
-        return body if body["status"] != "syncing" and body["status"] != "pending" else None
+        return body if body["status"] not in ("syncing", "pending") and body["progress"] is None else None
 
     return await wait_for(done, timeout, what=f"a sync of {cid}")
 

@@ -70,7 +70,7 @@ class Env:
             if await self.runs(cid) <= after:
                 return None
             body = (await api.get(f"/api/v1/connections/{cid}")).json()
-            return body if body["status"] not in ("pending", "syncing") else None
+            return body if body["status"] not in ("pending", "syncing") and body["progress"] is None else None
 
         return await wait_for(done, 30, what=f"a sync of {cid}")
 

@@ -9,9 +9,9 @@ own statements: they are named here so that no other module can join them unnoti
 
 from __future__ import annotations
 
-import ast
-import re
 from pathlib import Path
+
+from calmesh_testing.rooms import sql_outside_store as _sql_outside_store
 
 ROOT = Path(__file__).resolve().parents[1]
 SYNC_SRC = ROOT / "services" / "sync" / "src" / "calmesh_sync"
@@ -19,27 +19,9 @@ SYNC_SRC = ROOT / "services" / "sync" / "src" / "calmesh_sync"
 #: Modules whose statements have not moved to the store yet.
 NOT_YET = {"writes.py", "reservations.py"}
 
-_SQL = re.compile(
-    r"^\s*(SELECT\s|INSERT\s+INTO\s|UPDATE\s+\S+\s+SET\s|DELETE\s+FROM\s|WITH\s+\w+\s+AS\s|LOCK\s+TABLE\s|CREATE\s+TABLE\s|DROP\s+TABLE\s)",
-    re.IGNORECASE,
-)
-
 
 def sql_outside_store(package: Path) -> list[str]:
-    problems = []
-    for path in sorted(package.rglob("*.py")):
-        if path.name == "store.py" or path.name in NOT_YET or "migrations" in path.parts:
-            continue
-        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        parts = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}
-        for node in ast.walk(tree):
-            if isinstance(node, ast.JoinedStr) and node.values:
-                node = node.values[0]
-            elif id(node) in parts:
-                continue  # read with its f-string, from its start
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and _SQL.match(node.value):
-                problems.append(f"{path.relative_to(package)}:{node.lineno}: {node.value.strip()[:60]}")
-    return problems
+    return _sql_outside_store(package, skip=NOT_YET)
 
 
 def test_sync_sql_is_in_its_store_module() -> None:

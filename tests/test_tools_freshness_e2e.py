@@ -141,3 +141,35 @@ async def test_a_failing_feed_makes_the_tools_say_the_answer_is_incomplete_and_w
     assert z(at(9)) not in [s["start"] for s in slots]  # ada is busy 09:00-10:00
     assert all("bob" not in s["free"] for s in slots)
     assert {s["start"] for s in slots if s["end"] <= z(at(13))} >= {z(at(8)), z(at(10)), z(at(12))}
+
+
+async def test_a_background_resync_of_an_active_feed_keeps_the_answers_complete(world: World) -> None:
+    """A scheduled (or asked-for) re-sync does not blank the user's free time while it runs: the
+    connection stays active with its `progress` shown, and availability stays complete."""
+    world.feeds.put("/ada.ics", vcalendar("Ada's diary", ("ada-1@tools", at(9), at(10))), delay=3.0)
+    try:
+        r = await world.gw.post(f"/api/v1/connections/{world.connections['ada']}/sync", headers=world.auth)
+        assert r.status_code == 202, r.text
+
+        async def running() -> dict[str, Any] | None:
+            got = await world.connection("ada")
+            return got if got["progress"] is not None else None
+
+        during = await wait_for(running, what="ada's re-sync to start", interval=0.05)
+        assert during["status"] == "active" and during["progress"]["sync_id"] == r.json()["sync_id"], during
+        answer = await world.gw.get("/api/v1/calendars/ada/availability", headers=world.auth,
+                                    params={"start": z(at(8)), "end": z(at(12))})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["complete"] is True and [s["status"] for s in body["sources"]] == ["active"], body
+        assert body["free"] == [{"start": z(at(8)), "end": z(at(9))}, {"start": z(at(10)), "end": z(at(12))}], body
+        text = (await world.tool("calmesh_check_availability", {"calendar_slug": "ada", "start": z(at(8)), "end": z(at(12))}))
+        assert not text["content"][0]["text"].startswith("INCOMPLETE"), text
+    finally:
+        world.feeds.put("/ada.ics", vcalendar("Ada's diary", ("ada-1@tools", at(9), at(10))))
+
+    async def finished() -> dict[str, Any] | None:
+        got = await world.connection("ada")
+        return got if got["progress"] is None and got["status"] == "active" else None
+
+    await wait_for(finished, what="ada's re-sync to finish", interval=0.2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from calmesh_common.settings import Settings, SettingsError
+from calmesh_common.settings import SERVICE_NAMES, Settings, SettingsError
 
 
 def test_an_empty_environment_gives_the_documented_defaults() -> None:
@@ -129,3 +129,69 @@ def test_proxy_headers_are_read_only_from_the_trusted_proxies() -> None:
     assert proxy_options(s) == {"proxy_headers": True, "forwarded_allow_ips": "10.0.0.0/8,fd00::/8,192.168.1.7"}
     with pytest.raises(SettingsError, match="CALMESH_TRUSTED_PROXIES"):
         Settings.from_env({"CALMESH_TRUSTED_PROXIES": "ingress.local"})
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CALMESH_PORT": "eighty"}, "CALMESH_PORT must be a whole number from 0 to 65535, got 'eighty'"),
+        ({"CALMESH_MAX_BODY_BYTES": "10"}, "CALMESH_MAX_BODY_BYTES must be a whole number at least 1024, got '10'"),
+        ({"CALMESH_STREAM_REPLICAS": "7"}, "CALMESH_STREAM_REPLICAS must be a whole number from 1 to 5, got '7'"),
+        ({"CALMESH_SYNC_JITTER": "1"}, "CALMESH_SYNC_JITTER must be a number at least 0 and below 1, got '1'"),
+        ({"CALMESH_WEBHOOK_TIMEOUT_SECONDS": "0"}, "CALMESH_WEBHOOK_TIMEOUT_SECONDS must be a number above 0, got '0'"),
+        ({"CALMESH_LOG_JSON": "maybe"}, "CALMESH_LOG_JSON must be 1/0, true/false, yes/no or on/off, got 'maybe'"),
+        ({"CALMESH_SMTP_SECURITY": "tls"}, "CALMESH_SMTP_SECURITY must be one of none, ssl, starttls, got 'tls'"),
+        # A list names the entry refused.
+        ({"CALMESH_WEBHOOK_RETRY_SCHEDULE": "5, -1, 60"},
+         "CALMESH_WEBHOOK_RETRY_SCHEDULE must be a comma-separated list, each a number at least 0, got '-1'"),
+        ({"CALMESH_WEBHOOK_RETRY_SCHEDULE": "5,soon"},
+         "CALMESH_WEBHOOK_RETRY_SCHEDULE must be a comma-separated list, each a number at least 0, got 'soon'"),
+        ({"CALMESH_TRUSTED_PROXIES": "10.0.0.0/8, ingress.local"},
+         "CALMESH_TRUSTED_PROXIES must be a comma-separated list, each an IP address or CIDR network"
+         " (10.0.0.0/8, ::1), got 'ingress.local'"),
+        ({"CALMESH_DB_POOL_MIN": "5", "CALMESH_DB_POOL_MAX": "3"},
+         "CALMESH_DB_POOL_MAX must not be below CALMESH_DB_POOL_MIN (5), got 3"),
+    ],
+)
+def test_a_refusal_says_what_the_variable_may_hold_and_quotes_the_value(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    assert str(caught.value) == message
+
+
+def test_keyword_overrides_are_checked_like_the_environment() -> None:
+    with pytest.raises(SettingsError, match="CALMESH_SYNC_CONCURRENCY must be a whole number at least 1, got 0"):
+        Settings.from_env({}, sync_concurrency=0)
+    with pytest.raises(SettingsError, match="unknown field `no_such_setting`"):
+        Settings.from_env({}, no_such_setting=1)
+
+
+def test_an_empty_or_blank_variable_means_the_default_except_for_text() -> None:
+    s = Settings.from_env({"CALMESH_DB_POOL_MAX": " ", "CALMESH_LOG_JSON": "", "CALMESH_LOG_LEVEL": "",
+                           "CALMESH_TRUSTED_PROXIES": " , ", "CALMESH_WEBHOOK_RETRY_SCHEDULE": "",
+                           "CALMESH_MAIL_FROM": "", "CALMESH_HTTP_PORT": " 9000 "})
+    assert (s.db_pool_max, s.log_json, s.log_level, s.trusted_proxies) == (10, True, "info", ())
+    assert s.webhook_retry_schedule == Settings().webhook_retry_schedule
+    assert s.mail_from == ""  # text is taken as given
+    assert (s.http_port, s.port, s.public_base_url) == (9000, 9000, "http://127.0.0.1:9000")
+
+
+def test_every_setting_is_in_env_example_with_its_default() -> None:
+    """.env.example names every variable; a value written there reads as the struct's default."""
+    import re
+    from pathlib import Path
+
+    import msgspec
+
+    from calmesh_common.settings import env_name
+
+    example = Path(__file__).parents[3] / ".env.example"
+    written = dict(re.findall(r"^([A-Z][A-Z0-9_]*)=(.*)$", example.read_text(), re.M))
+    for field in msgspec.structs.fields(Settings):
+        if field.name == "service_urls":  # one CALMESH_<SERVICE>_URL each
+            assert all(f"CALMESH_{name.upper()}_URL" in written for name in SERVICE_NAMES)
+            continue
+        variable = env_name(field.name)
+        assert variable in written, variable
+        if written[variable]:
+            assert getattr(Settings.from_env({variable: written[variable]}), field.name) == field.default, variable

@@ -86,7 +86,7 @@ def test_calmesh_migrate_reads_the_replica_setting(cluster: NatsCluster, migrate
     script = str(Path(sys.executable).parent / "calmesh-migrate")
     env = {**os.environ, "DATABASE_URL": migrated, "NATS_URL": cluster.urls[1]}
     bad = subprocess.run([script], env={**env, "CALMESH_STREAM_REPLICAS": "7"}, capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "CALMESH_STREAM_REPLICAS must be 1 to 5" in bad.stderr
+    assert bad.returncode == 2 and "CALMESH_STREAM_REPLICAS must be a whole number from 1 to 5" in bad.stderr
     assert "Traceback" not in bad.stderr
     good = subprocess.run([script], env={**env, "CALMESH_STREAM_REPLICAS": "3"}, capture_output=True, text=True, timeout=120)
     assert good.returncode == 0, good.stderr

@@ -254,7 +254,8 @@ async def test_a_failing_sync_shows_in_the_next_answer_without_asking_connection
     d, _ = await directory(conns)
     cal = await d.get("usr_1", "work")
     d.apply_event(started("conn_src_a", "sync_2"))
-    assert states(d, await d.get("usr_1", "work")) == (False, [("src_a", "syncing", "2026-11-25T08:00:00Z")])
+    # A re-sync of an active connection leaves it active: its answers stay complete meanwhile.
+    assert states(d, await d.get("usr_1", "work")) == (True, [("src_a", "active", "2026-11-25T08:00:00Z")])
     d.apply_event(failed("conn_src_a", "sync_2"))
     assert states(d, await d.get("usr_1", "work")) == (False, [("src_a", "error", "2026-11-25T08:00:00Z")])
     d.apply_event(started("conn_src_a", "sync_3"))
@@ -265,10 +266,12 @@ async def test_a_failing_sync_shows_in_the_next_answer_without_asking_connection
     d.apply_event(completed("conn_src_a", "sync_3", datetime(2026, 11, 25, 9, 30, 15, 400000, tzinfo=UTC)))
     assert states(d, await d.get("usr_1", "work")) == (True, [("src_a", "active", "2026-11-25T09:30:15Z")])
     d.apply_event(started("conn_src_a", "sync_4"))
-    # ...and the echo of sync_3's success, arriving after sync_4 started, does not make it active.
+    assert states(d, cal) == (True, [("src_a", "active", "2026-11-25T09:30:15Z")])
+    d.apply_event(failed("conn_src_a", "sync_4"))
+    # ...and the echo of sync_3's success, arriving after sync_4 started (and failed), does not make it active.
     d.apply_event(envelope(ConnectionSynced(connection_id="conn_src_a", user_id="usr_1", sync_id="sync_3",
                                             synced_at=NOW)))
-    assert states(d, cal)[0] is False
+    assert states(d, cal) == (False, [("src_a", "error", "2026-11-25T09:30:15Z")])
     assert conns.calls == 1
 
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from calmesh_booking.domain import cancel_signature
-from calmesh_booking.handlers import link_secret
+from calmesh_booking.handlers.context import link_secret
 from calmesh_testing.booking import BookingHarness, User, utc
 from calmesh_testing.wait import wait_for
 

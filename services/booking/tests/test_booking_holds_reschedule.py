@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from calmesh_booking.handlers import settle_pending_bookings
+from calmesh_booking.handlers.bookings import settle_pending_bookings
 from calmesh_common.ids import new_id
 from calmesh_testing.booking import BookingHarness, User
 from calmesh_testing.wait import wait_for

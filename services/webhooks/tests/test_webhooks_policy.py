@@ -11,7 +11,7 @@ from calmesh_common.events import make_envelope
 from calmesh_common.events.sync import InstanceKey, InstanceRow, SourceEventsDeleted, SourceEventsUpserted
 from calmesh_common.retryafter import parse_retry_after
 from calmesh_webhooks.mapping import AWAITING_PRODUCER, EVENT_MAP, PUBLIC_EVENT_TYPES, subjects_by_context
-from calmesh_webhooks.policy import classify, retry_delay, url_problem
+from calmesh_webhooks.domain import classify, retry_delay, url_problem
 from calmesh_webhooks.signing import new_secret, secret_key, signature_header
 
 SCHEDULE = (5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400)

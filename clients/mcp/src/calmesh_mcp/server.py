@@ -45,7 +45,9 @@ async def read_key_scope(executor: Executor) -> str | None:
         return None
     if not isinstance(me, dict):
         return None
-    auth = me.get("auth") if isinstance(me.get("auth"), dict) else {}
+    auth = me.get("auth")
+    if not isinstance(auth, dict):
+        auth = {}
     scope = me.get("scope") or auth.get("scope")
     return scope if scope in ("read", "write", "book", "full") else None
 

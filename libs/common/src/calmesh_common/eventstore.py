@@ -46,9 +46,10 @@ class EventStore:
         )
 
     async def version(self, conn: asyncpg.Connection, stream_id: str) -> int:
-        return await conn.fetchval(
+        version: int = await conn.fetchval(
             f"SELECT coalesce(max(version), 0) FROM {self.schema}.events WHERE stream_id = $1", stream_id
         )
+        return version
 
     async def append(
         self,

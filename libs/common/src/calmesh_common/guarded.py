@@ -26,8 +26,8 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 
-_METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
-_SHARED = ipaddress.ip_network("100.64.0.0/10")
+from .addresses import address_refusal
+
 _REDIRECTS = {301, 302, 303, 307, 308}
 
 
@@ -45,46 +45,10 @@ class FetchError(Exception):
     """A URL could not be fetched safely; the message is fit for a user's `last_error`."""
 
 
-def _embedded_v4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    if addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    if addr.sixtofour is not None:
-        return addr.sixtofour
-    if addr.teredo is not None:
-        return addr.teredo[1]
-    packed = addr.packed
-    if packed[:12] == bytes(12) and packed[12:] != bytes(4):  # IPv4-compatible ::a.b.c.d
-        return ipaddress.IPv4Address(packed[12:])
-    return None
-
-
-def address_refusal(ip: str) -> str | None:
-    """Why `ip` may not be fetched from, or None when it is a public address."""
-    addr = ipaddress.ip_address(ip)
-    if isinstance(addr, ipaddress.IPv6Address):
-        inner = _embedded_v4(addr)
-        if inner is not None:
-            reason = address_refusal(str(inner))
-            return f"{reason} (inside IPv6 {ip})" if reason else None
-    if addr in _METADATA:
-        return f"{ip} is a cloud metadata address"
-    if addr.is_loopback:
-        return f"{ip} is a loopback address"
-    if addr.is_link_local:
-        return f"{ip} is a link-local address"
-    if addr.version == 4 and addr in _SHARED:
-        return f"{ip} is a shared (carrier-grade NAT) address"
-    if addr.is_private:
-        return f"{ip} is a private address"
-    if addr.is_multicast or addr.is_reserved or addr.is_unspecified or not addr.is_global:
-        return f"{ip} is not a public address"
-    return None
-
-
 @dataclass(frozen=True)
 class FetchResult:
     status: int
-    headers: httpx.Headers
+    headers: Mapping[str, str]  # case-insensitive: httpx's headers, or aiohttp's (webhooks' transport)
     body: bytes
     url: str
 
@@ -151,7 +115,7 @@ class GuardedClient:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except socket.gaierror as exc:
             raise FetchError(f"the host {host} could not be resolved") from exc
-        addresses = list(dict.fromkeys(info[4][0] for info in infos))
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))  # an IP address (str) here
         if not addresses:
             raise FetchError(f"the host {host} has no address")
         if not self.allow_private_networks:

@@ -211,7 +211,8 @@ class Keys:
                   work: Callable[[], Awaitable[Answer]]) -> Answer:
         """Claim, do `work` with no transaction open, keep its answer (or release the key). A
         Problem raised by `work` is answered like any other answer."""
-        if check_key(key) is None:
+        key = check_key(key)
+        if key is None:
             return await work()
         deadline = time.monotonic() + self.wait
         while True:
@@ -270,7 +271,8 @@ class IdempotentApp:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.app, name)
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                       send: Any) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith(self._prefix):
             await self.app(scope, receive, send)
             return

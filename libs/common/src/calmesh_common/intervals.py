@@ -53,8 +53,12 @@ __all__ = [
     "merge_spans",
 ]
 
-#: An item for :func:`merge_busy` / :func:`dedupe_mirrors`: ``(start, end, source_id, payload)``.
-BusyItem = tuple[int, int, str, Any]
+#: What an item says it comes from: a source id, or a number standing for one (availability passes
+#: 1-based positions into its list of source ids). The engine only hashes and compares it.
+Source = Any
+
+#: An item for :func:`merge_busy` / :func:`dedupe_mirrors`: ``(start, end, source, payload)``.
+BusyItem = tuple[int, int, Source, Any]
 
 
 class NotSortedError(ValueError):
@@ -71,7 +75,7 @@ class BusyBlock:
 
     start: int
     end: int
-    sources: tuple[str, ...]
+    sources: tuple[Source, ...]
     lo: int = 0
     hi: int = 0
 
@@ -87,7 +91,7 @@ class BusyBlocks:
     def __init__(self) -> None:
         self.starts: list[int] = []
         self.ends: list[int] = []
-        self.sources: list[tuple[str, ...]] = []
+        self.sources: list[tuple[Source, ...]] = []
         self.los: list[int] = []
         self.his: list[int] = []
 
@@ -123,32 +127,32 @@ class Meeting:
 
     __slots__ = ("_copies", "end", "payload", "source", "start")
 
-    def __init__(self, start: int, end: int, source: str, payload: Any) -> None:
+    def __init__(self, start: int, end: int, source: Source, payload: Any) -> None:
         self.start = start
         self.end = end
         self.source = source  # the primary copy's
         self.payload = payload
-        self._copies: list[tuple[str, Any]] | None = None
+        self._copies: list[tuple[Source, Any]] | None = None
 
     @property
     def primary(self) -> Any:
         return self.payload
 
     @property
-    def copies(self) -> list[tuple[str, Any]]:
+    def copies(self) -> list[tuple[Source, Any]]:
         return self._copies if self._copies is not None else [(self.source, self.payload)]
 
     @property
-    def sources(self) -> list[str]:
+    def sources(self) -> list[Source]:
         if self._copies is None:
             return [self.source]
-        out: list[str] = []
+        out: list[Source] = []
         for src, _ in self._copies:
             if src not in out:
                 out.append(src)
         return out
 
-    def add_copy(self, start: int, end: int, source: str, payload: Any) -> None:
+    def add_copy(self, start: int, end: int, source: Source, payload: Any) -> None:
         if start < self.start:
             self.start = start
         if end > self.end:
@@ -170,9 +174,9 @@ class Conflict:
     """
 
     first: Any
-    first_source: str
+    first_source: Source
     second: Any
-    second_source: str
+    second_source: Source
     overlap_start: int
     overlap_end: int
 
@@ -217,9 +221,9 @@ def merge_busy(items: Iterable[BusyItem]) -> BusyBlocks:
     out = BusyBlocks()
     add = out.add
     # Source tuples are shared: one per distinct source, one per (tuple, new source) step.
-    single: dict[str, tuple[str, ...]] = {}
-    grown: dict[tuple[tuple[str, ...], str], tuple[str, ...]] = {}
-    cur: tuple[str, ...] | None = None
+    single: dict[Source, tuple[Source, ...]] = {}
+    grown: dict[tuple[tuple[Source, ...], Source], tuple[Source, ...]] = {}
+    cur: tuple[Source, ...] | None = None
     cur_s = cur_e = 0
     lo = i = 0
     for s, e, src, _payload in items:
@@ -291,11 +295,12 @@ def free_spans(
     if isinstance(busy, BusyBlocks):
         pairs = zip(busy.starts, busy.ends, strict=True)
     else:
-        busy = list(busy)  # type: ignore[arg-type]
-        if busy and isinstance(busy[0], BusyBlock):
-            pairs = [(b.start, b.end) for b in busy]  # type: ignore[union-attr]
+        # One kind throughout (the first item tells which), so only the first is looked at.
+        items: list[Any] = list(busy)
+        if items and isinstance(items[0], BusyBlock):
+            pairs = [(b.start, b.end) for b in items]
         else:
-            pairs = busy  # type: ignore[assignment]
+            pairs = items
     need = min_duration if min_duration > 0 else 1
     append = out.append
     cursor = start

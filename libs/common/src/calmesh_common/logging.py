@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import structlog
+from structlog.typing import EventDict
 
 from .tracing import current_trace_id
 
@@ -28,7 +29,7 @@ REDACTED_KEYS = frozenset({"password", "app_password", "token", "access_token", 
                            "api_key", "key", "authorization", "cookie", "client_secret"})
 
 
-def _add_trace_id(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _add_trace_id(_: Any, __: str, event_dict: EventDict) -> EventDict:
     trace_id = current_trace_id()
     if trace_id is not None:
         event_dict.setdefault("trace_id", trace_id)
@@ -79,7 +80,7 @@ def _scrub_value(value: Any, depth: int = 0) -> Any:
     return value
 
 
-def _redact(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _redact(_: Any, __: str, event_dict: EventDict) -> EventDict:
     for key, value in list(event_dict.items()):
         if _is_secret(key):
             event_dict[key] = "[redacted]"
@@ -168,7 +169,7 @@ def setup_logging(service_name: str, level: str = "info", json: bool = True, *, 
     protect_client_loggers()
 
 
-def _stdlib_message(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _stdlib_message(_: Any, __: str, event_dict: EventDict) -> EventDict:
     """A standard-library record's own arguments stay out of the JSON (they may hold anything);
     its formatted message is the event."""
     event_dict.pop("positional_args", None)
@@ -184,7 +185,7 @@ _NATS_AWAY = re.compile(r"ConnectionClosedError|NoServersError|ConnectionReconne
 _OUTAGE_EVENTS = re.compile(r"^\w+_(unavailable|still_unavailable|recovered)$")
 
 
-def _fold_outages(_: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _fold_outages(_: Any, method: str, event_dict: EventDict) -> EventDict:
     """A warning or error line that only says the database or NATS is away (a loop's retry) is
     folded into the process's `outage` for it: one line when it goes, one a minute, not one (and
     a traceback) per retry from every loop."""

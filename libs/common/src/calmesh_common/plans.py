@@ -126,8 +126,9 @@ def plan_consumer(schema: str, *, consumer_name: str) -> tuple[ConsumerSpec, Han
     return spec, handle
 
 
-async def apply_plan_changed(conn: asyncpg.Connection, schema: str, envelope: Envelope) -> None:
-    """Record the plan of a ``plan.changed`` event, unless a newer one is recorded already."""
+async def apply_plan_changed(conn: asyncpg.Connection, schema: str, envelope: Envelope) -> PlanChanged:
+    """Record the plan of a ``plan.changed`` event, unless a newer one is recorded already; returns
+    the event."""
     event = decode_event(envelope)
     if not isinstance(event, PlanChanged):
         raise PoisonMessage(f"expected plan.changed, got {envelope.type}")
@@ -144,6 +145,7 @@ async def apply_plan_changed(conn: asyncpg.Connection, schema: str, envelope: En
         event.current_period_end,
         envelope.version,
     )
+    return event
 
 
 async def current_plan(conn: asyncpg.Connection, schema: str, user_id: str) -> UserPlan:

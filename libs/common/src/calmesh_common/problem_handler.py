@@ -72,8 +72,8 @@ def to_problem(exc: Exception) -> Problem:
         )
         detail = str(exc.detail) if status < 500 else TITLES.get(status, "Error")
         # A body litestar could not parse (malformed JSON): say so where clients look for it.
-        errors = [FieldError("body", detail)] if status == 400 else None
-        return Problem(status, code, detail, errors=errors, headers=dict(exc.headers or {}))
+        body_errors = [FieldError("body", detail)] if status == 400 else None
+        return Problem(status, code, detail, errors=body_errors, headers=dict(exc.headers or {}))
     return Problem(500, "internal_error", "Something went wrong on our side; it has been logged.")
 
 

@@ -36,6 +36,7 @@ import uvicorn
 from litestar import Litestar, Request, Response, get
 from litestar.datastructures import State
 from litestar.di import Provide
+from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -102,7 +103,8 @@ def caller_from_headers(headers: Any) -> Caller | None:
 
 
 def _provide_deps(state: State) -> ServiceDeps:
-    return state.deps  # type: ignore[no-any-return]
+    deps: ServiceDeps = state.deps
+    return deps
 
 
 async def provide_caller(request: Request[Any, Any, Any]) -> Caller:
@@ -156,7 +158,7 @@ class InternalTrustMiddleware:
         self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != ScopeType.HTTP:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -168,7 +170,7 @@ class InternalTrustMiddleware:
             if not self.secret or not hmac.compare_digest(given, self.secret):
                 body, hdrs = _plain_problem(401, "unauthorized", "This service only answers the gateway.")
                 await send({"type": "http.response.start", "status": 401, "headers": hdrs})
-                await send({"type": "http.response.body", "body": body})
+                await send({"type": "http.response.body", "body": body, "more_body": False})
                 self._done(scope, method, path, 401, started, None)
                 return
         request_id = headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex

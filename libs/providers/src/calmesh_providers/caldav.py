@@ -65,7 +65,7 @@ MULTIGET_CHUNK = 200
 class _Response:
     """What caldav reads from an HTTP response, built from a GuardedClient FetchResult."""
 
-    def __init__(self, status: int, headers: httpx.Headers, body: bytes) -> None:
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
         self.status_code = status
         self.headers = headers
         self.content = body
@@ -258,7 +258,8 @@ class CalDAVClient:
         token = sync_token
         for _ in range(100):  # a truncated answer (RFC 6578 3.6) is continued from its token
             try:
-                response = await self._call(self.client.report(calendar_url, sync_collection_body(token), depth=None),
+                # caldav types the body as str, but sends bytes as they are (to_wire).
+                response = await self._call(self.client.report(calendar_url, sync_collection_body(token), depth=None),  # type: ignore[arg-type]
                                             "sync-collection")
             except AuthError:
                 # caldav raises on a 403, which is also how servers refuse a stale token
@@ -301,7 +302,8 @@ class CalDAVClient:
         for i in range(0, len(hrefs), MULTIGET_CHUNK):
             chunk = hrefs[i : i + MULTIGET_CHUNK]
             body = multiget_body([urlsplit(h).path for h in chunk])
-            response = await self._call(self.client.report(calendar_url, body, depth=1), "calendar-multiget")
+            # caldav types the body as str, but sends bytes as they are (to_wire).
+            response = await self._call(self.client.report(calendar_url, body, depth=1), "calendar-multiget")  # type: ignore[arg-type]
             self._check(response, "calendar-multiget")
             for result in response.parse_calendar_query():
                 if result.status == 200 and result.calendar_data:

@@ -122,6 +122,8 @@ def google_instance(item: dict[str, Any]) -> Instance | None:
             rid = format_recurrence_id(parse_instant(original["dateTime"], default_tz=UTC), UTC)
         elif original.get("date"):
             rid = original["date"]
+    start_date: date | None
+    end_date: date | None
     if start.get("date"):
         start_date = date.fromisoformat(start["date"])
         end_date = date.fromisoformat(end["date"]) if end.get("date") else start_date

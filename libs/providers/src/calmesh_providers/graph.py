@@ -5,7 +5,7 @@ writes and change-notification subscriptions (with ``clientState``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -163,6 +163,8 @@ def graph_instance(item: dict[str, Any], master_uids: dict[str, str]) -> Instanc
         uid = master_uids.get(item.get("seriesMasterId") or "", uid)
         original = item.get("originalStart")
         rid = format_recurrence_id(parse_instant(original, default_tz=UTC), UTC) if original else format_recurrence_id(start, UTC)
+    start_date: date | None
+    end_date: date | None
     if item.get("isAllDay"):
         start_date = start.date()
         end_date = max(start_date, end.date())

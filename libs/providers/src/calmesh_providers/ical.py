@@ -24,6 +24,7 @@ import zoneinfo
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
+from typing import Any
 
 import icalendar
 import recurring_ical_events
@@ -277,7 +278,7 @@ def _check_rrule_steps(
     rules = core.get("RRULE")
     if rules is None:
         return
-    start = core["DTSTART"].dt
+    start: date = core.decoded("DTSTART")  # the same object as the property's .dt
     start_utc = (
         to_utc(start, floating) if isinstance(start, datetime) else datetime.combine(start, datetime.min.time(), UTC)
     )
@@ -315,7 +316,7 @@ def _check_rrule_steps(
 
 
 def _series_is_recurring(series: object) -> bool:
-    recurrence = getattr(series, "recurrence", None)
+    recurrence: Any = getattr(series, "recurrence", None)  # recurring-ical-events is untyped
     if getattr(recurrence, "has_core", False) and (recurrence.core.rrules or recurrence.core.rdates):
         return True
     return bool(getattr(series, "modifications", None))
@@ -354,7 +355,7 @@ def expand(
     for series in query.series:
         uid = str(getattr(series, "_uid", None) or series.components[0].uid)
         result.uids.add(uid)
-        recurrence = getattr(series, "recurrence", None)
+        recurrence: Any = getattr(series, "recurrence", None)  # recurring-ical-events is untyped
         if getattr(recurrence, "has_core", False):
             _check_rrule_steps(  # noqa: SLF001
                 recurrence.core._component, uid, Window(query_start, query_end), floating, max_instances - count
@@ -404,7 +405,7 @@ def _source_component(occurrence: object) -> icalendar.cal.Component:
     """The VEVENT an occurrence comes from (the series' master or an override). Read from
     recurring-ical-events' adapter, which spares a copy of the component per occurrence (the copy
     is most of the expansion's time); its public copy is the fallback."""
-    component = getattr(getattr(occurrence, "_adapter", None), "_component", None)
+    component: icalendar.cal.Component | None = getattr(getattr(occurrence, "_adapter", None), "_component", None)
     if component is None:
         component = occurrence.as_component(False)  # type: ignore[attr-defined]
     return component

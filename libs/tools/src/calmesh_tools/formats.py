@@ -59,7 +59,8 @@ def to_gemini_schema(schema: dict[str, Any]) -> dict[str, Any]:
                 del out["properties"], out["propertyOrdering"]
         return out
 
-    return convert(schema)
+    converted: dict[str, Any] = convert(schema)  # an object schema converts to an object
+    return converted
 
 
 def as_mcp(tool: Tool, key_scope: str | None) -> dict[str, Any]:

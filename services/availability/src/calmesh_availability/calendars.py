@@ -72,13 +72,14 @@ STATUS_TYPES = frozenset({
 def next_state(state: ConnectionState, run: str | None, event: object) -> tuple[ConnectionState, str | None]:
     """The connection's state after `event`, by the rules connections applies to its own row
     (services/connections consumers.py), and the sync run last seen starting (`run`): a revoked
-    connection stays revoked; a run that starts makes it ``syncing``, one that completes ``active``
+    connection stays revoked; a run that starts makes it ``syncing`` (an ``active`` one stays active:
+    its projection is current until the run changes it), one that completes ``active``
     with its finish as the last sync, one that fails ``error`` (``revoked`` when the grant is gone).
     connections' echoes of a run (``connection.synced``, ``connection.errored``) change nothing once
     a newer run is seen starting; they set the state when the run's own events were not seen here."""
     revoked = state.status == "revoked"
     if isinstance(event, SyncStarted):
-        if revoked:
+        if revoked or state.status == "active":
             return state, event.sync_id
         return ConnectionState(id=state.id, status="syncing", last_synced_at=state.last_synced_at), event.sync_id
     if isinstance(event, SyncCompleted | ConnectionSynced):
@@ -240,14 +241,15 @@ class CalendarDirectory:
         connection state: the one followed by events while listening, else the calendar's own."""
         states = cal.connection_states
         user = self._users.get(cal.user_id) if self._listening() else None
+        state_of: Callable[[str], ConnectionState | None] = states.get
         if user is not None and user.conns:
             followed = user.conns
 
-            def state_of(conn_id: str) -> ConnectionState | None:
+            def followed_or_own(conn_id: str) -> ConnectionState | None:
                 held = followed.get(conn_id)
                 return held[0] if held is not None else states.get(conn_id)
-        else:
-            state_of = states.get
+
+            state_of = followed_or_own
         return freshness(cal.sources if sources is None else sources, state_of)
 
     # --- invalidation -----------------------------------------------------------------------------
@@ -353,12 +355,12 @@ def _user_of(raw_event: bytes) -> str | None:
         return None
     if not isinstance(doc, dict):
         return None
-    if isinstance(doc.get("user_id"), str):
-        return doc["user_id"]
+    user_id = doc.get("user_id")
+    if isinstance(user_id, str):
+        return user_id
     calendar = doc.get("calendar")
-    if isinstance(calendar, dict) and isinstance(calendar.get("user_id"), str):
-        return calendar["user_id"]
-    return None
+    user_id = calendar.get("user_id") if isinstance(calendar, dict) else None
+    return user_id if isinstance(user_id, str) else None
 
 
 _calendar_decoder = msgspec.json.Decoder(CalendarDoc)

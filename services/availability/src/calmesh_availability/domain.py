@@ -520,7 +520,7 @@ def shape_availability(
 
 def items_from_columns(starts: Sequence[int], ends: Sequence[int], sources: Sequence[int]) -> Iterator[BusyItem]:
     """Engine items over parallel columns (no list of tuples is built)."""
-    return zip(starts, ends, sources, repeat(None), strict=False)  # type: ignore[return-value]
+    return zip(starts, ends, sources, repeat(None), strict=False)
 
 
 def _explain(items: Sequence[BusyItem]) -> list[ExplainedEvent]:

@@ -117,8 +117,10 @@ async def busy_rows(
     that asks for one more than it accepts learns that there are too many)."""
     args: list[Any] = [user_id, connection_ids, calendar_ids, to_epoch_datetime(start), to_epoch_datetime(end)]
     if limit is None:
-        return await pool.fetch(BUSY_FULL_SQL, *args)
-    return await pool.fetch(BUSY_FULL_LIMITED_SQL, *args, limit)
+        rows: list[Any] = await pool.fetch(BUSY_FULL_SQL, *args)
+        return rows
+    rows = await pool.fetch(BUSY_FULL_LIMITED_SQL, *args, limit)
+    return rows
 
 
 async def busy_columns(
@@ -208,7 +210,8 @@ async def event_rows(
     if after is not None:
         args += [_from_micros(after[0]), after[1]]
     args.append(limit)
-    return await pool.fetch(EVENTS_SQL[(include_cancelled, after is not None)], *args)
+    rows: list[Any] = await pool.fetch(EVENTS_SQL[(include_cancelled, after is not None)], *args)
+    return rows
 
 
 async def find_event(

@@ -7,8 +7,6 @@ counted here: the gateway meters them (no event carries them).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import asyncpg
 
 from calmesh_common.consumer import ConsumerSpec, Handler
@@ -33,7 +31,7 @@ def usage_consumers(schema: str) -> list[tuple[ConsumerSpec, Handler]]:
     for tag, (context, *_rest) in USAGE_EVENTS.items():
         by_context.setdefault(context, []).append(subject_for(tag, context))
 
-    def handler_for() -> Callable[[asyncpg.Connection, Envelope], object]:
+    def handler_for() -> Handler:
         async def handle(conn: asyncpg.Connection, envelope: Envelope) -> None:
             rule = USAGE_EVENTS.get(envelope.type)
             if rule is None:
@@ -50,7 +48,7 @@ def usage_consumers(schema: str) -> list[tuple[ConsumerSpec, Handler]]:
         (
             ConsumerSpec(name=f"{schema}-usage-{context}", stream=stream_name(context),
                          filter_subjects=tuple(sorted(subjects)), schema=schema),
-            handler_for(),  # type: ignore[arg-type]
+            handler_for(),
         )
         for context, subjects in sorted(by_context.items())
     ]

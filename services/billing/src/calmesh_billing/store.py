@@ -51,7 +51,8 @@ async def save_account(conn: asyncpg.Connection, schema: str, state: BillingStat
 
 
 async def user_of_customer(conn: asyncpg.Connection, schema: str, customer_id: str) -> str | None:
-    return await conn.fetchval(f"SELECT user_id FROM {schema}.accounts WHERE customer_id = $1", customer_id)
+    value: str | None = await conn.fetchval(f"SELECT user_id FROM {schema}.accounts WHERE customer_id = $1", customer_id)
+    return value
 
 
 async def due_accounts(conn: asyncpg.Connection, schema: str, now: datetime) -> list[str]:

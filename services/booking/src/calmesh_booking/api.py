@@ -16,18 +16,18 @@ from litestar.datastructures import State
 from litestar.exceptions import ValidationException
 
 from calmesh_common.idempotency import HEADER as IDEMPOTENCY_HEADER
-from calmesh_common.idempotency import request_hash, response
+from calmesh_common.idempotency import Answer, request_hash, response
 from calmesh_common.problem_handler import problem_handler
 from calmesh_common.problems import FieldError, Problem
 from calmesh_common.service import Caller, caller_from_headers
 from calmesh_common.timefmt import rfc3339
 
-from . import handlers as h
 from .assets import ASSETS, IMMUTABLE
 from .domain import verify_cancel_signature
-from .handlers import Answer, BookingContext
+from .handlers import bookings, pages, polls
+from .handlers.context import BookingContext
 from .mail import when_text
-from .pages import (
+from .views import (
     EMBED_JS,
     PAGE_CSP,
     booking_page_html,
@@ -405,7 +405,8 @@ async def _keyed(request: Request[Any, Any, Any], typ: type[T], *scope: str) -> 
 
 
 def provide_ctx(state: State) -> BookingContext:
-    return state.deps.extras["booking"]  # type: ignore[no-any-return]
+    ctx: BookingContext = state.deps.extras["booking"]
+    return ctx
 
 
 # --- controllers -----------------------------------------------------------------------------------
@@ -424,19 +425,19 @@ class BookingPageController(Controller):
         never be written), as is 422 `calendar_not_found` for no such calendar. While a page uses
         a calendar, its last writable source cannot be removed (409 `last_writable_source`)."""
         body, keyed = await _keyed(request, BookingPageCreate, caller.user_id)
-        return respond(await h.create_page(ctx, caller, msgspec.to_builtins(body), **keyed))  # type: ignore[return-value]
+        return respond(await pages.create_page(ctx, caller, msgspec.to_builtins(body), **keyed))  # type: ignore[return-value]
 
     @get("/", summary="List booking pages")
     async def list(self, ctx: BookingContext, caller: Caller, limit: int | None = None,
                    cursor: str | None = None) -> Response[BookingPageList]:
-        return json_response(await h.list_pages(ctx, caller, limit, cursor))  # type: ignore[return-value]
+        return json_response(await pages.list_pages(ctx, caller, limit, cursor))  # type: ignore[return-value]
 
     @get("/{slug:str}", summary="Get a booking page (the owner's), or with handle its public part (anyone)")
     async def get_one(self, ctx: BookingContext, optional_caller: Caller | None, slug: str,
                       handle: str | None = None) -> Response[BookingPage | PublicBookingPage]:
         """Without `handle`: the owner's page (read scope). With `handle` (no credentials needed):
         `{title, description, duration_minutes, timezone, questions}` of that user's page."""
-        return json_response(await h.get_page(ctx, optional_caller, slug, handle))  # type: ignore[return-value]
+        return json_response(await pages.get_page(ctx, optional_caller, slug, handle))  # type: ignore[return-value]
 
     @patch("/{slug:str}", summary="Update a booking page")
     async def update(self, request: Request[Any, Any, Any], ctx: BookingContext, caller: Caller, slug: str,
@@ -445,11 +446,11 @@ class BookingPageController(Controller):
         calendar with no writable source."""
         body = decode(await request.body(), BookingPageUpdate)
         changes = msgspec.to_builtins(body)
-        return json_response(await h.update_page(ctx, caller, slug, changes))  # type: ignore[return-value]
+        return json_response(await pages.update_page(ctx, caller, slug, changes))  # type: ignore[return-value]
 
     @delete("/{slug:str}", summary="Delete a booking page", status_code=204)
     async def remove(self, ctx: BookingContext, caller: Caller, slug: str) -> None:
-        await h.delete_page(ctx, caller, slug)
+        await pages.delete_page(ctx, caller, slug)
 
     # The two public hot paths read the context and the caller off the request: litestar's
     # injection of them (an async provider among them) costs a few tenths of a millisecond.
@@ -460,7 +461,7 @@ class BookingPageController(Controller):
         tz: str | None = None,
     ) -> Response[Slots]:
         ctx = request.app.state.deps.extras["booking"]
-        return json_response(await h.slots(ctx, slug=slug, handle=handle, start=start, end=end, tz=tz,  # type: ignore[return-value]
+        return json_response(await pages.slots(ctx, slug=slug, handle=handle, start=start, end=end, tz=tz,  # type: ignore[return-value]
                                            caller=caller_from_headers(request.headers)))
 
     @post("/{slug:str}/book", summary="Book a slot (public)", status_code=201)
@@ -468,9 +469,9 @@ class BookingPageController(Controller):
                    handle: str | None = None) -> Response[BookingConfirmation]:
         ctx = request.app.state.deps.extras["booking"]
         body, keyed = await _keyed(request, BookRequest, handle or "", slug)
-        cmd = h.BookSlot(handle=handle, slug=slug, start=body.start, name=body.name, email=body.email,
+        cmd = bookings.BookSlot(handle=handle, slug=slug, start=body.start, name=body.name, email=body.email,
                          notes=body.notes, timezone=body.timezone, hold_id=body.hold_id, answers=body.answers)
-        return respond(await h.book(ctx, cmd, caller_from_headers(request.headers), **keyed))  # type: ignore[return-value]
+        return respond(await bookings.book(ctx, cmd, caller_from_headers(request.headers), **keyed))  # type: ignore[return-value]
 
     @post("/{slug:str}/holds", summary="Hold a slot for the page's hold_minutes (public)", status_code=201)
     async def hold(self, request: Request[Any, Any, Any], slug: str, data: HoldRequest,
@@ -480,7 +481,7 @@ class BookingPageController(Controller):
         offered (booked, or held by someone else) is 409 `slot_unavailable`."""
         ctx = request.app.state.deps.extras["booking"]
         body, keyed = await _keyed(request, HoldRequest, handle or "", slug)
-        return respond(await h.create_hold(ctx, handle=handle, slug=slug, start_text=body.start,  # type: ignore[return-value]
+        return respond(await bookings.create_hold(ctx, handle=handle, slug=slug, start_text=body.start,  # type: ignore[return-value]
                                            caller=caller_from_headers(request.headers), **keyed))
 
     @delete("/{slug:str}/holds/{hold_id:str}", summary="Release a hold (public)", status_code=204)
@@ -488,7 +489,7 @@ class BookingPageController(Controller):
                       handle: str | None = None) -> None:
         """The slot is free again at once; an unknown hold is 404."""
         ctx = request.app.state.deps.extras["booking"]
-        await h.release_hold(ctx, handle=handle, slug=slug, hold_id=hold_id,
+        await bookings.release_hold(ctx, handle=handle, slug=slug, hold_id=hold_id,
                              caller=caller_from_headers(request.headers))
 
 
@@ -500,7 +501,7 @@ class BookingController(Controller):
     @get("/", summary="List bookings")
     async def list(self, ctx: BookingContext, caller: Caller, status: str | None = None, start: str | None = None,
                    end: str | None = None, limit: int | None = None, cursor: str | None = None) -> Response[BookingList]:
-        return json_response(await h.list_bookings(ctx, caller, status=status, start=start, end=end,  # type: ignore[return-value]
+        return json_response(await bookings.list_bookings(ctx, caller, status=status, start=start, end=end,  # type: ignore[return-value]
                                                    limit=limit, cursor=cursor))
 
     @get("/{booking_id:str}", summary="Get a booking")
@@ -510,13 +511,13 @@ class BookingController(Controller):
         refused for good (credentials refused, the calendar gone at the provider, no writable source
         left), with the reason in `calendar_write_error`; a `connection.error` webhook is sent and
         the write is not retried. The booking stands and its time stays busy in CalMesh."""
-        return json_response(await h.get_booking(ctx, caller, booking_id))  # type: ignore[return-value]
+        return json_response(await bookings.get_booking(ctx, caller, booking_id))  # type: ignore[return-value]
 
     @post("/{booking_id:str}/cancel", summary="Cancel a booking (owner, or visitor with sig and exp)", status_code=200)
     async def cancel(self, request: Request[Any, Any, Any], ctx: BookingContext, optional_caller: Caller | None,
                      booking_id: str, sig: str | None = None, exp: str | None = None) -> Response[Booking]:
         body = decode(await request.body(), CancelRequest, empty_ok=True)
-        return json_response(await h.cancel_booking(ctx, booking_id, caller=optional_caller, sig=sig, exp=exp,  # type: ignore[return-value]
+        return json_response(await bookings.cancel_booking(ctx, booking_id, caller=optional_caller, sig=sig, exp=exp,  # type: ignore[return-value]
                                                     reason=body.reason.strip()))
 
     @post("/{booking_id:str}/reschedule", summary="Reschedule a booking (owner, or visitor with reschedule_url's sig and exp)",
@@ -528,7 +529,7 @@ class BookingController(Controller):
         is not offered, 409 `booking_cancelled` for a cancelled booking; without credentials or a
         signature 401, with a wrong or expired signature (the cancel link's among them) 403."""
         body = decode(await request.body(), RescheduleRequest)
-        return json_response(await h.reschedule_booking(ctx, booking_id, caller=optional_caller, sig=sig,  # type: ignore[return-value]
+        return json_response(await bookings.reschedule_booking(ctx, booking_id, caller=optional_caller, sig=sig,  # type: ignore[return-value]
                                                         exp=exp, start_text=body.start))
 
     @post("/{booking_id:str}/verify", summary="Verify the visitor's address (the signed link of the verification mail)",
@@ -541,7 +542,7 @@ class BookingController(Controller):
         A wrong signature is 403 `invalid_signature`, an expired link 409 `verification_expired`
         (the held slot is free again). A browser's form post (Accept: text/html) gets a page."""
         try:
-            doc = await h.verify_booking(ctx, booking_id, sig=sig, exp=exp)
+            doc = await bookings.verify_booking(ctx, booking_id, sig=sig, exp=exp)
         except Problem as exc:
             if not _wants_html(request):
                 raise
@@ -589,34 +590,34 @@ class PollController(Controller):
     async def create(self, request: Request[Any, Any, Any], ctx: BookingContext, caller: Caller,
                      data: PollCreate) -> Response[Poll]:
         body, keyed = await _keyed(request, PollCreate, caller.user_id)
-        return respond(await h.create_poll(ctx, caller, msgspec.to_builtins(body), **keyed))  # type: ignore[return-value]
+        return respond(await polls.create_poll(ctx, caller, msgspec.to_builtins(body), **keyed))  # type: ignore[return-value]
 
     @get("/", summary="List polls")
     async def list(self, ctx: BookingContext, caller: Caller, limit: int | None = None,
                    cursor: str | None = None) -> Response[PollList]:
-        return json_response(await h.list_polls(ctx, caller, limit, cursor))  # type: ignore[return-value]
+        return json_response(await polls.list_polls(ctx, caller, limit, cursor))  # type: ignore[return-value]
 
     @get("/{poll_id:str}", summary="Get a poll (owner, or anyone with its token)")
     async def get_one(self, ctx: BookingContext, optional_caller: Caller | None, poll_id: str,
                       token: str | None = None) -> Response[Poll]:
-        return json_response(await h.get_poll(ctx, optional_caller, poll_id, token))  # type: ignore[return-value]
+        return json_response(await polls.get_poll(ctx, optional_caller, poll_id, token))  # type: ignore[return-value]
 
     @post("/{poll_id:str}/votes", summary="Vote (public with the poll's token, or authenticated)", status_code=201)
     async def vote(self, request: Request[Any, Any, Any], ctx: BookingContext, optional_caller: Caller | None,
                    poll_id: str, data: VoteRequest, token: str | None = None) -> Response[VoteOut]:
         body, keyed = await _keyed(request, VoteRequest, poll_id)
-        return respond(await h.vote(ctx, poll_id, caller=optional_caller, token=token, name=body.name,  # type: ignore[return-value]
+        return respond(await polls.vote(ctx, poll_id, caller=optional_caller, token=token, name=body.name,  # type: ignore[return-value]
                                     email=body.email, choices=dict(body.choices), **keyed))
 
     @get("/{poll_id:str}/overlap", summary="Who can make each option, and the best one")
     async def overlap(self, ctx: BookingContext, caller: Caller, poll_id: str) -> Response[Overlap]:
-        return json_response(await h.overlap(ctx, caller, poll_id))  # type: ignore[return-value]
+        return json_response(await polls.overlap(ctx, caller, poll_id))  # type: ignore[return-value]
 
     @post("/{poll_id:str}/decide", summary="Choose an option: creates the event and closes the poll", status_code=200)
     async def decide(self, request: Request[Any, Any, Any], ctx: BookingContext, caller: Caller, poll_id: str,
                      data: DecideRequest) -> Response[Decision]:
         body = decode(await request.body(), DecideRequest)
-        return json_response(await h.decide(ctx, caller, poll_id, body.option_id))  # type: ignore[return-value]
+        return json_response(await polls.decide(ctx, caller, poll_id, body.option_id))  # type: ignore[return-value]
 
 
 # --- public pages ----------------------------------------------------------------------------------
@@ -683,7 +684,7 @@ async def booking_page(ctx: BookingContext, handle: str, slug: str, embed: str |
     moving = None
     if reschedule is not None and booking is None:
         try:
-            b = await h.cancel_link_booking(ctx, reschedule, sig, exp, purpose="reschedule")
+            b = await bookings.cancel_link_booking(ctx, reschedule, sig, exp, purpose="reschedule")
         except Problem as exc:
             text = ("This reschedule link is expired or not valid." if exc.status == 403
                     else "There is no such booking.")
@@ -697,7 +698,7 @@ async def booking_page(ctx: BookingContext, handle: str, slug: str, embed: str |
                   "api": f"/api/v1/bookings/{b.id}/reschedule?exp={exp}&sig={sig}"}
     if booking is not None:
         try:
-            b = await h.cancel_link_booking(ctx, booking, sig, exp)
+            b = await bookings.cancel_link_booking(ctx, booking, sig, exp)
         except Problem as exc:
             text = "This cancel link is expired or not valid." if exc.status == 403 else "There is no such booking."
             return _html(message_page_html("Link not valid", text), exc.status)
@@ -718,7 +719,7 @@ async def poll_page(ctx: BookingContext, poll_id: str, token: str = "") -> Respo
     zone and a yes/maybe/no form that posts to the public votes endpoint; a decided (or past its
     deadline) poll shows the chosen time and no form. Without the poll's token: a 404 page."""
     try:
-        poll = await h.get_poll(ctx, None, poll_id, token)
+        poll = await polls.get_poll(ctx, None, poll_id, token)
     except Problem:
         return _html(message_page_html("Poll not found", "This poll link is not valid. Ask its owner for the link again."),
                      404)
@@ -730,7 +731,7 @@ async def poll_page(ctx: BookingContext, poll_id: str, token: str = "") -> Respo
 @get("/internal/pages", include_in_schema=False)
 async def internal_pages(ctx: BookingContext, user_id: str, calendar_slug: str) -> Response[bytes]:
     """Internal (docs/contracts.md): the user's booking pages on a unified calendar."""
-    return json_response(await h.pages_on_calendar(ctx, user_id, calendar_slug))
+    return json_response(await pages.pages_on_calendar(ctx, user_id, calendar_slug))
 
 
 ROUTES = [BookingPageController, BookingController, PollController, embed_js, internal_pages, page_asset, poll_page,

@@ -25,7 +25,8 @@ from .api import ROUTES, provide_ctx
 from .busy import ProjectionCache
 from .clients import Calendars, SyncEvents
 from .consumers import ContextRef, calendar_consumer, mail_consumer, users_consumer, verification_mail_consumer
-from .handlers import BookingContext
+from .handlers.bookings import run_hold_timer
+from .handlers.context import BookingContext
 from .mail import Mailer
 from .store import BookingStore
 
@@ -78,7 +79,7 @@ def create_app(
         ref.set(ctx)
         deps.closing.append(mailer.close)  # QUIT the SMTP connection the mail consumers opened
         deps.tasks.append(asyncio.create_task(forget_old_idempotency_keys(ctx), name="booking-idempotency-sweep"))
-        deps.tasks.append(asyncio.create_task(ctx.hold_timer.run(ctx), name="booking-hold-timer"))
+        deps.tasks.append(asyncio.create_task(run_hold_timer(ctx), name="booking-hold-timer"))
 
     # Calendar writes wait on the provider (a CalDAV PUT takes tens of milliseconds), so several
     # pullers share the one durable consumer; per-booking locks keep a write and its removal in order.

@@ -93,19 +93,6 @@ class ProjectionCache:
         self._nc: Any = None
         self._subs: list[Any] = []
         self._reconnects = 0
-        self.sql = (
-            "SELECT extract(epoch FROM p.start_at)::bigint AS s, extract(epoch FROM p.end_at)::bigint AS e,"
-            " p.all_day, p.start_date, p.end_date"
-            f" FROM {store.projection} p"
-            " WHERE p.connection_id = $2 AND p.calendar_id = $3 AND p.user_id = $1"
-            "   AND p.start_at < $5 AND p.end_at > $4"
-            "   AND p.status <> 'cancelled' AND p.transparency <> 'free'"
-            # Rows of this context's own bookings and holds: the slot listing reads those fresh.
-            "   AND p.booking_id IS NULL"
-            f"   AND NOT EXISTS (SELECT 1 FROM {store.schema}.bookings c WHERE c.user_id = $1"
-            "       AND c.status = 'cancelled' AND c.event_id = p.event_id)"
-            " ORDER BY 1"
-        )
 
     # --- reading ---------------------------------------------------------------------------------
 
@@ -155,8 +142,8 @@ class ProjectionCache:
     async def _load(self, conn: asyncpg.Connection, user_id: str, source: Source, lo: int, hi: int,
                     *, keep: bool) -> _Entry:
         generation = (self._generation, self._source_gen.get(source, 0), self._user_gen.get(user_id, 0))
-        rows = await conn.fetch(self.sql, user_id, source[0], source[1],
-                                datetime.fromtimestamp(lo, UTC), datetime.fromtimestamp(hi, UTC))
+        rows = await self.store.source_busy_rows(conn, user_id, source, datetime.fromtimestamp(lo, UTC),
+                                                 datetime.fromtimestamp(hi, UTC))
         starts: list[int] = []
         ends: list[int] = []
         all_day: list[tuple[Any, Any]] = []

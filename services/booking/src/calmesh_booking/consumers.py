@@ -41,8 +41,7 @@ from calmesh_common.streams import stream_name
 
 from .clients import FOR_GOOD, CalendarNotFound, PermanentFailure
 from .domain import Booking
-from .handlers import (
-    BookingContext,
+from .handlers.bookings import (
     booking_description,
     booking_event_title,
     cancel_page_url,
@@ -51,6 +50,7 @@ from .handlers import (
     reschedule_url,
     verify_url,
 )
+from .handlers.context import BookingContext
 from .mail import Mail, Mailer, Person, UndeliverableAddress, booking_mails, verification_mail
 
 log = get_logger(__name__)
@@ -235,6 +235,9 @@ def mail_consumer(ref: ContextRef, schema: str, mailer: Mailer, name: str = "boo
         if b is None:
             raise PoisonMessage(f"booking {event.booking_id} does not exist here")
         previous = None
+        # A cancellation's mail carries neither link.
+        link: str | None = None
+        move: str | None = None
         if isinstance(event, BookingRescheduled):
             # The mail tells the move this event made (a later one mails its own).
             b = replace(_as_confirmed(b), start=event.start, end=event.end, sequence=event.sequence)
@@ -248,8 +251,6 @@ def mail_consumer(ref: ContextRef, schema: str, mailer: Mailer, name: str = "boo
             page = await ctx.store.page_by_id(conn, b.page_id)
             link = cancel_page_url(ctx, b, page["handle"]) if page else cancel_url(ctx, b)
             move = reschedule_page_url(ctx, b, page["handle"]) if page else reschedule_url(ctx, b)
-        else:
-            link = move = None
         user = await ctx.store.get_user(conn, b.user_id)
         owner = Person(
             name=(user["name"] or user["handle"] or "your host") if user else "your host",
@@ -318,9 +319,7 @@ async def send_limited(ctx: BookingContext, conn: asyncpg.Connection, mailer: Ma
         return True
     s = ctx.settings
     recipient = mail.to.strip().lower()
-    # One page's, then one address's mails at a time (always in this order: no lock cycle).
-    await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1)), pg_advisory_xact_lock(hashtext($2))",
-                       f"calmesh-mail-page:{page_id}", f"calmesh-mail-to:{recipient}")
+    await ctx.store.lock_mail_counts(conn, page_id, recipient)
     if not await ctx.store.mail_sent(conn, mail.stem):
         now = ctx.clock()
         per_page, per_recipient = await ctx.store.mail_counts(

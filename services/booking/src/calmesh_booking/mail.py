@@ -113,7 +113,8 @@ def invitation_ics(booking: Booking, organizer: Person, method: str, *, now: dat
         attendee.params["PARTSTAT"] = "ACCEPTED"
         event.add("attendee", attendee, encode=False)
     cal.add_component(event)
-    return cal.to_ical()
+    ics: bytes = cal.to_ical()
+    return ics
 
 
 def _zone(tz_name: str) -> tuple[Any, str]:
@@ -163,7 +164,7 @@ def _message(
         # Boundaries from the Message-ID: a retried delivery writes the same bytes.
         token = hashlib.sha256(message_id.encode()).hexdigest()[:24]
         msg.set_boundary(f"calmesh-mixed-{token}")
-        alternative = msg.get_payload()[0]
+        alternative = next(msg.iter_parts())
         assert isinstance(alternative, EmailMessage)
         alternative.set_boundary(f"calmesh-alt-{token}")
     return msg.as_bytes()

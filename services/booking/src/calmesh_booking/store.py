@@ -35,8 +35,8 @@ BOOKING_COLUMNS = (
     " calendar_write_error"
 )
 HOLD_COLUMNS = "id, page_id, user_id, start_at, end_at, expires_at, status, booking_id, created_at"
-
-
+POLL_COLUMNS = ("id, user_id, title, duration_minutes, calendar_slug, deadline, token, status, decided_option_id,"
+                " event_id, created_at, decided_at")
 
 
 def _booking(row: asyncpg.Record) -> Booking:
@@ -107,6 +107,20 @@ class BookingStore:
         # start_at) index is read as a range rather than from the calendar's first row (its own SQL
         # text, so that a generic plan cannot lose the range).
         self._busy_sql_bounded = calendar_rows.format(bound=" AND p.start_at > $8") + own_bookings + " ORDER BY 1"
+        # The busy cache's load: one source's rows over a wide window (busy.ProjectionCache).
+        self._source_busy_sql = (
+            "SELECT extract(epoch FROM p.start_at)::bigint AS s, extract(epoch FROM p.end_at)::bigint AS e,"
+            " p.all_day, p.start_date, p.end_date"
+            f" FROM {projection} p"
+            " WHERE p.connection_id = $2 AND p.calendar_id = $3 AND p.user_id = $1"
+            "   AND p.start_at < $5 AND p.end_at > $4"
+            "   AND p.status <> 'cancelled' AND p.transparency <> 'free'"
+            # Rows of this context's own bookings and holds: the slot listing reads those fresh.
+            "   AND p.booking_id IS NULL"
+            f"   AND NOT EXISTS (SELECT 1 FROM {schema}.bookings c WHERE c.user_id = $1"
+            "       AND c.status = 'cancelled' AND c.event_id = p.event_id)"
+            " ORDER BY 1"
+        )
 
     # --- users -------------------------------------------------------------------------------
 
@@ -152,7 +166,8 @@ class BookingStore:
 
     async def update_page(self, conn: asyncpg.Connection, page_id: str, changes: dict[str, Any]) -> asyncpg.Record:
         """Apply `changes` (column -> value); the caller checked the slug is free."""
-        sets, args = [], [page_id]
+        sets: list[str] = []
+        args: list[Any] = [page_id]
         for column, value in changes.items():
             args.append(_json(value) if column in _JSON_COLUMNS else value)
             cast = "::jsonb" if column in _JSON_COLUMNS else ""
@@ -215,16 +230,19 @@ class BookingStore:
         )
 
     async def list_pages(self, conn: asyncpg.Connection, user_id: str, after: tuple[datetime, str] | None, limit: int) -> list[asyncpg.Record]:
+        return await self._owner_list(conn, f"SELECT {PAGE_COLUMNS} FROM {self.schema}.pages", user_id, after, limit)
+
+    async def _owner_list(self, conn: asyncpg.Connection, select: str, user_id: str,
+                          after: tuple[datetime, str] | None, limit: int) -> list[asyncpg.Record]:
+        """`select` (``SELECT … FROM table``) of the user's rows, in (created_at, id) order after `after`."""
         if after is None:
-            return await conn.fetch(
-                f"SELECT {PAGE_COLUMNS} FROM {self.schema}.pages WHERE user_id = $1 ORDER BY created_at, id LIMIT $2",
-                user_id, limit,
-            )
-        return await conn.fetch(
-            f"SELECT {PAGE_COLUMNS} FROM {self.schema}.pages WHERE user_id = $1 AND (created_at, id) > ($2, $3)"
-            " ORDER BY created_at, id LIMIT $4",
+            rows: list[asyncpg.Record] = await conn.fetch(f"{select} WHERE user_id = $1 ORDER BY created_at, id LIMIT $2", user_id, limit)
+            return rows
+        rows = await conn.fetch(
+            f"{select} WHERE user_id = $1 AND (created_at, id) > ($2, $3) ORDER BY created_at, id LIMIT $4",
             user_id, after[0], after[1], limit,
         )
+        return rows
 
     async def count_pages(self, conn: asyncpg.Connection, user_id: str) -> int:
         return int(await conn.fetchval(f"SELECT count(*) FROM {self.schema}.pages WHERE user_id = $1", user_id))
@@ -239,6 +257,14 @@ class BookingStore:
         """The calendar's busy time alone (no bookings), read from the projection now."""
         return await self.busy_spans(conn, user_id=user_id, sources=sources, calendar_tz=calendar_tz,
                                      start=start, end=end, with_bookings=False)
+
+    async def source_busy_rows(self, conn: asyncpg.Connection, user_id: str, source: tuple[str, str],
+                               start: datetime, end: datetime) -> list[asyncpg.Record]:
+        """The busy projection rows of one source (connection, calendar) overlapping [start, end),
+        sorted by start: `(s, e, all_day, start_date, end_date)`, `s` and `e` in epoch seconds.
+        Rows of this context's bookings and holds are left out (read fresh from its own tables)."""
+        rows: list[asyncpg.Record] = await conn.fetch(self._source_busy_sql, user_id, source[0], source[1], start, end)
+        return rows
 
     async def busy_spans(
         self,
@@ -306,7 +332,8 @@ class BookingStore:
         )
 
     async def confirm_pending(self, conn: asyncpg.Connection, booking_id: str) -> asyncpg.Record | None:
-        """Pending → confirmed; None when it was not pending (confirmed or released already)."""
+        """Pending → confirmed; None when it was not pending (confirmed or released already). The
+        row has every column of a booking (`booking_of`), its request's key and scope beside."""
         return await conn.fetchrow(
             f"UPDATE {self.schema}.bookings SET status = 'confirmed' WHERE id = $1 AND status = 'pending'"
             f" RETURNING {BOOKING_COLUMNS}, request_scope, request_key",
@@ -325,35 +352,35 @@ class BookingStore:
         )
         if row is not None:
             return row
-        return await conn.fetchrow(
-            f"DELETE FROM {self.schema}.bookings WHERE id = $1 AND status = 'pending'"
-            " RETURNING id, request_scope, request_key, false AS verified",
-            booking_id,
-        )
+        return await self._forget(conn, booking_id, was="pending")
 
     # --- visitor e-mail verification -----------------------------------------------------------
 
     async def start_verified(self, conn: asyncpg.Connection, booking_id: str) -> bool:
         """pending_verification -> pending (then confirmed as any booking); False: not waiting."""
-        result = await conn.execute(
-            f"UPDATE {self.schema}.bookings SET status = 'pending' WHERE id = $1 AND status = 'pending_verification'",
-            booking_id,
-        )
-        return result.split()[-1] != "0"
+        return await self._change_status(conn, booking_id, "pending", was="pending_verification")
 
     async def forget_unverified(self, conn: asyncpg.Connection, booking_id: str) -> asyncpg.Record | None:
         """Drop an unverified booking that was never answered (its hold could not be entered)."""
-        return await conn.fetchrow(
-            f"DELETE FROM {self.schema}.bookings WHERE id = $1 AND status = 'pending_verification'"
-            " RETURNING id, request_scope, request_key",
-            booking_id,
-        )
+        return await self._forget(conn, booking_id, was="pending_verification")
 
     async def expire_unverified(self, conn: asyncpg.Connection, booking_id: str) -> bool:
-        result = await conn.execute(
-            f"UPDATE {self.schema}.bookings SET status = 'expired' WHERE id = $1 AND status = 'pending_verification'",
-            booking_id,
+        """pending_verification -> expired (never verified); False: not waiting."""
+        return await self._change_status(conn, booking_id, "expired", was="pending_verification")
+
+    async def _forget(self, conn: asyncpg.Connection, booking_id: str, *, was: str) -> asyncpg.Record | None:
+        """Delete a booking that was never answered as booked, if its status is `was`: its id, its
+        request's Idempotency-Key (`request_scope`, `request_key`) and `verified` (false)."""
+        return await conn.fetchrow(
+            f"DELETE FROM {self.schema}.bookings WHERE id = $1 AND status = $2"
+            " RETURNING id, request_scope, request_key, false AS verified",
+            booking_id, was,
         )
+
+    async def _change_status(self, conn: asyncpg.Connection, booking_id: str, status: str, *, was: str) -> bool:
+        """The booking's status `was` -> `status`; False when it was not `was`."""
+        result: str = await conn.execute(f"UPDATE {self.schema}.bookings SET status = $2 WHERE id = $1 AND status = $3",
+                                    booking_id, status, was)
         return result.split()[-1] != "0"
 
     async def hold_of_booking(self, conn: asyncpg.Connection, booking_id: str, *,
@@ -372,6 +399,12 @@ class BookingStore:
         )
 
     # --- mail limits ---------------------------------------------------------------------------
+
+    async def lock_mail_counts(self, conn: asyncpg.Connection, page_id: str, recipient: str) -> None:
+        """Count one page's, then one address's mails at a time, until the transaction ends (always
+        in this order: no lock cycle)."""
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1)), pg_advisory_xact_lock(hashtext($2))",
+                           f"calmesh-mail-page:{page_id}", f"calmesh-mail-to:{recipient}")
 
     async def mail_sent(self, conn: asyncpg.Connection, mail_id: str) -> bool:
         return bool(await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {self.schema}.mail_sends WHERE id = $1)",
@@ -433,7 +466,7 @@ class BookingStore:
 
     async def set_hold_status(self, conn: asyncpg.Connection, hold_id: str, status: str, *,
                               booking_id: str | None = None, only_from: str | None = None) -> bool:
-        result = await conn.execute(
+        result: str = await conn.execute(
             f"UPDATE {self.schema}.holds SET status = $2, booking_id = coalesce($3, booking_id) WHERE id = $1"
             + (" AND status = $4" if only_from else ""),
             hold_id, status, booking_id, *([only_from] if only_from else []),
@@ -442,14 +475,21 @@ class BookingStore:
 
     async def due_holds(self, conn: asyncpg.Connection, now: datetime, limit: int = 200) -> list[asyncpg.Record]:
         """Active holds past their expiry (read from the expiry index)."""
-        return await conn.fetch(
+        rows: list[asyncpg.Record] = await conn.fetch(
             f"SELECT {HOLD_COLUMNS} FROM {self.schema}.holds WHERE status = 'active' AND expires_at <= $1"
             " ORDER BY expires_at LIMIT $2",
             now, limit,
         )
+        return rows
 
     async def next_hold_expiry(self, conn: asyncpg.Connection) -> datetime | None:
-        return await conn.fetchval(f"SELECT min(expires_at) FROM {self.schema}.holds WHERE status = 'active'")
+        expiry: datetime | None = await conn.fetchval(f"SELECT min(expires_at) FROM {self.schema}.holds WHERE status = 'active'")
+        return expiry
+
+    @staticmethod
+    def booking_of(row: asyncpg.Record) -> Booking:
+        """The booking of a row that has every booking column (confirm_pending's)."""
+        return _booking(row)
 
     async def get_booking(self, conn: asyncpg.Connection, booking_id: str, *, lock: bool = False) -> Booking | None:
         row = await conn.fetchrow(
@@ -522,29 +562,31 @@ class BookingStore:
 
     async def get_poll(self, conn: asyncpg.Connection, poll_id: str, *, lock: bool = False) -> asyncpg.Record | None:
         return await conn.fetchrow(
-            f"SELECT id, user_id, title, duration_minutes, calendar_slug, deadline, token, status, decided_option_id,"
-            f" event_id, created_at, decided_at FROM {self.schema}.polls WHERE id = $1" + (" FOR UPDATE" if lock else ""),
+            f"SELECT {POLL_COLUMNS} FROM {self.schema}.polls WHERE id = $1" + (" FOR UPDATE" if lock else ""),
             poll_id,
         )
 
     async def poll_options(self, conn: asyncpg.Connection, poll_id: str) -> list[asyncpg.Record]:
-        return await conn.fetch(
+        rows: list[asyncpg.Record] = await conn.fetch(
             f"SELECT id, start_at, end_at FROM {self.schema}.poll_options WHERE poll_id = $1 ORDER BY position", poll_id
         )
+        return rows
 
     async def poll_options_many(self, conn: asyncpg.Connection, poll_ids: Sequence[str]) -> list[asyncpg.Record]:
-        return await conn.fetch(
+        rows: list[asyncpg.Record] = await conn.fetch(
             f"SELECT poll_id, id, start_at, end_at FROM {self.schema}.poll_options WHERE poll_id = ANY($1::text[])"
             " ORDER BY poll_id, position",
             list(poll_ids),
         )
+        return rows
 
     async def poll_votes(self, conn: asyncpg.Connection, poll_id: str) -> list[asyncpg.Record]:
-        return await conn.fetch(
+        rows: list[asyncpg.Record] = await conn.fetch(
             f"SELECT id, name, email, choices, created_at, updated_at FROM {self.schema}.poll_votes WHERE poll_id = $1"
             " ORDER BY created_at, id",
             poll_id,
         )
+        return rows
 
     async def upsert_vote(
         self, conn: asyncpg.Connection, *, vote_id: str, poll_id: str, voter_key: str, name: str, email: str | None,
@@ -560,24 +602,20 @@ class BookingStore:
         )
 
     async def list_polls(self, conn: asyncpg.Connection, user_id: str, after: tuple[datetime, str] | None, limit: int) -> list[asyncpg.Record]:
-        cols = ("id, user_id, title, duration_minutes, calendar_slug, deadline, token, status, decided_option_id,"
-                " event_id, created_at, decided_at")
-        if after is None:
-            return await conn.fetch(
-                f"SELECT {cols} FROM {self.schema}.polls WHERE user_id = $1 ORDER BY created_at, id LIMIT $2",
-                user_id, limit,
-            )
-        return await conn.fetch(
-            f"SELECT {cols} FROM {self.schema}.polls WHERE user_id = $1 AND (created_at, id) > ($2, $3)"
-            " ORDER BY created_at, id LIMIT $4",
-            user_id, after[0], after[1], limit,
-        )
+        return await self._owner_list(conn, f"SELECT {POLL_COLUMNS} FROM {self.schema}.polls", user_id, after, limit)
 
     async def mark_poll_decided(self, conn: asyncpg.Connection, poll_id: str, option_id: str, event_id: str | None, at: datetime) -> None:
         await conn.execute(
             f"UPDATE {self.schema}.polls SET status = 'decided', decided_option_id = $2, event_id = $3, decided_at = $4"
             " WHERE id = $1",
             poll_id, option_id, event_id, at,
+        )
+
+    async def poll_for_vote(self, conn: asyncpg.Connection, poll_id: str) -> asyncpg.Record | None:
+        """What a vote checks of its poll, share-locked (a decision waits for the vote, and the vote
+        for a decision in flight)."""
+        return await conn.fetchrow(
+            f"SELECT id, user_id, token, status, deadline FROM {self.schema}.polls WHERE id = $1 FOR SHARE", poll_id
         )
 
     async def lock_poll(self, conn: asyncpg.Connection, poll_id: str) -> None:

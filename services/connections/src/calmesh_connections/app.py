@@ -4,7 +4,9 @@ sources, the sync schedule and push channels; the connection status follows the 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+from calmesh_common.consumer import ConsumerSpec, Handler
 from calmesh_common.eventstore import EventStore
 from calmesh_common.idempotency import IdempotentApp, Keys
 from calmesh_common.service import SECRET_HEADER, USER_HEADER, ServiceDeps, create_service_app, run_service
@@ -22,8 +24,8 @@ NAME = "connections"
 SCHEMA = "connections"
 
 
-def _consumers(settings: Settings) -> list:  # type: ignore[type-arg]
-    consumers = [(SYNC_STATUS_SPEC, sync_status_handler(settings, EventStore(SCHEMA, context=NAME)))]
+def _consumers(settings: Settings) -> list[tuple[ConsumerSpec, Handler]]:
+    consumers: list[tuple[ConsumerSpec, Handler]] = [(SYNC_STATUS_SPEC, sync_status_handler(settings, EventStore(SCHEMA, context=NAME)))]
     try:
         from calmesh_common.plans import plan_consumer
     except ImportError:  # pragma: no cover
@@ -67,7 +69,11 @@ def create_app(settings: Settings, *, run_scheduler: bool = True) -> IdempotentA
 
 
 def main() -> None:
-    run_service(NAME, lambda s: (s.require("encryption_keys"), create_app(s))[1])
+    def factory(settings: Settings) -> Any:  # an ASGI app: the Litestar app behind the idempotency wrapper
+        settings.require("encryption_keys")
+        return create_app(settings)
+
+    run_service(NAME, factory)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from calmesh_common.consumer import ConsumerSpec
+from calmesh_common.consumer import ConsumerSpec, Handler
 from calmesh_common.events import Envelope, decode_event
 from calmesh_common.events.connections import (
     ConnectionCalendarsChanged,
@@ -22,7 +22,8 @@ from calmesh_common.streams import stream_name
 from calmesh_common.timefmt import rfc3339_or_none
 
 from . import store
-from .core import calendars_of, next_sync_at
+from .core import calendars_of, conn_calendars
+from .domain import next_sync_at
 
 SPEC = ConsumerSpec(
     name="connections-sync-status",
@@ -39,7 +40,7 @@ def _calendars_changed(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> 
     return key(old) != key(new)
 
 
-def sync_status_handler(settings: Settings, events: EventStore):  # type: ignore[no-untyped-def]
+def sync_status_handler(settings: Settings, events: EventStore) -> Handler:
     async def handle(conn: asyncpg.Connection, envelope: Envelope) -> None:
         event = decode_event(envelope)
         if not isinstance(event, SyncStarted | SyncProgressed | SyncCompleted | SyncFailed):
@@ -48,7 +49,10 @@ def sync_status_handler(settings: Settings, events: EventStore):  # type: ignore
         if row is None:
             return  # deleted meanwhile
         if isinstance(event, SyncStarted):
-            status = row["status"] if row["status"] == "revoked" else "syncing"
+            # A connection that synced and is current stays active while a re-sync runs (its
+            # answers stay complete; `progress` shows the run): syncing is the first sync, or the
+            # one after an error.
+            status = row["status"] if row["status"] in ("revoked", "active") else "syncing"
             await store.update_connection(conn, row["id"], status=status, sync={
                 "sync_id": event.sync_id, "started_at": rfc3339_or_none(event.started_at),
                 "calendars_done": 0, "calendars_total": event.calendars_total, "events_changed": 0,
@@ -75,9 +79,7 @@ def sync_status_handler(settings: Settings, events: EventStore):  # type: ignore
                 new = [{"id": c.id, "name": c.name, "color": c.color, "read_only": c.read_only, "ref": c.ref} for c in event.calendars]
                 if _calendars_changed(calendars_of(row), new):
                     values["calendars"] = new
-                    from .api import _conn_calendars
-
-                    emitted.append(ConnectionCalendarsChanged(connection_id=row["id"], user_id=row["user_id"], calendars=_conn_calendars(new)))
+                    emitted.append(ConnectionCalendarsChanged(connection_id=row["id"], user_id=row["user_id"], calendars=conn_calendars(new)))
             await store.update_connection(conn, row["id"], **values)
             await events.append(conn, f"connection:{row['id']}", None, emitted, user_id=row["user_id"])
         else:

@@ -1,8 +1,8 @@
-"""What the connections handlers share: the context object, rendering, sync jobs, access tokens."""
+"""What the connections handlers share: the context object, paging, rendering, sync jobs, access tokens."""
 
 from __future__ import annotations
 
-import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,9 +12,11 @@ import httpx
 import msgspec
 from nats.js import JetStreamContext
 
+from calmesh_common.cursors import AwareDatetime, decode_cursor, encode_cursor
 from calmesh_common.events import Event
 from calmesh_common.events.connections import (
     CalendarSource,
+    ConnectionCalendar,
     ConnectionCredentialsRefreshed,
     ConnectionRevoked,
     SyncJob,
@@ -30,14 +32,14 @@ from calmesh_common.service import ServiceDeps
 from calmesh_common.settings import Settings
 from calmesh_common.timefmt import rfc3339, rfc3339_or_none
 from calmesh_common.tracing import inject_headers
+from calmesh_providers.api import TokenProvider
 
 from . import oauth, store
 from .crypto import Vault
+from .domain import OAUTH
 from .schemas import CalendarOut, ConnectionCalendarOut, ConnectionOut, SourceOut, SyncProgress
 
 log = get_logger(__name__)
-
-OAUTH = ("google", "microsoft")
 
 
 @dataclass
@@ -51,11 +53,24 @@ class Context:
 
 
 def ctx_of(deps: ServiceDeps) -> Context:
-    return deps.extras["ctx"]  # type: ignore[no-any-return]
+    ctx: Context = deps.extras["ctx"]
+    return ctx
 
 
 async def append(ctx: Context, conn: asyncpg.Connection, stream_id: str, events: list[Event], user_id: str) -> None:
     await ctx.store.append(conn, stream_id, None, events, user_id=user_id)
+
+
+async def page_of(
+    list_rows: Callable[[Any, str, tuple[datetime, str] | None, int], Awaitable[list[Any]]],
+    ctx: Context, user_id: str, cursor: str | None, limit: int,
+) -> tuple[list[Any], str | None]:
+    """A page of the user's rows from the store's `list_rows`, and the cursor to the next page
+    when there is more (one row more than the page is asked for, to know)."""
+    after = decode_cursor(cursor, tuple[AwareDatetime, str]) if cursor else None
+    rows = await list_rows(ctx.pool, user_id, after, limit + 1)
+    page = rows[:limit]
+    return page, (encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None)
 
 
 # --- rendering -------------------------------------------------------------------------------
@@ -65,10 +80,16 @@ def calendars_of(row: Any) -> list[dict[str, Any]]:
     return list(store.as_dict(row["calendars"]) or [])
 
 
+def conn_calendars(calendars: list[dict[str, Any]]) -> list[ConnectionCalendar]:
+    """A connection's calendars as its events carry them."""
+    return [ConnectionCalendar(id=c["id"], name=c.get("name") or "", color=c.get("color"), read_only=bool(c.get("read_only")))
+            for c in calendars]
+
+
 def connection_out(row: Any, *, authorization_url: str | None = None) -> ConnectionOut:
     sync = store.as_dict(row["sync"])
     progress = None
-    if sync and row["status"] == "syncing":
+    if sync and row["status"] in ("syncing", "active"):
         started = sync.get("started_at")
         progress = SyncProgress(
             sync_id=sync.get("sync_id", ""),
@@ -155,22 +176,6 @@ async def calendar_view(conn: asyncpg.Connection | asyncpg.Pool, row: Any) -> tu
 # --- sync jobs -------------------------------------------------------------------------------
 
 
-def interval_for(settings: Settings, provider: str) -> float:
-    return {
-        "ical": settings.sync_interval_ical_seconds,
-        "caldav": settings.sync_interval_caldav_seconds,
-        "icloud": settings.sync_interval_caldav_seconds,
-        "google": settings.sync_interval_google_seconds,
-        "microsoft": settings.sync_interval_microsoft_seconds,
-    }.get(provider, settings.sync_interval_caldav_seconds)
-
-
-def next_sync_at(settings: Settings, provider: str, after: datetime | None = None) -> datetime:
-    base = interval_for(settings, provider)
-    spread = base * settings.sync_jitter
-    return (after or datetime.now(UTC)) + timedelta(seconds=base + random.uniform(-spread, spread))
-
-
 _job_encoder = msgspec.json.Encoder()
 
 
@@ -248,7 +253,7 @@ async def access_token(ctx: Context, connection_id: str, *, force_refresh: bool 
     raise Problem(401, revoked_now[0], revoked_now[1])
 
 
-def token_provider(ctx: Context, connection_id: str):  # type: ignore[no-untyped-def]
+def token_provider(ctx: Context, connection_id: str) -> TokenProvider:
     """For the provider clients: a function (force) -> access token."""
 
     async def provide(force: bool) -> str:

@@ -32,7 +32,8 @@ class Vault:
         if not token:
             return {}
         try:
-            return msgspec.json.decode(self._fernet.decrypt(bytes(token)))
+            opened: dict[str, Any] = msgspec.json.decode(self._fernet.decrypt(bytes(token)))
+            return opened
         except InvalidToken:
             raise SettingsError("stored credentials cannot be decrypted with CALMESH_ENCRYPTION_KEYS") from None
 

@@ -87,15 +87,15 @@ async def open_channel(ctx: Context, row: Any, calendar_ref: str) -> None:
     secret = secrets.token_urlsafe(24)
     now = datetime.now(UTC)
     if row["provider"] == "google":
-        client = GoogleClient(ctx.http, ctx.settings.google_api_url, token_provider(ctx, row["id"]))
+        google = GoogleClient(ctx.http, ctx.settings.google_api_url, token_provider(ctx, row["id"]))
         channel_id = str(uuid.uuid4())
-        answer = await client.watch(calendar_ref, channel_id, notification_url(ctx, "google"), secret, int(GOOGLE_TTL.total_seconds()))
+        answer = await google.watch(calendar_ref, channel_id, notification_url(ctx, "google"), secret, int(GOOGLE_TTL.total_seconds()))
         expiration = answer.get("expiration")
         expires = datetime.fromtimestamp(int(expiration) / 1000, UTC) if expiration else now + GOOGLE_TTL
         resource_id = answer.get("resourceId")
     else:
-        client = GraphClient(ctx.http, ctx.settings.microsoft_graph_url, token_provider(ctx, row["id"]))
-        answer = await client.subscribe(
+        graph = GraphClient(ctx.http, ctx.settings.microsoft_graph_url, token_provider(ctx, row["id"]))
+        answer = await graph.subscribe(
             f"me/calendars/{calendar_ref}/events", notification_url(ctx, "microsoft"), secret, now + GRAPH_TTL
         )
         channel_id = answer["id"]
@@ -121,8 +121,8 @@ async def renew_expiring(ctx: Context) -> int:
             continue
         try:
             if channel["provider"] == "microsoft":
-                client = GraphClient(ctx.http, ctx.settings.microsoft_graph_url, token_provider(ctx, row["id"]))
-                answer = await client.renew(channel["channel_id"], datetime.now(UTC) + GRAPH_TTL)
+                graph = GraphClient(ctx.http, ctx.settings.microsoft_graph_url, token_provider(ctx, row["id"]))
+                answer = await graph.renew(channel["channel_id"], datetime.now(UTC) + GRAPH_TTL)
                 text = answer.get("expirationDateTime")
                 expires = parse_instant(text, default_tz=UTC) if text else datetime.now(UTC) + GRAPH_TTL
                 await store.set_channel_expiry(ctx.pool, channel["id"], expires)
@@ -130,9 +130,9 @@ async def renew_expiring(ctx: Context) -> int:
                 # Google channels cannot be extended: open a new one, then stop the old one.
                 await open_channel(ctx, row, channel["calendar_ref"])
                 await store.delete_channel(ctx.pool, channel["id"])
-                client = GoogleClient(ctx.http, ctx.settings.google_api_url, token_provider(ctx, row["id"]))
+                google = GoogleClient(ctx.http, ctx.settings.google_api_url, token_provider(ctx, row["id"]))
                 if channel["resource_id"]:
-                    await client.stop_channel(channel["channel_id"], channel["resource_id"])
+                    await google.stop_channel(channel["channel_id"], channel["resource_id"])
             renewed += 1
         except Exception as exc:  # noqa: BLE001 - try again on the next round
             log.warning("push_renew_failed", channel=channel["id"], error=repr(exc))
@@ -142,7 +142,7 @@ async def renew_expiring(ctx: Context) -> int:
 async def stop_channels(ctx: Context, row: Any, channels: list[Any], credentials: dict[str, Any]) -> None:
     """After a connection was deleted: stop its channels and revoke a Google grant (best effort)."""
     token = credentials.get("access_token")
-    if not token:
+    if not isinstance(token, str) or not token:
         return
 
     async def fixed(_force: bool) -> str:

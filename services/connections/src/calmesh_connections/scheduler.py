@@ -13,7 +13,8 @@ import asyncpg
 from calmesh_common.logging import get_logger
 
 from . import push, store
-from .core import Context, next_sync_at, publish_job
+from .core import Context, publish_job
+from .domain import next_sync_at
 
 log = get_logger(__name__)
 
@@ -33,8 +34,7 @@ async def tick(ctx: Context) -> int:
                 continue
             await store.update_connection(conn, row["id"], next_sync_at=next_sync_at(ctx.settings, row["provider"]))
             queued += 1
-        # Authorization requests that were used or ran out a day ago are of no more use.
-        await conn.execute("DELETE FROM connections.oauth_states WHERE expires_at < now() - interval '1 day'")
+        await store.prune_states(conn)
     return queued
 
 
@@ -45,14 +45,13 @@ async def run(ctx: Context) -> None:
         leader: asyncpg.Connection | None = None
         try:
             leader = await ctx.pool.acquire()
-            got = await leader.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", LEADER_KEY)
-            if not got:
+            if not await store.try_lead(leader, LEADER_KEY):
                 await ctx.pool.release(leader)
                 leader = None
                 await asyncio.sleep(interval)
                 continue
             while True:
-                await leader.fetchval("SELECT 1")  # still connected, still the leader
+                await store.still_connected(leader)  # still connected, still the leader
                 await tick(ctx)
                 await push.renew_expiring(ctx)
                 await asyncio.sleep(interval)
@@ -64,6 +63,6 @@ async def run(ctx: Context) -> None:
         finally:
             if leader is not None:
                 with contextlib.suppress(Exception):
-                    await leader.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", LEADER_KEY)
+                    await store.step_down(leader, LEADER_KEY)
                 with contextlib.suppress(Exception):
                     await ctx.pool.release(leader)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 import msgspec
 
-Record = asyncpg.Record
+#: A row as asyncpg answers it (asyncpg ships no types: to the checker, any value).
+Record: TypeAlias = asyncpg.Record
 
 _CONNECTION_COLUMNS = frozenset({
     "display_name", "status", "error_kind", "last_error", "last_synced_at", "settings", "credentials",
@@ -60,15 +61,18 @@ async def _user_page(
     conn: asyncpg.Connection | asyncpg.Pool, table: str, user_id: str, after: tuple[datetime, str] | None, limit: int
 ) -> list[Record]:
     """One page of the user's rows of `table` (a name of this module's, never input), in creation order."""
+    rows: list[Record]
     if after is None:
-        return await conn.fetch(
+        rows = await conn.fetch(
             f"SELECT * FROM connections.{table} WHERE user_id = $1 ORDER BY created_at, id LIMIT $2", user_id, limit
         )
-    return await conn.fetch(
+        return rows
+    rows = await conn.fetch(
         f"SELECT * FROM connections.{table} WHERE user_id = $1 AND (created_at, id) > ($2, $3)"
         " ORDER BY created_at, id LIMIT $4",
         user_id, after[0], after[1], limit,
     )
+    return rows
 
 
 async def list_connections(
@@ -82,6 +86,11 @@ async def connections_of(conn: asyncpg.Connection | asyncpg.Pool, user_id: str, 
         "SELECT * FROM connections.connections WHERE user_id = $1 AND id = ANY($2::text[])", user_id, list(ids)
     )
     return {r["id"]: r for r in rows}
+
+
+async def count_connections(conn: asyncpg.Connection, user_id: str) -> int:
+    """How many connections the user has (the plan limit counts them)."""
+    return int(await conn.fetchval("SELECT count(*) FROM connections.connections WHERE user_id = $1", user_id))
 
 
 async def update_connection(conn: asyncpg.Connection, connection_id: str, **values: Any) -> Record | None:
@@ -105,13 +114,14 @@ async def delete_connection(conn: asyncpg.Connection, connection_id: str) -> Non
 
 
 async def due_connections(conn: asyncpg.Connection, limit: int) -> list[Record]:
-    return await conn.fetch(
+    rows: list[Record] = await conn.fetch(
         "SELECT id, user_id, provider FROM connections.connections"
         " WHERE next_sync_at IS NOT NULL AND next_sync_at <= now()"
         " AND status NOT IN ('pending', 'revoked') AND coalesce(error_kind, '') NOT IN ('auth', 'revoked')"
         " ORDER BY next_sync_at LIMIT $1 FOR UPDATE SKIP LOCKED",
         limit,
     )
+    return rows
 
 
 # --- OAuth states ----------------------------------------------------------------------------
@@ -126,6 +136,11 @@ async def insert_state(
         " VALUES ($1, $2, $3, $4, $5, $6, $7)",
         state_hash, connection_id, user_id, provider, code_verifier, return_to, expires_at,
     )
+
+
+async def prune_states(conn: asyncpg.Connection) -> None:
+    """Drop authorization requests that were used or ran out a day ago: they are of no more use."""
+    await conn.execute("DELETE FROM connections.oauth_states WHERE expires_at < now() - interval '1 day'")
 
 
 async def take_state(conn: asyncpg.Connection, state_hash: str) -> Record | None:
@@ -217,11 +232,12 @@ async def set_sort_orders(conn: asyncpg.Connection, ordered_ids: Sequence[str]) 
 
 
 async def calendars_with_connection(conn: asyncpg.Connection, connection_id: str) -> list[Record]:
-    return await conn.fetch(
+    rows: list[Record] = await conn.fetch(
         "SELECT c.* FROM connections.calendars c WHERE c.id IN"
         " (SELECT s.calendar_id FROM connections.calendar_sources s WHERE s.connection_id = $1) ORDER BY c.id FOR UPDATE",
         connection_id,
     )
+    return rows
 
 
 # --- push channels ---------------------------------------------------------------------------
@@ -243,11 +259,17 @@ async def channel_by_channel_id(conn: asyncpg.Connection | asyncpg.Pool, channel
 
 
 async def channels_of(conn: asyncpg.Connection | asyncpg.Pool, connection_id: str) -> list[Record]:
-    return await conn.fetch("SELECT * FROM connections.push_channels WHERE connection_id = $1", connection_id)
+    rows: list[Record] = await conn.fetch("SELECT * FROM connections.push_channels WHERE connection_id = $1", connection_id)
+    return rows
 
 
 async def expiring_channels(conn: asyncpg.Connection | asyncpg.Pool, before: datetime) -> list[Record]:
-    return await conn.fetch("SELECT * FROM connections.push_channels WHERE expires_at <= $1 ORDER BY expires_at LIMIT 200", before)
+    rows: list[Record] = await conn.fetch("SELECT * FROM connections.push_channels WHERE expires_at <= $1 ORDER BY expires_at LIMIT 200", before)
+    return rows
+
+
+async def delete_channels_of(conn: asyncpg.Connection, connection_id: str) -> None:
+    await conn.execute("DELETE FROM connections.push_channels WHERE connection_id = $1", connection_id)
 
 
 async def delete_channel(conn: asyncpg.Connection | asyncpg.Pool, row_id: str) -> None:
@@ -256,3 +278,21 @@ async def delete_channel(conn: asyncpg.Connection | asyncpg.Pool, row_id: str) -
 
 async def set_channel_expiry(conn: asyncpg.Connection | asyncpg.Pool, row_id: str, expires_at: datetime) -> None:
     await conn.execute("UPDATE connections.push_channels SET expires_at = $2 WHERE id = $1", row_id, expires_at)
+
+
+# --- the scheduler's leadership ------------------------------------------------------------
+
+
+async def try_lead(conn: asyncpg.Connection, key: str) -> bool:
+    """Take the session advisory lock `key` on `conn` if no other session holds it."""
+    return bool(await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key))
+
+
+async def still_connected(conn: asyncpg.Connection) -> None:
+    """Answer when `conn` (and so the lock it holds) is still there; raise when it is gone."""
+    await conn.fetchval("SELECT 1")
+
+
+async def step_down(conn: asyncpg.Connection, key: str) -> None:
+    """Give the advisory lock `key` back."""
+    await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)

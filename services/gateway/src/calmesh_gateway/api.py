@@ -28,7 +28,7 @@ from . import schemas
 from .authcache import Identity
 from .front import RequestContext
 from .keys import generate_key, random_id
-from .limits import client_address
+from .limits import SharedLimiter, client_address
 from .openapi import DOCS_CSP, docs_asset, docs_page
 from .routes import RESERVED_HANDLES
 from .security import CSRF_COOKIE, SESSION_COOKIE, csrf_token, new_session_token, session_hash
@@ -169,7 +169,7 @@ async def login(request: Request[Any, Any, Any]) -> Response[bytes]:
     # password is checked (parallel guesses cannot slip past); a sign-in that succeeds gives them
     # back, so only failures count. With a bucket empty: 429 whatever the password.
     buckets = [(state.login_by_address, client_address(request.scope)), (state.login_by_account, email.lower())]
-    spent = []
+    spent: list[tuple[SharedLimiter, str]] = []
     for limiter, name in buckets:
         wait = await limiter.take(name)
         if wait:
@@ -290,7 +290,7 @@ async def revoke_api_key(request: Request[Any, Any, Any], key_id: str) -> None:
 async def _check_database(state: Any, timeout: float) -> str:
     try:
         async with asyncio.timeout(timeout):
-            await state.pool.fetchval("SELECT 1")
+            await state.store.ping()
         return "ok"
     except TimeoutError:
         return "down: timeout"

@@ -194,7 +194,7 @@ def _limiters(front: GatewayFront, state: GatewayState) -> list[SharedLimiter]:
 async def _ready(state: GatewayState) -> bool:
     """Readiness of this replica: started, NATS connected, its loops (relay, plan consumer, cache
     jobs) running, and the database answering (checked at most once a second)."""
-    if not state.started or state.nc is None or not state.nc.is_connected or state.pool is None:
+    if not state.started or state.nc is None or not state.nc.is_connected or state.store is None:
         return False
     if any(task.done() for task in state.tasks if not task.get_name().startswith("gateway-cache-reload")):
         return False
@@ -203,7 +203,7 @@ async def _ready(state: GatewayState) -> bool:
     if now - checked_at >= 1.0:
         try:
             async with asyncio.timeout(state.settings.health_timeout_seconds):
-                await state.pool.fetchval("SELECT 1")
+                await state.store.ping()
             ok = True
         except Exception as exc:  # noqa: BLE001 - not ready; the cause goes to the log
             log.warning("readiness_database_down", error=repr(exc))

@@ -36,6 +36,7 @@ from calmesh_common.service import (
     USER_HEADER,
 )
 
+from .schemas import Scope
 from .store import GatewayStore, KeyRow, SessionRow
 
 log = get_logger(__name__)
@@ -52,7 +53,7 @@ class Identity:
 
     user_id: str
     auth: str  # "session" | "key"
-    scope: str  # the key's scope; "full" for a session
+    scope: Scope  # the key's scope; "full" for a session
     key_id: str | None
     handle: str
     timezone: str

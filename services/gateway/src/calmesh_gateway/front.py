@@ -122,8 +122,7 @@ class GatewayFront:
             if not ready:
                 status, body = 503, b'{"status":"down"}'
         elif path == "/metrics":
-            client = scope.get("client")
-            local = bool(client) and client[0] in ("127.0.0.1", "::1")
+            local = client_address(scope) in ("127.0.0.1", "::1")
             if self.metrics is None or self.settings.metrics_port or not local:
                 problem = Problem(404, "route_not_found", f"There is no endpoint at {path}.")
                 await _send_problem(send, problem, [])

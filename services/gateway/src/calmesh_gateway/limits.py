@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -215,10 +215,10 @@ class SharedLimiter:
         return len(self._leases)
 
 
-def client_address(scope: dict[str, Any]) -> str:
+def client_address(scope: Mapping[str, Any]) -> str:
     """The client's address as uvicorn gives it (proxy headers only from trusted proxies)."""
     client = scope.get("client")
-    return client[0] if client else "unknown"
+    return str(client[0]) if client else "unknown"
 
 
 __all__ = ["BucketStore", "SharedLimiter", "client_address"]

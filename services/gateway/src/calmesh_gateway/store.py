@@ -16,9 +16,11 @@ from calmesh_common.events.gateway import (
     SessionStarted,
     UserSignedUp,
 )
-from calmesh_common.events import Envelope, decode_event
+from calmesh_common.events import Envelope
 from calmesh_common.eventstore import EventStore
 from calmesh_common.plans import apply_plan_changed
+
+from .schemas import Scope
 
 SCHEMA = "gateway"
 
@@ -49,7 +51,7 @@ class KeyRow:
 
     id: str
     user_id: str
-    scope: str
+    scope: Scope
     key_hash: str
     expires_at: datetime | None
     revoked: bool
@@ -79,6 +81,10 @@ class GatewayStore:
     def __init__(self, pool: asyncpg.Pool, events: EventStore | None = None) -> None:
         self.pool = pool
         self.events = events or EventStore(SCHEMA, context="gateway")
+
+    async def ping(self) -> None:
+        """Answer when the database does (health and readiness checks)."""
+        await self.pool.fetchval("SELECT 1")
 
     # Users ---------------------------------------------------------------------------------
 
@@ -184,10 +190,11 @@ class GatewayStore:
         if after is not None:
             where += " AND (created_at, id) > ($3, $4)"
             args += list(after)
-        return await self.pool.fetch(
+        rows: list[asyncpg.Record] = await self.pool.fetch(
             f"SELECT id, name, scope, prefix, created_at, last_used_at, expires_at FROM gateway.api_keys"
             f" WHERE {where} ORDER BY created_at, id LIMIT $2", *args,
         )
+        return rows
 
     async def revoke_key(self, user_id: str, key_id: str) -> str | None:
         """Revoke the user's key; returns its hash (also when it was revoked already), or None when
@@ -222,11 +229,11 @@ class GatewayStore:
     async def apply_plan_changed(self, conn: asyncpg.Connection, envelope: Envelope) -> None:
         """Billing's ``plan.changed``: keep the user's plan (``user_plans``, newest version wins) and
         the plan on the users row that /me and the internal headers show."""
-        await apply_plan_changed(conn, SCHEMA, envelope)  # raises PoisonMessage for another type
+        event = await apply_plan_changed(conn, SCHEMA, envelope)  # raises PoisonMessage for another type
         await conn.execute(
             "UPDATE gateway.users u SET plan = p.plan FROM gateway.user_plans p"
             " WHERE p.user_id = u.id AND u.id = $1 AND p.plan IN ('free', 'pro') AND u.plan <> p.plan",
-            decode_event(envelope).user_id,
+            event.user_id,
         )
 
     async def add_usage(self, counts: list[tuple[str, Any, int]]) -> list[tuple[str, Any, int]]:

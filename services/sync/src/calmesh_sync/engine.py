@@ -686,7 +686,7 @@ async def sync_connection(
         if syncer.rediscover or details.provider == "ical":
             result.calendars = [CalendarInfo(id=c.id, name=c.name, color=c.color, read_only=c.read_only, ref=c.ref) for c in calendars]
         else:
-            result.calendars = None  # type: ignore[assignment]
+            result.calendars = None
         return result
     finally:
         await syncer.close()

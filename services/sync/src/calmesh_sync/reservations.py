@@ -25,6 +25,7 @@ writes.py): a repeat with the same request gets the first answer and changes not
 from __future__ import annotations
 
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -33,7 +34,7 @@ from litestar import Request, Response, delete, get, put
 from litestar.params import Parameter
 
 from calmesh_common.events.sync import InstanceRow
-from calmesh_common.idempotency import Answer, json_answer
+from calmesh_common.idempotency import Answer, json_answer, response
 from calmesh_common.ids import booking_uid
 from calmesh_common.problems import FieldError, Problem
 from calmesh_common.service import ServiceDeps, json_response
@@ -41,7 +42,7 @@ from calmesh_common.timefmt import parse_instant
 from calmesh_providers.ical import Instance
 
 from .engine import SyncDeps
-from .internal_keys import keyed_delete, keyed_write
+from .internal_keys import decoded, in_transaction
 from .projection import ChangeSet, InstanceKey, fingerprint, lock_connection, row_for, write_changes
 
 _ROW_COLUMNS = (
@@ -111,9 +112,10 @@ async def instance_record(conn: asyncpg.Connection | asyncpg.Pool, event_id: str
 
 
 async def reservation_rows(conn: asyncpg.Connection, ids: list[str]) -> list[asyncpg.Record]:
-    return await conn.fetch(
+    rows: list[asyncpg.Record] = await conn.fetch(
         f"SELECT {_ROW_COLUMNS} FROM sync.event_instances WHERE booking_id = ANY($1::text[])", ids
     )
+    return rows
 
 
 def reservation_body(row: InstanceRow, connection_id: str, calendar_id: str) -> dict[str, Any]:
@@ -126,7 +128,7 @@ def _refingerprint(row: InstanceRow) -> InstanceRow:
     instance = Instance(
         uid=row.uid, recurrence_id=row.recurrence_id, recurring=row.recurring_event_id is not None, title=row.title,
         description=row.description, location=row.location, start_at=row.start_at, end_at=row.end_at,
-        all_day=row.all_day, start_date=row.start_date, end_date=row.end_date, status=row.status,  # type: ignore[arg-type]
+        all_day=row.all_day, start_date=row.start_date, end_date=row.end_date, status=row.status,
         transparency=row.transparency,
     )
     return msgspec.structs.replace(row, fingerprint=fingerprint(instance, row.provider_event_id, row.recurring_event_id))
@@ -135,25 +137,43 @@ def _refingerprint(row: InstanceRow) -> InstanceRow:
 @put("/internal/reservations/{reservation_id:str}", include_in_schema=False)
 async def put_reservation(reservation_id: str, request: Request[Any, Any, Any], deps: ServiceDeps) -> Any:
     """Enter (or move) a booking's or hold's time in the projection; answer its row as an event.
-    With an Idempotency-Key a repeat gets the first answer and changes nothing."""
-    return await keyed_write(request, deps, _put, lambda sync, body: _put_reservation(sync, reservation_id, body))
-
-
-async def _put_reservation(sync: SyncDeps, reservation_id: str, body: ReservationPut) -> Answer:
+    With an Idempotency-Key a repeat gets the first answer and changes nothing. The key's claim,
+    the rows and the answer are one transaction."""
+    raw = await request.body()
+    body = decoded(raw, _put)
     start, end = instant_span(body.start, body.end)
     others = [r for r in body.replaces if r != reservation_id]
+    sync = _sync(deps)
     async with sync.pool.acquire() as conn:
         # The rows live on the request's connection but for a booking moved across connections:
         # lock that one, read under the lock, and start over with every connection the rows name
         # when that was not enough (locks are taken in order, never one more while holding some).
         locked = [body.connection_id]
         while True:
-            async with conn.transaction():
-                found = await _locked_rows(conn, locked, [reservation_id, *others])
-                needed = sorted({*locked, *(r["connection_id"] for r in found)})
-                if needed == locked:
-                    return await _enter(conn, sync, body, reservation_id, found, start, end)
-            locked = needed
+            try:
+                return response(await in_transaction(
+                    request, body.user_id, raw, conn,
+                    partial(_enter_locked, sync=sync, body=body, reservation_id=reservation_id, others=others,
+                            locked=locked, start=start, end=end)))
+            except _MoreLocks as more:
+                locked = more.needed
+
+
+class _MoreLocks(Exception):
+    """The rows name connections whose locks were not taken: start over with all of them."""
+
+    def __init__(self, needed: list[str]) -> None:
+        super().__init__(needed)
+        self.needed = needed
+
+
+async def _enter_locked(conn: asyncpg.Connection, sync: SyncDeps, body: ReservationPut, reservation_id: str,
+                        others: list[str], locked: list[str], start: datetime, end: datetime) -> Answer:
+    found = await _locked_rows(conn, locked, [reservation_id, *others])
+    needed = sorted({*locked, *(r["connection_id"] for r in found)})
+    if needed != locked:
+        raise _MoreLocks(needed)
+    return await _enter(conn, sync, body, reservation_id, found, start, end)
 
 
 async def _locked_rows(conn: asyncpg.Connection, connections: list[str], ids: list[str]) -> list[asyncpg.Record]:
@@ -161,7 +181,7 @@ async def _locked_rows(conn: asyncpg.Connection, connections: list[str], ids: li
     them (a provider write may have filled one in meanwhile); 404 when a connection was removed."""
     for connection_id in connections:
         await lock_connection(conn, connection_id, check_removed=False)
-    found = await conn.fetch(
+    found: list[asyncpg.Record] = await conn.fetch(
         f"SELECT {_ROW_COLUMNS}, false AS removed FROM sync.event_instances WHERE booking_id = ANY($1::text[])"
         " UNION ALL SELECT " + ", ".join(["NULL"] * len(_ROW_COLUMNS.split(","))) + ", true"
         " FROM sync.removed_connections WHERE connection_id = ANY($2::text[])",
@@ -219,28 +239,35 @@ async def _enter(conn: asyncpg.Connection, sync: SyncDeps, body: ReservationPut,
 @delete("/internal/reservations/{reservation_id:str}", status_code=204, include_in_schema=False)
 async def delete_reservation(reservation_id: str, request: Request[Any, Any, Any], deps: ServiceDeps,
                              user_id: str = Parameter(query="user_id")) -> Response[None]:
-    """Free a reservation's time at once; a repeat (or an unknown id) is a no-op."""
-    return await keyed_delete(request, deps, user_id, lambda sync: _delete_reservation(sync, reservation_id, user_id))
+    """Free a reservation's time at once; a repeat (or an unknown id) is a no-op. The key's claim,
+    the change and the answer are one transaction."""
+    sync = _sync(deps)
+
+    async def work(conn: asyncpg.Connection) -> Answer:
+        await _delete_reservation(conn, sync, reservation_id, user_id)
+        return Answer(204, b"")
+
+    async with sync.pool.acquire() as conn:
+        return response(await in_transaction(request, user_id, b"", conn, work))  # type: ignore[return-value]
 
 
-async def _delete_reservation(sync: SyncDeps, reservation_id: str, user_id: str) -> None:
+async def _delete_reservation(conn: asyncpg.Connection, sync: SyncDeps, reservation_id: str, user_id: str) -> None:
     now = sync.now()
-    async with sync.pool.acquire() as conn, conn.transaction():
-        found = await reservation_rows(conn, [reservation_id])
-        for connection_id in sorted({r["connection_id"] for r in found}):
-            await lock_connection(conn, connection_id)
-        for record in await reservation_rows(conn, [reservation_id]):
-            if record["user_id"] != user_id:
-                continue
-            row = as_row(record)
-            if row.provider_event_id is None:
-                change = ChangeSet([], [], [InstanceKey(row.event_id, row.uid, row.recurrence_id)])
-            elif row.status != "cancelled":
-                change = ChangeSet([], [_refingerprint(msgspec.structs.replace(row, status="cancelled", updated_at=now))], [])
-            else:
-                continue
-            await write_changes(conn, sync.store, user_id=user_id, connection_id=record["connection_id"],
-                                calendar_id=record["calendar_id"], sync_id=None, changes=change, reason="released")
+    found = await reservation_rows(conn, [reservation_id])
+    for connection_id in sorted({r["connection_id"] for r in found}):
+        await lock_connection(conn, connection_id)
+    for record in await reservation_rows(conn, [reservation_id]):
+        if record["user_id"] != user_id:
+            continue
+        row = as_row(record)
+        if row.provider_event_id is None:
+            change = ChangeSet([], [], [InstanceKey(row.event_id, row.uid, row.recurrence_id)])
+        elif row.status != "cancelled":
+            change = ChangeSet([], [_refingerprint(msgspec.structs.replace(row, status="cancelled", updated_at=now))], [])
+        else:
+            continue
+        await write_changes(conn, sync.store, user_id=user_id, connection_id=record["connection_id"],
+                            calendar_id=record["calendar_id"], sync_id=None, changes=change, reason="released")
 
 
 @get("/internal/reservations/{reservation_id:str}", include_in_schema=False)

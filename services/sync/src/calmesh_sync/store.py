@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 import msgspec
@@ -22,7 +22,7 @@ from calmesh_providers import ical
 
 Key = tuple[str, str]  # (uid, recurrence_id)
 
-DB = asyncpg.Connection | asyncpg.Pool
+DB: TypeAlias = asyncpg.Connection | asyncpg.Pool
 
 @dataclass(frozen=True, slots=True)
 class Existing:
@@ -348,11 +348,12 @@ async def finished_later(conn: DB, connection_id: str, sync_id: str, requested_a
 async def start_run(
     conn: DB, *, sync_id: str, connection_id: str, worker_id: str, reason: str, requested_at: datetime, started_at: datetime
 ) -> int:
-    return await conn.fetchval(
+    value: int = await conn.fetchval(
         "INSERT INTO sync.sync_runs (sync_id, connection_id, worker_id, reason, requested_at, started_at)"
         " VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         sync_id, connection_id, worker_id, reason, requested_at, started_at,
     )
+    return value
 
 
 async def finish_run(conn: DB, run_id: int, outcome: str, error: str | None) -> None:
@@ -374,7 +375,8 @@ _COLUMNS = ", ".join(_COPY_COLUMNS)
 
 
 async def unpublished_outbox(conn: DB) -> int:
-    return await conn.fetchval("SELECT count(*) FROM sync.outbox WHERE published_at IS NULL")
+    value: int = await conn.fetchval("SELECT count(*) FROM sync.outbox WHERE published_at IS NULL")
+    return value
 
 
 async def lock_projection(conn: asyncpg.Connection) -> None:

@@ -41,9 +41,9 @@ from calmesh_common.settings import Settings
 from calmesh_common.streams import stream_name
 
 from . import store
-from .intake import BatchConsumer
+from .consumers import BatchConsumer
 from .mapping import EVENT_MAP, Mapping, message_body, subjects_by_context
-from .policy import classify, retry_delay
+from .domain import classify, retry_delay
 from .signing import SecretBox, signature_header
 
 log = get_logger(__name__)

@@ -134,7 +134,7 @@ def _instance(row: Any, connection_id: str, calendar_id: str) -> dict[str, Any]:
 
 def _source_events_upserted(event: Event, envelope: Envelope) -> list[PublicEvent]:
     ev: Any = event
-    found = []
+    found: list[PublicEvent] = []
     for public_type, rows in (("calendar.event.created", ev.created), ("calendar.event.updated", ev.updated)):
         for row in rows:
             data = _instance(row, ev.connection_id, ev.calendar_id)

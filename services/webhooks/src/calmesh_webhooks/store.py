@@ -71,13 +71,14 @@ async def list_subscriptions(
     conn: asyncpg.Connection, schema: str, user_id: str, *, after: tuple[datetime, str] | None, limit: int
 ) -> list[asyncpg.Record]:
     if after is None:
-        return await conn.fetch(
+        rows: list[asyncpg.Record] = await conn.fetch(
             f"SELECT {SUBSCRIPTION_COLUMNS} FROM {schema}.subscriptions WHERE user_id = $1"
             " ORDER BY created_at, id LIMIT $2",
             user_id,
             limit,
         )
-    return await conn.fetch(
+        return rows
+    rows = await conn.fetch(
         f"SELECT {SUBSCRIPTION_COLUMNS} FROM {schema}.subscriptions WHERE user_id = $1"
         " AND (created_at, id) > ($2, $3) ORDER BY created_at, id LIMIT $4",
         user_id,
@@ -85,6 +86,7 @@ async def list_subscriptions(
         after[1],
         limit,
     )
+    return rows
 
 
 async def update_subscription(
@@ -113,7 +115,7 @@ async def rotate_secret(
     conn: asyncpg.Connection, schema: str, webhook_id: str, new_secret: bytes, overlap_seconds: float
 ) -> datetime:
     """Make `new_secret` current; the current one signs beside it for `overlap_seconds`."""
-    return await conn.fetchval(
+    until: datetime = await conn.fetchval(
         f"UPDATE {schema}.subscriptions SET previous_secret = secret, secret = $2,"
         " previous_secret_until = now() + $3 * interval '1 second', updated_at = now()"
         " WHERE id = $1 RETURNING previous_secret_until",
@@ -121,9 +123,22 @@ async def rotate_secret(
         new_secret,
         overlap_seconds,
     )
+    return until
 
 
 # --- intake --------------------------------------------------------------------------------------
+
+
+async def track_processed(conn: asyncpg.Connection, schema: str, consumer: str, event_ids: Sequence[str]) -> set[str]:
+    """Record that ``consumer`` processed ``event_ids`` (the tracking rows of `DurableConsumer`);
+    the ids it had not processed before."""
+    rows = await conn.fetch(
+        f"INSERT INTO {schema}.processed_messages (consumer, event_id)"
+        " SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING event_id",
+        consumer,
+        list(event_ids),
+    )
+    return {r["event_id"] for r in rows}
 
 
 async def enqueue_event(
@@ -425,7 +440,7 @@ async def disable_subscriptions(
 ) -> list[asyncpg.Record]:
     """Disable the subscriptions that answered 410 (`gone`) and those among `candidates` that have
     failed without a success for `failing_for_seconds`. Returns what was disabled, with why."""
-    return await conn.fetch(
+    rows: list[asyncpg.Record] = await conn.fetch(
         f"""
         UPDATE {schema}.subscriptions
         SET status = 'disabled', updated_at = now(),
@@ -439,6 +454,7 @@ async def disable_subscriptions(
         list(candidates),
         failing_for_seconds,
     )
+    return rows
 
 
 async def release(conn: asyncpg.Connection, schema: str, delivery_ids: Sequence[int]) -> None:
@@ -462,10 +478,11 @@ async def list_attempts(
     w.add_if(before_seq, "seq < {}")
     w.add_if(status, "status = {}")
     w.add_if(event_id, "event_id = {}")
-    return await conn.fetch(
+    rows: list[asyncpg.Record] = await conn.fetch(
         f"SELECT {ATTEMPT_COLUMNS} FROM {schema}.attempts WHERE {w} ORDER BY seq DESC LIMIT {w.param(limit)}",
         *w.args,
     )
+    return rows
 
 
 async def get_attempt(conn: asyncpg.Connection, schema: str, subscription_id: str, attempt_id: str) -> asyncpg.Record | None:
@@ -478,7 +495,7 @@ async def get_attempt(conn: asyncpg.Connection, schema: str, subscription_id: st
 
 async def reschedule_now(conn: asyncpg.Connection, schema: str, delivery_id: int) -> str | None:
     """Make a delivery due at once (manual retry). None when it is in flight right now."""
-    status = await conn.fetchval(
+    status: str | None = await conn.fetchval(
         f"UPDATE {schema}.deliveries SET status = 'pending', next_attempt_at = now(), updated_at = now()"
         " WHERE id = $1 AND (locked_until IS NULL OR locked_until < now()) RETURNING status",
         delivery_id,

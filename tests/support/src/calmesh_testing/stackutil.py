@@ -39,15 +39,15 @@ def internal(stack: Any, service: str) -> httpx.Client:
 
 def wait_connection(client: httpx.Client, connection_id: str, *, statuses: tuple[str, ...] = ("active", "error", "revoked"),
                     synced_after: str | None = None, timeout: float = 30.0) -> dict[str, Any]:
-    """Poll GET /connections/:id until its status is one of `statuses` (and, when given, its
-    last_synced_at moved past `synced_after`, or an error shows)."""
+    """Poll GET /connections/:id until its status is one of `statuses` with no sync running (and,
+    when given, its last_synced_at moved past `synced_after`, or an error shows)."""
     deadline = time.monotonic() + timeout
     body: dict[str, Any] = {}
     while time.monotonic() < deadline:
         r = client.get(f"/api/v1/connections/{connection_id}")
         assert r.status_code == 200, r.text
         body = r.json()
-        if body["status"] in statuses:
+        if body["status"] in statuses and body.get("progress") is None:  # (an active one re-syncing: not yet)
             if synced_after is None or body["status"] != "active" or (body["last_synced_at"] or "") > synced_after:
                 return body
         time.sleep(0.1)

@@ -36,6 +36,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import httpx
 
 if TYPE_CHECKING:
+    from icalendar import Calendar
+
     from .supervisor import Stack
 
 DEMO_EMAIL = "demo@example.com"
@@ -109,7 +111,7 @@ def _event(uid: str, summary: str, day: date, start: str, end: str, zone: ZoneIn
     return event
 
 
-def _calendar(name: str, events: list[Any]) -> Any:
+def _calendar(name: str, events: list[Any]) -> Calendar:
     from icalendar import Calendar
 
     cal = Calendar()
@@ -129,7 +131,8 @@ def feed_ics(tz: str, today: date) -> bytes:
     for day in week_of(today):
         events.append(_event(f"standup-{day}@demo.calmesh", "Team stand-up", day, "09:30", "10:00", zone))
         events.append(_event(f"review-{day}@demo.calmesh", "Design review", day, "14:00", "15:00", zone, "Room 2"))
-    return _calendar("Team (demo feed)", events).to_ical()
+    ics: bytes = _calendar("Team (demo feed)", events).to_ical()  # icalendar leaves to_ical unannotated
+    return ics
 
 
 def caldav_objects(tz: str, today: date) -> dict[str, bytes]:
@@ -319,7 +322,8 @@ class Demo:
     def _state(self) -> dict[str, Any]:
         path = self.dir / "state.json"
         try:
-            return json.loads(path.read_text())
+            state: dict[str, Any] = json.loads(path.read_text())
+            return state
         except (OSError, ValueError):
             return {}
 
@@ -401,4 +405,5 @@ def _ok(response: httpx.Response, what: str) -> Any:
 
 
 def _data(body: Any) -> list[Any]:
-    return body["data"] if isinstance(body, dict) and "data" in body else body
+    items: list[Any] = body["data"] if isinstance(body, dict) and "data" in body else body
+    return items

@@ -100,7 +100,7 @@ class EmbeddedPostgres:
         self._server = server
         self.url = server.get_uri()
         if self.supervised:
-            server.cleanup()  # type: ignore[attr-defined]
+            server.cleanup()
             self._pg_ctl("-m", "fast", "stop")
             self._spawn_postmaster()
         return self.url
@@ -148,7 +148,8 @@ class EmbeddedPostgres:
         self._spawn_postmaster()
 
     def _pg_ctl(self, *args: str) -> None:
-        from pgserver._commands import pg_ctl
+        # pgserver makes its command functions at import time (setattr on the module): no static name.
+        from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
 
         server = self._server
         user = getattr(server, "system_user", None) if server is not None else None

@@ -162,6 +162,7 @@ class Stack:
     def _migrate(self, timeout: float = 60.0) -> dict[str, list[str]]:
         """Migrations and streams; an embedded server that dies meanwhile is started again and the
         (idempotent) migrations are run again, as they are on every start."""
+        assert self.database_url, "start_infrastructure() sets it first"
         deadline = time.monotonic() + timeout
         while True:
             try:

@@ -20,7 +20,10 @@ import msgspec
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
-    """Base of every domain event. Subclasses set ``tag="<name>.v<N>"`` and a ``context``."""
+    """Base of every domain event. Subclasses set ``tag="<name>.v<N>"`` and a ``context``.
+
+    Subclasses repeat ``frozen=True``: msgspec inherits it, but a type checker reads it per class.
+    """
 
     #: The bounded context that owns the event; it names the stream and the subject.
     context: ClassVar[str] = ""
@@ -76,7 +79,7 @@ _envelope_decoder = msgspec.json.Decoder(Envelope)
 
 
 @functools.cache
-def _union_decoder() -> msgspec.json.Decoder[Any]:
+def _union_decoder() -> msgspec.json.Decoder[Event]:
     """One decoder for the union of every event type, built once on first use."""
     union = tuple(all_event_types().values())
     return msgspec.json.Decoder(union[0] if len(union) == 1 else _make_union(union))

@@ -15,19 +15,19 @@ from typing import ClassVar
 from . import Event
 
 
-class _BookingEvent(Event, tag=False):
+class _BookingEvent(Event, tag=False, frozen=True):
     """The base of the booking context's events (no tag of its own: not an event by itself)."""
 
     context: ClassVar[str] = "booking"
 
 
-class _PageEvent(_BookingEvent, tag=False):
+class _PageEvent(_BookingEvent, tag=False, frozen=True):
     page_id: str
     user_id: str
     slug: str
 
 
-class _BookingFacts(_BookingEvent, tag=False):
+class _BookingFacts(_BookingEvent, tag=False, frozen=True):
     """What a webhook shows of a booking: the booking, its page and calendar, slot and visitor."""
 
     booking_id: str
@@ -42,28 +42,28 @@ class _BookingFacts(_BookingEvent, tag=False):
     email: str
 
 
-class _PollEvent(_BookingEvent, tag=False):
+class _PollEvent(_BookingEvent, tag=False, frozen=True):
     poll_id: str
     user_id: str
 
 
-class BookingPageCreated(_PageEvent, tag="booking_page.created.v1"):
+class BookingPageCreated(_PageEvent, tag="booking_page.created.v1", frozen=True):
     calendar_slug: str
     title: str
     duration_minutes: int
     timezone: str
 
 
-class BookingPageUpdated(_PageEvent, tag="booking_page.updated.v1"):
+class BookingPageUpdated(_PageEvent, tag="booking_page.updated.v1", frozen=True):
     #: The names of the fields that changed.
     changed: list[str] = []
 
 
-class BookingPageDeleted(_PageEvent, tag="booking_page.deleted.v1"):
+class BookingPageDeleted(_PageEvent, tag="booking_page.deleted.v1", frozen=True):
     """The owner deleted the booking page."""
 
 
-class BookingCreated(_BookingFacts, tag="booking.created.v1"):
+class BookingCreated(_BookingFacts, tag="booking.created.v1", frozen=True):
     """A visitor booked a slot; the time is blocked from this moment."""
 
     notes: str = ""
@@ -75,7 +75,7 @@ class BookingCreated(_BookingFacts, tag="booking.created.v1"):
     answers: dict[str, str | bool] = {}
 
 
-class BookingVerificationRequested(_BookingEvent, tag="booking.verification_requested.v1"):
+class BookingVerificationRequested(_BookingEvent, tag="booking.verification_requested.v1", frozen=True):
     """A visitor asked to book on a page that requires e-mail verification: the slot is held until
     `expires_at` and the visitor is mailed a signed link (nothing is booked, written or webhooked
     until they open it; then booking.created follows). Not a webhook event."""
@@ -88,7 +88,7 @@ class BookingVerificationRequested(_BookingEvent, tag="booking.verification_requ
     expires_at: datetime
 
 
-class BookingCancelled(_BookingFacts, tag="booking.cancelled.v1"):
+class BookingCancelled(_BookingFacts, tag="booking.cancelled.v1", frozen=True):
     """The owner or the visitor cancelled a booking; its time is free again."""
 
     cancelled_by: str  # "owner" | "visitor"
@@ -98,7 +98,7 @@ class BookingCancelled(_BookingFacts, tag="booking.cancelled.v1"):
     cancelled_at: datetime | None = None
 
 
-class BookingRescheduled(_BookingFacts, tag="booking.rescheduled.v1"):
+class BookingRescheduled(_BookingFacts, tag="booking.rescheduled.v1", frozen=True):
     """A booking moved to another slot (same id); its old time is free, the new one busy. The
     provider event is moved in place (same UID)."""
 
@@ -112,7 +112,7 @@ class BookingRescheduled(_BookingFacts, tag="booking.rescheduled.v1"):
     rescheduled_at: datetime | None = None
 
 
-class BookingCalendarEventWritten(_BookingEvent, tag="booking.calendar_event_written.v1"):
+class BookingCalendarEventWritten(_BookingEvent, tag="booking.calendar_event_written.v1", frozen=True):
     """The booking's event now exists on the calendar's write target (sync's event id)."""
 
     booking_id: str
@@ -120,7 +120,7 @@ class BookingCalendarEventWritten(_BookingEvent, tag="booking.calendar_event_wri
     event_id: str
 
 
-class BookingCalendarWriteFailed(_BookingEvent, tag="booking.calendar_write_failed.v1"):
+class BookingCalendarWriteFailed(_BookingEvent, tag="booking.calendar_write_failed.v1", frozen=True):
     """The booking's provider event can never be written: the provider refused the credentials
     (401/403), the calendar is gone (404), or the calendar has no writable source left. The booking
     stands (its time stays busy in CalMesh) with ``calendar_write: "failed"`` and `reason`; webhook
@@ -137,7 +137,7 @@ class BookingCalendarWriteFailed(_BookingEvent, tag="booking.calendar_write_fail
     at: datetime | None = None
 
 
-class PollCreated(_PollEvent, tag="poll.created.v1"):
+class PollCreated(_PollEvent, tag="poll.created.v1", frozen=True):
     title: str
     duration_minutes: int
     option_ids: list[str]
@@ -145,7 +145,7 @@ class PollCreated(_PollEvent, tag="poll.created.v1"):
     deadline: datetime | None = None
 
 
-class PollVoted(_PollEvent, tag="poll.voted.v1"):
+class PollVoted(_PollEvent, tag="poll.voted.v1", frozen=True):
     vote_id: str
     name: str
     email: str | None
@@ -153,7 +153,7 @@ class PollVoted(_PollEvent, tag="poll.voted.v1"):
     choices: dict[str, str]
 
 
-class PollDecided(_PollEvent, tag="poll.decided.v1"):
+class PollDecided(_PollEvent, tag="poll.decided.v1", frozen=True):
     option_id: str
     start: datetime
     end: datetime

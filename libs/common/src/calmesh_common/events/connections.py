@@ -53,27 +53,27 @@ class UnifiedCalendar(msgspec.Struct, frozen=True, kw_only=True):
 # --- connections -----------------------------------------------------------------------------
 
 
-class _ConnectionsEvent(Event, tag=False):
+class _ConnectionsEvent(Event, tag=False, frozen=True):
     """The base of the connections context's events (no tag of its own: not an event by itself)."""
 
     context: ClassVar[str] = "connections"
 
 
-class _ConnectionEvent(_ConnectionsEvent, tag=False):
+class _ConnectionEvent(_ConnectionsEvent, tag=False, frozen=True):
     """An event of one connection."""
 
     connection_id: str
     user_id: str
 
 
-class _ConnectionGone(_ConnectionEvent, tag=False):
+class _ConnectionGone(_ConnectionEvent, tag=False, frozen=True):
     """The connection is no longer usable: which provider, and since when."""
 
     provider: str
     at: datetime
 
 
-class ConnectionCreated(_ConnectionEvent, tag="connection.created.v1", kw_only=True):
+class ConnectionCreated(_ConnectionEvent, tag="connection.created.v1", kw_only=True, frozen=True):
     provider: str
     display_name: str
     status: str
@@ -81,7 +81,7 @@ class ConnectionCreated(_ConnectionEvent, tag="connection.created.v1", kw_only=T
     created_at: datetime
 
 
-class ConnectionAuthorized(_ConnectionEvent, tag="connection.authorized.v1", kw_only=True):
+class ConnectionAuthorized(_ConnectionEvent, tag="connection.authorized.v1", kw_only=True, frozen=True):
     """An OAuth connection completed its authorization (the callback exchanged the code)."""
 
     provider: str
@@ -89,25 +89,25 @@ class ConnectionAuthorized(_ConnectionEvent, tag="connection.authorized.v1", kw_
     calendars: list[ConnectionCalendar] = msgspec.field(default_factory=list)
 
 
-class ConnectionCalendarsChanged(_ConnectionEvent, tag="connection.calendars_changed.v1", kw_only=True):
+class ConnectionCalendarsChanged(_ConnectionEvent, tag="connection.calendars_changed.v1", kw_only=True, frozen=True):
     """The provider calendars of a connection changed (found by a sync)."""
 
     calendars: list[ConnectionCalendar]
 
 
-class ConnectionCredentialsRefreshed(_ConnectionEvent, tag="connection.credentials_refreshed.v1", kw_only=True):
+class ConnectionCredentialsRefreshed(_ConnectionEvent, tag="connection.credentials_refreshed.v1", kw_only=True, frozen=True):
     """An OAuth access token was refreshed (the token itself is never in an event)."""
 
     expires_at: datetime | None = None
 
 
-class ConnectionSyncRequested(_ConnectionEvent, tag="connection.sync_requested.v1", kw_only=True):
+class ConnectionSyncRequested(_ConnectionEvent, tag="connection.sync_requested.v1", kw_only=True, frozen=True):
     sync_id: str
     #: ``manual`` (POST .../sync), ``created``, ``schedule``, ``push``.
     reason: str
 
 
-class ConnectionSynced(_ConnectionEvent, tag="connection.synced.v1", kw_only=True):
+class ConnectionSynced(_ConnectionEvent, tag="connection.synced.v1", kw_only=True, frozen=True):
     """A sync finished successfully (webhook ``connection.synced``)."""
 
     sync_id: str
@@ -118,7 +118,7 @@ class ConnectionSynced(_ConnectionEvent, tag="connection.synced.v1", kw_only=Tru
     not_modified: bool = False
 
 
-class ConnectionErrored(_ConnectionEvent, tag="connection.errored.v1", kw_only=True):
+class ConnectionErrored(_ConnectionEvent, tag="connection.errored.v1", kw_only=True, frozen=True):
     """A sync failed; the connection shows ``status: error`` (webhook ``connection.error``)."""
 
     error: str
@@ -126,50 +126,50 @@ class ConnectionErrored(_ConnectionEvent, tag="connection.errored.v1", kw_only=T
     at: datetime
 
 
-class ConnectionRevoked(_ConnectionGone, tag="connection.revoked.v1", kw_only=True):
+class ConnectionRevoked(_ConnectionGone, tag="connection.revoked.v1", kw_only=True, frozen=True):
     """The provider no longer honours the grant (webhook ``connection.revoked``)."""
 
 
-class ConnectionRemoved(_ConnectionGone, tag="connection.removed.v1", kw_only=True):
+class ConnectionRemoved(_ConnectionGone, tag="connection.removed.v1", kw_only=True, frozen=True):
     """The user deleted the connection: its cached events and sources go with it."""
 
 
 # --- unified calendars -----------------------------------------------------------------------
 
 
-class _CalendarEvent(_ConnectionsEvent, tag=False):
+class _CalendarEvent(_ConnectionsEvent, tag=False, frozen=True):
     """An event of one unified calendar: the whole calendar after the change."""
 
     calendar: UnifiedCalendar
 
 
-class _CalendarSourceEvent(_CalendarEvent, tag=False):
+class _CalendarSourceEvent(_CalendarEvent, tag=False, frozen=True):
     source: CalendarSource
 
 
-class CalendarCreated(_CalendarEvent, tag="calendar.created.v1", kw_only=True):
+class CalendarCreated(_CalendarEvent, tag="calendar.created.v1", kw_only=True, frozen=True):
     """A unified calendar was made."""
 
 
-class CalendarUpdated(_CalendarEvent, tag="calendar.updated.v1", kw_only=True):
+class CalendarUpdated(_CalendarEvent, tag="calendar.updated.v1", kw_only=True, frozen=True):
     #: The slug before the change, when the change renamed it.
     previous_slug: str | None = None
 
 
-class CalendarDeleted(_CalendarEvent, tag="calendar.deleted.v1", kw_only=True):
+class CalendarDeleted(_CalendarEvent, tag="calendar.deleted.v1", kw_only=True, frozen=True):
     """A unified calendar was deleted (``calendar``: as it was before)."""
 
 
-class CalendarSourceAdded(_CalendarSourceEvent, tag="calendar.source_added.v1", kw_only=True):
+class CalendarSourceAdded(_CalendarSourceEvent, tag="calendar.source_added.v1", kw_only=True, frozen=True):
     """A source was added to the calendar."""
 
 
-class CalendarSourceRemoved(_CalendarSourceEvent, tag="calendar.source_removed.v1", kw_only=True):
+class CalendarSourceRemoved(_CalendarSourceEvent, tag="calendar.source_removed.v1", kw_only=True, frozen=True):
     #: ``user`` (DELETE .../sources/:id) or ``connection_removed``.
     reason: str = "user"
 
 
-class CalendarSourcesReordered(_CalendarEvent, tag="calendar.sources_reordered.v1", kw_only=True):
+class CalendarSourcesReordered(_CalendarEvent, tag="calendar.sources_reordered.v1", kw_only=True, frozen=True):
     """The calendar's sources were put in another order."""
 
 

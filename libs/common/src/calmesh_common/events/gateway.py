@@ -8,13 +8,13 @@ from typing import ClassVar
 from . import Event
 
 
-class _GatewayEvent(Event, tag=False):
+class _GatewayEvent(Event, tag=False, frozen=True):
     """The base of the gateway's events (no tag of its own: not an event by itself)."""
 
     context: ClassVar[str] = "gateway"
 
 
-class UserSignedUp(_GatewayEvent, tag="user.signed_up.v1"):
+class UserSignedUp(_GatewayEvent, tag="user.signed_up.v1", frozen=True):
     user_id: str
     email: str
     handle: str
@@ -22,7 +22,7 @@ class UserSignedUp(_GatewayEvent, tag="user.signed_up.v1"):
     timezone: str
 
 
-class ApiKeyCreated(_GatewayEvent, tag="api_key.created.v1"):
+class ApiKeyCreated(_GatewayEvent, tag="api_key.created.v1", frozen=True):
     key_id: str
     user_id: str
     name: str
@@ -32,18 +32,18 @@ class ApiKeyCreated(_GatewayEvent, tag="api_key.created.v1"):
     expires_at: datetime | None = None
 
 
-class ApiKeyRevoked(_GatewayEvent, tag="api_key.revoked.v1"):
+class ApiKeyRevoked(_GatewayEvent, tag="api_key.revoked.v1", frozen=True):
     key_id: str
     user_id: str
     key_hash: str
 
 
-class SessionEnded(_GatewayEvent, tag="session.ended.v1"):
+class SessionEnded(_GatewayEvent, tag="session.ended.v1", frozen=True):
     user_id: str
     session_hash: str
 
 
-class SessionStarted(_GatewayEvent, tag="session.started.v1"):
+class SessionStarted(_GatewayEvent, tag="session.started.v1", frozen=True):
     user_id: str
     session_hash: str
     expires_at: datetime

@@ -69,13 +69,13 @@ class CalendarInfo(msgspec.Struct, frozen=True, kw_only=True):
     ref: str = ""
 
 
-class _SyncEvent(Event, tag=False):
+class _SyncEvent(Event, tag=False, frozen=True):
     """The base of the sync context's events (no tag of its own: not an event by itself)."""
 
     context: ClassVar[str] = "sync"
 
 
-class _SyncRunEvent(_SyncEvent, tag=False):
+class _SyncRunEvent(_SyncEvent, tag=False, frozen=True):
     """An event in the life of one sync run of a connection."""
 
     sync_id: str
@@ -83,39 +83,39 @@ class _SyncRunEvent(_SyncEvent, tag=False):
     user_id: str
 
 
-class _ConnectionChange(_SyncEvent, tag=False):
+class _ConnectionChange(_SyncEvent, tag=False, frozen=True):
     """A change to the rows of one connection."""
 
     user_id: str
     connection_id: str
 
 
-class _CalendarChange(_ConnectionChange, tag=False):
+class _CalendarChange(_ConnectionChange, tag=False, frozen=True):
     """A change to the rows of one calendar of the connection."""
 
     calendar_id: str
 
 
-class _CalendarChunk(_CalendarChange, tag=False):
+class _CalendarChunk(_CalendarChange, tag=False, frozen=True):
     """A chunk of one calendar's changes, from the sync `sync_id` (None: not from a sync)."""
 
     sync_id: str | None = None
 
 
-class SyncStarted(_SyncRunEvent, tag="sync.started.v1", kw_only=True):
+class SyncStarted(_SyncRunEvent, tag="sync.started.v1", kw_only=True, frozen=True):
     reason: str
     worker_id: str = ""
     started_at: datetime
     calendars_total: int = 0
 
 
-class SyncProgressed(_SyncRunEvent, tag="sync.progressed.v1", kw_only=True):
+class SyncProgressed(_SyncRunEvent, tag="sync.progressed.v1", kw_only=True, frozen=True):
     calendars_done: int
     calendars_total: int
     events_changed: int = 0
 
 
-class SyncCompleted(_SyncRunEvent, tag="sync.completed.v1", kw_only=True):
+class SyncCompleted(_SyncRunEvent, tag="sync.completed.v1", kw_only=True, frozen=True):
     finished_at: datetime
     created: int = 0
     updated: int = 0
@@ -128,7 +128,7 @@ class SyncCompleted(_SyncRunEvent, tag="sync.completed.v1", kw_only=True):
     warning: str | None = None
 
 
-class SyncFailed(_SyncRunEvent, tag="sync.failed.v1", kw_only=True):
+class SyncFailed(_SyncRunEvent, tag="sync.failed.v1", kw_only=True, frozen=True):
     failed_at: datetime
     #: Fit for a user's ``last_error``: says what went wrong and, where it can, what to do.
     error: str
@@ -139,14 +139,14 @@ class SyncFailed(_SyncRunEvent, tag="sync.failed.v1", kw_only=True):
     retry_at: datetime | None = None
 
 
-class SourceEventsUpserted(_CalendarChunk, tag="source_events.upserted.v1", kw_only=True):
+class SourceEventsUpserted(_CalendarChunk, tag="source_events.upserted.v1", kw_only=True, frozen=True):
     """Rows created or changed in one calendar of a connection (a chunk of one sync's changes)."""
 
     created: list[InstanceRow] = msgspec.field(default_factory=list)
     updated: list[InstanceRow] = msgspec.field(default_factory=list)
 
 
-class SourceEventsDeleted(_CalendarChunk, tag="source_events.deleted.v1", kw_only=True):
+class SourceEventsDeleted(_CalendarChunk, tag="source_events.deleted.v1", kw_only=True, frozen=True):
     """Rows removed from one calendar: deleted or cancelled at the source (``deleted``), or moved
     out of the synced window (``window``)."""
 
@@ -154,13 +154,13 @@ class SourceEventsDeleted(_CalendarChunk, tag="source_events.deleted.v1", kw_onl
     reason: str = "deleted"
 
 
-class SourceCalendarPurged(_CalendarChange, tag="source_calendar.purged.v1", kw_only=True):
+class SourceCalendarPurged(_CalendarChange, tag="source_calendar.purged.v1", kw_only=True, frozen=True):
     """Every row of one provider calendar removed (the calendar is gone at the provider)."""
 
     reason: str = "calendar_removed"
 
 
-class ConnectionEventsPurged(_ConnectionChange, tag="connection_events.purged.v1", kw_only=True):
+class ConnectionEventsPurged(_ConnectionChange, tag="connection_events.purged.v1", kw_only=True, frozen=True):
     """Every row of a connection removed, after the connection was deleted."""
 
 

@@ -13,7 +13,7 @@ from typing import ClassVar
 from . import Event
 
 
-class _WebhookEvent(Event, tag=False):
+class _WebhookEvent(Event, tag=False, frozen=True):
     """The fields every webhook event starts with (no tag of its own: not an event by itself)."""
 
     context: ClassVar[str] = "webhooks"
@@ -21,13 +21,13 @@ class _WebhookEvent(Event, tag=False):
     user_id: str
 
 
-class WebhookCreated(_WebhookEvent, tag="webhook.created.v1"):
+class WebhookCreated(_WebhookEvent, tag="webhook.created.v1", frozen=True):
     url: str
     event_types: list[str]
     description: str = ""
 
 
-class WebhookUpdated(_WebhookEvent, tag="webhook.updated.v1"):
+class WebhookUpdated(_WebhookEvent, tag="webhook.updated.v1", frozen=True):
     url: str
     event_types: list[str]
     status: str
@@ -36,16 +36,16 @@ class WebhookUpdated(_WebhookEvent, tag="webhook.updated.v1"):
     changed: list[str] = []
 
 
-class WebhookDeleted(_WebhookEvent, tag="webhook.deleted.v1"):
+class WebhookDeleted(_WebhookEvent, tag="webhook.deleted.v1", frozen=True):
     """The owner deleted the subscription."""
 
 
-class WebhookSecretRotated(_WebhookEvent, tag="webhook.secret_rotated.v1"):
+class WebhookSecretRotated(_WebhookEvent, tag="webhook.secret_rotated.v1", frozen=True):
     #: Until when the previous secret keeps signing beside the new one.
     previous_valid_until: datetime
 
 
-class WebhookDisabled(_WebhookEvent, tag="webhook.disabled.v1"):
+class WebhookDisabled(_WebhookEvent, tag="webhook.disabled.v1", frozen=True):
     """The dispatcher disabled a subscription: its endpoint answered 410 Gone (`reason` ``gone``)
     or it failed without a success since `failing_since` (``failing``).
 
@@ -58,6 +58,6 @@ class WebhookDisabled(_WebhookEvent, tag="webhook.disabled.v1"):
     failing_since: datetime | None = None
 
 
-class WebhookReplayRequested(_WebhookEvent, tag="webhook.replay_requested.v1"):
+class WebhookReplayRequested(_WebhookEvent, tag="webhook.replay_requested.v1", frozen=True):
     replay_id: str
     since: datetime

@@ -8,7 +8,7 @@ another origin, no framing) and is never cached; the fingerprinted assets are ca
 from __future__ import annotations
 
 import zoneinfo
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
@@ -76,7 +76,8 @@ def _ctx(request: Request[Any, Any, Any]) -> RequestContext:
 
 
 def _api(request: Request[Any, Any, Any]) -> DashboardApi:
-    return request.app.state.gw.dashboard  # type: ignore[no-any-return]
+    api: DashboardApi = request.app.state.gw.dashboard
+    return api
 
 
 def _when(value: str | None, tz: str = "UTC") -> str:
@@ -144,10 +145,15 @@ async def _session(request: Request[Any, Any, Any]) -> Session | None:
     return Session(ctx.session_token, me, api, ctx.request_id)
 
 
-def _signed_in_page(template: str, title: str, active: str) -> Any:
+#: What a signed-in page loads for its template, and the handler that renders it.
+PageLoad = Callable[[Request[Any, Any, Any], Session], Awaitable[dict[str, Any]]]
+PageHandler = Callable[[Request[Any, Any, Any]], Awaitable[Response[Any]]]
+
+
+def _signed_in_page(template: str, title: str, active: str) -> Callable[[PageLoad], PageHandler]:
     """Decorator body shared by the signed-in pages: sign-in redirect, API errors shown as a page."""
 
-    def wrap(load: Any) -> Any:
+    def wrap(load: PageLoad) -> PageHandler:
         async def handler(request: Request[Any, Any, Any]) -> Response[Any]:
             session = await _session(request)
             if session is None:
@@ -219,7 +225,7 @@ async def _connections(request: Request[Any, Any, Any], session: Session) -> dic
 @_signed_in_page("calendars.html", "Calendars", "/app/calendars")
 async def _calendars(request: Request[Any, Any, Any], session: Session) -> dict[str, Any]:
     connections = await session.all("/connections")
-    choices = [
+    choices: list[dict[str, Any]] = [
         {"value": {"connection_id": c["id"], "calendar_id": cal["id"]},
          "label": f"{cal.get('name') or cal['id']} ({c.get('display_name') or c['provider']})"}
         for c in connections for cal in c.get("calendars") or []

@@ -25,6 +25,8 @@ from calmesh_common.events import Envelope, decode_envelope
 from calmesh_common.logging import get_logger
 from calmesh_common.tracing import extract_context, tracer
 
+from . import store
+
 log = get_logger(__name__)
 
 #: How long to gather what else is there once a message has arrived.
@@ -64,15 +66,9 @@ class BatchConsumer(DurableConsumer):
             return
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                fresh = {
-                    r["event_id"]
-                    for r in await conn.fetch(
-                        f"INSERT INTO {self.spec.schema}.processed_messages (consumer, event_id)"
-                        " SELECT $1, unnest($2::text[]) ON CONFLICT DO NOTHING RETURNING event_id",
-                        self.spec.name,
-                        list(dict.fromkeys(e.id for _, e in envelopes)),
-                    )
-                }
+                fresh = await store.track_processed(
+                    conn, self.spec.schema, self.spec.name, list(dict.fromkeys(e.id for _, e in envelopes))
+                )
                 for msg, envelope in envelopes:
                     if envelope.id not in fresh:
                         continue

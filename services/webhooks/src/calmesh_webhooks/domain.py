@@ -9,7 +9,7 @@ from datetime import datetime
 from ipaddress import ip_address
 from urllib.parse import urlsplit
 
-from calmesh_common.guarded import address_refusal
+from calmesh_common.addresses import address_refusal
 from calmesh_common.retryafter import parse_retry_after
 
 #: Answers after which the receiver tells us when to come back.
