@@ -17,7 +17,7 @@ help:
 	@echo "make demo    - the same, plus a demo user, two sample calendars on loopback, a unified calendar and a booking page"
 	@echo "make test    - run the whole test suite"
 	@echo "make lock    - re-pin requirements.lock (dev) and requirements.runtime.lock (the image) after changing a pyproject.toml"
-	@echo "make lint    - ruff check (make test runs it first)"
+	@echo "make lint    - ruff check and mypy (make test runs them first)"
 	@echo "make bench   - run the benchmarks in bench/"
 
 $(CURDIR)/.tools/bin/uv:
@@ -50,12 +50,15 @@ $(CHROMIUM):
 
 chromium: $(CHROMIUM)
 
+# mypy checks what [tool.mypy] in pyproject.toml names (every service, library and the Python client).
 test: install $(CHROMIUM)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 # Every benchmark runs, even after one misses its target; a summary table (target, measured, met or
 # missed) comes at the end, and only then does a miss make `make bench` fail.

@@ -48,7 +48,7 @@ class FetchError(Exception):
 @dataclass(frozen=True)
 class FetchResult:
     status: int
-    headers: httpx.Headers
+    headers: Mapping[str, str]  # case-insensitive: httpx's headers, or aiohttp's (webhooks' transport)
     body: bytes
     url: str
 

@@ -103,7 +103,8 @@ def caller_from_headers(headers: Any) -> Caller | None:
 
 
 def _provide_deps(state: State) -> ServiceDeps:
-    return state.deps  # type: ignore[no-any-return]
+    deps: ServiceDeps = state.deps
+    return deps
 
 
 async def provide_caller(request: Request[Any, Any, Any]) -> Caller:

@@ -12,7 +12,7 @@ Without one, spans still carry ids into logs and across services, and nothing el
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -22,6 +22,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import Decision, ParentBased, Sampler, SamplingResult
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor, SpanExporter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace.span import TraceState
+from opentelemetry.util.types import Attributes
 
 _propagator = TraceContextTextMapPropagator()
 _getter = DefaultGetter()
@@ -34,8 +36,9 @@ class BackgroundClientRootsDropped(Sampler):
     HTTP call made outside any request, message or job (the outbox relay's poll, the metrics
     sampler, a scheduler tick) is a trace of one span a second per process, noise that costs."""
 
-    def should_sample(self, parent_context, trace_id, name, kind=None, attributes=None, links=None,  # type: ignore[no-untyped-def]
-                      trace_state=None) -> SamplingResult:
+    def should_sample(self, parent_context: otel_context.Context | None, trace_id: int, name: str,
+                      kind: trace.SpanKind | None = None, attributes: Attributes = None,
+                      links: Sequence[trace.Link] | None = None, trace_state: TraceState | None = None) -> SamplingResult:
         if kind == trace.SpanKind.CLIENT:
             return SamplingResult(Decision.DROP)
         return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes)

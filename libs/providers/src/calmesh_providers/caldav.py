@@ -65,7 +65,7 @@ MULTIGET_CHUNK = 200
 class _Response:
     """What caldav reads from an HTTP response, built from a GuardedClient FetchResult."""
 
-    def __init__(self, status: int, headers: httpx.Headers, body: bytes) -> None:
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
         self.status_code = status
         self.headers = headers
         self.content = body

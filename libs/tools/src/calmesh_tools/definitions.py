@@ -270,7 +270,8 @@ def _day_window(day: str, tz: str) -> tuple[str, str]:
         raise ArgumentError("tz", f"{tz!r} is not an IANA timezone (e.g. Europe/Amsterdam)")
     first = datetime.combine(date.fromisoformat(day), time(0), zone)
     after = datetime.combine(date.fromisoformat(day) + timedelta(days=1), time(0), zone)
-    return tuple(v.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") for v in (first, after))  # type: ignore[return-value]
+    start, end = (v.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") for v in (first, after))
+    return start, end
 
 
 def _availability_request(args: dict[str, Any]) -> ApiCall:

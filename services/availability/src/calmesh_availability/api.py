@@ -71,7 +71,8 @@ class ConflictPage(msgspec.Struct, kw_only=True):
 
 
 def _directory(request: Request[Any, Any, State]) -> CalendarDirectory:
-    return request.app.state.deps.extras["calendars"]  # type: ignore[no-any-return]
+    directory: CalendarDirectory = request.app.state.deps.extras["calendars"]
+    return directory
 
 
 def _who(request: Request[Any, Any, State]) -> tuple[Caller, ServiceDeps]:
@@ -87,7 +88,8 @@ def _who(request: Request[Any, Any, State]) -> tuple[Caller, ServiceDeps]:
 
 def _cpu(deps: ServiceDeps) -> Executor:
     """The bounded thread pool for CPU-bound answers (see app.py)."""
-    return deps.extras["cpu"]  # type: ignore[no-any-return]
+    cpu: Executor = deps.extras["cpu"]
+    return cpu
 
 
 def _reads(deps: ServiceDeps) -> Any:

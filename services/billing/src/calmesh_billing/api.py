@@ -55,7 +55,8 @@ class MollieNotice(msgspec.Struct):
 
 
 def _billing(deps: ServiceDeps) -> Billing:
-    return deps.extras["billing"]  # type: ignore[no-any-return]
+    billing: Billing = deps.extras["billing"]
+    return billing
 
 
 def _problem(exc: BillingError) -> Problem:

@@ -405,7 +405,8 @@ async def _keyed(request: Request[Any, Any, Any], typ: type[T], *scope: str) -> 
 
 
 def provide_ctx(state: State) -> BookingContext:
-    return state.deps.extras["booking"]  # type: ignore[no-any-return]
+    ctx: BookingContext = state.deps.extras["booking"]
+    return ctx
 
 
 # --- controllers -----------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ def create_app(
 
     async def build_context(deps: ServiceDeps) -> None:
         assert deps.pool is not None and deps.http is not None
+        busy_cache = ProjectionCache(store)
         ctx = BookingContext(
             settings=settings,
             pool=deps.pool,
@@ -68,13 +69,13 @@ def create_app(
             sync=SyncEvents(deps.http, settings),
             clock=clock or (lambda: datetime.now(UTC)),
             enforce_page_limit=enforce_page_limit,
-            busy_cache=ProjectionCache(store),
+            busy_cache=busy_cache,
             count_mail=_mail_counter(deps),
         )
         _ = ctx.link_secret  # fail at start-up, not on the first booking, when no secret is set
         assert deps.nc is not None
         await ctx.calendars.subscribe(deps.nc)
-        await ctx.busy_cache.subscribe(deps.nc)  # type: ignore[union-attr]
+        await busy_cache.subscribe(deps.nc)
         deps.extras["booking"] = ctx
         ref.set(ctx)
         deps.closing.append(mailer.close)  # QUIT the SMTP connection the mail consumers opened

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from calmesh_common.consumer import ConsumerSpec, Handler
 from calmesh_common.eventstore import EventStore
 from calmesh_common.idempotency import IdempotentApp, Keys
 from calmesh_common.service import SECRET_HEADER, USER_HEADER, ServiceDeps, create_service_app, run_service
@@ -23,8 +24,8 @@ NAME = "connections"
 SCHEMA = "connections"
 
 
-def _consumers(settings: Settings) -> list:  # type: ignore[type-arg]
-    consumers = [(SYNC_STATUS_SPEC, sync_status_handler(settings, EventStore(SCHEMA, context=NAME)))]
+def _consumers(settings: Settings) -> list[tuple[ConsumerSpec, Handler]]:
+    consumers: list[tuple[ConsumerSpec, Handler]] = [(SYNC_STATUS_SPEC, sync_status_handler(settings, EventStore(SCHEMA, context=NAME)))]
     try:
         from calmesh_common.plans import plan_consumer
     except ImportError:  # pragma: no cover

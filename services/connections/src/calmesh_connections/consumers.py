@@ -7,7 +7,7 @@ from typing import Any
 
 import asyncpg
 
-from calmesh_common.consumer import ConsumerSpec
+from calmesh_common.consumer import ConsumerSpec, Handler
 from calmesh_common.events import Envelope, decode_event
 from calmesh_common.events.connections import (
     ConnectionCalendarsChanged,
@@ -40,7 +40,7 @@ def _calendars_changed(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> 
     return key(old) != key(new)
 
 
-def sync_status_handler(settings: Settings, events: EventStore):  # type: ignore[no-untyped-def]
+def sync_status_handler(settings: Settings, events: EventStore) -> Handler:
     async def handle(conn: asyncpg.Connection, envelope: Envelope) -> None:
         event = decode_event(envelope)
         if not isinstance(event, SyncStarted | SyncProgressed | SyncCompleted | SyncFailed):

@@ -32,6 +32,7 @@ from calmesh_common.service import ServiceDeps
 from calmesh_common.settings import Settings
 from calmesh_common.timefmt import rfc3339, rfc3339_or_none
 from calmesh_common.tracing import inject_headers
+from calmesh_providers.api import TokenProvider
 
 from . import oauth, store
 from .crypto import Vault
@@ -52,7 +53,8 @@ class Context:
 
 
 def ctx_of(deps: ServiceDeps) -> Context:
-    return deps.extras["ctx"]  # type: ignore[no-any-return]
+    ctx: Context = deps.extras["ctx"]
+    return ctx
 
 
 async def append(ctx: Context, conn: asyncpg.Connection, stream_id: str, events: list[Event], user_id: str) -> None:
@@ -251,7 +253,7 @@ async def access_token(ctx: Context, connection_id: str, *, force_refresh: bool 
     raise Problem(401, revoked_now[0], revoked_now[1])
 
 
-def token_provider(ctx: Context, connection_id: str):  # type: ignore[no-untyped-def]
+def token_provider(ctx: Context, connection_id: str) -> TokenProvider:
     """For the provider clients: a function (force) -> access token."""
 
     async def provide(force: bool) -> str:

@@ -100,7 +100,7 @@ def _json(data: Any, status: int = 200, cookies: list[Cookie] | None = None) -> 
 
 def _user_body(user: UserRow) -> schemas.User:
     return schemas.User(id=user.id, email=user.email, handle=user.handle, name=user.name, timezone=user.timezone,
-                        plan=user.plan, created_at=rfc3339(user.created_at))  # type: ignore[arg-type]
+                        plan=user.plan, created_at=rfc3339(user.created_at))
 
 
 def _session_cookies(settings: Any, token: str) -> list[Cookie]:

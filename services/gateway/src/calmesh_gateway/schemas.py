@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 Scope = Literal["read", "write", "book", "full"]
+Plan = Literal["free", "pro"]
 Handle = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9-]{3,40}$", description="3 to 40 of a-z, 0-9 and -")]
 Email = Annotated[str, msgspec.Meta(min_length=3, max_length=254)]
 Password = Annotated[str, msgspec.Meta(min_length=8, max_length=1024)]
@@ -41,7 +42,7 @@ class User(msgspec.Struct, kw_only=True, omit_defaults=True):
     handle: str
     name: str
     timezone: str
-    plan: Literal["free", "pro"]
+    plan: Plan
     created_at: str
     auth: Auth | None = None
 

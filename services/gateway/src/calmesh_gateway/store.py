@@ -20,7 +20,7 @@ from calmesh_common.events import Envelope
 from calmesh_common.eventstore import EventStore
 from calmesh_common.plans import apply_plan_changed
 
-from .schemas import Scope
+from .schemas import Plan, Scope
 
 SCHEMA = "gateway"
 
@@ -40,7 +40,7 @@ class UserRow:
     handle: str
     name: str
     timezone: str
-    plan: str
+    plan: Plan  # the column's CHECK keeps it 'free' or 'pro'
     created_at: datetime
     password_hash: str = ""
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -113,9 +114,10 @@ async def instance_record(conn: asyncpg.Connection | asyncpg.Pool, event_id: str
 
 
 async def reservation_rows(conn: asyncpg.Connection, ids: list[str]) -> list[asyncpg.Record]:
-    return await conn.fetch(
+    rows: list[asyncpg.Record] = await conn.fetch(
         f"SELECT {_ROW_COLUMNS} FROM sync.event_instances WHERE booking_id = ANY($1::text[])", ids
     )
+    return rows
 
 
 def reservation_body(row: InstanceRow, connection_id: str, calendar_id: str) -> dict[str, Any]:
@@ -128,7 +130,7 @@ def _refingerprint(row: InstanceRow) -> InstanceRow:
     instance = Instance(
         uid=row.uid, recurrence_id=row.recurrence_id, recurring=row.recurring_event_id is not None, title=row.title,
         description=row.description, location=row.location, start_at=row.start_at, end_at=row.end_at,
-        all_day=row.all_day, start_date=row.start_date, end_date=row.end_date, status=row.status,  # type: ignore[arg-type]
+        all_day=row.all_day, start_date=row.start_date, end_date=row.end_date, status=row.status,
         transparency=row.transparency,
     )
     return msgspec.structs.replace(row, fingerprint=fingerprint(instance, row.provider_event_id, row.recurring_event_id))
@@ -166,8 +168,8 @@ async def _enter_alone(request: Request[Any, Any, Any], raw: bytes, sync: SyncDe
             try:
                 return await in_transaction(
                     request, body.user_id, raw, conn,
-                    lambda tx, locked=locked: _enter_locked(tx, sync, body, entry.reservation_id, others, locked,
-                                                            entry.start, entry.end))
+                    partial(_enter_locked, sync=sync, body=body, reservation_id=entry.reservation_id,
+                            others=others, locked=locked, start=entry.start, end=entry.end))
             except _MoreLocks as more:
                 locked = more.needed
 
@@ -321,7 +323,7 @@ async def _locked_rows(conn: asyncpg.Connection, connections: list[str], ids: li
     them (a provider write may have filled one in meanwhile); 404 when a connection was removed."""
     for connection_id in connections:
         await lock_connection(conn, connection_id, check_removed=False)
-    found = await conn.fetch(
+    found: list[asyncpg.Record] = await conn.fetch(
         f"SELECT {_ROW_COLUMNS}, false AS removed FROM sync.event_instances WHERE booking_id = ANY($1::text[])"
         " UNION ALL SELECT " + ", ".join(["NULL"] * len(_ROW_COLUMNS.split(","))) + ", true"
         " FROM sync.removed_connections WHERE connection_id = ANY($2::text[])",

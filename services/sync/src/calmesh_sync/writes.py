@@ -138,6 +138,12 @@ def _provider_problem(exc: Exception) -> Problem:
     return Problem(502, "provider_error", f"The provider refused the change: {exc}")
 
 
+def _ical_text(cal: icalendar.Calendar) -> str:
+    """The calendar as the text a CalDAV server is sent (icalendar leaves to_ical unannotated)."""
+    data: bytes = cal.to_ical()
+    return data.decode()
+
+
 def _ical_event(uid: str, data: EventCreate, start: date | datetime, end: date | datetime) -> str:
     cal = icalendar.Calendar()
     cal.add("PRODID", "-//CalMesh//calmesh.xyz//EN")
@@ -158,9 +164,9 @@ def _ical_event(uid: str, data: EventCreate, start: date | datetime, end: date |
         if not isinstance(attendee, str) and attendee.name:
             prop.params["CN"] = attendee.name
         prop.params["ROLE"] = "REQ-PARTICIPANT"
-        event.add("ATTENDEE", prop, encode=0)
+        event.add("ATTENDEE", prop, encode=False)
     cal.add_component(event)
-    return cal.to_ical().decode()
+    return _ical_text(cal)
 
 
 @post("/internal/events", include_in_schema=False)
@@ -175,7 +181,7 @@ async def _create_event(sync: SyncDeps, event: EventCreate, key: str | None) -> 
     end = _parse_when(event.end, "end", event.all_day)
     if type(start) is not type(end):
         raise Problem(400, "validation_error", "start and end must both be dates or both be instants")
-    if end <= start:  # type: ignore[operator]
+    if end <= start:
         raise Problem(422, "end_before_start", "end must be after start.")
     if not event.title.strip():
         raise Problem(400, "validation_error", "title: must not be empty", errors=[FieldError("title", "empty")])
@@ -283,12 +289,12 @@ async def _take_over_reservation(conn: Any, sync: SyncDeps, user_id: str, bookin
 
 def _single_instance(uid: str, data: EventCreate, start: date | datetime, end: date | datetime) -> ical.Instance:
     if isinstance(start, datetime):
-        start_at, end_at = start, end  # type: ignore[assignment]
+        start_at, end_at = start, end
         start_date = end_date = None
         all_day = False
     else:
-        start_date, end_date = start, end  # type: ignore[assignment]
-        start_at, end_at = ical.all_day_span(start, end)  # type: ignore[arg-type]
+        start_date, end_date = start, end
+        start_at, end_at = ical.all_day_span(start, end)
         all_day = True
     return ical.Instance(
         uid=uid, recurrence_id="", recurring=False, title=data.title, description=data.description, location=data.location,
@@ -453,7 +459,7 @@ def _with_exdate(data: str, uid: str, recurrence_id: str) -> str:
     kept = []
     for component in cal.subcomponents:
         if component.name == "VEVENT" and str(component.get("UID", "")) == uid and component.get("RECURRENCE-ID") is not None:
-            rid = component["RECURRENCE-ID"].dt
+            rid = component.get("RECURRENCE-ID").dt
             same = (rid == value) if isinstance(value, date) and not isinstance(value, datetime) else (
                 isinstance(rid, datetime) and ical.to_utc(rid, UTC) == value
             )
@@ -463,11 +469,11 @@ def _with_exdate(data: str, uid: str, recurrence_id: str) -> str:
     cal.subcomponents[:] = kept
     for component in cal.walk("VEVENT"):
         if str(component.get("UID", "")) == uid and component.get("RECURRENCE-ID") is None:
-            start = component["DTSTART"].dt
+            start = component.get("DTSTART").dt
             if isinstance(start, datetime) and isinstance(value, datetime) and start.tzinfo is not None:
                 value = value.astimezone(start.tzinfo)
             component.add("EXDATE", value)
-    return cal.to_ical().decode()
+    return _ical_text(cal)
 
 
 @patch("/internal/events/{event_id:str}", include_in_schema=False)
@@ -523,7 +529,7 @@ async def _move_event(sync: SyncDeps, event_id: str, move: EventMove) -> Answer:
             raise Problem(404, "not_found", "No such event.")
         instance = ical.Instance(
             uid=current["uid"], recurrence_id="", recurring=False, title=title, description=description,
-            location=current["location"], start_at=start, end_at=end, all_day=False, start_date=None,  # type: ignore[arg-type]
+            location=current["location"], start_at=start, end_at=end, all_day=False, start_date=None,
             end_date=None, status=current["status"], transparency=current["transparency"],
         )
         row = row_for(instance, connection_id=details.id, calendar_id=calendar.id,
@@ -579,7 +585,7 @@ def _moved(data: str, uid: str, start: datetime, end: datetime, title: str, desc
         if description is not None:
             component.pop("DESCRIPTION", None)
             component.add("DESCRIPTION", description)
-    return cal.to_ical().decode()
+    return _ical_text(cal)
 
 
 ROUTES = [create_event, delete_event, move_event]

@@ -6,6 +6,7 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
+import asyncpg
 import msgspec
 from litestar import Controller, Response, delete, get, patch, post
 from litestar.params import Parameter
@@ -118,6 +119,12 @@ def _schema(deps: ServiceDeps) -> str:
     return str(deps.extras["schema"])
 
 
+def _pool(deps: ServiceDeps) -> asyncpg.Pool:
+    """The service's pool: the lifespan opens it before any request is served."""
+    assert deps.pool is not None
+    return deps.pool
+
+
 def _webhook(row: Any) -> Webhook:
     return Webhook(
         id=row["id"],
@@ -223,7 +230,7 @@ class WebhooksController(Controller):
 
         # The first answer holds the signing secret: it is kept encrypted like the secret itself.
         keys = Keys(schema, seal=lambda body: box.encrypt(body.decode()), unseal=lambda sealed: box.decrypt(sealed).encode())
-        async with deps.pool.acquire() as conn:  # type: ignore[union-attr]
+        async with _pool(deps).acquire() as conn:
             answer = await keys.run_in(conn, caller.user_id, idempotency_key, request_hash, create)
         return Response(msgspec.json.decode(answer.body, type=WebhookWithSecret), status_code=201,
                         headers={REPLAYED_HEADER: "true"} if answer.replayed else None)
@@ -234,7 +241,7 @@ class WebhooksController(Controller):
     ) -> WebhookList:
         limit = _limit(limit)
         after = decode_cursor(cursor, tuple[AwareDatetime, str]) if cursor else None
-        async with deps.pool.acquire() as conn:  # type: ignore[union-attr]
+        async with _pool(deps).acquire() as conn:
             rows = await store.list_subscriptions(conn, _schema(deps), caller.user_id, after=after, limit=limit + 1)
         page = rows[:limit]
         next_cursor = None
@@ -245,7 +252,7 @@ class WebhooksController(Controller):
 
     @get("/{webhook_id:str}", summary="Get a webhook subscription")
     async def get_webhook(self, webhook_id: str, deps: ServiceDeps, caller: Caller) -> Webhook:
-        async with deps.pool.acquire() as conn:  # type: ignore[union-attr]
+        async with _pool(deps).acquire() as conn:
             return _webhook(await _owned(deps, conn, webhook_id, caller))
 
     @patch("/{webhook_id:str}", summary="Change url, event_types, description or status (active|disabled)")
@@ -262,7 +269,7 @@ class WebhooksController(Controller):
                 raise Problem(422, "invalid_status", "status must be active or disabled.",
                               errors=[FieldError("status", "must be active or disabled")])
             changes["status"] = data.status
-        async with deps.pool.acquire() as conn, conn.transaction():  # type: ignore[union-attr]
+        async with _pool(deps).acquire() as conn, conn.transaction():
             await _owned(deps, conn, webhook_id, caller, for_update=True)
             if not changes:
                 return _webhook(await _owned(deps, conn, webhook_id, caller))
@@ -280,7 +287,7 @@ class WebhooksController(Controller):
 
     @delete("/{webhook_id:str}", status_code=204, summary="Delete a webhook subscription and its deliveries")
     async def remove(self, webhook_id: str, deps: ServiceDeps, caller: Caller) -> None:
-        async with deps.pool.acquire() as conn, conn.transaction():  # type: ignore[union-attr]
+        async with _pool(deps).acquire() as conn, conn.transaction():
             await _owned(deps, conn, webhook_id, caller, for_update=True)
             await store.delete_subscription(conn, _schema(deps), webhook_id)
             await deps.store.append(
@@ -293,7 +300,7 @@ class WebhooksController(Controller):
     async def rotate(self, webhook_id: str, deps: ServiceDeps, caller: Caller) -> Secret:
         secret = new_secret()
         box = deps.extras["secrets"]
-        async with deps.pool.acquire() as conn, conn.transaction():  # type: ignore[union-attr]
+        async with _pool(deps).acquire() as conn, conn.transaction():
             await _owned(deps, conn, webhook_id, caller, for_update=True)
             until = await store.rotate_secret(
                 conn, _schema(deps), webhook_id, box.encrypt(secret), deps.settings.webhook_secret_overlap_seconds
@@ -315,7 +322,7 @@ class WebhooksController(Controller):
             "webhook_id": webhook_id,
             "message": "This is a test delivery from CalMesh.",
         })
-        async with deps.pool.acquire() as conn, conn.transaction():  # type: ignore[union-attr]
+        async with _pool(deps).acquire() as conn, conn.transaction():
             await _owned(deps, conn, webhook_id, caller)
             [delivery_id] = await store.enqueue_for_subscription(
                 conn, schema, webhook_id, [(event_id, caller.user_id, TEST_EVENT_TYPE, now, body)], due=False
@@ -323,7 +330,7 @@ class WebhooksController(Controller):
         finished = await deps.extras["dispatcher"].send_now(delivery_id)
         if finished is None:
             raise Problem(409, "delivery_in_progress", "The test delivery is already being sent.")
-        async with deps.pool.acquire() as conn:  # type: ignore[union-attr]
+        async with _pool(deps).acquire() as conn:
             row = await store.get_attempt(conn, schema, webhook_id, finished.attempt_id)
         return _delivery(row)
 
@@ -342,7 +349,7 @@ class WebhooksController(Controller):
         before = decode_cursor(cursor, tuple[_Seq])[0] if cursor else None
         if status is not None and status not in ("pending", "succeeded", "failed"):
             raise Problem(400, "validation_error", "status must be pending, succeeded or failed.")
-        async with deps.pool.acquire() as conn:  # type: ignore[union-attr]
+        async with _pool(deps).acquire() as conn:
             await _owned(deps, conn, webhook_id, caller)
             rows = await store.list_attempts(
                 conn, _schema(deps), webhook_id, before_seq=before, limit=limit + 1, status=status, event_id=event_id
@@ -355,7 +362,7 @@ class WebhooksController(Controller):
           summary="Send that delivery's event again now (counts as its next attempt)")
     async def retry(self, webhook_id: str, delivery_id: str, deps: ServiceDeps, caller: Caller) -> RetryAccepted:
         schema = _schema(deps)
-        async with deps.pool.acquire() as conn, conn.transaction():  # type: ignore[union-attr]
+        async with _pool(deps).acquire() as conn, conn.transaction():
             hook = await _owned(deps, conn, webhook_id, caller)
             attempt = await store.get_attempt(conn, schema, webhook_id, delivery_id)
             if attempt is None:
@@ -373,7 +380,7 @@ class WebhooksController(Controller):
         if since > datetime.now(UTC):
             raise Problem(422, "invalid_since", "since must not be in the future.",
                           errors=[FieldError("since", "must not be in the future")])
-        async with deps.pool.acquire() as conn, conn.transaction():  # type: ignore[union-attr]
+        async with _pool(deps).acquire() as conn, conn.transaction():
             await _owned(deps, conn, webhook_id, caller)
             row = await store.insert_replay(conn, _schema(deps), webhook_id, since)
             await deps.store.append(

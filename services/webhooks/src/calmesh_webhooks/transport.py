@@ -100,6 +100,6 @@ class AiohttpGuardedClient(GuardedClient):
                     body.extend(chunk)
                     if len(body) > limit:
                         raise FetchError(f"the response is larger than the {limit:,} byte limit")
-                return FetchResult(response.status, response.headers, bytes(body), url)  # type: ignore[arg-type]
+                return FetchResult(response.status, response.headers, bytes(body), url)
         except (aiohttp.ClientError, asyncio.IncompleteReadError, ConnectionError) as exc:
             raise FetchError(f"could not fetch {host}: {type(exc).__name__}") from exc

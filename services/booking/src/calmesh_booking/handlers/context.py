@@ -9,7 +9,7 @@ import hmac
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import msgspec
@@ -139,11 +139,15 @@ def unavailable(exc: Exception) -> Problem:
                    headers=retry_after(2))
 
 
-def range_problem(start: date | datetime, end: date | datetime, *, inclusive_days: bool) -> None:
+#: Both ends of a range: two dates or two instants.
+When = TypeVar("When", date, datetime)
+
+
+def range_problem(start: When, end: When, *, inclusive_days: bool) -> None:
     if end < start:
         raise Problem(422, "invalid_range", "`end` is before `start`.")
-    span = (end - start).days + (1 if inclusive_days else 0)  # type: ignore[operator]
-    if span > domain.MAX_RANGE_DAYS or (not inclusive_days and end - start > timedelta(days=domain.MAX_RANGE_DAYS)):  # type: ignore[operator]
+    span = (end - start).days + (1 if inclusive_days else 0)
+    if span > domain.MAX_RANGE_DAYS or (not inclusive_days and end - start > timedelta(days=domain.MAX_RANGE_DAYS)):
         raise Problem(422, "range_too_long", f"A range spans at most {domain.MAX_RANGE_DAYS} days.")
 
 

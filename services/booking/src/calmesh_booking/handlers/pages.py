@@ -286,7 +286,7 @@ async def slots(
     async with ctx.pool.acquire() as conn:
         page = await ctx.store.page_with_bookings(
             conn, slug=slug, handle=handle.lower() if handle else None,
-            user_id=None if handle else caller.user_id,  # type: ignore[union-attr]
+            user_id=None if handle or caller is None else caller.user_id,
             start=around[0], end=around[1], now=ctx.clock(),
         )
         if page is None:

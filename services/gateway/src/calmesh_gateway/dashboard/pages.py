@@ -76,7 +76,8 @@ def _ctx(request: Request[Any, Any, Any]) -> RequestContext:
 
 
 def _api(request: Request[Any, Any, Any]) -> DashboardApi:
-    return request.app.state.gw.dashboard  # type: ignore[no-any-return]
+    api: DashboardApi = request.app.state.gw.dashboard
+    return api
 
 
 def _when(value: str | None, tz: str = "UTC") -> str:
