@@ -35,6 +35,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import httpx
 
+from calmesh_common.timefmt import rfc3339
+
 if TYPE_CHECKING:
     from icalendar import Calendar
 
@@ -93,7 +95,7 @@ def week_range(tz: str, today: date) -> tuple[str, str]:
     monday = week_of(today)[0]
     start = datetime.combine(monday, dtime(0), zone).astimezone(UTC)
     end = datetime.combine(monday + timedelta(days=7), dtime(0), zone).astimezone(UTC)
-    return start.strftime("%Y-%m-%dT%H:%M:%SZ"), end.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(start), rfc3339(end)
 
 
 def _event(uid: str, summary: str, day: date, start: str, end: str, zone: ZoneInfo, location: str = "") -> Any:
