@@ -273,6 +273,46 @@ async def test_a_reservation_survives_syncs_that_cannot_know_it(env: Env) -> Non
         assert rows["bk_keptinrebuild"]["provider_event_id"] is None and rows["bk_keptinrebuild"]["status"] == "confirmed"
 
 
+async def test_concurrent_reservations_of_a_calendar_share_commits_and_keep_their_own_answers(env: Env) -> None:
+    """Thirty visitors' holds entering one calendar at once: each gets its own 201 and row, a
+    repeat of a key its first answer, a key reused for another slot 422, another user's
+    reservation 404; and they go in shared transactions (fewer projection events than reservations)."""
+    env.feeds.put("/group.ics", feed(event("g1", day(4))))
+    async with env.user() as api:
+        cid = await env.connect(api, "/group.ics")
+        await env.synced(api, cid)
+        user_id = api.headers["x-calmesh-user-id"]
+        calendar_id = (await env.db.fetchval("SELECT calendar_id FROM sync.event_instances WHERE connection_id = $1", cid))
+        stream = f"source:{cid}:{calendar_id}"
+
+        def body(n: int) -> dict[str, str]:
+            start = day(8) + timedelta(minutes=30 * n)
+            return {"user_id": user_id, "connection_id": cid, "calendar_id": calendar_id, "title": f"Hold {n}",
+                    "start": start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "end": (start + timedelta(minutes=30)).strftime("%Y-%m-%dT%H:%M:%SZ")}
+
+        async with httpx.AsyncClient(base_url=env.platform.sync_url, headers=env.platform.internal(), timeout=30) as sync:
+            await sync.put("/internal/reservations/bk_grp_0", json=body(0), headers={"Idempotency-Key": "grp-0"})
+            events_before = await env.db.fetchval("SELECT count(*) FROM sync.events WHERE stream_id = $1", stream)
+            calls = [sync.put(f"/internal/reservations/bk_grp_{n}", json=body(n), headers={"Idempotency-Key": f"grp-{n}"})
+                     for n in range(1, 31)]
+            calls.append(sync.put("/internal/reservations/bk_grp_0", json=body(0), headers={"Idempotency-Key": "grp-0"}))
+            calls.append(sync.put("/internal/reservations/bk_grp_x", json=body(40), headers={"Idempotency-Key": "grp-1"}))
+            calls.append(sync.put("/internal/reservations/bk_grp_0", json={**body(0), "user_id": "usr_someoneelse"}))
+            answers = await asyncio.gather(*calls)
+            events_after = await env.db.fetchval("SELECT count(*) FROM sync.events WHERE stream_id = $1", stream)
+        *fresh, repeat, reused, gone = answers
+        assert [a.status_code for a in fresh] == [201] * 30, [a.text for a in fresh if a.status_code != 201]
+        assert [a.json()["booking_id"] for a in fresh] == [f"bk_grp_{n}" for n in range(1, 31)]
+        assert [a.json()["title"] for a in fresh] == [f"Hold {n}" for n in range(1, 31)]
+        assert repeat.status_code == 201 and repeat.headers.get("idempotent-replayed") == "true"
+        assert reused.status_code == 422 and reused.json()["code"] == "idempotency_key_reused", reused.text
+        assert gone.status_code == 404  # another user's reservation
+        rows = {r["booking_id"] for r in (await env.rows(cid)).values()}
+        assert {f"bk_grp_{n}" for n in range(31)} <= rows and "bk_grp_x" not in rows
+        assert 0 < events_after - events_before < 30, (events_before, events_after)
+
+
 async def test_rebuild_from_the_stream_gives_identical_rows(env: Env) -> None:
     # Whatever the tests above left in this platform's projection, rebuilt from JetStream alone.
     await asyncio.sleep(0.5)

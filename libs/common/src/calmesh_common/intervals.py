@@ -98,6 +98,14 @@ class BusyBlocks:
     def __len__(self) -> int:
         return len(self.starts)
 
+    def add(self, start: int, end: int, sources: tuple[str, ...], lo: int, hi: int) -> None:
+        """Append one block: its span, its sources and the run ``items[lo:hi]`` that made it."""
+        self.starts.append(start)
+        self.ends.append(end)
+        self.sources.append(sources)
+        self.los.append(lo)
+        self.his.append(hi)
+
     def __getitem__(self, i: int) -> BusyBlock:
         return BusyBlock(self.starts[i], self.ends[i], self.sources[i], self.los[i], self.his[i])
 
@@ -211,8 +219,7 @@ def merge_busy(items: Iterable[BusyItem]) -> BusyBlocks:
     start nor extend a block nor add a source. Raises :class:`NotSortedError` on unsorted input.
     """
     out = BusyBlocks()
-    add_start, add_end, add_sources = out.starts.append, out.ends.append, out.sources.append
-    add_lo, add_hi = out.los.append, out.his.append
+    add = out.add
     # Source tuples are shared: one per distinct source, one per (tuple, new source) step.
     single: dict[Source, tuple[Source, ...]] = {}
     grown: dict[tuple[tuple[Source, ...], Source], tuple[Source, ...]] = {}
@@ -232,22 +239,14 @@ def merge_busy(items: Iterable[BusyItem]) -> BusyBlocks:
                 cur = nxt
         elif e > s:
             if cur is not None:
-                add_start(cur_s)
-                add_end(cur_e)
-                add_sources(cur)
-                add_lo(lo)
-                add_hi(i)
+                add(cur_s, cur_e, cur, lo, i)
             cur = single.get(src)
             if cur is None:
                 cur = single[src] = (src,)
             cur_s, cur_e, lo = s, e, i
         i += 1
     if cur is not None:
-        add_start(cur_s)
-        add_end(cur_e)
-        add_sources(cur)
-        add_lo(lo)
-        add_hi(i)
+        add(cur_s, cur_e, cur, lo, i)
     return out
 
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import zlib
 from collections.abc import Awaitable, Callable
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import asyncpg
@@ -31,30 +32,24 @@ def _stop_if_cancelled() -> None:
         raise asyncio.CancelledError
 
 
+@dataclass(eq=False)
 class OutboxRelay:
     """Publishes `schema`.outbox to JetStream; `run()` until cancelled."""
 
-    def __init__(
-        self,
-        pool: asyncpg.Pool,
-        js: JetStreamContext,
-        schema: str,
-        *,
-        batch_size: int = 500,
-        poll_interval: float = 1.0,
-        publish_timeout: float = 10.0,
-        before_mark: Callable[[list[str]], Awaitable[None]] | None = None,
-    ) -> None:
-        self.pool = pool
-        self.js = js
-        self.schema = schema
-        self.batch_size = batch_size
-        self.poll_interval = poll_interval
-        self.publish_timeout = publish_timeout
-        self._lock_key = zlib.crc32(f"calmesh-relay:{schema}".encode())
-        self._wake = asyncio.Event()
-        # A test hook: runs after the batch is published and before its rows are marked.
-        self._before_mark = before_mark
+    pool: asyncpg.Pool
+    js: JetStreamContext
+    schema: str
+    _: KW_ONLY
+    batch_size: int = 500
+    poll_interval: float = 1.0
+    publish_timeout: float = 10.0
+    #: A test hook: runs after the batch is published and before its rows are marked.
+    before_mark: Callable[[list[str]], Awaitable[None]] | None = None
+    _lock_key: int = field(init=False, repr=False)
+    _wake: asyncio.Event = field(init=False, repr=False, default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self._lock_key = zlib.crc32(f"calmesh-relay:{self.schema}".encode())
 
     def _on_notify(self, *_: Any) -> None:
         self._wake.set()
@@ -81,8 +76,8 @@ class OutboxRelay:
             async with asyncio.timeout(self.publish_timeout):
                 await asyncio.gather(*futures)
             ids = [r["event_id"] for r in rows]
-            if self._before_mark is not None:
-                await self._before_mark(ids)
+            if self.before_mark is not None:
+                await self.before_mark(ids)
             await conn.execute(
                 f"UPDATE {self.schema}.outbox SET published_at = now() WHERE position = ANY($1::bigint[])",
                 [r["position"] for r in rows],

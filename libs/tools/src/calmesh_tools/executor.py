@@ -215,23 +215,22 @@ class Executor:
 
     async def calendar(self, slug: str) -> dict[str, Any] | None:
         """The calendar document (`GET /calendars/{slug}`), once per executor; None if it cannot be read."""
-        if slug not in self._calendars:
-            try:
-                cal = await self.request("GET", ("calendars", slug))
-            except (ApiProblem, ArgumentError):
-                return None
-            self._calendars[slug] = cal if isinstance(cal, dict) else None
-        return self._calendars[slug]
+        return await self._document(self._calendars, "calendars", slug)
 
     async def connection(self, connection_id: str) -> dict[str, Any] | None:
         """The connection document (`GET /connections/{id}`: status, last error), once per executor."""
-        if connection_id not in self._connections:
+        return await self._document(self._connections, "connections", connection_id)
+
+    async def _document(self, cache: dict[str, dict[str, Any] | None], collection: str,
+                        key: str) -> dict[str, Any] | None:
+        """``GET /{collection}/{key}``, kept in `cache`; None if it cannot be read (not kept then)."""
+        if key not in cache:
             try:
-                conn = await self.request("GET", ("connections", connection_id))
+                doc = await self.request("GET", (collection, key))
             except (ApiProblem, ArgumentError):
                 return None
-            self._connections[connection_id] = conn if isinstance(conn, dict) else None
-        return self._connections[connection_id]
+            cache[key] = doc if isinstance(doc, dict) else None
+        return cache[key]
 
     async def calendar_timezone(self, slug: str) -> str | None:
         if self._timezones.get(slug) is None:

@@ -64,22 +64,28 @@ class SyncDeps:
 
 
 @dataclass
-class CalendarResult:
+class _Outcome:
+    """What a sync changed: rows created, updated, deleted; whether nothing had changed at all."""
+
     created: int = 0
     updated: int = 0
     deleted: int = 0
     not_modified: bool = False
     warning: str | None = None
+
+
+@dataclass
+class CalendarResult(_Outcome):
+    """One calendar's sync (`name`: the calendar's name as the source gave it, if it did)."""
+
     name: str | None = None
 
 
 @dataclass
-class SyncResult:
-    created: int = 0
-    updated: int = 0
-    deleted: int = 0
+class SyncResult(_Outcome):
+    """A connection's sync: the sum of its calendars' (unchanged only if every one was)."""
+
     not_modified: bool = True
-    warning: str | None = None
     calendars: list[CalendarInfo] | None = field(default_factory=list)
 
     def add(self, result: CalendarResult) -> None:

@@ -37,15 +37,20 @@ STALE_AFTER = timedelta(seconds=30)
 KEYS = Keys("sync", stale_after=STALE_AFTER)
 
 
-def _fingerprint(request: Request[Any, Any, Any], body: bytes) -> str:
+def fingerprint_of(request: Request[Any, Any, Any], body: bytes) -> str:
+    """What a repeat of the request must match to get the first answer."""
     return request_hash(request.method, request.url.path, request.url.query, canonical_json(body))
+
+
+def scope_of(user_id: str) -> str:
+    return f"internal:{user_id}"
 
 
 def keyed(request: Request[Any, Any, Any], user_id: str, body: bytes,
           sync: SyncDeps, work: Callable[[], Awaitable[Answer]]) -> Awaitable[Answer]:
     """Run the write `work` under the request's Idempotency-Key (if any): a repeat with the same
     request gets the first answer and writes nothing again; no transaction is open during `work`."""
-    return KEYS.run(sync.pool, f"internal:{user_id}", request.headers.get(HEADER), _fingerprint(request, body), work)
+    return KEYS.run(sync.pool, scope_of(user_id), request.headers.get(HEADER), fingerprint_of(request, body), work)
 
 
 async def in_transaction(request: Request[Any, Any, Any], user_id: str, body: bytes, conn: asyncpg.Connection,
@@ -62,7 +67,7 @@ async def in_transaction(request: Request[Any, Any, Any], user_id: str, body: by
         except Problem as problem:
             return problem_answer(problem)
 
-    return await KEYS.run_in(conn, f"internal:{user_id}", request.headers.get(HEADER), _fingerprint(request, body),
+    return await KEYS.run_in(conn, scope_of(user_id), request.headers.get(HEADER), fingerprint_of(request, body),
                              answered)
 
 

@@ -24,6 +24,8 @@ writes.py): a repeat with the same request gets the first answer and changes not
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -34,7 +36,7 @@ from litestar import Request, Response, delete, get, put
 from litestar.params import Parameter
 
 from calmesh_common.events.sync import InstanceRow
-from calmesh_common.idempotency import Answer, json_answer, response
+from calmesh_common.idempotency import Answer, json_answer, problem_answer, response
 from calmesh_common.ids import booking_uid
 from calmesh_common.problems import FieldError, Problem
 from calmesh_common.service import ServiceDeps, json_response
@@ -42,7 +44,7 @@ from calmesh_common.timefmt import parse_instant
 from calmesh_providers.ical import Instance
 
 from .engine import SyncDeps
-from .internal_keys import decoded, in_transaction
+from .internal_keys import HEADER, KEYS, decoded, fingerprint_of, in_transaction, scope_of
 from .projection import ChangeSet, InstanceKey, fingerprint, lock_connection, row_for, write_changes
 
 _ROW_COLUMNS = (
@@ -138,12 +140,25 @@ def _refingerprint(row: InstanceRow) -> InstanceRow:
 async def put_reservation(reservation_id: str, request: Request[Any, Any, Any], deps: ServiceDeps) -> Any:
     """Enter (or move) a booking's or hold's time in the projection; answer its row as an event.
     With an Idempotency-Key a repeat gets the first answer and changes nothing. The key's claim,
-    the rows and the answer are one transaction."""
+    the rows and the answer are one transaction, shared by the reservations of the same
+    connection that arrive meanwhile (`GroupCommit`)."""
     raw = await request.body()
     body = decoded(raw, _put)
     start, end = instant_span(body.start, body.end)
-    others = [r for r in body.replaces if r != reservation_id]
     sync = _sync(deps)
+    group = deps.extras.get("reservation_group")
+    if group is None:
+        group = deps.extras["reservation_group"] = GroupCommit(sync)
+    entry = _Entry(reservation_id, body, start, end, request.headers.get(HEADER), fingerprint_of(request, raw))
+    answer = await group.enter(entry)
+    if answer is None:  # its rows are on another connection too: alone, with every lock it needs
+        answer = await _enter_alone(request, raw, sync, entry)
+    return response(answer)
+
+
+async def _enter_alone(request: Request[Any, Any, Any], raw: bytes, sync: SyncDeps, entry: _Entry) -> Answer:
+    body = entry.body
+    others = [r for r in body.replaces if r != entry.reservation_id]
     async with sync.pool.acquire() as conn:
         # The rows live on the request's connection but for a booking moved across connections:
         # lock that one, read under the lock, and start over with every connection the rows name
@@ -151,12 +166,139 @@ async def put_reservation(reservation_id: str, request: Request[Any, Any, Any], 
         locked = [body.connection_id]
         while True:
             try:
-                return response(await in_transaction(
+                return await in_transaction(
                     request, body.user_id, raw, conn,
-                    partial(_enter_locked, sync=sync, body=body, reservation_id=reservation_id, others=others,
-                            locked=locked, start=start, end=end)))
+                    partial(_enter_locked, sync=sync, body=body, reservation_id=entry.reservation_id,
+                            others=others, locked=locked, start=entry.start, end=entry.end))
             except _MoreLocks as more:
                 locked = more.needed
+
+
+@dataclass
+class _Entry:
+    """One PUT waiting for its group's transaction."""
+
+    reservation_id: str
+    body: ReservationPut
+    start: datetime
+    end: datetime
+    key: str | None
+    fingerprint: str
+    done: asyncio.Future[Answer | None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    @property
+    def ids(self) -> set[str]:
+        return {self.reservation_id, *self.body.replaces}
+
+
+class GroupCommit:
+    """Group commit of the reservations of one connection: while one transaction holds the
+    connection's write lock, the PUTs that arrive queue up, and the next transaction takes them all
+    (up to `limit`): one lock, one read of their rows, one commit and one projection event for the
+    lot, each request still with its own Idempotency-Key and its own answer. A request whose rows
+    name another connection (a booking moved across connections) is answered None and goes alone."""
+
+    def __init__(self, sync: SyncDeps, limit: int = 64) -> None:
+        self.sync = sync
+        self.limit = limit
+        self._queues: dict[tuple[str, str], list[_Entry]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def enter(self, entry: _Entry) -> Answer | None:
+        group = (entry.body.connection_id, entry.body.user_id)
+        queue = self._queues.get(group)
+        if queue is None:
+            self._queues[group] = [entry]
+            # A task of its own: the group goes on when the request that started it is cancelled.
+            task = asyncio.create_task(self._drain(group))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            queue.append(entry)
+        return await asyncio.shield(entry.done)
+
+    async def _drain(self, group: tuple[str, str]) -> None:
+        queue = self._queues[group]
+        try:
+            while queue:
+                batch: list[_Entry] = []
+                ids: set[str] = set()
+                for entry in list(queue):
+                    # A reservation appears once in a transaction; a second PUT of it waits for the next.
+                    if len(batch) < self.limit and not entry.ids & ids:
+                        batch.append(entry)
+                        ids |= entry.ids
+                        queue.remove(entry)
+                try:
+                    answers = await self._commit(group[0], batch)
+                except Exception as exc:  # noqa: BLE001 - every request of the group gets the error
+                    for entry in batch:
+                        if not entry.done.done():
+                            entry.done.set_exception(exc)
+                    continue
+                for entry, answer in zip(batch, answers, strict=True):
+                    if not entry.done.done():
+                        entry.done.set_result(answer)
+        finally:
+            del self._queues[group]
+            for entry in queue:  # only when cancelled at shutdown
+                if not entry.done.done():
+                    entry.done.set_exception(RuntimeError("sync is stopping"))
+
+    async def _commit(self, connection_id: str, batch: list[_Entry]) -> list[Answer | None]:
+        answers: list[Answer | None] = [None] * len(batch)
+        user_id = batch[0].body.user_id
+        scope = scope_of(user_id)
+        claimed: list[int] = []
+        async with self.sync.pool.acquire() as conn, conn.transaction():
+            # The keys first (in key order: two groups claiming the same keys wait, never deadlock),
+            # then the connection's write lock, held only for the rows.
+            live = []
+            for i in sorted(range(len(batch)), key=lambda i: batch[i].key or ""):
+                key = batch[i].key
+                if key is not None:
+                    try:
+                        first = await KEYS.claim(conn, scope, key, batch[i].fingerprint)
+                    except Problem as problem:  # the key of another request (422), or in flight (409)
+                        answers[i] = problem_answer(problem)
+                        continue
+                    if first is not None:  # a repeat: the first answer, nothing written
+                        answers[i] = first
+                        continue
+                    claimed.append(i)
+                live.append(i)
+            live.sort()
+            found: list[asyncpg.Record] = []
+            try:
+                if live:
+                    found = await _locked_rows(conn, [connection_id], sorted({r for i in live for r in batch[i].ids}))
+            except Problem as problem:  # the connection was removed
+                for i in live:
+                    answers[i] = problem_answer(problem)
+                live = []
+            rows: dict[str, list[asyncpg.Record]] = {}
+            for record in found:
+                rows.setdefault(record["booking_id"], []).append(record)
+            changes: Changes = {}
+            now = self.sync.now()
+            for i in live:
+                entry = batch[i]
+                mine = [r for rid in sorted(entry.ids) for r in rows.get(rid, [])]
+                if any(r["connection_id"] != connection_id for r in mine):
+                    if i in claimed:  # it goes alone (answer None), and claims its key there
+                        claimed.remove(i)
+                        await KEYS.release(conn, scope, entry.key or "")
+                    continue
+                try:
+                    answers[i] = _plan(entry.body, entry.reservation_id, mine, entry.start, entry.end, now, changes)
+                except Problem as problem:
+                    answers[i] = problem_answer(problem)
+            await _write(conn, self.sync, user_id, changes)
+            for i in claimed:
+                answer = answers[i]
+                assert answer is not None
+                await KEYS.settle(conn, scope, batch[i].key or "", answer)
+        return answers
 
 
 class _MoreLocks(Exception):
@@ -192,15 +334,32 @@ async def _locked_rows(conn: asyncpg.Connection, connections: list[str], ids: li
     return found
 
 
+Changes = dict[tuple[str, str], ChangeSet]
+
+
 async def _enter(conn: asyncpg.Connection, sync: SyncDeps, body: ReservationPut, reservation_id: str,
                  found: list[asyncpg.Record], start: datetime, end: datetime) -> Answer:
-    now = sync.now()
+    changes: Changes = {}
+    answer = _plan(body, reservation_id, found, start, end, sync.now(), changes)
+    await _write(conn, sync, body.user_id, changes)
+    return answer
+
+
+async def _write(conn: asyncpg.Connection, sync: SyncDeps, user_id: str, changes: Changes) -> None:
+    for (connection_id, calendar_id), change in sorted(changes.items()):
+        await write_changes(conn, sync.store, user_id=user_id, connection_id=connection_id,
+                            calendar_id=calendar_id, sync_id=None, changes=change, reason="reservation")
+
+
+def _plan(body: ReservationPut, reservation_id: str, found: list[asyncpg.Record], start: datetime, end: datetime,
+          now: datetime, changes: Changes) -> Answer:
+    """Add what entering `reservation_id` changes to `changes` and return its answer; a Problem
+    is raised before anything is added."""
     if any(r["user_id"] != body.user_id for r in found):
         raise Problem(404, "not_found", "No such reservation.")
     own = next((r for r in found if r["booking_id"] == reservation_id), None)
     if own is not None and own["status"] == "cancelled":
         raise Problem(409, "reservation_released", "This reservation was released; make a new one.")
-    changes: dict[tuple[str, str], ChangeSet] = {}
 
     def change_set(connection_id: str, calendar_id: str) -> ChangeSet:
         return changes.setdefault((connection_id, calendar_id), ChangeSet([], [], []))
@@ -230,9 +389,6 @@ async def _enter(conn: asyncpg.Connection, sync: SyncDeps, body: ReservationPut,
         # A hold taken over by its booking: gone in the same transaction the booking's row comes in.
         change_set(other["connection_id"], other["calendar_id"]).deleted.append(
             InstanceKey(other["event_id"], other["uid"], other["recurrence_id"]))
-    for (connection_id, calendar_id), change in sorted(changes.items()):
-        await write_changes(conn, sync.store, user_id=body.user_id, connection_id=connection_id,
-                            calendar_id=calendar_id, sync_id=None, changes=change, reason="reservation")
     return json_answer(200 if own is not None else 201, reservation_body(row, *where))
 
 
