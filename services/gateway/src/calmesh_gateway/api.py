@@ -26,7 +26,7 @@ from calmesh_common.timefmt import rfc3339, rfc3339_or_none
 
 from . import schemas
 from .authcache import Identity
-from .front import RequestContext
+from .front import RequestContext, request_context
 from .keys import generate_key, random_id
 from .limits import SharedLimiter, client_address
 from .openapi import DOCS_CSP, docs_asset, docs_page
@@ -42,7 +42,7 @@ _AT_PATH = re.compile(r" - at `\$\.?([^`]*)`$")
 
 
 def _ctx(request: Request[Any, Any, Any]) -> RequestContext:
-    return request.scope["calmesh"]  # type: ignore[typeddict-item,no-any-return]
+    return request_context(request.scope)
 
 
 def _state(request: Request[Any, Any, Any]) -> Any:

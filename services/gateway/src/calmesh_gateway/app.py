@@ -179,7 +179,7 @@ def create_app(settings: Settings) -> GatewayFront:
         debug=False,
     )
     front = GatewayFront(settings, inner, cache, lambda: state.forwarder, table, state.quota)
-    front.state = state  # type: ignore[attr-defined]  # for tests and the benchmark
+    front.state = state
     front.metrics = state.metrics
     front.readiness = lambda: _ready(state)
     state.front = front

@@ -13,6 +13,7 @@ import os
 import random
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +59,12 @@ class RequestContext:
     session_token: str | None = None
 
 
+def request_context(scope: Mapping[str, Any]) -> RequestContext:
+    """What the front put in a gateway request's ``scope["calmesh"]``."""
+    context: RequestContext = scope["calmesh"]
+    return context
+
+
 class Unauthorized(Problem):
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(401, code, detail, headers={"WWW-Authenticate": 'Bearer realm="calmesh"'})
@@ -92,6 +99,7 @@ class GatewayFront:
         self.access_log = settings.access_log
         #: Readiness check for /readyz (set by create_app): returns (ready, checks).
         self.readiness: Any = None
+        self.state: Any = None  # app.py's GatewayState, for tests and the benchmark
         # Hot-path memos, bounded: (method, path) -> match; Authorization value -> key hash.
         self._matches: dict[tuple[str, str], Any] = {}
         self._key_hashes: dict[bytes, str] = {}

@@ -20,7 +20,7 @@ from calmesh_tools import BY_NAME, FORMATS, Executor, tool_list, validate
 from calmesh_tools.executor import clean_arguments
 
 from .api import decode_json
-from .front import RequestContext
+from .front import RequestContext, request_context
 
 #: Headers of the caller that carry its credentials into the tool's own requests.
 _CREDENTIALS = ("authorization", "cookie", "x-csrf-token")
@@ -32,7 +32,7 @@ class ToolCall(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 def _ctx(request: Request[Any, Any, Any]) -> RequestContext:
-    return request.scope["calmesh"]  # type: ignore[typeddict-item,no-any-return]
+    return request_context(request.scope)
 
 
 def _scope(request: Request[Any, Any, Any]) -> str | None:

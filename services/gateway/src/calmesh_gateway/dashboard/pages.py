@@ -22,7 +22,7 @@ from litestar.response import Redirect
 from calmesh_common.problems import Problem
 from calmesh_common.timefmt import parse_instant, rfc3339
 
-from ..front import RequestContext
+from ..front import RequestContext, request_context
 from .assets import asset_url, assets
 from .client import ApiError, DashboardApi, SignedOut
 
@@ -72,7 +72,7 @@ def timezones() -> tuple[str, ...]:
 
 
 def _ctx(request: Request[Any, Any, Any]) -> RequestContext:
-    return request.scope["calmesh"]  # type: ignore[typeddict-item,no-any-return]
+    return request_context(request.scope)
 
 
 def _api(request: Request[Any, Any, Any]) -> DashboardApi:
